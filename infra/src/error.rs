@@ -1,0 +1,58 @@
+//! One error type for the plumbing; each variant says whether retrying can help.
+
+/// Errors from config loading and the Kafka/ClickHouse clients.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// The configuration is invalid: fix it, do not retry.
+    #[error("invalid configuration: {0}")]
+    Config(String),
+    /// Kafka refused or failed an operation.
+    #[error("kafka: {0}")]
+    Kafka(#[from] rdkafka::error::KafkaError),
+    /// ClickHouse refused or failed an operation.
+    #[error("clickhouse: {0}")]
+    ClickHouse(#[from] ::clickhouse::error::Error),
+    /// A schema migration failed; the message names the migration.
+    #[error("migration {version} ({name}) failed: {source}")]
+    Migration {
+        version: u32,
+        name: &'static str,
+        #[source]
+        source: ::clickhouse::error::Error,
+    },
+    /// An operation did not finish before its deadline.
+    #[error("timed out: {0}")]
+    Timeout(String),
+    /// Binding or serving an HTTP listener failed.
+    #[error("io: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+impl Error {
+    /// Whether the same operation may succeed if tried again later (a server down, a timeout),
+    /// as opposed to a data or configuration error that will fail the same way every time.
+    pub fn is_retryable(&self) -> bool {
+        match self {
+            Error::Config(_) => false,
+            Error::Kafka(error) => !matches!(
+                error.rdkafka_error_code(),
+                Some(rdkafka::types::RDKafkaErrorCode::MessageSizeTooLarge)
+                    | Some(rdkafka::types::RDKafkaErrorCode::InvalidMessage)
+                    | Some(rdkafka::types::RDKafkaErrorCode::TopicAuthorizationFailed)
+            ),
+            Error::ClickHouse(error) | Error::Migration { source: error, .. } => clickhouse_error_is_retryable(error),
+            Error::Timeout(_) | Error::Io(_) => true,
+        }
+    }
+}
+
+/// ClickHouse data errors (bad type, bad value, unknown table) fail again on retry; transport errors may not.
+pub fn clickhouse_error_is_retryable(error: &::clickhouse::error::Error) -> bool {
+    matches!(
+        error,
+        ::clickhouse::error::Error::Network(_) | ::clickhouse::error::Error::TimedOut
+    )
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;

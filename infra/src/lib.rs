@@ -1,0 +1,22 @@
+//! Shared plumbing for the quotaflow services.
+//!
+//! - [`config`]: serde config structs shared by every service (Kafka, ClickHouse, HTTP) and the loader
+//!   (defaults → TOML file → `QUOTAFLOW_*` environment variables).
+//! - [`secret`]: a string that never prints itself, for webhook URLs, routing keys and passwords.
+//! - [`kafka`]: producer/consumer settings with the delivery guarantees we rely on, and topic creation.
+//! - [`clickhouse`]: the HTTP client built from config.
+//! - [`migrations`]: the versioned ClickHouse migrations runner.
+//! - [`shutdown`]: the cancellation token every `run(config, shutdown)` takes.
+//! - [`telemetry`]: `tracing` setup and the Prometheus `/metrics`, `/healthz`, `/readyz` endpoints.
+//! - [`error`]: the crate's error type, which says whether a failure is worth retrying.
+
+pub mod clickhouse;
+pub mod config;
+pub mod error;
+pub mod kafka;
+pub mod migrations;
+pub mod secret;
+pub mod shutdown;
+pub mod telemetry;
+
+pub use error::{Error, Result};

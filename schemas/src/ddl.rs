@@ -1,0 +1,1 @@
+//! ClickHouse DDL migrations (placeholder until written).

@@ -1,0 +1,3 @@
+//! Data contracts of the pipeline (no network IO).
+
+pub mod ddl;

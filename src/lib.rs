@@ -1,0 +1,1 @@
+//! Empty root package: the workspace-level end-to-end tests live in `tests/`.
