@@ -152,7 +152,11 @@ pub fn figment_for<T: Serialize + Default>(path: Option<&Path>) -> Figment {
         figment = figment.merge(Toml::file_exact(path));
     }
     // QUOTAFLOW_CONFIG names the file itself and QUOTAFLOW_LOG the log filter; neither is a field.
-    figment.merge(Env::prefixed(ENV_PREFIX).ignore(&["config", "log", "log_format"]).split("__"))
+    figment.merge(
+        Env::prefixed(ENV_PREFIX)
+            .ignore(&["config", "log", "log_format"])
+            .split("__"),
+    )
 }
 
 #[cfg(test)]
@@ -167,6 +171,7 @@ mod tests {
     }
 
     #[test]
+    #[allow(clippy::result_large_err)] // figment::Jail's closure signature, not ours
     fn env_overrides_file_and_unknown_keys_fail() {
         figment::Jail::expect_with(|jail| {
             jail.create_file("c.toml", "[kafka]\nbrokers = \"file:9092\"\n")?;
@@ -176,7 +181,9 @@ mod tests {
             assert_eq!(config.clickhouse.database, "from_env");
 
             jail.set_env("QUOTAFLOW_KAFKA__BROKRES", "typo:9092");
-            let error = load::<Sample>(Some(Path::new("c.toml"))).unwrap_err().to_string();
+            let error = load::<Sample>(Some(Path::new("c.toml")))
+                .unwrap_err()
+                .to_string();
             assert!(error.contains("brokres"), "{error}");
             Ok(())
         });

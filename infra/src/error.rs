@@ -41,7 +41,9 @@ impl Error {
                     | Some(rdkafka::types::RDKafkaErrorCode::InvalidMessage)
                     | Some(rdkafka::types::RDKafkaErrorCode::TopicAuthorizationFailed)
             ),
-            Error::ClickHouse(error) | Error::Migration { source: error, .. } => clickhouse_error_is_retryable(error),
+            Error::ClickHouse(error) | Error::Migration { source: error, .. } => {
+                clickhouse_error_is_retryable(error)
+            }
             Error::Timeout(_) | Error::Io(_) => true,
         }
     }

@@ -86,7 +86,8 @@ pub struct TopicSpec {
 
 /// Creates the topics that do not exist yet; existing topics are left as they are.
 pub async fn ensure_topics(kafka: &KafkaConfig, topics: &[TopicSpec]) -> Result<()> {
-    let admin: AdminClient<DefaultClientContext> = base_config(kafka, "quotaflow-admin").create()?;
+    let admin: AdminClient<DefaultClientContext> =
+        base_config(kafka, "quotaflow-admin").create()?;
     let retention_ms: Vec<String> = topics
         .iter()
         .map(|topic| match topic.retention {
@@ -98,7 +99,8 @@ pub async fn ensure_topics(kafka: &KafkaConfig, topics: &[TopicSpec]) -> Result<
         .iter()
         .zip(&retention_ms)
         .map(|(topic, retention_ms)| {
-            let new_topic = NewTopic::new(&topic.name, topic.partitions, TopicReplication::Fixed(1));
+            let new_topic =
+                NewTopic::new(&topic.name, topic.partitions, TopicReplication::Fixed(1));
             match topic.retention {
                 Retention::Time(_) => new_topic
                     .set("cleanup.policy", "delete")

@@ -8,6 +8,7 @@
 //! - [`migrations`]: the versioned ClickHouse migrations runner.
 //! - [`shutdown`]: the cancellation token every `run(config, shutdown)` takes.
 //! - [`telemetry`]: `tracing` setup and the Prometheus `/metrics`, `/healthz`, `/readyz` endpoints.
+//! - [`testkit`]: unique topics and databases per test, and polling with deadlines.
 //! - [`error`]: the crate's error type, which says whether a failure is worth retrying.
 
 pub mod clickhouse;
@@ -18,5 +19,6 @@ pub mod migrations;
 pub mod secret;
 pub mod shutdown;
 pub mod telemetry;
+pub mod testkit;
 
 pub use error::{Error, Result};

@@ -57,6 +57,9 @@ mod tests {
         assert!(!format!("{secret:?}").contains("hooks"));
         assert!(!format!("{secret}").contains("hooks"));
         assert!(!serde_json::to_string(&secret).unwrap().contains("hooks"));
-        assert_eq!(secret.expose(), "https://hooks.slack.com/services/T000/B000/XXXX");
+        assert_eq!(
+            secret.expose(),
+            "https://hooks.slack.com/services/T000/B000/XXXX"
+        );
     }
 }

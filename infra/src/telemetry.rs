@@ -16,9 +16,12 @@ use tracing_subscriber::EnvFilter;
 /// Installs the global tracing subscriber: JSON lines when `QUOTAFLOW_LOG_FORMAT=json`, human-readable
 /// otherwise; the filter comes from `QUOTAFLOW_LOG` (default `info`). Safe to call more than once.
 pub fn init_tracing() {
-    let filter = EnvFilter::try_from_env("QUOTAFLOW_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
+    let filter =
+        EnvFilter::try_from_env("QUOTAFLOW_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
     let json = std::env::var("QUOTAFLOW_LOG_FORMAT").is_ok_and(|format| format == "json");
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_target(true);
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_target(true);
     let _ = if json {
         builder.json().flatten_event(true).try_init()
     } else {

@@ -1,0 +1,83 @@
+//! Helpers for tests on the real local stack (CONVENTIONS.md §12): every test gets its own topics and
+//! its own ClickHouse database, so tests run in parallel and never see each other's data. Addresses
+//! come from `QUOTAFLOW_TEST_KAFKA` and `QUOTAFLOW_TEST_CLICKHOUSE`, defaulting to `dev/stack`'s.
+
+use std::future::Future;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use crate::config::{ClickHouseConfig, KafkaConfig, TopicsConfig};
+
+/// A name unique to this process and call, e.g. `t_raw_4f2a9c_3`, safe as a topic or database name.
+pub fn unique_name(prefix: &str) -> String {
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|elapsed| elapsed.subsec_nanos())
+        .unwrap_or_default();
+    format!(
+        "{prefix}_{:x}{:x}_{}",
+        std::process::id(),
+        nanos,
+        COUNTER.fetch_add(1, Ordering::Relaxed)
+    )
+}
+
+/// Kafka config for a test: the local broker and topic names no other test uses.
+pub fn kafka_config(test: &str) -> KafkaConfig {
+    let run = unique_name(test);
+    KafkaConfig {
+        brokers: std::env::var("QUOTAFLOW_TEST_KAFKA")
+            .unwrap_or_else(|_| "127.0.0.1:9092".to_string()),
+        topics: TopicsConfig {
+            usage: format!("{run}.usage"),
+            dead_letter: format!("{run}.deadletter"),
+            totals: format!("{run}.totals"),
+            control: format!("{run}.control"),
+            alerts: format!("{run}.alerts"),
+            approvals: format!("{run}.approvals"),
+            partitions: 3,
+        },
+        properties: Default::default(),
+    }
+}
+
+/// ClickHouse config for a test: the local server and a database no other test uses
+/// (created by the migrations; drop it with [`drop_database`]).
+pub fn clickhouse_config(test: &str) -> ClickHouseConfig {
+    ClickHouseConfig {
+        url: std::env::var("QUOTAFLOW_TEST_CLICKHOUSE")
+            .unwrap_or_else(|_| "http://127.0.0.1:8123".to_string()),
+        database: unique_name(&format!("t_{test}")),
+        ..ClickHouseConfig::default()
+    }
+}
+
+/// Drops a test's database.
+pub async fn drop_database(config: &ClickHouseConfig) -> crate::Result<()> {
+    crate::clickhouse::server_client(config)
+        .query(&format!("DROP DATABASE IF EXISTS `{}`", config.database))
+        .execute()
+        .await?;
+    Ok(())
+}
+
+/// Polls `check` until it yields `Some`, or fails after `deadline` with `what` in the message.
+/// This is how tests wait: on an observable condition with a deadline, never on a fixed sleep.
+pub async fn eventually<T, F, Fut>(deadline: Duration, what: &str, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
+    let started = Instant::now();
+    loop {
+        if let Some(value) = check().await {
+            return value;
+        }
+        assert!(
+            started.elapsed() < deadline,
+            "timed out after {deadline:?} waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
