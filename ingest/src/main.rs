@@ -1,0 +1,24 @@
+//! `quotaflow-ingest`: reads the config, sets up logging and runs [`ingest::run`] until SIGINT/SIGTERM.
+
+use std::path::PathBuf;
+
+use clap::Parser;
+
+/// The quotaflow ingest service.
+#[derive(Debug, Parser)]
+#[command(name = "quotaflow-ingest", version, about)]
+struct Args {
+    /// TOML config file; `QUOTAFLOW_*` environment variables override what it sets.
+    #[arg(long, env = "QUOTAFLOW_CONFIG")]
+    config: Option<PathBuf>,
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    infra::telemetry::init_tracing();
+    let config: ingest::Config = infra::config::load(args.config.as_deref())?;
+    let shutdown = infra::shutdown::on_signal();
+    ingest::run(config, shutdown).await?;
+    Ok(())
+}
