@@ -18,6 +18,16 @@ pub struct Config {
     pub clickhouse: ClickHouseConfig,
     /// Listener for `/metrics`, `/healthz` and `/readyz` (and, later, the event API).
     pub http: HttpConfig,
+    /// Auth tokens and request limits of the HTTP API.
+    pub api: crate::api::ApiConfig,
+    /// Limits every event must respect, on every path (HTTP, producer library, Kafka readers).
+    pub validation: crate::validation::ValidationConfig,
+    /// The price catalog and what to do with events it cannot price.
+    pub pricing: crate::pricer::PricingConfig,
+    /// In-flight limits of the producer that publishes accepted events.
+    pub recorder: crate::recorder::RecorderConfig,
+    /// The raw archive consumer (usage topic → ClickHouse), exactly once.
+    pub archive: crate::archive::ArchiveConfig,
 }
 
 impl Default for Config {
@@ -26,6 +36,11 @@ impl Default for Config {
             kafka: KafkaConfig::default(),
             clickhouse: ClickHouseConfig::default(),
             http: HttpConfig::with_port(DEFAULT_HTTP_PORT),
+            api: Default::default(),
+            validation: Default::default(),
+            pricing: Default::default(),
+            recorder: Default::default(),
+            archive: Default::default(),
         }
     }
 }

@@ -15,8 +15,14 @@
 //! producer it will use is idempotent with `acks=all` (`infra::kafka::producer_config`); the guarantee
 //! the API gives its callers will be stated here when the API exists.
 
+pub mod api;
+pub mod archive;
 pub mod config;
+pub mod dead_letter;
 pub mod error;
+pub mod pricer;
+pub mod recorder;
+pub mod validation;
 
 use infra::shutdown::Shutdown;
 use infra::telemetry::{ops_router, Readiness};
