@@ -1,0 +1,187 @@
+//! [`ControlDecision`]: what gateways must do for a scope.
+//!
+//! Published on a compacted control topic keyed by [`ControlDecision::key`]; compaction keeps the
+//! latest decision per key, and gateways apply a decision only if its `version` is higher than
+//! the one they hold, so redelivery and reordering are harmless.
+
+use crate::avro_enum;
+use crate::codec::datum::{DatumReader, DatumWriter};
+use crate::codec::{AvroRecord, DecodeError, EncodeError, InvariantViolation};
+use chrono::{DateTime, Utc};
+use rust_decimal::Decimal;
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+
+avro_enum! {
+    /// What gateways must do for traffic in scope.
+    pub enum DecisionAction {
+        /// Let traffic through (also lifts an earlier block or degrade).
+        Allow = "allow",
+        /// Refuse traffic.
+        Block = "block",
+        /// Route traffic to [`ControlDecision::degrade_to`] instead.
+        Degrade = "degrade",
+    }
+}
+
+/// A quota decision for one policy and scope.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ControlDecision {
+    /// Unique id of this decision.
+    pub decision_id: String,
+    /// The compaction key (see [`ControlDecision::compaction_key`]); latest version per key wins.
+    pub key: String,
+    /// Policy that produced the decision.
+    pub policy_id: String,
+    /// Scope the decision applies to: dimension → value (e.g. `team` → `search`).
+    pub scope: BTreeMap<String, String>,
+    /// What gateways must do.
+    pub action: DecisionAction,
+    /// Route/model to use instead; required when `action` is `degrade`.
+    #[serde(default)]
+    pub degrade_to: Option<String>,
+    /// Human-readable reason.
+    pub reason: String,
+    /// Unit of `observed` and `limit` (usd, tokens, requests …).
+    pub unit: String,
+    /// Usage observed in the window (`decimal(38, 12)`, >= 0).
+    #[serde(with = "crate::money::json")]
+    pub observed: Decimal,
+    /// The limit that applies (`decimal(38, 12)`, >= 0).
+    #[serde(with = "crate::money::json")]
+    pub limit: Decimal,
+    /// Window kind: `day`, `minute`, `campaign:<name>` …
+    pub window: String,
+    /// Start of the window (inclusive).
+    pub window_start: DateTime<Utc>,
+    /// End of the window (exclusive), `>= window_start`.
+    pub window_end: DateTime<Utc>,
+    /// When the decision was issued.
+    pub issued_at: DateTime<Utc>,
+    /// When gateways must stop applying it; `None` = until superseded.
+    #[serde(default)]
+    pub expires_at: Option<DateTime<Utc>>,
+    /// Monotonic per key; gateways ignore a version lower than the one they hold.
+    pub version: u64,
+}
+
+impl ControlDecision {
+    /// The compaction key for a policy and scope: `policy_id` then `dimension=value` pairs in
+    /// dimension order, `/`-separated, with `%`, `/` and `=` percent-escaped so distinct scopes
+    /// never collide.
+    pub fn compaction_key(policy_id: &str, scope: &BTreeMap<String, String>) -> String {
+        fn escape(text: &str, out: &mut String) {
+            for character in text.chars() {
+                match character {
+                    '%' => out.push_str("%25"),
+                    '/' => out.push_str("%2F"),
+                    '=' => out.push_str("%3D"),
+                    other => out.push(other),
+                }
+            }
+        }
+        let mut key = String::new();
+        escape(policy_id, &mut key);
+        for (dimension, value) in scope {
+            key.push('/');
+            escape(dimension, &mut key);
+            key.push('=');
+            escape(value, &mut key);
+        }
+        key
+    }
+}
+
+impl AvroRecord for ControlDecision {
+    const RECORD_NAME: &'static str = "dev.quotaflow.ControlDecision";
+    const FINGERPRINT: [u8; 8] = [0x34, 0xE0, 0x6D, 0x67, 0xB4, 0xC2, 0x39, 0x52];
+
+    fn write_datum<W: DatumWriter>(&self, writer: &mut W) -> Result<(), EncodeError> {
+        writer.write_string("decision_id", &self.decision_id);
+        writer.write_string("key", &self.key);
+        writer.write_string("policy_id", &self.policy_id);
+        writer.write_string_map("scope", &self.scope);
+        writer.write_enum("action", self.action);
+        writer.write_optional_string("degrade_to", self.degrade_to.as_deref());
+        writer.write_string("reason", &self.reason);
+        writer.write_string("unit", &self.unit);
+        writer.write_amount("observed", &self.observed)?;
+        writer.write_amount("limit", &self.limit)?;
+        writer.write_string("window", &self.window);
+        writer.write_timestamp("window_start", &self.window_start)?;
+        writer.write_timestamp("window_end", &self.window_end)?;
+        writer.write_timestamp("issued_at", &self.issued_at)?;
+        writer.write_optional_timestamp("expires_at", self.expires_at.as_ref())?;
+        writer.write_count_long("version", self.version)?;
+        Ok(())
+    }
+
+    fn read_datum<R: DatumReader>(reader: &mut R) -> Result<Self, DecodeError> {
+        Ok(ControlDecision {
+            decision_id: reader.read_string("decision_id")?,
+            key: reader.read_string("key")?,
+            policy_id: reader.read_string("policy_id")?,
+            scope: reader.read_string_map("scope")?,
+            action: reader.read_enum("action")?,
+            degrade_to: reader.read_optional_string("degrade_to")?,
+            reason: reader.read_string("reason")?,
+            unit: reader.read_string("unit")?,
+            observed: reader.read_amount("observed")?,
+            limit: reader.read_amount("limit")?,
+            window: reader.read_string("window")?,
+            window_start: reader.read_timestamp("window_start")?,
+            window_end: reader.read_timestamp("window_end")?,
+            issued_at: reader.read_timestamp("issued_at")?,
+            expires_at: reader.read_optional_timestamp("expires_at")?,
+            version: reader.read_count_long("version")?,
+        })
+    }
+
+    fn check_invariants(&self) -> Result<(), InvariantViolation> {
+        if self.action == DecisionAction::Degrade && self.degrade_to.is_none() {
+            return Err(InvariantViolation {
+                field: "degrade_to",
+                reason: "a degrade decision must say what to degrade to".to_owned(),
+            });
+        }
+        window_is_ordered(&self.window_start, &self.window_end)
+    }
+}
+
+/// `window_start <= window_end` (shared by the records that carry a window).
+pub(crate) fn window_is_ordered(
+    window_start: &DateTime<Utc>,
+    window_end: &DateTime<Utc>,
+) -> Result<(), InvariantViolation> {
+    if window_start > window_end {
+        return Err(InvariantViolation {
+            field: "window_end",
+            reason: format!("window_end {window_end} is before window_start {window_start}"),
+        });
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn compaction_keys_do_not_collide_on_separators() {
+        let scope = |pairs: &[(&str, &str)]| {
+            pairs
+                .iter()
+                .map(|(dimension, value)| (dimension.to_string(), value.to_string()))
+                .collect::<BTreeMap<_, _>>()
+        };
+        let plain = ControlDecision::compaction_key("daily", &scope(&[("team", "a/b=c")]));
+        let split = ControlDecision::compaction_key("daily", &scope(&[("team", "a"), ("b", "c")]));
+        assert_ne!(plain, split);
+        assert_eq!(plain, "daily/team=a%2Fb%3Dc");
+        assert_eq!(
+            ControlDecision::compaction_key("p", &scope(&[("z", "1"), ("a", "2")])),
+            "p/a=2/z=1"
+        );
+    }
+}

@@ -1,0 +1,112 @@
+//! Schema evolution: data written with `usage_event.v1.avsc` (the first published version)
+//! decodes with the current reader, the pricing envelope defaulted.
+
+mod common;
+
+use apache_avro::types::Value;
+use schemas::codec::{self, registry, AvroRecord};
+use schemas::UsageEvent;
+
+const ENVELOPE: [&str; 3] = ["cost_usd", "cost_source", "catalog_version"];
+
+fn v1() -> &'static registry::RegisteredSchema {
+    UsageEvent::writer_schemas()
+        .into_iter()
+        .find(|schema| schema.file.version == 1)
+        .expect("v1 is registered")
+}
+
+/// `event` without its pricing envelope, written by apache-avro with the v1 schema and framed
+/// with the v1 single-object header.
+fn encode_as_v1(event: &UsageEvent) -> Vec<u8> {
+    let Value::Record(fields) = codec::to_avro_value(event).expect("valid event") else {
+        panic!("records encode to Value::Record");
+    };
+    let v1_fields = fields
+        .into_iter()
+        .filter(|(name, _)| !ENVELOPE.contains(&name.as_str()))
+        .collect();
+    let datum = apache_avro::to_avro_datum(&v1().schema, Value::Record(v1_fields))
+        .expect("a v1 value is valid for the v1 schema");
+    let mut bytes = vec![0xC3, 0x01];
+    bytes.extend_from_slice(&v1().fingerprint);
+    bytes.extend_from_slice(&datum);
+    bytes
+}
+
+#[test]
+fn v1_event_decodes_with_the_current_reader() {
+    let mut event = common::sample_usage_event();
+    let bytes = encode_as_v1(&event);
+    assert_ne!(&bytes[2..10], &UsageEvent::FINGERPRINT);
+
+    let decoded: UsageEvent = codec::decode(&bytes).expect("v1 resolves to v2");
+    assert_eq!(decoded.cost_usd, None);
+    assert_eq!(decoded.cost_source, None);
+    assert_eq!(decoded.catalog_version, None);
+    event.cost_usd = None;
+    event.cost_source = None;
+    event.catalog_version = None;
+    assert_eq!(decoded, event);
+    assert_eq!(codec::decode_generic::<UsageEvent>(&bytes), Ok(event));
+}
+
+#[test]
+fn v1_data_with_trailing_garbage_is_rejected() {
+    let mut bytes = encode_as_v1(&common::sample_usage_event());
+    bytes.push(0);
+    let error = codec::decode::<UsageEvent>(&bytes).expect_err("trailing byte");
+    assert_eq!(error.kind(), "invalid_value");
+}
+
+#[test]
+fn truncated_v1_data_is_an_error_not_a_panic() {
+    let bytes = encode_as_v1(&common::sample_usage_event());
+    for cut in 10..bytes.len() {
+        assert!(
+            codec::decode::<UsageEvent>(&bytes[..cut]).is_err(),
+            "cut at {cut}"
+        );
+    }
+}
+
+#[test]
+fn v2_is_v1_plus_defaulted_fields_only() {
+    let fields = |json: &str| -> Vec<serde_json::Value> {
+        let schema: serde_json::Value = serde_json::from_str(json).expect("valid JSON");
+        schema["fields"].as_array().expect("fields").clone()
+    };
+    let v1_fields = fields(registry::USAGE_EVENT_V1_AVSC);
+    let v2_fields = fields(registry::USAGE_EVENT_V2_AVSC);
+    for (old, new) in v1_fields.iter().zip(&v2_fields) {
+        assert_eq!(old["name"], new["name"], "contract fields keep their order");
+        assert_eq!(
+            old["type"], new["type"],
+            "contract field {} keeps its type",
+            old["name"]
+        );
+    }
+    for added in &v2_fields[v1_fields.len()..] {
+        assert!(
+            added.get("default").is_some(),
+            "{} has no default",
+            added["name"]
+        );
+    }
+    let added: Vec<_> = v2_fields[v1_fields.len()..]
+        .iter()
+        .map(|field| field["name"].as_str().expect("name"))
+        .collect();
+    assert_eq!(added, ENVELOPE);
+}
+
+#[test]
+fn a_forged_length_in_old_data_is_an_error_not_a_huge_allocation() {
+    // v1 header, then event_id claiming 1 GiB of string.
+    let mut bytes = vec![0xC3, 0x01];
+    bytes.extend_from_slice(&v1().fingerprint);
+    bytes.extend(common::varint(1 << 30));
+    bytes.extend_from_slice(b"abc");
+    let error = codec::decode::<UsageEvent>(&bytes).expect_err("forged length");
+    assert_eq!(error.kind(), "malformed", "{error}");
+}

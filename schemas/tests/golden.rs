@@ -1,0 +1,48 @@
+//! Golden bytes: the encoding of one fixed UsageEvent is pinned byte for byte, so any change to
+//! the wire format (schema, field order, decimal or varint encoding) is a deliberate, reviewed
+//! diff of `tests/golden/usage_event_v2.hex`. Regenerate with `UPDATE_GOLDEN=1 cargo test -p
+//! schemas --test golden` only when the change is intended (a new schema version).
+
+mod common;
+
+use schemas::codec::{self, AvroRecord};
+use schemas::UsageEvent;
+
+const GOLDEN_PATH: &str = concat!(
+    env!("CARGO_MANIFEST_DIR"),
+    "/tests/golden/usage_event_v2.hex"
+);
+
+#[test]
+fn usage_event_v2_golden_bytes() {
+    let event = common::sample_usage_event();
+    let bytes = codec::encode(&event).expect("valid event");
+    let actual_hex = hex::encode(&bytes);
+    if std::env::var_os("UPDATE_GOLDEN").is_some() {
+        std::fs::write(GOLDEN_PATH, format!("{actual_hex}\n")).expect("write golden file");
+    }
+    let golden_hex = std::fs::read_to_string(GOLDEN_PATH).expect("golden file exists");
+    assert_eq!(
+        actual_hex,
+        golden_hex.trim(),
+        "encoding changed; if intended, regenerate with UPDATE_GOLDEN=1"
+    );
+
+    let golden = hex::decode(golden_hex.trim()).expect("golden file is hex");
+    assert_eq!(&golden[..2], &[0xC3, 0x01], "single-object magic");
+    assert_eq!(
+        &golden[2..10],
+        &UsageEvent::FINGERPRINT,
+        "current schema fingerprint"
+    );
+    assert_eq!(codec::decode::<UsageEvent>(&golden), Ok(event));
+}
+
+#[test]
+fn golden_header_is_the_documented_fingerprint() {
+    // The fingerprint in wire order, as other services and other languages will see it.
+    assert_eq!(
+        codec::fingerprint_hex(&UsageEvent::FINGERPRINT),
+        "de4865c5e45ab423"
+    );
+}
