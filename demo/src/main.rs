@@ -1,0 +1,223 @@
+//! `quotaflow-demo`: sends a synthetic gateway workload to the ingest API, waits until the raw archive
+//! holds every accepted event, and prints a summary from ClickHouse (as the read-only analyst).
+
+mod workload;
+
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use clap::Parser;
+use indicatif::{ProgressBar, ProgressStyle};
+use serde_json::Value;
+
+/// Runs the demo workload against a running ingest service.
+#[derive(Debug, Parser)]
+#[command(name = "quotaflow-demo")]
+struct Args {
+    /// Base URL of the ingest service.
+    #[arg(long, default_value = "http://127.0.0.1:8080")]
+    ingest_url: String,
+    /// Bearer token of the demo producer (from the environment, never printed).
+    #[arg(long, env = "QUOTAFLOW_DEMO_TOKEN", hide_env_values = true)]
+    token: String,
+    /// Producer name the token belongs to.
+    #[arg(long, default_value = "demo")]
+    producer: String,
+    /// Number of events to send.
+    #[arg(long, default_value_t = 5_000)]
+    events: u64,
+    /// Target rate in events per second.
+    #[arg(long, default_value_t = 1_000)]
+    rate: u64,
+    /// Events per HTTP request.
+    #[arg(long, default_value_t = 250)]
+    batch: usize,
+    /// ClickHouse HTTP endpoint for the summary queries.
+    #[arg(long, default_value = "http://127.0.0.1:8123")]
+    clickhouse_url: String,
+    /// Database the services write to.
+    #[arg(long, default_value = "quotaflow")]
+    database: String,
+    /// Seed of the workload generator.
+    #[arg(long, default_value_t = 42)]
+    seed: u64,
+}
+
+#[tokio::main]
+async fn main() -> Result<()> {
+    let args = Args::parse();
+    let run_id = format!("{:x}", chrono::Utc::now().timestamp_millis());
+    let http = reqwest::Client::new();
+    let (accepted, rejected) = send_workload(&args, &run_id, &http).await?;
+    println!(
+        "\nsent {} events: {accepted} accepted, {rejected} rejected (run {run_id})",
+        args.events
+    );
+    if accepted == 0 {
+        bail!("ingest accepted no events");
+    }
+    let clickhouse = ClickHouse {
+        http,
+        url: args.clickhouse_url.clone(),
+        database: args.database.clone(),
+    };
+    wait_for_archive(&clickhouse, &run_id, accepted).await?;
+    print_summary(&clickhouse, &run_id).await
+}
+
+async fn send_workload(args: &Args, run_id: &str, http: &reqwest::Client) -> Result<(u64, u64)> {
+    let mut workload = workload::Workload::new(args.seed, run_id, &args.producer);
+    let progress = ProgressBar::new(args.events);
+    progress.set_style(
+        ProgressStyle::with_template(
+            "{spinner} sending [{bar:40}] {pos}/{len} events {per_sec} eta {eta} {msg}",
+        )
+        .context("progress template")?
+        .progress_chars("=> "),
+    );
+    let started = Instant::now();
+    let (mut accepted, mut rejected, mut sent) = (0u64, 0u64, 0u64);
+    while sent < args.events {
+        let size = (args.batch as u64).min(args.events - sent);
+        let now = chrono::Utc::now();
+        let batch: Vec<_> = (0..size).map(|_| workload.next_event(now)).collect();
+        let response = post_with_retry(http, args, &batch).await?;
+        accepted += response["accepted"].as_u64().unwrap_or(0);
+        rejected += response["rejected"].as_u64().unwrap_or(0);
+        sent += size;
+        progress.set_position(sent);
+        progress.set_message(format!("accepted {accepted} rejected {rejected}"));
+        // Pace to the target rate by event count, not by fixed sleeps per request.
+        let due = Duration::from_secs_f64(sent as f64 / args.rate.max(1) as f64);
+        if let Some(ahead) = due.checked_sub(started.elapsed()) {
+            tokio::time::sleep(ahead).await;
+        }
+    }
+    progress.finish();
+    Ok((accepted, rejected))
+}
+
+/// Posts one batch; a 503 (Kafka unavailable) is retried with the same event ids, which is safe
+/// because downstream deduplicates by event id.
+async fn post_with_retry(
+    http: &reqwest::Client,
+    args: &Args,
+    batch: &[schemas::UsageEvent],
+) -> Result<Value> {
+    let url = format!("{}/v1/events", args.ingest_url);
+    for attempt in 1..=5 {
+        let response = http
+            .post(&url)
+            .bearer_auth(&args.token)
+            .json(batch)
+            .send()
+            .await
+            .context("POST /v1/events")?;
+        let status = response.status();
+        let body: Value = response.json().await.unwrap_or(Value::Null);
+        match status.as_u16() {
+            200 | 422 => return Ok(body),
+            503 if attempt < 5 => tokio::time::sleep(Duration::from_secs(attempt)).await,
+            _ => bail!("ingest answered {status}: {body}"),
+        }
+    }
+    bail!("ingest stayed unavailable")
+}
+
+struct ClickHouse {
+    http: reqwest::Client,
+    url: String,
+    database: String,
+}
+
+impl ClickHouse {
+    /// Runs a query as the read-only analyst and returns its rows as JSON objects; decimals are
+    /// selected as strings (`toString`) so they stay exact.
+    async fn rows(&self, sql: &str) -> Result<Vec<Value>> {
+        let response = self
+            .http
+            .post(&self.url)
+            .query(&[
+                ("database", self.database.as_str()),
+                ("user", "analyst"),
+                ("password", "analyst"),
+            ])
+            .body(format!("{sql} FORMAT JSONEachRow"))
+            .send()
+            .await
+            .context("clickhouse query")?;
+        let status = response.status();
+        let text = response.text().await?;
+        if !status.is_success() {
+            bail!("clickhouse answered {status}: {text}");
+        }
+        text.lines()
+            .map(|line| serde_json::from_str(line).context("clickhouse row"))
+            .collect()
+    }
+}
+
+async fn wait_for_archive(clickhouse: &ClickHouse, run_id: &str, expected: u64) -> Result<()> {
+    let progress = ProgressBar::new(expected);
+    progress.set_style(ProgressStyle::with_template(
+        "{spinner} archived [{bar:40}] {pos}/{len} events in ClickHouse",
+    )?);
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let rows = clickhouse
+            .rows(&format!(
+                "SELECT toString(count()) AS n FROM usage_events WHERE has(labels_keys, 'demo_run') AND labels_values[indexOf(labels_keys, 'demo_run')] = '{run_id}'"
+            ))
+            .await?;
+        let archived: u64 = rows
+            .first()
+            .and_then(|row| row["n"].as_str())
+            .and_then(|n| n.parse().ok())
+            .unwrap_or(0);
+        progress.set_position(archived);
+        if archived >= expected {
+            progress.finish();
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            bail!("only {archived} of {expected} events reached ClickHouse in 120 s");
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
+async fn print_summary(clickhouse: &ClickHouse, run_id: &str) -> Result<()> {
+    let run_filter = format!("labels_values[indexOf(labels_keys, 'demo_run')] = '{run_id}'");
+    println!("\n== spend per team (exact, USD) ==");
+    for row in clickhouse
+        .rows(&format!(
+            "SELECT team, toString(count()) AS events, toString(sum(ifNull(cost_usd, toDecimal128(0, 12)))) AS spend_usd, \
+             toString(countIf(cost_source = 'unpriced')) AS unpriced FROM usage_events WHERE {run_filter} GROUP BY team ORDER BY team"
+        ))
+        .await?
+    {
+        println!("{:<10} {:>7} events  {:>22} USD  {} unpriced", row["team"].as_str().unwrap_or(""), row["events"].as_str().unwrap_or(""), row["spend_usd"].as_str().unwrap_or(""), row["unpriced"].as_str().unwrap_or(""));
+    }
+    println!("\n== events and spend per modality and model ==");
+    for row in clickhouse
+        .rows(&format!(
+            "SELECT modality, model, toString(count()) AS events, toString(sum(ifNull(cost_usd, toDecimal128(0, 12)))) AS spend_usd \
+             FROM usage_events WHERE {run_filter} GROUP BY modality, model ORDER BY modality, model"
+        ))
+        .await?
+    {
+        println!("{:<10} {:<24} {:>7} events  {:>22} USD", row["modality"].as_str().unwrap_or(""), row["model"].as_str().unwrap_or(""), row["events"].as_str().unwrap_or(""), row["spend_usd"].as_str().unwrap_or(""));
+    }
+    println!("\n== retries and fallbacks ==");
+    for row in clickhouse
+        .rows(&format!(
+            "SELECT toString(countIf(attempt > 1)) AS retries, toString(countIf(fallback_from_model IS NOT NULL)) AS fallbacks, \
+             toString(sum(if(fallback_from_model IS NOT NULL, ifNull(cost_usd, toDecimal128(0, 12)), toDecimal128(0, 12)))) AS fallback_spend_usd \
+             FROM usage_events WHERE {run_filter}"
+        ))
+        .await?
+    {
+        println!("retries {}  fallbacks {}  fallback spend {} USD", row["retries"].as_str().unwrap_or(""), row["fallbacks"].as_str().unwrap_or(""), row["fallback_spend_usd"].as_str().unwrap_or(""));
+    }
+    Ok(())
+}
