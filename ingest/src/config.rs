@@ -4,7 +4,7 @@
 use infra::config::{ClickHouseConfig, HttpConfig, KafkaConfig};
 use serde::{Deserialize, Serialize};
 
-/// Port of the ingest HTTP listener; the future event API will share it with the ops endpoints.
+/// Port of the ingest HTTP listener, shared by the event API and the ops endpoints.
 pub const DEFAULT_HTTP_PORT: u16 = 8080;
 
 /// Everything `run` needs; unknown keys are an error so a misspelled setting cannot be silently ignored.
@@ -16,7 +16,7 @@ pub struct Config {
     pub kafka: KafkaConfig,
     /// Where the migrations run at startup, so every table exists before any service writes.
     pub clickhouse: ClickHouseConfig,
-    /// Listener for `/metrics`, `/healthz` and `/readyz` (and, later, the event API).
+    /// Listener for the event API (`/v1/events`, `/openapi.json`) and `/metrics`, `/healthz`, `/readyz`.
     pub http: HttpConfig,
     /// Auth tokens and request limits of the HTTP API.
     pub api: crate::api::ApiConfig,
@@ -57,5 +57,6 @@ mod tests {
         let config: Config = infra::config::load(Some(&path)).expect("config/ingest.toml loads");
         assert_eq!(config.http.listen.port(), DEFAULT_HTTP_PORT);
         assert_eq!(config.kafka.brokers, "127.0.0.1:9092");
+        assert_eq!(config.api, crate::api::ApiConfig::default());
     }
 }

@@ -22,6 +22,15 @@ pub enum Error {
     /// The pipeline topics could not be created at startup.
     #[error("creating kafka topics failed")]
     Topics(#[source] infra::Error),
+    /// The config breaks a rule serde cannot check (see `ApiConfig::validate`).
+    #[error("invalid config: {0}")]
+    Config(String),
+    /// The price catalog could not be loaded.
+    #[error("loading the price catalog failed")]
+    Pricing(#[source] crate::pricer::PricerError),
+    /// The Kafka producer behind the API could not be created.
+    #[error("creating the kafka producer failed")]
+    Recorder(#[source] crate::recorder::RecordError),
 }
 
 impl Error {
@@ -32,6 +41,9 @@ impl Error {
             Error::Bind { .. } => false,
             Error::Http(_) => true,
             Error::Migrations(error) | Error::Topics(error) => error.is_retryable(),
+            Error::Config(_) => false,
+            Error::Pricing(error) => error.is_retryable(),
+            Error::Recorder(error) => error.is_retryable(),
         }
     }
 }

@@ -1,19 +1,24 @@
-//! Ingest: the pipeline's front door. It will take usage events over HTTP, validate and price them, and
-//! produce them to the usage topic (or the dead-letter topic with the reason).
+//! Ingest: the pipeline's front door. It takes usage events over HTTP (`POST /v1/events`, see
+//! [`api`]) and from the Rust producer library ([`recorder`]), validates and prices them, and
+//! produces them to the usage topic.
 //!
 //! - [`config`]: the service's [`Config`].
 //! - [`error`]: the crate's [`Error`], which says whether a failure is worth retrying.
+//! - [`api`]: the HTTP event API and its OpenAPI document (`ingest/openapi.yaml`).
+//! - [`recorder`], [`validation`], [`pricer`]: the producer library the API is built on.
+//! - [`archive`], [`dead_letter`]: the raw archive consumer and dead letters.
 //! - [`run`] / [`run_with_listener`]: start the service and keep it up until shutdown.
 //!
-//! # What runs today
-//! A skeleton: at startup it applies the ClickHouse migrations and creates the pipeline topics, then
-//! serves `/metrics`, `/healthz` and `/readyz` until the shutdown token is cancelled.
+//! # What runs
+//! At startup it applies the ClickHouse migrations, creates the pipeline topics and the producer, then
+//! reports ready; `/metrics`, `/healthz`, `/readyz`, `/openapi.json` and `/openapi.yaml` answer from the
+//! start, `POST /v1/events` answers 503 until ready.
 //!
 //! # Delivery guarantees
-//! None yet, because nothing is delivered: the event API (`POST /v1/events`), validation, pricing and the
-//! producer are **not built**, so this service accepts no events and writes nothing to Kafka. The
-//! producer it will use is idempotent with `acks=all` (`infra::kafka::producer_config`); the guarantee
-//! the API gives its callers will be stated here when the API exists.
+//! An event the API reports `accepted` is acknowledged by Kafka (`acks=all`, idempotent producer)
+//! before the response is sent. When Kafka fails, the response says which events are in an unknown
+//! state and the caller retries with the same `event_id`s; consumers count each `event_id` once. So
+//! delivery into the usage topic is at least once, never lost after `accepted` (details in [`api`]).
 
 pub mod api;
 pub mod archive;
@@ -24,10 +29,15 @@ pub mod pricer;
 pub mod recorder;
 pub mod validation;
 
+use std::time::Duration;
+
 use infra::shutdown::Shutdown;
 use infra::telemetry::{ops_router, Readiness};
 use tokio::net::TcpListener;
-use tracing::info;
+use tracing::{info, warn};
+
+use crate::pricer::Pricer;
+use crate::recorder::Recorder;
 
 pub use config::Config;
 pub use error::{Error, Result};
@@ -41,52 +51,83 @@ pub async fn run(config: Config, shutdown: Shutdown) -> Result<()> {
     run_with_listener(config, listener, shutdown).await
 }
 
+/// How long shutdown waits for Kafka to acknowledge what the last requests enqueued. Every request
+/// already awaited its own acknowledgements, so this only matters for a client that went away.
+const FLUSH_DEADLINE: Duration = Duration::from_secs(10);
+
 /// Runs the service on an already bound `listener` (tests bind `127.0.0.1:0` and read the port first)
 /// until `shutdown` is cancelled; `config.http.listen` is not used.
 ///
 /// The ops endpoints answer from the start, so while migrations run an orchestrator sees the process
-/// alive (`/healthz`) but not ready (`/readyz` is 503). On shutdown: report not ready, then stop the
-/// HTTP server. A failed startup stops the server too and returns the error.
+/// alive (`/healthz`) but not ready (`/readyz` is 503), and `POST /v1/events` answers 503 with
+/// `Retry-After`. Ready means: migrations applied, topics exist, the producer created. On shutdown:
+/// report not ready, stop accepting connections, let in-flight requests finish (each waits for its
+/// Kafka acknowledgements), then flush the producer. A failed startup stops the server too and
+/// returns the error.
 pub async fn run_with_listener(
     config: Config,
     listener: TcpListener,
     shutdown: Shutdown,
 ) -> Result<()> {
+    config.api.validate().map_err(Error::Config)?;
+    if config.api.tokens.is_empty() {
+        warn!("no api.tokens configured: POST /v1/events refuses every request with 401");
+    }
     let listen = listener.local_addr().map_err(Error::Http)?;
     info!(listen = %listen, "service starting");
     let readiness = Readiness::default();
+    let api_state = api::ApiState::starting(&config.api);
+    let router = ops_router(readiness.clone()).merge(api::router(api_state.clone()));
     // Its own token, so that a failed startup can stop the server without cancelling the caller's.
     let stop_http = shutdown.child_token();
-    let http = infra::telemetry::serve(listener, ops_router(readiness.clone()), stop_http.clone());
+    let http = infra::telemetry::serve(listener, router, stop_http.clone());
 
     let lifecycle = async {
         let started = tokio::select! {
             // A shutdown during startup stops waiting on a server that may never answer.
-            () = shutdown.cancelled() => Ok(()),
-            started = start(&config) => started,
+            () = shutdown.cancelled() => Ok(None),
+            started = start(&config) => started.map(Some),
         };
-        if started.is_ok() && !shutdown.is_cancelled() {
-            readiness.set_ready(true);
-            info!(listen = %listen, "service started");
-            shutdown.cancelled().await;
-            info!("service stopping");
+        if let Ok(Some(recorder)) = &started {
+            if !shutdown.is_cancelled() {
+                api_state.set_recorder(recorder.clone());
+                readiness.set_ready(true);
+                info!(listen = %listen, "service started");
+                shutdown.cancelled().await;
+                info!("service stopping");
+            }
         }
         readiness.set_ready(false);
         stop_http.cancel();
         started
     };
+    // `serve` returns once every in-flight request has been answered.
     let (served, started) = tokio::join!(http, lifecycle);
+    if let Ok(Some(recorder)) = &started {
+        if let Err(error) = recorder.flush(FLUSH_DEADLINE).await {
+            warn!(error = %error, "kafka producer not flushed at shutdown");
+        }
+    }
     started?;
     served.map_err(Error::Http)
 }
 
-/// What must exist before the service is ready: the ClickHouse tables and the Kafka topics.
-async fn start(config: &Config) -> Result<()> {
+/// What must exist before the service is ready: the ClickHouse tables, the Kafka topics and the
+/// producer (with its price catalog) that the API sends through.
+async fn start(config: &Config) -> Result<Recorder> {
     infra::migrations::migrate(&config.clickhouse)
         .await
         .map_err(Error::Migrations)?;
     let topics = infra::kafka::pipeline_topics(&config.kafka);
     infra::kafka::ensure_topics(&config.kafka, &topics)
         .await
-        .map_err(Error::Topics)
+        .map_err(Error::Topics)?;
+    let pricer = Pricer::from_config(&config.pricing).map_err(Error::Pricing)?;
+    Recorder::new(
+        &config.kafka,
+        &config.recorder,
+        pricer,
+        config.validation.clone(),
+    )
+    .map_err(Error::Recorder)
 }

@@ -1,9 +1,50 @@
-//! Validation shared by the HTTP API, the producer library and the Kafka readers (owned by the
-//! validation/producer work; interface fixed here so the API and archive can build on it).
+//! Validation shared by the HTTP API, the producer library ([`crate::recorder`]) and the Kafka
+//! readers: [`validate`] checks one [`UsageEvent`] against a [`ValidationConfig`] and the price
+//! catalog's model limits, and returns **every** [`Violation`] at once, so a producer can fix
+//! everything in one round trip.
+//!
+//! What is checked here is what serde cannot check: empty or over-long strings, counts outside
+//! sane bounds, fields that contradict each other, event times outside the accepted window and
+//! usage above the model's context window. Unknown enum symbols, wrong JSON types and negative
+//! amounts are rejected earlier, when the JSON is decoded (`schemas`), and reported by the HTTP
+//! layer.
+//!
+//! Every violation names the JSON path of the field (`input_tokens`, `labels.<key>`) and one of
+//! the stable kinds in [`kind`]. Validation does no IO and never panics.
 
 use std::time::Duration;
 
+use chrono::{DateTime, Utc};
+use rust_decimal::Decimal;
+use schemas::{Modality, UsageEvent};
 use serde::{Deserialize, Serialize};
+
+/// The stable, machine-readable [`Violation::kind`] values (also the `kind` label of the
+/// `quotaflow_ingest_events_rejected_total` metric, so the set is small and fixed).
+///
+/// An event that passes validation but cannot be encoded (e.g. an amount with more than 12
+/// fractional digits) is reported by [`crate::recorder::Recorder::prepare`] with the kind of its
+/// `schemas::EncodeError` (`too_many_fractional_digits`, …).
+pub mod kind {
+    /// A required string is empty.
+    pub const MISSING: &str = "missing";
+    /// A string (id, name, label key or value) is longer than allowed.
+    pub const TOO_LONG: &str = "too_long";
+    /// More labels than allowed.
+    pub const TOO_MANY: &str = "too_many";
+    /// A number outside its sane range (attempt 0, absurd token counts, absurd amounts).
+    pub const OUT_OF_RANGE: &str = "out_of_range";
+    /// Fields that contradict each other (cached above input, an image tier on a text event).
+    pub const INCONSISTENT: &str = "inconsistent";
+    /// Usage the model cannot have produced: above its context window or output limit.
+    pub const ABOVE_MODEL_LIMIT: &str = "above_model_limit";
+    /// `occurred_at` is further in the future than the allowed clock skew.
+    pub const IN_FUTURE: &str = "in_future";
+    /// `occurred_at` is older than the accepted age.
+    pub const TOO_OLD: &str = "too_old";
+    /// The model is not priced and the pricing policy is `fail_closed` (see [`crate::pricer`]).
+    pub const UNPRICED: &str = "unpriced";
+}
 
 /// Limits every usage event must respect.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -12,9 +53,32 @@ pub struct ValidationConfig {
     /// How far into the future `occurred_at` may be (clock skew between gateways and us).
     #[serde(with = "humantime_secs")]
     pub max_future_skew: Duration,
-    /// How far into the past `occurred_at` may be.
+    /// How far into the past `occurred_at` may be: older events would land in windows that are
+    /// already closed and archived.
     #[serde(with = "humantime_secs")]
     pub max_past_age: Duration,
+    /// Longest id or name (event_id, team, model, …), in bytes: ids are keys in Kafka and
+    /// ClickHouse and must stay small.
+    pub max_string_len: usize,
+    /// Most labels per event: labels are stored per event, so their number bounds row size.
+    pub max_labels: usize,
+    /// Longest label key, in bytes.
+    pub max_label_key_len: usize,
+    /// Longest label value, in bytes.
+    pub max_label_value_len: usize,
+    /// Highest `attempt`: a retry loop beyond this is a producer bug, not traffic.
+    pub max_attempt: u32,
+    /// Most tokens of any one kind in one event; above this a count is a bug (an overflow, a sum
+    /// of many calls), not usage.
+    pub max_tokens_per_event: u64,
+    /// Most images in one event.
+    pub max_images: u32,
+    /// Longest video or audio duration in one event, in milliseconds.
+    pub max_media_ms: u64,
+    /// Highest `reported_cost_usd` / `estimated_cost_usd` for one event; above this it is a unit
+    /// error (cents, micro-dollars) rather than a real cost.
+    #[serde(with = "rust_decimal::serde::str")]
+    pub max_cost_usd: Decimal,
 }
 
 impl Default for ValidationConfig {
@@ -22,6 +86,15 @@ impl Default for ValidationConfig {
         Self {
             max_future_skew: Duration::from_secs(300),
             max_past_age: Duration::from_secs(7 * 24 * 3600),
+            max_string_len: 256,
+            max_labels: 32,
+            max_label_key_len: 64,
+            max_label_value_len: 256,
+            max_attempt: 100,
+            max_tokens_per_event: 10_000_000,
+            max_images: 10_000,
+            max_media_ms: 6 * 3600 * 1000,
+            max_cost_usd: Decimal::from(1_000_000),
         }
     }
 }
@@ -31,10 +104,373 @@ impl Default for ValidationConfig {
 pub struct Violation {
     /// JSON path of the offending field, e.g. `labels.feature` or `input_tokens`.
     pub field: String,
-    /// Stable machine-readable kind, e.g. `out_of_range`, `missing`, `too_long`.
+    /// Stable machine-readable kind, e.g. `out_of_range`, `missing`, `too_long` (see [`kind`]).
     pub kind: String,
     /// What is wrong and what is allowed.
     pub reason: String,
+}
+
+impl Violation {
+    /// A violation of `field` of kind `kind` (one of [`kind`]).
+    pub fn new(field: impl Into<String>, kind: &str, reason: impl Into<String>) -> Self {
+        Self {
+            field: field.into(),
+            kind: kind.to_owned(),
+            reason: reason.into(),
+        }
+    }
+}
+
+impl std::fmt::Display for Violation {
+    fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(formatter, "{} ({}): {}", self.field, self.kind, self.reason)
+    }
+}
+
+/// Checks `event` against `config` and the model limits of `catalog`, at time `now`.
+///
+/// Returns all violations, in field order, or `Ok(())`. A model missing from the catalog is not
+/// a violation here (pricing decides what to do with it, see [`crate::pricer::UnpricedPolicy`]).
+pub fn validate(
+    event: &UsageEvent,
+    catalog: &pricing::Catalog,
+    config: &ValidationConfig,
+    now: DateTime<Utc>,
+) -> Result<(), Vec<Violation>> {
+    let mut violations = Vec::new();
+    check_strings(event, config, &mut violations);
+    check_attempt(event, config, &mut violations);
+    check_counts(event, config, &mut violations);
+    check_model_limits(event, catalog, &mut violations);
+    check_occurred_at(event, config, now, &mut violations);
+    check_consistency(event, &mut violations);
+    check_amounts(event, config, &mut violations);
+    check_labels(event, config, &mut violations);
+    if violations.is_empty() {
+        Ok(())
+    } else {
+        Err(violations)
+    }
+}
+
+fn check_strings(event: &UsageEvent, config: &ValidationConfig, violations: &mut Vec<Violation>) {
+    let required = [
+        ("event_id", &event.event_id),
+        ("producer", &event.producer),
+        ("request_id", &event.request_id),
+        ("action_id", &event.action_id),
+        ("api_key_id", &event.api_key_id),
+        ("team", &event.team),
+        ("workflow", &event.workflow),
+        ("environment", &event.environment),
+        ("provider", &event.provider),
+        ("model", &event.model),
+        ("endpoint", &event.endpoint),
+    ];
+    for (field, value) in required {
+        if value.trim().is_empty() {
+            violations.push(Violation::new(
+                field,
+                kind::MISSING,
+                format!("{field} is required and must not be empty or blank"),
+            ));
+        } else {
+            check_length(field, value, config.max_string_len, violations);
+        }
+    }
+    let optional = [
+        ("fallback_from_model", &event.fallback_from_model),
+        ("user_id", &event.user_id),
+        ("customer_id", &event.customer_id),
+        ("video_resolution", &event.video_resolution),
+        ("job_id", &event.job_id),
+    ];
+    for (field, value) in optional {
+        if let Some(value) = value {
+            check_length(field, value, config.max_string_len, violations);
+        }
+    }
+}
+
+fn check_length(field: &str, value: &str, max_len: usize, violations: &mut Vec<Violation>) {
+    if value.len() > max_len {
+        violations.push(Violation::new(
+            field,
+            kind::TOO_LONG,
+            format!("{} bytes, at most {max_len} allowed", value.len()),
+        ));
+    }
+}
+
+fn check_attempt(event: &UsageEvent, config: &ValidationConfig, violations: &mut Vec<Violation>) {
+    if event.attempt == 0 || event.attempt > config.max_attempt {
+        violations.push(Violation::new(
+            "attempt",
+            kind::OUT_OF_RANGE,
+            format!(
+                "attempt {} is not in 1..={} (1 is the primary attempt)",
+                event.attempt, config.max_attempt
+            ),
+        ));
+    }
+}
+
+fn check_counts(event: &UsageEvent, config: &ValidationConfig, violations: &mut Vec<Violation>) {
+    let limited = [
+        (
+            "input_tokens",
+            event.input_tokens,
+            config.max_tokens_per_event,
+        ),
+        (
+            "output_tokens",
+            event.output_tokens,
+            config.max_tokens_per_event,
+        ),
+        (
+            "cached_input_tokens",
+            event.cached_input_tokens,
+            config.max_tokens_per_event,
+        ),
+        (
+            "cache_write_tokens",
+            event.cache_write_tokens,
+            config.max_tokens_per_event,
+        ),
+        (
+            "images",
+            u64::from(event.images),
+            u64::from(config.max_images),
+        ),
+        (
+            "video_duration_ms",
+            event.video_duration_ms,
+            config.max_media_ms,
+        ),
+        (
+            "audio_duration_ms",
+            event.audio_duration_ms,
+            config.max_media_ms,
+        ),
+    ];
+    for (field, value, max) in limited {
+        if value > max {
+            violations.push(Violation::new(
+                field,
+                kind::OUT_OF_RANGE,
+                format!("{value} is above the limit of {max} for one event"),
+            ));
+        }
+    }
+    if let Some(http_status) = event.http_status {
+        if !(100..=599).contains(&http_status) {
+            violations.push(Violation::new(
+                "http_status",
+                kind::OUT_OF_RANGE,
+                format!("{http_status} is not an HTTP status (100..=599)"),
+            ));
+        }
+    }
+    // The wire format stores these as Avro longs.
+    let wire_longs = [
+        ("retry_after_ms", event.retry_after_ms),
+        ("latency_ms", event.latency_ms),
+    ];
+    for (field, value) in wire_longs {
+        if let Some(value) = value.filter(|value| i64::try_from(*value).is_err()) {
+            violations.push(Violation::new(
+                field,
+                kind::OUT_OF_RANGE,
+                format!("{value} is above {}", i64::MAX),
+            ));
+        }
+    }
+}
+
+/// Usage the catalog proves impossible for the model: a prompt above its context window or more
+/// output than it can produce. Both limits are checked, so both can be reported.
+fn check_model_limits(
+    event: &UsageEvent,
+    catalog: &pricing::Catalog,
+    violations: &mut Vec<Violation>,
+) {
+    let Some(entry) = catalog.lookup(&event.provider, &event.model) else {
+        return;
+    };
+    let usage = crate::pricer::pricing_input(event);
+    if let Some(max_input_tokens) = entry.max_input_tokens {
+        if usage.prompt_tokens() > max_input_tokens {
+            violations.push(Violation::new(
+                "input_tokens",
+                kind::ABOVE_MODEL_LIMIT,
+                format!(
+                    "prompt of {} tokens (input_tokens + cache_write_tokens) exceeds {}'s \
+                     max_input_tokens {max_input_tokens}",
+                    usage.prompt_tokens(),
+                    entry.name
+                ),
+            ));
+        }
+    }
+    if let Some(max_output_tokens) = entry.max_output_tokens {
+        if usage.output_tokens > max_output_tokens {
+            violations.push(Violation::new(
+                "output_tokens",
+                kind::ABOVE_MODEL_LIMIT,
+                format!(
+                    "{} output tokens exceed {}'s max_output_tokens {max_output_tokens}",
+                    usage.output_tokens, entry.name
+                ),
+            ));
+        }
+    }
+}
+
+fn check_occurred_at(
+    event: &UsageEvent,
+    config: &ValidationConfig,
+    now: DateTime<Utc>,
+    violations: &mut Vec<Violation>,
+) {
+    let skew = chrono::Duration::from_std(config.max_future_skew).unwrap_or(chrono::Duration::MAX);
+    let age = chrono::Duration::from_std(config.max_past_age).unwrap_or(chrono::Duration::MAX);
+    // Saturating: a huge configured window means "no limit", never an overflow panic.
+    let latest = now
+        .checked_add_signed(skew)
+        .unwrap_or(DateTime::<Utc>::MAX_UTC);
+    let earliest = now
+        .checked_sub_signed(age)
+        .unwrap_or(DateTime::<Utc>::MIN_UTC);
+    if event.occurred_at > latest {
+        violations.push(Violation::new(
+            "occurred_at",
+            kind::IN_FUTURE,
+            format!(
+                "{} is more than {}s ahead of the server clock ({now})",
+                event.occurred_at.to_rfc3339(),
+                config.max_future_skew.as_secs()
+            ),
+        ));
+    } else if event.occurred_at < earliest {
+        violations.push(Violation::new(
+            "occurred_at",
+            kind::TOO_OLD,
+            format!(
+                "{} is more than {}s in the past (server clock {now})",
+                event.occurred_at.to_rfc3339(),
+                config.max_past_age.as_secs()
+            ),
+        ));
+    }
+}
+
+fn check_consistency(event: &UsageEvent, violations: &mut Vec<Violation>) {
+    if event.cached_input_tokens > event.input_tokens {
+        violations.push(Violation::new(
+            "cached_input_tokens",
+            kind::INCONSISTENT,
+            format!(
+                "{} cached input tokens exceed {} input tokens (input_tokens includes the cached part)",
+                event.cached_input_tokens, event.input_tokens
+            ),
+        ));
+    }
+    if event.image_tier.is_some() && event.modality != Modality::Image {
+        violations.push(Violation::new(
+            "image_tier",
+            kind::INCONSISTENT,
+            format!(
+                "image_tier is only allowed with modality image, not {}",
+                event.modality.as_str()
+            ),
+        ));
+    }
+    if event.job_state.is_some() && event.job_id.is_none() {
+        violations.push(Violation::new(
+            "job_state",
+            kind::INCONSISTENT,
+            "job_state needs the job_id of the job it reports",
+        ));
+    }
+}
+
+fn check_amounts(event: &UsageEvent, config: &ValidationConfig, violations: &mut Vec<Violation>) {
+    let amounts = [
+        ("reported_cost_usd", event.reported_cost_usd),
+        ("estimated_cost_usd", event.estimated_cost_usd),
+    ];
+    for (field, amount) in amounts {
+        if let Some(amount) = amount.filter(|amount| *amount > config.max_cost_usd) {
+            violations.push(Violation::new(
+                field,
+                kind::OUT_OF_RANGE,
+                format!(
+                    "{amount} USD is above the limit of {} USD for one event (is the unit right?)",
+                    config.max_cost_usd
+                ),
+            ));
+        }
+    }
+}
+
+fn check_labels(event: &UsageEvent, config: &ValidationConfig, violations: &mut Vec<Violation>) {
+    if event.labels.len() > config.max_labels {
+        violations.push(Violation::new(
+            "labels",
+            kind::TOO_MANY,
+            format!(
+                "{} labels, at most {} allowed",
+                event.labels.len(),
+                config.max_labels
+            ),
+        ));
+    }
+    for (key, value) in &event.labels {
+        let field = format!("labels.{}", printable_key(key, config.max_label_key_len));
+        if key.is_empty() {
+            violations.push(Violation::new(
+                field,
+                kind::MISSING,
+                "label keys must not be empty",
+            ));
+            continue;
+        }
+        if key.len() > config.max_label_key_len {
+            violations.push(Violation::new(
+                field.clone(),
+                kind::TOO_LONG,
+                format!(
+                    "label key of {} bytes, at most {} allowed",
+                    key.len(),
+                    config.max_label_key_len
+                ),
+            ));
+        }
+        if value.len() > config.max_label_value_len {
+            violations.push(Violation::new(
+                field,
+                kind::TOO_LONG,
+                format!(
+                    "label value of {} bytes, at most {} allowed",
+                    value.len(),
+                    config.max_label_value_len
+                ),
+            ));
+        }
+    }
+}
+
+/// The key as it appears in a field path, cut to `max_len` bytes (on a char boundary, with `…`)
+/// so that an absurd key does not make the error response absurd too.
+fn printable_key(key: &str, max_len: usize) -> std::borrow::Cow<'_, str> {
+    if key.len() <= max_len {
+        return key.into();
+    }
+    let mut end = max_len;
+    while !key.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}…", &key[..end]).into()
 }
 
 /// Durations in config files as whole seconds.

@@ -14,6 +14,7 @@ fn isolated_config() -> Config {
         kafka: testkit::kafka_config("ingest"),
         clickhouse: testkit::clickhouse_config("ingest"),
         http: HttpConfig::with_port(0),
+        ..Config::default()
     }
 }
 

@@ -1,0 +1,266 @@
+//! `POST /v1/events`: authenticate, read, parse, check the producer, validate and price each event,
+//! produce the valid ones and answer once Kafka acknowledged them.
+
+use axum::body::Body;
+use axum::extract::State;
+use axum::http::header::{CONTENT_LENGTH, RETRY_AFTER};
+use axum::http::{HeaderMap, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use chrono::Utc;
+use futures::StreamExt;
+use tracing::{debug, warn};
+
+use super::formats::{self, Format, SplitError};
+use super::response::{BatchResponse, EventResult, RequestError};
+use super::{telemetry, ApiState};
+use crate::recorder::{Delivery, RecordError};
+use crate::validation::Violation;
+
+/// The handler: every outcome is a response, request-level errors included.
+pub async fn post_events(
+    State(state): State<ApiState>,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    match ingest(&state, &headers, body).await {
+        Ok(response) => response,
+        Err(error) => error.into_response(),
+    }
+}
+
+async fn ingest(
+    state: &ApiState,
+    headers: &HeaderMap,
+    body: Body,
+) -> Result<Response, RequestError> {
+    let shared = &state.shared;
+    let producer =
+        shared
+            .tokens
+            .authenticate(headers)
+            .map_err(|error| RequestError::Unauthorized {
+                kind: error.kind(),
+                message: error.message(),
+            })?;
+    let format = Format::from_headers(headers)
+        .map_err(|found| RequestError::UnsupportedMediaType { found })?;
+    let recorder = shared.recorder.get().ok_or(RequestError::NotReady {
+        retry_after_seconds: shared.config.retry_after_seconds,
+    })?;
+    // Waits here, before the body is read, so waiting requests hold no body in memory.
+    let _permit = shared
+        .concurrency
+        .acquire()
+        .await
+        .expect("the semaphore is never closed");
+
+    let body = read_body(body, headers, shared.config.max_body_bytes).await?;
+    let parsed =
+        formats::parse_body(format, &body, shared.config.max_batch_events).map_err(|error| {
+            match error {
+                SplitError::Malformed(message) => RequestError::MalformedBody {
+                    kind: "malformed_body",
+                    message,
+                },
+                SplitError::Empty => RequestError::MalformedBody {
+                    kind: "empty_batch",
+                    message: "the request carries no event".to_owned(),
+                },
+                SplitError::TooManyEvents { count } => RequestError::TooManyEvents {
+                    count,
+                    limit: shared.config.max_batch_events,
+                },
+            }
+        })?;
+    drop(body);
+
+    // A producer never writes as another: one such event refuses the whole request.
+    let mismatched: Vec<usize> = parsed
+        .iter()
+        .enumerate()
+        .filter(|(_, parsed)| matches!(&parsed.event, Ok(event) if event.producer != producer))
+        .map(|(index, _)| index)
+        .collect();
+    if !mismatched.is_empty() {
+        return Err(RequestError::ProducerMismatch {
+            producer: producer.to_owned(),
+            indexes: mismatched,
+        });
+    }
+
+    let now = Utc::now();
+    let mut results: Vec<Option<EventResult>> = Vec::with_capacity(parsed.len());
+    let mut to_send = Vec::new();
+    let mut sent_indexes = Vec::new();
+    for (index, parsed) in parsed.into_iter().enumerate() {
+        match parsed.event.and_then(|event| recorder.prepare(event, now)) {
+            Ok(prepared) => {
+                sent_indexes.push(index);
+                to_send.push(prepared);
+                results.push(None);
+            }
+            Err(errors) => results.push(Some(EventResult::Rejected {
+                index,
+                event_id: parsed.event_id,
+                errors,
+            })),
+        }
+    }
+    let sent_event_ids: Vec<String> = to_send
+        .iter()
+        .map(|prepared| prepared.event_id().to_owned())
+        .collect();
+    let deliveries = if to_send.is_empty() {
+        Vec::new()
+    } else {
+        recorder.send_all(to_send).await
+    };
+    debug_assert_eq!(deliveries.len(), sent_indexes.len());
+
+    let mut kafka_failure_retryable = None;
+    for ((index, event_id), delivery) in
+        sent_indexes.into_iter().zip(sent_event_ids).zip(deliveries)
+    {
+        results[index] = Some(result_of(
+            index,
+            event_id,
+            delivery,
+            &mut kafka_failure_retryable,
+        ));
+    }
+    let results: Vec<EventResult> = results
+        .into_iter()
+        .map(|result| result.expect("every event has a result"))
+        .collect();
+    Ok(respond(
+        state,
+        producer,
+        format,
+        results,
+        kafka_failure_retryable,
+    ))
+}
+
+fn result_of(
+    index: usize,
+    event_id: String,
+    delivery: Result<Delivery, RecordError>,
+    kafka_failure_retryable: &mut Option<bool>,
+) -> EventResult {
+    match delivery {
+        Ok(Delivery { partition, offset }) => EventResult::Accepted {
+            index,
+            event_id,
+            partition,
+            offset,
+        },
+        Err(RecordError::Kafka { retryable, message }) => {
+            // One permanent failure makes the answer permanent (500): retrying will not help it.
+            *kafka_failure_retryable = Some(kafka_failure_retryable.unwrap_or(true) && retryable);
+            EventResult::Unknown {
+                index,
+                event_id,
+                reason: message,
+            }
+        }
+        Err(error) => {
+            let errors = error
+                .violations()
+                .map(<[Violation]>::to_vec)
+                .unwrap_or_else(|| vec![Violation::new("(event)", "encode", error.to_string())]);
+            EventResult::Rejected {
+                index,
+                event_id: Some(event_id),
+                errors,
+            }
+        }
+    }
+}
+
+fn respond(
+    state: &ApiState,
+    producer: &str,
+    format: Format,
+    results: Vec<EventResult>,
+    kafka_failure_retryable: Option<bool>,
+) -> Response {
+    let count = |wanted: fn(&EventResult) -> bool| results.iter().filter(|r| wanted(r)).count();
+    let accepted = count(|result| matches!(result, EventResult::Accepted { .. }));
+    let rejected = count(|result| matches!(result, EventResult::Rejected { .. }));
+    let unknown = count(|result| matches!(result, EventResult::Unknown { .. }));
+    telemetry::record_events(accepted, rejected, unknown);
+    debug!(
+        producer,
+        format = format.as_str(),
+        accepted,
+        rejected,
+        unknown,
+        "events ingested"
+    );
+
+    let mut batch = BatchResponse {
+        error: None,
+        message: None,
+        accepted,
+        rejected,
+        unknown,
+        results,
+    };
+    let Some(retryable) = kafka_failure_retryable else {
+        let status = if accepted > 0 {
+            StatusCode::OK
+        } else {
+            StatusCode::UNPROCESSABLE_ENTITY
+        };
+        return (status, Json(batch)).into_response();
+    };
+    warn!(
+        producer,
+        accepted, unknown, retryable, "kafka did not acknowledge every event"
+    );
+    let retry_advice =
+        "Kafka did not acknowledge the events with status `unknown`: they may or may \
+                        not be stored. Retry the whole batch with the same event_ids; consumers \
+                        count each event_id once, so the retry cannot double count";
+    if retryable {
+        batch.error = Some("kafka_unavailable");
+        batch.message = Some(format!("{retry_advice}, after the Retry-After delay."));
+        let mut response = (StatusCode::SERVICE_UNAVAILABLE, Json(batch)).into_response();
+        response.headers_mut().insert(
+            RETRY_AFTER,
+            HeaderValue::from(state.shared.config.retry_after_seconds),
+        );
+        response
+    } else {
+        batch.error = Some("kafka_error");
+        batch.message = Some(format!(
+            "{retry_advice}. Kafka reported a permanent error: retrying unchanged may fail again."
+        ));
+        (StatusCode::INTERNAL_SERVER_ERROR, Json(batch)).into_response()
+    }
+}
+
+/// The body, refused with 413 as soon as it is known to exceed `limit` (from `Content-Length`, or
+/// while streaming) rather than after buffering it.
+async fn read_body(body: Body, headers: &HeaderMap, limit: usize) -> Result<Vec<u8>, RequestError> {
+    let declared = headers
+        .get(CONTENT_LENGTH)
+        .and_then(|value| value.to_str().ok()?.parse::<u64>().ok());
+    if declared.is_some_and(|length| length > limit as u64) {
+        return Err(RequestError::BodyTooLarge { limit });
+    }
+    let capacity = declared.map_or(0, |length| length as usize);
+    let mut buffer = Vec::with_capacity(capacity);
+    let mut chunks = body.into_data_stream();
+    while let Some(chunk) = chunks.next().await {
+        let chunk = chunk.map_err(|error| RequestError::BodyRead {
+            message: format!("reading the body failed: {error}"),
+        })?;
+        if buffer.len() + chunk.len() > limit {
+            return Err(RequestError::BodyTooLarge { limit });
+        }
+        buffer.extend_from_slice(&chunk);
+    }
+    Ok(buffer)
+}

@@ -1,0 +1,43 @@
+//! Metrics of the event API, in one place (CONVENTIONS.md §10): recorded once per request, never per
+//! event, with bounded labels (`status` is one of the few codes the API answers, `outcome` one of
+//! three words).
+//!
+//! - `quotaflow_ingest_http_requests_total{status}`: requests to `POST /v1/events` by status code.
+//! - `quotaflow_ingest_http_request_duration_seconds`: time from the request to the response,
+//!   Kafka acknowledgements included.
+//! - `quotaflow_ingest_http_events_total{outcome}`: events by `accepted`, `rejected` or `unknown`
+//!   (Kafka did not acknowledge them).
+
+use std::time::Instant;
+
+use axum::extract::Request;
+use axum::middleware::Next;
+use axum::response::Response;
+
+/// Middleware recording the status and duration of every request it wraps.
+pub async fn track_requests(request: Request, next: Next) -> Response {
+    let started = Instant::now();
+    let response = next.run(request).await;
+    metrics::counter!(
+        "quotaflow_ingest_http_requests_total",
+        "status" => response.status().as_str().to_owned()
+    )
+    .increment(1);
+    metrics::histogram!("quotaflow_ingest_http_request_duration_seconds")
+        .record(started.elapsed().as_secs_f64());
+    response
+}
+
+/// Counts the events of one request by outcome.
+pub fn record_events(accepted: usize, rejected: usize, unknown: usize) {
+    for (outcome, count) in [
+        ("accepted", accepted),
+        ("rejected", rejected),
+        ("unknown", unknown),
+    ] {
+        if count > 0 {
+            metrics::counter!("quotaflow_ingest_http_events_total", "outcome" => outcome)
+                .increment(count as u64);
+        }
+    }
+}
