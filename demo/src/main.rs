@@ -18,7 +18,7 @@ struct Args {
     #[arg(long, default_value = "http://127.0.0.1:8080")]
     ingest_url: String,
     /// Bearer token of the demo producer (from the environment, never printed).
-    #[arg(long, env = "QUOTAFLOW_DEMO_TOKEN", hide_env_values = true)]
+    #[arg(long, env = "DEMO_INGEST_TOKEN", hide_env_values = true)]
     token: String,
     /// Producer name the token belongs to.
     #[arg(long, default_value = "demo")]
