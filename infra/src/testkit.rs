@@ -53,13 +53,21 @@ pub fn clickhouse_config(test: &str) -> ClickHouseConfig {
     }
 }
 
-/// Drops a test's database.
+/// Drops a test's database. Retries for a few seconds: on 18.16 a DROP that races a CREATE TABLE
+/// still running for a just-cancelled client fails with "Directory not empty".
 pub async fn drop_database(config: &ClickHouseConfig) -> crate::Result<()> {
-    crate::clickhouse::server_client(config)
-        .query(&format!("DROP DATABASE IF EXISTS `{}`", config.database))
-        .execute()
-        .await?;
-    Ok(())
+    let client = crate::clickhouse::server_client(config);
+    let statement = format!("DROP DATABASE IF EXISTS `{}`", config.database);
+    let started = Instant::now();
+    loop {
+        match client.query(&statement).execute().await {
+            Ok(()) => return Ok(()),
+            Err(_) if started.elapsed() < Duration::from_secs(10) => {
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+            Err(error) => return Err(error.into()),
+        }
+    }
 }
 
 /// Polls `check` until it yields `Some`, or fails after `deadline` with `what` in the message.
