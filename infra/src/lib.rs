@@ -6,6 +6,7 @@
 //! - [`kafka`]: producer/consumer settings with the delivery guarantees we rely on, and topic creation.
 //! - [`clickhouse`]: the HTTP client built from config.
 //! - [`migrations`]: the versioned ClickHouse migrations runner.
+//! - [`service`]: the lifecycle every service shares (ops endpoints, startup, readiness, shutdown).
 //! - [`shutdown`]: the cancellation token every `run(config, shutdown)` takes.
 //! - [`telemetry`]: `tracing` setup and the Prometheus `/metrics`, `/healthz`, `/readyz` endpoints.
 //! - [`testkit`]: unique topics and databases per test, and polling with deadlines.
@@ -17,6 +18,7 @@ pub mod error;
 pub mod kafka;
 pub mod migrations;
 pub mod secret;
+pub mod service;
 pub mod shutdown;
 pub mod telemetry;
 pub mod testkit;

@@ -32,9 +32,8 @@ pub mod validation;
 use std::time::Duration;
 
 use infra::shutdown::Shutdown;
-use infra::telemetry::{ops_router, Readiness};
 use tokio::net::TcpListener;
-use tracing::{info, warn};
+use tracing::warn;
 
 use crate::pricer::Pricer;
 use crate::recorder::Recorder;
@@ -44,10 +43,7 @@ pub use error::{Error, Result};
 
 /// Binds `config.http.listen` and runs the service until `shutdown` is cancelled.
 pub async fn run(config: Config, shutdown: Shutdown) -> Result<()> {
-    let address = config.http.listen;
-    let listener = TcpListener::bind(address)
-        .await
-        .map_err(|source| Error::Bind { address, source })?;
+    let listener = infra::service::bind(config.http.listen).await?;
     run_with_listener(config, listener, shutdown).await
 }
 
@@ -58,12 +54,11 @@ const FLUSH_DEADLINE: Duration = Duration::from_secs(10);
 /// Runs the service on an already bound `listener` (tests bind `127.0.0.1:0` and read the port first)
 /// until `shutdown` is cancelled; `config.http.listen` is not used.
 ///
-/// The ops endpoints answer from the start, so while migrations run an orchestrator sees the process
-/// alive (`/healthz`) but not ready (`/readyz` is 503), and `POST /v1/events` answers 503 with
-/// `Retry-After`. Ready means: migrations applied, topics exist, the producer created. On shutdown:
-/// report not ready, stop accepting connections, let in-flight requests finish (each waits for its
-/// Kafka acknowledgements), then flush the producer. A failed startup stops the server too and
-/// returns the error.
+/// The lifecycle is `infra::service`'s: the ops endpoints answer from the start, so while migrations
+/// run an orchestrator sees the process alive (`/healthz`) but not ready (`/readyz` is 503), and
+/// `POST /v1/events` answers 503 with `Retry-After`. Ready means: migrations applied, topics exist,
+/// the producer created. On shutdown: report not ready, stop accepting connections, let in-flight
+/// requests finish (each waits for its Kafka acknowledgements), then flush the producer.
 pub async fn run_with_listener(
     config: Config,
     listener: TcpListener,
@@ -73,55 +68,28 @@ pub async fn run_with_listener(
     if config.api.tokens.is_empty() {
         warn!("no api.tokens configured: POST /v1/events refuses every request with 401");
     }
-    let listen = listener.local_addr().map_err(Error::Http)?;
-    info!(listen = %listen, "service starting");
-    let readiness = Readiness::default();
     let api_state = api::ApiState::starting(&config.api);
-    let router = ops_router(readiness.clone()).merge(api::router(api_state.clone()));
-    // Its own token, so that a failed startup can stop the server without cancelling the caller's.
-    let stop_http = shutdown.child_token();
-    let http = infra::telemetry::serve(listener, router, stop_http.clone());
-
-    let lifecycle = async {
-        let started = tokio::select! {
-            // A shutdown during startup stops waiting on a server that may never answer.
-            () = shutdown.cancelled() => Ok(None),
-            started = start(&config) => started.map(Some),
-        };
-        if let Ok(Some(recorder)) = &started {
-            if !shutdown.is_cancelled() {
-                api_state.set_recorder(recorder.clone());
-                readiness.set_ready(true);
-                info!(listen = %listen, "service started");
-                shutdown.cancelled().await;
-                info!("service stopping");
-            }
-        }
-        readiness.set_ready(false);
-        stop_http.cancel();
-        started
-    };
-    // `serve` returns once every in-flight request has been answered.
-    let (served, started) = tokio::join!(http, lifecycle);
-    if let Ok(Some(recorder)) = &started {
+    let routes = api::router(api_state.clone());
+    let started = infra::service::serve_until_shutdown(
+        listener,
+        routes,
+        shutdown,
+        start(&config),
+        |recorder| api_state.set_recorder(recorder.clone()),
+    )
+    .await?;
+    if let Some(recorder) = started {
         if let Err(error) = recorder.flush(FLUSH_DEADLINE).await {
             warn!(error = %error, "kafka producer not flushed at shutdown");
         }
     }
-    started?;
-    served.map_err(Error::Http)
+    Ok(())
 }
 
 /// What must exist before the service is ready: the ClickHouse tables, the Kafka topics and the
 /// producer (with its price catalog) that the API sends through.
 async fn start(config: &Config) -> Result<Recorder> {
-    infra::migrations::migrate(&config.clickhouse)
-        .await
-        .map_err(Error::Migrations)?;
-    let topics = infra::kafka::pipeline_topics(&config.kafka);
-    infra::kafka::ensure_topics(&config.kafka, &topics)
-        .await
-        .map_err(Error::Topics)?;
+    infra::service::prepare_pipeline(&config.kafka, &config.clickhouse).await?;
     let pricer = Pricer::from_config(&config.pricing).map_err(Error::Pricing)?;
     Recorder::new(
         &config.kafka,

@@ -1,0 +1,123 @@
+//! The lifecycle every quotaflow service shares (mini-redis style: binaries and tests call the same
+//! `run_with_listener`).
+//!
+//! 1. The HTTP listener serves `/metrics`, `/healthz` and `/readyz` (plus the service's own routes)
+//!    from the start, so while the service prepares an orchestrator sees it alive but not ready.
+//! 2. The service's `start` future runs (migrations, topics, clients). A shutdown during startup
+//!    stops waiting on a server that may never answer.
+//! 3. On success the service's `on_ready` hook runs, `/readyz` turns 200, and it waits for shutdown.
+//! 4. On shutdown (or a failed start): report not ready, stop the HTTP server (in-flight requests
+//!    finish), and return what `start` produced so the caller can flush it.
+
+use std::future::Future;
+use std::net::SocketAddr;
+
+use axum::Router;
+use tokio::net::TcpListener;
+use tracing::info;
+
+use crate::config::{ClickHouseConfig, KafkaConfig};
+use crate::shutdown::Shutdown;
+use crate::telemetry::{ops_router, serve, Readiness};
+
+/// Why a service could not start or keep serving; each variant says whether retrying can help.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ServiceError {
+    /// The HTTP listener could not be bound (address in use, not permitted).
+    #[error("cannot listen on {address}")]
+    Bind {
+        address: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+    /// The HTTP server failed while serving.
+    #[error("http server failed")]
+    Http(#[source] std::io::Error),
+    /// The ClickHouse migrations failed at startup.
+    #[error("clickhouse migrations failed")]
+    Migrations(#[source] crate::Error),
+    /// The pipeline topics could not be created at startup.
+    #[error("creating kafka topics failed")]
+    Topics(#[source] crate::Error),
+}
+
+impl ServiceError {
+    /// Whether starting again later may succeed (a server was down) rather than fail the same way
+    /// (a bad address, a rejected migration).
+    pub fn is_retryable(&self) -> bool {
+        match self {
+            ServiceError::Bind { .. } => false,
+            ServiceError::Http(_) => true,
+            ServiceError::Migrations(error) | ServiceError::Topics(error) => error.is_retryable(),
+        }
+    }
+}
+
+/// Binds the service's configured address.
+pub async fn bind(address: SocketAddr) -> Result<TcpListener, ServiceError> {
+    TcpListener::bind(address)
+        .await
+        .map_err(|source| ServiceError::Bind { address, source })
+}
+
+/// What every service needs before it is ready: the ClickHouse tables and the Kafka topics.
+pub async fn prepare_pipeline(
+    kafka: &KafkaConfig,
+    clickhouse: &ClickHouseConfig,
+) -> Result<(), ServiceError> {
+    crate::migrations::migrate(clickhouse)
+        .await
+        .map_err(ServiceError::Migrations)?;
+    let topics = crate::kafka::pipeline_topics(kafka);
+    crate::kafka::ensure_topics(kafka, &topics)
+        .await
+        .map_err(ServiceError::Topics)
+}
+
+/// Runs the lifecycle described in the module docs on `listener` with the service's own `routes`.
+/// Returns `Ok(Some(started))` after a clean shutdown of a started service, `Ok(None)` when shutdown
+/// came before startup finished, or the startup error.
+pub async fn serve_until_shutdown<Started, Error, Start>(
+    listener: TcpListener,
+    routes: Router,
+    shutdown: Shutdown,
+    start: Start,
+    on_ready: impl FnOnce(&Started),
+) -> Result<Option<Started>, Error>
+where
+    Start: Future<Output = Result<Started, Error>>,
+    Error: From<ServiceError>,
+{
+    let listen = listener.local_addr().map_err(ServiceError::Http)?;
+    info!(listen = %listen, "service starting");
+    let readiness = Readiness::default();
+    let router = ops_router(readiness.clone()).merge(routes);
+    // Its own token, so that a failed startup can stop the server without cancelling the caller's.
+    let stop_http = shutdown.child_token();
+    let http = serve(listener, router, stop_http.clone());
+
+    let lifecycle = async {
+        let started = tokio::select! {
+            () = shutdown.cancelled() => Ok(None),
+            started = start => started.map(Some),
+        };
+        if let Ok(Some(started)) = &started {
+            if !shutdown.is_cancelled() {
+                on_ready(started);
+                readiness.set_ready(true);
+                info!(listen = %listen, "service started");
+                shutdown.cancelled().await;
+                info!("service stopping");
+            }
+        }
+        readiness.set_ready(false);
+        stop_http.cancel();
+        started
+    };
+    // `serve` returns once every in-flight request has been answered.
+    let (served, started) = tokio::join!(http, lifecycle);
+    let started = started?;
+    served.map_err(ServiceError::Http)?;
+    Ok(started)
+}
