@@ -9,51 +9,34 @@ use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::message::Message;
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rust_decimal::Decimal;
-use schemas::{CostSource, Modality, Status, UsageEvent};
+use schemas::{CostSource, UsageEvent};
 
 fn sample_event() -> UsageEvent {
     let money = |text: &str| text.parse::<Decimal>().expect("decimal literal");
     UsageEvent {
-        event_id: "evt_smoke_0001".to_owned(),
-        occurred_at: Utc.with_ymd_and_hms(2026, 11, 27, 12, 0, 0).unwrap()
-            + chrono::Duration::microseconds(123_456),
         producer: "gateway-smoke".to_owned(),
         request_id: "req_smoke".to_owned(),
         action_id: "act_smoke".to_owned(),
-        attempt: 1,
-        fallback_from_model: None,
         api_key_id: "key_smoke".to_owned(),
         team: "platform".to_owned(),
         workflow: "smoke".to_owned(),
         environment: "dev".to_owned(),
         user_id: Some("user_1".to_owned()),
-        customer_id: None,
-        provider: "openai".to_owned(),
-        model: "gpt-4o".to_owned(),
-        endpoint: "chat_completions".to_owned(),
-        modality: Modality::Text,
         input_tokens: 1_200,
         output_tokens: 300,
         cached_input_tokens: 1_024,
-        cache_write_tokens: 0,
-        images: 0,
-        image_tier: None,
-        video_duration_ms: 0,
-        audio_duration_ms: 0,
-        video_resolution: None,
-        job_id: None,
-        job_state: None,
-        status: Status::Ok,
-        http_status: Some(200),
-        retry_after_ms: None,
         accepted: Some(true),
-        reported_cost_usd: None,
         estimated_cost_usd: Some(money("0.004")),
         latency_ms: Some(840),
         labels: BTreeMap::from([("feature".to_owned(), "smoke".to_owned())]),
         cost_usd: Some(money("0.000000000001")),
         cost_source: Some(CostSource::Priced),
         catalog_version: Some("fixture".to_owned()),
+        ..schemas::fixtures::text_event(
+            "evt_smoke_0001",
+            Utc.with_ymd_and_hms(2026, 11, 27, 12, 0, 0).unwrap()
+                + chrono::Duration::microseconds(123_456),
+        )
     }
 }
 

@@ -18,7 +18,7 @@ use chrono::Utc;
 use infra::secret::Secret;
 use infra::shutdown::Shutdown;
 use infra::testkit;
-use schemas::{Modality, Status, UsageEvent};
+use schemas::UsageEvent;
 use tokio::net::TcpListener;
 
 const PRODUCER: &str = "bench-gateway";
@@ -34,48 +34,25 @@ fn knob(name: &str, default: usize) -> usize {
 fn event(run: &str, batch: usize, n: usize) -> UsageEvent {
     let id = format!("{run}-{batch}-{n}");
     UsageEvent {
-        event_id: id.clone(),
-        occurred_at: Utc::now(),
         producer: PRODUCER.to_owned(),
         request_id: format!("req-{id}"),
         action_id: format!("act-{id}"),
-        attempt: 1,
-        fallback_from_model: None,
         api_key_id: format!("key-{}", n % 50),
         team: ["search", "support", "growth", "research"][n % 4].to_owned(),
         workflow: "answer-question".to_owned(),
-        environment: "prod".to_owned(),
         user_id: Some(format!("user-{}", n % 1000)),
         customer_id: Some(format!("customer-{}", n % 100)),
-        provider: "openai".to_owned(),
-        model: "gpt-4o".to_owned(),
-        endpoint: "chat_completions".to_owned(),
-        modality: Modality::Text,
         input_tokens: 800 + (n as u64 % 4000),
         output_tokens: 100 + (n as u64 % 900),
         cached_input_tokens: 200,
-        cache_write_tokens: 0,
-        images: 0,
-        image_tier: None,
-        video_duration_ms: 0,
-        audio_duration_ms: 0,
-        video_resolution: None,
-        job_id: None,
-        job_state: None,
-        status: Status::Ok,
-        http_status: Some(200),
-        retry_after_ms: None,
         accepted: Some(true),
-        reported_cost_usd: None,
         estimated_cost_usd: Some("0.0065".parse().unwrap()),
         latency_ms: Some(840),
         labels: BTreeMap::from([
             ("feature".to_owned(), "semantic-search".to_owned()),
             ("tier".to_owned(), "enterprise".to_owned()),
         ]),
-        cost_usd: None,
-        cost_source: None,
-        catalog_version: None,
+        ..schemas::fixtures::text_event(&id.clone(), Utc::now())
     }
 }
 

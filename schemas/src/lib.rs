@@ -10,6 +10,7 @@
 //! - [`alert`]: [`Alert`], raised by the alerter and routed to a scope owner.
 //! - [`approval`]: [`Approval`], a temporary limit raise approved by a human.
 //! - [`dead_letter`]: [`DeadLetter`], a record a service gave up on, with its original bytes.
+//! - [`fixtures`]: a minimal valid event to build test, benchmark and demo events from.
 //! - [`money`]: the one decimal type of the project, `decimal(38, 12)`: exact conversions to and
 //!   from the Avro wire form and the JSON (de)serializers used by every money field.
 //! - [`time`]: timestamps (`timestamp-micros`) and their valid range.
@@ -61,6 +62,7 @@ pub mod codec;
 pub mod control;
 pub mod ddl;
 pub mod dead_letter;
+pub mod fixtures;
 pub mod money;
 pub mod time;
 pub mod usage_event;

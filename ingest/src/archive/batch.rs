@@ -184,54 +184,13 @@ mod tests {
     use super::*;
     use crate::archive::row::{KafkaCoordinates, RawRow};
     use chrono::{TimeZone, Utc};
-    use schemas::{Modality, Status, UsageEvent};
 
     fn row(offset: i64, month: u32) -> Record {
         let occurred_at = Utc
             .with_ymd_and_hms(2024, month, 15, 0, 0, 0)
             .single()
             .expect("valid date");
-        let event = UsageEvent {
-            event_id: format!("e{offset}"),
-            occurred_at,
-            producer: "p".into(),
-            request_id: "r".into(),
-            action_id: "a".into(),
-            attempt: 1,
-            fallback_from_model: None,
-            api_key_id: "k".into(),
-            team: "t".into(),
-            workflow: "w".into(),
-            environment: "prod".into(),
-            user_id: None,
-            customer_id: None,
-            provider: "openai".into(),
-            model: "gpt-4o".into(),
-            endpoint: "chat_completions".into(),
-            modality: Modality::Text,
-            input_tokens: 1,
-            output_tokens: 1,
-            cached_input_tokens: 0,
-            cache_write_tokens: 0,
-            images: 0,
-            image_tier: None,
-            video_duration_ms: 0,
-            audio_duration_ms: 0,
-            video_resolution: None,
-            job_id: None,
-            job_state: None,
-            status: Status::Ok,
-            http_status: None,
-            retry_after_ms: None,
-            accepted: None,
-            reported_cost_usd: None,
-            estimated_cost_usd: None,
-            latency_ms: None,
-            labels: Default::default(),
-            cost_usd: None,
-            cost_source: None,
-            catalog_version: None,
-        };
+        let event = schemas::fixtures::text_event(&format!("e{offset}"), occurred_at);
         let source = KafkaCoordinates {
             topic: "usage",
             partition: 0,

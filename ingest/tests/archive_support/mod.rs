@@ -4,12 +4,10 @@
 
 use std::time::Duration;
 
-use chrono::{DateTime, Utc};
 use infra::shutdown::Shutdown;
 use ingest::archive::{ArchiveStats, Archiver};
 use ingest::pricer::{Pricer, PricingConfig};
 use ingest::recorder::{Recorder, RecorderConfig};
-use schemas::{Modality, Status, UsageEvent};
 use serde::Deserialize;
 
 /// One test's world: its topics, its database, its config.
@@ -103,49 +101,7 @@ impl RunningArchive {
 }
 
 /// A valid text event for `gpt-4o`, priced by the recorder.
-pub fn text_event(event_id: &str, occurred_at: DateTime<Utc>) -> UsageEvent {
-    UsageEvent {
-        event_id: event_id.to_owned(),
-        occurred_at,
-        producer: "gateway-test".into(),
-        request_id: format!("req-{event_id}"),
-        action_id: format!("act-{event_id}"),
-        attempt: 1,
-        fallback_from_model: None,
-        api_key_id: "key-1".into(),
-        team: "search".into(),
-        workflow: "answer".into(),
-        environment: "prod".into(),
-        user_id: None,
-        customer_id: None,
-        provider: "openai".into(),
-        model: "gpt-4o".into(),
-        endpoint: "chat_completions".into(),
-        modality: Modality::Text,
-        input_tokens: 1000,
-        output_tokens: 100,
-        cached_input_tokens: 0,
-        cache_write_tokens: 0,
-        images: 0,
-        image_tier: None,
-        video_duration_ms: 0,
-        audio_duration_ms: 0,
-        video_resolution: None,
-        job_id: None,
-        job_state: None,
-        status: Status::Ok,
-        http_status: Some(200),
-        retry_after_ms: None,
-        accepted: None,
-        reported_cost_usd: None,
-        estimated_cost_usd: None,
-        latency_ms: Some(120),
-        labels: Default::default(),
-        cost_usd: None,
-        cost_source: None,
-        catalog_version: None,
-    }
-}
+pub use schemas::fixtures::text_event;
 
 #[derive(Debug, Deserialize, clickhouse::Row)]
 pub struct PartitionOffsets {

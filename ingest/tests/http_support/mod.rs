@@ -18,7 +18,7 @@ use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::Message;
 use reqwest::header::{HeaderMap, AUTHORIZATION, CONTENT_TYPE};
 use reqwest::StatusCode;
-use schemas::{Modality, Status, UsageEvent};
+use schemas::UsageEvent;
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 
@@ -211,49 +211,26 @@ pub fn event(producer: &str, event_id: &str) -> UsageEvent {
 
 pub fn event_at(producer: &str, event_id: &str, occurred_at: DateTime<Utc>) -> UsageEvent {
     UsageEvent {
-        event_id: event_id.to_owned(),
-        // Microseconds: what the wire keeps, so a consumed event compares equal.
-        occurred_at: DateTime::from_timestamp_micros(occurred_at.timestamp_micros()).unwrap(),
         producer: producer.to_owned(),
-        request_id: format!("req-{event_id}"),
-        action_id: format!("act-{event_id}"),
-        attempt: 1,
-        fallback_from_model: None,
         api_key_id: "key-search-prod".to_owned(),
-        team: "search".to_owned(),
         workflow: "answer-question".to_owned(),
-        environment: "prod".to_owned(),
         user_id: Some("user-42".to_owned()),
         customer_id: Some("acme".to_owned()),
-        provider: "openai".to_owned(),
-        model: "gpt-4o".to_owned(),
-        endpoint: "chat_completions".to_owned(),
-        modality: Modality::Text,
         input_tokens: 1_200,
         output_tokens: 350,
         cached_input_tokens: 200,
-        cache_write_tokens: 0,
-        images: 0,
-        image_tier: None,
-        video_duration_ms: 0,
-        audio_duration_ms: 0,
-        video_resolution: None,
-        job_id: None,
-        job_state: None,
-        status: Status::Ok,
-        http_status: Some(200),
-        retry_after_ms: None,
         accepted: Some(true),
-        reported_cost_usd: None,
         estimated_cost_usd: Some("0.0065".parse().unwrap()),
         latency_ms: Some(840),
         labels: BTreeMap::from([
             ("feature".to_owned(), "semantic-search".to_owned()),
             ("tier".to_owned(), "enterprise".to_owned()),
         ]),
-        cost_usd: None,
-        cost_source: None,
-        catalog_version: None,
+        // Microseconds: what the wire keeps, so a consumed event compares equal.
+        ..schemas::fixtures::text_event(
+            event_id,
+            DateTime::from_timestamp_micros(occurred_at.timestamp_micros()).unwrap(),
+        )
     }
 }
 

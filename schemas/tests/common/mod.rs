@@ -33,38 +33,20 @@ pub fn labels(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
 /// A realistic chat completion event: 4 labels, reported and estimated cost, priced (v2).
 pub fn sample_usage_event() -> UsageEvent {
     UsageEvent {
-        event_id: "evt_01J9Z6X4W8K2M5N7P3Q1R0S9T8".to_owned(),
-        occurred_at: Utc.with_ymd_and_hms(2025, 3, 14, 9, 26, 53).unwrap()
-            + chrono::Duration::microseconds(589_793),
         producer: "gateway-eu-west-1-7f9c".to_owned(),
         request_id: "req_8a7b6c5d4e3f2a1b".to_owned(),
         action_id: "act_5f4e3d2c1b0a".to_owned(),
         attempt: 2,
         fallback_from_model: Some("gpt-4.1".to_owned()),
         api_key_id: "key_live_4242".to_owned(),
-        team: "search".to_owned(),
         workflow: "answer-synthesis".to_owned(),
-        environment: "prod".to_owned(),
         user_id: Some("user_1234".to_owned()),
-        customer_id: None,
         provider: "anthropic".to_owned(),
         model: "claude-sonnet-4".to_owned(),
         endpoint: "messages".to_owned(),
-        modality: Modality::Text,
         input_tokens: 12_850,
         output_tokens: 734,
         cached_input_tokens: 8_192,
-        cache_write_tokens: 0,
-        images: 0,
-        image_tier: None,
-        video_duration_ms: 0,
-        audio_duration_ms: 0,
-        video_resolution: None,
-        job_id: None,
-        job_state: None,
-        status: Status::Ok,
-        http_status: Some(200),
-        retry_after_ms: None,
         accepted: Some(true),
         reported_cost_usd: Some(dec("0.021474600000")),
         estimated_cost_usd: Some(dec("0.0235")),
@@ -77,7 +59,11 @@ pub fn sample_usage_event() -> UsageEvent {
         ]),
         cost_usd: Some(dec("0.0214746")),
         cost_source: Some(CostSource::Reported),
-        catalog_version: None,
+        ..schemas::fixtures::text_event(
+            "evt_01J9Z6X4W8K2M5N7P3Q1R0S9T8",
+            Utc.with_ymd_and_hms(2025, 3, 14, 9, 26, 53).unwrap()
+                + chrono::Duration::microseconds(589_793),
+        )
     }
 }
 
