@@ -28,6 +28,7 @@ Only the standard library, plus chdb for --engine chdb.
 from __future__ import annotations
 
 import argparse
+import base64
 import datetime as dt
 import os
 import re
@@ -161,12 +162,17 @@ class HttpEngine:
         self.run(f"CREATE DATABASE IF NOT EXISTS {self.database}", database=None)
 
     def run(self, sql: str, database: str | None = "") -> tuple[list[str], list[list[str]]]:
-        params = {"default_format": "TSVWithNames", "user": self.user, "password": self.password}
+        params = {"default_format": "TSVWithNames"}
         database = self.database if database == "" else database
         if database:
             params["database"] = database
+        # Credentials go in a Basic auth header, never in the URL (which access logs keep).
+        token = base64.b64encode(f"{self.user}:{self.password}".encode()).decode()
         request = urllib.request.Request(
-            self.url + "?" + urllib.parse.urlencode(params), data=sql.encode(), method="POST"
+            self.url + "?" + urllib.parse.urlencode(params),
+            data=sql.encode(),
+            method="POST",
+            headers={"Authorization": f"Basic {token}"},
         )
         try:
             with urllib.request.urlopen(request, timeout=60) as response:
