@@ -116,6 +116,23 @@ pub fn segments(records: Vec<Record>) -> Vec<Segment> {
     segments
 }
 
+impl Record {
+    /// What the record holds in memory, for the batch's byte bound.
+    fn approximate_bytes(&self) -> usize {
+        match &self.outcome {
+            Outcome::Row { row, payload, key } => {
+                row.approximate_bytes() + payload.len() + key.as_ref().map_or(0, Vec::len)
+            }
+            Outcome::DeadLetter(letter) => {
+                std::mem::size_of::<DeadLetter>()
+                    + letter.payload.len()
+                    + letter.error_message.len()
+                    + letter.key.as_ref().map_or(0, Vec::len)
+            }
+        }
+    }
+}
+
 /// Records read since the last flush.
 #[derive(Debug, Default)]
 pub struct Batch {
@@ -132,17 +149,7 @@ pub struct Batch {
 impl Batch {
     /// Adds a record of `partition`; offsets must grow within a partition.
     pub fn push(&mut self, partition: i32, record: Record) {
-        self.bytes += match &record.outcome {
-            Outcome::Row { row, payload, key } => {
-                row.approximate_bytes() + payload.len() + key.as_ref().map_or(0, Vec::len)
-            }
-            Outcome::DeadLetter(letter) => {
-                std::mem::size_of::<DeadLetter>()
-                    + letter.payload.len()
-                    + letter.error_message.len()
-                    + letter.key.as_ref().map_or(0, Vec::len)
-            }
-        };
+        self.bytes += record.approximate_bytes();
         self.records += 1;
         self.started.get_or_insert_with(Instant::now);
         let records = self.partitions.entry(partition).or_default();
@@ -171,6 +178,7 @@ impl Batch {
     pub fn discard_partition(&mut self, partition: i32) {
         if let Some(records) = self.partitions.remove(&partition) {
             self.records -= records.len();
+            self.bytes -= records.iter().map(Record::approximate_bytes).sum::<usize>();
             if self.records == 0 {
                 self.bytes = 0;
                 self.started = None;
@@ -297,9 +305,13 @@ mod tests {
         assert!(batch.is_full(2, usize::MAX));
         assert!(!batch.is_full(3, usize::MAX));
         assert!(batch.is_full(3, 1));
+        let one_record = batch.bytes / 2;
         batch.discard_partition(0);
         assert_eq!(batch.records, 1);
+        // The bytes of a revoked partition leave the byte bound too, not only its records.
+        assert_eq!(batch.bytes, one_record);
         batch.discard_partition(1);
+        assert_eq!(batch.bytes, 0);
         assert!(batch.is_empty() && batch.started.is_none());
     }
 }
