@@ -1,6 +1,6 @@
 # syntax=docker/dockerfile:1
 # One image holding the three service binaries; docker-compose.yml chooses the entrypoint per service
-# (quotaflow-ingest, quotaflow-aggregator, quotaflow-alerter). Build: `docker compose build`.
+# (quotaflow-ingest, quotaflow-archiver, quotaflow-aggregator, quotaflow-alerter). Build: `docker compose build`.
 
 FROM rust:1-bookworm AS builder
 # cmake builds the vendored librdkafka (rdkafka's `cmake-build` feature). libcurl4-openssl-dev is what
@@ -17,7 +17,7 @@ RUN --mount=type=cache,target=/usr/local/cargo/registry \
     --mount=type=cache,target=/src/target \
     cargo build --release --locked -p ingest -p aggregator -p alerter \
     && mkdir -p /out \
-    && cp target/release/quotaflow-ingest target/release/quotaflow-aggregator target/release/quotaflow-alerter /out/
+    && cp target/release/quotaflow-ingest target/release/quotaflow-archiver target/release/quotaflow-aggregator target/release/quotaflow-alerter /out/
 
 FROM debian:bookworm-slim
 # curl runs the compose healthchecks against /readyz (and brings libcurl4 with it).
@@ -25,6 +25,6 @@ RUN apt-get update \
     && apt-get install -y --no-install-recommends ca-certificates libcurl4 curl \
     && rm -rf /var/lib/apt/lists/*
 RUN useradd --system --uid 10001 --no-create-home --shell /usr/sbin/nologin quotaflow
-COPY --from=builder /out/quotaflow-ingest /out/quotaflow-aggregator /out/quotaflow-alerter /usr/local/bin/
+COPY --from=builder /out/quotaflow-ingest /out/quotaflow-archiver /out/quotaflow-aggregator /out/quotaflow-alerter /usr/local/bin/
 USER quotaflow
 # No ENTRYPOINT on purpose: one image, three services; each compose service sets its own.

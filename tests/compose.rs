@@ -10,11 +10,43 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 use serde_yaml_ng::Value;
 
-/// The services built from this repository, each with the binary its crate declares.
-const OUR_SERVICES: [(&str, &str); 3] = [
-    ("ingest", "quotaflow-ingest"),
-    ("aggregator", "quotaflow-aggregator"),
-    ("alerter", "quotaflow-alerter"),
+/// A service built from this repository.
+struct OurService {
+    /// Its name in docker-compose.yml.
+    name: &'static str,
+    /// The crate that declares its binary (and whose `Config` it reads).
+    krate: &'static str,
+    /// The binary compose runs.
+    binary: &'static str,
+    /// The variable holding the address its `/readyz` listens on.
+    listen_variable: &'static str,
+}
+
+const OUR_SERVICES: [OurService; 4] = [
+    OurService {
+        name: "ingest",
+        krate: "ingest",
+        binary: "quotaflow-ingest",
+        listen_variable: "QUOTAFLOW_HTTP__LISTEN",
+    },
+    OurService {
+        name: "archiver",
+        krate: "ingest",
+        binary: "quotaflow-archiver",
+        listen_variable: "QUOTAFLOW_ARCHIVE__METRICS_LISTEN",
+    },
+    OurService {
+        name: "aggregator",
+        krate: "aggregator",
+        binary: "quotaflow-aggregator",
+        listen_variable: "QUOTAFLOW_HTTP__LISTEN",
+    },
+    OurService {
+        name: "alerter",
+        krate: "alerter",
+        binary: "quotaflow-alerter",
+        listen_variable: "QUOTAFLOW_HTTP__LISTEN",
+    },
 ];
 
 /// `QUOTAFLOW_*` variables that `infra::config::load` skips because they configure logging, not `Config`.
@@ -135,7 +167,7 @@ fn load_service_config(
         load_with_only::<C>(variables).map(|(config, json)| (json, password(&config)))
     }
     match name {
-        "ingest" => with_password(variables, |config: &ingest::Config| {
+        "ingest" | "archiver" => with_password(variables, |config: &ingest::Config| {
             config.clickhouse.password.expose().to_string()
         }),
         "aggregator" => with_password(variables, |config: &aggregator::Config| {
@@ -149,7 +181,7 @@ fn load_service_config(
 }
 
 #[test]
-fn compose_defines_the_five_services() {
+fn compose_defines_the_six_services() {
     let compose = compose();
     let mut names: Vec<String> = compose["services"]
         .as_mapping()
@@ -160,7 +192,14 @@ fn compose_defines_the_five_services() {
     names.sort();
     assert_eq!(
         names,
-        ["aggregator", "alerter", "clickhouse", "ingest", "kafka"]
+        [
+            "aggregator",
+            "alerter",
+            "archiver",
+            "clickhouse",
+            "ingest",
+            "kafka"
+        ]
     );
 }
 
@@ -202,7 +241,13 @@ fn kafka_is_a_single_kraft_node_that_never_creates_topics_by_itself() {
 #[test]
 fn our_services_build_from_the_dockerfile_are_healthchecked_and_wait_for_healthy_dependencies() {
     let compose = compose();
-    for (name, binary) in OUR_SERVICES {
+    for OurService {
+        name,
+        binary,
+        listen_variable,
+        ..
+    } in OUR_SERVICES
+    {
         let service = service(&compose, name);
         assert_eq!(string(&service["build"]["context"]), ".", "{name}");
         assert_eq!(
@@ -212,7 +257,7 @@ fn our_services_build_from_the_dockerfile_are_healthchecked_and_wait_for_healthy
         );
         assert_eq!(string(&service["entrypoint"][0]), binary, "{name}");
 
-        let listen = environment(service)["QUOTAFLOW_HTTP__LISTEN"].clone();
+        let listen = environment(service)[listen_variable].clone();
         let port = listen.rsplit(':').next().unwrap();
         let healthcheck: Vec<String> = service["healthcheck"]["test"]
             .as_sequence()
@@ -259,11 +304,14 @@ fn ports_are_published_on_localhost_only_and_ours_match_the_listen_address() {
             );
         }
     }
-    for (name, _) in OUR_SERVICES {
+    for OurService {
+        name,
+        listen_variable,
+        ..
+    } in OUR_SERVICES
+    {
         let service = service(&compose, name);
-        let listen: std::net::SocketAddr = environment(service)["QUOTAFLOW_HTTP__LISTEN"]
-            .parse()
-            .unwrap();
+        let listen: std::net::SocketAddr = environment(service)[listen_variable].parse().unwrap();
         assert!(
             listen.ip().is_unspecified(),
             "{name} must listen on all interfaces inside its container"
@@ -284,7 +332,7 @@ fn ports_are_published_on_localhost_only_and_ours_match_the_listen_address() {
 #[test]
 fn every_quotaflow_variable_is_a_field_of_the_service_config_with_that_value() {
     let compose = compose();
-    for (name, _) in OUR_SERVICES {
+    for OurService { name, .. } in OUR_SERVICES {
         let variables = quotaflow_environment(service(&compose, name));
         let (config, password) =
             load_service_config(name, &variables).unwrap_or_else(|error| panic!("{name}: {error}"));
@@ -409,7 +457,13 @@ fn the_dockerfile_builds_the_binaries_compose_runs() {
     );
 
     let compose = compose();
-    for (name, binary) in OUR_SERVICES {
+    for OurService {
+        name,
+        krate,
+        binary,
+        ..
+    } in OUR_SERVICES
+    {
         assert_eq!(string(&service(&compose, name)["entrypoint"][0]), binary);
         assert!(
             dockerfile.contains(&format!("target/release/{binary}")),
@@ -419,7 +473,7 @@ fn the_dockerfile_builds_the_binaries_compose_runs() {
             dockerfile.contains(&format!("/out/{binary}")),
             "Dockerfile does not ship {binary}"
         );
-        let manifest: toml::Table = read_repo_file(&format!("{name}/Cargo.toml"))
+        let manifest: toml::Table = read_repo_file(&format!("{krate}/Cargo.toml"))
             .parse()
             .unwrap();
         let declares_binary = manifest["bin"]
@@ -427,7 +481,7 @@ fn the_dockerfile_builds_the_binaries_compose_runs() {
             .is_some_and(|bins| bins.iter().any(|bin| bin["name"].as_str() == Some(binary)));
         assert!(
             declares_binary,
-            "{name}/Cargo.toml declares no [[bin]] {binary}"
+            "{krate}/Cargo.toml declares no [[bin]] {binary}"
         );
     }
 }

@@ -103,9 +103,10 @@ pub const SERVICE: &str = "ingest";
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ArchiveConfig {
-    /// Whether the ingest service runs the archive consumer next to its API. The standalone
-    /// `quotaflow-archiver` binary runs it regardless.
-    pub enabled: bool,
+    /// Where `quotaflow-archiver` serves `/metrics`, `/healthz` and `/readyz` (ready = consuming);
+    /// none = not served. The archive always runs as its own process, so it scales and restarts
+    /// apart from the HTTP API.
+    pub metrics_listen: Option<std::net::SocketAddr>,
     /// Kafka consumer group. Offsets live in ClickHouse, not in the group: the group only shares
     /// partitions among archive instances and shows their (advisory) progress.
     pub group_id: String,
@@ -133,7 +134,7 @@ pub struct ArchiveConfig {
 impl Default for ArchiveConfig {
     fn default() -> Self {
         Self {
-            enabled: true,
+            metrics_listen: None,
             group_id: "quotaflow-archive".to_owned(),
             batch_max_rows: 50_000,
             batch_max_bytes: 32 * 1024 * 1024,
@@ -177,7 +178,7 @@ pub enum ArchiveError {
     Config(String),
     /// Migrations or topic creation failed at start.
     #[error("archive setup failed")]
-    Setup(#[source] infra::Error),
+    Setup(#[source] infra::service::ServiceError),
     /// The price catalog (needed for validation) could not be loaded.
     #[error("cannot load the price catalog")]
     Catalog(#[source] crate::pricer::PricerError),
@@ -218,6 +219,9 @@ pub struct Archiver {
     config: crate::Config,
     /// Shared with the consumer loop.
     stats: Arc<ArchiveStats>,
+    /// Turned ready once the consumer is subscribed (and not ready again when it stops), so a
+    /// `/readyz` in front of the archive means "consuming", not "process started".
+    readiness: Option<infra::telemetry::Readiness>,
 }
 
 impl Archiver {
@@ -226,7 +230,14 @@ impl Archiver {
         Self {
             config,
             stats: Arc::default(),
+            readiness: None,
         }
+    }
+
+    /// Reports readiness through `readiness` (see the field's doc).
+    pub fn with_readiness(mut self, readiness: infra::telemetry::Readiness) -> Self {
+        self.readiness = Some(readiness);
+        self
     }
 
     /// Counters of archived rows and dead letters, updated after each durable write.
@@ -238,10 +249,7 @@ impl Archiver {
     pub async fn run(self, shutdown: Shutdown) -> Result<(), ArchiveError> {
         let config = self.config;
         config.archive.validate()?;
-        infra::migrations::migrate(&config.clickhouse)
-            .await
-            .map_err(ArchiveError::Setup)?;
-        infra::kafka::ensure_topics(&config.kafka, &infra::kafka::pipeline_topics(&config.kafka))
+        infra::service::prepare_pipeline(&config.kafka, &config.clickhouse)
             .await
             .map_err(ArchiveError::Setup)?;
         let pricer =
@@ -278,7 +286,10 @@ impl Archiver {
             database = %config.clickhouse.database,
             "archive started"
         );
-        consumer::ArchiveLoop::new(
+        if let Some(readiness) = &self.readiness {
+            readiness.set_ready(true);
+        }
+        let consumed = consumer::ArchiveLoop::new(
             Arc::new(consumer),
             sink,
             config.archive.clone(),
@@ -289,7 +300,11 @@ impl Archiver {
             self.stats,
         )
         .run(shutdown)
-        .await
+        .await;
+        if let Some(readiness) = &self.readiness {
+            readiness.set_ready(false);
+        }
+        consumed
     }
 }
 

@@ -15,7 +15,8 @@ struct Args {
     #[arg(long, env = "QUOTAFLOW_CONFIG")]
     config: Option<PathBuf>,
     /// Serve `/metrics`, `/healthz` and `/readyz` on this address (off when absent).
-    #[arg(long, env = "QUOTAFLOW_ARCHIVER_METRICS_LISTEN")]
+    /// (Overrides `archive.metrics_listen`.)
+    #[arg(long)]
     metrics_listen: Option<SocketAddr>,
 }
 
@@ -25,12 +26,11 @@ async fn main() -> anyhow::Result<()> {
     infra::telemetry::init_tracing();
     let config: ingest::Config = infra::config::load(args.config.as_deref())?;
     let shutdown = infra::shutdown::on_signal();
-    let ops = match args.metrics_listen {
+    let readiness = infra::telemetry::Readiness::default();
+    let ops = match args.metrics_listen.or(config.archive.metrics_listen) {
         Some(address) => {
-            let listener = tokio::net::TcpListener::bind(address).await?;
-            let readiness = infra::telemetry::Readiness::default();
-            readiness.set_ready(true);
-            let router = infra::telemetry::ops_router(readiness);
+            let listener = infra::service::bind(address).await?;
+            let router = infra::telemetry::ops_router(readiness.clone());
             Some(tokio::spawn(infra::telemetry::serve(
                 listener,
                 router,
@@ -39,7 +39,10 @@ async fn main() -> anyhow::Result<()> {
         }
         None => None,
     };
-    let result = ingest::archive::run(&config, shutdown.clone()).await;
+    let result = ingest::archive::Archiver::new(config)
+        .with_readiness(readiness)
+        .run(shutdown.clone())
+        .await;
     shutdown.cancel();
     if let Some(ops) = ops {
         ops.await??;
