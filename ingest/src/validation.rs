@@ -287,42 +287,24 @@ fn check_counts(event: &UsageEvent, config: &ValidationConfig, violations: &mut 
     }
 }
 
-/// Usage the catalog proves impossible for the model: a prompt above its context window or more
-/// output than it can produce. Both limits are checked, so both can be reported.
+/// Usage the catalog proves impossible for the model (`pricing::Catalog::model_limit_errors`): a
+/// prompt above its context window or more output than it can produce, each reported.
 fn check_model_limits(
     event: &UsageEvent,
     catalog: &pricing::Catalog,
     violations: &mut Vec<Violation>,
 ) {
-    let Some(entry) = catalog.lookup(&event.provider, &event.model) else {
-        return;
-    };
     let usage = crate::pricer::pricing_input(event);
-    if let Some(max_input_tokens) = entry.max_input_tokens {
-        if usage.prompt_tokens() > max_input_tokens {
-            violations.push(Violation::new(
-                "input_tokens",
-                kind::ABOVE_MODEL_LIMIT,
-                format!(
-                    "prompt of {} tokens (input_tokens + cache_write_tokens) exceeds {}'s \
-                     max_input_tokens {max_input_tokens}",
-                    usage.prompt_tokens(),
-                    entry.name
-                ),
-            ));
-        }
-    }
-    if let Some(max_output_tokens) = entry.max_output_tokens {
-        if usage.output_tokens > max_output_tokens {
-            violations.push(Violation::new(
-                "output_tokens",
-                kind::ABOVE_MODEL_LIMIT,
-                format!(
-                    "{} output tokens exceed {}'s max_output_tokens {max_output_tokens}",
-                    usage.output_tokens, entry.name
-                ),
-            ));
-        }
+    for error in catalog.model_limit_errors(&usage) {
+        let field = match error {
+            pricing::UsageLimitError::OutputAboveMax { .. } => "output_tokens",
+            _ => "input_tokens",
+        };
+        violations.push(Violation::new(
+            field,
+            kind::ABOVE_MODEL_LIMIT,
+            error.to_string(),
+        ));
     }
 }
 

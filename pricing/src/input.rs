@@ -69,19 +69,29 @@ impl PricingInput {
 }
 
 impl Catalog {
-    /// Validates usage for ingest: [`PricingInput::validate_counts`], then, when the model is in
-    /// the catalog, `input_tokens + cache_write_tokens <= max_input_tokens` and
-    /// `output_tokens <= max_output_tokens` where the row lists them. An unknown model or an
-    /// unlisted limit passes: this only rejects what the catalog proves impossible (pricing
-    /// reports unknown models as `Unpriced`).
+    /// Validates usage for ingest: [`PricingInput::validate_counts`], then the model's limits
+    /// ([`Catalog::model_limit_errors`]); the first problem found.
     pub fn validate_usage(&self, input: &PricingInput) -> Result<(), UsageLimitError> {
         input.validate_counts()?;
+        match self.model_limit_errors(input).into_iter().next() {
+            Some(error) => Err(error),
+            None => Ok(()),
+        }
+    }
+
+    /// Every limit of the model that `input` exceeds, when the model is in the catalog:
+    /// `input_tokens + cache_write_tokens <= max_input_tokens` and
+    /// `output_tokens <= max_output_tokens` where the row lists them. An unknown model or an
+    /// unlisted limit passes: this only rejects what the catalog proves impossible (pricing
+    /// reports unknown models as `Unpriced`). Both limits are checked, so both can be reported.
+    pub fn model_limit_errors(&self, input: &PricingInput) -> Vec<UsageLimitError> {
         let Some(entry) = self.lookup(&input.provider, &input.model) else {
-            return Ok(());
+            return Vec::new();
         };
+        let mut errors = Vec::new();
         if let Some(max_input_tokens) = entry.max_input_tokens {
             if input.prompt_tokens() > max_input_tokens {
-                return Err(UsageLimitError::InputAboveMax {
+                errors.push(UsageLimitError::InputAboveMax {
                     model: entry.name.clone(),
                     prompt_tokens: input.prompt_tokens(),
                     max_input_tokens,
@@ -90,13 +100,13 @@ impl Catalog {
         }
         if let Some(max_output_tokens) = entry.max_output_tokens {
             if input.output_tokens > max_output_tokens {
-                return Err(UsageLimitError::OutputAboveMax {
+                errors.push(UsageLimitError::OutputAboveMax {
                     model: entry.name.clone(),
                     output_tokens: input.output_tokens,
                     max_output_tokens,
                 });
             }
         }
-        Ok(())
+        errors
     }
 }
