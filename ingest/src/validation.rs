@@ -407,11 +407,13 @@ fn check_labels(event: &UsageEvent, config: &ValidationConfig, violations: &mut 
             ),
         ));
     }
+    // The field path is built only for a label that has a problem: this runs for every label of
+    // every event.
+    let field = |key: &str| format!("labels.{}", printable_key(key, config.max_label_key_len));
     for (key, value) in &event.labels {
-        let field = format!("labels.{}", printable_key(key, config.max_label_key_len));
         if key.is_empty() {
             violations.push(Violation::new(
-                field,
+                field(key),
                 kind::MISSING,
                 "label keys must not be empty",
             ));
@@ -419,7 +421,7 @@ fn check_labels(event: &UsageEvent, config: &ValidationConfig, violations: &mut 
         }
         if key.len() > config.max_label_key_len {
             violations.push(Violation::new(
-                field.clone(),
+                field(key),
                 kind::TOO_LONG,
                 format!(
                     "label key of {} bytes, at most {} allowed",
@@ -430,7 +432,7 @@ fn check_labels(event: &UsageEvent, config: &ValidationConfig, violations: &mut 
         }
         if value.len() > config.max_label_value_len {
             violations.push(Violation::new(
-                field,
+                field(key),
                 kind::TOO_LONG,
                 format!(
                     "label value of {} bytes, at most {} allowed",
