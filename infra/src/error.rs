@@ -49,12 +49,10 @@ impl Error {
     }
 }
 
-/// ClickHouse data errors (bad type, bad value, unknown table) fail again on retry; transport errors may not.
+/// Whether a ClickHouse failure may go away by itself (see `clickhouse::classify_error`): transport
+/// errors, timeouts, load and restarts do; data and deployment errors fail again on retry.
 pub fn clickhouse_error_is_retryable(error: &::clickhouse::error::Error) -> bool {
-    matches!(
-        error,
-        ::clickhouse::error::Error::Network(_) | ::clickhouse::error::Error::TimedOut
-    )
+    crate::clickhouse::classify_error(error) == crate::clickhouse::ClickHouseFailure::Transient
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;

@@ -1,6 +1,7 @@
 //! ClickHouse side of the archive: writing one [`Segment`], reading where each partition resumes,
 //! and classifying failures (retry, dead-letter, or stop).
 
+use infra::clickhouse::ClickHouseFailure;
 use std::collections::BTreeMap;
 use std::time::Duration;
 
@@ -36,56 +37,13 @@ pub enum SinkError {
     Fatal(String),
 }
 
-/// ClickHouse exception codes that mean "these values cannot be inserted".
-const DATA_ERROR_CODES: &[u32] = &[
-    6,   // CANNOT_PARSE_TEXT
-    27,  // CANNOT_PARSE_INPUT_ASSERTION_FAILED
-    33,  // CANNOT_READ_ALL_DATA
-    38,  // CANNOT_PARSE_DATE
-    41,  // CANNOT_PARSE_DATETIME
-    53,  // TYPE_MISMATCH
-    69,  // ARGUMENT_OUT_OF_BOUND
-    70,  // CANNOT_CONVERT_TYPE
-    72,  // CANNOT_PARSE_NUMBER
-    117, // INCORRECT_DATA
-    131, // TOO_LARGE_STRING_SIZE
-    321, // VALUE_IS_OUT_OF_RANGE_OF_DATA_TYPE
-];
-
-/// ClickHouse exception codes that go away by themselves (load, memory, timeouts, restarts).
-const TRANSIENT_CODES: &[u32] = &[
-    159, // TIMEOUT_EXCEEDED
-    164, // READONLY (server starting)
-    202, // TOO_MANY_SIMULTANEOUS_QUERIES
-    209, // SOCKET_TIMEOUT
-    210, // NETWORK_ERROR
-    241, // MEMORY_LIMIT_EXCEEDED
-    242, // TABLE_IS_READ_ONLY
-    252, // TOO_MANY_PARTS
-    319, // UNKNOWN_STATUS_OF_INSERT
-];
-
-/// The `Code: N` of a ClickHouse exception message, if any.
-fn exception_code(message: &str) -> Option<u32> {
-    let rest = &message[message.find("Code: ")? + "Code: ".len()..];
-    let digits: String = rest.chars().take_while(char::is_ascii_digit).collect();
-    digits.parse().ok()
-}
-
-/// Classifies a clickhouse crate error.
+/// Classifies a clickhouse crate error (the rule lives in `infra::clickhouse::classify_error`).
 pub fn classify(error: &clickhouse::error::Error) -> SinkError {
-    use clickhouse::error::Error;
     let message = error.to_string();
-    match error {
-        Error::Network(_) | Error::TimedOut => SinkError::Transient(message),
-        Error::BadResponse(text) => match exception_code(text) {
-            Some(code) if DATA_ERROR_CODES.contains(&code) => SinkError::Rejected(message),
-            Some(code) if TRANSIENT_CODES.contains(&code) => SinkError::Transient(message),
-            // A proxy or a restarting server answering without an exception.
-            None => SinkError::Transient(message),
-            Some(_) => SinkError::Fatal(message),
-        },
-        _ => SinkError::Fatal(message),
+    match infra::clickhouse::classify_error(error) {
+        ClickHouseFailure::Transient => SinkError::Transient(message),
+        ClickHouseFailure::Data => SinkError::Rejected(message),
+        ClickHouseFailure::Fatal => SinkError::Fatal(message),
     }
 }
 
