@@ -35,12 +35,7 @@ impl Error {
     pub fn is_retryable(&self) -> bool {
         match self {
             Error::Config(_) => false,
-            Error::Kafka(error) => !matches!(
-                error.rdkafka_error_code(),
-                Some(rdkafka::types::RDKafkaErrorCode::MessageSizeTooLarge)
-                    | Some(rdkafka::types::RDKafkaErrorCode::InvalidMessage)
-                    | Some(rdkafka::types::RDKafkaErrorCode::TopicAuthorizationFailed)
-            ),
+            Error::Kafka(error) => crate::kafka::error_is_retryable(error),
             Error::ClickHouse(error) | Error::Migration { source: error, .. } => {
                 clickhouse_error_is_retryable(error)
             }

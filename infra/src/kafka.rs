@@ -10,6 +10,7 @@ use std::time::Duration;
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::config::ClientConfig;
+use rdkafka::error::KafkaError;
 use rdkafka::types::RDKafkaErrorCode;
 
 use crate::config::KafkaConfig;
@@ -142,4 +143,29 @@ pub fn pipeline_topics(kafka: &KafkaConfig) -> Vec<TopicSpec> {
         spec(&topics.alerts, Retention::Time(4 * week)),
         spec(&topics.approvals, Retention::Compacted),
     ]
+}
+
+/// Errors that sending the same record again cannot fix: the record itself or our rights are
+/// wrong. Everything else (timeouts, unreachable brokers, leader changes, a full queue) may pass.
+pub fn error_is_retryable(error: &KafkaError) -> bool {
+    let code = match error {
+        KafkaError::MessageProduction(code) => *code,
+        KafkaError::ClientCreation(_) | KafkaError::ClientConfig(..) => return false,
+        other => match other.rdkafka_error_code() {
+            Some(code) => code,
+            None => return true,
+        },
+    };
+    !matches!(
+        code,
+        RDKafkaErrorCode::MessageSizeTooLarge
+            | RDKafkaErrorCode::InvalidMessageSize
+            | RDKafkaErrorCode::InvalidMessage
+            | RDKafkaErrorCode::InvalidRecord
+            | RDKafkaErrorCode::InvalidTopic
+            | RDKafkaErrorCode::TopicAuthorizationFailed
+            | RDKafkaErrorCode::ClusterAuthorizationFailed
+            | RDKafkaErrorCode::InvalidRequiredAcks
+            | RDKafkaErrorCode::UnsupportedVersion
+    )
 }

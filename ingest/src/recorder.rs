@@ -137,7 +137,7 @@ impl RecordError {
 
     fn from_kafka(error: &KafkaError) -> Self {
         RecordError::Kafka {
-            retryable: kafka_error_is_retryable(error),
+            retryable: infra::kafka::error_is_retryable(error),
             message: error.to_string(),
         }
     }
@@ -149,31 +149,6 @@ fn summary(violations: &[Violation]) -> String {
         .map(Violation::to_string)
         .collect::<Vec<_>>()
         .join("; ")
-}
-
-/// Errors that sending the same record again cannot fix: the record itself or our rights are
-/// wrong. Everything else (timeouts, unreachable brokers, leader changes, a full queue) may pass.
-fn kafka_error_is_retryable(error: &KafkaError) -> bool {
-    let code = match error {
-        KafkaError::MessageProduction(code) => *code,
-        KafkaError::ClientCreation(_) | KafkaError::ClientConfig(..) => return false,
-        other => match other.rdkafka_error_code() {
-            Some(code) => code,
-            None => return true,
-        },
-    };
-    !matches!(
-        code,
-        RDKafkaErrorCode::MessageSizeTooLarge
-            | RDKafkaErrorCode::InvalidMessageSize
-            | RDKafkaErrorCode::InvalidMessage
-            | RDKafkaErrorCode::InvalidRecord
-            | RDKafkaErrorCode::InvalidTopic
-            | RDKafkaErrorCode::TopicAuthorizationFailed
-            | RDKafkaErrorCode::ClusterAuthorizationFailed
-            | RDKafkaErrorCode::InvalidRequiredAcks
-            | RDKafkaErrorCode::UnsupportedVersion
-    )
 }
 
 /// Why [`Recorder::prepare`] refused an event (nothing was sent).
