@@ -159,7 +159,17 @@ impl Pricer {
     /// [`UnpricedPolicy::FailClosed`] an unpriced event is left untouched and a `model` violation
     /// of kind `unpriced` is returned.
     pub fn apply(&self, event: &mut UsageEvent) -> Result<PricingApplied, Violation> {
-        let outcome = self.price(event);
+        let usage = pricing_input(event);
+        self.apply_with_usage(event, &usage)
+    }
+
+    /// [`Pricer::apply`] with the event's [`PricingInput`] already built (`pricing_input(event)`).
+    pub fn apply_with_usage(
+        &self,
+        event: &mut UsageEvent,
+        usage: &PricingInput,
+    ) -> Result<PricingApplied, Violation> {
+        let outcome = self.catalog.price(usage);
         let priced_cost_usd = outcome.cost_usd();
         let applied = match (event.reported_cost_usd, outcome) {
             (Some(reported_cost_usd), _) => PricingApplied::Reported {

@@ -61,7 +61,7 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tracing::{debug, warn};
 
 use crate::pricer::{Pricer, PricingApplied};
-use crate::validation::{validate, ValidationConfig, Violation};
+use crate::validation::{validate_with_usage, ValidationConfig, Violation};
 
 /// Producer-side limits of the [`Recorder`].
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -314,18 +314,26 @@ impl Recorder {
         now: DateTime<Utc>,
     ) -> Result<PreparedEvent, Rejected> {
         let inner = &self.inner;
-        let result = validate(&event, inner.pricer.catalog(), &inner.validation, now)
-            .map_err(Rejected::Invalid)
-            .and_then(|()| {
-                inner
-                    .pricer
-                    .apply(&mut event)
-                    .map_err(|violation| Rejected::Invalid(vec![violation]))
-            })
-            .and_then(|pricing| {
-                let payload = schemas::encode(&event).map_err(Rejected::Encode)?;
-                Ok((pricing, payload))
-            });
+        // Built once: validation checks the model's limits with it, pricing prices it.
+        let usage = crate::pricer::pricing_input(&event);
+        let result = validate_with_usage(
+            &event,
+            &usage,
+            inner.pricer.catalog(),
+            &inner.validation,
+            now,
+        )
+        .map_err(Rejected::Invalid)
+        .and_then(|()| {
+            inner
+                .pricer
+                .apply_with_usage(&mut event, &usage)
+                .map_err(|violation| Rejected::Invalid(vec![violation]))
+        })
+        .and_then(|pricing| {
+            let payload = schemas::encode(&event).map_err(Rejected::Encode)?;
+            Ok((pricing, payload))
+        });
         match result {
             Ok((pricing, payload)) => Ok(PreparedEvent {
                 event,

@@ -137,11 +137,24 @@ pub fn validate(
     config: &ValidationConfig,
     now: DateTime<Utc>,
 ) -> Result<(), Vec<Violation>> {
+    let usage = crate::pricer::pricing_input(event);
+    validate_with_usage(event, &usage, catalog, config, now)
+}
+
+/// [`validate`] with the event's [`pricing::PricingInput`] already built, for callers that also
+/// price the event (the recorder builds it once per event for both).
+pub fn validate_with_usage(
+    event: &UsageEvent,
+    usage: &pricing::PricingInput,
+    catalog: &pricing::Catalog,
+    config: &ValidationConfig,
+    now: DateTime<Utc>,
+) -> Result<(), Vec<Violation>> {
     let mut violations = Vec::new();
     check_strings(event, config, &mut violations);
     check_attempt(event, config, &mut violations);
     check_counts(event, config, &mut violations);
-    check_model_limits(event, catalog, &mut violations);
+    check_model_limits(usage, catalog, &mut violations);
     check_occurred_at(event, config, now, &mut violations);
     check_consistency(event, &mut violations);
     check_amounts(event, config, &mut violations);
@@ -290,12 +303,11 @@ fn check_counts(event: &UsageEvent, config: &ValidationConfig, violations: &mut 
 /// Usage the catalog proves impossible for the model (`pricing::Catalog::model_limit_errors`): a
 /// prompt above its context window or more output than it can produce, each reported.
 fn check_model_limits(
-    event: &UsageEvent,
+    usage: &pricing::PricingInput,
     catalog: &pricing::Catalog,
     violations: &mut Vec<Violation>,
 ) {
-    let usage = crate::pricer::pricing_input(event);
-    for error in catalog.model_limit_errors(&usage) {
+    for error in catalog.model_limit_errors(usage) {
         let field = match error {
             pricing::UsageLimitError::OutputAboveMax { .. } => "output_tokens",
             _ => "input_tokens",
