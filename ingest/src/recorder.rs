@@ -222,6 +222,10 @@ struct Inner {
     max_in_flight_permits: u32,
     /// Current in-flight bytes, for the gauge.
     in_flight_bytes: AtomicU64,
+    /// `quotaflow_ingest_in_flight_bytes`, registered once: it is set as each record enters and
+    /// leaves flight, so the per-record cost is one store, not a registry lookup. (Registered when
+    /// the recorder is created: a process installs its metrics recorder before that.)
+    in_flight_gauge: metrics::Gauge,
     /// How long a record may wait for room in librdkafka's own queue.
     delivery_timeout: Duration,
 }
@@ -267,6 +271,7 @@ impl Recorder {
                 in_flight: Arc::new(Semaphore::new(max_in_flight_permits as usize)),
                 max_in_flight_permits,
                 in_flight_bytes: AtomicU64::new(0),
+                in_flight_gauge: metrics::gauge!("quotaflow_ingest_in_flight_bytes"),
                 delivery_timeout: Duration::from_millis(config.delivery_timeout_ms),
             }),
         })
@@ -527,7 +532,7 @@ impl InFlight {
     fn new(inner: &Arc<Inner>, permit: OwnedSemaphorePermit) -> Self {
         let bytes = permit.num_permits() as u64;
         let now = inner.in_flight_bytes.fetch_add(bytes, Ordering::Relaxed) + bytes;
-        metrics::gauge!("quotaflow_ingest_in_flight_bytes").set(now as f64);
+        inner.in_flight_gauge.set(now as f64);
         InFlight {
             inner: Arc::clone(inner),
             permit,
@@ -543,7 +548,7 @@ impl Drop for InFlight {
             .in_flight_bytes
             .fetch_sub(bytes, Ordering::Relaxed)
             .saturating_sub(bytes);
-        metrics::gauge!("quotaflow_ingest_in_flight_bytes").set(now as f64);
+        self.inner.in_flight_gauge.set(now as f64);
     }
 }
 
