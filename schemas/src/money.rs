@@ -54,6 +54,37 @@ pub enum MoneyError {
     },
 }
 
+impl MoneyError {
+    /// Stable machine-readable kind, as APIs report it.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            MoneyError::TooManyFractionalDigits { .. } => "too_many_fractional_digits",
+            MoneyError::Negative { .. } => "negative_amount",
+            MoneyError::OutOfRange { .. } => "decimal_out_of_range",
+            MoneyError::NotANumber { .. } => "not_a_decimal",
+        }
+    }
+
+    /// The kind of a [`MoneyError`] whose message reached the caller only as text (serde turns
+    /// custom errors into strings, e.g. inside a `serde_json` error). Kept next to the messages it
+    /// recognises; a test checks every variant round-trips.
+    pub fn kind_in_message(message: &str) -> Option<&'static str> {
+        const FRAGMENTS: [(&str, &str); 4] = [
+            ("is not a decimal number", "not_a_decimal"),
+            (
+                "fractional digits (money is never rounded)",
+                "too_many_fractional_digits",
+            ),
+            ("is negative; amounts must be >= 0", "negative_amount"),
+            ("is out of range for decimal(", "decimal_out_of_range"),
+        ];
+        FRAGMENTS
+            .iter()
+            .find(|(fragment, _)| message.contains(fragment))
+            .map(|(_, kind)| *kind)
+    }
+}
+
 /// Checks that `value` is a valid amount: non-negative and exactly representable at scale 12.
 pub fn check_amount(value: &Decimal) -> Result<(), MoneyError> {
     if *value < Decimal::ZERO {
@@ -268,6 +299,28 @@ pub mod json {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn every_money_error_kind_is_recognised_in_its_message() {
+        let value = || "1".to_owned();
+        for error in [
+            super::MoneyError::TooManyFractionalDigits { value: value() },
+            super::MoneyError::Negative { value: value() },
+            super::MoneyError::OutOfRange { value: value() },
+            super::MoneyError::NotANumber { value: value() },
+        ] {
+            let message = format!("invalid value at line 1: {error}");
+            assert_eq!(
+                super::MoneyError::kind_in_message(&message),
+                Some(error.kind()),
+                "{message}"
+            );
+        }
+        assert_eq!(
+            super::MoneyError::kind_in_message("invalid type: string"),
+            None
+        );
+    }
+
     use super::*;
     use std::str::FromStr;
 

@@ -242,14 +242,8 @@ fn json_violation(error: &serde_path_to_error::Error<serde_json::Error>) -> Viol
         kind::INVALID_TYPE
     } else if message.starts_with("unknown variant") || message.contains("; allowed values: ") {
         kind::UNKNOWN_ENUM_VALUE
-    } else if message.contains("is not a decimal number") {
-        kind::NOT_A_DECIMAL
-    } else if message.contains("fractional digits") {
-        kind::TOO_MANY_FRACTIONAL_DIGITS
-    } else if message.contains("is negative") {
-        kind::NEGATIVE_AMOUNT
-    } else if message.contains("out of range for decimal") {
-        kind::DECIMAL_OUT_OF_RANGE
+    } else if let Some(kind) = schemas::money::MoneyError::kind_in_message(&message) {
+        kind
     } else {
         kind::INVALID_VALUE
     };
