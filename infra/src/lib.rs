@@ -9,7 +9,8 @@
 //! - [`service`]: the lifecycle every service shares (ops endpoints, startup, readiness, shutdown).
 //! - [`shutdown`]: the cancellation token every `run(config, shutdown)` takes.
 //! - [`telemetry`]: `tracing` setup and the Prometheus `/metrics`, `/healthz`, `/readyz` endpoints.
-//! - [`testkit`]: unique topics and databases per test, and polling with deadlines.
+//! - `testkit` (feature `testkit`, for tests only): unique topics and databases per test, and
+//!   polling with deadlines.
 //! - [`error`]: the crate's error type, which says whether a failure is worth retrying.
 
 pub mod clickhouse;
@@ -21,6 +22,7 @@ pub mod secret;
 pub mod service;
 pub mod shutdown;
 pub mod telemetry;
+#[cfg(feature = "testkit")]
 pub mod testkit;
 
 pub use error::{Error, Result};
