@@ -2,6 +2,9 @@
 //! per-scope totals in ClickHouse and publish them to the totals topic for the alerter.
 //!
 //! - [`config`]: the service's [`Config`].
+//! - [`measures`]: [`measures::Measures`], the `window_totals` measures and one event's exact contribution.
+//! - [`scopes`]: which (scope kind, scope key) totals an event counts under, and in which window specs.
+//! - [`state`]: [`state::TotalsState`], in-memory windowed totals: apply, dirty set, drain, bounded eviction.
 //! - [`Error`]: why the service stopped ([`infra::service::ServiceError`]), with a retry hint.
 //! - [`run`] / [`run_with_listener`]: start the service and keep it up until shutdown.
 //!
@@ -17,6 +20,9 @@
 //! replay does not count an event twice. Until that is built and tested under `kill -9`, claim nothing.
 
 pub mod config;
+pub mod measures;
+pub mod scopes;
+pub mod state;
 
 use infra::shutdown::Shutdown;
 use tokio::net::TcpListener;

@@ -1,0 +1,736 @@
+//! [`Measures`]: the totals of one (scope, window), column for column the measures of
+//! `window_totals` (`schemas/sql/migrations/0002_window_totals.sql`), and one event's contribution
+//! to them, [`Measures::of_event`].
+//!
+//! # What is exact
+//! - Every counter is a `u64` sum and every amount a [`Decimal`] sum; [`Measures::add`] uses
+//!   checked arithmetic and fails with [`MeasureError`] instead of wrapping, saturating or
+//!   rounding. Money stays at scale ≤ 12 (`Decimal(38, 12)`): a sum that would need a larger
+//!   scale, or that `rust_decimal` would round to fit 96 bits, is an error.
+//! - Sums are order-independent and `add` is associative (property tests below), so totals do not
+//!   depend on the order events arrive in, within or across partitions.
+//! - The per-event rules are those of [`policy::Unit::measure`]; for every unit,
+//!   `Measures::of_event(e).unit_amount(u) == u.measure(e)` and totals agree with the policy's sum
+//!   of `measure` (property tests). A policy and the totals therefore never disagree on a count.
+//!
+//! # What is not here
+//! - `late_events` is 0 in a contribution: lateness depends on the watermark, so
+//!   [`crate::state::TotalsState`] counts it.
+//! - `oldest_pending_job_started_at_us` needs per-job tracking across windows: it is kept by the
+//!   bounded per-scope pending-jobs index of [`crate::state`], not in `Measures`.
+//! - `images_untiered` has no column in `window_totals` yet (see [`Measures::images_untiered`]).
+
+use policy::Unit;
+use rust_decimal::Decimal;
+use schemas::{ImageTier, JobState, Modality, Status, UsageEvent};
+
+/// The largest scale of a money measure: `window_totals` stores `Decimal(38, 12)`.
+pub const MONEY_SCALE_MAX: u32 = 12;
+
+/// The totals of one (scope, window). Field names are the `window_totals` column names.
+///
+/// Every field is a sum of per-event contributions ([`Measures::of_event`]), except
+/// `late_events`, which [`crate::state::TotalsState`] counts.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
+pub struct Measures {
+    /// Requests sent to a provider ([`Unit::Requests`]): every synchronous attempt (retries and
+    /// fallbacks included) and the `submitted` state of an async job; later job states are not
+    /// requests.
+    pub requests: u64,
+    /// Attempts the provider bills for ([`Unit::BillableAttempts`]): every synchronous attempt and
+    /// the billed final state (`succeeded`, `failed`, `cancelled`) of an async job, not its
+    /// `submitted` or `running` states. An async job is therefore one request and one billable
+    /// attempt, counted at different times.
+    pub billable_attempts: u64,
+    /// Sum of `input_tokens` (cached included).
+    pub input_tokens: u64,
+    /// Sum of `output_tokens`.
+    pub output_tokens: u64,
+    /// Sum of `cached_input_tokens`.
+    pub cached_input_tokens: u64,
+    /// Sum of `cache_write_tokens`.
+    pub cache_write_tokens: u64,
+    /// `images` of events with tier `draft`.
+    pub images_draft: u64,
+    /// `images` of events with tier `preview`.
+    pub images_preview: u64,
+    /// `images` of events with tier `edit`.
+    pub images_edit: u64,
+    /// `images` of events with tier `final`.
+    pub images_final: u64,
+    /// `images` of events without a tier. Kept apart so that no tier column is inflated and
+    /// [`Unit::Images`] (any tier) still equals the sum of the five; `window_totals` has no
+    /// column for it yet (a migration adding `images_untiered UInt64` is needed to persist it).
+    pub images_untiered: u64,
+    /// Video jobs started ([`Unit::VideoJobs`]): a video event in state `submitted`, or a
+    /// synchronous video attempt (no job state).
+    pub video_jobs: u64,
+    /// Sum of `video_duration_ms`.
+    pub video_ms: u64,
+    /// Sum of `audio_duration_ms`.
+    pub audio_ms: u64,
+    /// `input_tokens` of `embedding` events.
+    pub embedding_tokens: u64,
+    /// Sum of `cost_usd`; unpriced events add nothing (they are counted in `unpriced_events`).
+    pub cost_usd: Decimal,
+    /// Events whose `cost_usd` is null (unpriced by the catalog, or not priced yet).
+    pub unpriced_events: u64,
+    /// Attempts after the first of an action (`attempt > 1`, fallbacks included).
+    pub retries: u64,
+    /// Attempts that fell back to another model (`fallback_from_model` set).
+    pub fallback_attempts: u64,
+    /// `cost_usd` of the fallback attempts.
+    pub fallback_cost_usd: Decimal,
+    /// Events whose output was accepted (`accepted == Some(true)`).
+    pub accepted_outputs: u64,
+    /// Failed attempts (see [`ErrorClass`]) answered with an HTTP 4xx.
+    pub errors_4xx: u64,
+    /// Failed attempts answered with an HTTP 5xx.
+    pub errors_5xx: u64,
+    /// Failed attempts with no HTTP status, or one outside 400–599 (timeouts, connection errors,
+    /// gateway-side blocks).
+    pub errors_other: u64,
+    /// Events that arrived after their window of this scope had closed, counted in the window
+    /// that was open when they arrived (see [`crate::state`]); 0 in a contribution.
+    pub late_events: u64,
+    /// Async jobs submitted minus finished: +1 on `submitted`, −1 on `succeeded`, `failed` or
+    /// `cancelled` ([`Unit::ConcurrentJobs`]). Signed: a job submitted in an earlier window and
+    /// finished in this one makes this window's value negative.
+    pub jobs_in_flight: i64,
+}
+
+/// The error class of a failed attempt, from its HTTP status. An attempt has failed when its
+/// `status` is not `ok` or its `http_status` is 400 or more.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ErrorClass {
+    /// HTTP 400–499.
+    Client4xx,
+    /// HTTP 500–599.
+    Server5xx,
+    /// Anything else: no HTTP status (timeout, connection error) or an unusual one.
+    Other,
+}
+
+impl ErrorClass {
+    /// The class of `event`'s failure; `None` when the attempt did not fail.
+    pub fn of_event(event: &UsageEvent) -> Option<ErrorClass> {
+        let http_failed = event.http_status.is_some_and(|status| status >= 400);
+        if event.status == Status::Ok && !http_failed {
+            return None;
+        }
+        Some(match event.http_status {
+            Some(400..=499) => ErrorClass::Client4xx,
+            Some(500..=599) => ErrorClass::Server5xx,
+            _ => ErrorClass::Other,
+        })
+    }
+}
+
+/// Why two [`Measures`] could not be added exactly. A data error: retrying cannot help.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum MeasureError {
+    /// The sum does not fit the measure's type (`u64`, `i64`, or a 96-bit decimal mantissa at
+    /// the operands' scale).
+    #[error("measure {measure} overflows")]
+    Overflow {
+        /// The `window_totals` column.
+        measure: &'static str,
+    },
+    /// An amount has more than [`MONEY_SCALE_MAX`] decimal places, which `Decimal(38, 12)`
+    /// cannot store exactly.
+    #[error("measure {measure} has scale {scale}, more than the {MONEY_SCALE_MAX} that Decimal(38, 12) stores")]
+    MoneyScale {
+        /// The `window_totals` column.
+        measure: &'static str,
+        /// The scale found.
+        scale: u32,
+    },
+}
+
+impl Measures {
+    /// All zero.
+    pub const ZERO: Measures = Measures {
+        requests: 0,
+        billable_attempts: 0,
+        input_tokens: 0,
+        output_tokens: 0,
+        cached_input_tokens: 0,
+        cache_write_tokens: 0,
+        images_draft: 0,
+        images_preview: 0,
+        images_edit: 0,
+        images_final: 0,
+        images_untiered: 0,
+        video_jobs: 0,
+        video_ms: 0,
+        audio_ms: 0,
+        embedding_tokens: 0,
+        cost_usd: Decimal::ZERO,
+        unpriced_events: 0,
+        retries: 0,
+        fallback_attempts: 0,
+        fallback_cost_usd: Decimal::ZERO,
+        accepted_outputs: 0,
+        errors_4xx: 0,
+        errors_5xx: 0,
+        errors_other: 0,
+        late_events: 0,
+        jobs_in_flight: 0,
+    };
+
+    /// One event's contribution; the rule of each measure is on its field. Allocation-free.
+    pub fn of_event(event: &UsageEvent) -> Measures {
+        let images = u64::from(event.images);
+        let images_of = |tier: Option<ImageTier>| {
+            if event.image_tier == tier {
+                images
+            } else {
+                0
+            }
+        };
+        let is_fallback = event.fallback_from_model.is_some();
+        let error_class = ErrorClass::of_event(event);
+        Measures {
+            requests: u64::from(matches!(event.job_state, None | Some(JobState::Submitted))),
+            billable_attempts: u64::from(!matches!(
+                event.job_state,
+                Some(JobState::Submitted | JobState::Running)
+            )),
+            input_tokens: event.input_tokens,
+            output_tokens: event.output_tokens,
+            cached_input_tokens: event.cached_input_tokens,
+            cache_write_tokens: event.cache_write_tokens,
+            images_draft: images_of(Some(ImageTier::Draft)),
+            images_preview: images_of(Some(ImageTier::Preview)),
+            images_edit: images_of(Some(ImageTier::Edit)),
+            images_final: images_of(Some(ImageTier::Final)),
+            images_untiered: images_of(None),
+            video_jobs: u64::from(
+                event.modality == Modality::Video
+                    && matches!(event.job_state, None | Some(JobState::Submitted)),
+            ),
+            video_ms: event.video_duration_ms,
+            audio_ms: event.audio_duration_ms,
+            embedding_tokens: if event.modality == Modality::Embedding {
+                event.input_tokens
+            } else {
+                0
+            },
+            cost_usd: event.cost_usd.unwrap_or(Decimal::ZERO),
+            unpriced_events: u64::from(event.cost_usd.is_none()),
+            retries: u64::from(event.attempt > 1),
+            fallback_attempts: u64::from(is_fallback),
+            fallback_cost_usd: match event.cost_usd {
+                Some(cost) if is_fallback => cost,
+                _ => Decimal::ZERO,
+            },
+            accepted_outputs: u64::from(event.accepted == Some(true)),
+            errors_4xx: u64::from(error_class == Some(ErrorClass::Client4xx)),
+            errors_5xx: u64::from(error_class == Some(ErrorClass::Server5xx)),
+            errors_other: u64::from(error_class == Some(ErrorClass::Other)),
+            late_events: 0,
+            jobs_in_flight: match event.job_state {
+                Some(JobState::Submitted) => 1,
+                Some(JobState::Succeeded | JobState::Failed | JobState::Cancelled) => -1,
+                Some(JobState::Running) | None => 0,
+            },
+        }
+    }
+
+    /// Adds `other` exactly. On error `self` is unchanged (the sum is built aside first).
+    pub fn add(&mut self, other: &Measures) -> Result<(), MeasureError> {
+        *self = self.checked_sum(other)?;
+        Ok(())
+    }
+
+    /// `self + other`, or the first measure that does not fit.
+    pub fn checked_sum(&self, other: &Measures) -> Result<Measures, MeasureError> {
+        fn count(left: u64, right: u64, measure: &'static str) -> Result<u64, MeasureError> {
+            left.checked_add(right)
+                .ok_or(MeasureError::Overflow { measure })
+        }
+        Ok(Measures {
+            requests: count(self.requests, other.requests, "requests")?,
+            billable_attempts: count(
+                self.billable_attempts,
+                other.billable_attempts,
+                "billable_attempts",
+            )?,
+            input_tokens: count(self.input_tokens, other.input_tokens, "input_tokens")?,
+            output_tokens: count(self.output_tokens, other.output_tokens, "output_tokens")?,
+            cached_input_tokens: count(
+                self.cached_input_tokens,
+                other.cached_input_tokens,
+                "cached_input_tokens",
+            )?,
+            cache_write_tokens: count(
+                self.cache_write_tokens,
+                other.cache_write_tokens,
+                "cache_write_tokens",
+            )?,
+            images_draft: count(self.images_draft, other.images_draft, "images_draft")?,
+            images_preview: count(self.images_preview, other.images_preview, "images_preview")?,
+            images_edit: count(self.images_edit, other.images_edit, "images_edit")?,
+            images_final: count(self.images_final, other.images_final, "images_final")?,
+            images_untiered: count(
+                self.images_untiered,
+                other.images_untiered,
+                "images_untiered",
+            )?,
+            video_jobs: count(self.video_jobs, other.video_jobs, "video_jobs")?,
+            video_ms: count(self.video_ms, other.video_ms, "video_ms")?,
+            audio_ms: count(self.audio_ms, other.audio_ms, "audio_ms")?,
+            embedding_tokens: count(
+                self.embedding_tokens,
+                other.embedding_tokens,
+                "embedding_tokens",
+            )?,
+            cost_usd: money_sum(self.cost_usd, other.cost_usd, "cost_usd")?,
+            unpriced_events: count(
+                self.unpriced_events,
+                other.unpriced_events,
+                "unpriced_events",
+            )?,
+            retries: count(self.retries, other.retries, "retries")?,
+            fallback_attempts: count(
+                self.fallback_attempts,
+                other.fallback_attempts,
+                "fallback_attempts",
+            )?,
+            fallback_cost_usd: money_sum(
+                self.fallback_cost_usd,
+                other.fallback_cost_usd,
+                "fallback_cost_usd",
+            )?,
+            accepted_outputs: count(
+                self.accepted_outputs,
+                other.accepted_outputs,
+                "accepted_outputs",
+            )?,
+            errors_4xx: count(self.errors_4xx, other.errors_4xx, "errors_4xx")?,
+            errors_5xx: count(self.errors_5xx, other.errors_5xx, "errors_5xx")?,
+            errors_other: count(self.errors_other, other.errors_other, "errors_other")?,
+            late_events: count(self.late_events, other.late_events, "late_events")?,
+            jobs_in_flight: self
+                .jobs_in_flight
+                .checked_add(other.jobs_in_flight)
+                .ok_or(MeasureError::Overflow {
+                    measure: "jobs_in_flight",
+                })?,
+        })
+    }
+
+    /// Every image, any tier or none: what [`Unit::Images`] counts.
+    pub fn images_total(&self) -> u128 {
+        // At most 5 × u64::MAX < 2^67: no overflow, and it fits i128 and Decimal exactly.
+        [
+            self.images_draft,
+            self.images_preview,
+            self.images_edit,
+            self.images_final,
+            self.images_untiered,
+        ]
+        .into_iter()
+        .map(u128::from)
+        .sum()
+    }
+
+    /// The total of a policy unit, exactly as the policy sums [`Unit::measure`]: for one event's
+    /// contribution it equals `unit.measure(event)`, for a window's totals the sum over its
+    /// events. Derived units: `total_tokens = input + output`, `video_seconds = video_ms / 1000`
+    /// (scale 3), `images` = every tier plus untiered; `concurrent_jobs` is `jobs_in_flight`.
+    pub fn unit_amount(&self, unit: Unit) -> Decimal {
+        let count = Decimal::from;
+        match unit {
+            Unit::CostUsd => self.cost_usd,
+            Unit::Requests => count(self.requests),
+            Unit::BillableAttempts => count(self.billable_attempts),
+            Unit::InputTokens => count(self.input_tokens),
+            Unit::OutputTokens => count(self.output_tokens),
+            // Two u64 fit the 96-bit mantissa: exact.
+            Unit::TotalTokens => count(self.input_tokens) + count(self.output_tokens),
+            Unit::CachedInputTokens => count(self.cached_input_tokens),
+            // Five u64 fit the 96-bit mantissa: exact.
+            Unit::Images => Decimal::from_i128_with_scale(self.images_total() as i128, 0),
+            Unit::ImagesDraft => count(self.images_draft),
+            Unit::ImagesPreview => count(self.images_preview),
+            Unit::ImagesEdit => count(self.images_edit),
+            Unit::ImagesFinal => count(self.images_final),
+            Unit::VideoJobs => count(self.video_jobs),
+            Unit::VideoSeconds => milliseconds_as_seconds(self.video_ms),
+            Unit::AudioSeconds => milliseconds_as_seconds(self.audio_ms),
+            Unit::EmbeddingTokens => count(self.embedding_tokens),
+            Unit::ConcurrentJobs => Decimal::from(self.jobs_in_flight),
+            Unit::FallbackCostUsd => self.fallback_cost_usd,
+            Unit::Retries => count(self.retries),
+            Unit::UnpricedEvents => count(self.unpriced_events),
+        }
+    }
+
+    /// Whether every measure is zero.
+    pub fn is_zero(&self) -> bool {
+        *self == Measures::ZERO
+    }
+}
+
+/// `left + right` for money, exact at scale ≤ [`MONEY_SCALE_MAX`]. `rust_decimal` reduces the
+/// scale (rounding) when a sum outgrows 96 bits; that is reported as an overflow.
+fn money_sum(
+    left: Decimal,
+    right: Decimal,
+    measure: &'static str,
+) -> Result<Decimal, MeasureError> {
+    let scale = left.scale().max(right.scale());
+    if scale > MONEY_SCALE_MAX {
+        return Err(MeasureError::MoneyScale { measure, scale });
+    }
+    match left.checked_add(right) {
+        Some(sum) if sum.scale() >= scale => Ok(sum),
+        _ => Err(MeasureError::Overflow { measure }),
+    }
+}
+
+/// Milliseconds as exact seconds (scale 3), as [`Unit::measure`] computes them.
+fn milliseconds_as_seconds(milliseconds: u64) -> Decimal {
+    Decimal::from_i128_with_scale(i128::from(milliseconds), 3)
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+    use chrono::{DateTime, TimeZone, Utc};
+    use proptest::prelude::*;
+    use schemas::fixtures::text_event;
+    use std::str::FromStr;
+
+    /// Events drawn over every field a measure reads, costs at scale 0..=12.
+    pub(crate) fn arbitrary_event() -> impl Strategy<Value = UsageEvent> {
+        let modality = prop_oneof![
+            Just(Modality::Text),
+            Just(Modality::Image),
+            Just(Modality::Video),
+            Just(Modality::Audio),
+            Just(Modality::Embedding),
+            Just(Modality::Batch),
+        ];
+        let tier = proptest::option::of(prop_oneof![
+            Just(ImageTier::Draft),
+            Just(ImageTier::Preview),
+            Just(ImageTier::Edit),
+            Just(ImageTier::Final),
+        ]);
+        let job_state = proptest::option::of(prop_oneof![
+            Just(JobState::Submitted),
+            Just(JobState::Running),
+            Just(JobState::Succeeded),
+            Just(JobState::Failed),
+            Just(JobState::Cancelled),
+        ]);
+        let status = prop_oneof![
+            Just(Status::Ok),
+            Just(Status::RateLimited),
+            Just(Status::ProviderError),
+            Just(Status::Timeout),
+            Just(Status::PolicyBlocked),
+        ];
+        let http_status = proptest::option::of(prop_oneof![
+            Just(200u16),
+            Just(400),
+            Just(429),
+            Just(500),
+            Just(503),
+            Just(302)
+        ]);
+        let cost = proptest::option::of((0i64..1_000_000_000_000_000, 0u32..=12))
+            .prop_map(|cost| cost.map(|(mantissa, scale)| Decimal::new(mantissa, scale)));
+        (
+            (modality, tier, job_state, status, http_status, cost),
+            (
+                1u32..4,
+                any::<bool>(),
+                0u64..1_000_000,
+                0u64..1_000_000,
+                0u64..1_000_000,
+                0u32..10,
+            ),
+            (
+                0u64..100_000_000,
+                0u64..100_000_000,
+                proptest::option::of(any::<bool>()),
+                0i64..10_000_000,
+            ),
+        )
+            .prop_map(
+                |(
+                    (modality, image_tier, job_state, status, http_status, cost_usd),
+                    (attempt, fallback, input_tokens, output_tokens, cache_write_tokens, images),
+                    (video_duration_ms, audio_duration_ms, accepted, offset_ms),
+                )| {
+                    let at: DateTime<Utc> = Utc.with_ymd_and_hms(2026, 3, 8, 0, 0, 0).unwrap()
+                        + chrono::TimeDelta::milliseconds(offset_ms);
+                    UsageEvent {
+                        modality,
+                        image_tier,
+                        job_state,
+                        job_id: job_state.map(|_| format!("job-{}", offset_ms % 7)),
+                        status,
+                        http_status,
+                        cost_usd,
+                        attempt,
+                        fallback_from_model: fallback.then(|| "gpt-4o".to_owned()),
+                        input_tokens,
+                        output_tokens,
+                        cached_input_tokens: input_tokens / 3,
+                        cache_write_tokens,
+                        images,
+                        video_duration_ms,
+                        audio_duration_ms,
+                        accepted,
+                        ..text_event(&format!("e{offset_ms}"), at)
+                    }
+                },
+            )
+    }
+
+    /// Arbitrary totals small enough that three of them never overflow.
+    fn arbitrary_measures() -> impl Strategy<Value = Measures> {
+        (
+            proptest::collection::vec(0u64..u64::MAX / 4, 22),
+            (0i64..i64::MAX / 4, -1i64..1),
+            // Up to 10^15 USD at any scale ≤ 12: three of them fit 96 bits at scale 12.
+            (
+                0i64..1_000_000_000_000_000,
+                0u32..=12,
+                0i64..1_000_000_000_000_000,
+                0u32..=12,
+            ),
+        )
+            .prop_map(
+                |(counts, (jobs, jobs_sign), (cost, cost_scale, fb, fb_scale))| Measures {
+                    requests: counts[0],
+                    billable_attempts: counts[1],
+                    input_tokens: counts[2],
+                    output_tokens: counts[3],
+                    cached_input_tokens: counts[4],
+                    cache_write_tokens: counts[5],
+                    images_draft: counts[6],
+                    images_preview: counts[7],
+                    images_edit: counts[8],
+                    images_final: counts[9],
+                    images_untiered: counts[10],
+                    video_jobs: counts[11],
+                    video_ms: counts[12],
+                    audio_ms: counts[13],
+                    embedding_tokens: counts[14],
+                    cost_usd: Decimal::new(cost, cost_scale),
+                    unpriced_events: counts[15],
+                    retries: counts[16],
+                    fallback_attempts: counts[17],
+                    fallback_cost_usd: Decimal::new(fb, fb_scale),
+                    accepted_outputs: counts[18],
+                    errors_4xx: counts[19],
+                    errors_5xx: counts[20],
+                    errors_other: counts[21],
+                    late_events: counts[0] / 2,
+                    jobs_in_flight: if jobs_sign < 0 { -jobs } else { jobs },
+                },
+            )
+    }
+
+    fn sum_in_order<'e>(events: impl IntoIterator<Item = &'e UsageEvent>) -> Measures {
+        let mut total = Measures::ZERO;
+        for event in events {
+            total.add(&Measures::of_event(event)).expect("no overflow");
+        }
+        total
+    }
+
+    proptest! {
+        #[test]
+        fn every_unit_agrees_with_the_policy_measure(event in arbitrary_event()) {
+            let contribution = Measures::of_event(&event);
+            for unit in Unit::ALL {
+                prop_assert_eq!(contribution.unit_amount(*unit), unit.measure(&event), "{}", unit);
+            }
+        }
+
+        #[test]
+        fn sums_are_order_independent_and_equal_a_recount(
+            events in proptest::collection::vec(arbitrary_event(), 0..40),
+            seed in any::<u64>(),
+        ) {
+            let forward = sum_in_order(&events);
+            let mut shuffled: Vec<&UsageEvent> = events.iter().collect();
+            // A deterministic shuffle from the seed (Fisher–Yates with an LCG).
+            let mut state = seed;
+            for index in (1..shuffled.len()).rev() {
+                state = state.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+                shuffled.swap(index, (state >> 33) as usize % (index + 1));
+            }
+            prop_assert_eq!(sum_in_order(shuffled.iter().copied()), forward);
+
+            // Recount: the policy's own rule summed per unit, and direct counts for the rest.
+            for unit in Unit::ALL {
+                let recount: Decimal = events.iter().map(|event| unit.measure(event)).sum();
+                prop_assert_eq!(forward.unit_amount(*unit), recount, "{}", unit);
+            }
+            let count = |keep: &dyn Fn(&UsageEvent) -> bool| {
+                events.iter().filter(|event| keep(event)).count() as u64
+            };
+            prop_assert_eq!(forward.cache_write_tokens, events.iter().map(|e| e.cache_write_tokens).sum::<u64>());
+            prop_assert_eq!(forward.video_ms, events.iter().map(|e| e.video_duration_ms).sum::<u64>());
+            prop_assert_eq!(forward.audio_ms, events.iter().map(|e| e.audio_duration_ms).sum::<u64>());
+            prop_assert_eq!(forward.fallback_attempts, count(&|e| e.fallback_from_model.is_some()));
+            prop_assert_eq!(forward.accepted_outputs, count(&|e| e.accepted == Some(true)));
+            prop_assert_eq!(
+                forward.images_untiered,
+                events.iter().filter(|e| e.image_tier.is_none()).map(|e| u64::from(e.images)).sum::<u64>()
+            );
+            let failed = |e: &UsageEvent| e.status != Status::Ok || e.http_status.is_some_and(|s| s >= 400);
+            let http = |e: &UsageEvent, range: std::ops::RangeInclusive<u16>| {
+                e.http_status.is_some_and(|s| range.contains(&s))
+            };
+            prop_assert_eq!(forward.errors_4xx, count(&|e| failed(e) && http(e, 400..=499)));
+            prop_assert_eq!(forward.errors_5xx, count(&|e| failed(e) && http(e, 500..=599)));
+            prop_assert_eq!(
+                forward.errors_4xx + forward.errors_5xx + forward.errors_other,
+                count(&failed)
+            );
+            prop_assert_eq!(forward.late_events, 0);
+        }
+
+        #[test]
+        fn add_is_associative_and_commutative(
+            a in arbitrary_measures(),
+            b in arbitrary_measures(),
+            c in arbitrary_measures(),
+        ) {
+            let left = a.checked_sum(&b).unwrap().checked_sum(&c).unwrap();
+            let right = a.checked_sum(&b.checked_sum(&c).unwrap()).unwrap();
+            prop_assert_eq!(left, right);
+            prop_assert_eq!(a.checked_sum(&b).unwrap(), b.checked_sum(&a).unwrap());
+            prop_assert_eq!(a.checked_sum(&Measures::ZERO).unwrap(), a);
+        }
+    }
+
+    #[test]
+    fn overflow_is_an_error_and_leaves_the_total_unchanged() {
+        let mut total = Measures {
+            input_tokens: u64::MAX,
+            ..Measures::ZERO
+        };
+        let before = total;
+        let one = Measures {
+            input_tokens: 1,
+            requests: 1,
+            ..Measures::ZERO
+        };
+        assert_eq!(
+            total.add(&one),
+            Err(MeasureError::Overflow {
+                measure: "input_tokens"
+            })
+        );
+        assert_eq!(total, before);
+
+        let mut jobs = Measures {
+            jobs_in_flight: i64::MIN,
+            ..Measures::ZERO
+        };
+        let finished = Measures {
+            jobs_in_flight: -1,
+            ..Measures::ZERO
+        };
+        assert!(jobs.add(&finished).is_err());
+    }
+
+    #[test]
+    fn money_never_rounds_and_keeps_scale_at_most_12() {
+        // 96-bit mantissa at scale 12: ~7.9e16 USD. Adding one more cent would need rounding.
+        let mut total = Measures {
+            cost_usd: Decimal::from_i128_with_scale(79_228_162_514_264_337_593_543_950_335, 12),
+            ..Measures::ZERO
+        };
+        let cent = Measures {
+            cost_usd: Decimal::from_str("0.000000000001").unwrap(),
+            ..Measures::ZERO
+        };
+        assert_eq!(
+            total.add(&cent),
+            Err(MeasureError::Overflow {
+                measure: "cost_usd"
+            })
+        );
+        let too_fine = Measures {
+            fallback_cost_usd: Decimal::from_str("0.0000000000001").unwrap(),
+            ..Measures::ZERO
+        };
+        assert_eq!(
+            Measures::ZERO.checked_sum(&too_fine),
+            Err(MeasureError::MoneyScale {
+                measure: "fallback_cost_usd",
+                scale: 13
+            })
+        );
+        let mut exact = Measures::ZERO;
+        for cost in ["0.1", "0.2", "0.000000000003"] {
+            exact
+                .add(&Measures {
+                    cost_usd: Decimal::from_str(cost).unwrap(),
+                    ..Measures::ZERO
+                })
+                .unwrap();
+        }
+        assert_eq!(exact.cost_usd.to_string(), "0.300000000003");
+    }
+
+    #[test]
+    fn async_jobs_are_one_request_and_one_billable_attempt() {
+        let mut job = text_event("job", Utc::now());
+        job.modality = Modality::Video;
+        job.job_id = Some("j1".to_owned());
+        let mut total = Measures::ZERO;
+        for state in [
+            JobState::Submitted,
+            JobState::Running,
+            JobState::Running,
+            JobState::Succeeded,
+        ] {
+            job.job_state = Some(state);
+            total.add(&Measures::of_event(&job)).unwrap();
+        }
+        assert_eq!(
+            (
+                total.requests,
+                total.billable_attempts,
+                total.video_jobs,
+                total.jobs_in_flight
+            ),
+            (1, 1, 1, 0)
+        );
+    }
+
+    #[test]
+    fn errors_are_classed_by_http_status() {
+        let at = Utc::now();
+        let classed = |status: Status, http_status: Option<u16>| {
+            ErrorClass::of_event(&UsageEvent {
+                status,
+                http_status,
+                ..text_event("e", at)
+            })
+        };
+        assert_eq!(classed(Status::Ok, Some(200)), None);
+        assert_eq!(
+            classed(Status::RateLimited, Some(429)),
+            Some(ErrorClass::Client4xx)
+        );
+        assert_eq!(
+            classed(Status::ProviderError, Some(503)),
+            Some(ErrorClass::Server5xx)
+        );
+        assert_eq!(classed(Status::Timeout, None), Some(ErrorClass::Other));
+        assert_eq!(classed(Status::Ok, Some(404)), Some(ErrorClass::Client4xx));
+    }
+}

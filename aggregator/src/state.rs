@@ -1,0 +1,849 @@
+//! [`TotalsState`]: the aggregator's in-memory window totals, per (scope, window), with a dirty
+//! set of totals to write and eviction of closed windows. Pure: no IO, no clock.
+//!
+//! # What is exact
+//! - A window's [`Measures`] are the exact sum of the contributions of the events applied to it
+//!   ([`Measures::add`]; never rounded, wrapped or saturated).
+//! - [`TotalsState::apply`] is **all or nothing**: before changing anything it proves that no
+//!   total can overflow, through a running upper bound of every total (the sum of all
+//!   contributions applied, amounts and the job gauge in absolute value); only when that bound
+//!   itself would overflow does it check each touched total first (a read-only pass). An `Err`
+//!   leaves the state as it was.
+//! - [`TotalsState::drain_dirty`] returns **absolute** totals with the highest `version` applied
+//!   to them, so writing them as `ReplacingMergeTree(version)` rows or compacted-topic records is
+//!   idempotent: re-writing after a crash or a replay is harmless as long as versions grow with
+//!   the input offsets (the caller's job, CONVENTIONS.md §4).
+//! - A closed window is never reopened: windows ending at or before the close horizon
+//!   (`watermark - allowed_lateness`, the highest ever passed to [`TotalsState::evict_closed`])
+//!   take no more events, so an evicted window can never be re-created from zero and then
+//!   overwrite its real total with a smaller one at a higher version. Events for such windows
+//!   are counted in `late_events` of the same scope's window that holds the watermark, and
+//!   reported in [`ApplyOutcome::windows_late`] so the caller can dead-letter them.
+//!
+//! # What is bounded
+//! - **Windows**: after `evict_closed(watermark, lateness)` only windows ending after
+//!   `watermark - lateness` (plus dirty ones not yet drained) remain: per scope about
+//!   `lateness / 1 min + 5` UTC windows, or one per policy window.
+//! - **Scopes**: a scope is dropped with its last window (and last pending job).
+//! - **Pending jobs** (for `oldest_pending_job_started_at_us`): per scope at most
+//!   [`TotalsConfig::pending_jobs_per_scope`] jobs, each dropped after
+//!   [`TotalsConfig::pending_job_max_age`] of watermark. Submissions beyond the cap are not
+//!   tracked and counted in [`TotalUpdate::pending_jobs_untracked`]: while it is non-zero the
+//!   oldest start may be later than the truth.
+//! - Memory: [`TotalsState::approximate_bytes`]; about 0.4 KiB per active (scope, window) key
+//!   (unit test and `benches/state.rs`).
+//!
+//! # Oldest pending job
+//! Kept per scope, not per window: a job is pending from its `submitted` event until a
+//! `succeeded`, `failed` or `cancelled` event with the same `job_id` (the same dimensions, hence
+//! the same scopes). A window's `oldest_pending_job_started_at` is the earliest submission
+//! before the window's end among the scope's pending jobs, as of when the row is drained; rows of
+//! windows the finishing event did not touch keep their earlier value.
+//!
+//! # Allocation on the hot path
+//! A hit (existing scope and window) allocates only the rendered key of each matching policy
+//! ([`crate::scopes`]). A new scope allocates its key (`Arc<str>`) and window vector; a new
+//! window may grow that vector; a `submitted` job event allocates its id once.
+
+use std::collections::HashMap;
+use std::mem::size_of;
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::{DateTime, TimeDelta, Utc};
+use policy::PolicySet;
+use schemas::{JobState, UsageEvent};
+use windows::{LatenessPolicy, Window, WindowCache};
+
+use crate::measures::{MeasureError, Measures};
+use crate::scopes::{PolicyWindowError, ScopeKind, ScopePlan, SingleDimension};
+
+/// Bounds of the state that are not set by the watermark.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TotalsConfig {
+    /// Pending jobs tracked per scope. 64 covers the concurrency caps policies set (single
+    /// digits to tens) with room, and keeps a scope's index to a few cache lines.
+    pub pending_jobs_per_scope: usize,
+    /// A job pending this long (on the watermark) is dropped from the index: its finishing event
+    /// was lost or it will never come. Seven days exceeds any provider's async job lifetime.
+    pub pending_job_max_age: Duration,
+}
+
+impl Default for TotalsConfig {
+    fn default() -> Self {
+        Self {
+            pending_jobs_per_scope: 64,
+            pending_job_max_age: Duration::from_secs(7 * 24 * 3600),
+        }
+    }
+}
+
+/// Why an event could not be applied. Both are data or configuration errors: do not retry.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum StateError {
+    /// A total would overflow or lose precision; the state is unchanged.
+    #[error(transparent)]
+    Measure(#[from] MeasureError),
+    /// A policy window cannot be computed (configuration).
+    #[error(transparent)]
+    PolicyWindow(#[from] PolicyWindowError),
+}
+
+/// What [`TotalsState::apply`] did with one event.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ApplyOutcome {
+    /// (scope, window) totals the event was added to.
+    pub windows_counted: u32,
+    /// (scope, window) pairs whose window had closed: the event is not in those totals (it is
+    /// counted in `late_events`); the caller dead-letters the event for the record (it must not
+    /// re-apply it: it is counted in the other windows).
+    pub windows_late: u32,
+}
+
+/// One absolute total to write: a `window_totals` row, or a compacted-topic record.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TotalUpdate {
+    /// `scope_kind`: a dimension name or `policy:<id>`.
+    pub scope_kind: Arc<str>,
+    /// `scope_key`: the dimension's value or the policy's rendered scope.
+    pub scope_key: Arc<str>,
+    /// The window (kind, time zone, start, end; [`Window::id`] is its stable key).
+    pub window: Window,
+    /// The totals.
+    pub measures: Measures,
+    /// Earliest submission before the window's end among the scope's pending jobs.
+    pub oldest_pending_job_started_at: Option<DateTime<Utc>>,
+    /// Job submissions of the scope not tracked (cap reached); 0 = the oldest start is exact.
+    pub pending_jobs_untracked: u64,
+    /// The highest version applied to this total: the `ReplacingMergeTree` version.
+    pub version: u64,
+}
+
+impl TotalUpdate {
+    /// `oldest_pending_job_started_at_us` as the column stores it: epoch microseconds, 0 for none
+    /// (and for instants before 1970, which job submissions are not).
+    pub fn oldest_pending_job_started_at_us(&self) -> u64 {
+        self.oldest_pending_job_started_at
+            .and_then(|at| u64::try_from(at.timestamp_micros()).ok())
+            .unwrap_or(0)
+    }
+}
+
+/// One (scope, window) total.
+#[derive(Debug, Clone)]
+struct WindowSlot {
+    /// Which spec of the plan the window is of (a scope has one window per spec and instant).
+    spec_index: u32,
+    /// Whether the total changed since the last drain.
+    dirty: bool,
+    /// The highest version applied.
+    version: u64,
+    /// The window.
+    window: Window,
+    /// The totals.
+    measures: Measures,
+}
+
+/// The jobs of a scope submitted and not finished.
+#[derive(Debug, Clone, Default)]
+struct PendingJobs {
+    /// `(submitted_at, job_id)`, unordered; at most `pending_jobs_per_scope`.
+    jobs: Vec<(DateTime<Utc>, Arc<str>)>,
+    /// Submissions not tracked because the cap was reached.
+    untracked: u64,
+}
+
+/// Everything kept for one scope.
+#[derive(Debug, Clone)]
+struct ScopeState {
+    /// The scope key (shared with the map key, so marking dirty and draining do not allocate).
+    key: Arc<str>,
+    /// Whether the scope is in the dirty list.
+    dirty: bool,
+    /// Its open windows, oldest first (mostly; searched from the end).
+    windows: Vec<WindowSlot>,
+    /// Pending jobs, only for scopes that ever saw an async job.
+    pending_jobs: Option<Box<PendingJobs>>,
+}
+
+impl ScopeState {
+    /// The slot of `window` (of spec `spec_index`), created empty if missing.
+    fn slot(&mut self, spec_index: u32, window: &Window, created: &mut usize) -> &mut WindowSlot {
+        let found = self.windows.iter().rposition(|slot| {
+            slot.spec_index == spec_index && slot.window.start() == window.start()
+        });
+        let index = match found {
+            Some(index) => index,
+            None => {
+                *created += 1;
+                // Grow by one, not by doubling: a slot is ~330 bytes and a scope holds a handful,
+                // so doubling would waste more than it saves (a new window is rare per scope).
+                self.windows.reserve_exact(1);
+                self.windows.push(WindowSlot {
+                    spec_index,
+                    dirty: false,
+                    version: 0,
+                    window: window.clone(),
+                    measures: Measures::ZERO,
+                });
+                self.windows.len() - 1
+            }
+        };
+        &mut self.windows[index]
+    }
+
+    /// The existing slot of `window`, if any.
+    fn existing_slot(&self, spec_index: u32, window: &Window) -> Option<&WindowSlot> {
+        self.windows
+            .iter()
+            .rev()
+            .find(|slot| slot.spec_index == spec_index && slot.window.start() == window.start())
+    }
+
+    /// Earliest pending submission before `end`.
+    fn oldest_pending_before(&self, end: DateTime<Utc>) -> Option<DateTime<Utc>> {
+        let pending = self.pending_jobs.as_ref()?;
+        pending
+            .jobs
+            .iter()
+            .map(|(submitted_at, _)| *submitted_at)
+            .filter(|submitted_at| *submitted_at < end)
+            .min()
+    }
+}
+
+/// The in-memory totals: (scope kind, scope key, window) → (window, measures, version).
+#[derive(Debug)]
+pub struct TotalsState {
+    /// Scopes and window specs.
+    plan: ScopePlan,
+    /// Bounds on pending jobs.
+    config: TotalsConfig,
+    /// One window cache per spec (index = spec index): events of a partition mostly stay in the
+    /// current window, so a window costs two comparisons.
+    caches: Vec<WindowCache>,
+    /// Scratch: the event's window per spec (`None` outside a campaign). Reused per event.
+    event_windows: Vec<Option<Window>>,
+    /// Per spec, the window holding the watermark: where late events are counted.
+    watermark_windows: Vec<Option<Window>>,
+    /// Scopes per kind: `0..10` single dimensions ([`SingleDimension::index`]), `10 + i`
+    /// policy `i`. Keyed by the scope key, so a look-up borrows the event's `&str`.
+    scopes: Vec<HashMap<Arc<str>, ScopeState>>,
+    /// `scope_kind` text per map, shared by every update.
+    kind_names: Vec<Arc<str>>,
+    /// Scopes with a dirty window, each once.
+    dirty_scopes: Vec<(usize, Arc<str>)>,
+    /// The highest watermark seen.
+    watermark: Option<DateTime<Utc>>,
+    /// Windows ending at or before this instant are closed.
+    closed_through: Option<DateTime<Utc>>,
+    /// An upper bound of every total's every measure (see the module docs); `None` once it
+    /// would overflow, after which every apply checks the touched totals first.
+    upper_bound: Option<Measures>,
+    /// (scope, window) totals held.
+    active_windows: usize,
+}
+
+/// Index of a kind's map in [`TotalsState::scopes`].
+fn map_index(kind: ScopeKind) -> usize {
+    match kind {
+        ScopeKind::Dimension(dimension) => dimension.index(),
+        ScopeKind::Policy(index) => SingleDimension::ALL.len() + index,
+    }
+}
+
+/// What the upper bound grows by for one event: the contribution with amounts and the job gauge
+/// in absolute value, and one late event (each event adds at most one to a total's
+/// `late_events`).
+fn bound_step(contribution: &Measures) -> Measures {
+    Measures {
+        cost_usd: contribution.cost_usd.abs(),
+        fallback_cost_usd: contribution.fallback_cost_usd.abs(),
+        jobs_in_flight: contribution.jobs_in_flight.saturating_abs(),
+        late_events: 1,
+        ..*contribution
+    }
+}
+
+impl TotalsState {
+    /// An empty state for `policies`. Fails if a policy window is not supported.
+    pub fn new(policies: &PolicySet, config: TotalsConfig) -> Result<TotalsState, StateError> {
+        let plan = ScopePlan::new(policies)?;
+        let caches: Vec<WindowCache> = plan.specs().iter().cloned().map(WindowCache::new).collect();
+        let kind_count = SingleDimension::ALL.len() + plan.policy_count();
+        let kind_names = SingleDimension::ALL
+            .iter()
+            .map(|dimension| ScopeKind::Dimension(*dimension))
+            .chain((0..plan.policy_count()).map(ScopeKind::Policy))
+            .map(|kind| Arc::from(plan.kind_name(kind)))
+            .collect();
+        Ok(TotalsState {
+            event_windows: vec![None; caches.len()],
+            watermark_windows: vec![None; caches.len()],
+            caches,
+            scopes: (0..kind_count).map(|_| HashMap::new()).collect(),
+            kind_names,
+            dirty_scopes: Vec::new(),
+            watermark: None,
+            closed_through: None,
+            upper_bound: Some(Measures::ZERO),
+            active_windows: 0,
+            plan,
+            config,
+        })
+    }
+
+    /// The scope plan (kinds, specs).
+    pub fn plan(&self) -> &ScopePlan {
+        &self.plan
+    }
+
+    /// Adds `event` to every (scope, window) it counts in, at `version` (the caller derives it
+    /// from the input offset; totals keep the highest version applied). All or nothing: on
+    /// `Err` nothing changed. Duplicates are not detected here: deduplicate by `event_id`
+    /// upstream or rely on replay from committed offsets (CONVENTIONS.md §4).
+    pub fn apply(&mut self, event: &UsageEvent, version: u64) -> Result<ApplyOutcome, StateError> {
+        let contribution = Measures::of_event(event);
+        for (window, cache) in self.event_windows.iter_mut().zip(&mut self.caches) {
+            *window = cache.window_of(event.occurred_at).cloned();
+        }
+        let step = bound_step(&contribution);
+        let next_bound = match self.upper_bound.map(|bound| bound.checked_sum(&step)) {
+            Some(Ok(bound)) => Some(bound),
+            _ => {
+                self.check_fits(event, &step)?;
+                None
+            }
+        };
+
+        let closed_through = self.closed_through;
+        let is_closed = |window: &Window| closed_through.is_some_and(|at| window.end() <= at);
+        let late = Measures {
+            late_events: 1,
+            ..Measures::ZERO
+        };
+        let mut job_id: Option<Arc<str>> = None;
+        let mut outcome = ApplyOutcome::default();
+        let mut created = 0;
+        for scope in self.plan.scopes_of(event) {
+            let kind_index = map_index(scope.kind);
+            let map = &mut self.scopes[kind_index];
+            let key = scope.key.as_str();
+            let state = match map.get_mut(key) {
+                Some(state) => state,
+                None => {
+                    let key: Arc<str> = Arc::from(key);
+                    map.entry(Arc::clone(&key)).or_insert(ScopeState {
+                        key,
+                        dirty: false,
+                        windows: Vec::new(),
+                        pending_jobs: None,
+                    })
+                }
+            };
+            let mut touched = false;
+            for spec_index in scope.spec_indices {
+                let Some(window) = &self.event_windows[spec_index] else {
+                    continue; // outside the campaign: no window of this spec
+                };
+                let (window, addend) = if is_closed(window) {
+                    outcome.windows_late += 1;
+                    match &self.watermark_windows[spec_index] {
+                        Some(open) if !is_closed(open) => (open, &late),
+                        _ => continue, // e.g. a campaign that is over: nowhere to count it
+                    }
+                } else {
+                    outcome.windows_counted += 1;
+                    (window, &contribution)
+                };
+                let slot = state.slot(spec_index as u32, window, &mut created);
+                // Proven not to fail above; kept checked so a broken proof is an error, not a
+                // wrong total.
+                slot.measures.add(addend)?;
+                slot.version = slot.version.max(version);
+                slot.dirty = true;
+                touched = true;
+            }
+            if touched && !state.dirty {
+                state.dirty = true;
+                self.dirty_scopes.push((kind_index, Arc::clone(&state.key)));
+            }
+            track_job(state, event, &mut job_id, &self.config);
+        }
+        self.active_windows += created;
+        if let Some(bound) = next_bound {
+            self.upper_bound = Some(bound);
+        } else {
+            self.upper_bound = None;
+        }
+        Ok(outcome)
+    }
+
+    /// The slow path of [`Self::apply`]: checks, without changing anything, that every total
+    /// the event touches can take `step` (a superset of what it adds).
+    fn check_fits(&self, event: &UsageEvent, step: &Measures) -> Result<(), StateError> {
+        Measures::ZERO.checked_sum(step)?;
+        for scope in self.plan.scopes_of(event) {
+            let Some(state) = self.scopes[map_index(scope.kind)].get(scope.key.as_str()) else {
+                continue;
+            };
+            for spec_index in scope.spec_indices {
+                let windows = [
+                    &self.event_windows[spec_index],
+                    &self.watermark_windows[spec_index],
+                ];
+                for window in windows.into_iter().flatten() {
+                    if let Some(slot) = state.existing_slot(spec_index as u32, window) {
+                        slot.measures.checked_sum(step)?;
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Advances the watermark (it never goes back) and the close horizon
+    /// `watermark - lateness.allowed_lateness` (never back either), then drops every window that
+    /// ended at or before the horizon, unless it is dirty (drain first: a dirty closed window is
+    /// dropped by a later call). Also drops pending jobs older than
+    /// [`TotalsConfig::pending_job_max_age`] and scopes left empty. Returns the number of windows
+    /// dropped. Walks the whole state: call it per batch, not per event.
+    pub fn evict_closed(&mut self, watermark: DateTime<Utc>, lateness: LatenessPolicy) -> usize {
+        let watermark = self.watermark.map_or(watermark, |seen| seen.max(watermark));
+        self.watermark = Some(watermark);
+        let horizon = TimeDelta::from_std(lateness.allowed_lateness)
+            .ok()
+            .and_then(|lateness| watermark.checked_sub_signed(lateness));
+        self.closed_through = self.closed_through.max(horizon);
+        for (window, spec) in self.watermark_windows.iter_mut().zip(self.plan.specs()) {
+            *window = spec.window_of(watermark);
+        }
+        let job_horizon = TimeDelta::from_std(self.config.pending_job_max_age)
+            .ok()
+            .and_then(|age| watermark.checked_sub_signed(age));
+
+        let Some(closed_through) = self.closed_through else {
+            return 0;
+        };
+        let mut dropped = 0;
+        for map in &mut self.scopes {
+            map.retain(|_, state| {
+                let before = state.windows.len();
+                state
+                    .windows
+                    .retain(|slot| slot.dirty || slot.window.end() > closed_through);
+                dropped += before - state.windows.len();
+                if state.windows.capacity() > state.windows.len() + 2 {
+                    state.windows.shrink_to_fit();
+                }
+                if let (Some(pending), Some(job_horizon)) = (&mut state.pending_jobs, job_horizon) {
+                    pending
+                        .jobs
+                        .retain(|(submitted_at, _)| *submitted_at > job_horizon);
+                    if pending.jobs.is_empty() {
+                        state.pending_jobs = None;
+                    }
+                }
+                !state.windows.is_empty() || state.pending_jobs.is_some()
+            });
+        }
+        self.active_windows -= dropped;
+        dropped
+    }
+
+    /// Every total changed since the last drain, as absolute values with their version; clears
+    /// the dirty set. Allocates the returned vector and clones each window (no string copies:
+    /// kinds and keys are shared `Arc<str>`).
+    pub fn drain_dirty(&mut self) -> Vec<TotalUpdate> {
+        let mut updates = Vec::new();
+        for (kind_index, key) in self.dirty_scopes.drain(..) {
+            let Some(state) = self.scopes[kind_index].get_mut(&*key) else {
+                debug_assert!(false, "dirty scope {key} missing");
+                continue;
+            };
+            state.dirty = false;
+            let untracked = state.pending_jobs.as_ref().map_or(0, |jobs| jobs.untracked);
+            for index in 0..state.windows.len() {
+                if !state.windows[index].dirty {
+                    continue;
+                }
+                let oldest = state.oldest_pending_before(state.windows[index].window.end());
+                let slot = &mut state.windows[index];
+                slot.dirty = false;
+                updates.push(TotalUpdate {
+                    scope_kind: Arc::clone(&self.kind_names[kind_index]),
+                    scope_key: Arc::clone(&key),
+                    window: slot.window.clone(),
+                    measures: slot.measures,
+                    oldest_pending_job_started_at: oldest,
+                    pending_jobs_untracked: untracked,
+                    version: slot.version,
+                });
+            }
+        }
+        updates
+    }
+
+    /// (scope, window) totals held.
+    pub fn active_windows(&self) -> usize {
+        self.active_windows
+    }
+
+    /// Scopes held.
+    pub fn scope_count(&self) -> usize {
+        self.scopes.iter().map(HashMap::len).sum()
+    }
+
+    /// The close horizon: windows ending at or before it are closed.
+    pub fn closed_through(&self) -> Option<DateTime<Utc>> {
+        self.closed_through
+    }
+
+    /// Heap and inline bytes of the state, estimated from capacities and element sizes (hash
+    /// table slots plus one control byte each, `Arc<str>` headers, vectors); allocator overhead
+    /// and shared window-kind strings are not counted.
+    pub fn approximate_bytes(&self) -> usize {
+        let arc_str = |text: &str| 2 * size_of::<usize>() + text.len();
+        let mut bytes = size_of::<Self>()
+            + self.caches.capacity() * size_of::<WindowCache>()
+            + (self.event_windows.capacity() + self.watermark_windows.capacity())
+                * size_of::<Option<Window>>()
+            + self.dirty_scopes.capacity() * size_of::<(usize, Arc<str>)>()
+            + self.scopes.capacity() * size_of::<HashMap<Arc<str>, ScopeState>>();
+        for map in &self.scopes {
+            bytes += map.capacity() * (size_of::<(Arc<str>, ScopeState)>() + 1);
+            for (key, state) in map {
+                bytes += arc_str(key);
+                bytes += state.windows.capacity() * size_of::<WindowSlot>();
+                if let Some(pending) = &state.pending_jobs {
+                    bytes += size_of::<PendingJobs>()
+                        + pending.jobs.capacity() * size_of::<(DateTime<Utc>, Arc<str>)>()
+                        + pending
+                            .jobs
+                            .iter()
+                            .map(|(_, id)| arc_str(id))
+                            .sum::<usize>();
+                }
+            }
+        }
+        bytes
+    }
+}
+
+/// Updates the scope's pending jobs for a job event. `job_id` is the event's id as an `Arc`,
+/// made on first use so one event allocates it once for all its scopes.
+fn track_job(
+    state: &mut ScopeState,
+    event: &UsageEvent,
+    job_id: &mut Option<Arc<str>>,
+    config: &TotalsConfig,
+) {
+    let (Some(id), Some(job_state)) = (event.job_id.as_deref(), event.job_state) else {
+        return;
+    };
+    match job_state {
+        JobState::Submitted => {
+            let pending = state.pending_jobs.get_or_insert_with(Box::default);
+            if pending
+                .jobs
+                .iter()
+                .any(|(_, pending_id)| &**pending_id == id)
+            {
+                return; // a duplicate submission: keep the first
+            }
+            if pending.jobs.len() >= config.pending_jobs_per_scope {
+                pending.untracked += 1;
+                return;
+            }
+            let id = job_id.get_or_insert_with(|| Arc::from(id));
+            pending.jobs.push((event.occurred_at, Arc::clone(id)));
+        }
+        JobState::Succeeded | JobState::Failed | JobState::Cancelled => {
+            if let Some(pending) = &mut state.pending_jobs {
+                pending.jobs.retain(|(_, pending_id)| &**pending_id != id);
+                if pending.jobs.is_empty() && pending.untracked == 0 {
+                    state.pending_jobs = None;
+                }
+            }
+        }
+        JobState::Running => {}
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::measures::tests::arbitrary_event;
+    use crate::scopes::tests::POLICIES;
+    use chrono::TimeZone;
+    use proptest::prelude::*;
+    use schemas::fixtures::text_event;
+    use schemas::Modality;
+
+    fn state() -> TotalsState {
+        let policies = PolicySet::from_str("test.yaml", POLICIES).unwrap();
+        TotalsState::new(&policies, TotalsConfig::default()).unwrap()
+    }
+
+    fn at(hour: u32, minute: u32, second: u32) -> DateTime<Utc> {
+        Utc.with_ymd_and_hms(2026, 3, 9, hour, minute, second)
+            .unwrap()
+    }
+
+    fn find<'u>(updates: &'u [TotalUpdate], kind: &str, window_id: &str) -> &'u TotalUpdate {
+        updates
+            .iter()
+            .find(|update| &*update.scope_kind == kind && update.window.id() == window_id)
+            .unwrap_or_else(|| panic!("no {kind} {window_id}"))
+    }
+
+    #[test]
+    fn an_event_counts_in_every_scope_and_window() {
+        let mut state = state();
+        let event = text_event("e1", at(12, 0, 30));
+        let outcome = state.apply(&event, 7).unwrap();
+        // 8 single dimensions × 5 UTC windows + 2 policies × 1 window.
+        assert_eq!(
+            outcome,
+            ApplyOutcome {
+                windows_counted: 42,
+                windows_late: 0
+            }
+        );
+        let updates = state.drain_dirty();
+        assert_eq!(updates.len(), 42);
+        assert_eq!(state.active_windows(), 42);
+        let contribution = Measures::of_event(&event);
+        assert!(updates
+            .iter()
+            .all(|update| update.measures == contribution && update.version == 7));
+        let team_minute = find(&updates, "team", "minute:2026-03-09T12:00+00:00@UTC");
+        assert_eq!(&*team_minute.scope_key, "search");
+        let policy_day = find(
+            &updates,
+            "policy:team-model-daily-cost",
+            "day:2026-03-09@America/New_York",
+        );
+        assert_eq!(&*policy_day.scope_key, "team=search|model=gpt-4o");
+        assert!(state.drain_dirty().is_empty(), "drained");
+
+        // A second event: absolute totals, highest version, only its windows dirty.
+        state.apply(&event, 9).unwrap();
+        state.apply(&event, 8).unwrap();
+        let updates = state.drain_dirty();
+        assert_eq!(updates.len(), 42);
+        let hour = find(&updates, "model", "hour:2026-03-09T12:00+00:00@UTC");
+        assert_eq!(hour.measures.requests, 3);
+        assert_eq!(hour.measures.input_tokens, 3_000);
+        assert_eq!(hour.version, 9);
+    }
+
+    #[test]
+    fn closed_windows_are_evicted_and_never_reopened() {
+        let mut state = state();
+        let lateness = LatenessPolicy::new(Duration::from_secs(60));
+        state.apply(&text_event("e1", at(12, 0, 30)), 1).unwrap();
+        state.drain_dirty();
+        // Watermark 12:02:00: the 12:00 minute closed at 12:01 + 60 s = 12:02.
+        assert_eq!(state.evict_closed(at(12, 2, 0), lateness), 8);
+        assert_eq!(state.active_windows(), 34);
+        // An event for the evicted minute: late for the minute windows, counted in the others.
+        let outcome = state.apply(&text_event("e2", at(12, 0, 45)), 2).unwrap();
+        assert_eq!(
+            outcome,
+            ApplyOutcome {
+                windows_counted: 34,
+                windows_late: 8
+            }
+        );
+        let updates = state.drain_dirty();
+        // The late event is counted in the minute holding the watermark, not in its own.
+        let late = find(&updates, "team", "minute:2026-03-09T12:02+00:00@UTC");
+        assert_eq!(late.measures.late_events, 1);
+        assert_eq!(late.measures.requests, 0);
+        assert!(updates
+            .iter()
+            .all(|update| update.window.id() != "minute:2026-03-09T12:00+00:00@UTC"));
+        let hour = find(&updates, "team", "hour:2026-03-09T12:00+00:00@UTC");
+        assert_eq!(hour.measures.requests, 2);
+
+        // The watermark never goes back; dirty windows survive eviction until drained.
+        state.apply(&text_event("e3", at(12, 3, 0)), 3).unwrap();
+        state.evict_closed(at(23, 0, 0), lateness);
+        assert!(state.active_windows() > 0);
+        let drained = state.drain_dirty();
+        assert!(!drained.is_empty());
+        state.evict_closed(at(0, 0, 0), lateness);
+        assert_eq!(state.closed_through(), Some(at(22, 59, 0)));
+        // Days, weeks and months are still open; minutes and hours are gone.
+        assert!(state.active_windows() < 34);
+        // After the month ends and is evicted, nothing is left.
+        let next_month = Utc.with_ymd_and_hms(2026, 4, 2, 0, 0, 0).unwrap();
+        state.evict_closed(next_month, lateness);
+        assert_eq!((state.active_windows(), state.scope_count()), (0, 0));
+    }
+
+    #[test]
+    fn overflow_fails_the_whole_event_and_changes_nothing() {
+        let mut state = state();
+        let mut huge = text_event("e1", at(12, 0, 0));
+        huge.input_tokens = u64::MAX - 10;
+        state.apply(&huge, 1).unwrap();
+        let before = state.drain_dirty();
+        // A new user: its scopes are new (could take it), the existing ones cannot.
+        let mut more = text_event("e2", at(12, 0, 1));
+        more.input_tokens = 11;
+        more.user_id = Some("new-user".to_owned());
+        let error = state.apply(&more, 2).unwrap_err();
+        assert_eq!(
+            error,
+            StateError::Measure(MeasureError::Overflow {
+                measure: "input_tokens"
+            })
+        );
+        assert!(state.drain_dirty().is_empty());
+        assert_eq!(state.active_windows(), before.len());
+        // Events that fit still apply (slow path, the bound is gone).
+        more.input_tokens = 10;
+        state.apply(&more, 3).unwrap();
+        let after = state.drain_dirty();
+        assert_eq!(
+            find(&after, "team", "day:2026-03-09@UTC")
+                .measures
+                .input_tokens,
+            u64::MAX
+        );
+    }
+
+    #[test]
+    fn oldest_pending_job_follows_submissions_and_finishes() {
+        let mut state = state();
+        let job = |id: &str, job_state: JobState, when: DateTime<Utc>| UsageEvent {
+            modality: Modality::Video,
+            endpoint: "video".to_owned(),
+            job_id: Some(id.to_owned()),
+            job_state: Some(job_state),
+            ..text_event(&format!("{id}-{job_state:?}"), when)
+        };
+        state
+            .apply(&job("j1", JobState::Submitted, at(12, 0, 0)), 1)
+            .unwrap();
+        state
+            .apply(&job("j2", JobState::Submitted, at(12, 5, 0)), 2)
+            .unwrap();
+        let updates = state.drain_dirty();
+        let day = find(&updates, "endpoint", "day:2026-03-09@UTC");
+        assert_eq!(day.measures.jobs_in_flight, 2);
+        assert_eq!(day.oldest_pending_job_started_at, Some(at(12, 0, 0)));
+        assert_eq!(
+            day.oldest_pending_job_started_at_us(),
+            at(12, 0, 0).timestamp_micros() as u64
+        );
+        // The 12:00 minute ended before j2 was submitted.
+        let first_minute = find(&updates, "endpoint", "minute:2026-03-09T12:00+00:00@UTC");
+        assert_eq!(
+            first_minute.oldest_pending_job_started_at,
+            Some(at(12, 0, 0))
+        );
+
+        state
+            .apply(&job("j1", JobState::Succeeded, at(12, 9, 0)), 3)
+            .unwrap();
+        let updates = state.drain_dirty();
+        let day = find(&updates, "endpoint", "day:2026-03-09@UTC");
+        assert_eq!(day.measures.jobs_in_flight, 1);
+        assert_eq!(day.oldest_pending_job_started_at, Some(at(12, 5, 0)));
+        state
+            .apply(&job("j2", JobState::Failed, at(12, 9, 30)), 4)
+            .unwrap();
+        let updates = state.drain_dirty();
+        let day = find(&updates, "endpoint", "day:2026-03-09@UTC");
+        assert_eq!(
+            (
+                day.measures.jobs_in_flight,
+                day.oldest_pending_job_started_at
+            ),
+            (0, None)
+        );
+    }
+
+    #[test]
+    fn pending_jobs_are_capped() {
+        let policies = PolicySet::from_str("test.yaml", POLICIES).unwrap();
+        let config = TotalsConfig {
+            pending_jobs_per_scope: 2,
+            ..TotalsConfig::default()
+        };
+        let mut state = TotalsState::new(&policies, config).unwrap();
+        for (index, minute) in [3, 1, 2].into_iter().enumerate() {
+            let event = UsageEvent {
+                job_id: Some(format!("j{index}")),
+                job_state: Some(JobState::Submitted),
+                ..text_event("e", at(12, minute, 0))
+            };
+            state.apply(&event, index as u64).unwrap();
+        }
+        let updates = state.drain_dirty();
+        let day = find(&updates, "team", "day:2026-03-09@UTC");
+        assert_eq!(day.pending_jobs_untracked, 1);
+        // The third submission (12:02) was not tracked: the oldest tracked is 12:01.
+        assert_eq!(day.oldest_pending_job_started_at, Some(at(12, 1, 0)));
+    }
+
+    #[test]
+    fn bytes_per_active_key_stay_under_one_kibibyte() {
+        let mut state = state();
+        // 2,000 users × 10 teams: many scopes, each with 5 windows, plus the policy scopes.
+        for index in 0..20_000u32 {
+            let mut event = text_event("e", at(12, 0, 0) + TimeDelta::milliseconds(index.into()));
+            event.user_id = Some(format!("user-{}", index % 2_000));
+            event.team = format!("team-{}", index % 10);
+            event.api_key_id = format!("key-{}", index % 500);
+            state.apply(&event, index.into()).unwrap();
+        }
+        state.drain_dirty();
+        let per_key = state.approximate_bytes() / state.active_windows();
+        println!(
+            "{} windows in {} scopes: {} bytes, {per_key} bytes per (scope, window)",
+            state.active_windows(),
+            state.scope_count(),
+            state.approximate_bytes()
+        );
+        assert!(per_key <= 1024, "{per_key} bytes per key");
+    }
+
+    proptest! {
+        #[test]
+        fn totals_do_not_depend_on_event_order(
+            events in proptest::collection::vec(arbitrary_event(), 1..25),
+        ) {
+            let totals = |events: &mut dyn Iterator<Item = &UsageEvent>| {
+                let mut state = state();
+                for event in events {
+                    state.apply(event, 1).unwrap();
+                }
+                let mut rows: Vec<(String, String, String, Measures)> = state
+                    .drain_dirty()
+                    .into_iter()
+                    .map(|u| (u.scope_kind.to_string(), u.scope_key.to_string(), u.window.id(), u.measures))
+                    .collect();
+                rows.sort_by(|a, b| (&a.0, &a.1, &a.2).cmp(&(&b.0, &b.1, &b.2)));
+                rows
+            };
+            let forward = totals(&mut events.iter());
+            let backward = totals(&mut events.iter().rev());
+            prop_assert_eq!(&forward, &backward);
+            // The team's month total is the sum of every event.
+            let mut expected = Measures::ZERO;
+            for event in &events {
+                expected.add(&Measures::of_event(event)).unwrap();
+            }
+            let month = forward
+                .iter()
+                .find(|row| row.0 == "team" && row.2 == "month:2026-03@UTC")
+                .unwrap();
+            prop_assert_eq!(month.3, expected);
+        }
+    }
+}
