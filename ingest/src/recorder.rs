@@ -24,9 +24,17 @@
 //!   internal retries never duplicate or reorder it inside the broker.
 //! - `Err(RecordError::Kafka { .. })` means the record **may or may not** be in Kafka (a delivery
 //!   timeout can fire after the broker wrote it but before the acknowledgement arrived). Callers
-//!   retry with the **same `event_id`**: records are keyed by `event_id`, so every copy lands in
-//!   the same partition, and downstream consumers count each `event_id` once. That is why
-//!   `event_id` is the idempotency key and must identify the attempt, not the send.
+//!   retry with the **same event** (same `event_id`): downstream consumers count each `event_id`
+//!   once. That is why `event_id` is the idempotency key and must identify the attempt, not the
+//!   send.
+//!
+//! # Record key and partition
+//! Records are keyed by [`schemas::usage_event::partition_key`]: the event's `job_id` when it has
+//! one, else its `event_id`. Consumers partition their state by input partition, and the
+//! aggregator must see a job's `submitted` and `succeeded`/`failed`/`cancelled` events in one
+//! partition to know which jobs are pending; the `job_id` key puts every event of a job there.
+//! A copy of an event (a retry, a duplicate) has the same fields, hence the same key and the
+//! same partition, so deduplication by `event_id` stays partition-local.
 //! - `Err(RecordError::Invalid | RecordError::Encode)` means nothing was sent and resending the
 //!   same event will fail the same way.
 //!
@@ -91,7 +99,8 @@ impl Default for RecorderConfig {
 /// Where an acknowledged record is stored.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct Delivery {
-    /// Partition of the usage topic (the same for every copy of an `event_id`).
+    /// Partition of the usage topic: the same for every copy of an event and for every event of
+    /// a job (see the module doc).
     pub partition: i32,
     /// Offset of the record in that partition.
     pub offset: i64,
@@ -174,9 +183,15 @@ impl PreparedEvent {
         &self.event
     }
 
-    /// The record key: the idempotency key.
+    /// The idempotency key.
     pub fn event_id(&self) -> &str {
         &self.event.event_id
+    }
+
+    /// The record key: the `job_id` of a job's event, else the `event_id`
+    /// ([`schemas::usage_event::partition_key`]).
+    pub fn key(&self) -> &str {
+        schemas::usage_event::partition_key(&self.event)
     }
 
     /// What pricing decided.
@@ -191,7 +206,7 @@ impl PreparedEvent {
 
     /// Bytes this record holds while in flight (key + value).
     pub fn size_bytes(&self) -> usize {
-        self.event.event_id.len() + self.payload.len()
+        self.key().len() + self.payload.len()
     }
 
     /// The priced event and its encoding.
@@ -361,7 +376,7 @@ impl Recorder {
         }
     }
 
-    /// Produces `prepared` keyed by its `event_id` and waits for the acknowledgement (see the
+    /// Produces `prepared` keyed by [`PreparedEvent::key`] and waits for the acknowledgement (see the
     /// module doc for what `Ok` and `Err` guarantee). Waits for room first if
     /// `max_in_flight_bytes` are in flight.
     pub async fn send(&self, prepared: PreparedEvent) -> Result<Delivery, RecordError> {
@@ -467,7 +482,7 @@ impl Recorder {
         let inner = &self.inner;
         let started = Instant::now();
         let mut record: FutureRecord<'_, str, [u8]> = FutureRecord::to(&inner.topic)
-            .key(event.event_id())
+            .key(event.key())
             .payload(event.payload());
         loop {
             match inner.producer.send_result(record) {

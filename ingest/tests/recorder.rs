@@ -258,6 +258,44 @@ async fn the_same_event_id_always_lands_in_the_same_partition() {
 }
 
 #[tokio::test]
+async fn every_event_of_a_job_is_keyed_by_its_job_id_and_lands_in_one_partition() {
+    let kafka = kafka_with_usage_topic("recorder_job_key").await;
+    let recorder = recorder(&kafka);
+    let job_event = |event_id: &str, job_id: &str, job_state: &str| {
+        let mut event = text_event(event_id);
+        event.job_id = Some(job_id.to_owned());
+        event.job_state = Some(job_state.parse().expect("a job state"));
+        event
+    };
+    let mut partitions_by_job: BTreeMap<String, Vec<i32>> = BTreeMap::new();
+    for job in 0..6 {
+        let job_id = format!("job-{job}");
+        // Distinct event ids: with event_id keys these would scatter over the partitions.
+        for (step, state) in ["submitted", "running", "succeeded"].iter().enumerate() {
+            let event = job_event(&format!("evt-{job}-{step}"), &job_id, state);
+            let delivery = recorder.record(event).await.expect("acknowledged");
+            partitions_by_job
+                .entry(job_id.clone())
+                .or_default()
+                .push(delivery.partition);
+        }
+    }
+    for (job_id, partitions) in &partitions_by_job {
+        assert!(
+            partitions
+                .iter()
+                .all(|partition| *partition == partitions[0]),
+            "{job_id} went to partitions {partitions:?}"
+        );
+    }
+    for record in consume(&kafka, 18).await {
+        let job_id = record.event.job_id.as_deref().expect("a job event");
+        assert_eq!(record.key, job_id, "keyed by job_id");
+        assert_eq!(partitions_by_job[job_id][0], record.partition);
+    }
+}
+
+#[tokio::test]
 async fn unknown_models_are_unpriced_when_failing_open_and_rejected_when_failing_closed() {
     let kafka = kafka_with_usage_topic("recorder_unpriced").await;
     let mut unknown = text_event("evt-unknown");

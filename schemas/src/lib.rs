@@ -4,12 +4,15 @@
 //! # Tour
 //! - [`usage_event`]: [`UsageEvent`], one billable attempt (or one async job state change), the
 //!   record every producer publishes, plus its enums ([`Modality`], [`ImageTier`], [`JobState`],
-//!   [`Status`], [`CostSource`]).
+//!   [`Status`], [`CostSource`]) and its Kafka record key, [`usage_event::partition_key`].
 //! - [`control`]: [`ControlDecision`], what gateways must do for a scope (allow, block, degrade),
 //!   published on a compacted topic keyed by [`ControlDecision::key`].
 //! - [`alert`]: [`Alert`], raised by the alerter and routed to a scope owner.
 //! - [`approval`]: [`Approval`], a temporary limit raise approved by a human.
 //! - [`dead_letter`]: [`DeadLetter`], a record a service gave up on, with its original bytes.
+//! - [`window_total`]: [`WindowTotal`], the aggregator's total of one (scope, window) over one
+//!   input partition, published on a compacted topic keyed by [`WindowTotal::compaction_key`];
+//!   consumers keep the highest `version` per key and sum the partitions.
 //! - [`fixtures`]: a minimal valid event to build test, benchmark and demo events from.
 //! - [`money`]: the one decimal type of the project, `decimal(38, 12)`: exact conversions to and
 //!   from the Avro wire form and the JSON (de)serializers used by every money field.
@@ -66,6 +69,7 @@ pub mod fixtures;
 pub mod money;
 pub mod time;
 pub mod usage_event;
+pub mod window_total;
 
 pub use alert::{Alert, AlertKind, Severity};
 pub use approval::Approval;
@@ -74,3 +78,4 @@ pub use codec::{decode, encode, AvroRecord, DecodeError, EncodeError};
 pub use control::{ControlDecision, DecisionAction};
 pub use dead_letter::DeadLetter;
 pub use usage_event::{CostSource, ImageTier, JobState, Modality, Status, UsageEvent};
+pub use window_total::WindowTotal;

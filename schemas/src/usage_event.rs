@@ -4,6 +4,9 @@
 //! test). Delivery is at least once, so consumers count each `event_id` once: it identifies the
 //! attempt, not the delivery. Retries and fallbacks of one user action are separate events
 //! (each is billed) sharing `action_id`, with `attempt` 2, 3, …
+//!
+//! On Kafka, records are keyed by [`partition_key`]: the `job_id` of a job's events, else the
+//! `event_id`, so all events of a job and all copies of an event share a partition.
 
 use crate::avro_enum;
 use crate::codec::datum::{DatumReader, DatumWriter};
@@ -230,6 +233,19 @@ impl UsageEvent {
     }
 }
 
+/// The Kafka record key of `event` on the usage topic: its `job_id` when it reports an async job,
+/// else its `event_id`. Every producer of usage events keys records with this function.
+///
+/// Why: Kafka partitions by key, and consumers partition their state by input partition. The
+/// aggregator must see a job's `submitted` event and its `succeeded`, `failed` or `cancelled`
+/// event in the same partition to know which jobs are pending, so every event of a job shares
+/// its `job_id` as key. Every copy of one event (a retry or a duplicate) has the same fields,
+/// hence the same key and the same partition, so deduplication by `event_id` stays
+/// partition-local.
+pub fn partition_key(event: &UsageEvent) -> &str {
+    event.job_id.as_deref().unwrap_or(&event.event_id)
+}
+
 fn http_status_from_wire(code: Option<i32>) -> Result<Option<u16>, DecodeError> {
     code.map(|code| {
         u16::try_from(code).map_err(|_| DecodeError::InvalidValue {
@@ -356,6 +372,26 @@ impl AvroRecord for UsageEvent {
 mod tests {
     use super::*;
     use crate::avro_enum::AvroEnum;
+
+    #[test]
+    fn partition_key_is_the_job_id_when_there_is_one_else_the_event_id() {
+        let at = chrono::DateTime::UNIX_EPOCH;
+        let text = crate::fixtures::text_event("evt-1", at);
+        assert_eq!(partition_key(&text), "evt-1");
+
+        let job_event = |event_id: &str, job_state| UsageEvent {
+            job_id: Some("job-7".to_owned()),
+            job_state: Some(job_state),
+            modality: Modality::Video,
+            ..crate::fixtures::text_event(event_id, at)
+        };
+        let submitted = job_event("evt-2", JobState::Submitted);
+        let succeeded = job_event("evt-3", JobState::Succeeded);
+        assert_eq!(partition_key(&submitted), "job-7");
+        assert_eq!(partition_key(&succeeded), partition_key(&submitted));
+        // A duplicate is the same event: same key.
+        assert_eq!(partition_key(&submitted.clone()), partition_key(&submitted));
+    }
 
     #[test]
     fn enums_parse_and_name_the_allowed_values() {

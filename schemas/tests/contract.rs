@@ -4,7 +4,7 @@ use schemas::avro_enum::AvroEnum;
 use schemas::codec::{registry, AvroRecord};
 use schemas::{
     Alert, AlertKind, Approval, ControlDecision, CostSource, DeadLetter, DecisionAction, ImageTier,
-    JobState, Modality, Severity, Status, UsageEvent,
+    JobState, Modality, Severity, Status, UsageEvent, WindowTotal,
 };
 use serde_json::Value;
 
@@ -235,6 +235,7 @@ fn fingerprint_constants_match_the_schemas() {
     assert_record_is_registered::<Alert>();
     assert_record_is_registered::<Approval>();
     assert_record_is_registered::<DeadLetter>();
+    assert_record_is_registered::<WindowTotal>();
 }
 
 #[test]

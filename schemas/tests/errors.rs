@@ -5,7 +5,7 @@ mod common;
 use common::{encode_with_patched_field, optional_decimal_bytes, varint};
 use proptest::prelude::*;
 use schemas::codec::{self, AvroRecord, DecodeError, EncodeError};
-use schemas::{Alert, UsageEvent};
+use schemas::{Alert, UsageEvent, WindowTotal};
 
 fn decode_error(bytes: &[u8]) -> DecodeError {
     codec::decode::<UsageEvent>(bytes).expect_err("invalid bytes")
@@ -264,6 +264,119 @@ fn record_invariants_are_checked_on_encode() {
         ),
         "{error}"
     );
+}
+
+#[test]
+fn window_total_encode_refuses_broken_totals() {
+    let total = common::sample_window_total();
+    let cases: Vec<(WindowTotal, &str, &str)> = vec![
+        (
+            WindowTotal {
+                window_end: total.window_start,
+                ..total.clone()
+            },
+            "invalid_value",
+            "window_end",
+        ),
+        (
+            WindowTotal {
+                window_start: total.window_end,
+                window_end: total.window_start,
+                ..total.clone()
+            },
+            "invalid_value",
+            "window_end",
+        ),
+        (
+            WindowTotal {
+                source_partition: -1,
+                ..total.clone()
+            },
+            "invalid_value",
+            "source_partition",
+        ),
+        (
+            WindowTotal {
+                requests: i64::MAX as u64 + 1,
+                ..total.clone()
+            },
+            "invalid_value",
+            "requests",
+        ),
+        (
+            WindowTotal {
+                version: u64::MAX,
+                ..total.clone()
+            },
+            "invalid_value",
+            "version",
+        ),
+        (
+            WindowTotal {
+                cost_usd: common::dec("0.0000000000001"),
+                fallback_cost_usd: common::dec("0"),
+                ..total.clone()
+            },
+            "too_many_fractional_digits",
+            "cost_usd",
+        ),
+        (
+            WindowTotal {
+                oldest_pending_job_started_at: Some(common::at("2300-01-01T00:00:00Z")),
+                ..total.clone()
+            },
+            "timestamp_out_of_range",
+            "oldest_pending_job_started_at",
+        ),
+    ];
+    for (invalid, kind, field) in cases {
+        let error = codec::encode(&invalid).expect_err(field);
+        assert_eq!(error.kind(), kind, "{field}: {error}");
+        assert!(error.to_string().contains(field), "{field}: {error}");
+    }
+    // The edge values themselves are fine, and totals carry no rules across measures (what the
+    // aggregator counted must always be publishable).
+    let edge = WindowTotal {
+        requests: i64::MAX as u64,
+        jobs_in_flight: i64::MIN,
+        source_partition: 0,
+        cached_input_tokens: total.input_tokens + 1,
+        fallback_cost_usd: total.cost_usd + common::dec("1"),
+        ..total
+    };
+    assert_eq!(
+        codec::decode::<WindowTotal>(&codec::encode(&edge).expect("valid")),
+        Ok(edge)
+    );
+}
+
+#[test]
+fn window_total_decode_refuses_broken_totals_on_the_wire() {
+    let total = common::sample_window_total();
+    let start_micros = total.window_start.timestamp_micros();
+    let cases: Vec<(&'static str, Vec<u8>, &str)> = vec![
+        ("window_end", varint(start_micros), "is not after"),
+        ("source_partition", varint(-1), "not a Kafka partition"),
+        ("requests", varint(-1), "is negative"),
+        ("version", varint(-1), "is negative"),
+        ("pending_jobs_untracked", varint(-5), "is negative"),
+        (
+            "cost_usd",
+            varint(1).into_iter().chain([0xFF]).collect(),
+            "negative",
+        ),
+        ("oldest_pending_job_started_at", varint(2), "union branch 2"),
+    ];
+    for (field, raw, message) in cases {
+        let error = codec::decode::<WindowTotal>(&encode_with_patched_field(&total, field, &raw))
+            .expect_err(field);
+        assert_eq!(error.kind(), "invalid_value", "{field}: {error}");
+        assert!(error.to_string().contains(message), "{field}: {error}");
+    }
+    // A negative job gauge is a value, not an error.
+    let bytes = encode_with_patched_field(&total, "jobs_in_flight", &varint(-42));
+    let decoded = codec::decode::<WindowTotal>(&bytes).expect("valid");
+    assert_eq!(decoded.jobs_in_flight, -42);
 }
 
 #[test]

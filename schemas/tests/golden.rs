@@ -6,7 +6,7 @@
 mod common;
 
 use schemas::codec::{self, AvroRecord};
-use schemas::UsageEvent;
+use schemas::{UsageEvent, WindowTotal};
 
 const GOLDEN_PATH: &str = concat!(
     env!("CARGO_MANIFEST_DIR"),
@@ -44,5 +44,14 @@ fn golden_header_is_the_documented_fingerprint() {
     assert_eq!(
         codec::fingerprint_hex(&UsageEvent::FINGERPRINT),
         "de4865c5e45ab423"
+    );
+}
+
+#[test]
+fn window_total_fingerprint_is_the_documented_one() {
+    // The alerter (and any other reader of the totals topic) recognises records by it.
+    assert_eq!(
+        codec::fingerprint_hex(&WindowTotal::FINGERPRINT),
+        "a7c5925239f95e13"
     );
 }

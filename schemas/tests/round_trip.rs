@@ -57,6 +57,18 @@ proptest! {
     }
 
     #[test]
+    fn window_total_round_trips(total in common::window_total()) {
+        check_round_trip(&total)?;
+    }
+
+    #[test]
+    fn window_total_json_round_trips(total in common::window_total()) {
+        let json = serde_json::to_string(&total).map_err(fail)?;
+        let back: schemas::WindowTotal = serde_json::from_str(&json).map_err(fail)?;
+        prop_assert_eq!(back, total);
+    }
+
+    #[test]
     fn alert_round_trips(alert in common::alert()) {
         check_round_trip(&alert)?;
     }
@@ -85,6 +97,7 @@ fn samples_round_trip() {
     check_round_trip(&common::sample_alert()).expect("alert");
     check_round_trip(&common::sample_approval()).expect("approval");
     check_round_trip(&common::sample_dead_letter()).expect("dead letter");
+    check_round_trip(&common::sample_window_total()).expect("window total");
 }
 
 #[test]

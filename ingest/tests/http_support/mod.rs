@@ -266,8 +266,8 @@ pub async fn consume_usage(kafka: &KafkaConfig, count: usize) -> Vec<UsageEvent>
         let event: UsageEvent = schemas::decode(message.payload().unwrap()).unwrap();
         assert_eq!(
             message.key(),
-            Some(event.event_id.as_bytes()),
-            "keyed by event_id"
+            Some(schemas::usage_event::partition_key(&event).as_bytes()),
+            "keyed by job_id, else event_id"
         );
         events.push(event);
     }

@@ -24,6 +24,8 @@ pub const ALERT_V1_AVSC: &str = include_str!("../../avro/alert.v1.avsc");
 pub const APPROVAL_V1_AVSC: &str = include_str!("../../avro/approval.v1.avsc");
 /// `dead_letter.v1.avsc`: the current `DeadLetter`.
 pub const DEAD_LETTER_V1_AVSC: &str = include_str!("../../avro/dead_letter.v1.avsc");
+/// `window_total.v1.avsc`: the current `WindowTotal`.
+pub const WINDOW_TOTAL_V1_AVSC: &str = include_str!("../../avro/window_total.v1.avsc");
 
 /// One `.avsc` file known to the registry.
 #[derive(Debug, Clone, Copy)]
@@ -75,6 +77,12 @@ pub const SCHEMA_FILES: &[SchemaFile] = &[
         version: 1,
         file_name: "dead_letter.v1.avsc",
         json: DEAD_LETTER_V1_AVSC,
+    },
+    SchemaFile {
+        record_name: "dev.quotaflow.WindowTotal",
+        version: 1,
+        file_name: "window_total.v1.avsc",
+        json: WINDOW_TOTAL_V1_AVSC,
     },
 ];
 

@@ -10,6 +10,7 @@ use schemas::approval::Approval;
 use schemas::control::{ControlDecision, DecisionAction};
 use schemas::dead_letter::DeadLetter;
 use schemas::usage_event::{CostSource, ImageTier, JobState, Modality, Status, UsageEvent};
+use schemas::window_total::WindowTotal;
 use std::collections::BTreeMap;
 use std::str::FromStr;
 
@@ -134,6 +135,50 @@ pub fn sample_dead_letter() -> DeadLetter {
         key: Some(b"act_1".to_vec()),
         failed_at: at("2025-03-14T12:00:00.5Z"),
         service: "ingest".to_owned(),
+    }
+}
+
+/// A day total of a policy scope in a non-UTC zone, with pending jobs.
+pub fn sample_window_total() -> WindowTotal {
+    WindowTotal {
+        scope_kind: "policy:daily-spend".to_owned(),
+        scope_key: "team=search/environment=prod".to_owned(),
+        window_kind: "day".to_owned(),
+        window_tz: "Europe/Paris".to_owned(),
+        window_start: at("2025-03-13T23:00:00Z"),
+        window_end: at("2025-03-14T23:00:00Z"),
+        source_topic: "usage-events".to_owned(),
+        source_partition: 5,
+        requests: 1_204,
+        billable_attempts: 1_198,
+        input_tokens: 9_876_543,
+        output_tokens: 456_789,
+        cached_input_tokens: 4_000_000,
+        cache_write_tokens: 120_000,
+        images_draft: 12,
+        images_preview: 4,
+        images_edit: 2,
+        images_final: 1,
+        images_untiered: 3,
+        video_jobs: 2,
+        video_ms: 16_000,
+        audio_ms: 93_500,
+        embedding_tokens: 250_000,
+        unpriced_events: 1,
+        retries: 31,
+        fallback_attempts: 7,
+        accepted_outputs: 800,
+        errors_4xx: 9,
+        errors_5xx: 14,
+        errors_other: 2,
+        late_events: 3,
+        cost_usd: dec("812.000000000001"),
+        fallback_cost_usd: dec("0.4213"),
+        jobs_in_flight: -1,
+        oldest_pending_job_started_at: Some(at("2025-03-14T08:15:00.250001Z")),
+        pending_jobs_untracked: 0,
+        version: 1_234_567,
+        written_at: at("2025-03-14T09:00:00.000123Z"),
     }
 }
 
@@ -262,6 +307,35 @@ prop_compose! {
         ControlDecision {
             decision_id, key, policy_id, scope, action, degrade_to, reason, unit, observed, limit,
             window: window_kind, window_start, window_end, issued_at, expires_at, version,
+        }
+    }
+}
+
+prop_compose! {
+    pub fn window_total()(
+        (scope_kind, scope_key, window_kind, window_tz, source_topic) in (text(), text(), text(), text(), text()),
+        (window_start, window_end) in window().prop_filter("a window is not empty", |(start, end)| start < end),
+        source_partition in 0..=i32::MAX,
+        (input_tokens, cached_input_tokens) in count().prop_flat_map(|input| (Just(input), 0..=input)),
+        counters in proptest::array::uniform21(count()),
+        (cost_usd, fallback_cost_usd) in (amount(), amount())
+            .prop_map(|(a, b)| if b <= a { (a, b) } else { (b, a) }),
+        (jobs_in_flight, oldest_pending_job_started_at, pending_jobs_untracked) in
+            (any::<i64>(), proptest::option::of(timestamp()), count()),
+        (version, written_at) in (count(), timestamp()),
+    ) -> WindowTotal {
+        let [requests, billable_attempts, output_tokens, cache_write_tokens, images_draft,
+             images_preview, images_edit, images_final, images_untiered, video_jobs, video_ms,
+             audio_ms, embedding_tokens, unpriced_events, retries, fallback_attempts,
+             accepted_outputs, errors_4xx, errors_5xx, errors_other, late_events] = counters;
+        WindowTotal {
+            scope_kind, scope_key, window_kind, window_tz, window_start, window_end, source_topic,
+            source_partition, requests, billable_attempts, input_tokens, output_tokens,
+            cached_input_tokens, cache_write_tokens, images_draft, images_preview, images_edit,
+            images_final, images_untiered, video_jobs, video_ms, audio_ms, embedding_tokens,
+            unpriced_events, retries, fallback_attempts, accepted_outputs, errors_4xx, errors_5xx,
+            errors_other, late_events, cost_usd, fallback_cost_usd, jobs_in_flight,
+            oldest_pending_job_started_at, pending_jobs_untracked, version, written_at,
         }
     }
 }
