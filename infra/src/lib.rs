@@ -10,7 +10,7 @@
 //! - [`shutdown`]: the cancellation token every `run(config, shutdown)` takes.
 //! - [`telemetry`]: `tracing` setup and the Prometheus `/metrics`, `/healthz`, `/readyz` endpoints.
 //! - `testkit` (feature `testkit`, for tests only): unique topics and databases per test, and
-//!   polling with deadlines.
+//!   polling with deadlines, and a TCP proxy that simulates an outage.
 //! - [`error`]: the crate's error type, which says whether a failure is worth retrying.
 
 pub mod clickhouse;

@@ -1,12 +1,18 @@
 //! Helpers for tests on the real local stack (CONVENTIONS.md §12): every test gets its own topics and
 //! its own ClickHouse database, so tests run in parallel and never see each other's data. Addresses
 //! come from `QUOTAFLOW_TEST_KAFKA` and `QUOTAFLOW_TEST_CLICKHOUSE`, defaulting to `dev/stack`'s.
+//!
+//! [`FaultProxy`] stands between a service and one of those servers, to take it down in a test.
+
+mod fault_proxy;
 
 use std::future::Future;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use crate::config::{ClickHouseConfig, KafkaConfig, TopicsConfig};
+
+pub use fault_proxy::FaultProxy;
 
 /// A name unique to this process and call, e.g. `t_raw_4f2a9c_3`, safe as a topic or database name.
 pub fn unique_name(prefix: &str) -> String {
