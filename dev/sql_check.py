@@ -248,19 +248,19 @@ def sample_inserts(now: dt.datetime) -> list[str]:
         )
 
     totals_columns = (
-        "scope_kind, scope_key, window_kind, window_tz, window_start, window_end, requests, billable_attempts,"
-        " input_tokens, output_tokens, cached_input_tokens, cache_write_tokens, images_draft, images_preview,"
-        " images_edit, images_final, video_jobs, video_ms, audio_ms, embedding_tokens, cost_usd,"
+        "scope_kind, scope_key, window_kind, window_tz, source_topic, source_partition, window_start, window_end,"
+        " requests, billable_attempts, input_tokens, output_tokens, cached_input_tokens, cache_write_tokens, images_draft, images_preview,"
+        " images_edit, images_final, images_untiered, video_jobs, video_ms, audio_ms, embedding_tokens, cost_usd,"
         " unpriced_events, retries, fallback_attempts, fallback_cost_usd, accepted_outputs, errors_4xx,"
         " errors_5xx, errors_other, late_events, jobs_in_flight, oldest_pending_job_started_at_us, version,"
         " updated_at"
     )
 
-    def totals(scope_kind, scope_key, kind, start, end, requests, cost, version):
+    def totals(scope_kind, scope_key, kind, start, end, requests, cost, version, partition=0):
         return (
-            f"('{scope_kind}', '{scope_key}', '{kind}', 'UTC', {ts(start)}, {ts(end)}, {requests}, {requests},"
-            f" 1000, 200, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, {cost}, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, {version},"
-            f" {ts(now)})"
+            f"('{scope_kind}', '{scope_key}', '{kind}', 'UTC', 'usage', {partition}, {ts(start)}, {ts(end)},"
+            f" {requests}, {requests}, 1000, 200, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, {cost}, 0, 0, 0, 0, 0, 0, 0,"
+            f" 0, 0, 0, 0, {version}, {ts(now)})"
         )
 
     day_end = day_start + dt.timedelta(days=1)
@@ -273,15 +273,18 @@ def sample_inserts(now: dt.datetime) -> list[str]:
         f" {usage('e3', 'web', 'dall-e-3', 1, None, 0, 11, 1, 'image')}",
         f"INSERT INTO usage_events_raw ({usage_columns}) VALUES"
         f" {usage('e2', 'ml-research', 'gpt-4o-mini', 2, '1.25', 1, 21, 3)}",
-        f"INSERT INTO window_totals ({totals_columns}) VALUES"
+        f"INSERT INTO window_partials ({totals_columns}) VALUES"
         f" {totals('team', 'ml-research', 'day', day_start, day_end, 2, '1.250000000000', 1)},"
         f" {totals('team', 'ml-research', 'hour', hour_start, hour_end, 2, '1.250000000001', 1)},"
         f" {totals('team', 'web', 'day', day_start, day_end, 1, '0.5', 1)}",
-        # A newer absolute total of the same day window: the view must show only this one.
-        f"INSERT INTO window_totals ({totals_columns}) VALUES"
-        f" {totals('team', 'ml-research', 'day', day_start, day_end, 3, '1.250000000001', 2)}",
-        "INSERT INTO aggregator_checkpoints (consumer_group, topic, partition, next_offset, version, updated_at)"
-        f" VALUES ('aggregator', 'usage', 0, 12, 1, {ts(now)}), ('aggregator', 'usage', 0, 14, 2, {ts(now)})",
+        # A newer absolute partial of the same day window (it must replace the first), and the partial of
+        # another input partition (it must be added).
+        f"INSERT INTO window_partials ({totals_columns}) VALUES"
+        f" {totals('team', 'ml-research', 'day', day_start, day_end, 3, '1.250000000001', 2)},"
+        f" {totals('team', 'ml-research', 'day', day_start, day_end, 4, '0.000000000002', 7, partition=1)}",
+        "INSERT INTO aggregator_checkpoints (consumer_group, topic, partition, next_offset, replay_from, state,"
+        f" version, updated_at) VALUES ('aggregator', 'usage', 0, 12, 3, '{{}}', 12, {ts(now)}),"
+        f" ('aggregator', 'usage', 0, 14, 3, '{{}}', 14, {ts(now)})",
         "INSERT INTO decisions (decision_id, key, policy_id, scope_keys, scope_values, action, degrade_to, reason,"
         " unit, observed, limit_value, window_kind, window_start, window_end, issued_at, issued_at_us, expires_at,"
         f" version) VALUES ('d1', 'ak_1', 'p-ml-daily', ['team'], ['ml-research'], 'degrade', 'gpt-4o-mini',"
@@ -314,11 +317,11 @@ CHECKS = [
     ("usage_events sums decimals exactly", "SELECT sum(cost_usd), toString(sum(cost_usd)) FROM usage_events",
      [["1.250000000001", "1.250000000001"]]),
     ("the raw table keeps every archived copy", "SELECT count() FROM usage_events_raw", [["4"]]),
-    ("window_totals_current keeps the newest total",
-     "SELECT requests, cost_usd, version FROM window_totals_current"
-     " WHERE scope_key = 'ml-research' AND window_kind = 'day'", [["3", "1.250000000001", "2"]]),
-    ("window_totals_current hides a stale total from filters",
-     "SELECT count() FROM window_totals_current WHERE version = 1 AND scope_key = 'ml-research'"
+    ("window_totals_current adds the newest partial of each partition",
+     "SELECT requests, cost_usd, partials FROM window_totals_current"
+     " WHERE scope_key = 'ml-research' AND window_kind = 'day'", [["7", "1.250000000003", "2"]]),
+    ("window_totals_current hides a stale partial from filters",
+     "SELECT count() FROM window_totals_current WHERE requests = 6 AND scope_key = 'ml-research'"
      " AND window_kind = 'day'", [["0"]]),
     ("a million 1e-12 sum exactly",
      "SELECT toString(sum(toDecimal128('0.000000000001', 12))) FROM numbers(1000000)", [["0.000001"]]),

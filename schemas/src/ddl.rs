@@ -61,6 +61,11 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "dead_letters",
         sql: include_str!("../sql/migrations/0005_dead_letters.sql"),
     },
+    Migration {
+        version: 6,
+        name: "partials_and_checkpoints",
+        sql: include_str!("../sql/migrations/0006_partials_and_checkpoints.sql"),
+    },
 ];
 
 /// Splits SQL text into statements by the rule in the module documentation.
