@@ -122,7 +122,7 @@ fn report_bytes(events: &[UsageEvent]) {
     let before = LIVE_BYTES.load(Ordering::Relaxed);
     let mut state = new_state();
     for (version, event) in events.iter().enumerate() {
-        state.apply(event, version as u64).expect("apply");
+        state.apply(event, version as u64 + 1).expect("apply");
     }
     drop(state.drain_dirty());
     let resident = LIVE_BYTES.load(Ordering::Relaxed) - before;
@@ -142,7 +142,7 @@ fn bench_apply(criterion: &mut Criterion) {
 
     let mut state = new_state();
     for (version, event) in events.iter().enumerate() {
-        state.apply(event, version as u64).expect("apply");
+        state.apply(event, version as u64 + 1).expect("apply");
     }
     drop(state.drain_dirty());
     let mut version = events.len() as u64;
@@ -162,7 +162,7 @@ fn bench_apply(criterion: &mut Criterion) {
             new_state,
             |mut state| {
                 for (version, event) in events.iter().enumerate() {
-                    state.apply(event, version as u64).expect("apply");
+                    state.apply(event, version as u64 + 1).expect("apply");
                 }
                 state
             },

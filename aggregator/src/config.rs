@@ -1,8 +1,15 @@
 //! The aggregator service's configuration, loaded by [`infra::config::load`] (defaults, then an optional
 //! TOML file such as `config/aggregator.toml`, then `QUOTAFLOW_*` environment variables).
 
+use std::path::PathBuf;
+use std::time::Duration;
+
 use infra::config::{ClickHouseConfig, HttpConfig, KafkaConfig};
 use serde::{Deserialize, Serialize};
+use windows::LatenessPolicy;
+
+use crate::partition::PartitionSettings;
+use crate::state::{TotalsConfig, DEFAULT_ALLOWED_LATENESS_SECS};
 
 /// Port of the aggregator ops listener (`/metrics`, `/healthz`, `/readyz`).
 pub const DEFAULT_HTTP_PORT: u16 = 9101;
@@ -11,16 +18,18 @@ pub const DEFAULT_HTTP_PORT: u16 = 9101;
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Config {
-    /// Brokers and topic names: the aggregator creates the pipeline topics at startup and will consume
-    /// usage events and publish window totals.
+    /// Brokers and topic names: the aggregator consumes `topics.usage`, publishes `topics.totals`
+    /// and dead-letters to `topics.dead_letter`; it creates the pipeline topics at startup.
     pub kafka: KafkaConfig,
-    /// Where the migrations run at startup, so every table exists before any service writes.
+    /// Where the migrations run at startup and the partials and checkpoints are written.
     pub clickhouse: ClickHouseConfig,
     /// Listener for `/metrics`, `/healthz` and `/readyz`.
     pub http: HttpConfig,
-    /// Consumer group of the usage-topic consumer (not built yet; logged at startup). Replicas share
-    /// it so each partition is aggregated by one of them; a new group starts from the earliest offset.
+    /// Consumer group of the usage-topic consumer. Replicas share it so each partition is
+    /// aggregated by one of them at a time; checkpoints are per group.
     pub group_id: String,
+    /// Windows, lateness, duplicates and flushing.
+    pub aggregate: AggregateConfig,
 }
 
 impl Default for Config {
@@ -30,6 +39,91 @@ impl Default for Config {
             clickhouse: ClickHouseConfig::default(),
             http: HttpConfig::with_port(DEFAULT_HTTP_PORT),
             group_id: "quotaflow-aggregator".to_string(),
+            aggregate: AggregateConfig::default(),
+        }
+    }
+}
+
+/// How the aggregator counts and flushes (`[aggregate]`, `QUOTAFLOW_AGGREGATE__*`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AggregateConfig {
+    /// Directory of policy files (the alerter reads the same): every windowed policy adds its
+    /// compound scope. None: single-dimension scopes only.
+    pub policies_dir: Option<PathBuf>,
+    /// Flush (write totals, publish them, checkpoint) at least this often while events arrive.
+    pub flush_interval_ms: u64,
+    /// Flush early after this many records.
+    pub flush_max_records: usize,
+    /// How long after its end (on the partition's watermark) a window still takes events.
+    pub allowed_lateness_secs: u64,
+    /// How long (in event time behind the watermark) event ids are remembered to drop
+    /// duplicates; at least the allowed lateness.
+    pub dedup_horizon_secs: u64,
+    /// Most event ids remembered per partition.
+    pub dedup_max_ids: usize,
+    /// How far `occurred_at` may be ahead of the record's Kafka timestamp.
+    pub max_future_skew_secs: u64,
+    /// Pending asynchronous jobs tracked per scope.
+    pub pending_jobs_per_scope: usize,
+    /// Publish totals on `kafka.topics.totals` (the alerter follows it).
+    pub publish_totals: bool,
+}
+
+impl Default for AggregateConfig {
+    fn default() -> Self {
+        let partition = PartitionSettings::default();
+        Self {
+            policies_dir: None,
+            flush_interval_ms: 500,
+            flush_max_records: 200_000,
+            allowed_lateness_secs: DEFAULT_ALLOWED_LATENESS_SECS,
+            dedup_horizon_secs: partition.dedup_horizon.as_secs(),
+            dedup_max_ids: partition.dedup_max_ids,
+            max_future_skew_secs: partition.max_future_skew.as_secs(),
+            pending_jobs_per_scope: partition.totals.pending_jobs_per_scope,
+            publish_totals: true,
+        }
+    }
+}
+
+impl AggregateConfig {
+    /// Checks the settings; the message names the setting.
+    pub fn validate(&self) -> Result<(), String> {
+        if self.flush_interval_ms == 0 || self.flush_interval_ms > 60_000 {
+            return Err("aggregate.flush_interval_ms must be in 1..=60000".to_owned());
+        }
+        if self.flush_max_records == 0 {
+            return Err("aggregate.flush_max_records must be at least 1".to_owned());
+        }
+        if self.dedup_horizon_secs < self.allowed_lateness_secs {
+            return Err(format!(
+                "aggregate.dedup_horizon_secs ({}) must be at least aggregate.allowed_lateness_secs \
+                 ({}): a duplicate older than the horizon but within lateness would count twice",
+                self.dedup_horizon_secs, self.allowed_lateness_secs
+            ));
+        }
+        if self.dedup_max_ids == 0 || self.pending_jobs_per_scope == 0 {
+            return Err(
+                "aggregate.dedup_max_ids and aggregate.pending_jobs_per_scope must be at least 1"
+                    .to_owned(),
+            );
+        }
+        Ok(())
+    }
+
+    /// The per-partition settings these make.
+    pub fn partition_settings(&self) -> PartitionSettings {
+        let defaults = TotalsConfig::default();
+        PartitionSettings {
+            totals: TotalsConfig {
+                lateness: LatenessPolicy::new(Duration::from_secs(self.allowed_lateness_secs)),
+                pending_jobs_per_scope: self.pending_jobs_per_scope,
+                ..defaults
+            },
+            dedup_horizon: Duration::from_secs(self.dedup_horizon_secs),
+            dedup_max_ids: self.dedup_max_ids,
+            max_future_skew: Duration::from_secs(self.max_future_skew_secs),
         }
     }
 }
@@ -48,5 +142,18 @@ mod tests {
         assert_eq!(config.http.listen.port(), DEFAULT_HTTP_PORT);
         assert_eq!(config.kafka.brokers, "127.0.0.1:9092");
         assert_eq!(config.group_id, "quotaflow-aggregator");
+        config.aggregate.validate().unwrap();
+    }
+
+    #[test]
+    fn a_dedup_horizon_shorter_than_lateness_is_refused() {
+        let config = AggregateConfig {
+            dedup_horizon_secs: 60,
+            ..AggregateConfig::default()
+        };
+        assert!(config
+            .validate()
+            .unwrap_err()
+            .contains("dedup_horizon_secs"));
     }
 }

@@ -1,35 +1,110 @@
-//! Aggregator: the pipeline's stream processor. It will consume priced usage events, keep windowed
-//! per-scope totals in ClickHouse and publish them to the totals topic for the alerter.
+//! Aggregator: the pipeline's stream processor. It consumes priced usage events from the usage
+//! topic as a consumer group and keeps windowed per-scope totals, written to ClickHouse
+//! (`window_partials`, read through the `window_totals_current` view) and published on the
+//! compacted totals topic the alerter follows.
 //!
 //! - [`config`]: the service's [`Config`].
-//! - [`measures`]: [`measures::Measures`], the `window_totals` measures and one event's exact contribution.
+//! - [`measures`]: [`measures::Measures`], the totals' measures and one event's exact contribution.
 //! - [`scopes`]: which (scope kind, scope key) totals an event counts under, and in which window specs.
-//! - [`state`]: [`state::TotalsState`], in-memory windowed totals: apply, dirty set, drain, bounded eviction.
-//! - [`Error`]: why the service stopped ([`infra::service::ServiceError`]), with a retry hint.
+//! - [`state`]: [`state::TotalsState`], in-memory windowed totals: apply, dirty set, drain, eviction.
+//! - [`dedup`]: the per-partition duplicate filter by `event_id`.
+//! - [`partition`]: [`partition::PartitionAggregator`], one input partition: record → outcome,
+//!   flush and checkpoint, restore.
+//! - [`sink`]: ClickHouse partials and checkpoints, totals topic.
+//! - [`pipeline`]: the consumer loop, rebalances, flushing, backpressure, metrics.
 //! - [`run`] / [`run_with_listener`]: start the service and keep it up until shutdown.
 //!
-//! # What runs today
-//! A skeleton: at startup it applies the ClickHouse migrations and creates the pipeline topics, then
-//! serves `/metrics`, `/healthz` and `/readyz` until the shutdown token is cancelled.
+//! # Delivery guarantee: exactly once, per partition partial
+//! Each input partition is aggregated by one process at a time into **partials**: per (scope,
+//! window) the exact total of the partition's records up to an offset, with that offset (of the
+//! last event counted in it) as its version. The current total of a (scope, window) is the sum over
+//! partitions of each one's highest-version partial (`window_totals_current` does this; totals
+//! topic readers keep the highest version per key).
 //!
-//! # Delivery guarantees
-//! None yet, because nothing is consumed: the usage consumer, the window arithmetic, the ClickHouse
-//! writes and the totals producer are **not built**, and `group_id` is only logged. The design they
-//! must meet (CONVENTIONS.md §2–4): offsets stored only after the totals they produced are durable in
-//! ClickHouse, so a crash replays events and never skips them, and totals versioned by offset so a
-//! replay does not count an event twice. Until that is built and tested under `kill -9`, claim nothing.
+//! 1. **Deterministic.** A partition's partials, duplicate filter, watermark and late decisions
+//!    are a function of its records in offset order only (no clock, no batch boundaries; see
+//!    [`state`] and [`dedup`]). So a partial written twice, by a replay or by a process that has
+//!    just lost the partition, is the same row twice.
+//! 2. **Checkpoint after the data.** A flush writes the partials, publishes them, writes the dead
+//!    letters, and only then the checkpoint (`aggregator_checkpoints`: `next_offset`, the duplicate
+//!    filter's `replay_from`, watermark, close horizon, pending jobs), all in ClickHouse.
+//! 3. **Resume from the checkpoint, not from Kafka.** On assignment (start, rebalance, restart
+//!    after `kill -9`) a process loads the partition's newest checkpoint and its partials of
+//!    versions *below* `next_offset` (rows at or above were written by a flush whose checkpoint did
+//!    not land), seeks to `replay_from`, re-reads up to `next_offset` only to rebuild the duplicate
+//!    filter, and counts from `next_offset` on. The totals are then exactly what they were at the
+//!    checkpoint, and everything after it is recomputed identically.
+//! 4. **Duplicates.** Copies of an `event_id` (ingest keys records by `job_id` or else
+//!    `event_id`, so copies share a partition) count once within the dedup horizon, which must be at
+//!    least the allowed lateness; older copies could only be late anyway.
+//!
+//! What is *not* exactly once: dead-letter records on the Kafka topic (a replay re-sends them;
+//! the `dead_letters` table collapses them by source offset), and `oldest_pending_job_started_at`,
+//! a gauge computed when a row is written.
+//!
+//! # Late and odd events
+//! Windows are by event time. A window takes events until the partition's watermark (latest
+//! `occurred_at` seen) is `allowed_lateness` past its end; later events are counted in
+//! `late_events` of the scope's current window and dead-lettered (`late`). Events more than
+//! `max_future_skew` ahead of their Kafka timestamp, undecodable and empty records are
+//! dead-lettered and not counted. See [`partition`].
 
 pub mod config;
+pub mod dedup;
 pub mod measures;
+pub mod partition;
+pub mod pipeline;
 pub mod scopes;
+pub mod sink;
 pub mod state;
 
+use std::sync::Arc;
+use std::time::Duration;
+
 use infra::shutdown::Shutdown;
+use infra::telemetry::Readiness;
+use policy::PolicySet;
+use rdkafka::consumer::{Consumer, StreamConsumer};
 use tokio::net::TcpListener;
 use tracing::info;
 
-pub use config::Config;
-pub use infra::service::ServiceError as Error;
+pub use config::{AggregateConfig, Config};
+
+/// Why the service stopped, and whether restarting can help.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// A setting is invalid.
+    #[error("invalid aggregator configuration: {0}")]
+    Config(String),
+    /// The policy files do not load.
+    #[error("cannot load policies: {0}")]
+    Policies(String),
+    /// Startup (listener, migrations, topics) failed.
+    #[error(transparent)]
+    Service(#[from] infra::service::ServiceError),
+    /// A Kafka client could not be created or subscribed.
+    #[error("kafka client: {0}")]
+    Kafka(#[from] rdkafka::error::KafkaError),
+    /// Partitions could not be restored from ClickHouse.
+    #[error("cannot restore partitions: {0}")]
+    Restore(String),
+    /// A flush failed with an error retrying cannot fix.
+    #[error("flush failed: {0}")]
+    Sink(#[from] sink::SinkError),
+}
+
+impl Error {
+    /// Whether restarting the service may succeed (the condition may pass).
+    pub fn is_retryable(&self) -> bool {
+        match self {
+            Error::Config(_) | Error::Policies(_) => false,
+            Error::Service(error) => error.is_retryable(),
+            Error::Kafka(_) | Error::Restore(_) => true,
+            Error::Sink(error) => error.is_retryable(),
+        }
+    }
+}
 
 /// The crate's result type.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
@@ -41,17 +116,140 @@ pub async fn run(config: Config, shutdown: Shutdown) -> Result<()> {
 }
 
 /// Runs the service on an already bound `listener` (tests bind `127.0.0.1:0` and read the port first)
-/// until `shutdown` is cancelled; `config.http.listen` is not used. The lifecycle (ops endpoints from
-/// the start, ready after migrations and topics, orderly stop) is `infra::service`'s.
+/// until `shutdown` is cancelled; `config.http.listen` is not used. `/metrics` and `/healthz` are
+/// served from the start, `/readyz` once migrations, topics and the consumer are set up.
 pub async fn run_with_listener(
     config: Config,
     listener: TcpListener,
     shutdown: Shutdown,
 ) -> Result<()> {
-    let start = infra::service::prepare_pipeline(&config.kafka, &config.clickhouse);
-    infra::service::serve_until_shutdown(listener, axum::Router::new(), shutdown, start, |_| {
-        info!(group_id = %config.group_id, "consumer group configured");
-    })
-    .await
-    .map(|_| ())
+    Aggregator::new(config).run(listener, shutdown).await
+}
+
+/// The service, with handles tests can read while it runs.
+pub struct Aggregator {
+    config: Config,
+    stats: Arc<pipeline::Stats>,
+}
+
+impl Aggregator {
+    /// A service for `config`.
+    pub fn new(config: Config) -> Self {
+        Self {
+            config,
+            stats: Arc::default(),
+        }
+    }
+
+    /// Statistics, shared with the running loop.
+    pub fn stats(&self) -> Arc<pipeline::Stats> {
+        Arc::clone(&self.stats)
+    }
+
+    /// Runs until `shutdown` (see [`run_with_listener`]).
+    pub async fn run(self, listener: TcpListener, shutdown: Shutdown) -> Result<()> {
+        let readiness = Readiness::default();
+        let listen = listener
+            .local_addr()
+            .map_err(infra::service::ServiceError::Http)?;
+        let stop_http = shutdown.child_token();
+        let http = tokio::spawn(infra::telemetry::serve(
+            listener,
+            infra::telemetry::ops_router(readiness.clone()),
+            stop_http.clone(),
+        ));
+        info!(%listen, "aggregator starting");
+        // Shutdown during setup stops at once; once running, the loop flushes before it returns.
+        let result = self.run_loop(&readiness, shutdown).await;
+        readiness.set_ready(false);
+        stop_http.cancel();
+        let _ = http.await;
+        info!("aggregator stopped");
+        result
+    }
+
+    async fn run_loop(self, readiness: &Readiness, shutdown: Shutdown) -> Result<()> {
+        let stats = Arc::clone(&self.stats);
+        let started = tokio::select! {
+            () = shutdown.cancelled() => return Ok(()),
+            started = self.set_up() => started?,
+        };
+        let (consumer, sink, dead_letters, config) = started;
+        readiness.set_ready(true);
+        pipeline::AggregatorLoop::new(
+            Arc::new(consumer),
+            sink,
+            dead_letters,
+            &config.kafka.topics.usage,
+            Duration::from_millis(config.aggregate.flush_interval_ms),
+            config.aggregate.flush_max_records,
+            stats,
+        )
+        .run(shutdown)
+        .await
+    }
+
+    #[allow(clippy::type_complexity)]
+    async fn set_up(
+        self,
+    ) -> Result<(
+        StreamConsumer<pipeline::AggregatorContext>,
+        sink::Sink,
+        ingest::dead_letter::DeadLetterWriter,
+        Config,
+    )> {
+        let config = self.config;
+        config.aggregate.validate().map_err(Error::Config)?;
+        let policies = match &config.aggregate.policies_dir {
+            Some(dir) => {
+                PolicySet::load_dir(dir).map_err(|errors| Error::Policies(errors.to_string()))?
+            }
+            None => PolicySet::empty(),
+        };
+        infra::service::prepare_pipeline(&config.kafka, &config.clickhouse).await?;
+        let topic = config.kafka.topics.usage.clone();
+        let producer = if config.aggregate.publish_totals {
+            Some(
+                infra::kafka::producer_config(&config.kafka, "quotaflow-aggregator-totals")
+                    .create()?,
+            )
+        } else {
+            None
+        };
+        let sink = sink::Sink::new(
+            infra::clickhouse::client(&config.clickhouse),
+            producer,
+            &config.kafka.topics.totals,
+            &config.group_id,
+            &topic,
+        );
+        let dead_letters = ingest::dead_letter::DeadLetterWriter::new(
+            &config.kafka,
+            &config.clickhouse,
+            "quotaflow-aggregator-dead-letters",
+        )
+        .map_err(|error| Error::Restore(error.to_string()))?;
+        let context = pipeline::AggregatorContext::new(
+            &topic,
+            &config.clickhouse,
+            sink.clone(),
+            Arc::new(policies),
+            config.aggregate.partition_settings(),
+        );
+        let mut client_config =
+            infra::kafka::consumer_config(&config.kafka, "quotaflow-aggregator", &config.group_id);
+        client_config.set("partition.assignment.strategy", "cooperative-sticky");
+        client_config.set("queued.max.messages.kbytes", "65536");
+        let consumer: StreamConsumer<pipeline::AggregatorContext> =
+            client_config.create_with_context(context)?;
+        consumer.subscribe(&[&topic])?;
+        info!(
+            %topic,
+            group = %config.group_id,
+            database = %config.clickhouse.database,
+            policies_dir = ?config.aggregate.policies_dir,
+            "aggregator started"
+        );
+        Ok((consumer, sink, dead_letters, config))
+    }
 }

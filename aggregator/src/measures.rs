@@ -385,8 +385,19 @@ fn money_sum(
     if scale > MONEY_SCALE_MAX {
         return Err(MeasureError::MoneyScale { measure, scale });
     }
-    match left.checked_add(right) {
-        Some(sum) if sum.scale() >= scale => Ok(sum),
+    // In integers at the common scale: exact, and no fast path can drop the scale (rust_decimal
+    // returns the other operand unchanged when one is zero).
+    let at_scale = |value: Decimal| {
+        10i128
+            .checked_pow(scale - value.scale())
+            .and_then(|factor| value.mantissa().checked_mul(factor))
+    };
+    const MANTISSA_MAX: i128 = (1 << 96) - 1;
+    match at_scale(left)
+        .zip(at_scale(right))
+        .and_then(|(left, right)| left.checked_add(right))
+    {
+        Some(sum) if sum.abs() <= MANTISSA_MAX => Ok(Decimal::from_i128_with_scale(sum, scale)),
         _ => Err(MeasureError::Overflow { measure }),
     }
 }
@@ -398,6 +409,19 @@ fn milliseconds_as_seconds(milliseconds: u64) -> Decimal {
 
 #[cfg(test)]
 pub(crate) mod tests {
+    #[test]
+    fn adding_to_a_zero_of_scale_12_is_exact_not_an_overflow() {
+        // A total read back from Decimal(38, 12) is 0.000000000000; rust_decimal's zero fast path
+        // once made this sum look like a lost scale.
+        let stored_zero = rust_decimal::Decimal::from_i128_with_scale(0, 12);
+        let sum = super::money_sum(stored_zero, rust_decimal::Decimal::ZERO, "cost_usd").unwrap();
+        assert_eq!((sum, sum.scale()), (rust_decimal::Decimal::ZERO, 12));
+        let sum = super::money_sum(rust_decimal::Decimal::ZERO, stored_zero, "cost_usd").unwrap();
+        assert_eq!(sum.scale(), 12);
+        let big = rust_decimal::Decimal::from_i128_with_scale((1 << 96) - 1, 12);
+        assert!(super::money_sum(big, rust_decimal::Decimal::new(1, 12), "cost_usd").is_err());
+    }
+
     use super::*;
     use chrono::{DateTime, TimeZone, Utc};
     use proptest::prelude::*;

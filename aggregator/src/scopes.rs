@@ -246,6 +246,23 @@ impl ScopePlan {
         }
     }
 
+    /// The kind named `name` (a dimension name or `policy:<id>`) and its spec indices; `None`
+    /// for a name this plan does not have (e.g. a policy removed since a total was stored).
+    pub fn kind_by_name(&self, name: &str) -> Option<(ScopeKind, Range<usize>)> {
+        if let Some(dimension) = SingleDimension::ALL
+            .into_iter()
+            .find(|dimension| dimension.name() == name)
+        {
+            return Some((ScopeKind::Dimension(dimension), 0..UTC_CALENDAR_KINDS.len()));
+        }
+        let index = self
+            .policies
+            .iter()
+            .position(|scope| &*scope.kind_name == name)?;
+        let spec = UTC_CALENDAR_KINDS.len() + index;
+        Some((ScopeKind::Policy(index), spec..spec + 1))
+    }
+
     /// The scopes `event` counts under, single dimensions first (in [`SingleDimension::ALL`]
     /// order), then matching policies (in id order). Deterministic: the same event always yields
     /// the same sequence.

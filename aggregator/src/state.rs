@@ -14,14 +14,20 @@
 //!   idempotent: re-writing after a crash or a replay is harmless as long as versions grow with
 //!   the input offsets (the caller's job, CONVENTIONS.md §4).
 //! - A closed window is never reopened: windows ending at or before the close horizon
-//!   (`watermark - allowed_lateness`, the highest ever passed to [`TotalsState::evict_closed`])
-//!   take no more events, so an evicted window can never be re-created from zero and then
-//!   overwrite its real total with a smaller one at a higher version. Events for such windows
-//!   are counted in `late_events` of the same scope's window that holds the watermark, and
-//!   reported in [`ApplyOutcome::windows_late`] so the caller can dead-letter them.
+//!   (`watermark - allowed_lateness`) take no more events, so an evicted window can never be
+//!   re-created from zero and then overwrite its real total with a smaller one at a higher
+//!   version. Events for such windows are counted in `late_events` of the same scope's window
+//!   that holds the watermark, and reported in [`ApplyOutcome::windows_late`] so the caller can
+//!   dead-letter them.
+//! - **Deterministic**: the watermark is the latest `occurred_at` among the events applied so far
+//!   (it advances in [`TotalsState::apply`], event by event, never by a clock or by when the
+//!   caller evicts), so whether an event is late, and therefore every total and its version,
+//!   depends only on the sequence of events applied. Replaying the same sequence from a
+//!   restored state gives the same totals: this is what exactly-once rests on
+//!   (see the crate docs).
 //!
 //! # What is bounded
-//! - **Windows**: after `evict_closed(watermark, lateness)` only windows ending after
+//! - **Windows**: after [`TotalsState::evict_closed`] only windows ending after
 //!   `watermark - lateness` (plus dirty ones not yet drained) remain: per scope about
 //!   `lateness / 1 min + 5` UTC windows, or one per policy window.
 //! - **Scopes**: a scope is dropped with its last window (and last pending job).
@@ -58,9 +64,11 @@ use windows::{LatenessPolicy, Window, WindowCache};
 use crate::measures::{MeasureError, Measures};
 use crate::scopes::{PolicyWindowError, ScopeKind, ScopePlan, SingleDimension};
 
-/// Bounds of the state that are not set by the watermark.
+/// Lateness and the bounds of the state that are not set by the watermark.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct TotalsConfig {
+    /// How long after its end (on the watermark) a window still takes events.
+    pub lateness: LatenessPolicy,
     /// Pending jobs tracked per scope. 64 covers the concurrency caps policies set (single
     /// digits to tens) with room, and keeps a scope's index to a few cache lines.
     pub pending_jobs_per_scope: usize,
@@ -72,11 +80,16 @@ pub struct TotalsConfig {
 impl Default for TotalsConfig {
     fn default() -> Self {
         Self {
+            lateness: LatenessPolicy::new(Duration::from_secs(DEFAULT_ALLOWED_LATENESS_SECS)),
             pending_jobs_per_scope: 64,
             pending_job_max_age: Duration::from_secs(7 * 24 * 3600),
         }
     }
 }
+
+/// Default allowed lateness: ten minutes covers gateway buffering and retried deliveries, and
+/// keeps about fifteen minute windows per scope open.
+pub const DEFAULT_ALLOWED_LATENESS_SECS: u64 = 600;
 
 /// Why an event could not be applied. Both are data or configuration errors: do not retry.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -128,6 +141,52 @@ impl TotalUpdate {
             .and_then(|at| u64::try_from(at.timestamp_micros()).ok())
             .unwrap_or(0)
     }
+}
+
+/// A stored total to put back into a state ([`TotalsState::restore_total`]): a row of
+/// `window_partials` as the aggregator wrote it.
+#[derive(Debug, Clone, Copy)]
+pub struct StoredTotal<'a> {
+    /// `scope_kind`.
+    pub scope_kind: &'a str,
+    /// `scope_key`.
+    pub scope_key: &'a str,
+    /// `window_kind` (`minute` … `month`, `campaign:<id>`).
+    pub window_kind: &'a str,
+    /// `window_tz`.
+    pub window_tz: &'a str,
+    /// `window_start`.
+    pub window_start: DateTime<Utc>,
+    /// The totals.
+    pub measures: Measures,
+    /// The version.
+    pub version: u64,
+}
+
+/// What [`TotalsState::restore_total`] did with a stored total.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Restored {
+    /// Back in the state; later events add to it.
+    Restored,
+    /// The scope kind is not in this plan (a policy removed or renamed): left as stored.
+    UnknownScope,
+    /// The plan has no such window for the kind (its window changed): left as stored.
+    UnknownWindow,
+    /// The window is closed: it takes no more events and need not be held.
+    Closed,
+}
+
+/// A scope's pending jobs as a checkpoint stores them ([`TotalsState::pending_jobs_snapshot`]).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct PendingJobsSnapshot {
+    /// `scope_kind`.
+    pub scope_kind: String,
+    /// `scope_key`.
+    pub scope_key: String,
+    /// `(submitted_at, job_id)` of each tracked pending job.
+    pub jobs: Vec<(DateTime<Utc>, String)>,
+    /// Submissions not tracked because the cap was reached.
+    pub untracked: u64,
 }
 
 /// One (scope, window) total.
@@ -225,8 +284,9 @@ pub struct TotalsState {
     caches: Vec<WindowCache>,
     /// Scratch: the event's window per spec (`None` outside a campaign). Reused per event.
     event_windows: Vec<Option<Window>>,
-    /// Per spec, the window holding the watermark: where late events are counted.
-    watermark_windows: Vec<Option<Window>>,
+    /// Per spec, the window holding the watermark (where late events are counted), computed
+    /// when a late event needs it.
+    watermark_windows: Vec<WindowCache>,
     /// Scopes per kind: `0..10` single dimensions ([`SingleDimension::index`]), `10 + i`
     /// policy `i`. Keyed by the scope key, so a look-up borrows the event's `&str`.
     scopes: Vec<HashMap<Arc<str>, ScopeState>>,
@@ -280,7 +340,7 @@ impl TotalsState {
             .collect();
         Ok(TotalsState {
             event_windows: vec![None; caches.len()],
-            watermark_windows: vec![None; caches.len()],
+            watermark_windows: caches.clone(),
             caches,
             scopes: (0..kind_count).map(|_| HashMap::new()).collect(),
             kind_names,
@@ -300,8 +360,10 @@ impl TotalsState {
     }
 
     /// Adds `event` to every (scope, window) it counts in, at `version` (the caller derives it
-    /// from the input offset; totals keep the highest version applied). All or nothing: on
-    /// `Err` nothing changed. Duplicates are not detected here: deduplicate by `event_id`
+    /// from the input offset, increasing and at least 1). A total whose version is already
+    /// `version` or more is left alone: it includes the event (a total restored from a row
+    /// written after the event, see [`Self::restore_total`]). All or nothing: on `Err` nothing
+    /// changed. Duplicates are not detected here: deduplicate by `event_id`
     /// upstream or rely on replay from committed offsets (CONVENTIONS.md §4).
     pub fn apply(&mut self, event: &UsageEvent, version: u64) -> Result<ApplyOutcome, StateError> {
         let contribution = Measures::of_event(event);
@@ -349,7 +411,10 @@ impl TotalsState {
                 };
                 let (window, addend) = if is_closed(window) {
                     outcome.windows_late += 1;
-                    match &self.watermark_windows[spec_index] {
+                    let open = self
+                        .watermark
+                        .and_then(|at| self.watermark_windows[spec_index].window_of(at));
+                    match open {
                         Some(open) if !is_closed(open) => (open, &late),
                         _ => continue, // e.g. a campaign that is over: nowhere to count it
                     }
@@ -358,10 +423,15 @@ impl TotalsState {
                     (window, &contribution)
                 };
                 let slot = state.slot(spec_index as u32, window, &mut created);
+                if version <= slot.version {
+                    // Already in this total: it was restored from a row written after this
+                    // event (ahead of the checkpoint the replay started from).
+                    continue;
+                }
                 // Proven not to fail above; kept checked so a broken proof is an error, not a
                 // wrong total.
                 slot.measures.add(addend)?;
-                slot.version = slot.version.max(version);
+                slot.version = version;
                 slot.dirty = true;
                 touched = true;
             }
@@ -377,6 +447,7 @@ impl TotalsState {
         } else {
             self.upper_bound = None;
         }
+        self.advance_watermark(event.occurred_at);
         Ok(outcome)
     }
 
@@ -389,9 +460,12 @@ impl TotalsState {
                 continue;
             };
             for spec_index in scope.spec_indices {
+                let watermark_window = self
+                    .watermark
+                    .and_then(|at| self.plan.specs()[spec_index].window_of(at));
                 let windows = [
-                    &self.event_windows[spec_index],
-                    &self.watermark_windows[spec_index],
+                    self.event_windows[spec_index].as_ref(),
+                    watermark_window.as_ref(),
                 ];
                 for window in windows.into_iter().flatten() {
                     if let Some(slot) = state.existing_slot(spec_index as u32, window) {
@@ -403,22 +477,38 @@ impl TotalsState {
         Ok(())
     }
 
-    /// Advances the watermark (it never goes back) and the close horizon
-    /// `watermark - lateness.allowed_lateness` (never back either), then drops every window that
-    /// ended at or before the horizon, unless it is dirty (drain first: a dirty closed window is
-    /// dropped by a later call). Also drops pending jobs older than
-    /// [`TotalsConfig::pending_job_max_age`] and scopes left empty. Returns the number of windows
-    /// dropped. Walks the whole state: call it per batch, not per event.
-    pub fn evict_closed(&mut self, watermark: DateTime<Utc>, lateness: LatenessPolicy) -> usize {
-        let watermark = self.watermark.map_or(watermark, |seen| seen.max(watermark));
+    /// Moves the watermark to `to` if that is later (it never goes back), and the close horizon
+    /// `watermark - lateness.allowed_lateness` with it. [`Self::apply`] calls it after every
+    /// event; call it directly only to restore a state or in tests.
+    pub fn advance_watermark(&mut self, to: DateTime<Utc>) {
+        let watermark = self.watermark.map_or(to, |seen| seen.max(to));
         self.watermark = Some(watermark);
-        let horizon = TimeDelta::from_std(lateness.allowed_lateness)
+        let horizon = TimeDelta::from_std(self.config.lateness.allowed_lateness)
             .ok()
             .and_then(|lateness| watermark.checked_sub_signed(lateness));
         self.closed_through = self.closed_through.max(horizon);
-        for (window, spec) in self.watermark_windows.iter_mut().zip(self.plan.specs()) {
-            *window = spec.window_of(watermark);
-        }
+    }
+
+    /// Restores the close horizon of a checkpoint (it never goes back). The watermark alone does
+    /// not determine it when the lateness setting changed since.
+    pub fn restore_closed_through(&mut self, closed_through: DateTime<Utc>) {
+        self.closed_through = self.closed_through.max(Some(closed_through));
+    }
+
+    /// The watermark: the latest `occurred_at` applied.
+    pub fn watermark(&self) -> Option<DateTime<Utc>> {
+        self.watermark
+    }
+
+    /// Drops every window that ended at or before the close horizon, unless it is dirty (drain
+    /// first: a dirty closed window is dropped by a later call). Also drops pending jobs older
+    /// than [`TotalsConfig::pending_job_max_age`] and scopes left empty. Returns the number of
+    /// windows dropped. Walks the whole state: call it per batch, not per event. It frees
+    /// memory only: whether an event is late does not depend on when it is called.
+    pub fn evict_closed(&mut self) -> usize {
+        let Some(watermark) = self.watermark else {
+            return 0;
+        };
         let job_horizon = TimeDelta::from_std(self.config.pending_job_max_age)
             .ok()
             .and_then(|age| watermark.checked_sub_signed(age));
@@ -485,6 +575,119 @@ impl TotalsState {
         updates
     }
 
+    /// Puts a stored total back (after a restart, before the events after its checkpoint are
+    /// applied), not dirty: it is already stored. Its version may be ahead of the checkpoint
+    /// (a flush wrote the row, then the process died before the checkpoint): replayed events of
+    /// versions up to it are then skipped for this total only ([`Self::apply`]), so every
+    /// total continues exactly where its stored row left it.
+    ///
+    /// `rewrite` marks it dirty, so the next drain writes it again: for a row that may not have
+    /// reached every output (written to ClickHouse, then the process died before publishing it).
+    pub fn restore_total(&mut self, total: StoredTotal<'_>, rewrite: bool) -> Restored {
+        let Some((kind, spec_indices)) = self.plan.kind_by_name(total.scope_kind) else {
+            return Restored::UnknownScope;
+        };
+        let specs = self.plan.specs();
+        let Some(spec_index) = spec_indices.into_iter().find(|index| {
+            let spec = &specs[*index];
+            spec.time_zone().name() == total.window_tz
+                && spec.kind().to_string() == total.window_kind
+        }) else {
+            return Restored::UnknownWindow;
+        };
+        let Some(window) = specs[spec_index].window_of(total.window_start) else {
+            return Restored::UnknownWindow;
+        };
+        if window.start() != total.window_start {
+            return Restored::UnknownWindow;
+        }
+        if self.closed_through.is_some_and(|at| window.end() <= at) {
+            return Restored::Closed;
+        }
+        let step = Measures {
+            cost_usd: total.measures.cost_usd.abs(),
+            fallback_cost_usd: total.measures.fallback_cost_usd.abs(),
+            jobs_in_flight: total.measures.jobs_in_flight.saturating_abs(),
+            ..total.measures
+        };
+        self.upper_bound = self
+            .upper_bound
+            .and_then(|bound| bound.checked_sum(&step).ok());
+        let kind_index = map_index(kind);
+        let state = self.scope_entry(kind_index, total.scope_key);
+        let mut created = 0;
+        let slot = state.slot(spec_index as u32, &window, &mut created);
+        slot.measures = total.measures;
+        slot.version = total.version;
+        slot.dirty = rewrite;
+        if rewrite && !state.dirty {
+            state.dirty = true;
+            let key = Arc::clone(&state.key);
+            self.dirty_scopes.push((kind_index, key));
+        }
+        self.active_windows += created;
+        Restored::Restored
+    }
+
+    /// The scope `key` of map `kind_index`, created empty if missing.
+    fn scope_entry(&mut self, kind_index: usize, key: &str) -> &mut ScopeState {
+        let map = &mut self.scopes[kind_index];
+        if !map.contains_key(key) {
+            let key: Arc<str> = Arc::from(key);
+            map.insert(
+                Arc::clone(&key),
+                ScopeState {
+                    key,
+                    dirty: false,
+                    windows: Vec::new(),
+                    pending_jobs: None,
+                },
+            );
+        }
+        map.get_mut(key).expect("inserted above")
+    }
+
+    /// Every scope's pending jobs, for a checkpoint.
+    pub fn pending_jobs_snapshot(&self) -> Vec<PendingJobsSnapshot> {
+        let mut snapshot = Vec::new();
+        for (kind_index, map) in self.scopes.iter().enumerate() {
+            for (key, state) in map {
+                let Some(pending) = &state.pending_jobs else {
+                    continue;
+                };
+                snapshot.push(PendingJobsSnapshot {
+                    scope_kind: self.kind_names[kind_index].to_string(),
+                    scope_key: key.to_string(),
+                    jobs: pending
+                        .jobs
+                        .iter()
+                        .map(|(at, id)| (*at, id.to_string()))
+                        .collect(),
+                    untracked: pending.untracked,
+                });
+            }
+        }
+        snapshot
+    }
+
+    /// Puts a scope's pending jobs back from a checkpoint; `false` (nothing changed) when the
+    /// scope kind is not in this plan.
+    pub fn restore_pending_jobs(&mut self, snapshot: &PendingJobsSnapshot) -> bool {
+        let Some((kind, _)) = self.plan.kind_by_name(&snapshot.scope_kind) else {
+            return false;
+        };
+        let state = self.scope_entry(map_index(kind), &snapshot.scope_key);
+        state.pending_jobs = Some(Box::new(PendingJobs {
+            jobs: snapshot
+                .jobs
+                .iter()
+                .map(|(at, id)| (*at, Arc::from(id.as_str())))
+                .collect(),
+            untracked: snapshot.untracked,
+        }));
+        true
+    }
+
     /// (scope, window) totals held.
     pub fn active_windows(&self) -> usize {
         self.active_windows
@@ -507,8 +710,8 @@ impl TotalsState {
         let arc_str = |text: &str| 2 * size_of::<usize>() + text.len();
         let mut bytes = size_of::<Self>()
             + self.caches.capacity() * size_of::<WindowCache>()
-            + (self.event_windows.capacity() + self.watermark_windows.capacity())
-                * size_of::<Option<Window>>()
+            + self.event_windows.capacity() * size_of::<Option<Window>>()
+            + self.watermark_windows.capacity() * size_of::<WindowCache>()
             + self.dirty_scopes.capacity() * size_of::<(usize, Arc<str>)>()
             + self.scopes.capacity() * size_of::<HashMap<Arc<str>, ScopeState>>();
         for map in &self.scopes {
@@ -628,9 +831,11 @@ mod tests {
         assert_eq!(&*policy_day.scope_key, "team=search|model=gpt-4o");
         assert!(state.drain_dirty().is_empty(), "drained");
 
-        // A second event: absolute totals, highest version, only its windows dirty.
-        state.apply(&event, 9).unwrap();
+        // More events: absolute totals at the newest version, only their windows dirty.
         state.apply(&event, 8).unwrap();
+        state.apply(&event, 9).unwrap();
+        // A version a total already has is already in it (a replay after a restore): skipped.
+        state.apply(&event, 9).unwrap();
         let updates = state.drain_dirty();
         assert_eq!(updates.len(), 42);
         let hour = find(&updates, "model", "hour:2026-03-09T12:00+00:00@UTC");
@@ -641,12 +846,19 @@ mod tests {
 
     #[test]
     fn closed_windows_are_evicted_and_never_reopened() {
-        let mut state = state();
-        let lateness = LatenessPolicy::new(Duration::from_secs(60));
+        let mut state = TotalsState::new(
+            &PolicySet::from_str("test.yaml", POLICIES).unwrap(),
+            TotalsConfig {
+                lateness: LatenessPolicy::new(Duration::from_secs(60)),
+                ..TotalsConfig::default()
+            },
+        )
+        .unwrap();
         state.apply(&text_event("e1", at(12, 0, 30)), 1).unwrap();
         state.drain_dirty();
         // Watermark 12:02:00: the 12:00 minute closed at 12:01 + 60 s = 12:02.
-        assert_eq!(state.evict_closed(at(12, 2, 0), lateness), 8);
+        state.advance_watermark(at(12, 2, 0));
+        assert_eq!(state.evict_closed(), 8);
         assert_eq!(state.active_windows(), 34);
         // An event for the evicted minute: late for the minute windows, counted in the others.
         let outcome = state.apply(&text_event("e2", at(12, 0, 45)), 2).unwrap();
@@ -670,17 +882,20 @@ mod tests {
 
         // The watermark never goes back; dirty windows survive eviction until drained.
         state.apply(&text_event("e3", at(12, 3, 0)), 3).unwrap();
-        state.evict_closed(at(23, 0, 0), lateness);
+        state.advance_watermark(at(23, 0, 0));
+        state.evict_closed();
         assert!(state.active_windows() > 0);
         let drained = state.drain_dirty();
         assert!(!drained.is_empty());
-        state.evict_closed(at(0, 0, 0), lateness);
+        state.advance_watermark(at(0, 0, 0));
+        state.evict_closed();
         assert_eq!(state.closed_through(), Some(at(22, 59, 0)));
         // Days, weeks and months are still open; minutes and hours are gone.
         assert!(state.active_windows() < 34);
         // After the month ends and is evicted, nothing is left.
         let next_month = Utc.with_ymd_and_hms(2026, 4, 2, 0, 0, 0).unwrap();
-        state.evict_closed(next_month, lateness);
+        state.advance_watermark(next_month);
+        state.evict_closed();
         assert_eq!((state.active_windows(), state.scope_count()), (0, 0));
     }
 
@@ -782,7 +997,7 @@ mod tests {
                 job_state: Some(JobState::Submitted),
                 ..text_event("e", at(12, minute, 0))
             };
-            state.apply(&event, index as u64).unwrap();
+            state.apply(&event, index as u64 + 1).unwrap();
         }
         let updates = state.drain_dirty();
         let day = find(&updates, "team", "day:2026-03-09@UTC");
@@ -800,7 +1015,7 @@ mod tests {
             event.user_id = Some(format!("user-{}", index % 2_000));
             event.team = format!("team-{}", index % 10);
             event.api_key_id = format!("key-{}", index % 500);
-            state.apply(&event, index.into()).unwrap();
+            state.apply(&event, u64::from(index) + 1).unwrap();
         }
         state.drain_dirty();
         let per_key = state.approximate_bytes() / state.active_windows();
@@ -818,10 +1033,19 @@ mod tests {
         fn totals_do_not_depend_on_event_order(
             events in proptest::collection::vec(arbitrary_event(), 1..25),
         ) {
+            // Within the allowed lateness (here longer than the events' spread): with a shorter
+            // one, order decides which events are late, by design.
             let totals = |events: &mut dyn Iterator<Item = &UsageEvent>| {
-                let mut state = state();
-                for event in events {
-                    state.apply(event, 1).unwrap();
+                let mut state = TotalsState::new(
+                    &PolicySet::from_str("test.yaml", POLICIES).unwrap(),
+                    TotalsConfig {
+                        lateness: LatenessPolicy::new(Duration::from_secs(400 * 24 * 3600)),
+                        ..TotalsConfig::default()
+                    },
+                )
+                .unwrap();
+                for (version, event) in events.enumerate() {
+                    state.apply(event, version as u64 + 1).unwrap();
                 }
                 let mut rows: Vec<(String, String, String, Measures)> = state
                     .drain_dirty()

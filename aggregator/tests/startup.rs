@@ -15,6 +15,7 @@ fn isolated_config() -> Config {
         clickhouse: testkit::clickhouse_config("aggregator"),
         http: HttpConfig::with_port(0),
         group_id: testkit::unique_name("t_aggregator_group"),
+        ..Config::default()
     }
 }
 

@@ -1,12 +1,11 @@
 //! `quotaflow-demo`: sends a synthetic gateway workload to the ingest API, waits until the raw archive
 //! holds every accepted event, and prints a summary from ClickHouse (as the read-only analyst).
 
-mod workload;
-
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 use clap::Parser;
+use demo::workload;
 use indicatif::{ProgressBar, ProgressStyle};
 use serde_json::Value;
 

@@ -48,6 +48,14 @@ impl PolicySet {
         Loader::from_dir(dir.as_ref()).finish().0
     }
 
+    /// No policies (a service configured without a policy directory).
+    pub fn empty() -> PolicySet {
+        Loader::default()
+            .finish()
+            .0
+            .expect("an empty loader has no errors")
+    }
+
     /// Loads policies from one text, reported under the file name `name` (for tests and tools).
     pub fn from_str(name: &str, text: &str) -> Result<PolicySet, LoadErrors> {
         let mut loader = Loader {

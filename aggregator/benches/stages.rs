@@ -1,0 +1,602 @@
+//! Aggregator throughput per stage on a pre-filled topic, on the local Kafka (and, for the full
+//! pipeline, ClickHouse), and memory per active (scope, window) total.
+//!
+//! Each stage reads every record of the topic once with a fresh consumer (a new group, from the
+//! earliest offset, no commits) and does one more step than the previous one:
+//!
+//! 1. **raw consume**: an rdkafka consumer that does nothing with the records (the ceiling);
+//! 2. **+ decode**: `schemas::decode::<UsageEvent>`;
+//! 3. **+ aggregate**: one [`TotalsState`] per partition with the example policies
+//!    (`policy/examples`); every 100,000 records every state is drained (the rows a flush would
+//!    write) and its closed windows evicted;
+//! 4. **+ ClickHouse flush and offset store**: the real service, [`stage_full`].
+//!
+//! Memory, measured around stage 3 (the states are alive, the consumer is gone): the live heap
+//! the states hold (a per-thread counting allocator; exact), the growth of RSS after returning
+//! free memory to the system (adds allocator fragmentation; noisy when the state is a few MiB),
+//! and `TotalsState::approximate_bytes`, each divided by the active totals at the end; plus the
+//! stage's peak RSS, librdkafka's prefetch queues included.
+//!
+//! The clock runs from the first record to the last, so group joins and connection set-up are
+//! not counted. Targets (issue): full pipeline ≥ 0.35 × raw consume and ≥ 100k events/s on 2
+//! cores; ≤ 1 KiB per active (scope, window).
+//!
+//! The topic, `bench-usage-<events>` with the configured partition count, is filled once with the
+//! demo's workload (`demo::workload`, seed 42), priced by ingest's pricer, Avro single-object
+//! encoded and keyed by `schemas::usage_event::partition_key`; a later run reuses it, and an
+//! interrupted fill is topped up. Event time starts at 2026-03-09T08:00Z and advances 1 ms per
+//! event (10 M events span 2 h 47 min) with up to 2 s of jitter backwards, so minute and hour
+//! windows open and close, and no event is late. The demo fleet is small (4 teams, 7 keys, 39
+//! users, 7 customers: about 400 scopes), so the states hold a few thousand totals;
+//! `benches/state.rs` measures bytes per total on a wider one.
+//!
+//! ```sh
+//! cargo bench -p aggregator --bench stages -- --events 200000     # quick
+//! cargo bench -p aggregator --bench stages -- --events 10000000   # the issue's figure
+//! ```
+//!
+//! Kafka and ClickHouse come from the aggregator config (`--config`, else defaults and
+//! `QUOTAFLOW_*` variables); `--kafka-property key=value` adds a librdkafka property to every
+//! client. Results go to stdout as a markdown table.
+//!
+//! Consumers use `infra::kafka::consumer_config`, the aggregator's settings. Note librdkafka's
+//! `fetch.queue.backoff.ms` (default 1000): when a consumer's prefetch queue is full, the next
+//! fetch of that partition waits that long, so a consumer slower than the broker stalls for up to
+//! a second each time its queue drains (on 10 M events: raw consume 0.72 M/s and decode 0.14 M/s
+//! with the default, 1.25 M/s and 0.42 M/s with `--kafka-property fetch.queue.backoff.ms=50`).
+
+use std::alloc::{GlobalAlloc, Layout, System};
+use std::cell::Cell;
+use std::hint::black_box;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use aggregator::state::{TotalsConfig, TotalsState};
+use anyhow::{bail, Context, Result};
+use chrono::{DateTime, TimeDelta, TimeZone, Utc};
+use clap::Parser;
+use demo::workload::Workload;
+use indicatif::{ProgressBar, ProgressStyle};
+use infra::config::KafkaConfig;
+use infra::kafka::{Retention, TopicSpec};
+use policy::PolicySet;
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::error::KafkaError;
+use rdkafka::message::{BorrowedMessage, Message};
+use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
+use rdkafka::types::RDKafkaErrorCode;
+use rdkafka::{Offset, TopicPartitionList};
+use schemas::UsageEvent;
+use tokio::runtime::Runtime;
+
+/// Runs the stage benchmark.
+#[derive(Debug, Parser)]
+struct Args {
+    /// Records in the benchmark topic (filled once, then reused).
+    #[arg(long, default_value_t = 200_000)]
+    events: u64,
+    /// Aggregator config file for Kafka and ClickHouse; defaults and `QUOTAFLOW_*` otherwise.
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// An extra librdkafka property `key=value` for every client (repeatable), added to the
+    /// config's `kafka.properties`, e.g. `fetch.queue.backoff.ms=50`.
+    #[arg(long = "kafka-property", value_parser = parse_property)]
+    kafka_properties: Vec<(String, String)>,
+    /// Passed by `cargo bench`; ignored.
+    #[arg(long, hide = true)]
+    bench: bool,
+}
+
+/// Counts the heap bytes each thread holds live, to measure exactly what the totals states hold
+/// (RSS also counts allocator fragmentation and free memory not yet returned). Per thread and not
+/// atomic, so it costs next to nothing: the stages allocate and free on the main thread, and
+/// librdkafka's threads use `malloc` directly. A stage 3 that keeps its state on other threads
+/// must count there too.
+struct ThreadHeapCounter;
+
+#[global_allocator]
+static ALLOCATOR: ThreadHeapCounter = ThreadHeapCounter;
+
+thread_local! {
+    /// Bytes allocated minus bytes freed on this thread through [`ThreadHeapCounter`].
+    static THREAD_HEAP_BYTES: Cell<isize> = const { Cell::new(0) };
+}
+
+fn count_heap(delta: isize) {
+    // `try_with`: a thread being torn down may still free memory.
+    let _ = THREAD_HEAP_BYTES.try_with(|bytes| bytes.set(bytes.get() + delta));
+}
+
+/// Live heap bytes allocated by the calling thread.
+fn thread_heap_bytes() -> isize {
+    THREAD_HEAP_BYTES.with(Cell::get)
+}
+
+unsafe impl GlobalAlloc for ThreadHeapCounter {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        count_heap(layout.size() as isize);
+        unsafe { System.alloc(layout) }
+    }
+
+    unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
+        count_heap(layout.size() as isize);
+        unsafe { System.alloc_zeroed(layout) }
+    }
+
+    unsafe fn realloc(&self, pointer: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+        count_heap(new_size as isize - layout.size() as isize);
+        unsafe { System.realloc(pointer, layout, new_size) }
+    }
+
+    unsafe fn dealloc(&self, pointer: *mut u8, layout: Layout) {
+        count_heap(-(layout.size() as isize));
+        unsafe { System.dealloc(pointer, layout) }
+    }
+}
+
+/// Seed of the workload generator and of the event-time jitter.
+const SEED: u64 = 42;
+/// Event time between consecutive events: 1,000 events/s of gateway traffic.
+const EVENT_SPACING_MS: i64 = 1;
+/// An event's time is up to this much before its slot: events arrive slightly out of order, far
+/// less than the allowed lateness, so none is late.
+const MAX_JITTER_MS: i64 = 2_000;
+/// Stage 3 drains and evicts every this many records: about the batch a flush writes.
+const EVICT_EVERY: u64 = 100_000;
+/// How long a stage waits for the next record before giving up.
+const POLL_DEADLINE: Duration = Duration::from_secs(30);
+
+/// When the first event happened; fixed so a reused or topped-up topic is one continuous stream.
+fn event_time_start() -> DateTime<Utc> {
+    Utc.with_ymd_and_hms(2026, 3, 9, 8, 0, 0).unwrap()
+}
+
+fn main() -> Result<()> {
+    let args = Args::parse();
+    let mut config: aggregator::Config =
+        infra::config::load(args.config.as_deref()).context("loading the aggregator config")?;
+    config.kafka.topics.usage = format!("bench-usage-{}", args.events);
+    config.kafka.properties.extend(args.kafka_properties);
+    let runtime = Runtime::new()?;
+
+    prefill(&runtime, &config.kafka, args.events)?;
+    let layout = TopicLayout::fetch(&config.kafka, &config.kafka.topics.usage)?
+        .context("the benchmark topic vanished")?;
+    println!(
+        "topic {}: {} records in {} partitions\n",
+        layout.topic,
+        layout.records(),
+        layout.partitions.len()
+    );
+
+    let raw = stage_raw(&config.kafka, &layout)?;
+    let decode = stage_decode(&config.kafka, &layout)?;
+    let aggregate = stage_aggregate(&config.kafka, &layout)?;
+    let full = stage_full(&runtime, &config, &layout)?;
+    print_table(&[
+        ("raw consume", Some(raw)),
+        ("+ decode", Some(decode)),
+        ("+ aggregate", Some(aggregate)),
+        ("+ ClickHouse flush and offset store", full),
+    ]);
+    Ok(())
+}
+
+fn parse_property(text: &str) -> Result<(String, String), String> {
+    match text.split_once('=') {
+        Some((key, value)) => Ok((key.to_owned(), value.to_owned())),
+        None => Err(format!("expected key=value, got {text:?}")),
+    }
+}
+
+/// Events processed by a stage and how long it took.
+#[derive(Debug, Clone, Copy)]
+struct Measured {
+    events: u64,
+    elapsed: Duration,
+}
+
+impl Measured {
+    fn events_per_second(&self) -> f64 {
+        self.events as f64 / self.elapsed.as_secs_f64()
+    }
+}
+
+/// Stage 1: records are read and dropped.
+fn stage_raw(kafka: &KafkaConfig, layout: &TopicLayout) -> Result<Measured> {
+    let mut bytes = 0u64;
+    let measured = consume_all(kafka, layout, "raw", |message| {
+        bytes += message.payload().map_or(0, <[u8]>::len) as u64;
+        Ok(())
+    })?;
+    println!(
+        "raw consume: {:.0} events/s, {:.1} MB/s of payload",
+        measured.events_per_second(),
+        bytes as f64 / 1e6 / measured.elapsed.as_secs_f64()
+    );
+    Ok(measured)
+}
+
+/// Stage 2: every record is decoded into a [`UsageEvent`] and dropped.
+fn stage_decode(kafka: &KafkaConfig, layout: &TopicLayout) -> Result<Measured> {
+    let measured = consume_all(kafka, layout, "decode", |message| {
+        black_box(decode(message)?);
+        Ok(())
+    })?;
+    println!("+ decode: {:.0} events/s", measured.events_per_second());
+    Ok(measured)
+}
+
+fn decode(message: &BorrowedMessage<'_>) -> Result<UsageEvent> {
+    let payload = message.payload().unwrap_or_default();
+    schemas::decode::<UsageEvent>(payload).with_context(|| {
+        format!(
+            "decoding partition {} offset {}",
+            message.partition(),
+            message.offset()
+        )
+    })
+}
+
+/// Stage 3: decoded events are aggregated per partition; see [`Aggregation::record`].
+fn stage_aggregate(kafka: &KafkaConfig, layout: &TopicLayout) -> Result<Measured> {
+    let policies_dir = concat!(env!("CARGO_MANIFEST_DIR"), "/../policy/examples");
+    let policies = PolicySet::load_dir(policies_dir)
+        .with_context(|| format!("loading the policies in {policies_dir}"))?;
+    reset_peak_rss();
+    let rss_before = trimmed_rss_kib()?;
+    let heap_before = thread_heap_bytes();
+    let mut aggregation = Aggregation::new(&policies, layout)?;
+    let measured = consume_all(kafka, layout, "aggregate", |message| {
+        aggregation.record(message)
+    })?;
+    aggregation.checkpoint();
+    // The consumer is gone; what the heap still holds beyond the start is the states.
+    let heap_growth = thread_heap_bytes().saturating_sub(heap_before) as u64;
+    let rss_growth = trimmed_rss_kib()?.saturating_sub(rss_before) * 1024;
+    let peak_rss = proc_status_kib("VmHWM")? * 1024;
+
+    let active = aggregation.active_windows();
+    let approximate: usize = aggregation
+        .states
+        .iter()
+        .map(TotalsState::approximate_bytes)
+        .sum();
+    let scopes: usize = aggregation
+        .states
+        .iter()
+        .map(TotalsState::scope_count)
+        .sum();
+    let per_window = |bytes: u64, windows: usize| bytes / windows.max(1) as u64;
+    println!("+ aggregate: {:.0} events/s", measured.events_per_second());
+    println!(
+        "  totals drained (rows a flush would write): {}; windows late: {}",
+        aggregation.totals_drained, aggregation.windows_late
+    );
+    println!(
+        "  active (scope, window) totals at the end: {active} in {scopes} scopes \
+         (peak {} before an eviction)",
+        aggregation.peak_active_windows
+    );
+    println!(
+        "  approximate_bytes / active: {} B",
+        per_window(approximate as u64, active)
+    );
+    println!(
+        "  live heap of the states: {:.1} MiB = {} B per active total",
+        heap_growth as f64 / 1_048_576.0,
+        per_window(heap_growth, active)
+    );
+    println!(
+        "  RSS growth during the stage (allocator fragmentation included): {:.1} MiB = {} B per active total at the end, \
+         {} B per peak total",
+        rss_growth as f64 / 1_048_576.0,
+        per_window(rss_growth, active),
+        per_window(rss_growth, aggregation.peak_active_windows)
+    );
+    println!(
+        "  peak RSS during the stage (VmHWM): {:.1} MiB\n",
+        peak_rss as f64 / 1_048_576.0
+    );
+    Ok(measured)
+}
+
+/// Stage 3's state: a [`TotalsState`] per partition, as the aggregator keeps them.
+struct Aggregation {
+    /// Indexed by partition id.
+    states: Vec<TotalsState>,
+    /// Records since the last [`Aggregation::checkpoint`].
+    since_checkpoint: u64,
+    /// Rows the drains returned: what the flushes would write.
+    totals_drained: u64,
+    /// (scope, window) pairs events arrived too late for (expected: 0).
+    windows_late: u64,
+    /// The most (scope, window) totals held, just before an eviction.
+    peak_active_windows: usize,
+}
+
+impl Aggregation {
+    fn new(policies: &PolicySet, layout: &TopicLayout) -> Result<Aggregation> {
+        let partitions = layout.partitions.iter().map(|p| p.id).max().unwrap_or(0) + 1;
+        let states = (0..partitions)
+            .map(|_| TotalsState::new(policies, TotalsConfig::default()))
+            .collect::<Result<_, _>>()?;
+        Ok(Aggregation {
+            states,
+            since_checkpoint: 0,
+            totals_drained: 0,
+            windows_late: 0,
+            peak_active_windows: 0,
+        })
+    }
+
+    /// The stage's per-record work: decode, apply to the partition's state at version = offset,
+    /// and drain and evict every [`EVICT_EVERY`] records.
+    fn record(&mut self, message: &BorrowedMessage<'_>) -> Result<()> {
+        let event = decode(message)?;
+        let state = &mut self.states[message.partition() as usize];
+        let outcome = state.apply(&event, message.offset() as u64 + 1)?;
+        self.windows_late += u64::from(outcome.windows_late);
+        self.since_checkpoint += 1;
+        if self.since_checkpoint == EVICT_EVERY {
+            self.checkpoint();
+        }
+        Ok(())
+    }
+
+    /// What a flush does to the state: drain the dirty totals, then evict closed windows.
+    fn checkpoint(&mut self) {
+        self.since_checkpoint = 0;
+        self.peak_active_windows = self.peak_active_windows.max(self.active_windows());
+        for state in &mut self.states {
+            self.totals_drained += black_box(state.drain_dirty()).len() as u64;
+            state.evict_closed();
+        }
+    }
+
+    fn active_windows(&self) -> usize {
+        self.states.iter().map(TotalsState::active_windows).sum()
+    }
+}
+
+/// Stage 4, the full pipeline: **not built yet** (the lead fills it in). It will run
+/// `aggregator::run` on `layout`'s topic against a fresh ClickHouse database, and poll
+/// `SELECT count(), min(next_offset) FROM aggregator_checkpoints FINAL WHERE consumer_group = ?`
+/// until every partition has reached its end offset; the clock runs from start to that point.
+fn stage_full(
+    _runtime: &Runtime,
+    _config: &aggregator::Config,
+    _layout: &TopicLayout,
+) -> Result<Option<Measured>> {
+    println!("+ ClickHouse flush and offset store: not built yet\n");
+    Ok(None)
+}
+
+/// Reads every record of `layout` once with a fresh consumer (assigned every partition from the
+/// beginning, never committing) and hands each to `process`. The clock starts at the first record.
+fn consume_all(
+    kafka: &KafkaConfig,
+    layout: &TopicLayout,
+    stage: &str,
+    mut process: impl FnMut(&BorrowedMessage<'_>) -> Result<()>,
+) -> Result<Measured> {
+    let group = infra::testkit::unique_name(&format!("bench-{stage}"));
+    let consumer: BaseConsumer =
+        infra::kafka::consumer_config(kafka, "quotaflow-bench", &group).create()?;
+    let mut assignment = TopicPartitionList::new();
+    let mut end_offsets = Vec::new();
+    for partition in &layout.partitions {
+        assignment.add_partition_offset(&layout.topic, partition.id, Offset::Beginning)?;
+        let id = partition.id as usize;
+        end_offsets.resize(end_offsets.len().max(id + 1), 0);
+        end_offsets[id] = partition.high;
+    }
+    consumer.assign(&assignment)?;
+
+    let mut left = layout.records();
+    let mut started: Option<Instant> = None;
+    while left > 0 {
+        let message = match consumer.poll(POLL_DEADLINE) {
+            Some(message) => message?,
+            None => bail!("{stage}: no record for {POLL_DEADLINE:?} with {left} to go"),
+        };
+        started.get_or_insert_with(Instant::now);
+        // Records produced after the layout was read are not part of the run.
+        if message.offset() >= end_offsets[message.partition() as usize] {
+            continue;
+        }
+        process(&message)?;
+        left -= 1;
+    }
+    Ok(Measured {
+        events: layout.records(),
+        elapsed: started.map_or(Duration::ZERO, |started| started.elapsed()),
+    })
+}
+
+/// A topic's partitions and their offsets.
+#[derive(Debug)]
+struct TopicLayout {
+    topic: String,
+    partitions: Vec<PartitionOffsets>,
+}
+
+/// Offsets of one partition.
+#[derive(Debug)]
+struct PartitionOffsets {
+    id: i32,
+    low: i64,
+    high: i64,
+}
+
+impl TopicLayout {
+    /// The topic's partitions and watermarks; `None` if it does not exist.
+    fn fetch(kafka: &KafkaConfig, topic: &str) -> Result<Option<TopicLayout>> {
+        let timeout = Duration::from_secs(10);
+        let consumer: BaseConsumer =
+            infra::kafka::consumer_config(kafka, "quotaflow-bench", "quotaflow-bench-metadata")
+                .create()?;
+        let metadata = consumer.fetch_metadata(Some(topic), timeout)?;
+        let Some(found) = metadata.topics().first() else {
+            return Ok(None);
+        };
+        if found.error().is_some() || found.partitions().is_empty() {
+            return Ok(None);
+        }
+        let mut partitions = Vec::new();
+        for partition in found.partitions() {
+            let (low, high) = consumer.fetch_watermarks(topic, partition.id(), timeout)?;
+            partitions.push(PartitionOffsets {
+                id: partition.id(),
+                low,
+                high,
+            });
+        }
+        partitions.sort_by_key(|partition| partition.id);
+        Ok(Some(TopicLayout {
+            topic: topic.to_owned(),
+            partitions,
+        }))
+    }
+
+    fn records(&self) -> u64 {
+        self.partitions
+            .iter()
+            .map(|partition| (partition.high - partition.low) as u64)
+            .sum()
+    }
+}
+
+/// Fills `kafka.topics.usage` up to `events` records, unless it already holds that many.
+fn prefill(runtime: &Runtime, kafka: &KafkaConfig, events: u64) -> Result<()> {
+    let topic = &kafka.topics.usage;
+    let existing = TopicLayout::fetch(kafka, topic)?.map_or(0, |layout| layout.records());
+    if existing >= events {
+        println!("reusing topic {topic} ({existing} records)");
+        return Ok(());
+    }
+    let spec = TopicSpec {
+        name: topic.clone(),
+        partitions: kafka.topics.partitions,
+        // Long enough to reuse the topic for weeks of benchmark runs.
+        retention: Retention::Time(Duration::from_secs(90 * 24 * 3600)),
+    };
+    runtime.block_on(infra::kafka::ensure_topics(kafka, &[spec]))?;
+
+    let mut producer_config = infra::kafka::producer_config(kafka, "quotaflow-bench-prefill");
+    // Bulk load: bigger batches than a latency-bound service would wait for.
+    producer_config.set("linger.ms", "50");
+    let producer: BaseProducer = producer_config.create()?;
+    let pricer = ingest::pricer::Pricer::from_config(&Default::default())?;
+    // A top-up continues the event-time stream; ids stay unique through the run id.
+    let mut workload = Workload::new(SEED + existing, &format!("bench{existing}"), "bench");
+    let mut jitter = StdRng::seed_from_u64(SEED + existing);
+    let progress = ProgressBar::new(events);
+    progress.set_style(
+        ProgressStyle::with_template(
+            "{spinner} filling {msg} [{bar:40}] {pos}/{len} events {per_sec} eta {eta}",
+        )?
+        .progress_chars("=> "),
+    );
+    progress.set_message(topic.clone());
+    progress.set_position(existing);
+
+    let started = Instant::now();
+    let mut payload = Vec::with_capacity(1024);
+    for index in existing..events {
+        let slot_ms = index as i64 * EVENT_SPACING_MS;
+        let jitter_ms = jitter.random_range(0..=MAX_JITTER_MS);
+        let occurred_at = event_time_start() + TimeDelta::milliseconds(slot_ms - jitter_ms);
+        let mut event = workload.next_event(occurred_at);
+        // Fail-open pricing (the default) never rejects: an unpriced event keeps a null cost.
+        let _ = pricer.apply(&mut event);
+        payload.clear();
+        schemas::codec::encode_into(&event, &mut payload)?;
+        let key = schemas::usage_event::partition_key(&event);
+        let mut record = BaseRecord::<str, [u8]>::to(topic)
+            .key(key)
+            .payload(&payload);
+        loop {
+            match producer.send(record) {
+                Ok(()) => break,
+                Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), returned)) => {
+                    record = returned;
+                    producer.poll(Duration::from_millis(10));
+                }
+                Err((error, _)) => return Err(error.into()),
+            }
+        }
+        if index % 4096 == 0 {
+            producer.poll(Duration::ZERO);
+            progress.set_position(index);
+        }
+    }
+    producer.flush(Duration::from_secs(300))?;
+    progress.finish_with_message(topic.clone());
+
+    let filled = TopicLayout::fetch(kafka, topic)?.map_or(0, |layout| layout.records());
+    println!(
+        "filled {topic}: {} events in {:.1} s ({:.0} events/s)",
+        events - existing,
+        started.elapsed().as_secs_f64(),
+        (events - existing) as f64 / started.elapsed().as_secs_f64()
+    );
+    if filled < events {
+        bail!("{topic} holds {filled} of {events} records: deliveries failed; run again to top up");
+    }
+    Ok(())
+}
+
+/// A `kB` line of `/proc/self/status` (`VmRSS`, `VmHWM`), in KiB.
+fn proc_status_kib(field: &str) -> Result<u64> {
+    let status = std::fs::read_to_string("/proc/self/status")?;
+    status
+        .lines()
+        .find_map(|line| line.strip_prefix(field)?.strip_prefix(':'))
+        .and_then(|value| value.trim().trim_end_matches("kB").trim().parse().ok())
+        .with_context(|| format!("{field} in /proc/self/status"))
+}
+
+/// `VmRSS` after returning the allocator's free memory to the system, so that buffers freed by
+/// an earlier stage (librdkafka's prefetch queues: tens of MiB) do not count as growth.
+fn trimmed_rss_kib() -> Result<u64> {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    {
+        extern "C" {
+            /// glibc: releases free heap memory (top of the heap and whole free pages inside it).
+            fn malloc_trim(pad: usize) -> i32;
+        }
+        // SAFETY: no preconditions; it only walks glibc's own arenas under their locks.
+        unsafe { malloc_trim(0) };
+    }
+    proc_status_kib("VmRSS")
+}
+
+/// Resets `VmHWM` to the current RSS, so the peak is the stage's, not the pre-fill's.
+fn reset_peak_rss() {
+    // Linux ≥ 4.0; on failure the peak is the process's, which only overstates it.
+    let _ = std::fs::write("/proc/self/clear_refs", "5");
+}
+
+fn print_table(rows: &[(&str, Option<Measured>)]) {
+    let raw = rows
+        .first()
+        .and_then(|(_, measured)| *measured)
+        .map(|raw| raw.events_per_second());
+    println!("| stage | events | seconds | events/s | × raw consume |");
+    println!("|---|---:|---:|---:|---:|");
+    for (stage, measured) in rows {
+        match measured {
+            Some(measured) => println!(
+                "| {stage} | {} | {:.2} | {:.0} | {:.2} |",
+                measured.events,
+                measured.elapsed.as_secs_f64(),
+                measured.events_per_second(),
+                raw.map_or(f64::NAN, |raw| measured.events_per_second() / raw)
+            ),
+            None => println!("| {stage} | – | – | – | not built yet |"),
+        }
+    }
+}

@@ -1,0 +1,675 @@
+//! The consumer loop: assignment (resume from ClickHouse), read, count, flush, back off.
+//!
+//! One task owns the consumer and every [`PartitionAggregator`]. Flushes run inline between
+//! `recv()` calls, and rebalance callbacks run inside `recv()`, so a partition is never revoked
+//! while its flush is being written, except while a failed write is being retried (revocations are
+//! then applied between attempts and the revoked partition's part of the flush is dropped: its new
+//! owner resumes from the last checkpoint).
+//!
+//! # Assignment
+//! On assignment the callback reads the partition's newest checkpoint and its stored partials
+//! (versions below the checkpoint) from ClickHouse, on a thread of its own, builds the partition's
+//! [`PartitionAggregator`] and assigns the partition at its `replay_from` offset, ignoring
+//! committed Kafka offsets (librdkafka's external offset store pattern). Kafka commits are made
+//! after each flush for lag tooling only.
+//!
+//! # Flush order
+//! Partials (one INSERT), totals topic (every record acknowledged), dead letters (Kafka, then
+//! ClickHouse), checkpoints (one INSERT). A crash anywhere before the checkpoint INSERT leaves
+//! the previous checkpoint in force, and the restart recomputes exactly the same rows and records
+//! (same values, same versions), so what was written twice is the same thing twice.
+//!
+//! # Backpressure
+//! A flush that fails with a retryable error (ClickHouse down, Kafka unavailable) is retried
+//! with backoff (100 ms doubling to 5 s) for as long as it takes, with every partition paused: the
+//! state stops growing, memory stays what it was, and the consumer keeps polling so it stays in the
+//! group. Records already fetched are still counted (they only make the next flush larger). A
+//! non-retryable error stops the service.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use infra::config::ClickHouseConfig;
+use infra::shutdown::Shutdown;
+use ingest::dead_letter::DeadLetterWriter;
+use policy::PolicySet;
+use rdkafka::consumer::{
+    BaseConsumer, CommitMode, Consumer, ConsumerContext, RebalanceProtocol, StreamConsumer,
+};
+use rdkafka::message::BorrowedMessage;
+use rdkafka::types::RDKafkaRespErr;
+use rdkafka::{ClientContext, Message, Offset, TopicPartitionList};
+use tracing::{debug, info, warn};
+
+use crate::partition::{Outcome, PartitionAggregator, PartitionFlush, PartitionSettings};
+use crate::sink::{Sink, SinkError};
+use crate::Error;
+
+/// How long one flush attempt may take before it is abandoned and retried (a server that accepts
+/// connections but does not answer must not stop the loop from polling).
+const WRITE_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Crash-test hook: `AGGREGATOR_FAILPOINT=<step>:<n>` aborts the process (as abruptly as
+/// `kill -9`: no flush, no commit) right after `<step>` of the `n`-th flush attempt, where
+/// `<step>` is `partials`, `published`, `dead_letters` or `checkpoint`. The exactly-once tests use
+/// it to crash between the writes of one flush, the moments a random `kill -9` rarely hits.
+/// Unset in production; read once.
+mod failpoint {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    use std::sync::OnceLock;
+
+    static SETTING: OnceLock<Option<(String, u64)>> = OnceLock::new();
+    static ATTEMPTS: AtomicU64 = AtomicU64::new(0);
+
+    fn setting() -> &'static Option<(String, u64)> {
+        SETTING.get_or_init(|| {
+            let value = std::env::var("AGGREGATOR_FAILPOINT").ok()?;
+            let (step, n) = value.split_once(':')?;
+            Some((step.to_owned(), n.parse().ok()?))
+        })
+    }
+
+    /// Counts a flush attempt.
+    pub fn attempt() {
+        if setting().is_some() {
+            ATTEMPTS.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// Aborts if the hook names `step` of this attempt.
+    pub fn reached(step: &str) {
+        if let Some((wanted, n)) = setting() {
+            if wanted == step && ATTEMPTS.load(Ordering::Relaxed) == *n {
+                eprintln!("AGGREGATOR_FAILPOINT: aborting after {step} of flush {n}");
+                std::process::abort();
+            }
+        }
+    }
+}
+
+/// Prometheus metric names.
+pub mod metric {
+    /// Records read, by `outcome` (counted, late, duplicate, dead_lettered, remembered, stale).
+    pub const RECORDS: &str = "aggregator_records_total";
+    /// Dead letters written, by `kind`.
+    pub const DEAD_LETTERS: &str = "aggregator_dead_letters_total";
+    /// Flushes completed.
+    pub const FLUSHES: &str = "aggregator_flushes_total";
+    /// Flush attempts that failed, by `retryable`.
+    pub const FLUSH_FAILURES: &str = "aggregator_flush_failures_total";
+    /// Seconds a flush took (all attempts).
+    pub const FLUSH_SECONDS: &str = "aggregator_flush_seconds";
+    /// Total rows (partials) per flush.
+    pub const FLUSH_ROWS: &str = "aggregator_flush_rows";
+    /// Records behind the partition's end, by `partition`.
+    pub const LAG: &str = "aggregator_consumer_lag";
+    /// (scope, window) totals held in memory.
+    pub const ACTIVE_WINDOWS: &str = "aggregator_active_windows";
+    /// Approximate bytes of state (totals and duplicate filters).
+    pub const STATE_BYTES: &str = "aggregator_state_bytes";
+    /// Event ids in the duplicate filters.
+    pub const DEDUP_IDS: &str = "aggregator_dedup_ids";
+    /// 1 while reading is paused because a flush is being retried.
+    pub const PAUSED: &str = "aggregator_paused";
+    /// Partitions owned.
+    pub const PARTITIONS: &str = "aggregator_partitions";
+}
+
+/// Statistics since start, readable by tests and benchmarks.
+#[derive(Debug, Default)]
+pub struct Stats {
+    /// Flushes completed.
+    pub flushes: std::sync::atomic::AtomicU64,
+    /// Records counted (including late).
+    pub counted: std::sync::atomic::AtomicU64,
+    /// Flush attempts that failed.
+    pub flush_failures: std::sync::atomic::AtomicU64,
+}
+
+/// A change of assignment seen by the rebalance callback, applied by the loop after `recv()`.
+enum AssignmentChange {
+    Assigned(Vec<PartitionAggregator>),
+    Revoked(Vec<i32>),
+}
+
+/// Rebalance callback (see the module docs).
+pub struct AggregatorContext {
+    topic: String,
+    clickhouse: ClickHouseConfig,
+    sink: Sink,
+    policies: Arc<PolicySet>,
+    settings: PartitionSettings,
+    changes: Mutex<Vec<AssignmentChange>>,
+    fatal: Mutex<Option<String>>,
+}
+
+impl ClientContext for AggregatorContext {}
+
+impl ConsumerContext for AggregatorContext {
+    fn rebalance(
+        &self,
+        base_consumer: &BaseConsumer<Self>,
+        err: RDKafkaRespErr,
+        tpl: &mut TopicPartitionList,
+    ) {
+        let cooperative = matches!(
+            base_consumer.rebalance_protocol(),
+            RebalanceProtocol::Cooperative
+        );
+        let partitions: Vec<i32> = tpl
+            .elements_for_topic(&self.topic)
+            .iter()
+            .map(|element| element.partition())
+            .collect();
+        match err {
+            RDKafkaRespErr::RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS => {
+                let restored = match self.restore_blocking(&partitions) {
+                    Ok(restored) => restored,
+                    Err(error) => {
+                        warn!(topic = %self.topic, %error, "cannot restore partitions; stopping");
+                        *lock(&self.fatal) = Some(error);
+                        return;
+                    }
+                };
+                for partition in &restored {
+                    let offset = Offset::Offset(partition.read_from());
+                    if let Err(error) =
+                        tpl.set_partition_offset(&self.topic, partition.partition(), offset)
+                    {
+                        *lock(&self.fatal) = Some(error.to_string());
+                        return;
+                    }
+                }
+                let result = if cooperative {
+                    base_consumer.incremental_assign(tpl)
+                } else {
+                    base_consumer.assign(tpl)
+                };
+                if let Err(error) = result {
+                    *lock(&self.fatal) = Some(format!("assign failed: {error}"));
+                    return;
+                }
+                lock(&self.changes).push(AssignmentChange::Assigned(restored));
+            }
+            RDKafkaRespErr::RD_KAFKA_RESP_ERR__REVOKE_PARTITIONS => {
+                info!(topic = %self.topic, ?partitions, "partitions revoked");
+                lock(&self.changes).push(AssignmentChange::Revoked(partitions));
+                let result = if cooperative {
+                    base_consumer.incremental_unassign(tpl)
+                } else {
+                    base_consumer.unassign()
+                };
+                if let Err(error) = result {
+                    warn!(%error, "unassign failed");
+                }
+            }
+            other => warn!(error = ?other, "rebalance error"),
+        }
+    }
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+impl AggregatorContext {
+    /// A context for `topic`.
+    pub fn new(
+        topic: &str,
+        clickhouse: &ClickHouseConfig,
+        sink: Sink,
+        policies: Arc<PolicySet>,
+        settings: PartitionSettings,
+    ) -> Self {
+        Self {
+            topic: topic.to_owned(),
+            clickhouse: clickhouse.clone(),
+            sink,
+            policies,
+            settings,
+            changes: Mutex::new(Vec::new()),
+            fatal: Mutex::new(None),
+        }
+    }
+
+    /// Restores `partitions` from ClickHouse on a thread of its own (the callback blocks the thread
+    /// polling the consumer, which may be the caller runtime's only one). Retried for up to 60 s,
+    /// well within `max.poll.interval.ms`.
+    fn restore_blocking(&self, partitions: &[i32]) -> Result<Vec<PartitionAggregator>, String> {
+        let sink = self.sink.clone();
+        let topic = self.topic.clone();
+        let policies = Arc::clone(&self.policies);
+        let settings = self.settings;
+        let partitions = partitions.to_vec();
+        let _ = &self.clickhouse;
+        std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .map_err(|error| error.to_string())?;
+            runtime.block_on(async {
+                let deadline = Instant::now() + Duration::from_secs(60);
+                let mut backoff = Duration::from_millis(200);
+                loop {
+                    match restore(&sink, &topic, &policies, settings, &partitions).await {
+                        Ok(restored) => return Ok(restored),
+                        Err(error)
+                            if error.is_retryable() && Instant::now() + backoff < deadline =>
+                        {
+                            warn!(%error, "restoring partitions failed; retrying");
+                            tokio::time::sleep(backoff).await;
+                            backoff = (backoff * 2).min(Duration::from_secs(5));
+                        }
+                        Err(error) => return Err(error.to_string()),
+                    }
+                }
+            })
+        })
+        .join()
+        .map_err(|_| "restore thread panicked".to_owned())?
+    }
+}
+
+/// Loads the checkpoints and partials of `partitions` and builds their processors.
+async fn restore(
+    sink: &Sink,
+    topic: &str,
+    policies: &PolicySet,
+    settings: PartitionSettings,
+    partitions: &[i32],
+) -> Result<Vec<PartitionAggregator>, SinkError> {
+    let mut checkpoints = sink.load_checkpoints().await?;
+    let mut restored = Vec::with_capacity(partitions.len());
+    for &partition in partitions {
+        let checkpoint = checkpoints.remove(&partition);
+        let stored = match &checkpoint {
+            Some(checkpoint) => sink.load_partials(partition, checkpoint).await?,
+            None => Vec::new(),
+        };
+        let totals = stored
+            .iter()
+            .map(|row| row.as_stored_total())
+            .collect::<Result<Vec<_>, _>>()?;
+        let (aggregator, count) = PartitionAggregator::restore(
+            topic,
+            partition,
+            policies,
+            settings,
+            checkpoint.clone(),
+            totals,
+        )
+        .map_err(|error| SinkError::Unrepresentable(error.to_string()))?;
+        info!(
+            topic,
+            partition,
+            next_offset = aggregator.next_offset(),
+            replay_from = aggregator.read_from(),
+            restored_totals = count,
+            "partition assigned"
+        );
+        restored.push(aggregator);
+    }
+    Ok(restored)
+}
+
+/// The loop and everything it owns.
+pub struct AggregatorLoop {
+    consumer: Arc<StreamConsumer<AggregatorContext>>,
+    sink: Sink,
+    dead_letters: DeadLetterWriter,
+    topic: String,
+    flush_interval: Duration,
+    flush_max_records: usize,
+    partitions: BTreeMap<i32, PartitionAggregator>,
+    records_since_flush: usize,
+    paused: bool,
+    stats: Arc<Stats>,
+}
+
+impl AggregatorLoop {
+    /// A loop over `consumer` (already subscribed).
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        consumer: Arc<StreamConsumer<AggregatorContext>>,
+        sink: Sink,
+        dead_letters: DeadLetterWriter,
+        topic: &str,
+        flush_interval: Duration,
+        flush_max_records: usize,
+        stats: Arc<Stats>,
+    ) -> Self {
+        Self {
+            consumer,
+            sink,
+            dead_letters,
+            topic: topic.to_owned(),
+            flush_interval,
+            flush_max_records,
+            partitions: BTreeMap::new(),
+            records_since_flush: 0,
+            paused: false,
+            stats,
+        }
+    }
+
+    /// Runs until `shutdown`, then flushes what was read (bounded to 30 s of retries) and
+    /// commits (advisory).
+    pub async fn run(mut self, shutdown: Shutdown) -> Result<(), Error> {
+        let consumer = Arc::clone(&self.consumer);
+        let mut flush_tick = tokio::time::interval(self.flush_interval);
+        flush_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut gauge_tick = tokio::time::interval(Duration::from_secs(2));
+        gauge_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            self.apply_assignment_changes()?;
+            let keep_going = tokio::select! {
+                biased;
+                () = shutdown.cancelled() => false,
+                _ = flush_tick.tick() => self.flush(&shutdown).await?,
+                message = consumer.recv() => {
+                    self.apply_assignment_changes()?;
+                    match message {
+                        Ok(message) => self.accept(&message),
+                        Err(error) => warn!(%error, "kafka consumer error"),
+                    }
+                    if self.records_since_flush >= self.flush_max_records {
+                        self.flush(&shutdown).await?
+                    } else {
+                        true
+                    }
+                }
+                _ = gauge_tick.tick() => {
+                    self.record_gauges().await;
+                    true
+                }
+            };
+            if !keep_going {
+                break;
+            }
+        }
+        info!(topic = %self.topic, "aggregator stopping: final flush");
+        let final_flush = Shutdown::new();
+        let stop_retrying = final_flush.clone();
+        let timer = tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_secs(30)).await;
+            stop_retrying.cancel();
+        });
+        let result = self.flush(&final_flush).await;
+        timer.abort();
+        self.commit(CommitMode::Sync);
+        result.map(|_| ())
+    }
+
+    fn apply_assignment_changes(&mut self) -> Result<(), Error> {
+        let context = self.consumer.context();
+        if let Some(error) = lock(&context.fatal).take() {
+            return Err(Error::Restore(error));
+        }
+        let changes = std::mem::take(&mut *lock(&context.changes));
+        for change in changes {
+            match change {
+                AssignmentChange::Assigned(assigned) => {
+                    for partition in assigned {
+                        self.partitions.insert(partition.partition(), partition);
+                    }
+                    // A new assignment starts unpaused; a retried flush pauses it again.
+                    self.paused = false;
+                }
+                AssignmentChange::Revoked(revoked) => {
+                    for partition in revoked {
+                        self.partitions.remove(&partition);
+                    }
+                }
+            }
+            metrics::gauge!(metric::PARTITIONS).set(self.partitions.len() as f64);
+        }
+        Ok(())
+    }
+
+    fn accept(&mut self, message: &BorrowedMessage<'_>) {
+        let Some(partition) = self.partitions.get_mut(&message.partition()) else {
+            metrics::counter!(metric::RECORDS, "outcome" => "stale").increment(1);
+            return;
+        };
+        let outcome = partition.handle(
+            message.offset(),
+            message.timestamp().to_millis(),
+            message.key(),
+            message.payload(),
+        );
+        let label = match &outcome {
+            Outcome::Counted => "counted",
+            Outcome::Late => "late",
+            Outcome::Duplicate => "duplicate",
+            Outcome::DeadLettered(_) => "dead_lettered",
+            Outcome::Remembered => "remembered",
+            Outcome::Stale => "stale",
+        };
+        if matches!(outcome, Outcome::Counted | Outcome::Late) {
+            self.stats
+                .counted
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        }
+        if let Outcome::DeadLettered(kind) = &outcome {
+            debug!(partition = message.partition(), offset = message.offset(), %kind, "dead-lettered");
+        }
+        metrics::counter!(metric::RECORDS, "outcome" => label).increment(1);
+        self.records_since_flush += 1;
+    }
+
+    /// Writes what changed (see the module docs); `Ok(false)` when shutdown interrupted a retried
+    /// write (the rest is recomputed by the next run).
+    async fn flush(&mut self, shutdown: &Shutdown) -> Result<bool, Error> {
+        self.records_since_flush = 0;
+        let mut batch: Vec<PartitionFlush> = self
+            .partitions
+            .values_mut()
+            .filter(|partition| partition.has_progress())
+            .map(PartitionAggregator::take_flush)
+            .collect();
+        if batch.is_empty() {
+            return Ok(true);
+        }
+        let started = Instant::now();
+        let mut attempt = 0u32;
+        loop {
+            let attempt_result = tokio::time::timeout(WRITE_TIMEOUT, self.write(&batch))
+                .await
+                .unwrap_or(Err(SinkError::Timeout(WRITE_TIMEOUT)));
+            match attempt_result {
+                Ok(()) => break,
+                Err(error) if error.is_retryable() => {
+                    self.stats
+                        .flush_failures
+                        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    metrics::counter!(metric::FLUSH_FAILURES, "retryable" => "true").increment(1);
+                    warn!(%error, attempt, "flush failed; retrying with reading paused");
+                    if !self.back_off(attempt, shutdown).await? {
+                        return Ok(false);
+                    }
+                    // Revoked partitions' parts are dropped: their new owner resumes from the
+                    // last checkpoint.
+                    batch.retain(|flush| self.partitions.contains_key(&flush.partition));
+                    attempt += 1;
+                }
+                Err(error) => {
+                    metrics::counter!(metric::FLUSH_FAILURES, "retryable" => "false").increment(1);
+                    return Err(Error::Sink(error));
+                }
+            }
+        }
+        let rows: usize = batch.iter().map(|flush| flush.updates.len()).sum();
+        for flush in &batch {
+            if let Some(partition) = self.partitions.get_mut(&flush.partition) {
+                partition.flushed();
+            }
+            for letter in &flush.dead_letters {
+                metrics::counter!(metric::DEAD_LETTERS, "kind" => letter.error_kind.clone())
+                    .increment(1);
+            }
+        }
+        self.resume_if_paused();
+        self.commit(CommitMode::Async);
+        self.stats
+            .flushes
+            .fetch_add(1, std::sync::atomic::Ordering::Release);
+        metrics::counter!(metric::FLUSHES).increment(1);
+        metrics::histogram!(metric::FLUSH_SECONDS).record(started.elapsed().as_secs_f64());
+        metrics::histogram!(metric::FLUSH_ROWS).record(rows as f64);
+        debug!(
+            rows,
+            partitions = batch.len(),
+            elapsed_ms = started.elapsed().as_millis() as u64,
+            "flushed"
+        );
+        Ok(true)
+    }
+
+    /// One attempt at writing `batch`, in the order of the module docs.
+    async fn write(&self, batch: &[PartitionFlush]) -> Result<(), SinkError> {
+        let parts: Vec<(i32, &[crate::state::TotalUpdate])> = batch
+            .iter()
+            .map(|flush| (flush.partition, flush.updates.as_slice()))
+            .collect();
+        failpoint::attempt();
+        self.sink.write_partials(&parts).await?;
+        failpoint::reached("partials");
+        for (partition, updates) in &parts {
+            self.sink.publish_totals(*partition, updates).await?;
+        }
+        failpoint::reached("published");
+        let letters: Vec<schemas::DeadLetter> = batch
+            .iter()
+            .flat_map(|flush| flush.dead_letters.iter().cloned())
+            .collect();
+        if !letters.is_empty() {
+            self.dead_letters
+                .write(&letters)
+                .await
+                .map_err(|error| match error {
+                    ingest::dead_letter::DeadLetterError::ClickHouse(error) => {
+                        SinkError::ClickHouse(error)
+                    }
+                    other if other.is_retryable() => SinkError::DeadLetter(other.to_string(), true),
+                    other => SinkError::DeadLetter(other.to_string(), false),
+                })?;
+        }
+        failpoint::reached("dead_letters");
+        let checkpoints: Vec<(i32, &crate::partition::Checkpoint)> = batch
+            .iter()
+            .map(|flush| (flush.partition, &flush.checkpoint))
+            .collect();
+        self.sink.write_checkpoints(&checkpoints).await?;
+        failpoint::reached("checkpoint");
+        Ok(())
+    }
+
+    /// Waits before retrying a flush with the assignment paused, while still polling the consumer
+    /// (rebalances, `max.poll.interval.ms`). Returns `false` if shutdown was requested.
+    async fn back_off(&mut self, attempt: u32, shutdown: &Shutdown) -> Result<bool, Error> {
+        let delay = Duration::from_millis(100)
+            .saturating_mul(1 << attempt.min(6))
+            .min(Duration::from_secs(5));
+        self.pause_all();
+        let consumer = Arc::clone(&self.consumer);
+        let until = tokio::time::Instant::now() + delay;
+        loop {
+            tokio::select! {
+                biased;
+                () = shutdown.cancelled() => return Ok(false),
+                () = tokio::time::sleep_until(until) => return Ok(true),
+                message = consumer.recv() => {
+                    self.apply_assignment_changes()?;
+                    self.pause_all();
+                    // Already fetched: counted now, written by the next flush.
+                    if let Ok(message) = message {
+                        self.accept(&message);
+                    }
+                }
+            }
+        }
+    }
+
+    fn pause_all(&mut self) {
+        if self.paused {
+            return;
+        }
+        match self.consumer.assignment() {
+            Ok(assignment) => match self.consumer.pause(&assignment) {
+                Ok(()) => {
+                    self.paused = true;
+                    metrics::gauge!(metric::PAUSED).set(1.0);
+                    info!(topic = %self.topic, "paused reading while a flush is retried");
+                }
+                Err(error) => warn!(%error, "pause failed"),
+            },
+            Err(error) => warn!(%error, "cannot read the assignment to pause it"),
+        }
+    }
+
+    fn resume_if_paused(&mut self) {
+        if !self.paused {
+            return;
+        }
+        if let Ok(assignment) = self.consumer.assignment() {
+            if let Err(error) = self.consumer.resume(&assignment) {
+                warn!(%error, "resume failed");
+                return;
+            }
+        }
+        self.paused = false;
+        metrics::gauge!(metric::PAUSED).set(0.0);
+        info!(topic = %self.topic, "resumed reading");
+    }
+
+    /// Advisory: committed offsets show progress to Kafka tooling; resuming never reads them.
+    fn commit(&self, mode: CommitMode) {
+        let mut offsets = TopicPartitionList::new();
+        for (&partition, state) in &self.partitions {
+            let _ = offsets.add_partition_offset(
+                &self.topic,
+                partition,
+                Offset::Offset(state.next_offset()),
+            );
+        }
+        if offsets.count() == 0 {
+            return;
+        }
+        if let Err(error) = self.consumer.commit(&offsets, mode) {
+            debug!(%error, "advisory commit failed");
+        }
+    }
+
+    async fn record_gauges(&self) {
+        let (mut windows, mut bytes, mut ids) = (0usize, 0usize, 0usize);
+        for partition in self.partitions.values() {
+            windows += partition.state().active_windows();
+            bytes += partition.approximate_bytes();
+            ids += partition.dedup_len();
+        }
+        metrics::gauge!(metric::ACTIVE_WINDOWS).set(windows as f64);
+        metrics::gauge!(metric::STATE_BYTES).set(bytes as f64);
+        metrics::gauge!(metric::DEDUP_IDS).set(ids as f64);
+        let positions: Vec<(i32, i64)> = self
+            .partitions
+            .iter()
+            .map(|(&partition, state)| (partition, state.next_offset()))
+            .collect();
+        let consumer = Arc::clone(&self.consumer);
+        let topic = self.topic.clone();
+        let _ = tokio::task::spawn_blocking(move || {
+            for (partition, next) in positions {
+                if let Ok((_, high)) =
+                    consumer.fetch_watermarks(&topic, partition, Duration::from_secs(1))
+                {
+                    metrics::gauge!(metric::LAG, "partition" => partition.to_string())
+                        .set((high - next).max(0) as f64);
+                }
+            }
+        })
+        .await;
+    }
+}

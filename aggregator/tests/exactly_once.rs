@@ -1,0 +1,261 @@
+//! Exactly-once on the real stack: totals in ClickHouse and on the totals topic equal an independent
+//! recount of the input (sums and counts), with duplicates, bad records, `kill -9` at any moment,
+//! rebalances between instances, and a ClickHouse outage.
+
+mod support;
+
+use std::time::Duration;
+
+use chrono::{TimeZone, Utc};
+use infra::testkit::{self, FaultProxy};
+use schemas::UsageEvent;
+use support::*;
+
+/// `count` workload events from 2026-10-31 23:00 UTC (so day and month boundaries fall inside),
+/// 50 ms apart, with a copy of every 20th event re-sent 100 events (5 s) later.
+fn events_with_duplicates(seed: u64, count: usize) -> Vec<UsageEvent> {
+    let start = Utc.with_ymd_and_hms(2026, 10, 31, 23, 0, 0).unwrap();
+    let originals = workload(seed, count, start, 50);
+    let mut events = Vec::with_capacity(count + count / 20);
+    for (index, event) in originals.iter().enumerate() {
+        events.push(event.clone());
+        if index >= 100 && index % 20 == 0 {
+            events.push(originals[index - 100].clone());
+        }
+    }
+    events
+}
+
+async fn check_exact(config: &aggregator::Config, events: &[UsageEvent]) {
+    let want = recount(events);
+    assert_totals_eq(
+        "window_totals_current",
+        &stored_totals(&config.clickhouse).await,
+        &want,
+    );
+    assert_totals_eq("totals topic", &published_totals(&config.kafka), &want);
+    let letters = dead_letter_kinds(&config.clickhouse).await;
+    for kind in ["overflow", "late", "in_future"] {
+        assert!(
+            !letters.contains_key(kind),
+            "unexpected dead letters: {letters:?}"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn totals_equal_a_recount_of_100k_mixed_events_with_duplicates() {
+    let config = isolated_config("agg_exact");
+    let events = events_with_duplicates(1, 100_000);
+    let duplicates = events.len() - 100_000;
+    assert!(duplicates > 4_000);
+    let running = start(&config).await;
+    produce(&config.kafka, &events).await;
+    // Records no event can be made of: dead-lettered with the reason, not counted.
+    produce_raw(
+        &config.kafka,
+        &[("bad-1", b"not avro"), ("bad-2", &[0xC3, 0x01, 1, 2])],
+    )
+    .await;
+    wait_caught_up(&config, Duration::from_secs(300)).await;
+
+    check_exact(&config, &events).await;
+    let letters = dead_letter_kinds(&config.clickhouse).await;
+    assert_eq!(letters.values().sum::<u64>(), 2, "{letters:?}");
+    assert_eq!(
+        running
+            .stats
+            .counted
+            .load(std::sync::atomic::Ordering::Relaxed),
+        100_000
+    );
+    let metrics = reqwest::get(&running.metrics_url)
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains("aggregator_records_total{outcome=\"duplicate\"}"),
+        "{metrics}"
+    );
+    running.stop().await.unwrap();
+    testkit::drop_database(&config.clickhouse).await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_9_at_any_moment_repeatedly_loses_and_duplicates_nothing() {
+    let mut config = isolated_config("agg_kill");
+    // Flush constantly so that random kills land mid-flush as often as between flushes.
+    config.aggregate.flush_interval_ms = 20;
+    config.aggregate.flush_max_records = 3_000;
+    let events = events_with_duplicates(2, 60_000);
+    produce(&config.kafka, &events[..events.len() / 2]).await;
+    // Bad records, so that flushes also write dead letters.
+    produce_raw(&config.kafka, &[("bad-1", b"not avro"), ("bad-2", b"")]).await;
+
+    // First crash right after each write of a flush (partials written but not published;
+    // published but no checkpoint; ...), then kill -9 at staggered random moments.
+    for (round, failpoint) in [
+        "partials:2",
+        "published:3",
+        "dead_letters:1",
+        "checkpoint:2",
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let process = spawn_process_with_failpoint(&config, Some(failpoint));
+        assert!(
+            process.wait_aborted(Duration::from_secs(120)).await,
+            "{failpoint}: it exited without crashing"
+        );
+        if round == 1 {
+            produce(&config.kafka, &events[events.len() / 2..]).await;
+        }
+    }
+    for round in 0..4u64 {
+        let mut process = spawn_process(&config);
+        let before = partial_rows(&config.clickhouse).await;
+        testkit::eventually(Duration::from_secs(120), "a flush after restart", || {
+            let clickhouse = config.clickhouse.clone();
+            async move { (partial_rows(&clickhouse).await > before).then_some(()) }
+        })
+        .await;
+        tokio::time::sleep(Duration::from_millis(5 + 41 * round)).await;
+        assert!(process.is_running(), "the aggregator died by itself");
+        process.kill_9();
+    }
+    let last = spawn_process(&config);
+    wait_caught_up(&config, Duration::from_secs(300)).await;
+    check_exact(&config, &events).await;
+    let letters = dead_letter_kinds(&config.clickhouse).await;
+    assert_eq!(
+        letters.values().sum::<u64>(),
+        2,
+        "each bad record once: {letters:?}"
+    );
+    drop(last);
+    testkit::drop_database(&config.clickhouse).await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn instances_joining_and_leaving_mid_stream_lose_and_duplicate_nothing() {
+    let config = isolated_config("agg_rebalance");
+    let events = events_with_duplicates(3, 60_000);
+    let third = events.len() / 3;
+
+    let first = start(&config).await;
+    produce(&config.kafka, &events[..third]).await;
+    testkit::eventually(
+        Duration::from_secs(120),
+        "the first instance counting",
+        || async {
+            (first
+                .stats
+                .counted
+                .load(std::sync::atomic::Ordering::Relaxed)
+                > 1_000)
+                .then_some(())
+        },
+    )
+    .await;
+    // A second instance joins: partitions move to it mid-stream.
+    let second = start(&config).await;
+    produce(&config.kafka, &events[third..2 * third]).await;
+    testkit::eventually(
+        Duration::from_secs(120),
+        "the second instance counting",
+        || async {
+            (second
+                .stats
+                .counted
+                .load(std::sync::atomic::Ordering::Relaxed)
+                > 0)
+            .then_some(())
+        },
+    )
+    .await;
+    // The first leaves: its partitions move to the second.
+    first.stop().await.unwrap();
+    produce(&config.kafka, &events[2 * third..]).await;
+    wait_caught_up(&config, Duration::from_secs(300)).await;
+    check_exact(&config, &events).await;
+    second.stop().await.unwrap();
+    testkit::drop_database(&config.clickhouse).await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_clickhouse_outage_pauses_reading_and_it_catches_up_afterwards() {
+    let mut config = isolated_config("agg_outage");
+    // Migrate directly, then point the aggregator at ClickHouse through a proxy we can cut.
+    infra::migrations::migrate(&config.clickhouse)
+        .await
+        .unwrap();
+    let upstream: std::net::SocketAddr = config
+        .clickhouse
+        .url
+        .trim_start_matches("http://")
+        .parse()
+        .unwrap();
+    let proxy = FaultProxy::start(upstream).await.unwrap();
+    let direct = config.clickhouse.clone();
+    config.clickhouse.url = format!("http://{}", proxy.addr());
+
+    let events = events_with_duplicates(4, 40_000);
+    let running = start(&config).await;
+    produce(&config.kafka, &events[..1_000]).await;
+    wait_caught_up(&config, Duration::from_secs(120)).await;
+
+    proxy.set_down(true);
+    produce(&config.kafka, &events[1_000..]).await;
+    // Flushes fail and reading pauses: what it counts stops growing well short of the input.
+    testkit::eventually(Duration::from_secs(60), "failed flushes", || async {
+        (running
+            .stats
+            .flush_failures
+            .load(std::sync::atomic::Ordering::Relaxed)
+            >= 3)
+            .then_some(())
+    })
+    .await;
+    let counted_while_down = running
+        .stats
+        .counted
+        .load(std::sync::atomic::Ordering::Relaxed);
+    let metrics = reqwest::get(&running.metrics_url)
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains("aggregator_paused 1"),
+        "not paused:\n{metrics}"
+    );
+    testkit::eventually(Duration::from_secs(30), "more failed flushes", || async {
+        (running
+            .stats
+            .flush_failures
+            .load(std::sync::atomic::Ordering::Relaxed)
+            >= 6)
+            .then_some(())
+    })
+    .await;
+    let counted_later = running
+        .stats
+        .counted
+        .load(std::sync::atomic::Ordering::Relaxed);
+    assert_eq!(
+        counted_while_down, counted_later,
+        "it kept reading while ClickHouse was down"
+    );
+    assert!((counted_later as usize) < events.len() - 10_000);
+
+    proxy.set_down(false);
+    config.clickhouse = direct.clone();
+    wait_caught_up(&config, Duration::from_secs(300)).await;
+    check_exact(&config, &events).await;
+    running.stop().await.unwrap();
+    testkit::drop_database(&direct).await.unwrap();
+}

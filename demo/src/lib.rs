@@ -1,0 +1,4 @@
+//! The demo's reusable part: [`workload`], the deterministic synthetic gateway workload that
+//! `quotaflow-demo` sends to ingest and the aggregator's stage benchmark writes straight to Kafka.
+
+pub mod workload;
