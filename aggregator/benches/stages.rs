@@ -6,10 +6,12 @@
 //!
 //! 1. **raw consume**: an rdkafka consumer that does nothing with the records (the ceiling);
 //! 2. **+ decode**: `schemas::decode::<UsageEvent>`;
-//! 3. **+ aggregate**: one [`TotalsState`] per partition with the example policies
-//!    (`policy/examples`); every 100,000 records every state is drained (the rows a flush would
-//!    write) and its closed windows evicted;
-//! 4. **+ ClickHouse flush and offset store**: the real service, [`stage_full`].
+//! 3. **+ aggregate**: one [`PartitionAggregator`] per partition with the example policies
+//!    (`policy/examples`), exactly the service's per-record work (decode, future-skew check,
+//!    duplicate filter, totals); every 100,000 records every partition's flush is taken (the rows,
+//!    dead letters and checkpoint a flush would write) and its closed windows evicted;
+//! 4. **+ ClickHouse flush and offset store**: the real service, [`stage_full`]: it also writes
+//!    every flush to ClickHouse (partials, checkpoints) and publishes the totals topic.
 //!
 //! Memory, measured around stage 3 (the states are alive, the consumer is gone): the live heap
 //! the states hold (a per-thread counting allocator; exact), the growth of RSS after returning
@@ -51,7 +53,8 @@ use std::hint::black_box;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use aggregator::state::{TotalsConfig, TotalsState};
+use aggregator::partition::Outcome;
+use aggregator::partition::{PartitionAggregator, PartitionSettings};
 use anyhow::{bail, Context, Result};
 use chrono::{DateTime, TimeDelta, TimeZone, Utc};
 use clap::Parser;
@@ -262,12 +265,26 @@ fn stage_aggregate(kafka: &KafkaConfig, layout: &TopicLayout) -> Result<Measured
     let approximate: usize = aggregation
         .states
         .iter()
-        .map(TotalsState::approximate_bytes)
+        .map(|state| state.state().approximate_bytes())
         .sum();
+    // The duplicate filters hold ids for the dedup horizon (event rate × horizon), not per total:
+    // reported on their own and left out of the per-total figures.
+    let dedup_bytes: usize = aggregation
+        .states
+        .iter()
+        .map(PartitionAggregator::dedup_bytes)
+        .sum();
+    let dedup_ids: usize = aggregation
+        .states
+        .iter()
+        .map(PartitionAggregator::dedup_len)
+        .sum();
+    let heap_growth = heap_growth.saturating_sub(dedup_bytes as u64);
+    let rss_growth = rss_growth.saturating_sub(dedup_bytes as u64);
     let scopes: usize = aggregation
         .states
         .iter()
-        .map(TotalsState::scope_count)
+        .map(|state| state.state().scope_count())
         .sum();
     let per_window = |bytes: u64, windows: usize| bytes / windows.max(1) as u64;
     println!("+ aggregate: {:.0} events/s", measured.events_per_second());
@@ -283,6 +300,11 @@ fn stage_aggregate(kafka: &KafkaConfig, layout: &TopicLayout) -> Result<Measured
     println!(
         "  approximate_bytes / active: {} B",
         per_window(approximate as u64, active)
+    );
+    println!(
+        "  duplicate filters: {dedup_ids} ids, about {:.1} MiB ({} B per id), left out below",
+        dedup_bytes as f64 / 1_048_576.0,
+        per_window(dedup_bytes as u64, dedup_ids)
     );
     println!(
         "  live heap of the states: {:.1} MiB = {} B per active total",
@@ -303,10 +325,10 @@ fn stage_aggregate(kafka: &KafkaConfig, layout: &TopicLayout) -> Result<Measured
     Ok(measured)
 }
 
-/// Stage 3's state: a [`TotalsState`] per partition, as the aggregator keeps them.
+/// Stage 3's state: a [`PartitionAggregator`] per partition, as the aggregator keeps them.
 struct Aggregation {
     /// Indexed by partition id.
-    states: Vec<TotalsState>,
+    states: Vec<PartitionAggregator>,
     /// Records since the last [`Aggregation::checkpoint`].
     since_checkpoint: u64,
     /// Rows the drains returned: what the flushes would write.
@@ -321,7 +343,17 @@ impl Aggregation {
     fn new(policies: &PolicySet, layout: &TopicLayout) -> Result<Aggregation> {
         let partitions = layout.partitions.iter().map(|p| p.id).max().unwrap_or(0) + 1;
         let states = (0..partitions)
-            .map(|_| TotalsState::new(policies, TotalsConfig::default()))
+            .map(|partition| {
+                PartitionAggregator::restore(
+                    &layout.topic,
+                    partition,
+                    policies,
+                    PartitionSettings::default(),
+                    None,
+                    [],
+                )
+                .map(|(aggregator, _)| aggregator)
+            })
             .collect::<Result<_, _>>()?;
         Ok(Aggregation {
             states,
@@ -332,13 +364,25 @@ impl Aggregation {
         })
     }
 
-    /// The stage's per-record work: decode, apply to the partition's state at version = offset,
-    /// and drain and evict every [`EVICT_EVERY`] records.
+    /// The stage's per-record work, the service's: [`PartitionAggregator::handle`] (decode,
+    /// checks, duplicate filter, totals), and a flush's draining every [`EVICT_EVERY`] records.
     fn record(&mut self, message: &BorrowedMessage<'_>) -> Result<()> {
-        let event = decode(message)?;
         let state = &mut self.states[message.partition() as usize];
-        let outcome = state.apply(&event, message.offset() as u64 + 1)?;
-        self.windows_late += u64::from(outcome.windows_late);
+        let outcome = state.handle(
+            message.offset(),
+            message.timestamp().to_millis(),
+            message.key(),
+            message.payload(),
+        );
+        match outcome {
+            Outcome::Counted => {}
+            Outcome::Late => self.windows_late += 1,
+            other => bail!(
+                "partition {} offset {}: {other:?}",
+                message.partition(),
+                message.offset()
+            ),
+        }
         self.since_checkpoint += 1;
         if self.since_checkpoint == EVICT_EVERY {
             self.checkpoint();
@@ -351,27 +395,116 @@ impl Aggregation {
         self.since_checkpoint = 0;
         self.peak_active_windows = self.peak_active_windows.max(self.active_windows());
         for state in &mut self.states {
-            self.totals_drained += black_box(state.drain_dirty()).len() as u64;
-            state.evict_closed();
+            self.totals_drained += black_box(state.take_flush()).updates.len() as u64;
+            state.flushed();
         }
     }
 
     fn active_windows(&self) -> usize {
-        self.states.iter().map(TotalsState::active_windows).sum()
+        self.states
+            .iter()
+            .map(|state| state.state().active_windows())
+            .sum()
     }
 }
 
-/// Stage 4, the full pipeline: **not built yet** (the lead fills it in). It will run
-/// `aggregator::run` on `layout`'s topic against a fresh ClickHouse database, and poll
-/// `SELECT count(), min(next_offset) FROM aggregator_checkpoints FINAL WHERE consumer_group = ?`
-/// until every partition has reached its end offset; the clock runs from start to that point.
+/// Stage 4, the full pipeline: the real service ([`aggregator::Aggregator`], in this process) on
+/// `layout`'s topic with a fresh consumer group, ClickHouse database and totals topic. The clock
+/// starts at the first record read (setup and the group join are not counted, as the other
+/// stages do not count theirs; polled every 5 ms) and stops when every partition's checkpoint
+/// has reached its end offset: every event is then in ClickHouse, on the totals topic and
+/// checkpointed.
 fn stage_full(
-    _runtime: &Runtime,
-    _config: &aggregator::Config,
-    _layout: &TopicLayout,
+    runtime: &Runtime,
+    config: &aggregator::Config,
+    layout: &TopicLayout,
 ) -> Result<Option<Measured>> {
-    println!("+ ClickHouse flush and offset store: not built yet\n");
-    Ok(None)
+    let mut config = config.clone();
+    let run = infra::testkit::unique_name("bench_full");
+    config.kafka.topics.usage = layout.topic.clone();
+    config.kafka.topics.totals = format!("{run}.totals");
+    config.kafka.topics.dead_letter = format!("{run}.deadletter");
+    config.clickhouse.database = run.clone();
+    config.group_id = run.clone();
+    config.aggregate.policies_dir = Some(PathBuf::from(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../policy/examples"
+    )));
+    reset_peak_rss();
+    let ends: Vec<(i32, i64)> = layout
+        .partitions
+        .iter()
+        .map(|partition| (partition.id, partition.high))
+        .collect();
+    let (measured, launch_to_done, flushes, rows) = runtime.block_on(async {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let service = aggregator::Aggregator::new(config.clone());
+        let stats = service.stats();
+        let shutdown = infra::shutdown::Shutdown::new();
+        let launched = Instant::now();
+        let handle = tokio::spawn(service.run(listener, shutdown.clone()));
+        let client = infra::clickhouse::client(&config.clickhouse);
+        let mut started: Option<Instant> = None;
+        while stats.records.load(std::sync::atomic::Ordering::Relaxed) == 0 {
+            if handle.is_finished() {
+                bail!("the aggregator stopped: {:?}", handle.await);
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        started.get_or_insert_with(Instant::now);
+        let progress = ProgressBar::new(layout.records());
+        loop {
+            if handle.is_finished() {
+                bail!("the aggregator stopped: {:?}", handle.await);
+            }
+            let rows: Vec<(i32, i64)> = client
+                .query(
+                    "SELECT partition, next_offset FROM aggregator_checkpoints FINAL \
+                     WHERE consumer_group = ?",
+                )
+                .bind(&config.group_id)
+                .fetch_all::<(i32, i64)>()
+                .await
+                .unwrap_or_default();
+            let done: i64 = rows.iter().map(|(_, next)| next).sum();
+            progress.set_position(done as u64);
+            let caught_up = ends.iter().all(|(partition, high)| {
+                *high == 0 || rows.iter().any(|row| row == &(*partition, *high))
+            });
+            if caught_up {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        progress.finish_and_clear();
+        let elapsed = started.map_or(Duration::ZERO, |started| started.elapsed());
+        let launch_to_done = launched.elapsed();
+        shutdown.cancel();
+        handle.await??;
+        let rows = client
+            .query("SELECT count() FROM window_partials")
+            .fetch_one::<u64>()
+            .await?;
+        let flushes = stats.flushes.load(std::sync::atomic::Ordering::Acquire);
+        infra::testkit::drop_database(&config.clickhouse).await?;
+        anyhow::Ok((
+            Measured {
+                events: layout.records(),
+                elapsed,
+            },
+            launch_to_done,
+            flushes,
+            rows,
+        ))
+    })?;
+    println!(
+        "+ ClickHouse flush and offset store: {:.0} events/s ({:.1} s from launch, group join \
+         included), {flushes} flushes, {rows} partial rows written; peak RSS {:.1} MiB\n",
+        measured.events_per_second(),
+        launch_to_done.as_secs_f64(),
+        proc_status_kib("VmHWM")? as f64 / 1024.0
+    );
+    Ok(Some(measured))
 }
 
 /// Reads every record of `layout` once with a fresh consumer (assigned every partition from the

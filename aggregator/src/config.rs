@@ -68,6 +68,9 @@ pub struct AggregateConfig {
     pub pending_jobs_per_scope: usize,
     /// Publish totals on `kafka.topics.totals` (the alerter follows it).
     pub publish_totals: bool,
+    /// Worker threads for the per-record work (decode, duplicates, totals); 0 = one per core.
+    /// Partitions are spread over them; more workers than partitions leaves some idle.
+    pub workers: usize,
 }
 
 impl Default for AggregateConfig {
@@ -83,6 +86,7 @@ impl Default for AggregateConfig {
             max_future_skew_secs: partition.max_future_skew.as_secs(),
             pending_jobs_per_scope: partition.totals.pending_jobs_per_scope,
             publish_totals: true,
+            workers: 0,
         }
     }
 }
@@ -110,6 +114,14 @@ impl AggregateConfig {
             );
         }
         Ok(())
+    }
+
+    /// Worker threads to start: `workers`, or one per core.
+    pub fn worker_count(&self) -> usize {
+        match self.workers {
+            0 => std::thread::available_parallelism().map_or(1, usize::from),
+            workers => workers,
+        }
     }
 
     /// The per-partition settings these make.

@@ -12,6 +12,7 @@
 //!   flush and checkpoint, restore.
 //! - [`sink`]: ClickHouse partials and checkpoints, totals topic.
 //! - [`pipeline`]: the consumer loop, rebalances, flushing, backpressure, metrics.
+//! - [`workers`]: the per-record work on worker threads, each partition on one of them.
 //! - [`run`] / [`run_with_listener`]: start the service and keep it up until shutdown.
 //!
 //! # Delivery guarantee: exactly once, per partition partial
@@ -57,6 +58,7 @@ pub mod pipeline;
 pub mod scopes;
 pub mod sink;
 pub mod state;
+pub mod workers;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -92,6 +94,9 @@ pub enum Error {
     /// A flush failed with an error retrying cannot fix.
     #[error("flush failed: {0}")]
     Sink(#[from] sink::SinkError),
+    /// A worker thread stopped (a bug: it panicked).
+    #[error(transparent)]
+    Worker(#[from] workers::WorkerGone),
 }
 
 impl Error {
@@ -102,6 +107,7 @@ impl Error {
             Error::Service(error) => error.is_retryable(),
             Error::Kafka(_) | Error::Restore(_) => true,
             Error::Sink(error) => error.is_retryable(),
+            Error::Worker(_) => true,
         }
     }
 }
@@ -183,6 +189,7 @@ impl Aggregator {
             &config.kafka.topics.usage,
             Duration::from_millis(config.aggregate.flush_interval_ms),
             config.aggregate.flush_max_records,
+            config.aggregate.worker_count(),
             stats,
         )
         .run(shutdown)

@@ -385,14 +385,31 @@ fn money_sum(
     if scale > MONEY_SCALE_MAX {
         return Err(MeasureError::MoneyScale { measure, scale });
     }
-    // In integers at the common scale: exact, and no fast path can drop the scale (rust_decimal
-    // returns the other operand unchanged when one is zero).
-    let at_scale = |value: Decimal| {
-        10i128
-            .checked_pow(scale - value.scale())
-            .and_then(|factor| value.mantissa().checked_mul(factor))
+    // Cheap cases first: adding a zero that does not raise the scale (fallback costs are mostly
+    // zero), and equal scales (a window's total and an event priced by the same catalog).
+    if right.is_zero() && right.scale() <= left.scale() {
+        return Ok(left);
+    }
+    if left.is_zero() && left.scale() <= right.scale() {
+        return Ok(right);
+    }
+    // Otherwise in integers at the common scale: exact, and no fast path can drop the scale
+    // (rust_decimal returns the other operand unchanged when one is zero).
+    const POW10: [i128; MONEY_SCALE_MAX as usize + 1] = {
+        let mut table = [1i128; MONEY_SCALE_MAX as usize + 1];
+        let mut index = 1;
+        while index < table.len() {
+            table[index] = table[index - 1] * 10;
+            index += 1;
+        }
+        table
     };
     const MANTISSA_MAX: i128 = (1 << 96) - 1;
+    let at_scale = |value: Decimal| {
+        value
+            .mantissa()
+            .checked_mul(POW10[(scale - value.scale()) as usize])
+    };
     match at_scale(left)
         .zip(at_scale(right))
         .and_then(|(left, right)| left.checked_add(right))

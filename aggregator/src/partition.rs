@@ -271,6 +271,12 @@ impl PartitionAggregator {
         self.state.approximate_bytes() + self.dedup.approximate_bytes()
     }
 
+    /// Approximate heap bytes of the duplicate filter alone (it grows with the event rate times
+    /// the horizon, not with the number of totals).
+    pub fn dedup_bytes(&self) -> usize {
+        self.dedup.approximate_bytes()
+    }
+
     /// Dead letters waiting for the next flush.
     pub fn pending_dead_letters(&self) -> usize {
         self.dead_letters.len()

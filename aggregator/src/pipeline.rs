@@ -42,8 +42,9 @@ use rdkafka::types::RDKafkaRespErr;
 use rdkafka::{ClientContext, Message, Offset, TopicPartitionList};
 use tracing::{debug, info, warn};
 
-use crate::partition::{Outcome, PartitionAggregator, PartitionFlush, PartitionSettings};
+use crate::partition::{PartitionAggregator, PartitionFlush, PartitionSettings};
 use crate::sink::{Sink, SinkError};
+use crate::workers::{Record, Workers};
 use crate::Error;
 
 /// How long one flush attempt may take before it is abandoned and retried (a server that accepts
@@ -119,6 +120,10 @@ pub mod metric {
 /// Statistics since start, readable by tests and benchmarks.
 #[derive(Debug, Default)]
 pub struct Stats {
+    /// Partitions owned now.
+    pub partitions: std::sync::atomic::AtomicU64,
+    /// Records read (every outcome).
+    pub records: std::sync::atomic::AtomicU64,
     /// Flushes completed.
     pub flushes: std::sync::atomic::AtomicU64,
     /// Records counted (including late).
@@ -323,14 +328,17 @@ pub struct AggregatorLoop {
     topic: String,
     flush_interval: Duration,
     flush_max_records: usize,
-    partitions: BTreeMap<i32, PartitionAggregator>,
+    /// The per-record work, on threads of its own ([`crate::workers`]).
+    workers: Workers,
+    /// Owned partitions and their last durable `next_offset` (for the advisory commit).
+    owned: BTreeMap<i32, Option<i64>>,
     records_since_flush: usize,
     paused: bool,
     stats: Arc<Stats>,
 }
 
 impl AggregatorLoop {
-    /// A loop over `consumer` (already subscribed).
+    /// A loop over `consumer` (already subscribed), with `workers` worker threads.
     #[allow(clippy::too_many_arguments)]
     pub fn new(
         consumer: Arc<StreamConsumer<AggregatorContext>>,
@@ -339,6 +347,7 @@ impl AggregatorLoop {
         topic: &str,
         flush_interval: Duration,
         flush_max_records: usize,
+        workers: usize,
         stats: Arc<Stats>,
     ) -> Self {
         Self {
@@ -348,7 +357,8 @@ impl AggregatorLoop {
             topic: topic.to_owned(),
             flush_interval,
             flush_max_records,
-            partitions: BTreeMap::new(),
+            workers: Workers::start(workers, Arc::clone(&stats)),
+            owned: BTreeMap::new(),
             records_since_flush: 0,
             paused: false,
             stats,
@@ -358,52 +368,63 @@ impl AggregatorLoop {
     /// Runs until `shutdown`, then flushes what was read (bounded to 30 s of retries) and
     /// commits (advisory).
     pub async fn run(mut self, shutdown: Shutdown) -> Result<(), Error> {
+        let result = self.run_until_shutdown(&shutdown).await;
+        let result = match result {
+            Ok(()) => {
+                info!(topic = %self.topic, "aggregator stopping: final flush");
+                let final_flush = Shutdown::new();
+                let stop_retrying = final_flush.clone();
+                let timer = tokio::spawn(async move {
+                    tokio::time::sleep(Duration::from_secs(30)).await;
+                    stop_retrying.cancel();
+                });
+                let result = self.flush(&final_flush).await;
+                timer.abort();
+                self.commit(CommitMode::Sync);
+                result.map(|_| ())
+            }
+            Err(error) => Err(error),
+        };
+        self.workers.stop();
+        result
+    }
+
+    async fn run_until_shutdown(&mut self, shutdown: &Shutdown) -> Result<(), Error> {
         let consumer = Arc::clone(&self.consumer);
         let mut flush_tick = tokio::time::interval(self.flush_interval);
         flush_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut gauge_tick = tokio::time::interval(Duration::from_secs(2));
         gauge_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
-            self.apply_assignment_changes()?;
+            self.apply_assignment_changes().await?;
             let keep_going = tokio::select! {
                 biased;
                 () = shutdown.cancelled() => false,
-                _ = flush_tick.tick() => self.flush(&shutdown).await?,
+                _ = flush_tick.tick() => self.flush(shutdown).await?,
                 message = consumer.recv() => {
-                    self.apply_assignment_changes()?;
+                    self.apply_assignment_changes().await?;
                     match message {
-                        Ok(message) => self.accept(&message),
+                        Ok(message) => self.accept(&message).await?,
                         Err(error) => warn!(%error, "kafka consumer error"),
                     }
                     if self.records_since_flush >= self.flush_max_records {
-                        self.flush(&shutdown).await?
+                        self.flush(shutdown).await?
                     } else {
                         true
                     }
                 }
                 _ = gauge_tick.tick() => {
-                    self.record_gauges().await;
+                    self.record_gauges().await?;
                     true
                 }
             };
             if !keep_going {
-                break;
+                return Ok(());
             }
         }
-        info!(topic = %self.topic, "aggregator stopping: final flush");
-        let final_flush = Shutdown::new();
-        let stop_retrying = final_flush.clone();
-        let timer = tokio::spawn(async move {
-            tokio::time::sleep(Duration::from_secs(30)).await;
-            stop_retrying.cancel();
-        });
-        let result = self.flush(&final_flush).await;
-        timer.abort();
-        self.commit(CommitMode::Sync);
-        result.map(|_| ())
     }
 
-    fn apply_assignment_changes(&mut self) -> Result<(), Error> {
+    async fn apply_assignment_changes(&mut self) -> Result<(), Error> {
         let context = self.consumer.context();
         if let Some(error) = lock(&context.fatal).take() {
             return Err(Error::Restore(error));
@@ -413,63 +434,55 @@ impl AggregatorLoop {
             match change {
                 AssignmentChange::Assigned(assigned) => {
                     for partition in assigned {
-                        self.partitions.insert(partition.partition(), partition);
+                        self.owned.insert(partition.partition(), None);
+                        self.workers.assign(partition).await?;
                     }
                     // A new assignment starts unpaused; a retried flush pauses it again.
                     self.paused = false;
                 }
                 AssignmentChange::Revoked(revoked) => {
                     for partition in revoked {
-                        self.partitions.remove(&partition);
+                        self.owned.remove(&partition);
+                        self.workers.revoke(partition).await?;
                     }
                 }
             }
-            metrics::gauge!(metric::PARTITIONS).set(self.partitions.len() as f64);
+            metrics::gauge!(metric::PARTITIONS).set(self.owned.len() as f64);
+            self.stats.partitions.store(
+                self.owned.len() as u64,
+                std::sync::atomic::Ordering::Release,
+            );
         }
         Ok(())
     }
 
-    fn accept(&mut self, message: &BorrowedMessage<'_>) {
-        let Some(partition) = self.partitions.get_mut(&message.partition()) else {
+    /// Hands a record to its partition's worker.
+    async fn accept(&mut self, message: &BorrowedMessage<'_>) -> Result<(), Error> {
+        if !self.owned.contains_key(&message.partition()) {
             metrics::counter!(metric::RECORDS, "outcome" => "stale").increment(1);
-            return;
-        };
-        let outcome = partition.handle(
-            message.offset(),
-            message.timestamp().to_millis(),
-            message.key(),
-            message.payload(),
-        );
-        let label = match &outcome {
-            Outcome::Counted => "counted",
-            Outcome::Late => "late",
-            Outcome::Duplicate => "duplicate",
-            Outcome::DeadLettered(_) => "dead_lettered",
-            Outcome::Remembered => "remembered",
-            Outcome::Stale => "stale",
-        };
-        if matches!(outcome, Outcome::Counted | Outcome::Late) {
-            self.stats
-                .counted
-                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            return Ok(());
         }
-        if let Outcome::DeadLettered(kind) = &outcome {
-            debug!(partition = message.partition(), offset = message.offset(), %kind, "dead-lettered");
-        }
-        metrics::counter!(metric::RECORDS, "outcome" => label).increment(1);
+        self.workers
+            .record(Record {
+                partition: message.partition(),
+                offset: message.offset(),
+                timestamp_ms: message.timestamp().to_millis(),
+                key: message.key().map(<[u8]>::to_vec),
+                payload: message.payload().map(<[u8]>::to_vec),
+            })
+            .await?;
+        self.stats
+            .records
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         self.records_since_flush += 1;
+        Ok(())
     }
 
     /// Writes what changed (see the module docs); `Ok(false)` when shutdown interrupted a retried
     /// write (the rest is recomputed by the next run).
     async fn flush(&mut self, shutdown: &Shutdown) -> Result<bool, Error> {
         self.records_since_flush = 0;
-        let mut batch: Vec<PartitionFlush> = self
-            .partitions
-            .values_mut()
-            .filter(|partition| partition.has_progress())
-            .map(PartitionAggregator::take_flush)
-            .collect();
+        let mut batch: Vec<PartitionFlush> = self.workers.flush().await?;
         if batch.is_empty() {
             return Ok(true);
         }
@@ -492,7 +505,7 @@ impl AggregatorLoop {
                     }
                     // Revoked partitions' parts are dropped: their new owner resumes from the
                     // last checkpoint.
-                    batch.retain(|flush| self.partitions.contains_key(&flush.partition));
+                    batch.retain(|flush| self.owned.contains_key(&flush.partition));
                     attempt += 1;
                 }
                 Err(error) => {
@@ -502,15 +515,18 @@ impl AggregatorLoop {
             }
         }
         let rows: usize = batch.iter().map(|flush| flush.updates.len()).sum();
+        let mut durable = Vec::with_capacity(batch.len());
         for flush in &batch {
-            if let Some(partition) = self.partitions.get_mut(&flush.partition) {
-                partition.flushed();
+            if let Some(next) = self.owned.get_mut(&flush.partition) {
+                *next = Some(flush.checkpoint.next_offset);
+                durable.push(flush.partition);
             }
             for letter in &flush.dead_letters {
                 metrics::counter!(metric::DEAD_LETTERS, "kind" => letter.error_kind.clone())
                     .increment(1);
             }
         }
+        self.workers.flushed(&durable).await?;
         self.resume_if_paused();
         self.commit(CommitMode::Async);
         self.stats
@@ -582,11 +598,11 @@ impl AggregatorLoop {
                 () = shutdown.cancelled() => return Ok(false),
                 () = tokio::time::sleep_until(until) => return Ok(true),
                 message = consumer.recv() => {
-                    self.apply_assignment_changes()?;
+                    self.apply_assignment_changes().await?;
                     self.pause_all();
                     // Already fetched: counted now, written by the next flush.
                     if let Ok(message) = message {
-                        self.accept(&message);
+                        self.accept(&message).await?;
                     }
                 }
             }
@@ -628,12 +644,10 @@ impl AggregatorLoop {
     /// Advisory: committed offsets show progress to Kafka tooling; resuming never reads them.
     fn commit(&self, mode: CommitMode) {
         let mut offsets = TopicPartitionList::new();
-        for (&partition, state) in &self.partitions {
-            let _ = offsets.add_partition_offset(
-                &self.topic,
-                partition,
-                Offset::Offset(state.next_offset()),
-            );
+        for (&partition, next) in &self.owned {
+            if let Some(next) = next {
+                let _ = offsets.add_partition_offset(&self.topic, partition, Offset::Offset(*next));
+            }
         }
         if offsets.count() == 0 {
             return;
@@ -643,20 +657,15 @@ impl AggregatorLoop {
         }
     }
 
-    async fn record_gauges(&self) {
-        let (mut windows, mut bytes, mut ids) = (0usize, 0usize, 0usize);
-        for partition in self.partitions.values() {
-            windows += partition.state().active_windows();
-            bytes += partition.approximate_bytes();
-            ids += partition.dedup_len();
-        }
-        metrics::gauge!(metric::ACTIVE_WINDOWS).set(windows as f64);
-        metrics::gauge!(metric::STATE_BYTES).set(bytes as f64);
-        metrics::gauge!(metric::DEDUP_IDS).set(ids as f64);
+    async fn record_gauges(&mut self) -> Result<(), Error> {
+        let gauges = self.workers.gauges().await?;
+        metrics::gauge!(metric::ACTIVE_WINDOWS).set(gauges.active_windows as f64);
+        metrics::gauge!(metric::STATE_BYTES).set(gauges.bytes as f64);
+        metrics::gauge!(metric::DEDUP_IDS).set(gauges.dedup_ids as f64);
         let positions: Vec<(i32, i64)> = self
-            .partitions
+            .owned
             .iter()
-            .map(|(&partition, state)| (partition, state.next_offset()))
+            .filter_map(|(&partition, next)| next.map(|next| (partition, next)))
             .collect();
         let consumer = Arc::clone(&self.consumer);
         let topic = self.topic.clone();
@@ -671,5 +680,6 @@ impl AggregatorLoop {
             }
         })
         .await;
+        Ok(())
     }
 }

@@ -162,6 +162,19 @@ async fn instances_joining_and_leaving_mid_stream_lose_and_duplicate_nothing() {
     .await;
     // A second instance joins: partitions move to it mid-stream.
     let second = start(&config).await;
+    testkit::eventually(
+        Duration::from_secs(120),
+        "partitions moving to the second",
+        || async {
+            (second
+                .stats
+                .partitions
+                .load(std::sync::atomic::Ordering::Acquire)
+                > 0)
+            .then_some(())
+        },
+    )
+    .await;
     produce(&config.kafka, &events[third..2 * third]).await;
     testkit::eventually(
         Duration::from_secs(120),

@@ -421,6 +421,10 @@ pub struct Running {
 
 /// Starts the aggregator in this process.
 pub async fn start(config: &Config) -> Running {
+    // Logs when asked for (QUOTAFLOW_LOG=info cargo test ... -- --nocapture).
+    if std::env::var_os("QUOTAFLOW_LOG").is_some() {
+        infra::telemetry::init_tracing();
+    }
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let metrics_url = format!("http://{}/metrics", listener.local_addr().unwrap());
     let service = aggregator::Aggregator::new(config.clone());
@@ -465,7 +469,7 @@ pub fn spawn_process_with_failpoint(config: &Config, failpoint: Option<&str>) ->
             command.env_remove(name);
         }
     }
-    command.env("RUST_LOG", "warn");
+    command.env("QUOTAFLOW_LOG", "warn");
     match failpoint {
         Some(failpoint) => command.env("AGGREGATOR_FAILPOINT", failpoint),
         None => command.env_remove("AGGREGATOR_FAILPOINT"),

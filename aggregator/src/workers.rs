@@ -1,0 +1,312 @@
+//! Worker threads: the per-record work (decode, checks, duplicate filter, totals) of the
+//! partitions, spread over threads so that it uses every core while the consumer loop polls Kafka
+//! and writes flushes.
+//!
+//! Each partition lives on exactly one worker (`partition % workers`), and each worker takes its
+//! commands from one bounded channel in order, so a partition sees its records in offset order
+//! and a flush request is answered only after every record sent before it was handled: the
+//! flush describes exactly the records read so far. Records go in batches of 512 (one channel
+//! operation per batch); a batch not yet full is sent before any other command, so the order
+//! holds. The bound (16 batches in flight per worker) keeps memory bounded and slows the
+//! consumer loop down to what the workers handle.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::thread::JoinHandle;
+
+use tokio::sync::{mpsc, oneshot};
+
+use crate::partition::{Outcome, PartitionAggregator, PartitionFlush};
+use crate::pipeline::{metric, Stats};
+
+/// Batches (and commands) queued per worker.
+const QUEUE: usize = 16;
+
+/// Records sent to a worker at a time: one channel operation per batch, not per record.
+const BATCH: usize = 512;
+
+/// One record, owned so it can cross to a worker thread.
+#[derive(Debug)]
+pub struct Record {
+    /// Partition.
+    pub partition: i32,
+    /// Offset.
+    pub offset: i64,
+    /// Kafka timestamp in milliseconds.
+    pub timestamp_ms: Option<i64>,
+    /// Key.
+    pub key: Option<Vec<u8>>,
+    /// Value.
+    pub payload: Option<Vec<u8>>,
+}
+
+/// What the state of a worker's partitions amounts to (for gauges).
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Gauges {
+    /// (scope, window) totals held.
+    pub active_windows: usize,
+    /// Approximate bytes of totals and duplicate filters.
+    pub bytes: usize,
+    /// Ids in the duplicate filters.
+    pub dedup_ids: usize,
+}
+
+enum Command {
+    Assign(Box<PartitionAggregator>),
+    Revoke(i32),
+    Records(Vec<Record>),
+    Flush(oneshot::Sender<Vec<PartitionFlush>>),
+    Flushed(Vec<i32>),
+    Gauges(oneshot::Sender<Gauges>),
+}
+
+/// The worker threads.
+pub struct Workers {
+    senders: Vec<mpsc::Sender<Command>>,
+    /// Records not sent yet, per worker; sent before any other command, so order holds.
+    pending: Vec<Vec<Record>>,
+    threads: Vec<JoinHandle<()>>,
+}
+
+/// The workers are gone (a worker thread panicked): the service must stop.
+#[derive(Debug, thiserror::Error)]
+#[error("a worker thread stopped")]
+pub struct WorkerGone;
+
+impl Workers {
+    /// `count` workers (at least one), reporting into `stats`.
+    pub fn start(count: usize, stats: Arc<Stats>) -> Workers {
+        let count = count.max(1);
+        let mut senders = Vec::with_capacity(count);
+        let mut threads = Vec::with_capacity(count);
+        for index in 0..count {
+            let (sender, receiver) = mpsc::channel(QUEUE);
+            let stats = Arc::clone(&stats);
+            let thread = std::thread::Builder::new()
+                .name(format!("aggregator-worker-{index}"))
+                .spawn(move || work(receiver, stats))
+                .expect("spawning a worker thread");
+            senders.push(sender);
+            threads.push(thread);
+        }
+        Workers {
+            pending: (0..count).map(|_| Vec::with_capacity(BATCH)).collect(),
+            senders,
+            threads,
+        }
+    }
+
+    /// The worker index of `partition`.
+    fn index(&self, partition: i32) -> usize {
+        partition.unsigned_abs() as usize % self.senders.len()
+    }
+
+    /// Sends worker `index` its pending records.
+    async fn send_pending(&mut self, index: usize) -> Result<(), WorkerGone> {
+        if self.pending[index].is_empty() {
+            return Ok(());
+        }
+        let batch = std::mem::replace(&mut self.pending[index], Vec::with_capacity(BATCH));
+        send(&self.senders[index], Command::Records(batch)).await
+    }
+
+    /// Sends every worker its pending records.
+    async fn send_all_pending(&mut self) -> Result<(), WorkerGone> {
+        for index in 0..self.senders.len() {
+            self.send_pending(index).await?;
+        }
+        Ok(())
+    }
+
+    /// Hands a restored partition to its worker.
+    pub async fn assign(&mut self, partition: PartitionAggregator) -> Result<(), WorkerGone> {
+        let index = self.index(partition.partition());
+        self.send_pending(index).await?;
+        send(&self.senders[index], Command::Assign(Box::new(partition))).await
+    }
+
+    /// Drops a partition (revoked: its new owner resumes from the last checkpoint).
+    pub async fn revoke(&mut self, partition: i32) -> Result<(), WorkerGone> {
+        let index = self.index(partition);
+        self.send_pending(index).await?;
+        send(&self.senders[index], Command::Revoke(partition)).await
+    }
+
+    /// Queues a record for its partition's worker, in batches (waits while that worker's queue
+    /// is full).
+    pub async fn record(&mut self, record: Record) -> Result<(), WorkerGone> {
+        let index = self.index(record.partition);
+        self.pending[index].push(record);
+        if self.pending[index].len() >= BATCH {
+            self.send_pending(index).await?;
+        }
+        Ok(())
+    }
+
+    /// Every partition's flush (those with progress), after every record queued before.
+    pub async fn flush(&mut self) -> Result<Vec<PartitionFlush>, WorkerGone> {
+        self.send_all_pending().await?;
+        let mut replies = Vec::with_capacity(self.senders.len());
+        for sender in &self.senders {
+            let (reply, receiver) = oneshot::channel();
+            send(sender, Command::Flush(reply)).await?;
+            replies.push(receiver);
+        }
+        let mut flushes = Vec::new();
+        for receiver in replies {
+            flushes.extend(receiver.await.map_err(|_| WorkerGone)?);
+        }
+        Ok(flushes)
+    }
+
+    /// Tells the workers the flushes of `partitions` are durable (they evict closed windows).
+    pub async fn flushed(&mut self, partitions: &[i32]) -> Result<(), WorkerGone> {
+        let mut by_worker: BTreeMap<usize, Vec<i32>> = BTreeMap::new();
+        for &partition in partitions {
+            by_worker
+                .entry(partition.unsigned_abs() as usize % self.senders.len())
+                .or_default()
+                .push(partition);
+        }
+        for (worker, partitions) in by_worker {
+            send(&self.senders[worker], Command::Flushed(partitions)).await?;
+        }
+        Ok(())
+    }
+
+    /// The state's size over all workers.
+    pub async fn gauges(&mut self) -> Result<Gauges, WorkerGone> {
+        let mut total = Gauges::default();
+        for sender in &self.senders {
+            let (reply, receiver) = oneshot::channel();
+            send(sender, Command::Gauges(reply)).await?;
+            let gauges = receiver.await.map_err(|_| WorkerGone)?;
+            total.active_windows += gauges.active_windows;
+            total.bytes += gauges.bytes;
+            total.dedup_ids += gauges.dedup_ids;
+        }
+        Ok(total)
+    }
+
+    /// Stops the workers (their partitions are dropped) and waits for them.
+    pub fn stop(self) {
+        drop(self.senders);
+        for thread in self.threads {
+            let _ = thread.join();
+        }
+    }
+}
+
+async fn send(sender: &mpsc::Sender<Command>, command: Command) -> Result<(), WorkerGone> {
+    sender.send(command).await.map_err(|_| WorkerGone)
+}
+
+/// Outcome counts not yet published (metrics are cheap per batch, not per record).
+#[derive(Default)]
+struct Counts {
+    by_outcome: [u64; 6],
+}
+
+const OUTCOMES: [&str; 6] = [
+    "counted",
+    "late",
+    "duplicate",
+    "dead_lettered",
+    "remembered",
+    "stale",
+];
+
+impl Counts {
+    fn add(&mut self, outcome: &Outcome) {
+        let index = match outcome {
+            Outcome::Counted => 0,
+            Outcome::Late => 1,
+            Outcome::Duplicate => 2,
+            Outcome::DeadLettered(_) => 3,
+            Outcome::Remembered => 4,
+            Outcome::Stale => 5,
+        };
+        self.by_outcome[index] += 1;
+    }
+
+    fn publish(&mut self, stats: &Stats) {
+        for (count, outcome) in self.by_outcome.iter_mut().zip(OUTCOMES) {
+            if *count > 0 {
+                metrics::counter!(metric::RECORDS, "outcome" => outcome).increment(*count);
+            }
+        }
+        let counted = self.by_outcome[0] + self.by_outcome[1];
+        stats.counted.fetch_add(counted, Ordering::Relaxed);
+        self.by_outcome = [0; 6];
+    }
+}
+
+fn work(mut receiver: mpsc::Receiver<Command>, stats: Arc<Stats>) {
+    let mut partitions: BTreeMap<i32, PartitionAggregator> = BTreeMap::new();
+    let mut counts = Counts::default();
+    let mut since_publish = 0u32;
+    while let Some(command) = receiver.blocking_recv() {
+        match command {
+            Command::Assign(partition) => {
+                partitions.insert(partition.partition(), *partition);
+            }
+            Command::Revoke(partition) => {
+                partitions.remove(&partition);
+            }
+            Command::Records(records) => {
+                for record in records {
+                    let outcome = match partitions.get_mut(&record.partition) {
+                        Some(partition) => partition.handle(
+                            record.offset,
+                            record.timestamp_ms,
+                            record.key.as_deref(),
+                            record.payload.as_deref(),
+                        ),
+                        None => Outcome::Stale,
+                    };
+                    if let Outcome::DeadLettered(kind) = &outcome {
+                        tracing::debug!(
+                            partition = record.partition,
+                            offset = record.offset,
+                            %kind,
+                            "dead-lettered"
+                        );
+                    }
+                    counts.add(&outcome);
+                }
+                since_publish += 1;
+                if since_publish >= 4 {
+                    counts.publish(&stats);
+                    since_publish = 0;
+                }
+            }
+            Command::Flush(reply) => {
+                counts.publish(&stats);
+                since_publish = 0;
+                let flushes = partitions
+                    .values_mut()
+                    .filter(|partition| partition.has_progress())
+                    .map(PartitionAggregator::take_flush)
+                    .collect();
+                let _ = reply.send(flushes);
+            }
+            Command::Flushed(flushed) => {
+                for partition in flushed {
+                    if let Some(partition) = partitions.get_mut(&partition) {
+                        partition.flushed();
+                    }
+                }
+            }
+            Command::Gauges(reply) => {
+                let mut gauges = Gauges::default();
+                for partition in partitions.values() {
+                    gauges.active_windows += partition.state().active_windows();
+                    gauges.bytes += partition.approximate_bytes();
+                    gauges.dedup_ids += partition.dedup_len();
+                }
+                let _ = reply.send(gauges);
+            }
+        }
+    }
+}
