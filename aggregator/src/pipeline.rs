@@ -31,12 +31,11 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use infra::config::ClickHouseConfig;
+use infra::external_offsets::{self, lock, Pause};
 use infra::shutdown::Shutdown;
 use ingest::dead_letter::DeadLetterWriter;
 use policy::PolicySet;
-use rdkafka::consumer::{
-    BaseConsumer, CommitMode, Consumer, ConsumerContext, RebalanceProtocol, StreamConsumer,
-};
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, StreamConsumer};
 use rdkafka::message::BorrowedMessage;
 use rdkafka::types::RDKafkaRespErr;
 use rdkafka::{ClientContext, Message, Offset, TopicPartitionList};
@@ -158,10 +157,6 @@ impl ConsumerContext for AggregatorContext {
         err: RDKafkaRespErr,
         tpl: &mut TopicPartitionList,
     ) {
-        let cooperative = matches!(
-            base_consumer.rebalance_protocol(),
-            RebalanceProtocol::Cooperative
-        );
         let partitions: Vec<i32> = tpl
             .elements_for_topic(&self.topic)
             .iter()
@@ -186,12 +181,7 @@ impl ConsumerContext for AggregatorContext {
                         return;
                     }
                 }
-                let result = if cooperative {
-                    base_consumer.incremental_assign(tpl)
-                } else {
-                    base_consumer.assign(tpl)
-                };
-                if let Err(error) = result {
+                if let Err(error) = external_offsets::assign(base_consumer, tpl) {
                     *lock(&self.fatal) = Some(format!("assign failed: {error}"));
                     return;
                 }
@@ -200,24 +190,13 @@ impl ConsumerContext for AggregatorContext {
             RDKafkaRespErr::RD_KAFKA_RESP_ERR__REVOKE_PARTITIONS => {
                 info!(topic = %self.topic, ?partitions, "partitions revoked");
                 lock(&self.changes).push(AssignmentChange::Revoked(partitions));
-                let result = if cooperative {
-                    base_consumer.incremental_unassign(tpl)
-                } else {
-                    base_consumer.unassign()
-                };
-                if let Err(error) = result {
+                if let Err(error) = external_offsets::unassign(base_consumer, tpl) {
                     warn!(%error, "unassign failed");
                 }
             }
             other => warn!(error = ?other, "rebalance error"),
         }
     }
-}
-
-fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    mutex
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 impl AggregatorContext {
@@ -333,7 +312,7 @@ pub struct AggregatorLoop {
     /// Owned partitions and their last durable `next_offset` (for the advisory commit).
     owned: BTreeMap<i32, Option<i64>>,
     records_since_flush: usize,
-    paused: bool,
+    pause: Pause,
     stats: Arc<Stats>,
 }
 
@@ -360,7 +339,7 @@ impl AggregatorLoop {
             workers: Workers::start(workers, Arc::clone(&stats)),
             owned: BTreeMap::new(),
             records_since_flush: 0,
-            paused: false,
+            pause: Pause::default(),
             stats,
         }
     }
@@ -438,7 +417,7 @@ impl AggregatorLoop {
                         self.workers.assign(partition).await?;
                     }
                     // A new assignment starts unpaused; a retried flush pauses it again.
-                    self.paused = false;
+                    self.pause.reset();
                 }
                 AssignmentChange::Revoked(revoked) => {
                     for partition in revoked {
@@ -586,9 +565,7 @@ impl AggregatorLoop {
     /// Waits before retrying a flush with the assignment paused, while still polling the consumer
     /// (rebalances, `max.poll.interval.ms`). Returns `false` if shutdown was requested.
     async fn back_off(&mut self, attempt: u32, shutdown: &Shutdown) -> Result<bool, Error> {
-        let delay = Duration::from_millis(100)
-            .saturating_mul(1 << attempt.min(6))
-            .min(Duration::from_secs(5));
+        let delay = external_offsets::retry_delay(attempt);
         self.pause_all();
         let consumer = Arc::clone(&self.consumer);
         let until = tokio::time::Instant::now() + delay;
@@ -610,51 +587,24 @@ impl AggregatorLoop {
     }
 
     fn pause_all(&mut self) {
-        if self.paused {
-            return;
-        }
-        match self.consumer.assignment() {
-            Ok(assignment) => match self.consumer.pause(&assignment) {
-                Ok(()) => {
-                    self.paused = true;
-                    metrics::gauge!(metric::PAUSED).set(1.0);
-                    info!(topic = %self.topic, "paused reading while a flush is retried");
-                }
-                Err(error) => warn!(%error, "pause failed"),
-            },
-            Err(error) => warn!(%error, "cannot read the assignment to pause it"),
+        if self.pause.pause_all(&*self.consumer, &self.topic) {
+            metrics::gauge!(metric::PAUSED).set(1.0);
         }
     }
 
     fn resume_if_paused(&mut self) {
-        if !self.paused {
-            return;
+        if self.pause.resume(&*self.consumer, &self.topic) {
+            metrics::gauge!(metric::PAUSED).set(0.0);
         }
-        if let Ok(assignment) = self.consumer.assignment() {
-            if let Err(error) = self.consumer.resume(&assignment) {
-                warn!(%error, "resume failed");
-                return;
-            }
-        }
-        self.paused = false;
-        metrics::gauge!(metric::PAUSED).set(0.0);
-        info!(topic = %self.topic, "resumed reading");
     }
 
     /// Advisory: committed offsets show progress to Kafka tooling; resuming never reads them.
     fn commit(&self, mode: CommitMode) {
-        let mut offsets = TopicPartitionList::new();
-        for (&partition, next) in &self.owned {
-            if let Some(next) = next {
-                let _ = offsets.add_partition_offset(&self.topic, partition, Offset::Offset(*next));
-            }
-        }
-        if offsets.count() == 0 {
-            return;
-        }
-        if let Err(error) = self.consumer.commit(&offsets, mode) {
-            debug!(%error, "advisory commit failed");
-        }
+        let offsets = self
+            .owned
+            .iter()
+            .filter_map(|(&partition, next)| next.map(|next| (partition, next)));
+        external_offsets::commit_advisory(&*self.consumer, &self.topic, offsets, mode);
     }
 
     async fn record_gauges(&mut self) -> Result<(), Error> {

@@ -16,6 +16,7 @@
 pub mod clickhouse;
 pub mod config;
 pub mod error;
+pub mod external_offsets;
 pub mod kafka;
 pub mod migrations;
 pub mod secret;

@@ -11,11 +11,9 @@ use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
 use infra::config::ClickHouseConfig;
+use infra::external_offsets::{self, lock, Pause};
 use infra::shutdown::Shutdown;
-use rdkafka::consumer::{
-    BaseConsumer, CommitMode, Consumer, ConsumerContext, RebalanceProtocol, StreamConsumer,
-};
-use rdkafka::error::KafkaError;
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, StreamConsumer};
 use rdkafka::types::RDKafkaRespErr;
 use rdkafka::{ClientContext, Message, Offset, TopicPartitionList};
 use schemas::UsageEvent;
@@ -81,10 +79,6 @@ impl ConsumerContext for ArchiveContext {
         err: RDKafkaRespErr,
         tpl: &mut TopicPartitionList,
     ) {
-        let cooperative = matches!(
-            base_consumer.rebalance_protocol(),
-            RebalanceProtocol::Cooperative
-        );
         let partitions: Vec<i32> = tpl
             .elements_for_topic(&self.topic)
             .iter()
@@ -111,12 +105,7 @@ impl ConsumerContext for ArchiveContext {
                     assigned.push((partition, next));
                 }
                 info!(topic = %self.topic, ?assigned, "partitions assigned at archived offsets");
-                let result = if cooperative {
-                    base_consumer.incremental_assign(tpl)
-                } else {
-                    base_consumer.assign(tpl)
-                };
-                if let Err(error) = result {
+                if let Err(error) = external_offsets::assign(base_consumer, tpl) {
                     *lock(&self.fatal) = Some(format!("assign failed: {error}"));
                     return;
                 }
@@ -125,24 +114,13 @@ impl ConsumerContext for ArchiveContext {
             RDKafkaRespErr::RD_KAFKA_RESP_ERR__REVOKE_PARTITIONS => {
                 info!(topic = %self.topic, ?partitions, "partitions revoked");
                 lock(&self.changes).push(AssignmentChange::Revoked(partitions));
-                let result = if cooperative {
-                    base_consumer.incremental_unassign(tpl)
-                } else {
-                    base_consumer.unassign()
-                };
-                if let Err(error) = result {
+                if let Err(error) = external_offsets::unassign(base_consumer, tpl) {
                     warn!(%error, "unassign failed");
                 }
             }
             other => warn!(error = ?other, "rebalance error"),
         }
     }
-}
-
-fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    mutex
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 /// Reads the resume offsets from a callback that must not return before it has them. It runs on
@@ -208,7 +186,7 @@ pub(super) struct ArchiveLoop {
     /// Records read since the last flush.
     batch: Batch,
     /// Whether the assignment is paused (a write is being retried).
-    paused: bool,
+    pause: Pause,
     /// The last `version` given to a row: versions strictly increase with the offsets read, so
     /// among copies of one `event_id` the ReplacingMergeTree keeps the highest offset and
     /// `max(kafka_offset)` (the resume rule) never goes backwards by a merge within a run.
@@ -260,7 +238,7 @@ impl ArchiveLoop {
             stats,
             partitions: BTreeMap::new(),
             batch: Batch::default(),
-            paused: false,
+            pause: Pause::default(),
             last_version_us: 0,
         }
     }
@@ -345,7 +323,7 @@ impl ArchiveLoop {
                     }
                     // A new assignment starts unpaused; `back_off` pauses it again if a write is
                     // still being retried.
-                    self.paused = false;
+                    self.pause.reset();
                 }
                 AssignmentChange::Revoked(revoked) => {
                     for partition in revoked {
@@ -567,9 +545,7 @@ impl ArchiveLoop {
     /// while still polling the consumer (rebalances, `max.poll.interval.ms`). Returns `false` if
     /// shutdown was requested.
     async fn back_off(&mut self, attempt: u32, shutdown: &Shutdown) -> Result<bool, ArchiveError> {
-        let delay = Duration::from_millis(100)
-            .saturating_mul(1 << attempt.min(6))
-            .min(Duration::from_secs(5));
+        let delay = external_offsets::retry_delay(attempt);
         self.pause_all();
         let consumer = Arc::clone(&self.consumer);
         let until = tokio::time::Instant::now() + delay;
@@ -592,52 +568,21 @@ impl ArchiveLoop {
     }
 
     fn pause_all(&mut self) {
-        if self.paused {
-            return;
-        }
-        match self.consumer.assignment() {
-            Ok(assignment) => match self.consumer.pause(&assignment) {
-                Ok(()) => {
-                    self.paused = true;
-                    info!(topic = %self.topic, "paused reading while writes are retried");
-                }
-                Err(error) => warn!(%error, "pause failed"),
-            },
-            Err(error) => warn!(%error, "cannot read the assignment to pause it"),
-        }
+        self.pause.pause_all(&*self.consumer, &self.topic);
     }
 
     fn resume_if_paused(&mut self) {
-        if !self.paused {
-            return;
-        }
-        if let Ok(assignment) = self.consumer.assignment() {
-            if let Err(error) = self.consumer.resume(&assignment) {
-                warn!(%error, "resume failed");
-                return;
-            }
-        }
-        self.paused = false;
-        info!(topic = %self.topic, "resumed reading");
+        self.pause.resume(&*self.consumer, &self.topic);
     }
 
     /// Advisory: the group's committed offsets show progress to Kafka tooling; the archive itself
     /// never reads them back.
     fn commit(&self, mode: CommitMode) {
-        let mut offsets = TopicPartitionList::new();
-        for (&partition, state) in &self.partitions {
-            if let Some(next) = state.next_to_write {
-                let _ = offsets.add_partition_offset(&self.topic, partition, Offset::Offset(next));
-            }
-        }
-        if offsets.count() == 0 {
-            return;
-        }
-        match self.consumer.commit(&offsets, mode) {
-            Ok(()) => {}
-            Err(KafkaError::ConsumerCommit(code)) => debug!(%code, "advisory commit failed"),
-            Err(error) => debug!(%error, "advisory commit failed"),
-        }
+        let offsets = self
+            .partitions
+            .iter()
+            .filter_map(|(&partition, state)| state.next_to_write.map(|next| (partition, next)));
+        external_offsets::commit_advisory(&*self.consumer, &self.topic, offsets, mode);
     }
 
     async fn record_lag(&self) {
