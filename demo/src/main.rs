@@ -61,7 +61,8 @@ async fn main() -> Result<()> {
         database: args.database.clone(),
     };
     wait_for_archive(&clickhouse, &run_id, accepted).await?;
-    print_summary(&clickhouse, &run_id).await
+    print_summary(&clickhouse, &run_id).await?;
+    print_aggregator_check(&clickhouse).await
 }
 
 async fn send_workload(args: &Args, run_id: &str, http: &reqwest::Client) -> Result<(u64, u64)> {
@@ -181,6 +182,51 @@ async fn wait_for_archive(clickhouse: &ClickHouse, run_id: &str, expected: u64) 
         }
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
+}
+
+/// Today's UTC day totals per team as the aggregator keeps them (`window_totals_current`), next to
+/// a recount from the raw archive (every run of the day); waits up to 60 s for them to agree.
+async fn print_aggregator_check(clickhouse: &ClickHouse) -> Result<()> {
+    // ANY LEFT JOIN: 18.16 wants the strictness spelled out; modern ClickHouse accepts it too.
+    let sql = "SELECT raw.team AS team, toString(raw.requests) AS raw_requests, \
+         toString(agg.requests) AS agg_requests, toString(raw.cost) AS raw_cost, \
+         toString(agg.cost_usd) AS agg_cost, \
+         toString(raw.requests = agg.requests AND raw.cost = agg.cost_usd) AS agree \
+         FROM (SELECT team, countIf(job_state IS NULL OR job_state = 'submitted') AS requests, \
+               sum(ifNull(cost_usd, toDecimal128(0, 12))) AS cost FROM usage_events \
+               WHERE occurred_at >= toStartOfDay(now(), 'UTC') GROUP BY team) AS raw \
+         ANY LEFT JOIN (SELECT scope_key AS team, requests, cost_usd FROM window_totals_current \
+               WHERE scope_kind = 'team' AND window_kind = 'day' AND window_tz = 'UTC' \
+               AND window_start = toStartOfDay(now(), 'UTC')) AS agg USING team ORDER BY team";
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let rows = loop {
+        let rows = clickhouse.rows(sql).await?;
+        let agree = !rows.is_empty() && rows.iter().all(|row| row["agree"].as_str() == Some("1"));
+        if agree || Instant::now() > deadline {
+            break rows;
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    };
+    println!("\n== aggregator totals today (UTC day) vs a recount of the raw archive ==");
+    for row in &rows {
+        println!(
+            "{:<10} requests {:>7} (recount {:>7})  cost {:>22} USD (recount {:>22})  {}",
+            row["team"].as_str().unwrap_or(""),
+            row["agg_requests"].as_str().unwrap_or(""),
+            row["raw_requests"].as_str().unwrap_or(""),
+            row["agg_cost"].as_str().unwrap_or(""),
+            row["raw_cost"].as_str().unwrap_or(""),
+            if row["agree"].as_str() == Some("1") {
+                "exact"
+            } else {
+                "DIFFERS"
+            }
+        );
+    }
+    if !rows.iter().all(|row| row["agree"].as_str() == Some("1")) {
+        bail!("the aggregator's totals do not match the raw archive after 60 s");
+    }
+    Ok(())
 }
 
 async fn print_summary(clickhouse: &ClickHouse, run_id: &str) -> Result<()> {

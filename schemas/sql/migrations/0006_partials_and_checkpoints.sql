@@ -6,6 +6,11 @@
 -- keeps its own exact partial total per (scope, window) and the view adds them up. A partial is a
 -- function of the partition's records up to its version (an offset), which is what makes writes
 -- idempotent and replays exact.
+--
+-- The DROPs run once per database (the migration is recorded after it succeeds). Services applying it at
+-- the same moment each drop and then create, so the tables exist afterwards whatever the interleaving;
+-- a checkpoint written in that first second could be dropped, which only makes its partition replay from
+-- the start (totals stay exact, see the aggregator's docs).
 
 -- (DROP TABLE, not DROP VIEW: 18.16 has no DROP VIEW; both engines drop a view this way.)
 DROP TABLE IF EXISTS window_totals_current;
