@@ -425,13 +425,22 @@ impl PartitionAggregator {
     pub fn take_flush(&mut self) -> PartitionFlush {
         self.progressed = false;
         let updates = self.state.drain_dirty();
+        // While the records before `next_offset` are still being re-read, the filter is
+        // incomplete and its front says nothing: the restored replay start still holds. (A flush
+        // can come that early: rows restored ahead of the checkpoint are rewritten at once.)
+        let rebuilding = self.read_next < self.next_offset;
+        let replay_from = if rebuilding {
+            self.replay_from
+        } else {
+            self.dedup.replay_from().unwrap_or(self.next_offset)
+        };
         PartitionFlush {
             partition: self.partition,
             updates,
             dead_letters: std::mem::take(&mut self.dead_letters),
             checkpoint: Checkpoint {
                 next_offset: self.next_offset,
-                replay_from: self.dedup.replay_from().unwrap_or(self.next_offset),
+                replay_from,
                 state: CheckpointState {
                     watermark: self.state.watermark(),
                     closed_through: self.state.closed_through(),
@@ -537,6 +546,55 @@ mod tests {
                 counts.dead_lettered
             ),
             (3, 1, 1, 3)
+        );
+    }
+
+    /// Found by the crash test: rows restored ahead of the checkpoint make a flush due before any
+    /// record is re-read; its checkpoint must keep the restored replay start, or the next restart
+    /// would rebuild the duplicate filter from too late and count a copy again.
+    #[test]
+    fn a_flush_before_the_filter_is_rebuilt_keeps_the_replay_start() {
+        let mut first = fresh();
+        for (offset, id) in ["e1", "e2", "e3"].iter().enumerate() {
+            first.handle(offset as i64, written(at(1)), None, Some(&bytes(id, at(1))));
+        }
+        let checkpoint = first.take_flush().checkpoint;
+        assert_eq!((checkpoint.next_offset, checkpoint.replay_from), (3, 0));
+        let ahead = StoredTotal {
+            scope_kind: "team",
+            scope_key: "search",
+            window_kind: "day",
+            window_tz: "UTC",
+            window_start: Utc.with_ymd_and_hms(2026, 3, 9, 0, 0, 0).unwrap(),
+            measures: crate::measures::Measures::ZERO,
+            version: 5,
+        };
+        let (mut second, restored) = PartitionAggregator::restore(
+            "usage",
+            0,
+            &policies(),
+            PartitionSettings::default(),
+            Some(checkpoint),
+            [ahead],
+        )
+        .unwrap();
+        assert_eq!(restored, 1);
+        assert!(
+            second.has_progress(),
+            "the ahead row is due to be rewritten"
+        );
+        let early = second.take_flush().checkpoint;
+        assert_eq!((early.next_offset, early.replay_from), (3, 0));
+        // Once the filter is rebuilt, a copy of e1 is a duplicate.
+        for (offset, id) in ["e1", "e2", "e3"].iter().enumerate() {
+            assert_eq!(
+                second.handle(offset as i64, written(at(1)), None, Some(&bytes(id, at(1)))),
+                Outcome::Remembered
+            );
+        }
+        assert_eq!(
+            second.handle(3, written(at(1)), None, Some(&bytes("e1", at(1)))),
+            Outcome::Duplicate
         );
     }
 
