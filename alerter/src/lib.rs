@@ -3,11 +3,13 @@
 //! block/allow/degrade decisions gateways obey to the control topic.
 //!
 //! - [`config`]: the service's [`Config`].
+//! - [`totals`]: [`totals::TotalsView`], the aggregator's totals as read from the totals topic
+//!   (highest version per partition, summed over partitions). Pure; no consumer feeds it yet.
 //! - [`Error`]: why the service stopped ([`infra::service::ServiceError`]), with a retry hint.
 //! - [`run`] / [`run_with_listener`]: start the service and keep it up until shutdown.
 //!
 //! # What runs today
-//! A skeleton: at startup it applies the ClickHouse migrations and creates the pipeline topics, then
+//! The building blocks above, and a skeleton service: at startup it applies the ClickHouse migrations and creates the pipeline topics, then
 //! serves `/metrics`, `/healthz` and `/readyz` until the shutdown token is cancelled.
 //!
 //! # Delivery guarantees
@@ -17,6 +19,8 @@
 //! service until that is built.
 
 pub mod config;
+pub mod notify;
+pub mod totals;
 
 use infra::shutdown::Shutdown;
 use tokio::net::TcpListener;

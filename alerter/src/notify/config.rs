@@ -1,0 +1,197 @@
+//! Notification settings: where notices go (Slack webhooks per channel, PagerDuty routing keys per
+//! service), how failed deliveries are retried, and how storms are grouped. Webhook URLs and routing
+//! keys are [`Secret`]s, so a config dump shows `<redacted>`.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use infra::secret::Secret;
+use serde::{Deserialize, Serialize};
+
+use super::pagerduty::DEFAULT_EVENTS_URL;
+use super::retry::RetryPolicy;
+use super::NotifyError;
+
+/// Everything the notifiers need; unknown keys are an error.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct NotifyConfig {
+    /// Storm grouping interval: at most one notification per policy, scope, window and kind per
+    /// interval (see [`super::grouping`]). Five minutes: long enough that a burst of evaluations
+    /// becomes one message, short enough that a changed situation is reported promptly.
+    pub group_interval_secs: u64,
+    /// Retries shared by Slack and PagerDuty.
+    pub retry: RetryPolicy,
+    /// Slack webhooks.
+    pub slack: SlackConfig,
+    /// PagerDuty Events API.
+    pub pagerduty: PagerDutyConfig,
+}
+
+impl Default for NotifyConfig {
+    fn default() -> Self {
+        Self {
+            group_interval_secs: 300,
+            retry: RetryPolicy::default(),
+            slack: SlackConfig::default(),
+            pagerduty: PagerDutyConfig::default(),
+        }
+    }
+}
+
+/// Slack incoming webhooks; each is bound to one channel when created, so the map is per channel.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SlackConfig {
+    /// Channel used for notices that name none; must be a key of `webhooks` when set.
+    pub default_channel: Option<String>,
+    /// Channel name (as policies name it, e.g. `#search-alerts`) → webhook URL.
+    pub webhooks: BTreeMap<String, Secret>,
+}
+
+/// PagerDuty Events API v2.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PagerDutyConfig {
+    /// Events endpoint; the public one unless testing.
+    pub events_url: String,
+    /// PagerDuty service (as policies name it) → its Events API v2 integration (routing) key.
+    pub routing_keys: BTreeMap<String, Secret>,
+}
+
+impl Default for PagerDutyConfig {
+    fn default() -> Self {
+        Self {
+            events_url: DEFAULT_EVENTS_URL.to_string(),
+            routing_keys: BTreeMap::new(),
+        }
+    }
+}
+
+impl NotifyConfig {
+    /// Checks the settings at load time; messages name the setting, never a secret.
+    pub fn validate(&self) -> Result<(), NotifyError> {
+        self.retry.validate()?;
+        if self.group_interval_secs == 0 {
+            return Err(NotifyError::Config(
+                "group_interval_secs must be positive".to_string(),
+            ));
+        }
+        for (channel, webhook) in &self.slack.webhooks {
+            if !is_http_url(webhook.expose()) {
+                return Err(NotifyError::Config(format!(
+                    "slack.webhooks.{channel} is not an http(s) URL"
+                )));
+            }
+        }
+        if let Some(channel) = &self.slack.default_channel {
+            if !self.slack.webhooks.contains_key(channel) {
+                return Err(NotifyError::Config(format!(
+                    "slack.default_channel {channel} has no webhook"
+                )));
+            }
+        }
+        if !is_http_url(&self.pagerduty.events_url) {
+            return Err(NotifyError::Config(
+                "pagerduty.events_url is not an http(s) URL".to_string(),
+            ));
+        }
+        if let Some((service, _)) = self
+            .pagerduty
+            .routing_keys
+            .iter()
+            .find(|(_, key)| key.is_empty())
+        {
+            return Err(NotifyError::Config(format!(
+                "pagerduty.routing_keys.{service} is empty"
+            )));
+        }
+        Ok(())
+    }
+
+    /// The grouping interval as a duration.
+    pub fn group_interval(&self) -> Duration {
+        Duration::from_secs(self.group_interval_secs)
+    }
+
+    /// The webhook for `channel`, or for the default channel when `None`.
+    pub fn slack_webhook(&self, channel: Option<&str>) -> Option<&Secret> {
+        let channel = channel.or(self.slack.default_channel.as_deref())?;
+        self.slack.webhooks.get(channel)
+    }
+
+    /// The routing key of PagerDuty `service`.
+    pub fn routing_key(&self, service: &str) -> Option<&Secret> {
+        self.pagerduty.routing_keys.get(service)
+    }
+}
+
+fn is_http_url(text: &str) -> bool {
+    reqwest::Url::parse(text).is_ok_and(|url| matches!(url.scheme(), "http" | "https"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const WEBHOOK: &str = "https://hooks.slack.com/services/T0/B0/S3CRET";
+
+    fn config() -> NotifyConfig {
+        let mut config = NotifyConfig::default();
+        config
+            .slack
+            .webhooks
+            .insert("#search".to_string(), Secret::new(WEBHOOK));
+        config.slack.default_channel = Some("#search".to_string());
+        config
+            .pagerduty
+            .routing_keys
+            .insert("search".to_string(), Secret::new("R0UTINGKEY"));
+        config
+    }
+
+    #[test]
+    fn loads_from_toml_and_rejects_unknown_keys() {
+        let text = r##"
+            group_interval_secs = 60
+            [retry]
+            max_attempts = 3
+            [slack]
+            default_channel = "#search"
+            webhooks = { "#search" = "https://hooks.slack.com/services/T0/B0/S3CRET" }
+            [pagerduty.routing_keys]
+            search = "R0UTINGKEY"
+        "##;
+        let config: NotifyConfig = toml::from_str(text).unwrap();
+        config.validate().unwrap();
+        assert_eq!(config.retry.max_attempts, 3);
+        assert_eq!(config.retry.initial_backoff_ms, 200);
+        assert_eq!(config.slack_webhook(None).unwrap().expose(), WEBHOOK);
+        assert_eq!(config.routing_key("search").unwrap().expose(), "R0UTINGKEY");
+        assert!(toml::from_str::<NotifyConfig>("[slack]\nwebhok = {}").is_err());
+    }
+
+    #[test]
+    fn secrets_never_show_in_dumps_or_validation_errors() {
+        let mut config = config();
+        let dump = format!("{config:?} {}", toml::to_string(&config).unwrap());
+        assert!(
+            !dump.contains("S3CRET") && !dump.contains("R0UTINGKEY"),
+            "{dump}"
+        );
+        config
+            .slack
+            .webhooks
+            .insert("#bad".to_string(), Secret::new("not a url S3CRET"));
+        let error = config.validate().unwrap_err().to_string();
+        assert!(error.contains("slack.webhooks.#bad"), "{error}");
+        assert!(!error.contains("S3CRET"), "{error}");
+    }
+
+    #[test]
+    fn default_channel_needs_a_webhook() {
+        let mut config = config();
+        config.slack.default_channel = Some("#nowhere".to_string());
+        assert!(config.validate().is_err());
+    }
+}
