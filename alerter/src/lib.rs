@@ -3,6 +3,10 @@
 //! block/allow/degrade decisions gateways obey to the control topic.
 //!
 //! - [`config`]: the service's [`Config`].
+//! - [`evaluate`]: [`evaluate::Evaluator`], the soft-alert ladder, hard caps and resets of a
+//!   policy on a window's total. Pure.
+//! - [`notify`]: Slack (Block Kit) and PagerDuty (Events API v2) notifiers with retries and storm
+//!   grouping.
 //! - [`totals`]: [`totals::TotalsView`], the aggregator's totals as read from the totals topic
 //!   (highest version per partition, summed over partitions). Pure; no consumer feeds it yet.
 //! - [`Error`]: why the service stopped ([`infra::service::ServiceError`]), with a retry hint.
@@ -19,6 +23,7 @@
 //! service until that is built.
 
 pub mod config;
+pub mod evaluate;
 pub mod notify;
 pub mod totals;
 
