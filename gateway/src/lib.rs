@@ -1,0 +1,29 @@
+//! Gateway enforcement client: obeys the alerter's block/allow/degrade decisions.
+//!
+//! - [`view`]: [`DecisionView`], the decisions in force and the per-request [`DecisionView::check`]
+//!   (pure, allocation-free, well under a microsecond).
+//! - [`follower`]: [`Gateway`] and its [`ControlFollower`] thread, which reads the compacted control
+//!   topic from the beginning into a shared view and applies the [`FailureMode`] while the view is
+//!   not trustworthy (not caught up yet, or the topic unreachable for too long).
+//! - [`error`]: [`GatewayError`], with `is_retryable`.
+//!
+//! ```no_run
+//! use gateway::{Gateway, GatewayConfig, RequestAttributes, Verdict};
+//!
+//! let gateway = Gateway::start(GatewayConfig::default()).expect("valid config");
+//! let request = RequestAttributes { team: "search", model: "gpt-4o", ..Default::default() };
+//! match gateway.check(&request) {
+//!     Verdict::Allow => { /* forward as asked */ }
+//!     Verdict::Degrade { to, .. } => { /* forward to `to` */ let _ = to; }
+//!     Verdict::Block { reason, .. } => { /* refuse, showing `reason` */ let _ = reason; }
+//! }
+//! gateway.shutdown();
+//! ```
+
+pub mod error;
+pub mod follower;
+pub mod view;
+
+pub use error::GatewayError;
+pub use follower::{ControlFollower, FailureMode, Gateway, GatewayConfig};
+pub use view::{ApplyOutcome, DecisionView, RequestAttributes, Verdict};

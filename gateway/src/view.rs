@@ -1,0 +1,374 @@
+//! [`DecisionView`]: the control decisions in force, indexed for [`DecisionView::check`]. Pure, no IO.
+//!
+//! Guarantees:
+//! - **Latest version wins per key.** A decision is applied only if its `version` is higher than the
+//!   highest version seen for its key (allows included), so redelivery and reordering are harmless.
+//! - **An allow lifts.** An `allow` removes whatever block or degrade its key held.
+//! - **A tombstone forgets.** [`DecisionView::remove`] drops the key and its version.
+//! - **Expired decisions do not apply**: a decision with `expires_at <= now` never matches.
+//! - **Matching is exact**: a decision matches a request when every `(dimension, value)` of its scope
+//!   equals the request's attribute; an empty scope matches every request. A scope naming a
+//!   dimension the request does not carry (an absent `user_id`, label, or an unknown dimension name)
+//!   does not match.
+//! - **Precedence is deterministic**: among matching decisions a block wins over a degrade; among
+//!   decisions of the same action the one with the smallest key wins.
+//!
+//! `check` allocates nothing: decisions are indexed by the value of their most selective scope
+//! dimension, so a check costs one hash lookup per indexed dimension plus the scope comparisons of
+//! the few candidates found; the strings in a [`Verdict`] are shared `Arc<str>`s.
+
+use std::collections::HashMap;
+use std::str::FromStr;
+use std::sync::Arc;
+
+use chrono::{DateTime, Utc};
+use policy::dimension::Dimension;
+use schemas::{ControlDecision, DecisionAction};
+
+/// The attributes of one request that decisions are scoped by, borrowed from the request.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct RequestAttributes<'a> {
+    /// `api_key_id`.
+    pub api_key_id: &'a str,
+    /// `team`.
+    pub team: &'a str,
+    /// `user_id`, when the request carries one.
+    pub user_id: Option<&'a str>,
+    /// `customer_id`, when the request carries one.
+    pub customer_id: Option<&'a str>,
+    /// `workflow`.
+    pub workflow: &'a str,
+    /// `environment`.
+    pub environment: &'a str,
+    /// `provider`.
+    pub provider: &'a str,
+    /// `model`.
+    pub model: &'a str,
+    /// `endpoint`.
+    pub endpoint: &'a str,
+    /// `modality` (text, image, video, audio, embedding, batch).
+    pub modality: &'a str,
+    /// Free labels as `(name, value)`, matched by scope dimensions `labels.<name>`; a short slice
+    /// is scanned linearly.
+    pub labels: &'a [(&'a str, &'a str)],
+}
+
+impl<'a> RequestAttributes<'a> {
+    /// The request's value for `dimension`, `None` when the request does not carry it.
+    fn value(&self, dimension: &Dimension) -> Option<&'a str> {
+        match dimension {
+            Dimension::ApiKeyId => Some(self.api_key_id),
+            Dimension::Team => Some(self.team),
+            Dimension::UserId => self.user_id,
+            Dimension::CustomerId => self.customer_id,
+            Dimension::Workflow => Some(self.workflow),
+            Dimension::Environment => Some(self.environment),
+            Dimension::Provider => Some(self.provider),
+            Dimension::Model => Some(self.model),
+            Dimension::Endpoint => Some(self.endpoint),
+            Dimension::Modality => Some(self.modality),
+            Dimension::Label(name) => self
+                .labels
+                .iter()
+                .find(|(label, _)| *label == name.as_str())
+                .map(|(_, value)| *value),
+        }
+    }
+}
+
+/// What the gateway must do with a request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Verdict {
+    /// Let the request go as asked.
+    Allow,
+    /// Refuse the request; show `reason` to the user.
+    Block {
+        /// Human-readable reason to show the user.
+        reason: Arc<str>,
+        /// Policy that produced the decision.
+        policy_id: Arc<str>,
+        /// Compaction key of the decision (empty for the gateway's own fail-closed verdict).
+        key: Arc<str>,
+    },
+    /// Let the request go, routed to `to` instead.
+    Degrade {
+        /// Route/model to use instead.
+        to: Arc<str>,
+        /// Human-readable reason to show the user.
+        reason: Arc<str>,
+        /// Policy that produced the decision.
+        policy_id: Arc<str>,
+        /// Compaction key of the decision.
+        key: Arc<str>,
+    },
+}
+
+impl Verdict {
+    /// Whether the request may go (allowed or degraded).
+    pub fn may_proceed(&self) -> bool {
+        !matches!(self, Verdict::Block { .. })
+    }
+
+    /// The reason to show the user, `None` for [`Verdict::Allow`].
+    pub fn reason(&self) -> Option<&str> {
+        match self {
+            Verdict::Allow => None,
+            Verdict::Block { reason, .. } | Verdict::Degrade { reason, .. } => Some(reason),
+        }
+    }
+}
+
+/// What [`DecisionView::apply`] did with a decision.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ApplyOutcome {
+    /// A block or degrade is now in force for the key.
+    Installed,
+    /// An allow: whatever the key held is lifted.
+    Lifted,
+    /// The version is not higher than the one held for the key; nothing changed.
+    Stale,
+    /// The scope names a dimension requests do not have; the key's older decision is dropped and
+    /// this one can never match (the alerter and the gateway disagree on dimensions).
+    UnknownDimension(String),
+}
+
+/// A block or degrade in force, compiled for matching.
+#[derive(Debug)]
+struct ActiveDecision {
+    /// Compaction key, also the tie-break between decisions of the same action.
+    key: Arc<str>,
+    /// Policy that produced it, reported in the verdict.
+    policy_id: Arc<str>,
+    /// Reason shown to the user.
+    reason: Arc<str>,
+    /// `Some(route)` for a degrade, `None` for a block.
+    degrade_to: Option<Arc<str>>,
+    /// The scope as parsed dimensions, compared on every candidate.
+    scope: Vec<(Dimension, Box<str>)>,
+    /// Position in `scope` of the dimension it is indexed by; `None` for an empty scope.
+    indexed_by: Option<usize>,
+    /// `expires_at` in microseconds since the epoch; `i64::MAX` when it never expires.
+    expires_at_micros: i64,
+}
+
+impl ActiveDecision {
+    fn is_block(&self) -> bool {
+        self.degrade_to.is_none()
+    }
+
+    fn matches(&self, request: &RequestAttributes<'_>, now_micros: i64) -> bool {
+        now_micros < self.expires_at_micros
+            && self
+                .scope
+                .iter()
+                .all(|(dimension, value)| request.value(dimension) == Some(value))
+    }
+
+    /// Whether `self` takes precedence over `other` (block over degrade, then smaller key).
+    fn precedes(&self, other: &ActiveDecision) -> bool {
+        match (self.is_block(), other.is_block()) {
+            (true, false) => true,
+            (false, true) => false,
+            _ => self.key < other.key,
+        }
+    }
+
+    fn verdict(&self) -> Verdict {
+        match &self.degrade_to {
+            None => Verdict::Block {
+                reason: self.reason.clone(),
+                policy_id: self.policy_id.clone(),
+                key: self.key.clone(),
+            },
+            Some(to) => Verdict::Degrade {
+                to: to.clone(),
+                reason: self.reason.clone(),
+                policy_id: self.policy_id.clone(),
+                key: self.key.clone(),
+            },
+        }
+    }
+}
+
+/// Makes `candidate` the winner if it matches and takes precedence over the current winner.
+fn consider<'view>(
+    winner: &mut Option<&'view ActiveDecision>,
+    candidate: &'view ActiveDecision,
+    request: &RequestAttributes<'_>,
+    now_micros: i64,
+) {
+    if candidate.matches(request, now_micros)
+        && winner.is_none_or(|current| candidate.precedes(current))
+    {
+        *winner = Some(candidate);
+    }
+}
+
+/// How selective a dimension usually is; decisions are indexed by their lowest-ranked dimension so
+/// buckets stay small (one team has many models, one API key few requests' worth of scopes).
+fn selectivity_rank(dimension: &Dimension) -> u8 {
+    match dimension {
+        Dimension::ApiKeyId => 0,
+        Dimension::UserId => 1,
+        Dimension::CustomerId => 2,
+        Dimension::Workflow => 3,
+        Dimension::Label(_) => 4,
+        Dimension::Team => 5,
+        Dimension::Model => 6,
+        Dimension::Endpoint => 7,
+        Dimension::Provider => 8,
+        Dimension::Environment => 9,
+        Dimension::Modality => 10,
+    }
+}
+
+/// Decisions indexed by one dimension, by that dimension's value.
+type DecisionsByValue = HashMap<Box<str>, Vec<Arc<ActiveDecision>>>;
+
+/// The decisions in force and the highest version seen per key.
+#[derive(Debug, Default)]
+pub struct DecisionView {
+    /// Highest version applied per key, allows included, so an older block cannot come back.
+    versions: HashMap<String, u64>,
+    /// Blocks and degrades in force, by key.
+    active: HashMap<Arc<str>, Arc<ActiveDecision>>,
+    /// Scoped decisions by their indexed dimension, then by that dimension's value. Few entries
+    /// (one per dimension in use), scanned in full by `check`.
+    index: Vec<(Dimension, DecisionsByValue)>,
+    /// Decisions with an empty scope: they match every request.
+    unscoped: Vec<Arc<ActiveDecision>>,
+}
+
+impl DecisionView {
+    /// An empty view: every request is allowed.
+    pub fn new() -> DecisionView {
+        DecisionView::default()
+    }
+
+    /// Number of blocks and degrades held (expired ones included until superseded).
+    pub fn len(&self) -> usize {
+        self.active.len()
+    }
+
+    /// Whether no block or degrade is held.
+    pub fn is_empty(&self) -> bool {
+        self.active.is_empty()
+    }
+
+    /// Applies a decision if its version is higher than the one held for its key.
+    pub fn apply(&mut self, decision: &ControlDecision) -> ApplyOutcome {
+        if let Some(&held) = self.versions.get(&decision.key) {
+            if decision.version <= held {
+                return ApplyOutcome::Stale;
+            }
+        }
+        self.versions.insert(decision.key.clone(), decision.version);
+        self.unindex(&decision.key);
+        if decision.action == DecisionAction::Allow {
+            return ApplyOutcome::Lifted;
+        }
+        let mut scope = Vec::with_capacity(decision.scope.len());
+        for (name, value) in &decision.scope {
+            match Dimension::from_str(name) {
+                Ok(dimension) => scope.push((dimension, Box::from(value.as_str()))),
+                Err(_) => return ApplyOutcome::UnknownDimension(name.clone()),
+            }
+        }
+        let indexed_by = scope
+            .iter()
+            .enumerate()
+            .min_by_key(|(_, (dimension, _))| selectivity_rank(dimension))
+            .map(|(position, _)| position);
+        let degrade_to = match decision.action {
+            DecisionAction::Degrade => Some(Arc::from(
+                decision.degrade_to.as_deref().unwrap_or_default(),
+            )),
+            _ => None,
+        };
+        let active = Arc::new(ActiveDecision {
+            key: Arc::from(decision.key.as_str()),
+            policy_id: Arc::from(decision.policy_id.as_str()),
+            reason: Arc::from(decision.reason.as_str()),
+            degrade_to,
+            scope,
+            indexed_by,
+            expires_at_micros: decision
+                .expires_at
+                .map_or(i64::MAX, |expires_at| expires_at.timestamp_micros()),
+        });
+        self.index_decision(&active);
+        self.active.insert(active.key.clone(), active);
+        ApplyOutcome::Installed
+    }
+
+    /// Forgets a key entirely (a tombstone on the control topic). Returns whether it was known.
+    pub fn remove(&mut self, key: &str) -> bool {
+        let was_active = self.unindex(key);
+        self.versions.remove(key).is_some() || was_active
+    }
+
+    /// What to do with a request at `now`; see the module docs for matching and precedence.
+    pub fn check(&self, request: &RequestAttributes<'_>, now: DateTime<Utc>) -> Verdict {
+        let now_micros = now.timestamp_micros();
+        let mut winner: Option<&ActiveDecision> = None;
+        for candidate in &self.unscoped {
+            consider(&mut winner, candidate, request, now_micros);
+        }
+        for (dimension, by_value) in &self.index {
+            let Some(value) = request.value(dimension) else {
+                continue;
+            };
+            if let Some(candidates) = by_value.get(value) {
+                for candidate in candidates {
+                    consider(&mut winner, candidate, request, now_micros);
+                }
+            }
+        }
+        winner.map_or(Verdict::Allow, ActiveDecision::verdict)
+    }
+
+    fn index_decision(&mut self, active: &Arc<ActiveDecision>) {
+        let Some(position) = active.indexed_by else {
+            self.unscoped.push(active.clone());
+            return;
+        };
+        let (dimension, value) = &active.scope[position];
+        let by_value = match self.index.iter().position(|(held, _)| held == dimension) {
+            Some(slot) => &mut self.index[slot].1,
+            None => {
+                self.index.push((dimension.clone(), HashMap::new()));
+                &mut self.index.last_mut().expect("just pushed").1
+            }
+        };
+        by_value
+            .entry(value.clone())
+            .or_default()
+            .push(active.clone());
+    }
+
+    /// Removes the key's block or degrade from the index; returns whether there was one.
+    fn unindex(&mut self, key: &str) -> bool {
+        let Some(active) = self.active.remove(key) else {
+            return false;
+        };
+        let Some(position) = active.indexed_by else {
+            self.unscoped
+                .retain(|candidate| !Arc::ptr_eq(candidate, &active));
+            return true;
+        };
+        let (dimension, value) = &active.scope[position];
+        if let Some(slot) = self.index.iter().position(|(held, _)| held == dimension) {
+            let by_value = &mut self.index[slot].1;
+            if let Some(candidates) = by_value.get_mut(value) {
+                candidates.retain(|candidate| !Arc::ptr_eq(candidate, &active));
+                if candidates.is_empty() {
+                    by_value.remove(value);
+                }
+            }
+            if by_value.is_empty() {
+                self.index.swap_remove(slot);
+            }
+        }
+        true
+    }
+}

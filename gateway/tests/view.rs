@@ -1,0 +1,301 @@
+//! [`DecisionView`] semantics: matching, versions, allow lifts, tombstones, expiry, precedence.
+
+use std::collections::BTreeMap;
+
+use chrono::{DateTime, Duration, TimeZone, Utc};
+use gateway::{ApplyOutcome, DecisionView, RequestAttributes, Verdict};
+use rust_decimal::Decimal;
+use schemas::{ControlDecision, DecisionAction};
+
+fn now() -> DateTime<Utc> {
+    Utc.with_ymd_and_hms(2026, 11, 27, 12, 0, 0).unwrap()
+}
+
+fn decision(
+    policy_id: &str,
+    scope: &[(&str, &str)],
+    action: DecisionAction,
+    version: u64,
+) -> ControlDecision {
+    let scope: BTreeMap<String, String> = scope
+        .iter()
+        .map(|(dimension, value)| (dimension.to_string(), value.to_string()))
+        .collect();
+    ControlDecision {
+        decision_id: format!("{policy_id}-{version}"),
+        key: ControlDecision::compaction_key(policy_id, &scope),
+        policy_id: policy_id.to_string(),
+        scope,
+        action,
+        degrade_to: (action == DecisionAction::Degrade).then(|| "gpt-4o-mini".to_string()),
+        reason: format!("{policy_id}: daily budget exhausted"),
+        unit: "usd".to_string(),
+        observed: Decimal::new(120, 0),
+        limit: Decimal::new(100, 0),
+        window: "day".to_string(),
+        window_start: now() - Duration::hours(12),
+        window_end: now() + Duration::hours(12),
+        issued_at: now(),
+        expires_at: None,
+        version,
+    }
+}
+
+fn search_gpt4o() -> RequestAttributes<'static> {
+    RequestAttributes {
+        api_key_id: "key-1",
+        team: "search",
+        user_id: Some("alice"),
+        customer_id: None,
+        workflow: "answer",
+        environment: "prod",
+        provider: "openai",
+        model: "gpt-4o",
+        endpoint: "chat",
+        modality: "text",
+        labels: &[("feature", "summaries")],
+    }
+}
+
+fn policy_of(verdict: &Verdict) -> Option<&str> {
+    match verdict {
+        Verdict::Allow => None,
+        Verdict::Block { policy_id, .. } | Verdict::Degrade { policy_id, .. } => Some(policy_id),
+    }
+}
+
+#[test]
+fn an_empty_view_allows() {
+    assert_eq!(
+        DecisionView::new().check(&search_gpt4o(), now()),
+        Verdict::Allow
+    );
+}
+
+#[test]
+fn a_decision_matches_only_when_every_scope_dimension_equals() {
+    let mut view = DecisionView::new();
+    view.apply(&decision(
+        "team-model",
+        &[("team", "search"), ("model", "gpt-4o")],
+        DecisionAction::Block,
+        1,
+    ));
+    let verdict = view.check(&search_gpt4o(), now());
+    assert!(!verdict.may_proceed());
+    assert_eq!(verdict.reason(), Some("team-model: daily budget exhausted"));
+
+    let other_model = RequestAttributes {
+        model: "gpt-4o-mini",
+        ..search_gpt4o()
+    };
+    assert_eq!(view.check(&other_model, now()), Verdict::Allow);
+    let other_team = RequestAttributes {
+        team: "ads",
+        ..search_gpt4o()
+    };
+    assert_eq!(view.check(&other_team, now()), Verdict::Allow);
+}
+
+#[test]
+fn optional_attributes_and_labels_match_only_when_present() {
+    let mut view = DecisionView::new();
+    view.apply(&decision(
+        "per-customer",
+        &[("customer_id", "acme")],
+        DecisionAction::Block,
+        1,
+    ));
+    view.apply(&decision(
+        "per-feature",
+        &[("labels.feature", "summaries"), ("environment", "prod")],
+        DecisionAction::Degrade,
+        1,
+    ));
+    // No customer on the request: the customer block cannot apply; the label degrade does.
+    let verdict = view.check(&search_gpt4o(), now());
+    assert_eq!(policy_of(&verdict), Some("per-feature"));
+    assert!(matches!(&verdict, Verdict::Degrade { to, .. } if &**to == "gpt-4o-mini"));
+
+    let acme = RequestAttributes {
+        customer_id: Some("acme"),
+        labels: &[],
+        ..search_gpt4o()
+    };
+    assert_eq!(policy_of(&view.check(&acme, now())), Some("per-customer"));
+    let unlabelled = RequestAttributes {
+        labels: &[],
+        ..search_gpt4o()
+    };
+    assert_eq!(view.check(&unlabelled, now()), Verdict::Allow);
+}
+
+#[test]
+fn an_empty_scope_matches_every_request() {
+    let mut view = DecisionView::new();
+    view.apply(&decision("global", &[], DecisionAction::Block, 1));
+    assert_eq!(
+        policy_of(&view.check(&search_gpt4o(), now())),
+        Some("global")
+    );
+}
+
+#[test]
+fn a_higher_version_supersedes_and_a_lower_one_is_ignored() {
+    let mut view = DecisionView::new();
+    let scope = [("team", "search")];
+    assert_eq!(
+        view.apply(&decision("p", &scope, DecisionAction::Degrade, 5)),
+        ApplyOutcome::Installed
+    );
+    assert_eq!(
+        view.apply(&decision("p", &scope, DecisionAction::Block, 4)),
+        ApplyOutcome::Stale
+    );
+    assert_eq!(
+        view.apply(&decision("p", &scope, DecisionAction::Block, 5)),
+        ApplyOutcome::Stale
+    );
+    assert!(matches!(
+        view.check(&search_gpt4o(), now()),
+        Verdict::Degrade { .. }
+    ));
+
+    assert_eq!(
+        view.apply(&decision("p", &scope, DecisionAction::Block, 6)),
+        ApplyOutcome::Installed
+    );
+    assert!(matches!(
+        view.check(&search_gpt4o(), now()),
+        Verdict::Block { .. }
+    ));
+    assert_eq!(view.len(), 1);
+}
+
+#[test]
+fn an_allow_lifts_the_block_and_an_older_block_cannot_return() {
+    let mut view = DecisionView::new();
+    let scope = [("team", "search")];
+    view.apply(&decision("p", &scope, DecisionAction::Block, 1));
+    assert_eq!(
+        view.apply(&decision("p", &scope, DecisionAction::Allow, 2)),
+        ApplyOutcome::Lifted
+    );
+    assert_eq!(view.check(&search_gpt4o(), now()), Verdict::Allow);
+    assert!(view.is_empty());
+    // Redelivery of the old block is ignored.
+    assert_eq!(
+        view.apply(&decision("p", &scope, DecisionAction::Block, 1)),
+        ApplyOutcome::Stale
+    );
+    assert_eq!(view.check(&search_gpt4o(), now()), Verdict::Allow);
+}
+
+#[test]
+fn a_tombstone_forgets_the_key() {
+    let mut view = DecisionView::new();
+    let block = decision("p", &[("team", "search")], DecisionAction::Block, 3);
+    view.apply(&block);
+    assert!(view.remove(&block.key));
+    assert_eq!(view.check(&search_gpt4o(), now()), Verdict::Allow);
+    assert!(!view.remove(&block.key));
+}
+
+#[test]
+fn an_expired_decision_does_not_apply() {
+    let mut view = DecisionView::new();
+    let mut block = decision("p", &[("team", "search")], DecisionAction::Block, 1);
+    block.expires_at = Some(now() + Duration::minutes(1));
+    view.apply(&block);
+    assert!(!view.check(&search_gpt4o(), now()).may_proceed());
+    assert_eq!(
+        view.check(&search_gpt4o(), now() + Duration::minutes(1)),
+        Verdict::Allow
+    );
+}
+
+#[test]
+fn block_wins_over_degrade_then_the_smallest_key() {
+    let mut view = DecisionView::new();
+    view.apply(&decision(
+        "a-degrade",
+        &[("team", "search")],
+        DecisionAction::Degrade,
+        1,
+    ));
+    view.apply(&decision(
+        "z-block",
+        &[("model", "gpt-4o")],
+        DecisionAction::Block,
+        1,
+    ));
+    view.apply(&decision(
+        "y-block",
+        &[("api_key_id", "key-1")],
+        DecisionAction::Block,
+        1,
+    ));
+    assert_eq!(
+        policy_of(&view.check(&search_gpt4o(), now())),
+        Some("y-block")
+    );
+
+    let mut degrades_only = DecisionView::new();
+    degrades_only.apply(&decision(
+        "b",
+        &[("team", "search")],
+        DecisionAction::Degrade,
+        1,
+    ));
+    degrades_only.apply(&decision(
+        "a",
+        &[("model", "gpt-4o")],
+        DecisionAction::Degrade,
+        1,
+    ));
+    assert_eq!(
+        policy_of(&degrades_only.check(&search_gpt4o(), now())),
+        Some("a")
+    );
+}
+
+#[test]
+fn an_unknown_dimension_never_matches_and_drops_the_older_decision() {
+    let mut view = DecisionView::new();
+    let mut block = decision("p", &[("team", "search")], DecisionAction::Block, 1);
+    view.apply(&block);
+    block.scope.insert("region".into(), "eu".into());
+    block.version = 2;
+    assert_eq!(
+        view.apply(&block),
+        ApplyOutcome::UnknownDimension("region".into())
+    );
+    assert_eq!(view.check(&search_gpt4o(), now()), Verdict::Allow);
+}
+
+#[test]
+fn many_decisions_in_one_bucket_are_removed_individually() {
+    let mut view = DecisionView::new();
+    for model in ["a", "b", "c"] {
+        view.apply(&decision(
+            model,
+            &[("team", "search"), ("model", model)],
+            DecisionAction::Block,
+            1,
+        ));
+    }
+    let lifted = decision(
+        "b",
+        &[("team", "search"), ("model", "b")],
+        DecisionAction::Allow,
+        2,
+    );
+    view.apply(&lifted);
+    let on = |model| RequestAttributes {
+        model,
+        ..search_gpt4o()
+    };
+    assert_eq!(policy_of(&view.check(&on("a"), now())), Some("a"));
+    assert_eq!(view.check(&on("b"), now()), Verdict::Allow);
+    assert_eq!(policy_of(&view.check(&on("c"), now())), Some("c"));
+}
