@@ -238,7 +238,6 @@ impl Aggregator {
         .map_err(|error| Error::Restore(error.to_string()))?;
         let context = pipeline::AggregatorContext::new(
             &topic,
-            &config.clickhouse,
             sink.clone(),
             Arc::new(policies),
             config.aggregate.partition_settings(),

@@ -374,6 +374,41 @@ impl Measures {
     }
 }
 
+impl From<&schemas::WindowTotal> for Measures {
+    /// The measures of a totals-topic record (the inverse of what the aggregator publishes), so a
+    /// reader applies the same [`Measures::unit_amount`] rules.
+    fn from(total: &schemas::WindowTotal) -> Measures {
+        Measures {
+            requests: total.requests,
+            billable_attempts: total.billable_attempts,
+            input_tokens: total.input_tokens,
+            output_tokens: total.output_tokens,
+            cached_input_tokens: total.cached_input_tokens,
+            cache_write_tokens: total.cache_write_tokens,
+            images_draft: total.images_draft,
+            images_preview: total.images_preview,
+            images_edit: total.images_edit,
+            images_final: total.images_final,
+            images_untiered: total.images_untiered,
+            video_jobs: total.video_jobs,
+            video_ms: total.video_ms,
+            audio_ms: total.audio_ms,
+            embedding_tokens: total.embedding_tokens,
+            cost_usd: total.cost_usd,
+            unpriced_events: total.unpriced_events,
+            retries: total.retries,
+            fallback_attempts: total.fallback_attempts,
+            fallback_cost_usd: total.fallback_cost_usd,
+            accepted_outputs: total.accepted_outputs,
+            errors_4xx: total.errors_4xx,
+            errors_5xx: total.errors_5xx,
+            errors_other: total.errors_other,
+            late_events: total.late_events,
+            jobs_in_flight: total.jobs_in_flight,
+        }
+    }
+}
+
 /// `left + right` for money, exact at scale ≤ [`MONEY_SCALE_MAX`]. `rust_decimal` reduces the
 /// scale (rounding) when a sum outgrows 96 bits; that is reported as an overflow.
 fn money_sum(

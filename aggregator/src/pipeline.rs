@@ -30,7 +30,6 @@ use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use infra::config::ClickHouseConfig;
 use infra::external_offsets::{self, lock, Pause};
 use infra::shutdown::Shutdown;
 use ingest::dead_letter::DeadLetterWriter;
@@ -140,7 +139,6 @@ enum AssignmentChange {
 /// Rebalance callback (see the module docs).
 pub struct AggregatorContext {
     topic: String,
-    clickhouse: ClickHouseConfig,
     sink: Sink,
     policies: Arc<PolicySet>,
     settings: PartitionSettings,
@@ -203,14 +201,12 @@ impl AggregatorContext {
     /// A context for `topic`.
     pub fn new(
         topic: &str,
-        clickhouse: &ClickHouseConfig,
         sink: Sink,
         policies: Arc<PolicySet>,
         settings: PartitionSettings,
     ) -> Self {
         Self {
             topic: topic.to_owned(),
-            clickhouse: clickhouse.clone(),
             sink,
             policies,
             settings,
@@ -228,7 +224,6 @@ impl AggregatorContext {
         let policies = Arc::clone(&self.policies);
         let settings = self.settings;
         let partitions = partitions.to_vec();
-        let _ = &self.clickhouse;
         std::thread::spawn(move || {
             let runtime = tokio::runtime::Builder::new_current_thread()
                 .enable_all()

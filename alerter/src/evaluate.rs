@@ -18,6 +18,7 @@
 
 use std::collections::{BTreeMap, HashSet};
 
+use aggregator::measures::Measures;
 use chrono::{DateTime, Utc};
 use policy::{ActionKind, Policy, Unit};
 use rust_decimal::Decimal;
@@ -25,46 +26,10 @@ use schemas::WindowTotal;
 
 use crate::totals::WindowKey;
 
-/// The amount of `unit` in a window's total, exact (the aggregator's rules: `total_tokens` is
-/// input + output, `images` every tier plus untiered, seconds are milliseconds / 1000 at scale 3,
-/// `concurrent_jobs` is the jobs in flight).
+/// The amount of `unit` in a window's total, exact: the aggregator's own rule
+/// ([`aggregator::measures::Measures::unit_amount`]), so a policy and the totals never disagree.
 pub fn unit_amount(total: &WindowTotal, unit: Unit) -> Decimal {
-    let count = Decimal::from;
-    let seconds = |ms: u64| Decimal::from_i128_with_scale(i128::from(ms), 3);
-    match unit {
-        Unit::CostUsd => total.cost_usd,
-        Unit::Requests => count(total.requests),
-        Unit::BillableAttempts => count(total.billable_attempts),
-        Unit::InputTokens => count(total.input_tokens),
-        Unit::OutputTokens => count(total.output_tokens),
-        Unit::TotalTokens => count(total.input_tokens) + count(total.output_tokens),
-        Unit::CachedInputTokens => count(total.cached_input_tokens),
-        Unit::Images => Decimal::from_i128_with_scale(
-            [
-                total.images_draft,
-                total.images_preview,
-                total.images_edit,
-                total.images_final,
-                total.images_untiered,
-            ]
-            .iter()
-            .map(|images| i128::from(*images))
-            .sum(),
-            0,
-        ),
-        Unit::ImagesDraft => count(total.images_draft),
-        Unit::ImagesPreview => count(total.images_preview),
-        Unit::ImagesEdit => count(total.images_edit),
-        Unit::ImagesFinal => count(total.images_final),
-        Unit::VideoJobs => count(total.video_jobs),
-        Unit::VideoSeconds => seconds(total.video_ms),
-        Unit::AudioSeconds => seconds(total.audio_ms),
-        Unit::EmbeddingTokens => count(total.embedding_tokens),
-        Unit::ConcurrentJobs => Decimal::from(total.jobs_in_flight),
-        Unit::FallbackCostUsd => total.fallback_cost_usd,
-        Unit::Retries => count(total.retries),
-        Unit::UnpricedEvents => count(total.unpriced_events),
-    }
+    Measures::from(total).unit_amount(unit)
 }
 
 /// Something to tell people or gateways.
@@ -212,44 +177,8 @@ mod tests {
     fn total(cost: &str) -> WindowTotal {
         let start = Utc.with_ymd_and_hms(2026, 3, 9, 0, 0, 0).unwrap();
         WindowTotal {
-            scope_kind: "policy:search-daily".into(),
-            scope_key: "team=search".into(),
-            window_kind: "day".into(),
-            window_tz: "UTC".into(),
-            window_start: start,
-            window_end: start + chrono::TimeDelta::days(1),
-            source_topic: String::new(),
-            source_partition: 0,
-            requests: 0,
-            billable_attempts: 0,
-            input_tokens: 0,
-            output_tokens: 0,
-            cached_input_tokens: 0,
-            cache_write_tokens: 0,
-            images_draft: 0,
-            images_preview: 0,
-            images_edit: 0,
-            images_final: 0,
-            images_untiered: 0,
-            video_jobs: 0,
-            video_ms: 0,
-            audio_ms: 0,
-            embedding_tokens: 0,
-            unpriced_events: 0,
-            retries: 0,
-            fallback_attempts: 0,
-            accepted_outputs: 0,
-            errors_4xx: 0,
-            errors_5xx: 0,
-            errors_other: 0,
-            late_events: 0,
             cost_usd: cost.parse().unwrap(),
-            fallback_cost_usd: Decimal::ZERO,
-            jobs_in_flight: 0,
-            oldest_pending_job_started_at: None,
-            pending_jobs_untracked: 0,
-            version: 1,
-            written_at: start,
+            ..schemas::fixtures::empty_day_total("policy:search-daily", "team=search", start)
         }
     }
 

@@ -7,6 +7,7 @@ use std::collections::BTreeMap;
 use chrono::{DateTime, Utc};
 
 use crate::usage_event::{Modality, Status, UsageEvent};
+use crate::window_total::WindowTotal;
 
 /// A minimal successful chat completion on `gpt-4o` (a row of the embedded price catalog): 1,000
 /// input and 100 output tokens, primary attempt, required scopes set, every optional field empty and
@@ -52,5 +53,51 @@ pub fn text_event(event_id: &str, occurred_at: DateTime<Utc>) -> UsageEvent {
         cost_usd: None,
         cost_source: None,
         catalog_version: None,
+    }
+}
+
+/// An empty total (every measure zero, version 1) of `scope_kind`/`scope_key` for the UTC day
+/// starting at `day_start`, from partition 0 of topic `usage`: set the measures the case is about
+/// with struct update syntax.
+pub fn empty_day_total(scope_kind: &str, scope_key: &str, day_start: DateTime<Utc>) -> WindowTotal {
+    WindowTotal {
+        scope_kind: scope_kind.to_owned(),
+        scope_key: scope_key.to_owned(),
+        window_kind: "day".to_owned(),
+        window_tz: "UTC".to_owned(),
+        window_start: day_start,
+        window_end: day_start + chrono::TimeDelta::days(1),
+        source_topic: "usage".to_owned(),
+        source_partition: 0,
+        requests: 0,
+        billable_attempts: 0,
+        input_tokens: 0,
+        output_tokens: 0,
+        cached_input_tokens: 0,
+        cache_write_tokens: 0,
+        images_draft: 0,
+        images_preview: 0,
+        images_edit: 0,
+        images_final: 0,
+        images_untiered: 0,
+        video_jobs: 0,
+        video_ms: 0,
+        audio_ms: 0,
+        embedding_tokens: 0,
+        unpriced_events: 0,
+        retries: 0,
+        fallback_attempts: 0,
+        accepted_outputs: 0,
+        errors_4xx: 0,
+        errors_5xx: 0,
+        errors_other: 0,
+        late_events: 0,
+        cost_usd: rust_decimal::Decimal::ZERO,
+        fallback_cost_usd: rust_decimal::Decimal::ZERO,
+        jobs_in_flight: 0,
+        oldest_pending_job_started_at: None,
+        pending_jobs_untracked: 0,
+        version: 1,
+        written_at: day_start,
     }
 }
