@@ -1,8 +1,12 @@
 //! The alerter service's configuration, loaded by [`infra::config::load`] (defaults, then an optional
 //! TOML file such as `config/alerter.toml`, then `QUOTAFLOW_*` environment variables).
 
+use std::path::PathBuf;
+
 use infra::config::{ClickHouseConfig, HttpConfig, KafkaConfig};
 use serde::{Deserialize, Serialize};
+
+use crate::notify::NotifyConfig;
 
 /// Port of the alerter ops listener (`/metrics`, `/healthz`, `/readyz`).
 pub const DEFAULT_HTTP_PORT: u16 = 9102;
@@ -18,9 +22,41 @@ pub struct Config {
     pub clickhouse: ClickHouseConfig,
     /// Listener for `/metrics`, `/healthz` and `/readyz`.
     pub http: HttpConfig,
-    /// Consumer group of the totals/approvals consumer (not built yet; logged at startup). Replicas
-    /// share it so each scope is evaluated by one of them; a new group starts from the earliest offset.
+    /// Prefix of the alerter's consumer group ids. The alerter reads every partition of the
+    /// totals, approvals, control and alerts topics itself (assigned, not balanced), so the group
+    /// only names it in the broker's tools; it commits nothing.
     pub group_id: String,
+    /// Policies and evaluation.
+    pub alert: AlertSettings,
+    /// Slack and PagerDuty; secrets from the environment.
+    pub notify: NotifyConfig,
+}
+
+/// Policies and evaluation timing.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AlertSettings {
+    /// The policy directory (the aggregator must read the same one).
+    pub policies_dir: PathBuf,
+    /// How often the directory is checked for changes; a change that loads replaces the policies
+    /// without a restart, one that does not is logged and the previous policies stay.
+    pub reload_interval_ms: u64,
+    /// How often windows and approvals are checked for their end.
+    pub tick_interval_ms: u64,
+    /// Longest wait for the control, alerts, approvals and totals topics to be read to their end
+    /// at startup.
+    pub restore_timeout_secs: u64,
+}
+
+impl Default for AlertSettings {
+    fn default() -> Self {
+        Self {
+            policies_dir: PathBuf::from("policy/examples"),
+            reload_interval_ms: 2_000,
+            tick_interval_ms: 200,
+            restore_timeout_secs: 120,
+        }
+    }
 }
 
 impl Default for Config {
@@ -30,6 +66,8 @@ impl Default for Config {
             clickhouse: ClickHouseConfig::default(),
             http: HttpConfig::with_port(DEFAULT_HTTP_PORT),
             group_id: "quotaflow-alerter".to_string(),
+            alert: AlertSettings::default(),
+            notify: NotifyConfig::default(),
         }
     }
 }

@@ -1,38 +1,71 @@
-//! Alerter: the pipeline's policy engine. It will evaluate quota policies against window totals, raise
-//! soft alerts and hard caps (honouring approvals), notify Slack and PagerDuty, and publish the
-//! block/allow/degrade decisions gateways obey to the control topic.
+//! Alerter: the pipeline's policy engine. It evaluates quota policies against the aggregator's
+//! window totals, raises soft alerts and hard caps (honouring approvals), notifies Slack and
+//! PagerDuty, and publishes the block/allow/degrade decisions gateways obey to the control topic.
 //!
 //! - [`config`]: the service's [`Config`].
-//! - [`evaluate`]: [`evaluate::Evaluator`], the soft-alert ladder, hard caps and resets of a
-//!   policy on a window's total. Pure.
+//! - [`engine`]: [`engine::Engine`], every decision and alert as a pure function of policies,
+//!   totals, approvals and what the control and alerts topics hold (desired state, versioned
+//!   decisions, deterministic alert keys).
+//! - [`evaluate`]: [`evaluate::unit_amount`], a policy's amount in a total.
 //! - [`notify`]: Slack (Block Kit) and PagerDuty (Events API v2) notifiers with retries and storm
 //!   grouping.
 //! - [`totals`]: [`totals::TotalsView`], the aggregator's totals as read from the totals topic
-//!   (highest version per partition, summed over partitions). Pure; no consumer feeds it yet.
-//! - [`Error`]: why the service stopped ([`infra::service::ServiceError`]), with a retry hint.
+//!   (highest version per partition, summed over partitions).
+//! - [`service`]: the running service: restore from Kafka, follow totals and approvals, publish,
+//!   notify, audit.
+//! - [`approve`]: the `approve` command's record and checks.
 //! - [`run`] / [`run_with_listener`]: start the service and keep it up until shutdown.
 //!
-//! # What runs today
-//! The building blocks above, and a skeleton service: at startup it applies the ClickHouse migrations and creates the pipeline topics, then
-//! serves `/metrics`, `/healthz` and `/readyz` until the shutdown token is cancelled.
-//!
 //! # Delivery guarantees
-//! None yet, because nothing is consumed or sent: the totals and approvals consumers, policy evaluation,
-//! notifications and the control-topic producer are **not built**, and `group_id` is only logged.
-//! Nothing here blocks or allows any traffic today; gateways see no control decisions from this
-//! service until that is built.
+//! See [`service`]: exactly one effective decision per control key across crashes; alerts at least
+//! once (PagerDuty idempotent by `dedup_key`); audit rows idempotent. One alerter runs per pipeline.
 
+pub mod approve;
 pub mod config;
+pub mod engine;
 pub mod evaluate;
 pub mod notify;
+pub mod service;
 pub mod totals;
 
 use infra::shutdown::Shutdown;
 use tokio::net::TcpListener;
-use tracing::info;
 
 pub use config::Config;
-pub use infra::service::ServiceError as Error;
+
+/// Why the alerter stopped or could not start; [`Error::is_retryable`] says whether a restart can
+/// help.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// A setting is invalid.
+    #[error("invalid alerter configuration: {0}")]
+    Config(String),
+    /// The policy directory does not load.
+    #[error("cannot load policies: {0}")]
+    Policies(String),
+    /// Startup (listener, migrations, topics) failed.
+    #[error(transparent)]
+    Service(#[from] infra::service::ServiceError),
+    /// A Kafka client failed.
+    #[error("kafka: {0}")]
+    Kafka(#[from] rdkafka::error::KafkaError),
+    /// The state could not be read back from Kafka.
+    #[error("cannot restore state: {0}")]
+    Restore(String),
+}
+
+impl Error {
+    /// Whether restarting may succeed (the condition may pass).
+    pub fn is_retryable(&self) -> bool {
+        match self {
+            Error::Config(_) | Error::Policies(_) => false,
+            Error::Service(error) => error.is_retryable(),
+            Error::Kafka(error) => infra::kafka::error_is_retryable(error),
+            Error::Restore(_) => true,
+        }
+    }
+}
 
 /// The crate's result type.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
@@ -43,18 +76,12 @@ pub async fn run(config: Config, shutdown: Shutdown) -> Result<()> {
     run_with_listener(config, listener, shutdown).await
 }
 
-/// Runs the service on an already bound `listener` (tests bind `127.0.0.1:0` and read the port first)
-/// until `shutdown` is cancelled; `config.http.listen` is not used. The lifecycle (ops endpoints from
-/// the start, ready after migrations and topics, orderly stop) is `infra::service`'s.
+/// Runs the service on an already bound `listener` (tests bind `127.0.0.1:0` and read the port
+/// first) until `shutdown` is cancelled; `config.http.listen` is not used.
 pub async fn run_with_listener(
     config: Config,
     listener: TcpListener,
     shutdown: Shutdown,
 ) -> Result<()> {
-    let start = infra::service::prepare_pipeline(&config.kafka, &config.clickhouse);
-    infra::service::serve_until_shutdown(listener, axum::Router::new(), shutdown, start, |_| {
-        info!(group_id = %config.group_id, "consumer group configured");
-    })
-    .await
-    .map(|_| ())
+    service::run(config, listener, shutdown).await
 }

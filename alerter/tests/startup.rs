@@ -10,12 +10,16 @@ use infra::testkit;
 
 /// The local stack, with a database, topics and consumer group no other test uses.
 fn isolated_config() -> Config {
-    Config {
+    let mut config = Config {
         kafka: testkit::kafka_config("alerter"),
         clickhouse: testkit::clickhouse_config("alerter"),
         http: HttpConfig::with_port(0),
         group_id: testkit::unique_name("t_alerter_group"),
-    }
+        ..Config::default()
+    };
+    config.alert.policies_dir =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../policy/examples");
+    config
 }
 
 #[tokio::test]

@@ -193,6 +193,17 @@ impl Policy {
             .all(|filter| filter.values.accepts(event.get(&filter.dimension)))
     }
 
+    /// The filters that accept exactly one value, as `dimension name → value` (e.g.
+    /// `environment=prod`, `provider=openai`). A control decision adds them to a scope so that
+    /// gateways block only the traffic the policy counts, not everything of the scope.
+    pub fn fixed_dimensions(&self) -> std::collections::BTreeMap<String, String> {
+        self.filters
+            .iter()
+            .filter(|filter| filter.values.globs.is_empty() && filter.values.exact.len() == 1)
+            .map(|filter| (filter.dimension.to_string(), filter.values.exact[0].clone()))
+            .collect()
+    }
+
     /// The scope the event counts toward, or `None` when it does not match the policy.
     pub fn scope_key(&self, event: &EventDims<'_>) -> Option<ScopeKey> {
         if !self.matches(event) {

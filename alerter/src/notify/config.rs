@@ -47,6 +47,9 @@ pub struct SlackConfig {
     pub default_channel: Option<String>,
     /// Channel name (as policies name it, e.g. `#search-alerts`) → webhook URL.
     pub webhooks: BTreeMap<String, Secret>,
+    /// Webhook for every channel without one of its own; set it from the environment
+    /// (`QUOTAFLOW_NOTIFY__SLACK__FALLBACK_WEBHOOK`), never in a file.
+    pub fallback_webhook: Option<Secret>,
 }
 
 /// PagerDuty Events API v2.
@@ -57,6 +60,9 @@ pub struct PagerDutyConfig {
     pub events_url: String,
     /// PagerDuty service (as policies name it) → its Events API v2 integration (routing) key.
     pub routing_keys: BTreeMap<String, Secret>,
+    /// Routing key for every service without one of its own; set it from the environment
+    /// (`QUOTAFLOW_NOTIFY__PAGERDUTY__FALLBACK_ROUTING_KEY`), never in a file.
+    pub fallback_routing_key: Option<Secret>,
 }
 
 impl Default for PagerDutyConfig {
@@ -64,6 +70,7 @@ impl Default for PagerDutyConfig {
         Self {
             events_url: DEFAULT_EVENTS_URL.to_string(),
             routing_keys: BTreeMap::new(),
+            fallback_routing_key: None,
         }
     }
 }
@@ -82,6 +89,13 @@ impl NotifyConfig {
                 return Err(NotifyError::Config(format!(
                     "slack.webhooks.{channel} is not an http(s) URL"
                 )));
+            }
+        }
+        if let Some(webhook) = &self.slack.fallback_webhook {
+            if !is_http_url(webhook.expose()) {
+                return Err(NotifyError::Config(
+                    "slack.fallback_webhook is not an http(s) URL".to_string(),
+                ));
             }
         }
         if let Some(channel) = &self.slack.default_channel {
@@ -116,13 +130,18 @@ impl NotifyConfig {
 
     /// The webhook for `channel`, or for the default channel when `None`.
     pub fn slack_webhook(&self, channel: Option<&str>) -> Option<&Secret> {
-        let channel = channel.or(self.slack.default_channel.as_deref())?;
-        self.slack.webhooks.get(channel)
+        channel
+            .or(self.slack.default_channel.as_deref())
+            .and_then(|channel| self.slack.webhooks.get(channel))
+            .or(self.slack.fallback_webhook.as_ref())
     }
 
     /// The routing key of PagerDuty `service`.
     pub fn routing_key(&self, service: &str) -> Option<&Secret> {
-        self.pagerduty.routing_keys.get(service)
+        self.pagerduty
+            .routing_keys
+            .get(service)
+            .or(self.pagerduty.fallback_routing_key.as_ref())
     }
 }
 

@@ -1,8 +1,8 @@
 //! Storm grouping: at most one notification per (policy, scope, window, kind) per interval.
 //!
 //! # Rule
-//! Notices are grouped by key: policy id, scope, window start and kind (a resolve's key includes the
-//! kind of incident it resolves; an anomaly's text is not part of the key).
+//! Notices are grouped by key: policy id, scope, window start, kind and threshold (a resolve's key
+//! includes the kind of incident it resolves; an anomaly's text is not part of the key).
 //! - The first notice of a quiet key is emitted at once and opens an interval.
 //! - Further notices of that key within the interval are not emitted; the group counts them and keeps
 //!   the latest, which carries the freshest figures.
@@ -41,6 +41,8 @@ struct GroupKey {
     scope: String,
     window_start: DateTime<Utc>,
     kind: KeyKind,
+    /// Each step of a soft-alert ladder (50, 75, 90, 100 %) is news of its own.
+    threshold_percent: u32,
 }
 
 /// The kind part of a key: alerts of one incident kind, or resolves of one incident kind.
@@ -63,6 +65,7 @@ impl GroupKey {
             scope: notice.scope.clone(),
             window_start: notice.window.start,
             kind,
+            threshold_percent: notice.threshold_percent,
         }
     }
 }

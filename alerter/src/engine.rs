@@ -1,0 +1,911 @@
+//! [`Engine`]: the alerter's decisions as a pure function of its inputs: the policies, the
+//! aggregator's totals, the approvals, and what the control and alerts topics already hold. No IO
+//! and no clock: the service feeds records and `now`, and carries out the [`Effect`]s returned.
+//!
+//! # Desired state, not transitions
+//! For every (policy, scope) the engine derives the decision that **should** be in force:
+//! - **block** or **degrade** (the policy's action) while the amount of the scope's *current*
+//!   window is at or above the effective limit (the hard cap, or an approved raise that has not
+//!   expired); it expires at the window's end, so a gateway lifts it on time even if the alerter is
+//!   down;
+//! - **allow** otherwise, once a block or degrade was in force: the window ended, an approval
+//!   raised the limit above the amount, or the policy was removed.
+//!
+//! It compares that with the decision the control topic holds for the key and emits a
+//! [`Effect::Decide`] only when they differ, with `version = held version + 1`. After a crash the
+//! service re-reads the control topic before evaluating, so a decision published just before the
+//! crash is found and not published again, and one that was not published is published now:
+//! **exactly one effective decision per key**, whichever side of the publish the crash fell.
+//!
+//! # Alerts follow decisions and thresholds
+//! Every alert has a deterministic `dedup_key`; the engine emits an [`Effect::Alert`] only for keys
+//! not yet in `fired` (which the service restores from the alerts topic):
+//! - `soft/<policy>/<scope>/<window>/<start>/<threshold>`: once per (policy, scope, window,
+//!   threshold), thresholds relative to the policy's own cap;
+//! - `decision/<control key>/<version>`: one per block/degrade decision (a `hard_cap` alert that
+//!   pages) and one per allow decision that lifts one (a `cap_reset` alert that resolves the page).
+//!   Because these are derived from the decisions in force, a crash between publishing a decision
+//!   and raising its alert is repaired at restart;
+//! - `cap/<policy>/<scope>/<window>/<start>`: the hard cap of an `alert_only` policy.
+//!
+//! # Approvals
+//! An approval raises the cap of one (policy, scope) to `new_limit` until `valid_until`. It is
+//! applied only if the approver is one of the policy's `approval.approvers`, the raise is at most
+//! `approval.max_raise` above the cap, and it lasts at most `approval.max_duration` from its
+//! request; otherwise it is rejected with the reason ([`Effect::ApprovalDecided`]). When it expires
+//! the cap returns, and a scope still over it is blocked again (a new decision and a new page).
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::Arc;
+
+use chrono::{DateTime, SecondsFormat, Utc};
+use policy::{ActionKind, Policy, PolicySet, ScopeKey, Unit};
+use rust_decimal::Decimal;
+use schemas::{Alert, AlertKind, Approval, ControlDecision, DecisionAction, Severity, WindowTotal};
+
+use crate::evaluate::unit_amount;
+use crate::notify::{IncidentKind, Notice, NoticeKind, NoticeWindow, Owner};
+use crate::totals::{Applied, TotalsView, WindowKey};
+
+/// Prefix of the `scope_kind` of a policy's own totals (`policy:<id>`).
+pub const POLICY_SCOPE_PREFIX: &str = "policy:";
+
+/// Something the service must do.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Effect {
+    /// Publish this decision on the control topic (then audit it).
+    Decide(ControlDecision),
+    /// Notify (Slack, and PagerDuty when the notice names a service), then record the alert on
+    /// the alerts topic (then audit it).
+    Alert(Box<Alert>, Box<Notice>),
+    /// An approval was applied or rejected (audit it).
+    ApprovalDecided {
+        /// The approval record.
+        approval: Approval,
+        /// `applied`, `rejected` or `expired`.
+        status: &'static str,
+        /// Why, for people.
+        reason: String,
+    },
+}
+
+/// The alerter's state (see the module docs).
+#[derive(Debug)]
+pub struct Engine {
+    policies: Arc<PolicySet>,
+    totals: TotalsView,
+    /// The latest decision per control key (the control topic's compacted state plus what this
+    /// engine decided since).
+    decisions: HashMap<String, ControlDecision>,
+    /// Applied approvals by approval key (policy and group-by scope).
+    approvals: HashMap<String, Approval>,
+    /// Alert dedup keys already raised.
+    fired: HashSet<String>,
+}
+
+impl Engine {
+    /// An engine with `policies` and nothing seen yet.
+    pub fn new(policies: Arc<PolicySet>) -> Engine {
+        Engine {
+            policies,
+            totals: TotalsView::new(),
+            decisions: HashMap::new(),
+            approvals: HashMap::new(),
+            fired: HashSet::new(),
+        }
+    }
+
+    /// The policies in use.
+    pub fn policies(&self) -> &Arc<PolicySet> {
+        &self.policies
+    }
+
+    /// Restores a decision read back from the control topic (the highest version per key wins).
+    pub fn restore_decision(&mut self, decision: ControlDecision) {
+        match self.decisions.get(&decision.key) {
+            Some(held) if held.version >= decision.version => {}
+            _ => {
+                self.decisions.insert(decision.key.clone(), decision);
+            }
+        }
+    }
+
+    /// Restores an alert read back from the alerts topic: it will not be raised again.
+    pub fn restore_alert(&mut self, alert: &Alert) {
+        self.fired.insert(alert.dedup_key.clone());
+    }
+
+    /// The decision held for a control key.
+    pub fn decision(&self, key: &str) -> Option<&ControlDecision> {
+        self.decisions.get(key)
+    }
+
+    /// Every decision held, by control key.
+    pub fn decisions(&self) -> &HashMap<String, ControlDecision> {
+        &self.decisions
+    }
+
+    /// The number of (scope, window) totals held.
+    pub fn totals_len(&self) -> usize {
+        self.totals.len()
+    }
+
+    /// Replaces the policies (a reload) and re-evaluates everything held against them: a lowered
+    /// cap blocks, a raised one allows, a removed policy's blocks are lifted.
+    pub fn set_policies(&mut self, policies: Arc<PolicySet>, now: DateTime<Utc>) -> Vec<Effect> {
+        self.policies = policies;
+        let mut effects = Vec::new();
+        let orphaned: Vec<ControlDecision> = self
+            .decisions
+            .values()
+            .filter(|decision| {
+                decision.action != DecisionAction::Allow
+                    && self.policies.get(&decision.policy_id).is_none()
+            })
+            .cloned()
+            .collect();
+        for held in orphaned {
+            let reason = format!(
+                "policy {} was removed; its {} of this scope is lifted",
+                held.policy_id,
+                held.action.as_str()
+            );
+            effects.push(self.lift(&held, reason, now));
+        }
+        effects.extend(self.reevaluate_all(now));
+        effects.extend(self.follow_decisions(now));
+        effects
+    }
+
+    /// Applies a total read during the restore, without evaluating (the view is incomplete until
+    /// the topic is read to its end; [`Engine::set_policies`] evaluates everything then).
+    pub fn load_total(&mut self, total: WindowTotal) {
+        self.totals.apply(total);
+    }
+
+    /// Applies one record of the totals topic and evaluates the policy it belongs to.
+    pub fn on_total(&mut self, total: WindowTotal, now: DateTime<Utc>) -> Vec<Effect> {
+        let key = WindowKey::of(&total);
+        if self.totals.apply(total) != Applied::Changed {
+            return Vec::new();
+        }
+        let mut effects = self.evaluate_key(&key, now);
+        effects.extend(self.follow_decisions(now));
+        effects
+    }
+
+    /// Applies an approval record.
+    pub fn on_approval(&mut self, approval: Approval, now: DateTime<Utc>) -> Vec<Effect> {
+        if approval.valid_until <= now {
+            // Over already (read back at a restart, or written expired): nothing to apply.
+            return Vec::new();
+        }
+        let key = approval_key(&approval.policy_id, &approval.scope);
+        if let Some(held) = self.approvals.get(&key) {
+            if held.approval_id == approval.approval_id {
+                return Vec::new();
+            }
+        }
+        let mut effects = Vec::new();
+        match self.check_approval(&approval, now) {
+            Err(reason) => effects.push(Effect::ApprovalDecided {
+                approval,
+                status: "rejected",
+                reason,
+            }),
+            Ok(()) => {
+                let reason = format!(
+                    "{} raised the limit of {} for {} to {} until {}: {}",
+                    approval.approved_by,
+                    approval.policy_id,
+                    render_scope(&approval.scope),
+                    approval.new_limit.normalize(),
+                    approval
+                        .valid_until
+                        .to_rfc3339_opts(SecondsFormat::Secs, true),
+                    approval.reason
+                );
+                let policy_id = approval.policy_id.clone();
+                let scope = approval.scope.clone();
+                self.approvals.insert(key, approval.clone());
+                effects.push(Effect::ApprovalDecided {
+                    approval,
+                    status: "applied",
+                    reason,
+                });
+                effects.extend(self.reevaluate_scope(&policy_id, &scope, now));
+                effects.extend(self.follow_decisions(now));
+            }
+        }
+        effects
+    }
+
+    /// Time passes: windows end (allow, resolve), approvals expire (the cap returns).
+    pub fn tick(&mut self, now: DateTime<Utc>) -> Vec<Effect> {
+        let mut effects = Vec::new();
+        let expired: Vec<String> = self
+            .approvals
+            .iter()
+            .filter(|(_, approval)| approval.valid_until <= now)
+            .map(|(key, _)| key.clone())
+            .collect();
+        for key in expired {
+            let Some(approval) = self.approvals.remove(&key) else {
+                continue;
+            };
+            let policy_id = approval.policy_id.clone();
+            let scope = approval.scope.clone();
+            effects.push(Effect::ApprovalDecided {
+                reason: format!(
+                    "the raise to {} expired at {}",
+                    approval.new_limit.normalize(),
+                    approval
+                        .valid_until
+                        .to_rfc3339_opts(SecondsFormat::Secs, true)
+                ),
+                approval,
+                status: "expired",
+            });
+            effects.extend(self.reevaluate_scope(&policy_id, &scope, now));
+        }
+        let ended: Vec<ControlDecision> = self
+            .decisions
+            .values()
+            .filter(|decision| {
+                decision.action != DecisionAction::Allow && decision.window_end <= now
+            })
+            .cloned()
+            .collect();
+        for held in ended {
+            let reason = format!(
+                "the {} window of policy {} ended at {}; the cap starts again",
+                held.window,
+                held.policy_id,
+                held.window_end.to_rfc3339_opts(SecondsFormat::Secs, true)
+            );
+            effects.push(self.lift(&held, reason, now));
+        }
+        effects.extend(self.follow_decisions(now));
+        self.totals.evict_ended(now - chrono::TimeDelta::hours(1));
+        effects
+    }
+
+    fn reevaluate_all(&mut self, now: DateTime<Utc>) -> Vec<Effect> {
+        let keys: Vec<WindowKey> = self
+            .totals
+            .keys()
+            .filter(|key| key.scope_kind.starts_with(POLICY_SCOPE_PREFIX))
+            .cloned()
+            .collect();
+        keys.iter()
+            .flat_map(|key| self.evaluate_key(key, now))
+            .collect()
+    }
+
+    fn reevaluate_scope(
+        &mut self,
+        policy_id: &str,
+        scope: &BTreeMap<String, String>,
+        now: DateTime<Utc>,
+    ) -> Vec<Effect> {
+        let scope_kind = format!("{POLICY_SCOPE_PREFIX}{policy_id}");
+        let keys: Vec<WindowKey> = self
+            .totals
+            .keys()
+            .filter(|key| key.scope_kind == scope_kind && group_scope(key) == *scope)
+            .cloned()
+            .collect();
+        keys.iter()
+            .flat_map(|key| self.evaluate_key(key, now))
+            .collect()
+    }
+
+    /// Evaluates the policy of a `policy:<id>` total of a current window.
+    fn evaluate_key(&mut self, key: &WindowKey, now: DateTime<Utc>) -> Vec<Effect> {
+        let Some(policy_id) = key.scope_kind.strip_prefix(POLICY_SCOPE_PREFIX) else {
+            return Vec::new();
+        };
+        let policies = Arc::clone(&self.policies);
+        let Some(policy) = policies.get(policy_id) else {
+            return Vec::new();
+        };
+        let Some(total) = self.totals.total(key) else {
+            return Vec::new();
+        };
+        if total.window_end <= now {
+            // An ended window changes nothing any more (its block, if any, is lifted by `tick`).
+            return Vec::new();
+        }
+        let mut effects = Vec::new();
+        let observed = unit_amount(&total, policy.unit());
+        let cap = policy.hard_cap();
+        let scope = group_scope(key);
+        let mut thresholds = policy.record().soft_alerts.clone();
+        thresholds.sort_unstable();
+        for threshold in thresholds {
+            let reached = cap * Decimal::from(threshold) / Decimal::ONE_HUNDRED;
+            let dedup_key = format!(
+                "soft/{}/{}/{}/{}/{threshold}",
+                policy.id(),
+                key.scope_key,
+                key.window_kind,
+                key.window_start.to_rfc3339_opts(SecondsFormat::Secs, true)
+            );
+            if observed >= reached && !self.fired.contains(&dedup_key) {
+                self.fired.insert(dedup_key.clone());
+                effects.push(
+                    self.soft_alert(policy, key, &total, threshold, observed, dedup_key, now),
+                );
+            }
+        }
+        let approved = self
+            .approvals
+            .get(&approval_key(policy.id(), &scope))
+            .filter(|approval| approval.valid_until > now)
+            .cloned();
+        let limit = approved
+            .as_ref()
+            .map_or(cap, |approval| approval.new_limit.max(cap));
+        let enforcement = enforcement_scope(policy, &scope);
+        let control_key = ControlDecision::compaction_key(policy.id(), &enforcement);
+        let held = self.decisions.get(&control_key).cloned();
+        let in_force = held.as_ref().filter(|decision| {
+            decision.action != DecisionAction::Allow && decision.window_start == key.window_start
+        });
+        let capped = observed >= limit;
+        match (capped, policy.action_kind()) {
+            (true, ActionKind::Block | ActionKind::Degrade) => {
+                if in_force.is_none() {
+                    let action = if policy.action_kind() == ActionKind::Block {
+                        DecisionAction::Block
+                    } else {
+                        DecisionAction::Degrade
+                    };
+                    let degrade_to = (action == DecisionAction::Degrade)
+                        .then(|| policy.record().action.degrade_to.clone())
+                        .flatten();
+                    let verb = match &degrade_to {
+                        Some(target) => format!("degraded to {target}"),
+                        None => "blocked".to_string(),
+                    };
+                    let reason = format!(
+                        "{} reached {} {} of {} {} (policy {}, {} window from {}); {verb} until {}{}",
+                        render_scope(&scope),
+                        observed.normalize(),
+                        policy.unit(),
+                        limit.normalize(),
+                        policy.unit(),
+                        policy.id(),
+                        key.window_kind,
+                        key.window_start.to_rfc3339_opts(SecondsFormat::Secs, true),
+                        total.window_end.to_rfc3339_opts(SecondsFormat::Secs, true),
+                        approval_hint(policy, &scope),
+                    );
+                    let decision = ControlDecision {
+                        decision_id: String::new(),
+                        key: control_key.clone(),
+                        policy_id: policy.id().to_owned(),
+                        scope: enforcement,
+                        action,
+                        degrade_to,
+                        reason,
+                        unit: policy.unit().to_string(),
+                        observed,
+                        limit,
+                        window: key.window_kind.clone(),
+                        window_start: key.window_start,
+                        window_end: total.window_end,
+                        issued_at: now,
+                        expires_at: Some(total.window_end),
+                        version: 0,
+                    };
+                    effects.push(self.decide(decision));
+                }
+            }
+            (true, ActionKind::AlertOnly) => {
+                let dedup_key = format!(
+                    "cap/{}/{}/{}/{}",
+                    policy.id(),
+                    key.scope_key,
+                    key.window_kind,
+                    key.window_start.to_rfc3339_opts(SecondsFormat::Secs, true)
+                );
+                if !self.fired.contains(&dedup_key) {
+                    self.fired.insert(dedup_key.clone());
+                    effects
+                        .push(self.cap_alert(policy, key, &total, observed, limit, dedup_key, now));
+                }
+            }
+            (false, _) => {
+                if let Some(held) = in_force.cloned() {
+                    let reason = match &approved {
+                        Some(approval) => format!(
+                            "{} approved a raise to {} until {} ({}); {} is at {} {}",
+                            approval.approved_by,
+                            approval.new_limit.normalize(),
+                            approval
+                                .valid_until
+                                .to_rfc3339_opts(SecondsFormat::Secs, true),
+                            approval.reason,
+                            render_scope(&scope),
+                            observed.normalize(),
+                            policy.unit()
+                        ),
+                        None => format!(
+                            "{} is at {} {}, under the limit {} again",
+                            render_scope(&scope),
+                            observed.normalize(),
+                            policy.unit(),
+                            limit.normalize()
+                        ),
+                    };
+                    let mut lifted = self.lift(&held, reason, now);
+                    if let Effect::Decide(decision) = &mut lifted {
+                        decision.observed = observed;
+                        decision.limit = limit;
+                    }
+                    if let Effect::Decide(decision) = &lifted {
+                        self.decisions
+                            .insert(decision.key.clone(), decision.clone());
+                    }
+                    effects.push(lifted);
+                }
+            }
+        }
+        effects
+    }
+
+    /// An allow decision lifting `held` (same scope and window), recorded as held.
+    fn lift(&mut self, held: &ControlDecision, reason: String, now: DateTime<Utc>) -> Effect {
+        let decision = ControlDecision {
+            decision_id: String::new(),
+            action: DecisionAction::Allow,
+            degrade_to: None,
+            reason,
+            issued_at: now,
+            expires_at: None,
+            version: 0,
+            ..held.clone()
+        };
+        self.decide(decision)
+    }
+
+    /// Numbers `decision` after the held one and records it as held.
+    fn decide(&mut self, mut decision: ControlDecision) -> Effect {
+        let version = self
+            .decisions
+            .get(&decision.key)
+            .map_or(1, |held| held.version + 1);
+        decision.version = version;
+        decision.decision_id = format!("{}@{version}", decision.key);
+        self.decisions
+            .insert(decision.key.clone(), decision.clone());
+        Effect::Decide(decision)
+    }
+
+    /// The alerts the decisions in force call for and that were not raised yet: a page per
+    /// block/degrade, a resolve per allow that lifted one.
+    fn follow_decisions(&mut self, now: DateTime<Utc>) -> Vec<Effect> {
+        let mut wanted: Vec<ControlDecision> = self
+            .decisions
+            .values()
+            .filter(|decision| !self.fired.contains(&decision_alert_key(decision)))
+            .filter(|decision| decision.action != DecisionAction::Allow || decision.version > 1)
+            .cloned()
+            .collect();
+        wanted.sort_by(|a, b| a.key.cmp(&b.key));
+        let policies = Arc::clone(&self.policies);
+        let mut effects = Vec::new();
+        for decision in wanted {
+            let dedup_key = decision_alert_key(&decision);
+            self.fired.insert(dedup_key.clone());
+            let policy = policies.get(&decision.policy_id);
+            effects.push(decision_alert(policy, &decision, dedup_key, now));
+        }
+        effects
+    }
+
+    fn check_approval(&self, approval: &Approval, now: DateTime<Utc>) -> Result<(), String> {
+        let policy = self
+            .policies
+            .get(&approval.policy_id)
+            .ok_or_else(|| format!("no policy {}", approval.policy_id))?;
+        let rule = policy
+            .record()
+            .approval
+            .as_ref()
+            .ok_or_else(|| format!("policy {} takes no approvals", policy.id()))?;
+        if !rule.approvers.contains(&approval.approved_by) {
+            return Err(format!(
+                "{} is not an approver of policy {} (approvers: {})",
+                approval.approved_by,
+                policy.id(),
+                rule.approvers.join(", ")
+            ));
+        }
+        let cap = policy.hard_cap();
+        let max_limit = cap + rule.max_raise.absolute_for(cap);
+        if approval.new_limit <= cap {
+            return Err(format!(
+                "new limit {} is not above the cap {}",
+                approval.new_limit.normalize(),
+                cap.normalize()
+            ));
+        }
+        if approval.new_limit > max_limit {
+            return Err(format!(
+                "new limit {} is above the most policy {} allows ({} = cap {} + max_raise)",
+                approval.new_limit.normalize(),
+                policy.id(),
+                max_limit.normalize(),
+                cap.normalize()
+            ));
+        }
+        if approval.valid_until <= now {
+            return Err(format!(
+                "valid_until {} has passed",
+                approval
+                    .valid_until
+                    .to_rfc3339_opts(SecondsFormat::Secs, true)
+            ));
+        }
+        if approval.valid_until - approval.requested_at > rule.max_duration.0 {
+            return Err(format!(
+                "a raise may last at most {}s (policy {} max_duration); this one lasts {}s",
+                rule.max_duration.0.num_seconds(),
+                policy.id(),
+                (approval.valid_until - approval.requested_at).num_seconds()
+            ));
+        }
+        let known: HashSet<String> = policy
+            .group_by()
+            .map(|dimension| dimension.to_string())
+            .collect();
+        if let Some(unknown) = approval.scope.keys().find(|name| !known.contains(*name)) {
+            return Err(format!(
+                "scope dimension {unknown} is not in policy {}'s group_by",
+                policy.id()
+            ));
+        }
+        Ok(())
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn soft_alert(
+        &self,
+        policy: &Policy,
+        key: &WindowKey,
+        total: &WindowTotal,
+        threshold: u8,
+        observed: Decimal,
+        dedup_key: String,
+        now: DateTime<Utc>,
+    ) -> Effect {
+        let cap = policy.hard_cap();
+        let severity = policy.severity_for_threshold(threshold);
+        let scope = group_scope(key);
+        let message = format!(
+            "{} used {threshold}% of its {} {} cap ({} {}) in the {} window from {} (policy {})",
+            render_scope(&scope),
+            cap.normalize(),
+            policy.unit(),
+            observed.normalize(),
+            policy.unit(),
+            key.window_kind,
+            key.window_start.to_rfc3339_opts(SecondsFormat::Secs, true),
+            policy.id()
+        );
+        let pages = matches!(severity, Severity::Error | Severity::Critical);
+        let alert = Alert {
+            alert_id: alert_id(&dedup_key),
+            dedup_key,
+            policy_id: policy.id().to_owned(),
+            scope: scope.clone(),
+            kind: AlertKind::SoftThreshold,
+            severity,
+            threshold_percent: Some(u32::from(threshold)),
+            unit: policy.unit().to_string(),
+            observed,
+            limit: Some(cap),
+            window: key.window_kind.clone(),
+            window_start: key.window_start,
+            window_end: total.window_end,
+            owner: policy.record().owner.team.clone(),
+            message,
+            raised_at: now,
+        };
+        let notice = Notice {
+            kind: NoticeKind::SoftAlert,
+            threshold_percent: u32::from(threshold),
+            pagerduty_service: if pages {
+                policy.pagerduty_service().map(str::to_owned)
+            } else {
+                None
+            },
+            ..notice(
+                Some(policy),
+                &scope,
+                key.window_kind.clone(),
+                &key.window_tz,
+                key.window_start,
+                total.window_end,
+                observed,
+                cap,
+                now,
+            )
+        };
+        Effect::Alert(Box::new(alert), Box::new(notice))
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn cap_alert(
+        &self,
+        policy: &Policy,
+        key: &WindowKey,
+        total: &WindowTotal,
+        observed: Decimal,
+        limit: Decimal,
+        dedup_key: String,
+        now: DateTime<Utc>,
+    ) -> Effect {
+        let scope = group_scope(key);
+        let alert = Alert {
+            alert_id: alert_id(&dedup_key),
+            dedup_key,
+            policy_id: policy.id().to_owned(),
+            scope: scope.clone(),
+            kind: AlertKind::HardCap,
+            severity: Severity::Critical,
+            threshold_percent: Some(100),
+            unit: policy.unit().to_string(),
+            observed,
+            limit: Some(limit),
+            window: key.window_kind.clone(),
+            window_start: key.window_start,
+            window_end: total.window_end,
+            owner: policy.record().owner.team.clone(),
+            message: format!(
+                "{} reached the cap {} {} (policy {}, alert only: traffic is not stopped)",
+                render_scope(&scope),
+                limit.normalize(),
+                policy.unit(),
+                policy.id()
+            ),
+            raised_at: now,
+        };
+        let notice = Notice {
+            kind: NoticeKind::HardCap,
+            threshold_percent: 100,
+            ..notice(
+                Some(policy),
+                &scope,
+                key.window_kind.clone(),
+                &key.window_tz,
+                key.window_start,
+                total.window_end,
+                observed,
+                limit,
+                now,
+            )
+        };
+        Effect::Alert(Box::new(alert), Box::new(notice))
+    }
+}
+
+/// The alert dedup key of a decision.
+fn decision_alert_key(decision: &ControlDecision) -> String {
+    format!("decision/{}/{}", decision.key, decision.version)
+}
+
+/// The page of a block/degrade decision, or the resolve of an allow that lifted one.
+fn decision_alert(
+    policy: Option<&Policy>,
+    decision: &ControlDecision,
+    dedup_key: String,
+    now: DateTime<Utc>,
+) -> Effect {
+    let lifting = decision.action == DecisionAction::Allow;
+    let (kind, severity, notice_kind) = if lifting {
+        (
+            AlertKind::CapReset,
+            Severity::Info,
+            NoticeKind::Resolved {
+                of: IncidentKind::HardCap,
+            },
+        )
+    } else {
+        (AlertKind::HardCap, Severity::Critical, NoticeKind::HardCap)
+    };
+    let owner = policy.map_or_else(String::new, |policy| policy.record().owner.team.clone());
+    let alert = Alert {
+        alert_id: alert_id(&dedup_key),
+        dedup_key,
+        policy_id: decision.policy_id.clone(),
+        scope: decision.scope.clone(),
+        kind,
+        severity,
+        threshold_percent: (!lifting).then_some(100),
+        unit: decision.unit.clone(),
+        observed: decision.observed,
+        limit: Some(decision.limit),
+        window: decision.window.clone(),
+        window_start: decision.window_start,
+        window_end: decision.window_end,
+        owner,
+        message: decision.reason.clone(),
+        raised_at: now,
+    };
+    let tz = policy.and_then(|policy| policy.window()).map_or_else(
+        || "UTC".to_string(),
+        |window| window.time_zone.name().to_string(),
+    );
+    let mut notice = Notice {
+        kind: notice_kind,
+        threshold_percent: 100,
+        ..notice(
+            policy,
+            &decision.scope,
+            decision.window.clone(),
+            &tz,
+            decision.window_start,
+            decision.window_end,
+            decision.observed,
+            decision.limit,
+            now,
+        )
+    };
+    // The decision's scope (group-by plus fixed dimensions) names the incident, for trigger and
+    // resolve alike.
+    notice.scope = render_scope(&decision.scope);
+    if policy.is_none() {
+        notice.pagerduty_service = None;
+    }
+    Effect::Alert(Box::new(alert), Box::new(notice))
+}
+
+/// A notice's common fields.
+#[allow(clippy::too_many_arguments)]
+fn notice(
+    policy: Option<&Policy>,
+    scope: &BTreeMap<String, String>,
+    window_kind: String,
+    tz: &str,
+    window_start: DateTime<Utc>,
+    window_end: DateTime<Utc>,
+    spent: Decimal,
+    limit: Decimal,
+    now: DateTime<Utc>,
+) -> Notice {
+    // Burn rate: the window's spend over the time it has run, per hour.
+    let elapsed = (now.min(window_end) - window_start).num_seconds();
+    let burn_rate_per_hour =
+        (elapsed > 0).then(|| (spent * Decimal::from(3600) / Decimal::from(elapsed)).round_dp(6));
+    let projected_cap_at = burn_rate_per_hour.and_then(|rate| {
+        if rate.is_zero() || spent >= limit {
+            return None;
+        }
+        let seconds = (limit - spent) * Decimal::from(3600) / rate;
+        let seconds = i64::try_from(seconds.trunc().mantissa()).ok()?;
+        let at = now + chrono::TimeDelta::seconds(seconds);
+        (at < window_end).then_some(at)
+    });
+    Notice {
+        policy_id: policy.map_or_else(String::new, |policy| policy.id().to_owned()),
+        owner: Owner {
+            team: policy.map_or_else(String::new, |policy| policy.record().owner.team.clone()),
+            contact: policy
+                .map_or_else(String::new, |policy| policy.record().owner.contact.clone()),
+        },
+        scope: render_scope(scope),
+        window: NoticeWindow {
+            kind: window_kind,
+            tz: tz.to_owned(),
+            start: window_start,
+            end: window_end,
+        },
+        unit: policy.map_or_else(String::new, |policy| policy.unit().to_string()),
+        spent,
+        limit,
+        threshold_percent: 0,
+        kind: NoticeKind::SoftAlert,
+        burn_rate_per_hour,
+        projected_cap_at,
+        approval_command: policy.and_then(|policy| approval_command(policy, scope)),
+        slack_channel: policy.and_then(|policy| policy.slack_channel().map(str::to_owned)),
+        pagerduty_service: policy.and_then(|policy| policy.pagerduty_service().map(str::to_owned)),
+    }
+}
+
+/// The `quotaflow approve …` command for a scope of `policy`, when it takes approvals.
+pub fn approval_command(policy: &Policy, scope: &BTreeMap<String, String>) -> Option<String> {
+    let rule = policy.record().approval.as_ref()?;
+    let cap = policy.hard_cap();
+    let max = cap + rule.max_raise.absolute_for(cap);
+    let scope_arg = if scope.is_empty() {
+        String::new()
+    } else {
+        format!(" --scope '{}'", render_scope(scope))
+    };
+    Some(format!(
+        "quotaflow-alerter approve --policy {}{scope_arg} --limit {} --until <RFC 3339, at most {}s ahead> --reason '<why>' --by <{}>",
+        policy.id(),
+        max.normalize(),
+        rule.max_duration.0.num_seconds(),
+        rule.approvers.join("|")
+    ))
+}
+
+fn approval_hint(policy: &Policy, scope: &BTreeMap<String, String>) -> String {
+    match approval_command(policy, scope) {
+        Some(_) => format!(
+            ". To raise it, ask {} for an approval",
+            policy
+                .record()
+                .approval
+                .as_ref()
+                .map(|rule| rule.approvers.join(" or "))
+                .unwrap_or_default()
+        ),
+        None => String::new(),
+    }
+}
+
+/// The approvals' key: policy and group-by scope.
+pub fn approval_key(policy_id: &str, scope: &BTreeMap<String, String>) -> String {
+    ControlDecision::compaction_key(policy_id, scope)
+}
+
+/// The group-by scope of a `policy:` total (dimensions the events lacked are left out).
+pub fn group_scope(key: &WindowKey) -> BTreeMap<String, String> {
+    ScopeKey::decode(&key.scope_key)
+        .unwrap_or_default()
+        .into_iter()
+        .filter_map(|(name, value)| value.map(|value| (name, value)))
+        .collect()
+}
+
+/// The scope a decision enforces: the group-by scope plus the policy's single-valued filters, so
+/// gateways stop only the traffic the policy counts. A fallback-spend policy with a
+/// `route.fallback_route` (`provider/model`) blocks that route only.
+pub fn enforcement_scope(
+    policy: &Policy,
+    scope: &BTreeMap<String, String>,
+) -> BTreeMap<String, String> {
+    let mut enforced = policy.fixed_dimensions();
+    if policy.unit() == Unit::FallbackCostUsd {
+        if let Some((provider, model)) = policy
+            .record()
+            .route
+            .fallback_route
+            .as_deref()
+            .and_then(|route| route.split_once('/'))
+        {
+            enforced.insert("provider".to_owned(), provider.to_owned());
+            enforced.insert("model".to_owned(), model.to_owned());
+        }
+    }
+    enforced.extend(
+        scope
+            .iter()
+            .map(|(name, value)| (name.clone(), value.clone())),
+    );
+    enforced
+}
+
+/// `team=search, model=gpt-4o`, or `(all)` for an empty scope.
+pub fn render_scope(scope: &BTreeMap<String, String>) -> String {
+    if scope.is_empty() {
+        return "(all)".to_string();
+    }
+    scope
+        .iter()
+        .map(|(name, value)| format!("{name}={value}"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// A deterministic alert id: the same alert raised again (a replay) is the same audit row.
+fn alert_id(dedup_key: &str) -> String {
+    use sha2::{Digest, Sha256};
+    hex::encode(&Sha256::digest(dedup_key.as_bytes())[..16])
+}

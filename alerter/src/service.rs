@@ -1,0 +1,839 @@
+//! The alerter service: restores its state from Kafka, follows the totals and approvals topics,
+//! runs the [`Engine`] and carries out its effects.
+//!
+//! # Startup
+//! 1. Migrations and topics; the policies load (a directory that does not load stops startup).
+//! 2. **Restore**: the control, alerts, approvals and totals topics are read from their start to the
+//!    end offsets taken at that moment. Decisions and raised alerts are restored into the engine,
+//!    totals are applied *without* evaluation (a half-read total would look lower than it is), then
+//!    everything is evaluated once, approvals applied and time ticked.
+//! 3. `/readyz` turns 200 and the totals and approvals topics are followed from the offsets the
+//!    restore stopped at, so nothing is read twice or skipped.
+//!
+//! # Delivery guarantees
+//! - **Decisions**: published (idempotent producer, `acks=all`, awaited) before anything else is done
+//!   with the evaluation that produced them. The engine numbers them from the control topic's state,
+//!   so after a crash on either side of a publish there is exactly one effective decision per key
+//!   (module docs of [`crate::engine`]). One alerter instance runs per pipeline: it is the control
+//!   topic's only writer.
+//! - **Alerts**: notified first (Slack, PagerDuty), then recorded on the alerts topic, which is what
+//!   the restore reads. A crash between the two repeats the notification after restart: PagerDuty
+//!   folds it into the open incident (same `dedup_key`); Slack may show it twice. Never lost.
+//!   Notifications run on their own task behind a bounded queue, so a slow webhook never delays a
+//!   decision.
+//! - **Audit**: every decision, alert and approval outcome is written to ClickHouse (`decisions`,
+//!   `alerts`, `approvals`) by a batching task that retries until it succeeds; the ids are
+//!   deterministic, so a repeat after a crash is the same row (ReplacingMergeTree).
+//!
+//! # Failpoint
+//! `ALERTER_FAILPOINT=before_publish:<n>` or `after_publish:<n>` aborts the process (as `kill -9`
+//! would) just before or just after publishing its n-th decision; the crash tests use it.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use chrono::{DateTime, Utc};
+use infra::config::KafkaConfig;
+use infra::shutdown::Shutdown;
+use infra::telemetry::Readiness;
+use policy::PolicySet;
+use rdkafka::consumer::{BaseConsumer, Consumer, StreamConsumer};
+use rdkafka::message::Message;
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::{Offset, TopicPartitionList};
+use schemas::{Alert, Approval, ControlDecision, WindowTotal};
+use serde::Serialize;
+use tokio::net::TcpListener;
+use tokio::sync::mpsc;
+use tracing::{debug, error, info, warn};
+
+use crate::engine::{Effect, Engine};
+use crate::notify::{Grouper, Notice, NotifyConfig, PagerDutyNotifier, SlackNotifier};
+use crate::{Config, Error, Result};
+
+/// Metric names.
+pub mod metric {
+    /// Decisions published, by `action`.
+    pub const DECISIONS: &str = "alerter_decisions_total";
+    /// Alerts raised, by `kind`.
+    pub const ALERTS: &str = "alerter_alerts_total";
+    /// Notifications, by `service` and `outcome`.
+    pub const NOTIFICATIONS: &str = "alerter_notifications_total";
+    /// Records read, by `topic` kind and `outcome`.
+    pub const RECORDS: &str = "alerter_records_total";
+    /// Policy reloads, by `outcome`.
+    pub const RELOADS: &str = "alerter_policy_reloads_total";
+    /// Approvals, by `status`.
+    pub const APPROVALS: &str = "alerter_approvals_total";
+    /// Seconds from a total's write by the aggregator to the decision it caused being published.
+    pub const DECISION_LAG: &str = "alerter_decision_lag_seconds";
+    /// Audit rows written, by `table`.
+    pub const AUDIT_ROWS: &str = "alerter_audit_rows_total";
+    /// Failed writes (audit, alerts topic) that are being retried, by `target`.
+    pub const RETRIES: &str = "alerter_retries_total";
+}
+
+/// Runs the service on `listener` until `shutdown` (the lifecycle of [`crate::run_with_listener`]).
+pub async fn run(config: Config, listener: TcpListener, shutdown: Shutdown) -> Result<()> {
+    let readiness = Readiness::default();
+    let listen = listener
+        .local_addr()
+        .map_err(infra::service::ServiceError::Http)?;
+    let stop_http = shutdown.child_token();
+    let http = tokio::spawn(infra::telemetry::serve(
+        listener,
+        infra::telemetry::ops_router(readiness.clone()),
+        stop_http.clone(),
+    ));
+    info!(%listen, "alerter starting");
+    let result = tokio::select! {
+        () = shutdown.cancelled() => Ok(()),
+        result = run_loop(&config, &readiness, &shutdown) => result,
+    };
+    readiness.set_ready(false);
+    stop_http.cancel();
+    let _ = http.await;
+    match &result {
+        Ok(()) => info!("alerter stopped"),
+        Err(error) => error!(%error, retryable = error.is_retryable(), "alerter failed"),
+    }
+    result
+}
+
+/// What the restore read.
+#[derive(Default)]
+struct Snapshot {
+    records: Vec<(String, Vec<u8>)>,
+    ends: HashMap<(String, i32), i64>,
+}
+
+async fn run_loop(config: &Config, readiness: &Readiness, shutdown: &Shutdown) -> Result<()> {
+    infra::service::prepare_pipeline(&config.kafka, &config.clickhouse).await?;
+    config
+        .notify
+        .validate()
+        .map_err(|error| Error::Config(error.to_string()))?;
+    let policies = Arc::new(
+        PolicySet::load_dir(&config.alert.policies_dir)
+            .map_err(|errors| Error::Policies(errors.to_string()))?,
+    );
+    info!(policies = policies.len(), dir = %config.alert.policies_dir.display(), "policies loaded");
+    let producer: FutureProducer =
+        infra::kafka::producer_config(&config.kafka, "quotaflow-alerter").create()?;
+    let topics = &config.kafka.topics;
+
+    // Restore.
+    let restore_started = Instant::now();
+    let snapshot = {
+        let kafka = config.kafka.clone();
+        let group = format!("{}-restore", config.group_id);
+        let timeout = Duration::from_secs(config.alert.restore_timeout_secs);
+        let names = vec![
+            topics.control.clone(),
+            topics.alerts.clone(),
+            topics.approvals.clone(),
+            topics.totals.clone(),
+        ];
+        tokio::task::spawn_blocking(move || read_to_end(&kafka, &group, &names, timeout))
+            .await
+            .map_err(|error| Error::Restore(error.to_string()))??
+    };
+    let mut engine = Engine::new(Arc::clone(&policies));
+    let mut approvals = Vec::new();
+    let mut counts = [0usize; 4];
+    for (topic, payload) in &snapshot.records {
+        if *topic == topics.control {
+            if let Some(decision) = decode::<ControlDecision>("control", payload) {
+                engine.restore_decision(decision);
+                counts[0] += 1;
+            }
+        } else if *topic == topics.alerts {
+            if let Some(alert) = decode::<Alert>("alerts", payload) {
+                engine.restore_alert(&alert);
+                counts[1] += 1;
+            }
+        } else if *topic == topics.approvals {
+            if let Some(approval) = decode::<Approval>("approvals", payload) {
+                approvals.push(approval);
+                counts[2] += 1;
+            }
+        } else if let Some(total) = decode::<WindowTotal>("totals", payload) {
+            engine.load_total(total);
+            counts[3] += 1;
+        }
+    }
+    info!(
+        decisions = counts[0],
+        alerts = counts[1],
+        approvals = counts[2],
+        totals = counts[3],
+        elapsed_ms = restore_started.elapsed().as_millis() as u64,
+        "state restored from kafka"
+    );
+
+    let (audit_tx, audit_rx) = mpsc::channel::<AuditRow>(10_000);
+    let audit = tokio::spawn(audit_task(
+        infra::clickhouse::client(&config.clickhouse),
+        audit_rx,
+    ));
+    let (notify_tx, notify_rx) = mpsc::channel::<(Alert, Notice)>(10_000);
+    let notifier = tokio::spawn(notify_task(
+        config.notify.clone(),
+        producer.clone(),
+        topics.alerts.clone(),
+        notify_rx,
+        audit_tx.clone(),
+    ));
+    let mut executor = Executor {
+        producer: producer.clone(),
+        control_topic: topics.control.clone(),
+        audit: audit_tx,
+        notify: notify_tx,
+        failpoint: Failpoint::from_env(),
+        published: 0,
+    };
+
+    let now = Utc::now();
+    let mut effects = engine.set_policies(Arc::clone(&policies), now);
+    for approval in approvals {
+        effects.extend(engine.on_approval(approval, now));
+    }
+    effects.extend(engine.tick(now));
+    executor.execute(effects, None, shutdown).await?;
+
+    // Follow totals and approvals from where the restore stopped.
+    let consumer: StreamConsumer = infra::kafka::consumer_config(
+        &config.kafka,
+        "quotaflow-alerter",
+        &format!("{}-follow", config.group_id),
+    )
+    .create()?;
+    let mut assignment = TopicPartitionList::new();
+    for ((topic, partition), end) in &snapshot.ends {
+        if *topic == topics.totals || *topic == topics.approvals {
+            assignment.add_partition_offset(topic, *partition, Offset::Offset(*end))?;
+        }
+    }
+    consumer.assign(&assignment)?;
+    readiness.set_ready(true);
+    info!(
+        decisions_held = engine.decisions().len(),
+        totals_held = engine.totals_len(),
+        "alerter ready"
+    );
+
+    let mut tick =
+        tokio::time::interval(Duration::from_millis(config.alert.tick_interval_ms.max(10)));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut reload = tokio::time::interval(Duration::from_millis(
+        config.alert.reload_interval_ms.max(100),
+    ));
+    reload.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    reload.tick().await;
+    let result = loop {
+        tokio::select! {
+            biased;
+            () = shutdown.cancelled() => break Ok(()),
+            message = consumer.recv() => {
+                let message = match message {
+                    Ok(message) => message,
+                    Err(error) => {
+                        warn!(%error, "kafka consumer error");
+                        continue;
+                    }
+                };
+                let Some(payload) = message.payload() else {
+                    continue;
+                };
+                let now = Utc::now();
+                if message.topic() == topics.totals {
+                    if let Some(total) = decode::<WindowTotal>("totals", payload) {
+                        let written_at = total.written_at;
+                        let effects = engine.on_total(total, now);
+                        executor.execute(effects, Some(written_at), shutdown).await?;
+                    }
+                } else if let Some(approval) = decode::<Approval>("approvals", payload) {
+                    let effects = engine.on_approval(approval, now);
+                    executor.execute(effects, None, shutdown).await?;
+                }
+            }
+            _ = tick.tick() => {
+                let effects = engine.tick(Utc::now());
+                executor.execute(effects, None, shutdown).await?;
+            }
+            _ = reload.tick() => {
+                if let Some(reloaded) = reload_policies(config, engine.policies()) {
+                    let effects = engine.set_policies(reloaded, Utc::now());
+                    executor.execute(effects, None, shutdown).await?;
+                }
+            }
+        }
+    };
+    // Let queued notifications and audit rows out (bounded wait).
+    drop(executor);
+    let _ = tokio::time::timeout(Duration::from_secs(10), notifier).await;
+    let _ = tokio::time::timeout(Duration::from_secs(10), audit).await;
+    result
+}
+
+/// A new policy set when the directory changed and loads; `None` when unchanged or broken (the
+/// error is logged and the previous set stays).
+fn reload_policies(config: &Config, current: &Arc<PolicySet>) -> Option<Arc<PolicySet>> {
+    match PolicySet::load_dir(&config.alert.policies_dir) {
+        Ok(loaded) if loaded.fingerprint() == current.fingerprint() => None,
+        Ok(loaded) => {
+            info!(
+                policies = loaded.len(),
+                fingerprint = loaded.fingerprint(),
+                "policies reloaded"
+            );
+            metrics::counter!(metric::RELOADS, "outcome" => "applied").increment(1);
+            Some(Arc::new(loaded))
+        }
+        Err(errors) => {
+            error!(errors = %errors, "policy reload failed; keeping the previous policies");
+            metrics::counter!(metric::RELOADS, "outcome" => "failed").increment(1);
+            None
+        }
+    }
+}
+
+fn decode<T: schemas::codec::AvroRecord>(topic: &'static str, payload: &[u8]) -> Option<T> {
+    match schemas::codec::decode::<T>(payload) {
+        Ok(record) => {
+            metrics::counter!(metric::RECORDS, "topic" => topic, "outcome" => "ok").increment(1);
+            Some(record)
+        }
+        Err(error) => {
+            warn!(topic, %error, "undecodable record skipped");
+            metrics::counter!(metric::RECORDS, "topic" => topic, "outcome" => "undecodable")
+                .increment(1);
+            None
+        }
+    }
+}
+
+/// Reads every partition of `topics` from the start to the end offsets taken now.
+fn read_to_end(
+    kafka: &KafkaConfig,
+    group: &str,
+    topics: &[String],
+    timeout: Duration,
+) -> Result<Snapshot> {
+    let consumer: BaseConsumer =
+        infra::kafka::consumer_config(kafka, "quotaflow-alerter-restore", group).create()?;
+    let deadline = Instant::now() + timeout;
+    let mut snapshot = Snapshot::default();
+    let mut assignment = TopicPartitionList::new();
+    let mut pending: HashMap<(String, i32), i64> = HashMap::new();
+    for topic in topics {
+        let metadata = consumer.fetch_metadata(Some(topic), Duration::from_secs(10))?;
+        let partitions: Vec<i32> = metadata
+            .topics()
+            .iter()
+            .flat_map(|topic| topic.partitions().iter().map(|partition| partition.id()))
+            .collect();
+        for partition in partitions {
+            let (low, high) =
+                consumer.fetch_watermarks(topic, partition, Duration::from_secs(10))?;
+            snapshot.ends.insert((topic.clone(), partition), high);
+            if high > low {
+                assignment.add_partition_offset(topic, partition, Offset::Beginning)?;
+                pending.insert((topic.clone(), partition), high);
+            }
+        }
+    }
+    if pending.is_empty() {
+        return Ok(snapshot);
+    }
+    consumer.assign(&assignment)?;
+    while !pending.is_empty() {
+        if Instant::now() > deadline {
+            return Err(Error::Restore(format!(
+                "topics not read to their end within {timeout:?}: {} partitions left",
+                pending.len()
+            )));
+        }
+        match consumer.poll(Duration::from_millis(100)) {
+            Some(Ok(message)) => {
+                let key = (message.topic().to_owned(), message.partition());
+                if let Some(end) = pending.get(&key) {
+                    if message.offset() < *end {
+                        if let Some(payload) = message.payload() {
+                            snapshot.records.push((key.0.clone(), payload.to_vec()));
+                        }
+                    }
+                    if message.offset() + 1 >= *end {
+                        pending.remove(&key);
+                    }
+                }
+            }
+            Some(Err(error)) => warn!(%error, "kafka error while restoring"),
+            None => {
+                // Compaction can leave the end offset without a record: the position says.
+                if let Ok(positions) = consumer.position() {
+                    for element in positions.elements() {
+                        if let Offset::Offset(position) = element.offset() {
+                            let key = (element.topic().to_owned(), element.partition());
+                            if pending.get(&key).is_some_and(|end| position >= *end) {
+                                pending.remove(&key);
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+    Ok(snapshot)
+}
+
+/// Crash hooks for the tests (module docs).
+#[derive(Debug, Clone, Copy)]
+enum Failpoint {
+    None,
+    BeforePublish(u64),
+    AfterPublish(u64),
+}
+
+impl Failpoint {
+    fn from_env() -> Failpoint {
+        let Ok(value) = std::env::var("ALERTER_FAILPOINT") else {
+            return Failpoint::None;
+        };
+        let parsed = value.split_once(':').and_then(|(step, n)| {
+            let n: u64 = n.parse().ok()?;
+            match step {
+                "before_publish" => Some(Failpoint::BeforePublish(n)),
+                "after_publish" => Some(Failpoint::AfterPublish(n)),
+                _ => None,
+            }
+        });
+        match parsed {
+            Some(failpoint) => {
+                warn!(?failpoint, "failpoint armed");
+                failpoint
+            }
+            None => {
+                warn!(value, "ALERTER_FAILPOINT not understood; ignored");
+                Failpoint::None
+            }
+        }
+    }
+}
+
+struct Executor {
+    producer: FutureProducer,
+    control_topic: String,
+    audit: mpsc::Sender<AuditRow>,
+    notify: mpsc::Sender<(Alert, Notice)>,
+    failpoint: Failpoint,
+    published: u64,
+}
+
+impl Executor {
+    /// Carries out `effects` in order: decisions are published before the next effect is looked
+    /// at. `written_at` is when the total that caused them was written (for the lag metric).
+    async fn execute(
+        &mut self,
+        effects: Vec<Effect>,
+        written_at: Option<DateTime<Utc>>,
+        shutdown: &Shutdown,
+    ) -> Result<()> {
+        for effect in effects {
+            match effect {
+                Effect::Decide(decision) => {
+                    self.publish(&decision, shutdown).await?;
+                    if let Some(written_at) = written_at {
+                        let lag = (Utc::now() - written_at).num_microseconds().unwrap_or(0);
+                        metrics::histogram!(metric::DECISION_LAG).record(lag as f64 / 1e6);
+                    }
+                    metrics::counter!(metric::DECISIONS, "action" => decision.action.as_str())
+                        .increment(1);
+                    info!(
+                        key = %decision.key,
+                        action = decision.action.as_str(),
+                        version = decision.version,
+                        reason = %decision.reason,
+                        "decision published"
+                    );
+                    let _ = self.audit.send(AuditRow::Decision(decision)).await;
+                }
+                Effect::Alert(alert, notice) => {
+                    metrics::counter!(metric::ALERTS, "kind" => alert.kind.as_str()).increment(1);
+                    let _ = self.notify.send((*alert, *notice)).await;
+                }
+                Effect::ApprovalDecided {
+                    approval,
+                    status,
+                    reason,
+                } => {
+                    metrics::counter!(metric::APPROVALS, "status" => status).increment(1);
+                    info!(
+                        approval_id = %approval.approval_id,
+                        policy = %approval.policy_id,
+                        status,
+                        reason = %reason,
+                        "approval"
+                    );
+                    let _ = self
+                        .audit
+                        .send(AuditRow::Approval(approval, status, Utc::now()))
+                        .await;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    async fn publish(&mut self, decision: &ControlDecision, shutdown: &Shutdown) -> Result<()> {
+        self.published += 1;
+        if matches!(self.failpoint, Failpoint::BeforePublish(n) if n == self.published) {
+            error!("failpoint before_publish: aborting");
+            std::process::abort();
+        }
+        let payload = schemas::codec::encode(decision)
+            .map_err(|error| Error::Config(format!("unencodable decision: {error}")))?;
+        produce_until_delivered(
+            &self.producer,
+            &self.control_topic,
+            &decision.key,
+            &payload,
+            shutdown,
+        )
+        .await?;
+        if matches!(self.failpoint, Failpoint::AfterPublish(n) if n == self.published) {
+            error!("failpoint after_publish: aborting");
+            std::process::abort();
+        }
+        Ok(())
+    }
+}
+
+/// Sends one record and waits for its delivery, retrying retryable failures with backoff until
+/// delivered or shut down.
+async fn produce_until_delivered(
+    producer: &FutureProducer,
+    topic: &str,
+    key: &str,
+    payload: &[u8],
+    shutdown: &Shutdown,
+) -> Result<()> {
+    let mut backoff = Duration::from_millis(100);
+    loop {
+        let record = FutureRecord::to(topic).key(key).payload(payload);
+        match producer.send(record, Duration::from_secs(30)).await {
+            Ok(_) => return Ok(()),
+            Err((error, _)) if infra::kafka::error_is_retryable(&error) => {
+                warn!(%error, topic, "publish failed; retrying");
+                metrics::counter!(metric::RETRIES, "target" => "kafka").increment(1);
+                tokio::select! {
+                    () = shutdown.cancelled() => return Err(Error::Kafka(error)),
+                    () = tokio::time::sleep(backoff) => {}
+                }
+                backoff = (backoff * 2).min(Duration::from_secs(5));
+            }
+            Err((error, _)) => return Err(Error::Kafka(error)),
+        }
+    }
+}
+
+/// Sends notifications, then records each alert on the alerts topic and audits it.
+async fn notify_task(
+    config: NotifyConfig,
+    producer: FutureProducer,
+    alerts_topic: String,
+    mut queue: mpsc::Receiver<(Alert, Notice)>,
+    audit: mpsc::Sender<AuditRow>,
+) {
+    let http = reqwest::Client::builder()
+        .timeout(Duration::from_secs(10))
+        .build()
+        .unwrap_or_default();
+    let pagerduty = PagerDutyNotifier::new(config.pagerduty.events_url.clone(), http.clone())
+        .with_retry_policy(config.retry.clone());
+    let mut grouper = Grouper::new(config.group_interval());
+    let never = Shutdown::new();
+    let mut due = tokio::time::interval(Duration::from_millis(500));
+    loop {
+        tokio::select! {
+            received = queue.recv() => {
+                let Some((alert, notice)) = received else { break };
+                if let Some(grouped) = grouper.offer(notice.clone(), Instant::now()) {
+                    send_slack(&config, &http, &grouped).await;
+                }
+                if let Some(service) = &notice.pagerduty_service {
+                    match config.routing_key(service) {
+                        Some(routing_key) => {
+                            let outcome = match pagerduty.send(routing_key, &notice).await {
+                                Ok(dedup_key) => {
+                                    debug!(%dedup_key, "pagerduty event sent");
+                                    "sent"
+                                }
+                                Err(error) => {
+                                    warn!(%error, service, "pagerduty event not delivered");
+                                    "failed"
+                                }
+                            };
+                            metrics::counter!(metric::NOTIFICATIONS, "service" => "pagerduty", "outcome" => outcome).increment(1);
+                        }
+                        None => {
+                            warn!(service, "no pagerduty routing key for this service; not paged");
+                            metrics::counter!(metric::NOTIFICATIONS, "service" => "pagerduty", "outcome" => "unrouted").increment(1);
+                        }
+                    }
+                }
+                if let Ok(payload) = schemas::codec::encode(&alert) {
+                    if let Err(error) = produce_until_delivered(&producer, &alerts_topic, &alert.dedup_key, &payload, &never).await {
+                        error!(%error, dedup_key = %alert.dedup_key, "alert not recorded on the alerts topic");
+                    }
+                }
+                let _ = audit.send(AuditRow::Alert(alert)).await;
+            }
+            _ = due.tick() => {
+                for grouped in grouper.due(Instant::now()) {
+                    send_slack(&config, &http, &grouped).await;
+                }
+            }
+        }
+    }
+    for grouped in grouper.due(Instant::now() + config.group_interval()) {
+        send_slack(&config, &http, &grouped).await;
+    }
+}
+
+async fn send_slack(
+    config: &NotifyConfig,
+    http: &reqwest::Client,
+    grouped: &crate::notify::Grouped,
+) {
+    let Some(webhook) = config.slack_webhook(grouped.notice.slack_channel.as_deref()) else {
+        metrics::counter!(metric::NOTIFICATIONS, "service" => "slack", "outcome" => "unrouted")
+            .increment(1);
+        return;
+    };
+    let slack =
+        SlackNotifier::new(webhook.clone(), http.clone()).with_retry_policy(config.retry.clone());
+    let outcome = match slack.send_grouped(grouped).await {
+        Ok(()) => "sent",
+        Err(error) => {
+            warn!(%error, "slack notification not delivered");
+            "failed"
+        }
+    };
+    metrics::counter!(metric::NOTIFICATIONS, "service" => "slack", "outcome" => outcome)
+        .increment(1);
+}
+
+/// One audit row to write.
+enum AuditRow {
+    Decision(ControlDecision),
+    Alert(Alert),
+    Approval(Approval, &'static str, DateTime<Utc>),
+}
+
+#[derive(Debug, clickhouse::Row, Serialize)]
+struct DecisionRow {
+    decision_id: String,
+    key: String,
+    policy_id: String,
+    scope_keys: Vec<String>,
+    scope_values: Vec<String>,
+    action: String,
+    degrade_to: Option<String>,
+    reason: String,
+    unit: String,
+    observed: i128,
+    limit_value: i128,
+    window_kind: String,
+    window_start: u32,
+    window_end: u32,
+    issued_at: u32,
+    issued_at_us: u64,
+    expires_at: Option<u32>,
+    version: u64,
+}
+
+#[derive(Debug, clickhouse::Row, Serialize)]
+struct AlertRow {
+    alert_id: String,
+    dedup_key: String,
+    policy_id: String,
+    scope_keys: Vec<String>,
+    scope_values: Vec<String>,
+    kind: String,
+    severity: String,
+    threshold_percent: Option<i32>,
+    unit: String,
+    observed: i128,
+    limit_value: Option<i128>,
+    window_kind: String,
+    window_start: u32,
+    window_end: u32,
+    owner: String,
+    message: String,
+    raised_at: u32,
+    raised_at_us: u64,
+}
+
+#[derive(Debug, clickhouse::Row, Serialize)]
+struct ApprovalRow {
+    approval_id: String,
+    policy_id: String,
+    scope_keys: Vec<String>,
+    scope_values: Vec<String>,
+    new_limit: i128,
+    valid_until: u32,
+    reason: String,
+    approved_by: String,
+    requested_at: u32,
+    status: String,
+    decided_at: u32,
+}
+
+fn seconds(at: DateTime<Utc>) -> u32 {
+    u32::try_from(at.timestamp().max(0)).unwrap_or(u32::MAX)
+}
+
+fn micros(at: DateTime<Utc>) -> u64 {
+    u64::try_from(at.timestamp_micros().max(0)).unwrap_or(0)
+}
+
+fn money(value: &rust_decimal::Decimal) -> i128 {
+    schemas::money::to_unscaled(value).unwrap_or_else(|error| {
+        warn!(%error, "amount not representable in Decimal(38, 12); audited as 0");
+        0
+    })
+}
+
+fn split_scope(scope: &std::collections::BTreeMap<String, String>) -> (Vec<String>, Vec<String>) {
+    scope.iter().map(|(k, v)| (k.clone(), v.clone())).unzip()
+}
+
+/// Writes audit rows in batches (every 500 ms or 1,000 rows), retrying each batch until written.
+async fn audit_task(client: clickhouse::Client, mut queue: mpsc::Receiver<AuditRow>) {
+    let mut decisions = Vec::new();
+    let mut alerts = Vec::new();
+    let mut approvals = Vec::new();
+    let mut flush = tokio::time::interval(Duration::from_millis(500));
+    let mut open = true;
+    while open || !(decisions.is_empty() && alerts.is_empty() && approvals.is_empty()) {
+        tokio::select! {
+            received = queue.recv(), if open => match received {
+                None => open = false,
+                Some(AuditRow::Decision(d)) => {
+                    let (scope_keys, scope_values) = split_scope(&d.scope);
+                    decisions.push(DecisionRow {
+                        decision_id: d.decision_id,
+                        key: d.key,
+                        policy_id: d.policy_id,
+                        scope_keys,
+                        scope_values,
+                        action: d.action.as_str().to_owned(),
+                        degrade_to: d.degrade_to,
+                        reason: d.reason,
+                        unit: d.unit,
+                        observed: money(&d.observed),
+                        limit_value: money(&d.limit),
+                        window_kind: d.window,
+                        window_start: seconds(d.window_start),
+                        window_end: seconds(d.window_end),
+                        issued_at: seconds(d.issued_at),
+                        issued_at_us: micros(d.issued_at),
+                        expires_at: d.expires_at.map(seconds),
+                        version: d.version,
+                    });
+                }
+                Some(AuditRow::Alert(a)) => {
+                    let (scope_keys, scope_values) = split_scope(&a.scope);
+                    alerts.push(AlertRow {
+                        alert_id: a.alert_id,
+                        dedup_key: a.dedup_key,
+                        policy_id: a.policy_id,
+                        scope_keys,
+                        scope_values,
+                        kind: a.kind.as_str().to_owned(),
+                        severity: a.severity.as_str().to_owned(),
+                        threshold_percent: a.threshold_percent.and_then(|t| i32::try_from(t).ok()),
+                        unit: a.unit,
+                        observed: money(&a.observed),
+                        limit_value: a.limit.as_ref().map(money),
+                        window_kind: a.window,
+                        window_start: seconds(a.window_start),
+                        window_end: seconds(a.window_end),
+                        owner: a.owner,
+                        message: a.message,
+                        raised_at: seconds(a.raised_at),
+                        raised_at_us: micros(a.raised_at),
+                    });
+                }
+                Some(AuditRow::Approval(a, status, decided_at)) => {
+                    let (scope_keys, scope_values) = split_scope(&a.scope);
+                    approvals.push(ApprovalRow {
+                        approval_id: a.approval_id,
+                        policy_id: a.policy_id,
+                        scope_keys,
+                        scope_values,
+                        new_limit: money(&a.new_limit),
+                        valid_until: seconds(a.valid_until),
+                        reason: a.reason,
+                        approved_by: a.approved_by,
+                        requested_at: seconds(a.requested_at),
+                        status: status.to_owned(),
+                        decided_at: seconds(decided_at),
+                    });
+                }
+            },
+            _ = flush.tick() => {
+                write_until_done(&client, "decisions", &mut decisions).await;
+                write_until_done(&client, "alerts", &mut alerts).await;
+                write_until_done(&client, "approvals", &mut approvals).await;
+            }
+        }
+    }
+}
+
+static AUDIT_FAILURES: AtomicU64 = AtomicU64::new(0);
+
+async fn write_until_done<T>(client: &clickhouse::Client, table: &'static str, rows: &mut Vec<T>)
+where
+    T: clickhouse::Row + Serialize + for<'a> clickhouse::RowWrite<Value<'a> = T>,
+{
+    if rows.is_empty() {
+        return;
+    }
+    let mut backoff = Duration::from_millis(200);
+    loop {
+        match write_rows(client, table, rows).await {
+            Ok(()) => {
+                metrics::counter!(metric::AUDIT_ROWS, "table" => table)
+                    .increment(rows.len() as u64);
+                rows.clear();
+                return;
+            }
+            Err(error) => {
+                let failures = AUDIT_FAILURES.fetch_add(1, Ordering::Relaxed) + 1;
+                warn!(%error, table, failures, "audit write failed; retrying");
+                metrics::counter!(metric::RETRIES, "target" => "clickhouse").increment(1);
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(10));
+            }
+        }
+    }
+}
+
+async fn write_rows<T>(
+    client: &clickhouse::Client,
+    table: &str,
+    rows: &[T],
+) -> Result<(), clickhouse::error::Error>
+where
+    T: clickhouse::Row + Serialize + for<'a> clickhouse::RowWrite<Value<'a> = T>,
+{
+    let mut insert = client.insert::<T>(table).await?;
+    for row in rows {
+        insert.write(row).await?;
+    }
+    insert.end().await
+}

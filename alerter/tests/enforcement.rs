@@ -1,0 +1,416 @@
+//! The alerter on the real stack (`dev/stack up`): totals in, decisions on the control topic, a
+//! gateway client obeying them, Slack and PagerDuty receivers checking every payload, audit rows in
+//! ClickHouse. Each test has its own topics, database and receivers.
+
+mod support;
+
+use std::time::Duration;
+
+use chrono::TimeDelta;
+use gateway::Verdict;
+use infra::testkit;
+use schemas::DecisionAction;
+use support::*;
+
+const KEY_DAILY: &str = r#"
+id: t-key-daily
+description: A test cap per API key and day.
+owner: {team: search, contact: search-oncall@example.com, pagerduty_service: search-quota}
+environment: prod
+unit: cost_usd
+group_by: [api_key_id]
+window: {kind: day}
+hard_cap: 10
+action: {kind: block}
+"#;
+
+const WITH_APPROVAL: &str = r#"
+id: t-approvable
+description: A test cap that budget owners may raise.
+owner: {team: search, contact: search-oncall@example.com, pagerduty_service: search-quota}
+environment: prod
+unit: cost_usd
+group_by: [api_key_id]
+window: {kind: day}
+hard_cap: 10
+action: {kind: block}
+approval:
+  approvers: [alice]
+  max_raise: 100%
+  max_duration: 1h
+"#;
+
+async fn audit_count(config: &alerter::Config, sql: &str) -> u64 {
+    let client = infra::clickhouse::client(&config.clickhouse);
+    client.query(sql).fetch_one::<u64>().await.unwrap_or(0)
+}
+
+#[tokio::test]
+async fn ladder_fires_once_each_cap_blocks_restart_repeats_nothing_and_reset_allows() {
+    let receivers = Receivers::start().await;
+    let config = config("alerter_ladder", KEY_DAILY, &receivers);
+    let alerter = start(&config).await;
+    let gateway = gateway(&config.kafka).await;
+    let start_at = now_s() - TimeDelta::seconds(60);
+    let end_at = now_s() + TimeDelta::seconds(25);
+    let scope = "api_key_id=k1";
+
+    // The ladder: each step's message arrives before the next total is sent.
+    for (version, (cost, percent)) in [("5", 50), ("7.5", 75), ("9", 90)].into_iter().enumerate() {
+        produce_totals(
+            &config.kafka,
+            &[policy_total(
+                "t-key-daily",
+                scope,
+                start_at,
+                end_at,
+                cost,
+                version as u64 + 1,
+            )],
+        )
+        .await;
+        let needle = format!("{percent}% of quota used");
+        wait_receivers(&receivers, &needle, |r| r.slack_containing(&needle) == 1).await;
+    }
+    produce_totals(
+        &config.kafka,
+        &[policy_total(
+            "t-key-daily",
+            scope,
+            start_at,
+            end_at,
+            "10",
+            4,
+        )],
+    )
+    .await;
+    let log = wait_control(&config.kafka, "a block decision", |log| !log.is_empty()).await;
+    assert_eq!(log.len(), 1, "{log:?}");
+    let block = &log[0];
+    assert_eq!(block.action, DecisionAction::Block);
+    assert_eq!(block.version, 1);
+    assert_eq!(
+        block.scope.get("api_key_id").map(String::as_str),
+        Some("k1")
+    );
+    assert_eq!(
+        block.scope.get("environment").map(String::as_str),
+        Some("prod")
+    );
+    assert_eq!(block.expires_at, Some(end_at));
+    assert!(block.reason.contains("blocked until"), "{}", block.reason);
+
+    // The gateway refuses the next request of that key in prod, with the reason; others pass.
+    testkit::eventually(Duration::from_secs(10), "the gateway blocks k1", || {
+        let verdict = gateway.check(&request("k1", "prod", "gpt-4o"));
+        async move { matches!(verdict, Verdict::Block { .. }).then_some(verdict) }
+    })
+    .await;
+    let verdict = gateway.check(&request("k1", "prod", "gpt-4o"));
+    assert!(verdict.reason().unwrap().contains("t-key-daily"));
+    assert_eq!(
+        gateway.check(&request("k1", "staging", "gpt-4o")),
+        Verdict::Allow
+    );
+    assert_eq!(
+        gateway.check(&request("k2", "prod", "gpt-4o")),
+        Verdict::Allow
+    );
+
+    wait_receivers(&receivers, "the page and the 100% alert", |r| {
+        r.pagerduty_actions("trigger").len() == 1 && r.slack_containing("100% of quota used") == 1
+    })
+    .await;
+    let incident = receivers.pagerduty_actions("trigger")[0].clone();
+    let page = &receivers.pagerduty()[0];
+    assert_eq!(page["payload"]["severity"], "critical");
+    assert_eq!(
+        page["payload"]["custom_details"]["policy_id"],
+        "t-key-daily"
+    );
+
+    // More spend and a restart change nothing: no second decision, alert or page.
+    produce_totals(
+        &config.kafka,
+        &[policy_total(
+            "t-key-daily",
+            scope,
+            start_at,
+            end_at,
+            "12",
+            5,
+        )],
+    )
+    .await;
+    alerter.stop().await.unwrap();
+    let alerter = start(&config).await;
+    // A marker through the same path: once it is out, anything repeated would be out too.
+    produce_totals(
+        &config.kafka,
+        &[policy_total(
+            "t-key-daily",
+            "api_key_id=k2",
+            start_at,
+            end_at,
+            "5",
+            1,
+        )],
+    )
+    .await;
+    wait_receivers(&receivers, "the marker alert for k2", |r| {
+        r.slack_containing("api_key_id=k2") == 1
+    })
+    .await;
+    for percent in [50, 75, 90, 100] {
+        let needle = format!("{percent}% of quota used: api_key_id=k1");
+        assert_eq!(receivers.slack_containing(&needle), 1, "{needle}");
+    }
+    assert_eq!(
+        receivers.pagerduty_actions("trigger"),
+        vec![incident.clone()]
+    );
+    assert_eq!(control_log(&config.kafka).len(), 1);
+
+    // The window ends: an allow decision, the page resolved, the gateway lets k1 through.
+    let log = wait_control(&config.kafka, "the reset's allow", |log| log.len() == 2).await;
+    assert_eq!(log[1].action, DecisionAction::Allow);
+    assert_eq!(log[1].version, 2);
+    assert_eq!(log[1].key, block.key);
+    wait_receivers(&receivers, "the resolve", |r| {
+        r.pagerduty_actions("resolve") == vec![incident.clone()]
+    })
+    .await;
+    testkit::eventually(
+        Duration::from_secs(10),
+        "the gateway allows k1 again",
+        || {
+            let verdict = gateway.check(&request("k1", "prod", "gpt-4o"));
+            async move { (verdict == Verdict::Allow).then_some(()) }
+        },
+    )
+    .await;
+
+    // Audit: both decisions and the alerts are in ClickHouse.
+    testkit::eventually(Duration::from_secs(20), "audit rows", || {
+        let config = config.clone();
+        async move {
+            let decisions = audit_count(&config, "SELECT count() FROM decisions FINAL").await;
+            let alerts = audit_count(
+                &config,
+                "SELECT count() FROM alerts FINAL WHERE kind = 'soft_threshold'",
+            )
+            .await;
+            (decisions == 2 && alerts == 5).then_some(())
+        }
+    })
+    .await;
+    alerter.stop().await.unwrap();
+    gateway.shutdown();
+    testkit::drop_database(&config.clickhouse).await.unwrap();
+}
+
+#[tokio::test]
+async fn approval_lifts_a_block_until_it_expires_and_bad_approvals_are_rejected() {
+    let receivers = Receivers::start().await;
+    let config = config("alerter_approval", WITH_APPROVAL, &receivers);
+    let alerter = start(&config).await;
+    let start_at = now_s() - TimeDelta::seconds(60);
+    let end_at = now_s() + TimeDelta::hours(1);
+    produce_totals(
+        &config.kafka,
+        &[policy_total(
+            "t-approvable",
+            "api_key_id=k1",
+            start_at,
+            end_at,
+            "10",
+            1,
+        )],
+    )
+    .await;
+    wait_control(&config.kafka, "the block", |log| log.len() == 1).await;
+
+    let policies = policy::PolicySet::load_dir(&config.alert.policies_dir).unwrap();
+    let scope = alerter::approve::parse_scope("api_key_id=k1").unwrap();
+    let now = chrono::Utc::now();
+    // Not an approver, and a raise above the maximum: refused by the command's own check...
+    let by_mallory = alerter::approve::build(
+        "t-approvable",
+        scope.clone(),
+        "15".parse().unwrap(),
+        now + TimeDelta::minutes(5),
+        "launch",
+        "mallory",
+        now,
+    );
+    let refusal = alerter::approve::check(policies.clone(), &by_mallory, now).unwrap_err();
+    assert!(refusal.contains("not an approver"), "{refusal}");
+    let too_much = alerter::approve::build(
+        "t-approvable",
+        scope.clone(),
+        "25".parse().unwrap(),
+        now + TimeDelta::minutes(5),
+        "launch",
+        "alice",
+        now,
+    );
+    let refusal = alerter::approve::check(policies.clone(), &too_much, now).unwrap_err();
+    assert!(refusal.contains("above the most"), "{refusal}");
+    // ...and by the alerter, when written anyway.
+    alerter::approve::publish(&config.kafka, &by_mallory)
+        .await
+        .unwrap();
+    testkit::eventually(Duration::from_secs(20), "the rejection audited", || {
+        let config = config.clone();
+        async move {
+            (audit_count(
+                &config,
+                "SELECT count() FROM approvals FINAL WHERE status = 'rejected'",
+            )
+            .await
+                == 1)
+                .then_some(())
+        }
+    })
+    .await;
+    assert_eq!(
+        control_log(&config.kafka).len(),
+        1,
+        "a rejected approval changes nothing"
+    );
+
+    // Alice raises it to 15 for a few seconds: allowed, then blocked again when it expires.
+    let gateway = gateway(&config.kafka).await;
+    let raise = alerter::approve::build(
+        "t-approvable",
+        scope,
+        "15".parse().unwrap(),
+        chrono::Utc::now() + TimeDelta::seconds(6),
+        "launch day",
+        "alice",
+        chrono::Utc::now(),
+    );
+    alerter::approve::check(policies, &raise, chrono::Utc::now()).unwrap();
+    alerter::approve::publish(&config.kafka, &raise)
+        .await
+        .unwrap();
+    let log = wait_control(&config.kafka, "the approval's allow", |log| log.len() == 2).await;
+    assert_eq!(log[1].action, DecisionAction::Allow);
+    assert!(
+        log[1].reason.contains("alice approved a raise to 15"),
+        "{}",
+        log[1].reason
+    );
+    testkit::eventually(Duration::from_secs(10), "the gateway lets k1 through", || {
+        let verdict = gateway.check(&request("k1", "prod", "gpt-4o"));
+        async move { verdict.may_proceed().then_some(()) }
+    })
+    .await;
+    let log = wait_control(&config.kafka, "the block after expiry", |log| {
+        log.len() == 3
+    })
+    .await;
+    assert_eq!(log[2].action, DecisionAction::Block);
+    assert_eq!(log[2].version, 3);
+    testkit::eventually(
+        Duration::from_secs(10),
+        "the gateway blocks k1 again",
+        || {
+            let verdict = gateway.check(&request("k1", "prod", "gpt-4o"));
+            async move { (!verdict.may_proceed()).then_some(()) }
+        },
+    )
+    .await;
+    wait_receivers(&receivers, "page, resolve, page", |r| {
+        r.pagerduty_actions("trigger").len() == 2 && r.pagerduty_actions("resolve").len() == 1
+    })
+    .await;
+    testkit::eventually(
+        Duration::from_secs(20),
+        "applied and expired audited",
+        || {
+            let config = config.clone();
+            async move {
+                let applied = audit_count(
+                    &config,
+                    "SELECT count() FROM approvals FINAL WHERE status = 'expired'",
+                )
+                .await;
+                (applied == 1).then_some(())
+            }
+        },
+    )
+    .await;
+    alerter.stop().await.unwrap();
+    gateway.shutdown();
+    testkit::drop_database(&config.clickhouse).await.unwrap();
+}
+
+#[tokio::test]
+async fn a_crash_before_or_after_publishing_leaves_one_decision_and_one_page() {
+    for (round, failpoint) in [
+        "before_publish:1",
+        "after_publish:1",
+        "after_publish:1",
+        "before_publish:1",
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let receivers = Receivers::start().await;
+        let config = config(&format!("alerter_crash{round}"), KEY_DAILY, &receivers);
+        let start_at = now_s() - TimeDelta::seconds(60);
+        let end_at = now_s() + TimeDelta::hours(1);
+        let crashing = spawn_process(&config, Some(failpoint));
+        produce_totals(
+            &config.kafka,
+            &[policy_total(
+                "t-key-daily",
+                "api_key_id=k1",
+                start_at,
+                end_at,
+                "11",
+                1,
+            )],
+        )
+        .await;
+        assert!(
+            crashing.wait_aborted(Duration::from_secs(60)).await,
+            "{failpoint}"
+        );
+        let _restarted = spawn_process(&config, None);
+        wait_control(&config.kafka, "the block", |log| !log.is_empty()).await;
+        // The marker: once k2's alert is out, a repeated k1 decision or page would be too.
+        produce_totals(
+            &config.kafka,
+            &[policy_total(
+                "t-key-daily",
+                "api_key_id=k2",
+                start_at,
+                end_at,
+                "5",
+                1,
+            )],
+        )
+        .await;
+        wait_receivers(&receivers, "the marker", |r| {
+            r.slack_containing("api_key_id=k2") == 1
+        })
+        .await;
+        wait_receivers(&receivers, "the page", |r| {
+            !r.pagerduty_actions("trigger").is_empty()
+        })
+        .await;
+        let log = control_log(&config.kafka);
+        assert_eq!(
+            log.len(),
+            1,
+            "{failpoint}: one decision for the key: {log:?}"
+        );
+        assert_eq!(log[0].action, DecisionAction::Block);
+        let mut incidents = receivers.pagerduty_actions("trigger");
+        incidents.dedup();
+        assert_eq!(incidents.len(), 1, "{failpoint}: one incident");
+        testkit::drop_database(&config.clickhouse).await.unwrap();
+    }
+}

@@ -1,0 +1,530 @@
+//! Shared by the alerter's stack tests: local Slack and PagerDuty receivers that check every
+//! payload against the documented formats, isolated configs, the alerter in process or as a
+//! child process, and readers of the control topic.
+#![allow(dead_code)]
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use alerter::Config;
+use axum::extract::State;
+use axum::http::{StatusCode, Uri};
+use axum::Json;
+use chrono::{DateTime, TimeDelta, Utc};
+use infra::config::{HttpConfig, KafkaConfig};
+use infra::secret::Secret;
+use infra::shutdown::Shutdown;
+use infra::testkit;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::{Message, Offset, TopicPartitionList};
+use rust_decimal::Decimal;
+use schemas::{ControlDecision, WindowTotal};
+use serde_json::{json, Value};
+
+pub const ROUTING_KEY: &str = "R0ut1ngK3y0fTh3T3stS3rv1c3000000";
+
+/// One request a receiver accepted.
+#[derive(Debug, Clone)]
+pub struct Received {
+    pub path: String,
+    pub body: Value,
+}
+
+#[derive(Default)]
+struct Log {
+    accepted: Vec<Received>,
+    refused: Vec<(String, String)>,
+}
+
+/// Slack (`/slack`) and PagerDuty (`/pagerduty`) on one local server.
+pub struct Receivers {
+    pub base_url: String,
+    log: Arc<Mutex<Log>>,
+    server: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for Receivers {
+    fn drop(&mut self) {
+        self.server.abort();
+    }
+}
+
+async fn receive(
+    State(log): State<Arc<Mutex<Log>>>,
+    uri: Uri,
+    Json(body): Json<Value>,
+) -> (StatusCode, Json<Value>) {
+    let path = uri.path().to_owned();
+    let problem = match path.as_str() {
+        "/slack" => check_slack(&body),
+        "/pagerduty" => check_pagerduty(&body),
+        other => Err(format!("unexpected path {other}")),
+    };
+    let mut log = log.lock().unwrap();
+    match problem {
+        Ok(()) => {
+            let dedup_key = body["dedup_key"].clone();
+            log.accepted.push(Received {
+                path: path.clone(),
+                body,
+            });
+            if path == "/pagerduty" {
+                (
+                    StatusCode::ACCEPTED,
+                    Json(
+                        json!({"status": "success", "message": "Event processed", "dedup_key": dedup_key}),
+                    ),
+                )
+            } else {
+                (StatusCode::OK, Json(json!("ok")))
+            }
+        }
+        Err(problem) => {
+            log.refused.push((path, problem.clone()));
+            (
+                StatusCode::BAD_REQUEST,
+                Json(json!({"status": "invalid event", "message": problem})),
+            )
+        }
+    }
+}
+
+/// Slack incoming webhook with Block Kit: a `text` fallback and `blocks`, each with a `type`;
+/// section/header texts are text objects.
+fn check_slack(body: &Value) -> Result<(), String> {
+    let text = body["text"].as_str().ok_or("no text fallback")?;
+    if text.is_empty() {
+        return Err("empty text".into());
+    }
+    let blocks = body["blocks"].as_array().ok_or("no blocks")?;
+    if blocks.is_empty() || blocks.len() > 50 {
+        return Err(format!("{} blocks (1..=50)", blocks.len()));
+    }
+    for block in blocks {
+        let kind = block["type"].as_str().ok_or("block without type")?;
+        if matches!(kind, "header" | "section") {
+            if let Some(text) = block.get("text") {
+                let text_type = text["type"].as_str().ok_or("text object without type")?;
+                if !matches!(text_type, "plain_text" | "mrkdwn") {
+                    return Err(format!("text type {text_type}"));
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+/// PagerDuty Events API v2: routing key, action, dedup key; a trigger's payload has summary
+/// (≤ 1024), source and a known severity.
+fn check_pagerduty(body: &Value) -> Result<(), String> {
+    if body["routing_key"] != ROUTING_KEY {
+        return Err("wrong routing_key".into());
+    }
+    let dedup_key = body["dedup_key"].as_str().ok_or("no dedup_key")?;
+    if dedup_key.is_empty() || dedup_key.len() > 255 {
+        return Err("bad dedup_key length".into());
+    }
+    match body["event_action"].as_str() {
+        Some("trigger") => {
+            let payload = &body["payload"];
+            let summary = payload["summary"].as_str().ok_or("no summary")?;
+            if summary.is_empty() || summary.chars().count() > 1024 {
+                return Err("bad summary".into());
+            }
+            payload["source"].as_str().ok_or("no source")?;
+            let severity = payload["severity"].as_str().ok_or("no severity")?;
+            if !matches!(severity, "critical" | "error" | "warning" | "info") {
+                return Err(format!("severity {severity}"));
+            }
+            Ok(())
+        }
+        Some("resolve" | "acknowledge") => Ok(()),
+        other => Err(format!("event_action {other:?}")),
+    }
+}
+
+impl Receivers {
+    pub async fn start() -> Receivers {
+        let log = Arc::new(Mutex::new(Log::default()));
+        let app = axum::Router::new()
+            .fallback(axum::routing::post(receive))
+            .with_state(log.clone());
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let base_url = format!("http://{}", listener.local_addr().unwrap());
+        let server = tokio::spawn(async move {
+            axum::serve(listener, app).await.unwrap();
+        });
+        Receivers {
+            base_url,
+            log,
+            server,
+        }
+    }
+
+    /// Slack messages accepted so far.
+    pub fn slack(&self) -> Vec<Value> {
+        self.accepted("/slack")
+    }
+
+    /// PagerDuty events accepted so far.
+    pub fn pagerduty(&self) -> Vec<Value> {
+        self.accepted("/pagerduty")
+    }
+
+    fn accepted(&self, path: &str) -> Vec<Value> {
+        let log = self.log.lock().unwrap();
+        assert!(
+            log.refused.is_empty(),
+            "receivers refused payloads: {:?}",
+            log.refused
+        );
+        log.accepted
+            .iter()
+            .filter(|received| received.path == path)
+            .map(|received| received.body.clone())
+            .collect()
+    }
+
+    /// Slack messages whose text contains `needle`.
+    pub fn slack_containing(&self, needle: &str) -> usize {
+        self.slack()
+            .iter()
+            .filter(|body| body["text"].as_str().unwrap_or("").contains(needle))
+            .count()
+    }
+
+    /// PagerDuty events with this action.
+    pub fn pagerduty_actions(&self, action: &str) -> Vec<String> {
+        self.pagerduty()
+            .iter()
+            .filter(|body| body["event_action"] == action)
+            .map(|body| body["dedup_key"].as_str().unwrap().to_owned())
+            .collect()
+    }
+}
+
+/// A directory holding `policies` (YAML).
+pub fn policies_dir(policies: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(testkit::unique_name("alerter_policies"));
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join("policies.yaml"), policies).unwrap();
+    dir
+}
+
+/// A config with its own topics, database and group, notifying `receivers`.
+pub fn config(test: &str, policies: &str, receivers: &Receivers) -> Config {
+    let mut config = Config {
+        kafka: testkit::kafka_config(test),
+        clickhouse: testkit::clickhouse_config(test),
+        http: HttpConfig::with_port(0),
+        group_id: testkit::unique_name(&format!("t_{test}")),
+        ..Config::default()
+    };
+    config.alert.policies_dir = policies_dir(policies);
+    config.alert.tick_interval_ms = 50;
+    config.alert.reload_interval_ms = 200;
+    config.notify.slack.fallback_webhook =
+        Some(Secret::new(format!("{}/slack", receivers.base_url)));
+    config.notify.pagerduty.events_url = format!("{}/pagerduty", receivers.base_url);
+    config.notify.pagerduty.fallback_routing_key = Some(Secret::new(ROUTING_KEY.to_owned()));
+    config
+}
+
+/// An in-process alerter.
+pub struct Running {
+    pub shutdown: Shutdown,
+    pub handle: tokio::task::JoinHandle<alerter::Result<()>>,
+    pub base_url: String,
+}
+
+/// Starts the alerter in this process and waits until it is ready (restored).
+pub async fn start(config: &Config) -> Running {
+    if std::env::var_os("QUOTAFLOW_LOG").is_some() {
+        infra::telemetry::init_tracing();
+    }
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base_url = format!("http://{}", listener.local_addr().unwrap());
+    let shutdown = Shutdown::new();
+    let handle = tokio::spawn(alerter::run_with_listener(
+        config.clone(),
+        listener,
+        shutdown.clone(),
+    ));
+    let url = format!("{base_url}/readyz");
+    testkit::eventually(Duration::from_secs(60), "the alerter is ready", || {
+        assert!(
+            !handle.is_finished(),
+            "the alerter stopped while starting (see its log)"
+        );
+        let url = url.clone();
+        async move {
+            match reqwest::get(&url).await {
+                Ok(response) if response.status().is_success() => Some(()),
+                _ => None,
+            }
+        }
+    })
+    .await;
+    Running {
+        shutdown,
+        handle,
+        base_url,
+    }
+}
+
+/// Polls `/readyz` until it answers 200.
+pub async fn wait_ready(base_url: &str) {
+    let url = format!("{base_url}/readyz");
+    testkit::eventually(Duration::from_secs(60), "the alerter is ready", || {
+        let url = url.clone();
+        async move {
+            match reqwest::get(&url).await {
+                Ok(response) if response.status().is_success() => Some(()),
+                _ => None,
+            }
+        }
+    })
+    .await
+}
+
+impl Running {
+    pub async fn stop(self) -> alerter::Result<()> {
+        self.shutdown.cancel();
+        self.handle.await.unwrap()
+    }
+}
+
+/// The alerter binary as a child process, so it can crash for real.
+pub struct Process {
+    child: std::process::Child,
+}
+
+/// Secrets go through the environment, as in production (a config file never holds them: they
+/// serialize redacted).
+pub fn spawn_process(config: &Config, failpoint: Option<&str>) -> Process {
+    let path = std::env::temp_dir().join(format!("{}.toml", testkit::unique_name("alerter")));
+    let mut file_config = config.clone();
+    let webhook = file_config.notify.slack.fallback_webhook.take();
+    let routing_key = file_config.notify.pagerduty.fallback_routing_key.take();
+    std::fs::write(&path, toml::to_string(&file_config).unwrap()).unwrap();
+    let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_quotaflow-alerter"));
+    command.arg("--config").arg(&path);
+    for (name, _) in std::env::vars() {
+        if name.starts_with("QUOTAFLOW_") {
+            command.env_remove(name);
+        }
+    }
+    command.env("QUOTAFLOW_LOG", "warn");
+    if let Some(webhook) = webhook {
+        command.env(
+            "QUOTAFLOW_NOTIFY__SLACK__FALLBACK_WEBHOOK",
+            webhook.expose(),
+        );
+    }
+    if let Some(routing_key) = routing_key {
+        command.env(
+            "QUOTAFLOW_NOTIFY__PAGERDUTY__FALLBACK_ROUTING_KEY",
+            routing_key.expose(),
+        );
+    }
+    match failpoint {
+        Some(failpoint) => command.env("ALERTER_FAILPOINT", failpoint),
+        None => command.env_remove("ALERTER_FAILPOINT"),
+    };
+    Process {
+        child: command.spawn().unwrap(),
+    }
+}
+
+impl Process {
+    /// Waits until it exits by itself; true if a signal ended it (the failpoint's abort).
+    pub async fn wait_aborted(mut self, deadline: Duration) -> bool {
+        use std::os::unix::process::ExitStatusExt;
+        let started = std::time::Instant::now();
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status.signal().is_some();
+            }
+            assert!(
+                started.elapsed() < deadline,
+                "the failpoint was never reached"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    pub fn kill_9(mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A total of a policy scope: `cost_usd` in a window `[start, end)`, from `partition`.
+pub fn policy_total(
+    policy_id: &str,
+    scope_key: &str,
+    start: DateTime<Utc>,
+    end: DateTime<Utc>,
+    cost: &str,
+    version: u64,
+) -> WindowTotal {
+    WindowTotal {
+        window_end: end,
+        cost_usd: cost.parse::<Decimal>().unwrap(),
+        version,
+        written_at: Utc::now(),
+        ..schemas::fixtures::empty_day_total(&format!("policy:{policy_id}"), scope_key, start)
+    }
+}
+
+/// Publishes totals on the totals topic as the aggregator does (compaction key, Avro).
+pub async fn produce_totals(kafka: &KafkaConfig, totals: &[WindowTotal]) {
+    infra::kafka::ensure_topics(kafka, &infra::kafka::pipeline_topics(kafka))
+        .await
+        .unwrap();
+    let producer: FutureProducer = infra::kafka::producer_config(kafka, "alerter-test")
+        .create()
+        .unwrap();
+    for total in totals {
+        let payload = schemas::codec::encode(total).unwrap();
+        let key = total.compaction_key();
+        producer
+            .send(
+                FutureRecord::to(&kafka.topics.totals)
+                    .key(&key)
+                    .payload(&payload),
+                Duration::from_secs(30),
+            )
+            .await
+            .map_err(|(error, _)| error)
+            .unwrap();
+    }
+}
+
+/// Every record of the control topic, in offset order per partition (the log, not compacted
+/// away yet: the active segment is never compacted).
+pub fn control_log(kafka: &KafkaConfig) -> Vec<ControlDecision> {
+    let consumer: BaseConsumer = infra::kafka::consumer_config(
+        kafka,
+        "alerter-test-reader",
+        &testkit::unique_name("reader"),
+    )
+    .create()
+    .unwrap();
+    let topic = &kafka.topics.control;
+    let mut assignment = TopicPartitionList::new();
+    let mut ends = BTreeMap::new();
+    for partition in 0..kafka.topics.partitions {
+        let (low, high) = consumer
+            .fetch_watermarks(topic, partition, Duration::from_secs(10))
+            .unwrap();
+        if high > low {
+            assignment
+                .add_partition_offset(topic, partition, Offset::Beginning)
+                .unwrap();
+            ends.insert(partition, high);
+        }
+    }
+    let mut decisions = Vec::new();
+    if ends.is_empty() {
+        return decisions;
+    }
+    consumer.assign(&assignment).unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while !ends.is_empty() && std::time::Instant::now() < deadline {
+        if let Some(Ok(message)) = consumer.poll(Duration::from_millis(100)) {
+            if let Some(payload) = message.payload() {
+                decisions.push(schemas::codec::decode::<ControlDecision>(payload).unwrap());
+            }
+            if ends
+                .get(&message.partition())
+                .is_some_and(|end| message.offset() + 1 >= *end)
+            {
+                ends.remove(&message.partition());
+            }
+        }
+    }
+    assert!(ends.is_empty(), "control topic not read to its end");
+    decisions
+}
+
+/// Waits until the control log satisfies `check`, returning it.
+pub async fn wait_control(
+    kafka: &KafkaConfig,
+    what: &str,
+    check: impl Fn(&[ControlDecision]) -> bool,
+) -> Vec<ControlDecision> {
+    let check = &check;
+    testkit::eventually(Duration::from_secs(30), what, || {
+        let kafka = kafka.clone();
+        async move {
+            let log = tokio::task::spawn_blocking(move || control_log(&kafka))
+                .await
+                .unwrap();
+            check(&log).then_some(log)
+        }
+    })
+    .await
+}
+
+/// Waits until the receivers satisfy `check`.
+pub async fn wait_receivers(receivers: &Receivers, what: &str, check: impl Fn(&Receivers) -> bool) {
+    let check = &check;
+    testkit::eventually(Duration::from_secs(30), what, || async move {
+        check(receivers).then_some(())
+    })
+    .await
+}
+
+/// A gateway client following the control topic, ready.
+pub async fn gateway(kafka: &KafkaConfig) -> gateway::Gateway {
+    let gateway = gateway::Gateway::start(gateway::GatewayConfig {
+        kafka: kafka.clone(),
+        client_id: testkit::unique_name("gw"),
+        ..Default::default()
+    })
+    .unwrap();
+    testkit::eventually(Duration::from_secs(30), "the gateway is ready", || {
+        let ready = gateway.is_ready();
+        async move { ready.then_some(()) }
+    })
+    .await;
+    gateway
+}
+
+/// A request of `api_key_id` in `environment`.
+pub fn request<'a>(
+    api_key_id: &'a str,
+    environment: &'a str,
+    model: &'a str,
+) -> gateway::RequestAttributes<'a> {
+    gateway::RequestAttributes {
+        api_key_id,
+        team: "search",
+        user_id: None,
+        customer_id: None,
+        workflow: "answer",
+        environment,
+        provider: "openai",
+        model,
+        endpoint: "chat_completions",
+        modality: "text",
+        labels: &[],
+    }
+}
+
+/// Now, to the second (windows in tests start on whole seconds).
+pub fn now_s() -> DateTime<Utc> {
+    let now = Utc::now();
+    now - TimeDelta::nanoseconds(i64::from(now.timestamp_subsec_nanos()))
+}
