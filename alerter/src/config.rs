@@ -43,6 +43,19 @@ pub struct AlertSettings {
     pub reload_interval_ms: u64,
     /// How often windows and approvals are checked for their end.
     pub tick_interval_ms: u64,
+    /// The price catalog (LiteLLM JSON) whose deprecation dates and preview flags model rules
+    /// use; absent = the embedded sample catalog (as ingest).
+    pub catalog_path: Option<PathBuf>,
+    /// Anomaly baselines.
+    pub anomaly: crate::anomaly::AnomalySettings,
+    /// Per-action retry and fallback rules read the usage topic with this consumer group
+    /// (suffix of `group_id`); actions idle this long are forgotten.
+    pub action_horizon_secs: u64,
+    /// Most actions tracked at once.
+    pub max_actions: usize,
+    /// Where the per-action consumer starts when its group has no committed offset: `latest`
+    /// (a new alerter does not judge last week's actions) or `earliest`.
+    pub actions_offset_reset: String,
     /// Longest wait for the control, alerts, approvals and totals topics to be read to their end
     /// at startup.
     pub restore_timeout_secs: u64,
@@ -54,6 +67,11 @@ impl Default for AlertSettings {
             policies_dir: PathBuf::from("policy/examples"),
             reload_interval_ms: 2_000,
             tick_interval_ms: 200,
+            catalog_path: None,
+            anomaly: crate::anomaly::AnomalySettings::default(),
+            action_horizon_secs: 900,
+            max_actions: 1_000_000,
+            actions_offset_reset: "latest".to_string(),
             restore_timeout_secs: 120,
         }
     }

@@ -35,14 +35,15 @@
 //! request; otherwise it is rejected with the reason ([`Effect::ApprovalDecided`]). When it expires
 //! the cap returns, and a scope still over it is blocked again (a new decision and a new page).
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::sync::Arc;
 
-use chrono::{DateTime, SecondsFormat, Utc};
+use chrono::{DateTime, SecondsFormat, TimeDelta, Utc};
 use policy::{ActionKind, Policy, PolicySet, ScopeKey, Unit};
 use rust_decimal::Decimal;
 use schemas::{Alert, AlertKind, Approval, ControlDecision, DecisionAction, Severity, WindowTotal};
 
+use crate::anomaly::{AnomalySettings, Detector};
 use crate::evaluate::unit_amount;
 use crate::notify::{IncidentKind, Notice, NoticeKind, NoticeWindow, Owner};
 use crate::totals::{Applied, TotalsView, WindowKey};
@@ -81,7 +82,18 @@ pub struct Engine {
     approvals: HashMap<String, Approval>,
     /// Alert dedup keys already raised.
     fired: HashSet<String>,
+    /// The price catalog: deprecation dates and preview flags for model rules.
+    catalog: Arc<pricing::Catalog>,
+    /// Models seen in the totals of each policy with model rules: (policy, provider, model).
+    observed_models: BTreeSet<(String, String, String)>,
+    /// The day model rules were last reconciled (deprecations take effect by date).
+    models_day: Option<chrono::NaiveDate>,
+    /// Anomaly baselines.
+    detector: Detector,
 }
+
+/// `ControlDecision::window` of model-rule blocks: they belong to no quota window.
+pub const MODEL_RULES_WINDOW: &str = "model_rules";
 
 impl Engine {
     /// An engine with `policies` and nothing seen yet.
@@ -92,7 +104,23 @@ impl Engine {
             decisions: HashMap::new(),
             approvals: HashMap::new(),
             fired: HashSet::new(),
+            catalog: Arc::new(pricing::Catalog::embedded_sample()),
+            observed_models: BTreeSet::new(),
+            models_day: None,
+            detector: Detector::default(),
         }
+    }
+
+    /// Uses `settings` for anomaly baselines.
+    pub fn with_anomaly_settings(mut self, settings: AnomalySettings) -> Engine {
+        self.detector = Detector::new(settings);
+        self
+    }
+
+    /// Uses `catalog` for model rules (default: the embedded sample catalog).
+    pub fn with_catalog(mut self, catalog: Arc<pricing::Catalog>) -> Engine {
+        self.catalog = catalog;
+        self
     }
 
     /// The policies in use.
@@ -113,6 +141,18 @@ impl Engine {
     /// Restores an alert read back from the alerts topic: it will not be raised again.
     pub fn restore_alert(&mut self, alert: &Alert) {
         self.fired.insert(alert.dedup_key.clone());
+    }
+
+    /// `effects` without the alerts already raised (by dedup key); those kept are marked raised.
+    /// For findings made outside the engine (per-action rules).
+    pub fn take_unfired(&mut self, effects: Vec<Effect>) -> Vec<Effect> {
+        effects
+            .into_iter()
+            .filter(|effect| match effect {
+                Effect::Alert(alert, _) => self.fired.insert(alert.dedup_key.clone()),
+                _ => true,
+            })
+            .collect()
     }
 
     /// The decision held for a control key.
@@ -153,6 +193,7 @@ impl Engine {
             effects.push(self.lift(&held, reason, now));
         }
         effects.extend(self.reevaluate_all(now));
+        effects.extend(self.reconcile_models(now));
         effects.extend(self.follow_decisions(now));
         effects
     }
@@ -170,7 +211,229 @@ impl Engine {
             return Vec::new();
         }
         let mut effects = self.evaluate_key(&key, now);
+        effects.extend(self.detect_anomalies(&key, now));
+        if self.observe_model(&key) {
+            effects.extend(self.reconcile_models(now));
+        }
         effects.extend(self.follow_decisions(now));
+        effects
+    }
+
+    /// Anomalies of the current total of a policy scope with an `anomaly` section; each
+    /// (policy, scope, metric) once per window.
+    fn detect_anomalies(&mut self, key: &WindowKey, now: DateTime<Utc>) -> Vec<Effect> {
+        let Some(policy_id) = key.scope_kind.strip_prefix(POLICY_SCOPE_PREFIX) else {
+            return Vec::new();
+        };
+        let policies = Arc::clone(&self.policies);
+        let Some(policy) = policies.get(policy_id) else {
+            return Vec::new();
+        };
+        if policy.record().anomaly.is_none() {
+            return Vec::new();
+        }
+        let Some(total) = self.totals.total(key) else {
+            return Vec::new();
+        };
+        let mut effects = Vec::new();
+        for finding in self.detector.observe(policy, key, &total) {
+            let dedup_key = format!(
+                "anomaly/{}/{}/{}/{}",
+                policy.id(),
+                key.scope_key,
+                finding.metric.as_str(),
+                key.window_start.to_rfc3339_opts(SecondsFormat::Secs, true)
+            );
+            if !self.fired.insert(dedup_key.clone()) {
+                continue;
+            }
+            let scope = group_scope(key);
+            let text = finding.describe();
+            let alert = Alert {
+                alert_id: alert_id(&dedup_key),
+                dedup_key,
+                policy_id: policy.id().to_owned(),
+                scope: scope.clone(),
+                kind: AlertKind::Anomaly,
+                severity: Severity::Warning,
+                threshold_percent: None,
+                unit: finding.metric.as_str().to_owned(),
+                observed: finding.value,
+                limit: None,
+                window: key.window_kind.clone(),
+                window_start: key.window_start,
+                window_end: total.window_end,
+                owner: policy.record().owner.team.clone(),
+                message: format!("{}: {text} (policy {})", render_scope(&scope), policy.id()),
+                raised_at: now,
+            };
+            let mut notice = notice(
+                Some(policy),
+                &scope,
+                key.window_kind.clone(),
+                &key.window_tz,
+                key.window_start,
+                total.window_end,
+                unit_amount(&total, policy.unit()),
+                policy.hard_cap(),
+                now,
+            );
+            notice.kind = NoticeKind::Anomaly { text };
+            effects.push(Effect::Alert(Box::new(alert), Box::new(notice)));
+        }
+        effects
+    }
+
+    /// Notes the model of a policy total when the policy has model rules; true if new.
+    fn observe_model(&mut self, key: &WindowKey) -> bool {
+        let Some(policy_id) = key.scope_kind.strip_prefix(POLICY_SCOPE_PREFIX) else {
+            return false;
+        };
+        let Some(policy) = self.policies.get(policy_id) else {
+            return false;
+        };
+        if policy.record().model_rules.is_none() {
+            return false;
+        }
+        let scope = group_scope(key);
+        let Some(model) = scope.get("model") else {
+            return false;
+        };
+        let provider = scope
+            .get("provider")
+            .cloned()
+            .or_else(|| policy.fixed_dimensions().get("provider").cloned())
+            .unwrap_or_default();
+        self.observed_models
+            .insert((policy_id.to_owned(), provider, model.clone()))
+    }
+
+    /// Model-rule blocks: what the policies' `model_rules` block (deprecated and preview models
+    /// of the catalog, and models seen in a policy's totals that its allow-list refuses) against
+    /// what is held; blocks what is missing, lifts what is no longer refused, alerts once per
+    /// (policy, model) for `alert` rules.
+    fn reconcile_models(&mut self, now: DateTime<Utc>) -> Vec<Effect> {
+        let today = now.date_naive();
+        self.models_day = Some(today);
+        let policies = Arc::clone(&self.policies);
+        let catalog = Arc::clone(&self.catalog);
+        let mut desired: BTreeMap<String, ControlDecision> = BTreeMap::new();
+        let mut effects = Vec::new();
+        for policy in policies.policies() {
+            if policy.record().model_rules.is_none() {
+                continue;
+            }
+            // Candidates: every catalog model (as requests name it: the last path segment of the
+            // row name), and what this policy's totals showed.
+            let mut candidates: BTreeSet<(String, String, bool)> = catalog
+                .models()
+                .map(|entry| {
+                    let model = entry.name.rsplit('/').next().unwrap_or(&entry.name);
+                    (String::new(), model.to_owned(), false)
+                })
+                .collect();
+            candidates.extend(
+                self.observed_models
+                    .iter()
+                    .filter(|(policy_id, _, _)| policy_id == policy.id())
+                    .map(|(_, provider, model)| (provider.clone(), model.clone(), true)),
+            );
+            for (provider, model, observed) in candidates {
+                let facts = catalog
+                    .lookup(&provider, &model)
+                    .map(|entry| policy::ModelFacts {
+                        deprecation_date: entry.deprecation_date,
+                        is_preview: entry.is_preview,
+                    });
+                match policy.model_verdict(&model, facts, today) {
+                    policy::ModelVerdict::Allow => {}
+                    policy::ModelVerdict::Block(issue) => {
+                        // The allow-list refuses the whole world but what it lists: block only
+                        // what was seen, not every catalog row.
+                        if issue == policy::ModelIssue::NotAllowListed && !observed {
+                            continue;
+                        }
+                        let mut scope = policy.fixed_dimensions();
+                        scope.insert("model".to_owned(), model.clone());
+                        // Its own key space, apart from the policy's quota decisions.
+                        let key = ControlDecision::compaction_key(
+                            &format!("{}#{MODEL_RULES_WINDOW}", policy.id()),
+                            &scope,
+                        );
+                        let (unit, what) = describe_issue(issue, &model);
+                        desired.insert(
+                            key.clone(),
+                            ControlDecision {
+                                decision_id: String::new(),
+                                key,
+                                policy_id: policy.id().to_owned(),
+                                reason: format!(
+                                    "{what}: policy {} blocks it for {}",
+                                    policy.id(),
+                                    render_scope(&policy.fixed_dimensions())
+                                ),
+                                scope,
+                                action: DecisionAction::Block,
+                                degrade_to: None,
+                                unit: unit.to_owned(),
+                                observed: Decimal::ONE,
+                                limit: Decimal::ZERO,
+                                window: MODEL_RULES_WINDOW.to_owned(),
+                                window_start: DateTime::<Utc>::UNIX_EPOCH,
+                                window_end: model_rules_end(),
+                                issued_at: now,
+                                expires_at: None,
+                                version: 0,
+                            },
+                        );
+                    }
+                    policy::ModelVerdict::Alert(issue) if observed => {
+                        let dedup_key = format!("model/{}/{provider}/{model}", policy.id());
+                        if self.fired.insert(dedup_key.clone()) {
+                            let (unit, what) = describe_issue(issue, &model);
+                            let mut scope = policy.fixed_dimensions();
+                            scope.insert("model".to_owned(), model.clone());
+                            effects.push(rule_alert(
+                                policy,
+                                &scope,
+                                unit,
+                                format!("{what}: traffic seen; policy {} alerts only", policy.id()),
+                                dedup_key,
+                                now,
+                            ));
+                        }
+                    }
+                    policy::ModelVerdict::Alert(_) => {}
+                }
+            }
+        }
+        for (key, decision) in &desired {
+            let held_block = self
+                .decisions
+                .get(key)
+                .is_some_and(|held| held.action == DecisionAction::Block);
+            if !held_block {
+                effects.push(self.decide(decision.clone()));
+            }
+        }
+        let lifted: Vec<ControlDecision> = self
+            .decisions
+            .values()
+            .filter(|held| {
+                held.window == MODEL_RULES_WINDOW
+                    && held.action != DecisionAction::Allow
+                    && !desired.contains_key(&held.key)
+            })
+            .cloned()
+            .collect();
+        for held in lifted {
+            let reason = format!(
+                "policy {} no longer blocks {}",
+                held.policy_id,
+                held.scope.get("model").map_or("this model", String::as_str)
+            );
+            effects.push(self.lift(&held, reason, now));
+        }
         effects
     }
 
@@ -705,6 +968,43 @@ fn decision_alert(
     now: DateTime<Utc>,
 ) -> Effect {
     let lifting = decision.action == DecisionAction::Allow;
+    if decision.window == MODEL_RULES_WINDOW {
+        let (kind, notice_kind) = if lifting {
+            (
+                AlertKind::CapReset,
+                NoticeKind::Resolved {
+                    of: IncidentKind::Rule,
+                },
+            )
+        } else if decision.unit == "model:not_allow_listed" {
+            (
+                AlertKind::ModelNotAllowed,
+                NoticeKind::Rule {
+                    text: decision.reason.clone(),
+                },
+            )
+        } else {
+            (
+                AlertKind::DeprecatedModel,
+                NoticeKind::Rule {
+                    text: decision.reason.clone(),
+                },
+            )
+        };
+        let Effect::Alert(mut alert, mut notice) = rule_alert_parts(
+            policy,
+            &decision.scope,
+            &decision.unit,
+            decision.reason.clone(),
+            dedup_key,
+            now,
+        ) else {
+            unreachable!("rule_alert_parts builds an alert")
+        };
+        alert.kind = kind;
+        notice.kind = notice_kind;
+        return Effect::Alert(alert, notice);
+    }
     let (kind, severity, notice_kind) = if lifting {
         (
             AlertKind::CapReset,
@@ -760,6 +1060,90 @@ fn decision_alert(
     if policy.is_none() {
         notice.pagerduty_service = None;
     }
+    Effect::Alert(Box::new(alert), Box::new(notice))
+}
+
+/// What a model issue is called: the decision's unit and a sentence.
+fn describe_issue(issue: policy::ModelIssue, model: &str) -> (&'static str, String) {
+    match issue {
+        policy::ModelIssue::Deprecated { since } => (
+            "model:deprecated",
+            format!("model {model} is deprecated since {since} (price catalog)"),
+        ),
+        policy::ModelIssue::Preview => (
+            "model:preview",
+            format!("model {model} is a preview model (price catalog)"),
+        ),
+        policy::ModelIssue::NotAllowListed => (
+            "model:not_allow_listed",
+            format!("model {model} is not on the allow-list"),
+        ),
+    }
+}
+
+/// Model-rule blocks do not end with a window: their `window_end` is 2100-01-01 (inside every
+/// timestamp range the contracts and ClickHouse `DateTime` allow), and they have no expiry.
+fn model_rules_end() -> DateTime<Utc> {
+    DateTime::<Utc>::from_timestamp(4_102_444_800, 0).unwrap_or(DateTime::<Utc>::UNIX_EPOCH)
+}
+
+/// A rule finding (model rules, retries, fallbacks): Slack, no page, no window.
+pub fn rule_alert(
+    policy: &Policy,
+    scope: &BTreeMap<String, String>,
+    unit: &str,
+    text: String,
+    dedup_key: String,
+    now: DateTime<Utc>,
+) -> Effect {
+    rule_alert_parts(Some(policy), scope, unit, text, dedup_key, now)
+}
+
+fn rule_alert_parts(
+    policy: Option<&Policy>,
+    scope: &BTreeMap<String, String>,
+    unit: &str,
+    text: String,
+    dedup_key: String,
+    now: DateTime<Utc>,
+) -> Effect {
+    let alert = Alert {
+        alert_id: alert_id(&dedup_key),
+        dedup_key,
+        policy_id: policy.map_or_else(String::new, |policy| policy.id().to_owned()),
+        scope: scope.clone(),
+        kind: AlertKind::DeprecatedModel,
+        severity: Severity::Warning,
+        threshold_percent: None,
+        unit: unit.to_owned(),
+        observed: Decimal::ONE,
+        limit: None,
+        window: MODEL_RULES_WINDOW.to_owned(),
+        window_start: now,
+        window_end: now,
+        owner: policy.map_or_else(String::new, |policy| policy.record().owner.team.clone()),
+        message: text.clone(),
+        raised_at: now,
+    };
+    // Rule notices are grouped per hour (the grouping key includes the window start).
+    let hour = now
+        - TimeDelta::seconds(now.timestamp().rem_euclid(3600))
+        - TimeDelta::nanoseconds(i64::from(now.timestamp_subsec_nanos()));
+    let mut notice = notice(
+        policy,
+        scope,
+        "rule".to_owned(),
+        "UTC",
+        hour,
+        hour + TimeDelta::hours(1),
+        Decimal::ONE,
+        Decimal::ZERO,
+        now,
+    );
+    notice.kind = NoticeKind::Rule { text };
+    notice.unit = unit.to_owned();
+    notice.approval_command = None;
+    notice.pagerduty_service = None;
     Effect::Alert(Box::new(alert), Box::new(notice))
 }
 

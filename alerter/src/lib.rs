@@ -6,6 +6,10 @@
 //! - [`engine`]: [`engine::Engine`], every decision and alert as a pure function of policies,
 //!   totals, approvals and what the control and alerts topics hold (desired state, versioned
 //!   decisions, deterministic alert keys).
+//! - [`actions`]: [`actions::ActionWatch`], retry and fallback rules per user action, on the
+//!   usage events.
+//! - [`anomaly`]: [`anomaly::Detector`], robust z-scores of a scope's traffic mix against its own
+//!   trailing baseline.
 //! - [`evaluate`]: [`evaluate::unit_amount`], a policy's amount in a total.
 //! - [`notify`]: Slack (Block Kit) and PagerDuty (Events API v2) notifiers with retries and storm
 //!   grouping.
@@ -20,6 +24,8 @@
 //! See [`service`]: exactly one effective decision per control key across crashes; alerts at least
 //! once (PagerDuty idempotent by `dedup_key`); audit rows idempotent. One alerter runs per pipeline.
 
+pub mod actions;
+pub mod anomaly;
 pub mod approve;
 pub mod config;
 pub mod engine;

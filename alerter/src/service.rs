@@ -49,6 +49,7 @@ use tokio::net::TcpListener;
 use tokio::sync::mpsc;
 use tracing::{debug, error, info, warn};
 
+use crate::actions::ActionWatch;
 use crate::engine::{Effect, Engine};
 use crate::notify::{Grouper, Notice, NotifyConfig, PagerDutyNotifier, SlackNotifier};
 use crate::{Config, Error, Result};
@@ -140,7 +141,18 @@ async fn run_loop(config: &Config, readiness: &Readiness, shutdown: &Shutdown) -
             .await
             .map_err(|error| Error::Restore(error.to_string()))??
     };
-    let mut engine = Engine::new(Arc::clone(&policies));
+    let catalog = match &config.alert.catalog_path {
+        Some(path) => pricing::Catalog::load_path(path, None)
+            .map_err(|error| Error::Config(format!("price catalog {}: {error}", path.display())))?,
+        None => pricing::Catalog::embedded_sample(),
+    };
+    let mut engine = Engine::new(Arc::clone(&policies))
+        .with_catalog(Arc::new(catalog))
+        .with_anomaly_settings(config.alert.anomaly.clone());
+    let mut actions = ActionWatch::new(
+        chrono::TimeDelta::seconds(i64::try_from(config.alert.action_horizon_secs).unwrap_or(900)),
+        config.alert.max_actions,
+    );
     let mut approvals = Vec::new();
     let mut counts = [0usize; 4];
     for (topic, payload) in &snapshot.records {
@@ -217,6 +229,19 @@ async fn run_loop(config: &Config, readiness: &Readiness, shutdown: &Shutdown) -
         }
     }
     consumer.assign(&assignment)?;
+    // Per-action rules read the usage events as a group (offsets committed after the alerts are
+    // queued; a replay after a crash finds the dedup keys already raised).
+    let usage: StreamConsumer = infra::kafka::consumer_config(
+        &config.kafka,
+        "quotaflow-alerter-actions",
+        &format!("{}-actions", config.group_id),
+    )
+    .set(
+        "auto.offset.reset",
+        config.alert.actions_offset_reset.as_str(),
+    )
+    .create()?;
+    usage.subscribe(&[topics.usage.as_str()])?;
     readiness.set_ready(true);
     info!(
         decisions_held = engine.decisions().len(),
@@ -232,6 +257,7 @@ async fn run_loop(config: &Config, readiness: &Readiness, shutdown: &Shutdown) -
     ));
     reload.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     reload.tick().await;
+    let mut commit = tokio::time::interval(Duration::from_secs(1));
     let result = loop {
         tokio::select! {
             biased;
@@ -259,6 +285,24 @@ async fn run_loop(config: &Config, readiness: &Readiness, shutdown: &Shutdown) -
                     executor.execute(effects, None, shutdown).await?;
                 }
             }
+            message = usage.recv() => {
+                let message = match message {
+                    Ok(message) => message,
+                    Err(error) => {
+                        warn!(%error, "kafka consumer error (usage)");
+                        continue;
+                    }
+                };
+                if let Some(event) = message.payload().and_then(|payload| decode::<schemas::UsageEvent>("usage", payload)) {
+                    let found = actions.observe(engine.policies(), &event, Utc::now());
+                    let effects = engine.take_unfired(found);
+                    executor.execute(effects, None, shutdown).await?;
+                }
+                let _ = usage.store_offset_from_message(&message);
+            }
+            _ = commit.tick() => {
+                let _ = usage.commit_consumer_state(rdkafka::consumer::CommitMode::Async);
+            }
             _ = tick.tick() => {
                 let effects = engine.tick(Utc::now());
                 executor.execute(effects, None, shutdown).await?;
@@ -271,6 +315,7 @@ async fn run_loop(config: &Config, readiness: &Readiness, shutdown: &Shutdown) -
             }
         }
     };
+    let _ = usage.commit_consumer_state(rdkafka::consumer::CommitMode::Sync);
     // Let queued notifications and audit rows out (bounded wait).
     drop(executor);
     let _ = tokio::time::timeout(Duration::from_secs(10), notifier).await;

@@ -301,10 +301,14 @@ async fn approval_lifts_a_block_until_it_expires_and_bad_approvals_are_rejected(
         "{}",
         log[1].reason
     );
-    testkit::eventually(Duration::from_secs(10), "the gateway lets k1 through", || {
-        let verdict = gateway.check(&request("k1", "prod", "gpt-4o"));
-        async move { verdict.may_proceed().then_some(()) }
-    })
+    testkit::eventually(
+        Duration::from_secs(10),
+        "the gateway lets k1 through",
+        || {
+            let verdict = gateway.check(&request("k1", "prod", "gpt-4o"));
+            async move { verdict.may_proceed().then_some(()) }
+        },
+    )
     .await;
     let log = wait_control(&config.kafka, "the block after expiry", |log| {
         log.len() == 3

@@ -1,8 +1,9 @@
 //! Storm grouping: at most one notification per (policy, scope, window, kind) per interval.
 //!
 //! # Rule
-//! Notices are grouped by key: policy id, scope, window start, kind and threshold (a resolve's key
-//! includes the kind of incident it resolves; an anomaly's text is not part of the key).
+//! Notices are grouped by key: policy id, scope, window start, kind, threshold and unit (a
+//! resolve's key includes the kind of incident it resolves; an anomaly's or rule's text is not part
+//! of the key, so a storm of per-action findings of one rule is one message per interval).
 //! - The first notice of a quiet key is emitted at once and opens an interval.
 //! - Further notices of that key within the interval are not emitted; the group counts them and keeps
 //!   the latest, which carries the freshest figures.
@@ -43,6 +44,8 @@ struct GroupKey {
     kind: KeyKind,
     /// Each step of a soft-alert ladder (50, 75, 90, 100 %) is news of its own.
     threshold_percent: u32,
+    /// The unit; rule notices carry the rule's kind there (`retry_budget`, …).
+    unit: String,
 }
 
 /// The kind part of a key: alerts of one incident kind, or resolves of one incident kind.
@@ -59,6 +62,7 @@ impl GroupKey {
             NoticeKind::SoftAlert => KeyKind::Raise(IncidentKind::SoftAlert),
             NoticeKind::HardCap => KeyKind::Raise(IncidentKind::HardCap),
             NoticeKind::Anomaly { .. } => KeyKind::Raise(IncidentKind::Anomaly),
+            NoticeKind::Rule { .. } => KeyKind::Raise(IncidentKind::Rule),
         };
         Self {
             policy_id: notice.policy_id.clone(),
@@ -66,6 +70,7 @@ impl GroupKey {
             window_start: notice.window.start,
             kind,
             threshold_percent: notice.threshold_percent,
+            unit: notice.unit.clone(),
         }
     }
 }

@@ -139,6 +139,13 @@ pub enum NoticeKind {
         /// Human readable description of the anomaly.
         text: String,
     },
+    /// A policy rule fired that is not a quota level: a model blocked by its lifecycle or
+    /// allow-list, a retry of a non-retryable error, too many attempts for one action, fallback
+    /// spend of one action over its budget. `text` says which.
+    Rule {
+        /// Human readable description of the finding.
+        text: String,
+    },
 }
 
 /// The kinds of condition that open an incident; a [`NoticeKind::Resolved`] names one of them.
@@ -151,6 +158,8 @@ pub enum IncidentKind {
     HardCap,
     /// See [`NoticeKind::Anomaly`].
     Anomaly,
+    /// See [`NoticeKind::Rule`].
+    Rule,
 }
 
 impl IncidentKind {
@@ -160,6 +169,7 @@ impl IncidentKind {
             IncidentKind::SoftAlert => "soft_alert",
             IncidentKind::HardCap => "hard_cap",
             IncidentKind::Anomaly => "anomaly",
+            IncidentKind::Rule => "rule",
         }
     }
 }
@@ -172,6 +182,7 @@ impl NoticeKind {
             NoticeKind::HardCap => "hard_cap",
             NoticeKind::Resolved { .. } => "resolved",
             NoticeKind::Anomaly { .. } => "anomaly",
+            NoticeKind::Rule { .. } => "rule",
         }
     }
 
@@ -181,6 +192,7 @@ impl NoticeKind {
             NoticeKind::SoftAlert => Some(IncidentKind::SoftAlert),
             NoticeKind::HardCap => Some(IncidentKind::HardCap),
             NoticeKind::Anomaly { .. } => Some(IncidentKind::Anomaly),
+            NoticeKind::Rule { .. } => Some(IncidentKind::Rule),
             NoticeKind::Resolved { .. } => None,
         }
     }
@@ -223,6 +235,7 @@ impl Notice {
             NoticeKind::HardCap => "hard cap reached".to_string(),
             NoticeKind::Resolved { of } => format!("resolved ({})", of.as_str()),
             NoticeKind::Anomaly { text } => format!("anomaly: {text}"),
+            NoticeKind::Rule { text } => format!("policy rule: {text}"),
         };
         format!(
             "[quotaflow] {what}: {} spent {} in the {} window starting {} (policy {}, owner {})",

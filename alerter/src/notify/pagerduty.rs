@@ -81,7 +81,7 @@ impl Severity {
             NoticeKind::SoftAlert if notice.threshold_percent >= 100 => Some(Severity::Error),
             NoticeKind::SoftAlert if notice.threshold_percent >= 90 => Some(Severity::Warning),
             NoticeKind::SoftAlert => Some(Severity::Info),
-            NoticeKind::Anomaly { .. } => Some(Severity::Warning),
+            NoticeKind::Anomaly { .. } | NoticeKind::Rule { .. } => Some(Severity::Warning),
             NoticeKind::Resolved { .. } => None,
         }
     }
@@ -208,6 +208,9 @@ pub fn trigger_payload(routing_key: &Secret, notice: &Notice, dedup_key: &str) -
     });
     if let NoticeKind::Anomaly { text } = &notice.kind {
         details["anomaly"] = json!(text);
+    }
+    if let NoticeKind::Rule { text } = &notice.kind {
+        details["rule"] = json!(text);
     }
     json!({
         "routing_key": routing_key.expose(),

@@ -105,6 +105,9 @@ fn build(notice: &Notice, folded: u64) -> Value {
     if let NoticeKind::Anomaly { text } = &notice.kind {
         blocks.push(section(&format!("*Anomaly*\n{}", escape(text))));
     }
+    if let NoticeKind::Rule { text } = &notice.kind {
+        blocks.push(section(&format!("*What happened*\n{}", escape(text))));
+    }
     if let Some(command) = &notice.approval_command {
         let command = escape(command).replace('`', "ˋ");
         blocks.push(section(&format!("*To approve more budget*\n`{command}`")));
@@ -144,6 +147,7 @@ fn header(notice: &Notice) -> String {
             notice.scope
         ),
         NoticeKind::Anomaly { .. } => format!(":mag: Unusual spend: {}", notice.scope),
+        NoticeKind::Rule { .. } => format!(":octagonal_sign: Policy rule: {}", notice.scope),
     };
     truncate_chars(&what, MAX_HEADER_CHARS)
 }

@@ -226,6 +226,8 @@ pub fn config(test: &str, policies: &str, receivers: &Receivers) -> Config {
     config.alert.policies_dir = policies_dir(policies);
     config.alert.tick_interval_ms = 50;
     config.alert.reload_interval_ms = 200;
+    config.alert.actions_offset_reset = "earliest".to_owned();
+    config.alert.anomaly.min_history = 5;
     config.notify.slack.fallback_webhook =
         Some(Secret::new(format!("{}/slack", receivers.base_url)));
     config.notify.pagerduty.events_url = format!("{}/pagerduty", receivers.base_url);
@@ -527,4 +529,27 @@ pub fn request<'a>(
 pub fn now_s() -> DateTime<Utc> {
     let now = Utc::now();
     now - TimeDelta::nanoseconds(i64::from(now.timestamp_subsec_nanos()))
+}
+
+/// Produces usage events as ingest does (Avro, keyed by `partition_key`).
+pub async fn produce_events(kafka: &KafkaConfig, events: &[schemas::UsageEvent]) {
+    infra::kafka::ensure_topics(kafka, &infra::kafka::pipeline_topics(kafka))
+        .await
+        .unwrap();
+    let producer: FutureProducer = infra::kafka::producer_config(kafka, "alerter-test-events")
+        .create()
+        .unwrap();
+    for event in events {
+        let payload = schemas::encode(event).unwrap();
+        producer
+            .send(
+                FutureRecord::to(&kafka.topics.usage)
+                    .key(schemas::usage_event::partition_key(event))
+                    .payload(&payload),
+                Duration::from_secs(30),
+            )
+            .await
+            .map_err(|(error, _)| error)
+            .unwrap();
+    }
 }

@@ -1,0 +1,340 @@
+//! Policy rules beyond quota levels, on the real stack: model lifecycle and allow-lists, a
+//! fallback storm (its spend cap blocks the fallback route, its mix is an anomaly), and retries
+//! that should not have happened.
+
+mod support;
+
+use std::time::Duration;
+
+use chrono::{TimeDelta, Utc};
+use gateway::{RequestAttributes, Verdict};
+use infra::testkit;
+use schemas::{DecisionAction, Status};
+use support::*;
+
+const MODELS: &str = r#"
+id: t-models
+description: Vetted models only in production.
+owner: {team: platform, contact: platform@example.com}
+environment: prod
+unit: requests
+group_by: [provider, model]
+window: {kind: hour}
+hard_cap: 1000000
+action: {kind: alert_only}
+model_rules:
+  deprecated: block
+  preview: alert
+  allow_list: ["gpt-4o*", "gpt-image-1*", "sora-2"]
+"#;
+
+fn attributes<'a>(
+    environment: &'a str,
+    workflow: &'a str,
+    provider: &'a str,
+    model: &'a str,
+) -> RequestAttributes<'a> {
+    RequestAttributes {
+        workflow,
+        provider,
+        ..request("k1", environment, model)
+    }
+}
+
+#[tokio::test]
+async fn a_deprecated_model_is_blocked_in_production_and_an_unlisted_one_once_seen() {
+    let receivers = Receivers::start().await;
+    let config = config("alerter_models", MODELS, &receivers);
+    let alerter = start(&config).await;
+    let gateway = gateway(&config.kafka).await;
+
+    // gpt-image-1 is past its catalog deprecation date (2026-10-23): blocked from the start.
+    testkit::eventually(
+        Duration::from_secs(20),
+        "gpt-image-1 blocked in prod",
+        || {
+            let verdict = gateway.check(&attributes("prod", "answer", "openai", "gpt-image-1"));
+            async move { matches!(verdict, Verdict::Block { .. }).then_some(verdict) }
+        },
+    )
+    .await;
+    let verdict = gateway.check(&attributes("prod", "answer", "openai", "gpt-image-1"));
+    assert!(
+        verdict
+            .reason()
+            .unwrap()
+            .contains("deprecated since 2026-10-23"),
+        "{verdict:?}"
+    );
+    assert_eq!(
+        gateway.check(&attributes("staging", "answer", "openai", "gpt-image-1")),
+        Verdict::Allow
+    );
+    assert_eq!(
+        gateway.check(&attributes("prod", "answer", "openai", "gpt-4o")),
+        Verdict::Allow
+    );
+
+    // A model off the allow-list is blocked once traffic to it shows in the policy's totals.
+    let hour = now_s() - TimeDelta::seconds(i64::from(now_s().timestamp() as u32 % 3600));
+    produce_totals(
+        &config.kafka,
+        &[policy_total(
+            "t-models",
+            "provider=openai|model=gpt-3.5-turbo",
+            hour,
+            hour + TimeDelta::hours(1),
+            "0",
+            1,
+        )],
+    )
+    .await;
+    let log = wait_control(&config.kafka, "the allow-list block", |log| {
+        log.iter()
+            .any(|d| d.scope.get("model").map(String::as_str) == Some("gpt-3.5-turbo"))
+    })
+    .await;
+    let block = log
+        .iter()
+        .find(|d| d.scope.get("model").map(String::as_str) == Some("gpt-3.5-turbo"))
+        .unwrap();
+    assert_eq!(block.action, DecisionAction::Block);
+    assert!(
+        block.reason.contains("not on the allow-list"),
+        "{}",
+        block.reason
+    );
+    assert_eq!(
+        block.scope.get("environment").map(String::as_str),
+        Some("prod")
+    );
+    wait_receivers(&receivers, "rule notices on Slack", |r| {
+        r.slack_containing("deprecated since 2026-10-23") >= 1
+            && r.slack_containing("not on the allow-list") == 1
+    })
+    .await;
+    assert!(receivers.pagerduty().is_empty(), "model rules do not page");
+    alerter.stop().await.unwrap();
+    gateway.shutdown();
+    testkit::drop_database(&config.clickhouse).await.unwrap();
+}
+
+const FALLBACK: &str = r#"
+id: t-fallback
+description: Fallback spend per workflow; a storm blocks the fallback route.
+owner: {team: support-bots, contact: support@example.com, pagerduty_service: support-bots}
+environment: prod
+route: {fallback_route: anthropic/claude-3-5-sonnet}
+unit: fallback_cost_usd
+group_by: [workflow]
+window: {kind: day}
+hard_cap: 5
+action: {kind: block}
+anomaly: {min_volume: 0, z_threshold: 4}
+"#;
+
+#[tokio::test]
+async fn a_fallback_storm_blocks_the_fallback_route_and_is_an_anomaly() {
+    let receivers = Receivers::start().await;
+    let config = config("alerter_fallback", FALLBACK, &receivers);
+    let alerter = start(&config).await;
+    let gateway = gateway(&config.kafka).await;
+    let day = now_s() - TimeDelta::seconds(i64::from(now_s().timestamp() as u32 % 86_400));
+    let base = now_s() - TimeDelta::minutes(20);
+    let mut totals = Vec::new();
+    let (mut requests, mut fallbacks, mut cost) = (0u64, 0u64, rust_decimal::Decimal::ZERO);
+    // Eight quiet minutes: 100 requests a minute, about 5 % fallbacks, 10 cents of fallback spend.
+    for minute in 0..8u64 {
+        requests += 100;
+        fallbacks += 5 + minute % 3;
+        cost += rust_decimal::Decimal::new(10, 2);
+        totals.push((minute, requests, fallbacks, cost));
+    }
+    // The storm: 80 % of the next minute's requests fall back, and the spend passes the cap.
+    totals.push((
+        8,
+        requests + 100,
+        fallbacks + 80,
+        cost + rust_decimal::Decimal::from(5),
+    ));
+    for (version, (minute, requests, fallbacks, cost)) in totals.into_iter().enumerate() {
+        let mut total = policy_total(
+            "t-fallback",
+            "workflow=triage",
+            day,
+            day + TimeDelta::days(1),
+            "0",
+            version as u64 + 1,
+        );
+        total.requests = requests;
+        total.billable_attempts = requests;
+        total.accepted_outputs = requests - fallbacks;
+        total.fallback_attempts = fallbacks;
+        total.fallback_cost_usd = cost;
+        total.written_at = base + TimeDelta::seconds(minute as i64 * 60 + 30);
+        produce_totals(&config.kafka, &[total]).await;
+    }
+    let log = wait_control(&config.kafka, "the fallback block", |log| !log.is_empty()).await;
+    assert_eq!(log.len(), 1);
+    let block = &log[0];
+    assert_eq!(block.action, DecisionAction::Block);
+    assert_eq!(
+        block.scope.get("model").map(String::as_str),
+        Some("claude-3-5-sonnet")
+    );
+    assert_eq!(
+        block.scope.get("provider").map(String::as_str),
+        Some("anthropic")
+    );
+    assert_eq!(
+        block.scope.get("workflow").map(String::as_str),
+        Some("triage")
+    );
+    testkit::eventually(
+        Duration::from_secs(10),
+        "the fallback route refused",
+        || {
+            let verdict = gateway.check(&attributes(
+                "prod",
+                "triage",
+                "anthropic",
+                "claude-3-5-sonnet",
+            ));
+            async move { (!verdict.may_proceed()).then_some(()) }
+        },
+    )
+    .await;
+    // The primary route and other workflows still go.
+    assert_eq!(
+        gateway.check(&attributes("prod", "triage", "openai", "gpt-4o")),
+        Verdict::Allow
+    );
+    assert_eq!(
+        gateway.check(&attributes(
+            "prod",
+            "reply",
+            "anthropic",
+            "claude-3-5-sonnet"
+        )),
+        Verdict::Allow
+    );
+    // Fallback share and attempts per output both jump: one Slack message (grouped), one
+    // PagerDuty incident for the anomaly and one for the cap.
+    let class = |r: &Receivers, class: &str| -> Vec<String> {
+        let mut keys: Vec<String> = r
+            .pagerduty()
+            .into_iter()
+            .filter(|page| page["payload"]["class"] == class)
+            .map(|page| page["dedup_key"].as_str().unwrap().to_owned())
+            .collect();
+        keys.dedup();
+        keys
+    };
+    wait_receivers(&receivers, "the anomaly and the page", |r| {
+        r.slack_containing("anomaly: ") == 1
+            && class(r, "anomaly").len() == 1
+            && class(r, "hard_cap").len() == 1
+    })
+    .await;
+    let anomalies: Vec<String> = receivers
+        .pagerduty()
+        .into_iter()
+        .filter(|page| page["payload"]["class"] == "anomaly")
+        .map(|page| {
+            page["payload"]["custom_details"]["anomaly"]
+                .as_str()
+                .unwrap()
+                .to_owned()
+        })
+        .collect();
+    assert!(
+        anomalies
+            .iter()
+            .any(|text| text.starts_with("fallback_share is 0.8 ")),
+        "{anomalies:?}"
+    );
+    assert!(
+        anomalies.iter().all(|text| text.contains("robust z")),
+        "{anomalies:?}"
+    );
+    alerter.stop().await.unwrap();
+    gateway.shutdown();
+    testkit::drop_database(&config.clickhouse).await.unwrap();
+}
+
+const RETRIES: &str = r#"
+id: t-retries
+description: Retry discipline for the search team.
+owner: {team: search, contact: search@example.com}
+selector: {team: search}
+unit: requests
+window: {kind: day}
+hard_cap: 1000000
+action: {kind: alert_only}
+retry_policy:
+  max_attempts_per_action: 3
+"#;
+
+#[tokio::test]
+async fn a_retry_of_a_quota_error_and_too_many_attempts_are_flagged() {
+    let receivers = Receivers::start().await;
+    let config = config("alerter_retries", RETRIES, &receivers);
+    let alerter = start(&config).await;
+    let now = Utc::now();
+    let event = |action: &str, attempt: u32, status: Status| {
+        let mut event = schemas::fixtures::text_event(
+            &format!("{action}-{attempt}-{}", testkit::unique_name("e")),
+            now,
+        );
+        event.action_id = action.to_owned();
+        event.attempt = attempt;
+        event.status = status;
+        event
+    };
+    let quota_retry = [
+        event("act-quota", 1, Status::QuotaExceeded),
+        event("act-quota", 2, Status::Ok),
+    ];
+    let fine_retry = [
+        event("act-timeout", 1, Status::Timeout),
+        event("act-timeout", 2, Status::Ok),
+    ];
+    let many: Vec<_> = (1..=5)
+        .map(|attempt| event("act-many", attempt, Status::ProviderError))
+        .collect();
+    produce_events(&config.kafka, &quota_retry).await;
+    produce_events(&config.kafka, &fine_retry).await;
+    produce_events(&config.kafka, &many).await;
+    testkit::eventually(Duration::from_secs(30), "both findings audited", || {
+        let config = config.clone();
+        async move {
+            let client = infra::clickhouse::client(&config.clickhouse);
+            let kinds: Vec<(String, String)> = client
+                .query("SELECT kind, message FROM alerts FINAL ORDER BY kind")
+                .fetch_all()
+                .await
+                .unwrap_or_default();
+            (kinds.len() == 2).then_some(kinds)
+        }
+    })
+    .await;
+    let slack = receivers.slack();
+    let texts: Vec<&str> = slack
+        .iter()
+        .map(|body| body["text"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        texts
+            .iter()
+            .filter(|t| t.contains("act-quota") && t.contains("quota_exceeded"))
+            .count(),
+        1,
+        "{texts:?}"
+    );
+    assert!(
+        !texts.iter().any(|t| t.contains("act-timeout")),
+        "{texts:?}"
+    );
+    alerter.stop().await.unwrap();
+    testkit::drop_database(&config.clickhouse).await.unwrap();
+}
