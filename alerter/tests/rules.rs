@@ -338,3 +338,59 @@ async fn a_retry_of_a_quota_error_and_too_many_attempts_are_flagged() {
     alerter.stop().await.unwrap();
     testkit::drop_database(&config.clickhouse).await.unwrap();
 }
+
+#[tokio::test]
+async fn policies_reload_without_restart_and_a_broken_edit_keeps_the_last_good_set() {
+    let receivers = Receivers::start().await;
+    let generous = r#"
+id: t-reload
+description: A cap that an edit lowers.
+owner: {team: search, contact: search@example.com}
+environment: prod
+unit: cost_usd
+group_by: [api_key_id]
+window: {kind: day}
+hard_cap: 100
+soft_alerts: []
+action: {kind: block}
+"#;
+    let config = config("alerter_reload", generous, &receivers);
+    let alerter = start(&config).await;
+    let day = now_s() - TimeDelta::seconds(i64::from(now_s().timestamp() as u32 % 86_400));
+    produce_totals(
+        &config.kafka,
+        &[policy_total(
+            "t-reload",
+            "api_key_id=k1",
+            day,
+            day + TimeDelta::days(1),
+            "50",
+            1,
+        )],
+    )
+    .await;
+    // A broken edit: logged, the running set stays (and nothing is blocked).
+    let file = config.alert.policies_dir.join("policies.yaml");
+    std::fs::write(&file, "id: [unclosed").unwrap();
+    // A good edit lowers the cap under the amount: the block follows without a restart.
+    let reload_metric = format!("{}/metrics", alerter.base_url);
+    testkit::eventually(Duration::from_secs(20), "the failed reload counted", || {
+        let url = reload_metric.clone();
+        async move {
+            let body = reqwest::get(&url).await.ok()?.text().await.ok()?;
+            body.contains("alerter_policy_reloads_total{outcome=\"failed\"}")
+                .then_some(())
+        }
+    })
+    .await;
+    assert!(control_log(&config.kafka).is_empty());
+    std::fs::write(&file, generous.replace("hard_cap: 100", "hard_cap: 40")).unwrap();
+    let log = wait_control(&config.kafka, "the block after the edit", |log| {
+        !log.is_empty()
+    })
+    .await;
+    assert_eq!(log[0].action, DecisionAction::Block);
+    assert_eq!(log[0].limit, rust_decimal::Decimal::from(40));
+    alerter.stop().await.unwrap();
+    testkit::drop_database(&config.clickhouse).await.unwrap();
+}

@@ -48,7 +48,7 @@ pub struct SlackConfig {
     /// Channel name (as policies name it, e.g. `#search-alerts`) → webhook URL.
     pub webhooks: BTreeMap<String, Secret>,
     /// Webhook for every channel without one of its own; set it from the environment
-    /// (`QUOTAFLOW_NOTIFY__SLACK__FALLBACK_WEBHOOK`), never in a file.
+    /// (`QUOTAFLOW_NOTIFY__SLACK__FALLBACK_WEBHOOK`), never in a file. Empty = none.
     pub fallback_webhook: Option<Secret>,
 }
 
@@ -61,7 +61,7 @@ pub struct PagerDutyConfig {
     /// PagerDuty service (as policies name it) → its Events API v2 integration (routing) key.
     pub routing_keys: BTreeMap<String, Secret>,
     /// Routing key for every service without one of its own; set it from the environment
-    /// (`QUOTAFLOW_NOTIFY__PAGERDUTY__FALLBACK_ROUTING_KEY`), never in a file.
+    /// (`QUOTAFLOW_NOTIFY__PAGERDUTY__FALLBACK_ROUTING_KEY`), never in a file. Empty = none.
     pub fallback_routing_key: Option<Secret>,
 }
 
@@ -91,7 +91,12 @@ impl NotifyConfig {
                 )));
             }
         }
-        if let Some(webhook) = &self.slack.fallback_webhook {
+        if let Some(webhook) = self
+            .slack
+            .fallback_webhook
+            .as_ref()
+            .filter(|w| !w.is_empty())
+        {
             if !is_http_url(webhook.expose()) {
                 return Err(NotifyError::Config(
                     "slack.fallback_webhook is not an http(s) URL".to_string(),
@@ -133,15 +138,20 @@ impl NotifyConfig {
         channel
             .or(self.slack.default_channel.as_deref())
             .and_then(|channel| self.slack.webhooks.get(channel))
-            .or(self.slack.fallback_webhook.as_ref())
+            .or(self
+                .slack
+                .fallback_webhook
+                .as_ref()
+                .filter(|w| !w.is_empty()))
     }
 
     /// The routing key of PagerDuty `service`.
     pub fn routing_key(&self, service: &str) -> Option<&Secret> {
-        self.pagerduty
-            .routing_keys
-            .get(service)
-            .or(self.pagerduty.fallback_routing_key.as_ref())
+        self.pagerduty.routing_keys.get(service).or(self
+            .pagerduty
+            .fallback_routing_key
+            .as_ref()
+            .filter(|key| !key.is_empty()))
     }
 }
 
