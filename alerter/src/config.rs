@@ -48,14 +48,14 @@ pub struct AlertSettings {
     pub catalog_path: Option<PathBuf>,
     /// Anomaly baselines.
     pub anomaly: crate::anomaly::AnomalySettings,
-    /// Per-action retry and fallback rules read the usage topic with this consumer group
-    /// (suffix of `group_id`); actions idle this long are forgotten.
+    /// Per-action retry and fallback rules forget actions idle this long (and the usage topic is
+    /// re-read this far back at startup).
     pub action_horizon_secs: u64,
     /// Most actions tracked at once.
     pub max_actions: usize,
-    /// Where the per-action consumer starts when its group has no committed offset: `latest`
-    /// (a new alerter does not judge last week's actions) or `earliest`.
-    pub actions_offset_reset: String,
+    /// How far back the usage topic is re-read at startup to rebuild the async jobs in flight
+    /// (only when a `concurrent_jobs` policy exists); must exceed the longest job.
+    pub job_lookback_secs: u64,
     /// Longest wait for the control, alerts, approvals and totals topics to be read to their end
     /// at startup.
     pub restore_timeout_secs: u64,
@@ -71,7 +71,7 @@ impl Default for AlertSettings {
             anomaly: crate::anomaly::AnomalySettings::default(),
             action_horizon_secs: 900,
             max_actions: 1_000_000,
-            actions_offset_reset: "latest".to_string(),
+            job_lookback_secs: 6 * 3600,
             restore_timeout_secs: 120,
         }
     }

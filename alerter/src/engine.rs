@@ -35,13 +35,16 @@
 //! request; otherwise it is rejected with the reason ([`Effect::ApprovalDecided`]). When it expires
 //! the cap returns, and a scope still over it is blocked again (a new decision and a new page).
 
-use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
 use std::sync::Arc;
 
 use chrono::{DateTime, SecondsFormat, TimeDelta, Utc};
 use policy::{ActionKind, Policy, PolicySet, ScopeKey, Unit};
 use rust_decimal::Decimal;
-use schemas::{Alert, AlertKind, Approval, ControlDecision, DecisionAction, Severity, WindowTotal};
+use schemas::{
+    Alert, AlertKind, Approval, ControlDecision, DecisionAction, JobState, Severity, UsageEvent,
+    WindowTotal,
+};
 
 use crate::anomaly::{AnomalySettings, Detector};
 use crate::evaluate::unit_amount;
@@ -90,6 +93,76 @@ pub struct Engine {
     models_day: Option<chrono::NaiveDate>,
     /// Anomaly baselines.
     detector: Detector,
+    /// Jobs in flight per gauge (policy, scope).
+    jobs: JobTracker,
+}
+
+/// `ControlDecision::window` of concurrency blocks: a gauge has no window.
+pub const CONCURRENCY_WINDOW: &str = "concurrent";
+
+/// Async jobs in flight per `concurrent_jobs` policy and scope, from the usage events.
+#[derive(Debug, Default)]
+struct JobTracker {
+    /// (policy, rendered scope) → job id → started at (event time of its first pending state).
+    in_flight: BTreeMap<(String, String), HashMap<String, DateTime<Utc>>>,
+    /// Jobs that finished recently (a late pending state of one must not revive it), oldest first.
+    finished: HashSet<String>,
+    finished_order: VecDeque<String>,
+}
+
+/// Finished job ids remembered.
+const FINISHED_JOBS_KEPT: usize = 1_000_000;
+
+impl JobTracker {
+    /// Applies a job event to every gauge policy it matches; returns the (policy, scope) whose
+    /// level changed.
+    fn apply(&mut self, policies: &PolicySet, event: &UsageEvent) -> Vec<(String, String)> {
+        let (Some(job_id), Some(state)) = (&event.job_id, event.job_state) else {
+            return Vec::new();
+        };
+        let dims = policy::EventDims::from_event(event);
+        let mut changed = Vec::new();
+        let finished = matches!(
+            state,
+            JobState::Succeeded | JobState::Failed | JobState::Cancelled
+        );
+        if finished && self.finished.insert(job_id.clone()) {
+            self.finished_order.push_back(job_id.clone());
+            while self.finished_order.len() > FINISHED_JOBS_KEPT {
+                if let Some(old) = self.finished_order.pop_front() {
+                    self.finished.remove(&old);
+                }
+            }
+        }
+        for policy in policies.policies() {
+            if policy.unit() != Unit::ConcurrentJobs || !policy.matches(&dims) {
+                continue;
+            }
+            let scope = policy.scope_key_unchecked(&dims).as_str().to_owned();
+            let jobs = self
+                .in_flight
+                .entry((policy.id().to_owned(), scope.clone()))
+                .or_default();
+            let moved = if finished {
+                jobs.remove(job_id).is_some()
+            } else if self.finished.contains(job_id) || jobs.contains_key(job_id) {
+                false
+            } else {
+                jobs.insert(job_id.clone(), event.occurred_at);
+                true
+            };
+            if moved {
+                changed.push((policy.id().to_owned(), scope));
+            }
+        }
+        changed
+    }
+
+    fn level(&self, policy_id: &str, scope: &str) -> usize {
+        self.in_flight
+            .get(&(policy_id.to_owned(), scope.to_owned()))
+            .map_or(0, HashMap::len)
+    }
 }
 
 /// `ControlDecision::window` of model-rule blocks: they belong to no quota window.
@@ -108,7 +181,210 @@ impl Engine {
             observed_models: BTreeSet::new(),
             models_day: None,
             detector: Detector::default(),
+            jobs: JobTracker::default(),
         }
+    }
+
+    /// Applies an async job event (read back at startup) without evaluating; see
+    /// [`Engine::on_job_event`].
+    pub fn load_job_event(&mut self, event: &UsageEvent) {
+        let policies = Arc::clone(&self.policies);
+        self.jobs.apply(&policies, event);
+    }
+
+    /// Applies an async job event and evaluates the concurrency caps it moves: at the cap the
+    /// policy's action (no new job may start: gateways refuse until one finishes), under it an
+    /// allow; soft thresholds once per (policy, scope, threshold) and UTC day.
+    pub fn on_job_event(&mut self, event: &UsageEvent, now: DateTime<Utc>) -> Vec<Effect> {
+        let policies = Arc::clone(&self.policies);
+        let changed = self.jobs.apply(&policies, event);
+        let mut effects = Vec::new();
+        for (policy_id, scope) in changed {
+            effects.extend(self.evaluate_gauge(&policy_id, &scope, now));
+        }
+        effects.extend(self.follow_decisions(now));
+        effects
+    }
+
+    /// Evaluates every gauge scope held (after a restore or a reload).
+    fn evaluate_gauges(&mut self, now: DateTime<Utc>) -> Vec<Effect> {
+        let scopes: Vec<(String, String)> = self.jobs.in_flight.keys().cloned().collect();
+        let mut effects = Vec::new();
+        for (policy_id, scope) in scopes {
+            effects.extend(self.evaluate_gauge(&policy_id, &scope, now));
+        }
+        effects
+    }
+
+    fn evaluate_gauge(
+        &mut self,
+        policy_id: &str,
+        scope_key: &str,
+        now: DateTime<Utc>,
+    ) -> Vec<Effect> {
+        let policies = Arc::clone(&self.policies);
+        let Some(policy) = policies.get(policy_id) else {
+            return Vec::new();
+        };
+        let level = Decimal::from(self.jobs.level(policy_id, scope_key));
+        let cap = policy.hard_cap();
+        let scope: BTreeMap<String, String> = ScopeKey::decode(scope_key)
+            .unwrap_or_default()
+            .into_iter()
+            .filter_map(|(name, value)| value.map(|value| (name, value)))
+            .collect();
+        let mut effects = Vec::new();
+        let day = now.date_naive();
+        let mut thresholds = policy.record().soft_alerts.clone();
+        thresholds.sort_unstable();
+        for threshold in thresholds {
+            let reached = cap * Decimal::from(threshold) / Decimal::ONE_HUNDRED;
+            let dedup_key = format!("gauge/{policy_id}/{scope_key}/{day}/{threshold}");
+            if level >= reached && self.fired.insert(dedup_key.clone()) {
+                let mut effect = rule_alert(
+                    policy,
+                    &scope,
+                    "concurrent_jobs",
+                    format!(
+                        "{} has {level} jobs running, {threshold}% of its {} concurrent jobs (policy {policy_id})",
+                        render_scope(&scope),
+                        cap.normalize()
+                    ),
+                    dedup_key,
+                    now,
+                );
+                if let Effect::Alert(alert, notice) = &mut effect {
+                    alert.kind = AlertKind::Concurrency;
+                    alert.threshold_percent = Some(u32::from(threshold));
+                    alert.observed = level;
+                    alert.limit = Some(cap);
+                    notice.spent = level;
+                    notice.limit = cap;
+                }
+                effects.push(effect);
+            }
+        }
+        let enforcement = enforcement_scope(policy, &scope);
+        let key = ControlDecision::compaction_key(policy_id, &enforcement);
+        let held_block = self
+            .decisions
+            .get(&key)
+            .filter(|held| held.action != DecisionAction::Allow)
+            .cloned();
+        let at_cap = level >= cap;
+        match (at_cap, policy.action_kind(), held_block) {
+            (true, ActionKind::Block | ActionKind::Degrade, None) => {
+                let action = if policy.action_kind() == ActionKind::Block {
+                    DecisionAction::Block
+                } else {
+                    DecisionAction::Degrade
+                };
+                let degrade_to = (action == DecisionAction::Degrade)
+                    .then(|| policy.record().action.degrade_to.clone())
+                    .flatten();
+                let reason = format!(
+                    "{} has {level} async jobs running, the most policy {policy_id} allows at once; new jobs are {} until one finishes",
+                    render_scope(&scope),
+                    if action == DecisionAction::Block { "refused" } else { "degraded" }
+                );
+                effects.push(self.decide(ControlDecision {
+                    decision_id: String::new(),
+                    key,
+                    policy_id: policy_id.to_owned(),
+                    scope: enforcement,
+                    action,
+                    degrade_to,
+                    reason,
+                    unit: Unit::ConcurrentJobs.to_string(),
+                    observed: level,
+                    limit: cap,
+                    window: CONCURRENCY_WINDOW.to_owned(),
+                    window_start: DateTime::<Utc>::UNIX_EPOCH,
+                    window_end: model_rules_end(),
+                    issued_at: now,
+                    expires_at: None,
+                    version: 0,
+                }));
+            }
+            (false, _, Some(held)) => {
+                let reason = format!(
+                    "{} is down to {level} jobs running, under the {} allowed",
+                    render_scope(&scope),
+                    cap.normalize()
+                );
+                let mut lifted = self.lift(&held, reason, now);
+                if let Effect::Decide(decision) = &mut lifted {
+                    decision.observed = level;
+                    self.decisions
+                        .insert(decision.key.clone(), decision.clone());
+                }
+                effects.push(lifted);
+            }
+            _ => {}
+        }
+        effects
+    }
+
+    /// Jobs pending longer than their policy's `max_job_age`: a stop-condition alert (Slack and
+    /// a page) once per job.
+    fn stale_jobs(&mut self, now: DateTime<Utc>) -> Vec<Effect> {
+        let policies = Arc::clone(&self.policies);
+        let mut effects = Vec::new();
+        let mut stale = Vec::new();
+        for ((policy_id, scope_key), jobs) in &self.jobs.in_flight {
+            let Some(policy) = policies.get(policy_id) else {
+                continue;
+            };
+            let Some(max_age) = policy.record().max_job_age else {
+                continue;
+            };
+            for (job_id, started) in jobs {
+                if now - *started > max_age.0 {
+                    stale.push((
+                        policy_id.clone(),
+                        scope_key.clone(),
+                        job_id.clone(),
+                        *started,
+                        max_age,
+                    ));
+                }
+            }
+        }
+        stale.sort();
+        for (policy_id, scope_key, job_id, started, max_age) in stale {
+            let dedup_key = format!("pending/{policy_id}/{job_id}");
+            if !self.fired.insert(dedup_key.clone()) {
+                continue;
+            }
+            let Some(policy) = policies.get(&policy_id) else {
+                continue;
+            };
+            let scope: BTreeMap<String, String> = ScopeKey::decode(&scope_key)
+                .unwrap_or_default()
+                .into_iter()
+                .filter_map(|(name, value)| value.map(|value| (name, value)))
+                .collect();
+            let mut effect = rule_alert(
+                policy,
+                &scope,
+                "pending_job",
+                format!(
+                    "job {job_id} of {} has been pending since {} (more than {}s, policy {policy_id}): stop condition — check it with the provider and cancel it if stuck",
+                    render_scope(&scope),
+                    started.to_rfc3339_opts(SecondsFormat::Secs, true),
+                    max_age.0.num_seconds()
+                ),
+                dedup_key,
+                now,
+            );
+            if let Effect::Alert(alert, notice) = &mut effect {
+                alert.kind = AlertKind::PendingJob;
+                alert.severity = Severity::Error;
+                notice.pagerduty_service = policy.pagerduty_service().map(str::to_owned);
+            }
+            effects.push(effect);
+        }
+        effects
     }
 
     /// Uses `settings` for anomaly baselines.
@@ -193,6 +469,7 @@ impl Engine {
             effects.push(self.lift(&held, reason, now));
         }
         effects.extend(self.reevaluate_all(now));
+        effects.extend(self.evaluate_gauges(now));
         effects.extend(self.reconcile_models(now));
         effects.extend(self.follow_decisions(now));
         effects
@@ -528,6 +805,10 @@ impl Engine {
             );
             effects.push(self.lift(&held, reason, now));
         }
+        if self.models_day != Some(now.date_naive()) {
+            effects.extend(self.reconcile_models(now));
+        }
+        effects.extend(self.stale_jobs(now));
         effects.extend(self.follow_decisions(now));
         self.totals.evict_ended(now - chrono::TimeDelta::hours(1));
         effects

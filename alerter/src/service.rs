@@ -3,12 +3,16 @@
 //!
 //! # Startup
 //! 1. Migrations and topics; the policies load (a directory that does not load stops startup).
-//! 2. **Restore**: the control, alerts, approvals and totals topics are read from their start to the
-//!    end offsets taken at that moment. Decisions and raised alerts are restored into the engine,
-//!    totals are applied *without* evaluation (a half-read total would look lower than it is), then
-//!    everything is evaluated once, approvals applied and time ticked.
-//! 3. `/readyz` turns 200 and the totals and approvals topics are followed from the offsets the
-//!    restore stopped at, so nothing is read twice or skipped.
+//! 2. **Restore**: the control, alerts, approvals and totals topics are read from their start,
+//!    and the usage topic from `lookback` ago (the per-action horizon, or the job lookback when a
+//!    `concurrent_jobs` policy exists), to the end offsets taken at that moment. Decisions and
+//!    raised alerts are restored into the engine, totals and job events are applied *without*
+//!    evaluation (a half-read total would look lower than it is), then everything is evaluated
+//!    once, approvals applied, time ticked and the per-action findings of the replay kept if
+//!    they were not raised before.
+//! 3. `/readyz` turns 200 and the totals, approvals and usage topics are followed from the offsets
+//!    the restore stopped at, so nothing is read twice or skipped. No consumer group offsets are
+//!    committed: the state is rebuilt from the topics at every start.
 //!
 //! # Delivery guarantees
 //! - **Decisions**: published (idempotent producer, `acks=all`, awaited) before anything else is done
@@ -136,8 +140,14 @@ async fn run_loop(config: &Config, readiness: &Readiness, shutdown: &Shutdown) -
             topics.alerts.clone(),
             topics.approvals.clone(),
             topics.totals.clone(),
+            topics.usage.clone(),
         ];
-        tokio::task::spawn_blocking(move || read_to_end(&kafka, &group, &names, timeout))
+        let mut since = HashMap::new();
+        since.insert(
+            topics.usage.clone(),
+            Utc::now() - usage_lookback(config, &policies),
+        );
+        tokio::task::spawn_blocking(move || read_to_end(&kafka, &group, &names, &since, timeout))
             .await
             .map_err(|error| Error::Restore(error.to_string()))??
     };
@@ -149,12 +159,13 @@ async fn run_loop(config: &Config, readiness: &Readiness, shutdown: &Shutdown) -
     let mut engine = Engine::new(Arc::clone(&policies))
         .with_catalog(Arc::new(catalog))
         .with_anomaly_settings(config.alert.anomaly.clone());
+    let mut approvals = Vec::new();
+    let mut counts = [0usize; 5];
+    let mut action_findings = Vec::new();
     let mut actions = ActionWatch::new(
         chrono::TimeDelta::seconds(i64::try_from(config.alert.action_horizon_secs).unwrap_or(900)),
         config.alert.max_actions,
     );
-    let mut approvals = Vec::new();
-    let mut counts = [0usize; 4];
     for (topic, payload) in &snapshot.records {
         if *topic == topics.control {
             if let Some(decision) = decode::<ControlDecision>("control", payload) {
@@ -171,6 +182,12 @@ async fn run_loop(config: &Config, readiness: &Readiness, shutdown: &Shutdown) -
                 approvals.push(approval);
                 counts[2] += 1;
             }
+        } else if *topic == topics.usage {
+            if let Some(event) = decode::<schemas::UsageEvent>("usage", payload) {
+                engine.load_job_event(&event);
+                action_findings.extend(actions.observe(engine.policies(), &event, Utc::now()));
+                counts[4] += 1;
+            }
         } else if let Some(total) = decode::<WindowTotal>("totals", payload) {
             engine.load_total(total);
             counts[3] += 1;
@@ -181,6 +198,7 @@ async fn run_loop(config: &Config, readiness: &Readiness, shutdown: &Shutdown) -
         alerts = counts[1],
         approvals = counts[2],
         totals = counts[3],
+        usage_events = counts[4],
         elapsed_ms = restore_started.elapsed().as_millis() as u64,
         "state restored from kafka"
     );
@@ -213,6 +231,7 @@ async fn run_loop(config: &Config, readiness: &Readiness, shutdown: &Shutdown) -
         effects.extend(engine.on_approval(approval, now));
     }
     effects.extend(engine.tick(now));
+    effects.extend(engine.take_unfired(action_findings));
     executor.execute(effects, None, shutdown).await?;
 
     // Follow totals and approvals from where the restore stopped.
@@ -224,24 +243,11 @@ async fn run_loop(config: &Config, readiness: &Readiness, shutdown: &Shutdown) -
     .create()?;
     let mut assignment = TopicPartitionList::new();
     for ((topic, partition), end) in &snapshot.ends {
-        if *topic == topics.totals || *topic == topics.approvals {
+        if *topic == topics.totals || *topic == topics.approvals || *topic == topics.usage {
             assignment.add_partition_offset(topic, *partition, Offset::Offset(*end))?;
         }
     }
     consumer.assign(&assignment)?;
-    // Per-action rules read the usage events as a group (offsets committed after the alerts are
-    // queued; a replay after a crash finds the dedup keys already raised).
-    let usage: StreamConsumer = infra::kafka::consumer_config(
-        &config.kafka,
-        "quotaflow-alerter-actions",
-        &format!("{}-actions", config.group_id),
-    )
-    .set(
-        "auto.offset.reset",
-        config.alert.actions_offset_reset.as_str(),
-    )
-    .create()?;
-    usage.subscribe(&[topics.usage.as_str()])?;
     readiness.set_ready(true);
     info!(
         decisions_held = engine.decisions().len(),
@@ -257,7 +263,6 @@ async fn run_loop(config: &Config, readiness: &Readiness, shutdown: &Shutdown) -
     ));
     reload.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     reload.tick().await;
-    let mut commit = tokio::time::interval(Duration::from_secs(1));
     let result = loop {
         tokio::select! {
             biased;
@@ -280,28 +285,18 @@ async fn run_loop(config: &Config, readiness: &Readiness, shutdown: &Shutdown) -
                         let effects = engine.on_total(total, now);
                         executor.execute(effects, Some(written_at), shutdown).await?;
                     }
+                } else if message.topic() == topics.usage {
+                    if let Some(event) = decode::<schemas::UsageEvent>("usage", payload) {
+                        let mut effects = engine.take_unfired(actions.observe(engine.policies(), &event, now));
+                        if event.job_id.is_some() {
+                            effects.extend(engine.on_job_event(&event, now));
+                        }
+                        executor.execute(effects, None, shutdown).await?;
+                    }
                 } else if let Some(approval) = decode::<Approval>("approvals", payload) {
                     let effects = engine.on_approval(approval, now);
                     executor.execute(effects, None, shutdown).await?;
                 }
-            }
-            message = usage.recv() => {
-                let message = match message {
-                    Ok(message) => message,
-                    Err(error) => {
-                        warn!(%error, "kafka consumer error (usage)");
-                        continue;
-                    }
-                };
-                if let Some(event) = message.payload().and_then(|payload| decode::<schemas::UsageEvent>("usage", payload)) {
-                    let found = actions.observe(engine.policies(), &event, Utc::now());
-                    let effects = engine.take_unfired(found);
-                    executor.execute(effects, None, shutdown).await?;
-                }
-                let _ = usage.store_offset_from_message(&message);
-            }
-            _ = commit.tick() => {
-                let _ = usage.commit_consumer_state(rdkafka::consumer::CommitMode::Async);
             }
             _ = tick.tick() => {
                 let effects = engine.tick(Utc::now());
@@ -315,12 +310,27 @@ async fn run_loop(config: &Config, readiness: &Readiness, shutdown: &Shutdown) -
             }
         }
     };
-    let _ = usage.commit_consumer_state(rdkafka::consumer::CommitMode::Sync);
     // Let queued notifications and audit rows out (bounded wait).
     drop(executor);
     let _ = tokio::time::timeout(Duration::from_secs(10), notifier).await;
     let _ = tokio::time::timeout(Duration::from_secs(10), audit).await;
     result
+}
+
+/// How far back the usage topic is re-read at startup: the per-action horizon, and the job
+/// lookback when a `concurrent_jobs` policy exists (jobs started earlier are not seen).
+fn usage_lookback(config: &Config, policies: &PolicySet) -> chrono::TimeDelta {
+    let seconds =
+        |secs: u64| chrono::TimeDelta::seconds(i64::try_from(secs).unwrap_or(i64::MAX / 2_000));
+    let mut lookback = seconds(config.alert.action_horizon_secs);
+    if policies
+        .policies()
+        .iter()
+        .any(|policy| policy.unit() == policy::Unit::ConcurrentJobs)
+    {
+        lookback = lookback.max(seconds(config.alert.job_lookback_secs));
+    }
+    lookback
 }
 
 /// A new policy set when the directory changed and loads; `None` when unchanged or broken (the
@@ -360,11 +370,13 @@ fn decode<T: schemas::codec::AvroRecord>(topic: &'static str, payload: &[u8]) ->
     }
 }
 
-/// Reads every partition of `topics` from the start to the end offsets taken now.
+/// Reads every partition of `topics` from the start (or, for a topic in `since`, from the first
+/// record at or after that time) to the end offsets taken now.
 fn read_to_end(
     kafka: &KafkaConfig,
     group: &str,
     topics: &[String],
+    since: &HashMap<String, DateTime<Utc>>,
     timeout: Duration,
 ) -> Result<Snapshot> {
     let consumer: BaseConsumer =
@@ -380,12 +392,39 @@ fn read_to_end(
             .iter()
             .flat_map(|topic| topic.partitions().iter().map(|partition| partition.id()))
             .collect();
+        let starts: HashMap<i32, i64> = match since.get(topic) {
+            None => HashMap::new(),
+            Some(at) => {
+                let mut query = TopicPartitionList::new();
+                for partition in &partitions {
+                    query.add_partition_offset(
+                        topic,
+                        *partition,
+                        Offset::Offset(at.timestamp_millis()),
+                    )?;
+                }
+                consumer
+                    .offsets_for_times(query, Duration::from_secs(10))?
+                    .elements()
+                    .iter()
+                    .filter_map(|element| match element.offset() {
+                        Offset::Offset(offset) => Some((element.partition(), offset)),
+                        _ => None,
+                    })
+                    .collect()
+            }
+        };
         for partition in partitions {
             let (low, high) =
                 consumer.fetch_watermarks(topic, partition, Duration::from_secs(10))?;
             snapshot.ends.insert((topic.clone(), partition), high);
-            if high > low {
-                assignment.add_partition_offset(topic, partition, Offset::Beginning)?;
+            // With a start time, a partition without a record since then has nothing to read.
+            let start = match since.get(topic) {
+                None => low,
+                Some(_) => starts.get(&partition).copied().unwrap_or(high),
+            };
+            if high > start {
+                assignment.add_partition_offset(topic, partition, Offset::Offset(start))?;
                 pending.insert((topic.clone(), partition), high);
             }
         }

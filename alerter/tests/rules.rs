@@ -394,3 +394,105 @@ action: {kind: block}
     alerter.stop().await.unwrap();
     testkit::drop_database(&config.clickhouse).await.unwrap();
 }
+
+const JOBS: &str = r#"
+id: t-jobs
+description: Two video jobs at once per customer.
+owner: {team: media, contact: media@example.com, pagerduty_service: media}
+selector: {modality: video}
+unit: concurrent_jobs
+group_by: [customer_id]
+hard_cap: 2
+soft_alerts: [100]
+max_job_age: 1h
+action: {kind: block}
+"#;
+
+#[tokio::test]
+async fn a_concurrency_cap_blocks_new_jobs_until_one_finishes_and_survives_a_restart() {
+    let receivers = Receivers::start().await;
+    let config = config("alerter_jobs", JOBS, &receivers);
+    let alerter = start(&config).await;
+    let gateway = gateway(&config.kafka).await;
+    let job = |job_id: &str, state: schemas::JobState, started: chrono::DateTime<Utc>| {
+        let mut event = schemas::fixtures::text_event(&testkit::unique_name(job_id), started);
+        event.modality = schemas::Modality::Video;
+        event.endpoint = "video".to_owned();
+        event.customer_id = Some("c-1".to_owned());
+        event.job_id = Some(job_id.to_owned());
+        event.job_state = Some(state);
+        event
+    };
+    let video = RequestAttributes {
+        customer_id: Some("c-1"),
+        modality: "video",
+        ..request("k1", "prod", "sora-2-pro")
+    };
+    let now = Utc::now();
+    // job-old started two hours ago and never finished: a stop condition.
+    produce_events(
+        &config.kafka,
+        &[
+            job(
+                "job-old",
+                schemas::JobState::Submitted,
+                now - TimeDelta::hours(2),
+            ),
+            job("job-1", schemas::JobState::Submitted, now),
+        ],
+    )
+    .await;
+    let log = wait_control(&config.kafka, "the concurrency block", |log| {
+        !log.is_empty()
+    })
+    .await;
+    assert_eq!(log[0].action, DecisionAction::Block);
+    assert_eq!(
+        log[0].scope.get("customer_id").map(String::as_str),
+        Some("c-1")
+    );
+    assert_eq!(
+        log[0].scope.get("modality").map(String::as_str),
+        Some("video")
+    );
+    testkit::eventually(Duration::from_secs(10), "new video jobs refused", || {
+        let verdict = gateway.check(&video);
+        async move { (!verdict.may_proceed()).then_some(()) }
+    })
+    .await;
+    wait_receivers(&receivers, "the stop-condition page", |r| {
+        r.slack_containing("job job-old") == 1
+            && r.pagerduty().iter().any(|page| {
+                page["payload"]["custom_details"]["rule"]
+                    .as_str()
+                    .is_some_and(|t| t.contains("job-old"))
+            })
+    })
+    .await;
+
+    // A restart rebuilds the jobs in flight from the usage topic: no new decision...
+    alerter.stop().await.unwrap();
+    let alerter = start(&config).await;
+    // ...and job-1 finishing lifts the block: the level was restored, not lost.
+    produce_events(
+        &config.kafka,
+        &[job("job-1", schemas::JobState::Succeeded, Utc::now())],
+    )
+    .await;
+    let log = wait_control(&config.kafka, "the lift", |log| log.len() == 2).await;
+    assert_eq!(log[1].action, DecisionAction::Allow);
+    assert_eq!(log[1].observed, rust_decimal::Decimal::ONE);
+    testkit::eventually(Duration::from_secs(10), "video jobs allowed again", || {
+        let verdict = gateway.check(&video);
+        async move { verdict.may_proceed().then_some(()) }
+    })
+    .await;
+    assert_eq!(
+        receivers.slack_containing("job job-old"),
+        1,
+        "the stale job is reported once"
+    );
+    alerter.stop().await.unwrap();
+    gateway.shutdown();
+    testkit::drop_database(&config.clickhouse).await.unwrap();
+}

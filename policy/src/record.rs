@@ -72,6 +72,10 @@ pub struct PolicyRecord {
     /// Anomaly detection on the scope's totals; absent = off.
     #[serde(default)]
     pub anomaly: Option<Anomaly>,
+    /// For `concurrent_jobs`: an async job still pending (submitted or running) after this long
+    /// raises a stop-condition alert (`2h`, `30m`); absent = not checked.
+    #[serde(default)]
+    pub max_job_age: Option<Duration>,
     /// Where alerts go; absent = the owner's channels.
     #[serde(default)]
     pub notify: Option<Notify>,

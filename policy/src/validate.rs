@@ -226,6 +226,12 @@ fn compile_window(
     errors: &mut Vec<LoadError>,
 ) -> Option<Window> {
     let unit = record.unit;
+    if record.max_job_age.is_some() && !unit.is_gauge() {
+        errors.push(at.error(
+            &["max_job_age"],
+            format!("max_job_age applies to unit concurrent_jobs only, not {unit}"),
+        ));
+    }
     let Some(window) = &record.window else {
         if !unit.is_gauge() {
             errors.push(at.error(

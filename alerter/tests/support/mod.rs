@@ -226,7 +226,6 @@ pub fn config(test: &str, policies: &str, receivers: &Receivers) -> Config {
     config.alert.policies_dir = policies_dir(policies);
     config.alert.tick_interval_ms = 50;
     config.alert.reload_interval_ms = 200;
-    config.alert.actions_offset_reset = "earliest".to_owned();
     config.alert.anomaly.min_history = 5;
     config.notify.slack.fallback_webhook =
         Some(Secret::new(format!("{}/slack", receivers.base_url)));
