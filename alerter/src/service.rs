@@ -147,9 +147,28 @@ async fn run_loop(config: &Config, readiness: &Readiness, shutdown: &Shutdown) -
             topics.usage.clone(),
             Utc::now() - usage_lookback(config, &policies),
         );
-        tokio::task::spawn_blocking(move || read_to_end(&kafka, &group, &names, &since, timeout))
+        // Right after the topics are created their leaders may not be elected yet: retry what
+        // can pass, within the restore timeout.
+        let deadline = Instant::now() + timeout;
+        let mut backoff = Duration::from_millis(200);
+        loop {
+            let (kafka, group, names, since) =
+                (kafka.clone(), group.clone(), names.clone(), since.clone());
+            let read = tokio::task::spawn_blocking(move || {
+                read_to_end(&kafka, &group, &names, &since, timeout)
+            })
             .await
-            .map_err(|error| Error::Restore(error.to_string()))??
+            .map_err(|error| Error::Restore(error.to_string()))?;
+            match read {
+                Ok(snapshot) => break snapshot,
+                Err(error) if error.is_retryable() && Instant::now() + backoff < deadline => {
+                    warn!(%error, "restore failed; retrying");
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(Duration::from_secs(5));
+                }
+                Err(error) => return Err(error),
+            }
+        }
     };
     let catalog = match &config.alert.catalog_path {
         Some(path) => pricing::Catalog::load_path(path, None)
