@@ -44,6 +44,17 @@ impl Default for Config {
     }
 }
 
+/// Which totals go to the totals topic.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum PublishScopes {
+    /// Only `policy:<id>` scopes.
+    #[default]
+    Policies,
+    /// Every scope.
+    All,
+}
+
 /// How the aggregator counts and flushes (`[aggregate]`, `QUOTAFLOW_AGGREGATE__*`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -68,6 +79,14 @@ pub struct AggregateConfig {
     pub pending_jobs_per_scope: usize,
     /// Publish totals on `kafka.topics.totals` (the alerter follows it).
     pub publish_totals: bool,
+    /// Which totals are published: `policies` (the `policy:<id>` scopes, all the alerter
+    /// evaluates; the default) or `all` (also the single-dimension scopes, ten times the records).
+    /// ClickHouse always gets every total.
+    pub publish_scopes: PublishScopes,
+    /// Policy totals changed since the last publish go to the totals topic this often, ahead of
+    /// the durable flush (the flush publishes them again with the same version); 0 = only at
+    /// flushes. This is what keeps enforcement sub-second with a long `flush_interval_ms`.
+    pub publish_interval_ms: u64,
     /// Worker threads for the per-record work (decode, duplicates, totals); 0 = one per core.
     /// Partitions are spread over them; more workers than partitions leaves some idle.
     pub workers: usize,
@@ -86,6 +105,8 @@ impl Default for AggregateConfig {
             max_future_skew_secs: partition.max_future_skew.as_secs(),
             pending_jobs_per_scope: partition.totals.pending_jobs_per_scope,
             publish_totals: true,
+            publish_scopes: PublishScopes::Policies,
+            publish_interval_ms: 20,
             workers: 0,
         }
     }

@@ -26,9 +26,12 @@
 //!    are a function of its records in offset order only (no clock, no batch boundaries; see
 //!    [`state`] and [`dedup`]). So a partial written twice, by a replay or by a process that has
 //!    just lost the partition, is the same row twice.
-//! 2. **Checkpoint after the data.** A flush writes the partials, publishes them, writes the dead
-//!    letters, and only then the checkpoint (`aggregator_checkpoints`: `next_offset`, the duplicate
-//!    filter's `replay_from`, watermark, close horizon, pending jobs), all in ClickHouse.
+//! 2. **Checkpoint after the data.** A flush writes the partials and publishes them (at the same
+//!    time), writes the dead letters, and only then the checkpoint (`aggregator_checkpoints`:
+//!    `next_offset`, the duplicate filter's `replay_from`, watermark, close horizon, pending jobs),
+//!    all in ClickHouse. Because of 1., a total published ahead of its row (policy totals go out
+//!    every `publish_interval_ms`, and the loop keeps reading while a flush is written) is the
+//!    same total the replay after a crash rebuilds.
 //! 3. **Resume from the checkpoint, not from Kafka.** On assignment (start, rebalance, restart
 //!    after `kill -9`) a process loads the partition's newest checkpoint and its partials of
 //!    versions *below* `next_offset` (rows at or above were written by a flush whose checkpoint did
@@ -192,6 +195,11 @@ impl Aggregator {
             config.aggregate.worker_count(),
             stats,
         )
+        .with_publish_interval(Duration::from_millis(if config.aggregate.publish_totals {
+            config.aggregate.publish_interval_ms
+        } else {
+            0
+        }))
         .run(shutdown)
         .await
     }
@@ -229,7 +237,8 @@ impl Aggregator {
             &config.kafka.topics.totals,
             &config.group_id,
             &topic,
-        );
+        )
+        .with_publish_scopes(config.aggregate.publish_scopes);
         let dead_letters = ingest::dead_letter::DeadLetterWriter::new(
             &config.kafka,
             &config.clickhouse,

@@ -450,6 +450,11 @@ impl PartitionAggregator {
         }
     }
 
+    /// Policy totals changed since the last peek (see `TotalsState::peek_policy_updates`).
+    pub fn peek_policy_updates(&mut self) -> Vec<crate::state::TotalUpdate> {
+        self.state.peek_policy_updates()
+    }
+
     /// After a flush is durable: frees closed windows (now written).
     pub fn flushed(&mut self) -> usize {
         self.state.evict_closed()

@@ -309,6 +309,8 @@ pub struct AggregatorLoop {
     records_since_flush: usize,
     pause: Pause,
     stats: Arc<Stats>,
+    /// How often policy totals are published ahead of the flush; `None` = only at flushes.
+    publish_interval: Option<Duration>,
 }
 
 impl AggregatorLoop {
@@ -336,7 +338,32 @@ impl AggregatorLoop {
             records_since_flush: 0,
             pause: Pause::default(),
             stats,
+            publish_interval: None,
         }
+    }
+
+    /// Publishes changed policy totals every `interval`, ahead of the durable flush (zero: off).
+    pub fn with_publish_interval(mut self, interval: Duration) -> Self {
+        self.publish_interval = (!interval.is_zero()).then_some(interval);
+        self
+    }
+
+    /// Publishes the policy totals that changed since the last early publish. A failure is
+    /// only logged: the flush publishes the same totals again, durably ordered.
+    async fn publish_early(&mut self) -> Result<(), Error> {
+        if self.pause.is_paused() {
+            return Ok(());
+        }
+        let peeked = self.workers.peek().await?;
+        let sends = peeked
+            .iter()
+            .map(|(partition, updates)| self.sink.publish_totals(*partition, updates));
+        for sent in futures::future::join_all(sends).await {
+            if let Err(error) = sent {
+                warn!(%error, "early publish of policy totals failed; the flush publishes them");
+            }
+        }
+        Ok(())
     }
 
     /// Runs until `shutdown`, then flushes what was read (bounded to 30 s of retries) and
@@ -369,6 +396,9 @@ impl AggregatorLoop {
         flush_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut gauge_tick = tokio::time::interval(Duration::from_secs(2));
         gauge_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let early = self.publish_interval;
+        let mut publish_tick = tokio::time::interval(early.unwrap_or(Duration::from_secs(3600)));
+        publish_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             self.apply_assignment_changes().await?;
             let keep_going = tokio::select! {
@@ -389,6 +419,10 @@ impl AggregatorLoop {
                 }
                 _ = gauge_tick.tick() => {
                     self.record_gauges().await?;
+                    true
+                }
+                _ = publish_tick.tick(), if early.is_some() => {
+                    self.publish_early().await?;
                     true
                 }
             };
@@ -463,9 +497,7 @@ impl AggregatorLoop {
         let started = Instant::now();
         let mut attempt = 0u32;
         loop {
-            let attempt_result = tokio::time::timeout(WRITE_TIMEOUT, self.write(&batch))
-                .await
-                .unwrap_or(Err(SinkError::Timeout(WRITE_TIMEOUT)));
+            let attempt_result = self.write_while_reading(&batch).await?;
             match attempt_result {
                 Ok(()) => break,
                 Err(error) if error.is_retryable() => {
@@ -518,45 +550,98 @@ impl AggregatorLoop {
         Ok(true)
     }
 
-    /// One attempt at writing `batch`, in the order of the module docs.
-    async fn write(&self, batch: &[PartitionFlush]) -> Result<(), SinkError> {
-        let parts: Vec<(i32, &[crate::state::TotalUpdate])> = batch
-            .iter()
-            .map(|flush| (flush.partition, flush.updates.as_slice()))
-            .collect();
-        failpoint::attempt();
-        self.sink.write_partials(&parts).await?;
-        failpoint::reached("partials");
-        for (partition, updates) in &parts {
-            self.sink.publish_totals(*partition, updates).await?;
-        }
-        failpoint::reached("published");
-        let letters: Vec<schemas::DeadLetter> = batch
-            .iter()
-            .flat_map(|flush| flush.dead_letters.iter().cloned())
-            .collect();
-        if !letters.is_empty() {
-            self.dead_letters
-                .write(&letters)
-                .await
-                .map_err(|error| match error {
-                    ingest::dead_letter::DeadLetterError::ClickHouse(error) => {
-                        SinkError::ClickHouse(error)
+    /// One attempt at writing `batch` (with [`WRITE_TIMEOUT`]), while the loop keeps reading:
+    /// records that arrive meanwhile are counted (written by the next flush) and changed policy
+    /// totals keep being published early, so a slow ClickHouse insert does not hold enforcement
+    /// up. The batch's checkpoint is the state at `take_flush`, unaffected by what is read now.
+    async fn write_while_reading(
+        &mut self,
+        batch: &[PartitionFlush],
+    ) -> Result<Result<(), SinkError>, Error> {
+        let sink = self.sink.clone();
+        let dead_letters = self.dead_letters.clone();
+        let write = tokio::time::timeout(WRITE_TIMEOUT, write_batch(&sink, &dead_letters, batch));
+        tokio::pin!(write);
+        let consumer = Arc::clone(&self.consumer);
+        let early = self.publish_interval;
+        let mut publish_tick = tokio::time::interval(early.unwrap_or(Duration::from_secs(3600)));
+        publish_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        publish_tick.tick().await;
+        loop {
+            tokio::select! {
+                biased;
+                written = &mut write => {
+                    return Ok(written.unwrap_or(Err(SinkError::Timeout(WRITE_TIMEOUT))));
+                }
+                _ = publish_tick.tick(), if early.is_some() => self.publish_early().await?,
+                message = consumer.recv(), if !self.pause.is_paused() => {
+                    self.apply_assignment_changes().await?;
+                    match message {
+                        Ok(message) => self.accept(&message).await?,
+                        Err(error) => warn!(%error, "kafka consumer error"),
                     }
-                    other if other.is_retryable() => SinkError::DeadLetter(other.to_string(), true),
-                    other => SinkError::DeadLetter(other.to_string(), false),
-                })?;
+                }
+            }
         }
-        failpoint::reached("dead_letters");
-        let checkpoints: Vec<(i32, &crate::partition::Checkpoint)> = batch
-            .iter()
-            .map(|flush| (flush.partition, &flush.checkpoint))
-            .collect();
-        self.sink.write_checkpoints(&checkpoints).await?;
-        failpoint::reached("checkpoint");
-        Ok(())
     }
+}
 
+/// One attempt at writing `batch`, in the order of the module docs.
+async fn write_batch(
+    sink: &Sink,
+    dead_letters: &DeadLetterWriter,
+    batch: &[PartitionFlush],
+) -> Result<(), SinkError> {
+    let parts: Vec<(i32, &[crate::state::TotalUpdate])> = batch
+        .iter()
+        .map(|flush| (flush.partition, flush.updates.as_slice()))
+        .collect();
+    failpoint::attempt();
+    // Partials and the totals topic are written at the same time: both are deterministic
+    // functions of the input offsets (versions = offset + 1), so a total on the topic ahead of
+    // its ClickHouse row is rebuilt identically by the replay after a crash. Only the
+    // checkpoint must wait for both. This takes the ClickHouse insert off the enforcement path.
+    let publish = async {
+        let sends = parts
+            .iter()
+            .map(|(partition, updates)| sink.publish_totals(*partition, updates));
+        for sent in futures::future::join_all(sends).await {
+            sent?;
+        }
+        Ok::<(), SinkError>(())
+    };
+    let (written, published) = tokio::join!(sink.write_partials(&parts), publish);
+    written?;
+    failpoint::reached("partials");
+    published?;
+    failpoint::reached("published");
+    let letters: Vec<schemas::DeadLetter> = batch
+        .iter()
+        .flat_map(|flush| flush.dead_letters.iter().cloned())
+        .collect();
+    if !letters.is_empty() {
+        dead_letters
+            .write(&letters)
+            .await
+            .map_err(|error| match error {
+                ingest::dead_letter::DeadLetterError::ClickHouse(error) => {
+                    SinkError::ClickHouse(error)
+                }
+                other if other.is_retryable() => SinkError::DeadLetter(other.to_string(), true),
+                other => SinkError::DeadLetter(other.to_string(), false),
+            })?;
+    }
+    failpoint::reached("dead_letters");
+    let checkpoints: Vec<(i32, &crate::partition::Checkpoint)> = batch
+        .iter()
+        .map(|flush| (flush.partition, &flush.checkpoint))
+        .collect();
+    sink.write_checkpoints(&checkpoints).await?;
+    failpoint::reached("checkpoint");
+    Ok(())
+}
+
+impl AggregatorLoop {
     /// Waits before retrying a flush with the assignment paused, while still polling the consumer
     /// (rebalances, `max.poll.interval.ms`). Returns `false` if shutdown was requested.
     async fn back_off(&mut self, attempt: u32, shutdown: &Shutdown) -> Result<bool, Error> {

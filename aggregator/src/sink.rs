@@ -303,9 +303,17 @@ pub struct Sink {
     totals_topic: String,
     group: String,
     topic: String,
+    /// Publish single-dimension scopes too (not only `policy:` ones).
+    publish_all_scopes: bool,
 }
 
 impl Sink {
+    /// Which totals [`Sink::publish_totals`] publishes (default: policy scopes only).
+    pub fn with_publish_scopes(mut self, scopes: crate::config::PublishScopes) -> Self {
+        self.publish_all_scopes = scopes == crate::config::PublishScopes::All;
+        self
+    }
+
     /// A sink for input `topic` of consumer `group`; `producer` publishes to `totals_topic`
     /// (`None`: totals go to ClickHouse only).
     pub fn new(
@@ -321,6 +329,7 @@ impl Sink {
             totals_topic: totals_topic.to_owned(),
             group: group.to_owned(),
             topic: topic.to_owned(),
+            publish_all_scopes: false,
         }
     }
 
@@ -346,7 +355,8 @@ impl Sink {
     }
 
     /// Publishes `updates` of input `partition` to the totals topic, keyed by
-    /// [`WindowTotal::compaction_key`], and waits for every acknowledgement.
+    /// [`WindowTotal::compaction_key`], and waits for every acknowledgement. Only `policy:` scopes
+    /// unless [`Sink::with_publish_scopes`] asked for all.
     pub async fn publish_totals(
         &self,
         partition: i32,
@@ -358,6 +368,9 @@ impl Sink {
         let now = Utc::now();
         let mut records = Vec::with_capacity(updates.len());
         for update in updates {
+            if !self.publish_all_scopes && !update.scope_kind.starts_with("policy:") {
+                continue;
+            }
             let total = window_total(update, &self.topic, partition, now);
             let payload = schemas::encode(&total)
                 .map_err(|error| SinkError::Unrepresentable(error.to_string()))?;

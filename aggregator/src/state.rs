@@ -198,6 +198,8 @@ struct WindowSlot {
     dirty: bool,
     /// The highest version applied.
     version: u64,
+    /// The version last handed out by [`TotalsState::peek_policy_updates`].
+    peeked: u64,
     /// The window.
     window: Window,
     /// The totals.
@@ -243,6 +245,7 @@ impl ScopeState {
                     spec_index,
                     dirty: false,
                     version: 0,
+                    peeked: 0,
                     window: window.clone(),
                     measures: Measures::ZERO,
                 });
@@ -545,6 +548,42 @@ impl TotalsState {
     /// Every total changed since the last drain, as absolute values with their version; clears
     /// the dirty set. Allocates the returned vector and clones each window (no string copies:
     /// kinds and keys are shared `Arc<str>`).
+    /// The changed totals of `policy:` scopes whose version grew since the last peek, without
+    /// draining them: the next [`TotalsState::drain_dirty`] still returns them for the durable
+    /// flush. For publishing policy totals to the alerter ahead of the flush (the values are
+    /// deterministic per version, so publishing early changes no result, only latency).
+    pub fn peek_policy_updates(&mut self) -> Vec<TotalUpdate> {
+        let mut updates = Vec::new();
+        for (kind_index, key) in &self.dirty_scopes {
+            if !self.kind_names[*kind_index].starts_with("policy:") {
+                continue;
+            }
+            let Some(state) = self.scopes[*kind_index].get_mut(&**key) else {
+                continue;
+            };
+            let untracked = state.pending_jobs.as_ref().map_or(0, |jobs| jobs.untracked);
+            for index in 0..state.windows.len() {
+                let slot = &state.windows[index];
+                if !slot.dirty || slot.version <= slot.peeked {
+                    continue;
+                }
+                let oldest = state.oldest_pending_before(slot.window.end());
+                let slot = &mut state.windows[index];
+                slot.peeked = slot.version;
+                updates.push(TotalUpdate {
+                    scope_kind: Arc::clone(&self.kind_names[*kind_index]),
+                    scope_key: Arc::clone(key),
+                    window: slot.window.clone(),
+                    measures: slot.measures,
+                    oldest_pending_job_started_at: oldest,
+                    pending_jobs_untracked: untracked,
+                    version: slot.version,
+                });
+            }
+        }
+        updates
+    }
+
     pub fn drain_dirty(&mut self) -> Vec<TotalUpdate> {
         let mut updates = Vec::new();
         for (kind_index, key) in self.dirty_scopes.drain(..) {

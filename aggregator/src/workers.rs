@@ -57,6 +57,7 @@ enum Command {
     Revoke(i32),
     Records(Vec<Record>),
     Flush(oneshot::Sender<Vec<PartitionFlush>>),
+    Peek(oneshot::Sender<Vec<(i32, Vec<crate::state::TotalUpdate>)>>),
     Flushed(Vec<i32>),
     Gauges(oneshot::Sender<Gauges>),
 }
@@ -158,6 +159,22 @@ impl Workers {
             flushes.extend(receiver.await.map_err(|_| WorkerGone)?);
         }
         Ok(flushes)
+    }
+
+    /// The policy totals changed since the last peek, per partition (records sent first).
+    pub async fn peek(&mut self) -> Result<Vec<(i32, Vec<crate::state::TotalUpdate>)>, WorkerGone> {
+        self.send_all_pending().await?;
+        let mut replies = Vec::with_capacity(self.senders.len());
+        for sender in &self.senders {
+            let (reply, receiver) = oneshot::channel();
+            send(sender, Command::Peek(reply)).await?;
+            replies.push(receiver);
+        }
+        let mut peeked = Vec::new();
+        for receiver in replies {
+            peeked.extend(receiver.await.map_err(|_| WorkerGone)?);
+        }
+        Ok(peeked)
     }
 
     /// Tells the workers the flushes of `partitions` are durable (they evict closed windows).
@@ -290,6 +307,14 @@ fn work(mut receiver: mpsc::Receiver<Command>, stats: Arc<Stats>) {
                     .map(PartitionAggregator::take_flush)
                     .collect();
                 let _ = reply.send(flushes);
+            }
+            Command::Peek(reply) => {
+                let peeked = partitions
+                    .iter_mut()
+                    .map(|(index, partition)| (*index, partition.peek_policy_updates()))
+                    .filter(|(_, updates)| !updates.is_empty())
+                    .collect();
+                let _ = reply.send(peeked);
             }
             Command::Flushed(flushed) => {
                 for partition in flushed {

@@ -95,6 +95,8 @@ pub struct Engine {
     detector: Detector,
     /// Jobs in flight per gauge (policy, scope).
     jobs: JobTracker,
+    /// Control keys whose decision changed (or was restored) and whose alert is not settled yet.
+    to_follow: BTreeSet<String>,
 }
 
 /// `ControlDecision::window` of concurrency blocks: a gauge has no window.
@@ -182,6 +184,7 @@ impl Engine {
             models_day: None,
             detector: Detector::default(),
             jobs: JobTracker::default(),
+            to_follow: BTreeSet::new(),
         }
     }
 
@@ -409,6 +412,7 @@ impl Engine {
         match self.decisions.get(&decision.key) {
             Some(held) if held.version >= decision.version => {}
             _ => {
+                self.to_follow.insert(decision.key.clone());
                 self.decisions.insert(decision.key.clone(), decision);
             }
         }
@@ -1022,6 +1026,7 @@ impl Engine {
             .map_or(1, |held| held.version + 1);
         decision.version = version;
         decision.decision_id = format!("{}@{version}", decision.key);
+        self.to_follow.insert(decision.key.clone());
         self.decisions
             .insert(decision.key.clone(), decision.clone());
         Effect::Decide(decision)
@@ -1030,9 +1035,13 @@ impl Engine {
     /// The alerts the decisions in force call for and that were not raised yet: a page per
     /// block/degrade, a resolve per allow that lifted one.
     fn follow_decisions(&mut self, now: DateTime<Utc>) -> Vec<Effect> {
-        let mut wanted: Vec<ControlDecision> = self
-            .decisions
-            .values()
+        if self.to_follow.is_empty() {
+            return Vec::new();
+        }
+        let keys = std::mem::take(&mut self.to_follow);
+        let mut wanted: Vec<ControlDecision> = keys
+            .iter()
+            .filter_map(|key| self.decisions.get(key))
             .filter(|decision| !self.fired.contains(&decision_alert_key(decision)))
             .filter(|decision| decision.action != DecisionAction::Allow || decision.version > 1)
             .cloned()

@@ -125,8 +125,11 @@ async fn run_loop(config: &Config, readiness: &Readiness, shutdown: &Shutdown) -
             .map_err(|errors| Error::Policies(errors.to_string()))?,
     );
     info!(policies = policies.len(), dir = %config.alert.policies_dir.display(), "policies loaded");
+    // No linger: a decision is one record and every millisecond counts.
     let producer: FutureProducer =
-        infra::kafka::producer_config(&config.kafka, "quotaflow-alerter").create()?;
+        infra::kafka::producer_config(&config.kafka, "quotaflow-alerter")
+            .set("linger.ms", "0")
+            .create()?;
     let topics = &config.kafka.topics;
 
     // Restore.
@@ -154,8 +157,9 @@ async fn run_loop(config: &Config, readiness: &Readiness, shutdown: &Shutdown) -
         loop {
             let (kafka, group, names, since) =
                 (kafka.clone(), group.clone(), names.clone(), since.clone());
+            let totals = topics.totals.clone();
             let read = tokio::task::spawn_blocking(move || {
-                read_to_end(&kafka, &group, &names, &since, timeout)
+                read_to_end(&kafka, &group, &names, &since, &totals, timeout)
             })
             .await
             .map_err(|error| Error::Restore(error.to_string()))?;
@@ -298,6 +302,9 @@ async fn run_loop(config: &Config, readiness: &Readiness, shutdown: &Shutdown) -
                     continue;
                 };
                 let now = Utc::now();
+                if !evaluated(message.topic(), message.key(), &topics.totals) {
+                    continue;
+                }
                 if message.topic() == topics.totals {
                     if let Some(total) = decode::<WindowTotal>("totals", payload) {
                         let written_at = total.written_at;
@@ -334,6 +341,14 @@ async fn run_loop(config: &Config, readiness: &Readiness, shutdown: &Shutdown) -
     let _ = tokio::time::timeout(Duration::from_secs(10), notifier).await;
     let _ = tokio::time::timeout(Duration::from_secs(10), audit).await;
     result
+}
+
+/// Whether a record matters: every record, except totals of scopes no policy evaluates (the
+/// single-dimension ones an aggregator publishes with `publish_scopes = "all"`), which are skipped
+/// by their key (it starts with the scope kind) without being decoded.
+fn evaluated(topic: &str, key: Option<&[u8]>, totals_topic: &str) -> bool {
+    topic != totals_topic
+        || key.is_some_and(|key| key.starts_with(crate::engine::POLICY_SCOPE_PREFIX.as_bytes()))
 }
 
 /// How far back the usage topic is re-read at startup: the per-action horizon, and the job
@@ -396,6 +411,7 @@ fn read_to_end(
     group: &str,
     topics: &[String],
     since: &HashMap<String, DateTime<Utc>>,
+    totals_topic: &str,
     timeout: Duration,
 ) -> Result<Snapshot> {
     let consumer: BaseConsumer =
@@ -465,7 +481,9 @@ fn read_to_end(
                 if let Some(end) = pending.get(&key) {
                     if message.offset() < *end {
                         if let Some(payload) = message.payload() {
-                            snapshot.records.push((key.0.clone(), payload.to_vec()));
+                            if evaluated(&key.0, message.key(), totals_topic) {
+                                snapshot.records.push((key.0.clone(), payload.to_vec()));
+                            }
                         }
                     }
                     if message.offset() + 1 >= *end {

@@ -33,6 +33,8 @@ pub fn isolated_config(test: &str) -> Config {
     };
     config.aggregate.flush_interval_ms = 100;
     config.aggregate.flush_max_records = 20_000;
+    // The recount compares single-dimension totals on the topic too.
+    config.aggregate.publish_scopes = aggregator::config::PublishScopes::All;
     config
 }
 
