@@ -151,30 +151,53 @@ fn field_for_variable<'a>(
         .try_fold(config, |value, segment| value.get(segment))
 }
 
-/// Loads the named service's `Config` from `variables`; the password is returned separately because a
-/// `Secret` serializes redacted.
+/// Loads the named service's `Config` from `variables`; secret fields (passwords, webhooks, routing
+/// keys) are returned separately, by variable, because a `Secret` serializes redacted.
 fn load_service_config(
     name: &str,
     variables: &BTreeMap<String, String>,
-) -> Result<(serde_json::Value, String), String> {
-    fn with_password<C>(
+) -> Result<(serde_json::Value, BTreeMap<String, String>), String> {
+    fn with_secrets<C>(
         variables: &BTreeMap<String, String>,
-        password: impl Fn(&C) -> String,
-    ) -> Result<(serde_json::Value, String), String>
+        secrets: impl Fn(&C) -> Vec<(&'static str, String)>,
+    ) -> Result<(serde_json::Value, BTreeMap<String, String>), String>
     where
         C: DeserializeOwned + Serialize + Default,
     {
-        load_with_only::<C>(variables).map(|(config, json)| (json, password(&config)))
+        load_with_only::<C>(variables).map(|(config, json)| {
+            let secrets = secrets(&config)
+                .into_iter()
+                .map(|(variable, value)| (variable.to_string(), value))
+                .collect();
+            (json, secrets)
+        })
     }
+    const PASSWORD: &str = "QUOTAFLOW_CLICKHOUSE__PASSWORD";
     match name {
-        "ingest" | "archiver" => with_password(variables, |config: &ingest::Config| {
-            config.clickhouse.password.expose().to_string()
+        "ingest" | "archiver" => with_secrets(variables, |config: &ingest::Config| {
+            vec![(PASSWORD, config.clickhouse.password.expose().to_string())]
         }),
-        "aggregator" => with_password(variables, |config: &aggregator::Config| {
-            config.clickhouse.password.expose().to_string()
+        "aggregator" => with_secrets(variables, |config: &aggregator::Config| {
+            vec![(PASSWORD, config.clickhouse.password.expose().to_string())]
         }),
-        "alerter" => with_password(variables, |config: &alerter::Config| {
-            config.clickhouse.password.expose().to_string()
+        "alerter" => with_secrets(variables, |config: &alerter::Config| {
+            let expose = |secret: &Option<infra::secret::Secret>| {
+                secret
+                    .as_ref()
+                    .map(|s| s.expose().to_string())
+                    .unwrap_or_default()
+            };
+            vec![
+                (PASSWORD, config.clickhouse.password.expose().to_string()),
+                (
+                    "QUOTAFLOW_NOTIFY__SLACK__FALLBACK_WEBHOOK",
+                    expose(&config.notify.slack.fallback_webhook),
+                ),
+                (
+                    "QUOTAFLOW_NOTIFY__PAGERDUTY__FALLBACK_ROUTING_KEY",
+                    expose(&config.notify.pagerduty.fallback_routing_key),
+                ),
+            ]
         }),
         other => panic!("no Config for service {other}"),
     }
@@ -334,15 +357,15 @@ fn every_quotaflow_variable_is_a_field_of_the_service_config_with_that_value() {
     let compose = compose();
     for OurService { name, .. } in OUR_SERVICES {
         let variables = quotaflow_environment(service(&compose, name));
-        let (config, password) =
+        let (config, secrets) =
             load_service_config(name, &variables).unwrap_or_else(|error| panic!("{name}: {error}"));
 
         for (variable, value) in &variables {
             if LOGGING_VARIABLES.contains(&variable.as_str()) {
                 continue;
             }
-            if variable == "QUOTAFLOW_CLICKHOUSE__PASSWORD" {
-                assert_eq!(&password, value, "{name}: {variable}");
+            if let Some(secret) = secrets.get(variable) {
+                assert_eq!(secret, value, "{name}: {variable}");
                 continue;
             }
             let field = field_for_variable(&config, variable).unwrap_or_else(|| {
@@ -359,7 +382,10 @@ fn every_quotaflow_variable_is_a_field_of_the_service_config_with_that_value() {
             config["clickhouse"]["url"], "http://clickhouse:8123",
             "{name}"
         );
-        assert_eq!(password, "dummy-CLICKHOUSE_PASSWORD", "{name}");
+        assert_eq!(
+            secrets["QUOTAFLOW_CLICKHOUSE__PASSWORD"], "dummy-CLICKHOUSE_PASSWORD",
+            "{name}"
+        );
     }
 }
 

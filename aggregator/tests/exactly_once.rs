@@ -232,9 +232,11 @@ async fn a_clickhouse_outage_pauses_reading_and_it_catches_up_afterwards() {
             .then_some(())
     })
     .await;
+    // Records read by the loop (the workers may still be counting what was read before the
+    // pause: the loop keeps reading while a flush is written, until that write fails).
     let counted_while_down = running
         .stats
-        .counted
+        .records
         .load(std::sync::atomic::Ordering::Relaxed);
     let metrics = reqwest::get(&running.metrics_url)
         .await
@@ -257,7 +259,7 @@ async fn a_clickhouse_outage_pauses_reading_and_it_catches_up_afterwards() {
     .await;
     let counted_later = running
         .stats
-        .counted
+        .records
         .load(std::sync::atomic::Ordering::Relaxed);
     assert_eq!(
         counted_while_down, counted_later,

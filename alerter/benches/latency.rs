@@ -2,7 +2,8 @@
 //! produced to the decision it causes being on the control topic, and how much a runaway key
 //! spends past its cap before gateways see the block.
 //!
-//! The aggregator (flush interval `--flush-ms`, default 50) and the alerter run in this process,
+//! The aggregator (flush interval `--flush-ms`, default 500; policy totals published every
+//! `--publish-ms`, default 20) and the alerter run in this process,
 //! as the services would, on fresh topics and a fresh database; a watcher thread follows the
 //! control topic like a gateway and notes when each block arrives.
 //!
@@ -126,7 +127,8 @@ fn ms(d: Duration) -> String {
 async fn main() {
     let seconds: u64 = arg("--seconds", 30);
     let max_events: u64 = arg("--max-events", 300_000);
-    let flush_ms: u64 = arg("--flush-ms", 50);
+    let flush_ms: u64 = arg("--flush-ms", 500);
+    let publish_ms: u64 = arg("--publish-ms", 20);
     let runaway_rate: u64 = arg("--runaway-rate", 2_000);
     let load_rate_arg: u64 = arg("--load-rate", 0);
 
@@ -147,6 +149,7 @@ async fn main() {
         aggregate: aggregator::config::AggregateConfig {
             policies_dir: Some(dir.clone()),
             flush_interval_ms: flush_ms,
+            publish_interval_ms: publish_ms,
             ..Default::default()
         },
     };

@@ -97,6 +97,8 @@ pub struct Engine {
     jobs: JobTracker,
     /// Control keys whose decision changed (or was restored) and whose alert is not settled yet.
     to_follow: BTreeSet<String>,
+    /// Policies that have ever held a block or degrade (others have nothing to lift).
+    policies_with_blocks: HashSet<String>,
 }
 
 /// `ControlDecision::window` of concurrency blocks: a gauge has no window.
@@ -185,6 +187,7 @@ impl Engine {
             detector: Detector::default(),
             jobs: JobTracker::default(),
             to_follow: BTreeSet::new(),
+            policies_with_blocks: HashSet::new(),
         }
     }
 
@@ -413,6 +416,7 @@ impl Engine {
             Some(held) if held.version >= decision.version => {}
             _ => {
                 self.to_follow.insert(decision.key.clone());
+                self.policies_with_blocks.insert(decision.policy_id.clone());
                 self.decisions.insert(decision.key.clone(), decision);
             }
         }
@@ -872,6 +876,9 @@ impl Engine {
         thresholds.sort_unstable();
         for threshold in thresholds {
             let reached = cap * Decimal::from(threshold) / Decimal::ONE_HUNDRED;
+            if observed < reached {
+                break;
+            }
             let dedup_key = format!(
                 "soft/{}/{}/{}/{}/{threshold}",
                 policy.id(),
@@ -879,7 +886,7 @@ impl Engine {
                 key.window_kind,
                 key.window_start.to_rfc3339_opts(SecondsFormat::Secs, true)
             );
-            if observed >= reached && !self.fired.contains(&dedup_key) {
+            if !self.fired.contains(&dedup_key) {
                 self.fired.insert(dedup_key.clone());
                 effects.push(
                     self.soft_alert(policy, key, &total, threshold, observed, dedup_key, now),
@@ -894,13 +901,17 @@ impl Engine {
         let limit = approved
             .as_ref()
             .map_or(cap, |approval| approval.new_limit.max(cap));
+        let capped = observed >= limit;
+        if !capped && !self.policies_with_blocks.contains(policy.id()) {
+            // Under the limit and nothing of this policy was ever blocked: nothing to lift.
+            return effects;
+        }
         let enforcement = enforcement_scope(policy, &scope);
         let control_key = ControlDecision::compaction_key(policy.id(), &enforcement);
         let held = self.decisions.get(&control_key).cloned();
         let in_force = held.as_ref().filter(|decision| {
             decision.action != DecisionAction::Allow && decision.window_start == key.window_start
         });
-        let capped = observed >= limit;
         match (capped, policy.action_kind()) {
             (true, ActionKind::Block | ActionKind::Degrade) => {
                 if in_force.is_none() {
@@ -1027,6 +1038,7 @@ impl Engine {
         decision.version = version;
         decision.decision_id = format!("{}@{version}", decision.key);
         self.to_follow.insert(decision.key.clone());
+        self.policies_with_blocks.insert(decision.policy_id.clone());
         self.decisions
             .insert(decision.key.clone(), decision.clone());
         Effect::Decide(decision)
