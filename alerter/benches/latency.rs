@@ -239,11 +239,66 @@ async fn main() {
         max_rate
     );
 
-    // 2. Latency at half the maximum rate.
+    // 1b. Maximum sustained rate: the load generated on this machine at the same time, stepped
+    // up until the aggregator no longer keeps pace (still counting 1 s after a 4 s step ended).
+    let mut sustained = 0u64;
+    let mut next_id = max_events;
+    for rate in [
+        2_000u64, 4_000, 8_000, 12_000, 16_000, 24_000, 32_000, 48_000,
+    ] {
+        let before = stats.counted.load(Ordering::Relaxed);
+        let step = {
+            let (producer, template, topic) = (producer.clone(), template.clone(), topic.clone());
+            let first = next_id;
+            std::thread::spawn(move || {
+                let started = Instant::now();
+                let mut sent = 0u64;
+                while started.elapsed() < Duration::from_secs(4) {
+                    let due = (started.elapsed().as_secs_f64() * rate as f64) as u64;
+                    while sent < due {
+                        let n = first + sent;
+                        send(
+                            &producer,
+                            &topic,
+                            &event(&template, n, &format!("bg-{}", n % 5000), "0.0001"),
+                        );
+                        sent += 1;
+                    }
+                    producer.poll(Duration::from_millis(1));
+                }
+                producer.flush(Duration::from_secs(60)).unwrap();
+                sent
+            })
+        };
+        let sent = step.join().unwrap();
+        next_id += sent;
+        let deadline = Instant::now() + Duration::from_secs(1);
+        while stats.counted.load(Ordering::Relaxed) - before < sent && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let kept_up = stats.counted.load(Ordering::Relaxed) - before >= sent;
+        println!(
+            "sustained: {rate} events/s for 4 s: {}",
+            if kept_up { "kept pace" } else { "fell behind" }
+        );
+        // Let a backlog drain before the next step or phase.
+        while stats.counted.load(Ordering::Relaxed) - before < sent {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        if !kept_up {
+            break;
+        }
+        sustained = rate;
+    }
+    println!(
+        "max sustained rate with the load generated on the same machine: {sustained} events/s"
+    );
+
+    // 2. Latency at half the maximum sustained rate.
     let load_rate = if load_rate_arg > 0 {
         load_rate_arg
     } else {
-        (max_rate / 2.0) as u64
+        (sustained.max(2) / 2).max(1)
     };
     let probes: Arc<Mutex<Vec<(String, Instant)>>> = Arc::default();
     let load = {

@@ -4,7 +4,8 @@
 //! # Startup
 //! 1. Migrations and topics; the policies load (a directory that does not load stops startup).
 //! 2. **Restore**: the control, alerts, approvals and totals topics are read from their start,
-//!    and the usage topic from `lookback` ago (the per-action horizon, or the job lookback when a
+//!    and (only when a policy needs events: retry rules, job gauges) the usage topic from
+//!    `lookback` ago (the per-action horizon, or the job lookback when a
 //!    `concurrent_jobs` policy exists), to the end offsets taken at that moment. Decisions and
 //!    raised alerts are restored into the engine, totals and job events are applied *without*
 //!    evaluation (a half-read total would look lower than it is), then everything is evaluated
@@ -138,13 +139,16 @@ async fn run_loop(config: &Config, readiness: &Readiness, shutdown: &Shutdown) -
         let kafka = config.kafka.clone();
         let group = format!("{}-restore", config.group_id);
         let timeout = Duration::from_secs(config.alert.restore_timeout_secs);
-        let names = vec![
+        let mut names = vec![
             topics.control.clone(),
             topics.alerts.clone(),
             topics.approvals.clone(),
             topics.totals.clone(),
-            topics.usage.clone(),
         ];
+        // The usage topic only when a policy needs events (per-action rules, job gauges).
+        if needs_usage(&policies) {
+            names.push(topics.usage.clone());
+        }
         let mut since = HashMap::new();
         since.insert(
             topics.usage.clone(),
@@ -271,6 +275,7 @@ async fn run_loop(config: &Config, readiness: &Readiness, shutdown: &Shutdown) -
         }
     }
     consumer.assign(&assignment)?;
+    let mut following_usage = needs_usage(&policies);
     readiness.set_ready(true);
     info!(
         decisions_held = engine.decisions().len(),
@@ -330,6 +335,15 @@ async fn run_loop(config: &Config, readiness: &Readiness, shutdown: &Shutdown) -
             }
             _ = reload.tick() => {
                 if let Some(reloaded) = reload_policies(config, engine.policies()) {
+                    if !following_usage && needs_usage(&reloaded) {
+                        // A reload added a policy that needs events: follow them from now on.
+                        let mut usage = TopicPartitionList::new();
+                        for partition in 0..config.kafka.topics.partitions {
+                            usage.add_partition_offset(&topics.usage, partition, Offset::End)?;
+                        }
+                        consumer.incremental_assign(&usage)?;
+                        following_usage = true;
+                    }
                     let effects = engine.set_policies(reloaded, Utc::now());
                     executor.execute(effects, None, shutdown).await?;
                 }
@@ -341,6 +355,14 @@ async fn run_loop(config: &Config, readiness: &Readiness, shutdown: &Shutdown) -
     let _ = tokio::time::timeout(Duration::from_secs(10), notifier).await;
     let _ = tokio::time::timeout(Duration::from_secs(10), audit).await;
     result
+}
+
+/// Whether a policy needs the usage events themselves (per-action retry and fallback rules,
+/// `concurrent_jobs` gauges); otherwise the alerter does not read the usage topic at all.
+fn needs_usage(policies: &PolicySet) -> bool {
+    policies.policies().iter().any(|policy| {
+        policy.record().retry_policy.is_some() || policy.unit() == policy::Unit::ConcurrentJobs
+    })
 }
 
 /// Whether a record matters: every record, except totals of scopes no policy evaluates (the
