@@ -206,6 +206,27 @@ struct WindowSlot {
     measures: Measures,
 }
 
+impl WindowSlot {
+    /// The slot's total as a flush or a peek hands it out.
+    fn update(
+        &self,
+        scope_kind: &Arc<str>,
+        scope_key: &Arc<str>,
+        oldest_pending_job_started_at: Option<DateTime<Utc>>,
+        pending_jobs_untracked: u64,
+    ) -> TotalUpdate {
+        TotalUpdate {
+            scope_kind: Arc::clone(scope_kind),
+            scope_key: Arc::clone(scope_key),
+            window: self.window.clone(),
+            measures: self.measures,
+            oldest_pending_job_started_at,
+            pending_jobs_untracked,
+            version: self.version,
+        }
+    }
+}
+
 /// The jobs of a scope submitted and not finished.
 #[derive(Debug, Clone, Default)]
 struct PendingJobs {
@@ -570,15 +591,7 @@ impl TotalsState {
                 let oldest = state.oldest_pending_before(slot.window.end());
                 let slot = &mut state.windows[index];
                 slot.peeked = slot.version;
-                updates.push(TotalUpdate {
-                    scope_kind: Arc::clone(&self.kind_names[*kind_index]),
-                    scope_key: Arc::clone(key),
-                    window: slot.window.clone(),
-                    measures: slot.measures,
-                    oldest_pending_job_started_at: oldest,
-                    pending_jobs_untracked: untracked,
-                    version: slot.version,
-                });
+                updates.push(slot.update(&self.kind_names[*kind_index], key, oldest, untracked));
             }
         }
         updates
@@ -600,15 +613,7 @@ impl TotalsState {
                 let oldest = state.oldest_pending_before(state.windows[index].window.end());
                 let slot = &mut state.windows[index];
                 slot.dirty = false;
-                updates.push(TotalUpdate {
-                    scope_kind: Arc::clone(&self.kind_names[kind_index]),
-                    scope_key: Arc::clone(&key),
-                    window: slot.window.clone(),
-                    measures: slot.measures,
-                    oldest_pending_job_started_at: oldest,
-                    pending_jobs_untracked: untracked,
-                    version: slot.version,
-                });
+                updates.push(slot.update(&self.kind_names[kind_index], &key, oldest, untracked));
             }
         }
         updates

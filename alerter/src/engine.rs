@@ -234,11 +234,7 @@ impl Engine {
         };
         let level = Decimal::from(self.jobs.level(policy_id, scope_key));
         let cap = policy.hard_cap();
-        let scope: BTreeMap<String, String> = ScopeKey::decode(scope_key)
-            .unwrap_or_default()
-            .into_iter()
-            .filter_map(|(name, value)| value.map(|value| (name, value)))
-            .collect();
+        let scope = decode_scope(scope_key);
         let mut effects = Vec::new();
         let day = now.date_naive();
         let mut thresholds = policy.record().soft_alerts.clone();
@@ -280,14 +276,7 @@ impl Engine {
         let at_cap = level >= cap;
         match (at_cap, policy.action_kind(), held_block) {
             (true, ActionKind::Block | ActionKind::Degrade, None) => {
-                let action = if policy.action_kind() == ActionKind::Block {
-                    DecisionAction::Block
-                } else {
-                    DecisionAction::Degrade
-                };
-                let degrade_to = (action == DecisionAction::Degrade)
-                    .then(|| policy.record().action.degrade_to.clone())
-                    .flatten();
+                let (action, degrade_to) = cap_action(policy);
                 let reason = format!(
                     "{} has {level} async jobs running, the most policy {policy_id} allows at once; new jobs are {} until one finishes",
                     render_scope(&scope),
@@ -365,11 +354,7 @@ impl Engine {
             let Some(policy) = policies.get(&policy_id) else {
                 continue;
             };
-            let scope: BTreeMap<String, String> = ScopeKey::decode(&scope_key)
-                .unwrap_or_default()
-                .into_iter()
-                .filter_map(|(name, value)| value.map(|value| (name, value)))
-                .collect();
+            let scope = decode_scope(&scope_key);
             let mut effect = rule_alert(
                 policy,
                 &scope,
@@ -522,13 +507,7 @@ impl Engine {
         };
         let mut effects = Vec::new();
         for finding in self.detector.observe(policy, key, &total) {
-            let dedup_key = format!(
-                "anomaly/{}/{}/{}/{}",
-                policy.id(),
-                key.scope_key,
-                finding.metric.as_str(),
-                key.window_start.to_rfc3339_opts(SecondsFormat::Secs, true)
-            );
+            let dedup_key = window_alert_key("anomaly", policy.id(), key, finding.metric.as_str());
             if !self.fired.insert(dedup_key.clone()) {
                 continue;
             }
@@ -879,13 +858,7 @@ impl Engine {
             if observed < reached {
                 break;
             }
-            let dedup_key = format!(
-                "soft/{}/{}/{}/{}/{threshold}",
-                policy.id(),
-                key.scope_key,
-                key.window_kind,
-                key.window_start.to_rfc3339_opts(SecondsFormat::Secs, true)
-            );
+            let dedup_key = window_alert_key("soft", policy.id(), key, &threshold.to_string());
             if !self.fired.contains(&dedup_key) {
                 self.fired.insert(dedup_key.clone());
                 effects.push(
@@ -915,14 +888,7 @@ impl Engine {
         match (capped, policy.action_kind()) {
             (true, ActionKind::Block | ActionKind::Degrade) => {
                 if in_force.is_none() {
-                    let action = if policy.action_kind() == ActionKind::Block {
-                        DecisionAction::Block
-                    } else {
-                        DecisionAction::Degrade
-                    };
-                    let degrade_to = (action == DecisionAction::Degrade)
-                        .then(|| policy.record().action.degrade_to.clone())
-                        .flatten();
+                    let (action, degrade_to) = cap_action(policy);
                     let verb = match &degrade_to {
                         Some(target) => format!("degraded to {target}"),
                         None => "blocked".to_string(),
@@ -962,13 +928,7 @@ impl Engine {
                 }
             }
             (true, ActionKind::AlertOnly) => {
-                let dedup_key = format!(
-                    "cap/{}/{}/{}/{}",
-                    policy.id(),
-                    key.scope_key,
-                    key.window_kind,
-                    key.window_start.to_rfc3339_opts(SecondsFormat::Secs, true)
-                );
+                let dedup_key = window_alert_key("cap", policy.id(), key, "");
                 if !self.fired.contains(&dedup_key) {
                     self.fired.insert(dedup_key.clone());
                     effects
@@ -1543,11 +1503,43 @@ pub fn approval_key(policy_id: &str, scope: &BTreeMap<String, String>) -> String
 
 /// The group-by scope of a `policy:` total (dimensions the events lacked are left out).
 pub fn group_scope(key: &WindowKey) -> BTreeMap<String, String> {
-    ScopeKey::decode(&key.scope_key)
+    decode_scope(&key.scope_key)
+}
+
+/// A rendered scope key back as `dimension → value` (absent dimensions left out).
+fn decode_scope(scope_key: &str) -> BTreeMap<String, String> {
+    ScopeKey::decode(scope_key)
         .unwrap_or_default()
         .into_iter()
         .filter_map(|(name, value)| value.map(|value| (name, value)))
         .collect()
+}
+
+/// The dedup key of an alert about a (policy, scope, window): `<kind>/<policy>/<scope>/<window
+/// kind>/<start>[/<detail>]`.
+fn window_alert_key(kind: &str, policy_id: &str, key: &WindowKey, detail: &str) -> String {
+    let mut dedup_key = format!(
+        "{kind}/{policy_id}/{}/{}/{}",
+        key.scope_key,
+        key.window_kind,
+        key.window_start.to_rfc3339_opts(SecondsFormat::Secs, true)
+    );
+    if !detail.is_empty() {
+        dedup_key.push('/');
+        dedup_key.push_str(detail);
+    }
+    dedup_key
+}
+
+/// What gateways do at the cap of `policy`: its action as a decision, and the degrade target.
+fn cap_action(policy: &Policy) -> (DecisionAction, Option<String>) {
+    match policy.action_kind() {
+        ActionKind::Degrade => (
+            DecisionAction::Degrade,
+            policy.record().action.degrade_to.clone(),
+        ),
+        ActionKind::Block | ActionKind::AlertOnly => (DecisionAction::Block, None),
+    }
 }
 
 /// The scope a decision enforces: the group-by scope plus the policy's single-valued filters, so
