@@ -265,6 +265,32 @@ def sample_inserts(now: dt.datetime) -> list[str]:
 
     day_end = day_start + dt.timedelta(days=1)
     hour_end = hour_start + dt.timedelta(hours=1)
+    month_start = day_start.replace(day=1)
+    month_end = (month_start + dt.timedelta(days=32)).replace(day=1)
+
+    def rich(scope_kind, scope_key, kind, start, end, **measures):
+        """A partial with the named measures set (others zero), for the analyst queries."""
+        names = [name.strip() for name in totals_columns.split(",")]
+        values = {
+            "scope_kind": f"'{scope_kind}'", "scope_key": f"'{scope_key}'", "window_kind": f"'{kind}'",
+            "window_tz": "'UTC'", "source_topic": "'usage'", "source_partition": "0",
+            "window_start": ts(start), "window_end": ts(end), "cost_usd": "0", "fallback_cost_usd": "0",
+            "version": "1", "updated_at": ts(now),
+        }
+        values.update({name: str(value) for name, value in measures.items()})
+        return "(" + ", ".join(values.get(name, "0") for name in names) + ")"
+
+    rich_rows = ", ".join([
+        rich("workflow", "chat", "day", day_start, day_end, requests=10, billable_attempts=12,
+             accepted_outputs=8, fallback_attempts=2, fallback_cost_usd="0.040000000000",
+             cost_usd="0.800000000000"),
+        rich("model", "gpt-4o", "day", day_start, day_end, requests=10, input_tokens=12000,
+             output_tokens=3000, cached_input_tokens=6000),
+        rich("team", "search", "day", day_start, day_end, requests=10, input_tokens=12000,
+             output_tokens=3000, cached_input_tokens=4800, images_draft=6, images_final=2),
+        rich("customer_id", "c-1", "month", month_start, month_end, requests=3, video_jobs=3,
+             jobs_in_flight=2, oldest_pending_job_started_at_us=us(hour_ago)),
+    ])
     return [
         # e2 is archived twice (a producer re-send, then a re-read): the copy with version 3 must win.
         f"INSERT INTO usage_events_raw ({usage_columns}) VALUES"
@@ -279,6 +305,7 @@ def sample_inserts(now: dt.datetime) -> list[str]:
         f" {totals('team', 'web', 'day', day_start, day_end, 1, '0.5', 1)}",
         # A newer absolute partial of the same day window (it must replace the first), and the partial of
         # another input partition (it must be added).
+        f"INSERT INTO window_partials ({totals_columns}) VALUES {rich_rows}",
         f"INSERT INTO window_partials ({totals_columns}) VALUES"
         f" {totals('team', 'ml-research', 'day', day_start, day_end, 3, '1.250000000001', 2)},"
         f" {totals('team', 'ml-research', 'day', day_start, day_end, 4, '0.000000000002', 7, partition=1)}",
@@ -293,7 +320,7 @@ def sample_inserts(now: dt.datetime) -> list[str]:
         "INSERT INTO alerts (alert_id, dedup_key, policy_id, scope_keys, scope_values, kind, severity,"
         " threshold_percent, unit, observed, limit_value, window_kind, window_start, window_end, owner, message,"
         f" raised_at, raised_at_us) VALUES ('a1', 'p-ml-daily/team=ml-research/day/90', 'p-ml-daily', ['team'],"
-        f" ['ml-research'], 'threshold', 'warning', 90, 'usd', 90.000000000001, 100, 'day', {ts(day_start)},"
+        f" ['ml-research'], 'soft_threshold', 'warning', 90, 'usd', 90.000000000001, 100, 'day', {ts(day_start)},"
         f" {ts(day_end)}, 'ml-research', 'ml-research used 90% of its daily budget', {ts(now)}, {us(now)})",
         "INSERT INTO approvals (approval_id, policy_id, scope_keys, scope_values, new_limit, valid_until, reason,"
         f" approved_by, requested_at, status, decided_at) VALUES ('ap1', 'p-ml-daily', ['team'], ['ml-research'],"
