@@ -1,0 +1,145 @@
+//! `quotactl`: where scopes stand against their caps, what the alerter decided, policy checks and
+//! approvals. Reads the alerter's config (`--config`, `QUOTAFLOW_*`).
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use chrono::{DateTime, Utc};
+use clap::{Parser, Subcommand};
+use rust_decimal::Decimal;
+
+/// The quotaflow operator CLI.
+#[derive(Debug, Parser)]
+#[command(name = "quotactl", version, about)]
+struct Args {
+    /// The alerter's TOML config (ClickHouse, Kafka, policy directory); `QUOTAFLOW_*` variables
+    /// override it.
+    #[arg(long, env = "QUOTAFLOW_CONFIG", global = true)]
+    config: Option<PathBuf>,
+    /// JSON instead of a table.
+    #[arg(long, global = true)]
+    json: bool,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Every policy scope in its current window, by percent of cap, with burn rate and projected
+    /// time to cap.
+    Status {
+        /// Only this policy.
+        #[arg(long)]
+        policy: Option<String>,
+    },
+    /// Decisions in force (default) or their history.
+    Decisions {
+        /// Every decision, newest first.
+        #[arg(long)]
+        history: bool,
+        /// At most this many.
+        #[arg(long, default_value_t = 100)]
+        limit: u64,
+    },
+    /// Policy tools.
+    Policy {
+        #[command(subcommand)]
+        command: PolicyCommand,
+    },
+    /// Raise a policy's cap for one scope until a deadline (see `quotaflow-alerter approve`).
+    Approve {
+        #[arg(long)]
+        policy: String,
+        #[arg(long, default_value = "")]
+        scope: String,
+        #[arg(long)]
+        limit: String,
+        #[arg(long)]
+        until: DateTime<Utc>,
+        #[arg(long)]
+        reason: String,
+        #[arg(long)]
+        by: String,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum PolicyCommand {
+    /// Check a policy directory (default: the config's); exit 1 on errors.
+    Check { dir: Option<PathBuf> },
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<ExitCode> {
+    let args = Args::parse();
+    let config: alerter::Config = infra::config::load(args.config.as_deref())?;
+    let client = infra::clickhouse::client(&config.clickhouse);
+    match args.command {
+        Command::Status { policy } => {
+            let policies = policy::PolicySet::load_dir(&config.alert.policies_dir)
+                .map_err(|errors| anyhow::anyhow!("policies do not load: {errors}"))?;
+            let statuses =
+                quotactl::status(&client, &policies, policy.as_deref(), Utc::now()).await?;
+            if args.json {
+                println!("{}", serde_json::to_string_pretty(&statuses)?);
+            } else {
+                print!("{}", quotactl::status_table(&statuses));
+            }
+        }
+        Command::Decisions { history, limit } => {
+            let decisions = quotactl::decisions(&client, history, limit).await?;
+            if args.json {
+                println!("{}", serde_json::to_string_pretty(&decisions)?);
+            } else {
+                print!("{}", quotactl::decisions_table(&decisions));
+            }
+        }
+        Command::Policy {
+            command: PolicyCommand::Check { dir },
+        } => {
+            let report = policy::check_dir(dir.unwrap_or(config.alert.policies_dir));
+            if args.json {
+                let errors: Vec<String> = report.errors.iter().map(ToString::to_string).collect();
+                println!(
+                    "{}",
+                    serde_json::json!({"ok": report.is_ok(), "policies": report.policies, "files": report.files, "errors": errors})
+                );
+            } else {
+                println!("{report}");
+            }
+            if !report.is_ok() {
+                return Ok(ExitCode::FAILURE);
+            }
+        }
+        Command::Approve {
+            policy,
+            scope,
+            limit,
+            until,
+            reason,
+            by,
+        } => {
+            let scope = alerter::approve::parse_scope(&scope).map_err(anyhow::Error::msg)?;
+            let limit: Decimal = limit
+                .parse()
+                .map_err(|error| anyhow::anyhow!("--limit {limit:?}: {error}"))?;
+            let now = Utc::now();
+            let approval = alerter::approve::build(&policy, scope, limit, until, &reason, &by, now);
+            let policies = policy::PolicySet::load_dir(&config.alert.policies_dir)
+                .map_err(|errors| anyhow::anyhow!("policies do not load: {errors}"))?;
+            if let Err(refusal) = alerter::approve::check(policies, &approval, now) {
+                eprintln!("approval refused: {refusal}");
+                return Ok(ExitCode::FAILURE);
+            }
+            alerter::approve::publish(&config.kafka, &approval)
+                .await
+                .map_err(anyhow::Error::msg)?;
+            if args.json {
+                println!("{}", serde_json::to_string(&approval)?);
+            } else {
+                println!("approval {} written", approval.approval_id);
+            }
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}

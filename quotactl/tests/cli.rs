@@ -1,0 +1,173 @@
+//! `quotactl` on the real stack (`dev/stack up`): status and decisions against a fresh database
+//! with known totals and decisions, and the binary's exit codes and JSON.
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::process::Command;
+
+use chrono::Utc;
+use infra::testkit;
+use rust_decimal::Decimal;
+
+const POLICY: &str = r#"
+id: t-status
+description: Ten dollars per API key and day.
+owner: {team: search, contact: search@example.com}
+unit: cost_usd
+group_by: [api_key_id]
+window: {kind: day}
+hard_cap: 10
+action: {kind: block}
+"#;
+
+fn policies_dir(text: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(testkit::unique_name("quotactl_policies"));
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join("p.yaml"), text).unwrap();
+    dir
+}
+
+async fn seeded(test: &str) -> (alerter::Config, clickhouse::Client) {
+    let mut config = alerter::Config {
+        kafka: testkit::kafka_config(test),
+        clickhouse: testkit::clickhouse_config(test),
+        ..Default::default()
+    };
+    config.alert.policies_dir = policies_dir(POLICY);
+    infra::migrations::migrate(&config.clickhouse)
+        .await
+        .unwrap();
+    let client = infra::clickhouse::client(&config.clickhouse);
+    let now = Utc::now();
+    let day = now.timestamp() - now.timestamp().rem_euclid(86_400);
+    for (key, cost, partition) in [("k1", "5.5", 0), ("k1", "2", 1), ("k2", "2", 0)] {
+        client
+            .query(&format!(
+                "INSERT INTO window_partials (scope_kind, scope_key, window_kind, window_tz, source_topic, \
+                 source_partition, window_start, window_end, requests, cost_usd, version, updated_at) VALUES \
+                 ('policy:t-status', 'api_key_id={key}', 'day', 'UTC', 'usage', {partition}, {day}, {}, 3, {cost}, 7, {day})",
+                day + 86_400
+            ))
+            .execute()
+            .await
+            .unwrap();
+    }
+    let decision = |key: &str, action: &str, version: u64, at: i64| {
+        format!(
+            "('{key}@{version}', '{key}', 't-status', ['api_key_id'], ['x'], '{action}', NULL, '{action} {key}', \
+             'cost_usd', 1, 10, 'day', {day}, {}, {at}, {}, NULL, {version})",
+            day + 86_400,
+            at * 1_000_000
+        )
+    };
+    client
+        .query(&format!(
+            "INSERT INTO decisions (decision_id, key, policy_id, scope_keys, scope_values, action, degrade_to, \
+             reason, unit, observed, limit_value, window_kind, window_start, window_end, issued_at, issued_at_us, \
+             expires_at, version) VALUES {}, {}, {}",
+            decision("a", "block", 1, day + 10),
+            decision("a", "allow", 2, day + 20),
+            decision("b", "block", 1, day + 30)
+        ))
+        .execute()
+        .await
+        .unwrap();
+    (config, client)
+}
+
+#[tokio::test]
+async fn status_ranks_scopes_by_percent_of_cap_with_burn_rate_and_projection() {
+    let (config, client) = seeded("quotactl_status").await;
+    let policies = policy::PolicySet::load_dir(&config.alert.policies_dir).unwrap();
+    let now = Utc::now();
+    let statuses = quotactl::status(&client, &policies, None, now)
+        .await
+        .unwrap();
+    assert_eq!(statuses.len(), 2, "{statuses:?}");
+    let k1 = &statuses[0];
+    assert_eq!(k1.scope, "api_key_id=k1");
+    // 5.5 + 2 over two partitions, exactly.
+    assert_eq!(k1.amount, "7.5".parse::<Decimal>().unwrap());
+    assert_eq!(k1.percent_of_cap, Decimal::from(75));
+    assert_eq!(statuses[1].percent_of_cap, Decimal::from(20));
+    assert!(k1.burn_per_hour > Decimal::ZERO);
+    let day_end = k1.window_end;
+    if let Some(at) = k1.projected_cap_at {
+        assert!(at > now && at < day_end);
+    }
+    assert!(quotactl::status(&client, &policies, Some("other"), now)
+        .await
+        .unwrap()
+        .is_empty());
+    testkit::drop_database(&config.clickhouse).await.unwrap();
+}
+
+#[tokio::test]
+async fn decisions_in_force_leave_out_lifted_keys_and_history_lists_all() {
+    let (config, client) = seeded("quotactl_decisions").await;
+    let in_force = quotactl::decisions(&client, false, 100).await.unwrap();
+    assert_eq!(in_force.len(), 1, "{in_force:?}");
+    assert_eq!(in_force[0].key, "b");
+    let history = quotactl::decisions(&client, true, 100).await.unwrap();
+    assert_eq!(
+        history.iter().map(|d| d.version).collect::<Vec<_>>(),
+        vec![1, 2, 1]
+    );
+    testkit::drop_database(&config.clickhouse).await.unwrap();
+}
+
+fn quotactl(config: &alerter::Config, args: &[&str]) -> std::process::Output {
+    let path = std::env::temp_dir().join(format!("{}.toml", testkit::unique_name("quotactl")));
+    let mut file = std::fs::File::create(&path).unwrap();
+    file.write_all(toml_config(config).as_bytes()).unwrap();
+    let mut command = Command::new(env!("CARGO_BIN_EXE_quotactl"));
+    for (name, _) in std::env::vars() {
+        if name.starts_with("QUOTAFLOW_") {
+            command.env_remove(name);
+        }
+    }
+    command
+        .arg("--config")
+        .arg(&path)
+        .args(args)
+        .output()
+        .unwrap()
+}
+
+fn toml_config(config: &alerter::Config) -> String {
+    format!(
+        "[clickhouse]\nurl = {:?}\ndatabase = {:?}\nuser = {:?}\n[kafka]\nbrokers = {:?}\n[alert]\npolicies_dir = {:?}\n",
+        config.clickhouse.url,
+        config.clickhouse.database,
+        config.clickhouse.user,
+        config.kafka.brokers,
+        config.alert.policies_dir.display().to_string()
+    )
+}
+
+#[tokio::test]
+async fn the_binary_prints_json_and_fails_a_broken_policy_directory() {
+    let (config, _client) = seeded("quotactl_binary").await;
+    let output = quotactl(&config, &["status", "--json"]);
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let statuses: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    assert_eq!(statuses[0]["scope"], "api_key_id=k1");
+    assert_eq!(statuses[0]["percent_of_cap"], "75");
+
+    let output = quotactl(&config, &["decisions"]);
+    assert!(output.status.success());
+    assert!(String::from_utf8_lossy(&output.stdout).contains("block b"));
+
+    let output = quotactl(&config, &["policy", "check"]);
+    assert!(output.status.success());
+    let broken = policies_dir("id: t\nunit: cost_usd\n");
+    let output = quotactl(&config, &["policy", "check", broken.to_str().unwrap()]);
+    assert_eq!(output.status.code(), Some(1));
+    let printed = String::from_utf8_lossy(&output.stdout);
+    assert!(printed.contains("p.yaml:1:1:"), "{printed}");
+    testkit::drop_database(&config.clickhouse).await.unwrap();
+}
