@@ -471,7 +471,11 @@ impl Engine {
     /// Applies a total read during the restore, without evaluating (the view is incomplete until
     /// the topic is read to its end; [`Engine::set_policies`] evaluates everything then).
     pub fn load_total(&mut self, total: WindowTotal) {
+        let key = WindowKey::of(&total);
         self.totals.apply(total);
+        // Models seen before the restart stay seen: an allow-list block must not be lifted and
+        // set again because the process restarted.
+        self.observe_model(&key);
     }
 
     /// Applies one record of the totals topic and evaluates the policy it belongs to.

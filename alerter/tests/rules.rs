@@ -114,6 +114,16 @@ async fn a_deprecated_model_is_blocked_in_production_and_an_unlisted_one_once_se
     })
     .await;
     assert!(receivers.pagerduty().is_empty(), "model rules do not page");
+    // A restart remembers the models seen: the block is neither lifted nor issued again (what
+    // the restart publishes is published before it reports ready).
+    alerter.stop().await.unwrap();
+    let alerter = start(&config).await;
+    let for_model = |log: &[schemas::ControlDecision]| {
+        log.iter()
+            .filter(|d| d.scope.get("model").map(String::as_str) == Some("gpt-3.5-turbo"))
+            .count()
+    };
+    assert_eq!(for_model(&control_log(&config.kafka)), 1);
     alerter.stop().await.unwrap();
     gateway.shutdown();
     testkit::drop_database(&config.clickhouse).await.unwrap();

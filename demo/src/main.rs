@@ -1,5 +1,8 @@
-//! `quotaflow-demo`: sends a synthetic gateway workload to the ingest API, waits until the raw archive
-//! holds every accepted event, and prints a summary from ClickHouse (as the read-only analyst).
+//! `quotaflow-demo`: a gateway simulator. It generates a synthetic workload, asks the `gateway`
+//! enforcement client about every request (following the control topic, as a real gateway would:
+//! blocked requests are not sent, degraded ones go to the cheaper model), sends what may go to
+//! the ingest API, waits until the raw archive holds every accepted event, and prints a summary
+//! from ClickHouse (as the read-only analyst), with what the gateway refused and why.
 
 use std::time::{Duration, Instant};
 
@@ -40,6 +43,24 @@ struct Args {
     /// Seed of the workload generator.
     #[arg(long, default_value_t = 42)]
     seed: u64,
+    /// Kafka brokers of the control topic the simulated gateway obeys.
+    #[arg(long, default_value = "127.0.0.1:9092")]
+    kafka_brokers: String,
+    /// The control topic.
+    #[arg(long, default_value = "quota.control.v1")]
+    control_topic: String,
+    /// Send every request, ignoring decisions (the gateway does not enforce).
+    #[arg(long)]
+    no_enforce: bool,
+}
+
+/// What the simulated gateway did with requests it did not send as asked.
+#[derive(Debug, Default)]
+struct Enforcement {
+    /// Refused, per policy: count and one reason.
+    refused: std::collections::BTreeMap<String, (u64, String)>,
+    /// Degraded, per policy: count and one reason.
+    degraded: std::collections::BTreeMap<String, (u64, String)>,
 }
 
 #[tokio::main]
@@ -47,9 +68,21 @@ async fn main() -> Result<()> {
     let args = Args::parse();
     let run_id = format!("{:x}", chrono::Utc::now().timestamp_millis());
     let http = reqwest::Client::new();
-    let (accepted, rejected) = send_workload(&args, &run_id, &http).await?;
+    let gateway = if args.no_enforce {
+        None
+    } else {
+        Some(start_gateway(&args).await?)
+    };
+    let mut enforcement = Enforcement::default();
+    let (accepted, rejected) =
+        send_workload(&args, &run_id, &http, gateway.as_ref(), &mut enforcement).await?;
+    print_enforcement(&enforcement);
+    if let Some(gateway) = gateway {
+        gateway.shutdown();
+    }
+    let refused: u64 = enforcement.refused.values().map(|(count, _)| count).sum();
     println!(
-        "\nsent {} events: {accepted} accepted, {rejected} rejected (run {run_id})",
+        "\ngenerated {} requests: {refused} refused by the gateway, {accepted} events accepted by ingest, {rejected} rejected (run {run_id})",
         args.events
     );
     if accepted == 0 {
@@ -65,7 +98,106 @@ async fn main() -> Result<()> {
     print_aggregator_check(&clickhouse).await
 }
 
-async fn send_workload(args: &Args, run_id: &str, http: &reqwest::Client) -> Result<(u64, u64)> {
+/// The enforcement client on the control topic, caught up.
+async fn start_gateway(args: &Args) -> Result<gateway::Gateway> {
+    let kafka = infra::config::KafkaConfig {
+        brokers: args.kafka_brokers.clone(),
+        topics: infra::config::TopicsConfig {
+            control: args.control_topic.clone(),
+            ..Default::default()
+        },
+        ..Default::default()
+    };
+    let gateway = gateway::Gateway::start(gateway::GatewayConfig {
+        kafka,
+        client_id: "quotaflow-demo-gateway".to_owned(),
+        ..Default::default()
+    })
+    .context("starting the gateway client")?;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !gateway.is_ready() {
+        if Instant::now() > deadline {
+            bail!("the gateway client did not catch up with the control topic in 30 s");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    Ok(gateway)
+}
+
+/// Asks the gateway about `event`'s request: `false` if it is refused; a degrade changes the model.
+fn obey(
+    gateway: &gateway::Gateway,
+    event: &mut schemas::UsageEvent,
+    enforcement: &mut Enforcement,
+) -> bool {
+    let labels: Vec<(&str, &str)> = event
+        .labels
+        .iter()
+        .map(|(k, v)| (k.as_str(), v.as_str()))
+        .collect();
+    let modality = event.modality.as_str();
+    let verdict = gateway.check(&gateway::RequestAttributes {
+        api_key_id: &event.api_key_id,
+        team: &event.team,
+        user_id: event.user_id.as_deref(),
+        customer_id: event.customer_id.as_deref(),
+        workflow: &event.workflow,
+        environment: &event.environment,
+        provider: &event.provider,
+        model: &event.model,
+        endpoint: &event.endpoint,
+        modality,
+        labels: &labels,
+    });
+    match verdict {
+        gateway::Verdict::Allow => true,
+        gateway::Verdict::Block {
+            reason, policy_id, ..
+        } => {
+            let entry = enforcement
+                .refused
+                .entry(policy_id.to_string())
+                .or_insert((0, reason.to_string()));
+            entry.0 += 1;
+            false
+        }
+        gateway::Verdict::Degrade {
+            to,
+            reason,
+            policy_id,
+            ..
+        } => {
+            let entry = enforcement
+                .degraded
+                .entry(policy_id.to_string())
+                .or_insert((0, reason.to_string()));
+            entry.0 += 1;
+            event.model = to.to_string();
+            true
+        }
+    }
+}
+
+fn print_enforcement(enforcement: &Enforcement) {
+    println!("\n== the simulated gateway obeyed the control topic ==");
+    if enforcement.refused.is_empty() && enforcement.degraded.is_empty() {
+        println!("no request was refused or degraded");
+    }
+    for (policy, (count, reason)) in &enforcement.refused {
+        println!("refused  {count:>6} requests  policy {policy}: {reason}");
+    }
+    for (policy, (count, reason)) in &enforcement.degraded {
+        println!("degraded {count:>6} requests  policy {policy}: {reason}");
+    }
+}
+
+async fn send_workload(
+    args: &Args,
+    run_id: &str,
+    http: &reqwest::Client,
+    gateway: Option<&gateway::Gateway>,
+    enforcement: &mut Enforcement,
+) -> Result<(u64, u64)> {
     let mut workload = workload::Workload::new(args.seed, run_id, &args.producer);
     let progress = ProgressBar::new(args.events);
     progress.set_style(
@@ -80,10 +212,15 @@ async fn send_workload(args: &Args, run_id: &str, http: &reqwest::Client) -> Res
     while sent < args.events {
         let size = (args.batch as u64).min(args.events - sent);
         let now = chrono::Utc::now();
-        let batch: Vec<_> = (0..size).map(|_| workload.next_event(now)).collect();
-        let response = post_with_retry(http, args, &batch).await?;
-        accepted += response["accepted"].as_u64().unwrap_or(0);
-        rejected += response["rejected"].as_u64().unwrap_or(0);
+        let mut batch: Vec<_> = (0..size).map(|_| workload.next_event(now)).collect();
+        if let Some(gateway) = gateway {
+            batch.retain_mut(|event| obey(gateway, event, enforcement));
+        }
+        if !batch.is_empty() {
+            let response = post_with_retry(http, args, &batch).await?;
+            accepted += response["accepted"].as_u64().unwrap_or(0);
+            rejected += response["rejected"].as_u64().unwrap_or(0);
+        }
         sent += size;
         progress.set_position(sent);
         progress.set_message(format!("accepted {accepted} rejected {rejected}"));
