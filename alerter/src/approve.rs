@@ -17,6 +17,66 @@ use rust_decimal::Decimal;
 use schemas::Approval;
 
 use crate::engine::{approval_key, Effect, Engine};
+use crate::Config;
+
+/// The `approve` command's arguments (shared by `quotaflow-alerter` and `quotactl`).
+#[derive(Debug, Clone, clap::Args)]
+pub struct ApproveArgs {
+    /// Policy id.
+    #[arg(long)]
+    pub policy: String,
+    /// Scope as `name=value` pairs separated by commas (`api_key_id=k1`); empty for a policy
+    /// without group_by.
+    #[arg(long, default_value = "")]
+    pub scope: String,
+    /// The new limit, in the policy's unit (exact decimal).
+    #[arg(long)]
+    pub limit: String,
+    /// When the raise ends (RFC 3339, e.g. 2026-11-28T18:00:00Z).
+    #[arg(long)]
+    pub until: DateTime<Utc>,
+    /// Why.
+    #[arg(long)]
+    pub reason: String,
+    /// Who approves (must be one of the policy's approvers).
+    #[arg(long)]
+    pub by: String,
+}
+
+/// What the command did.
+#[derive(Debug)]
+pub enum Outcome {
+    /// Checked and written to the approvals topic.
+    Written(Approval),
+    /// Refused by the checks, with the reason; nothing written.
+    Refused(String),
+}
+
+/// The whole command: parse, check against `config`'s policy directory, write.
+pub async fn run(config: &Config, args: &ApproveArgs) -> Result<Outcome, String> {
+    let scope = parse_scope(&args.scope)?;
+    let limit: Decimal = args
+        .limit
+        .parse()
+        .map_err(|error| format!("--limit {:?}: {error}", args.limit))?;
+    let now = Utc::now();
+    let approval = build(
+        &args.policy,
+        scope,
+        limit,
+        args.until,
+        &args.reason,
+        &args.by,
+        now,
+    );
+    let policies = PolicySet::load_dir(&config.alert.policies_dir)
+        .map_err(|errors| format!("policies do not load: {errors}"))?;
+    if let Err(refusal) = check(policies, &approval, now) {
+        return Ok(Outcome::Refused(refusal));
+    }
+    publish(&config.kafka, &approval).await?;
+    Ok(Outcome::Written(approval))
+}
 
 /// Parses `team=search, model=gpt-4o` (or `team=search,model=gpt-4o`); empty = the global scope.
 pub fn parse_scope(text: &str) -> Result<BTreeMap<String, String>, String> {

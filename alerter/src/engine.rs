@@ -535,17 +535,8 @@ impl Engine {
                 message: format!("{}: {text} (policy {})", render_scope(&scope), policy.id()),
                 raised_at: now,
             };
-            let mut notice = notice(
-                Some(policy),
-                &scope,
-                key.window_kind.clone(),
-                &key.window_tz,
-                key.window_start,
-                total.window_end,
-                unit_amount(&total, policy.unit()),
-                policy.hard_cap(),
-                now,
-            );
+            let spent = unit_amount(&total, policy.unit());
+            let mut notice = window_notice(policy, key, &total, spent, policy.hard_cap(), now);
             notice.kind = NoticeKind::Anomaly { text };
             effects.push(Effect::Alert(Box::new(alert), Box::new(notice)));
         }
@@ -1151,17 +1142,7 @@ impl Engine {
             } else {
                 None
             },
-            ..notice(
-                Some(policy),
-                &scope,
-                key.window_kind.clone(),
-                &key.window_tz,
-                key.window_start,
-                total.window_end,
-                observed,
-                cap,
-                now,
-            )
+            ..window_notice(policy, key, total, observed, cap, now)
         };
         Effect::Alert(Box::new(alert), Box::new(notice))
     }
@@ -1205,17 +1186,7 @@ impl Engine {
         let notice = Notice {
             kind: NoticeKind::HardCap,
             threshold_percent: 100,
-            ..notice(
-                Some(policy),
-                &scope,
-                key.window_kind.clone(),
-                &key.window_tz,
-                key.window_start,
-                total.window_end,
-                observed,
-                limit,
-                now,
-            )
+            ..window_notice(policy, key, total, observed, limit, now)
         };
         Effect::Alert(Box::new(alert), Box::new(notice))
     }
@@ -1411,6 +1382,28 @@ fn rule_alert_parts(
     notice.approval_command = None;
     notice.pagerduty_service = None;
     Effect::Alert(Box::new(alert), Box::new(notice))
+}
+
+/// The notice of an alert about `policy`'s scope and window `key` (whose total is `total`).
+fn window_notice(
+    policy: &Policy,
+    key: &WindowKey,
+    total: &WindowTotal,
+    spent: Decimal,
+    limit: Decimal,
+    now: DateTime<Utc>,
+) -> Notice {
+    notice(
+        Some(policy),
+        &group_scope(key),
+        key.window_kind.clone(),
+        &key.window_tz,
+        key.window_start,
+        total.window_end,
+        spent,
+        limit,
+        now,
+    )
 }
 
 /// A notice's common fields.

@@ -4,9 +4,7 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use chrono::{DateTime, Utc};
 use clap::{Parser, Subcommand};
-use rust_decimal::Decimal;
 
 /// The quotaflow alerter.
 #[derive(Debug, Parser)]
@@ -29,27 +27,7 @@ enum Command {
         command: PolicyCommand,
     },
     /// Raise a policy's cap for one scope until a deadline (written to the approvals topic).
-    Approve {
-        /// Policy id.
-        #[arg(long)]
-        policy: String,
-        /// Scope as `name=value` pairs separated by commas (`api_key_id=k1`); empty for a policy
-        /// without group_by.
-        #[arg(long, default_value = "")]
-        scope: String,
-        /// The new limit, in the policy's unit (exact decimal).
-        #[arg(long)]
-        limit: String,
-        /// When the raise ends (RFC 3339, e.g. 2026-11-28T18:00:00Z).
-        #[arg(long)]
-        until: DateTime<Utc>,
-        /// Why.
-        #[arg(long)]
-        reason: String,
-        /// Who approves (must be one of the policy's approvers).
-        #[arg(long)]
-        by: String,
-    },
+    Approve(alerter::approve::ApproveArgs),
 }
 
 #[derive(Debug, Subcommand)]
@@ -84,38 +62,25 @@ async fn main() -> anyhow::Result<ExitCode> {
                 ExitCode::FAILURE
             })
         }
-        Command::Approve {
-            policy,
-            scope,
-            limit,
-            until,
-            reason,
-            by,
-        } => {
-            let scope = alerter::approve::parse_scope(&scope).map_err(anyhow::Error::msg)?;
-            let limit: Decimal = limit
-                .parse()
-                .map_err(|error| anyhow::anyhow!("--limit {limit:?}: {error}"))?;
-            let now = Utc::now();
-            let approval = alerter::approve::build(&policy, scope, limit, until, &reason, &by, now);
-            let policies = policy::PolicySet::load_dir(&config.alert.policies_dir)
-                .map_err(|errors| anyhow::anyhow!("policies do not load: {errors}"))?;
-            if let Err(reason) = alerter::approve::check(policies, &approval, now) {
+        Command::Approve(args) => match alerter::approve::run(&config, &args)
+            .await
+            .map_err(anyhow::Error::msg)?
+        {
+            alerter::approve::Outcome::Refused(reason) => {
                 eprintln!("approval refused: {reason}");
-                return Ok(ExitCode::FAILURE);
+                Ok(ExitCode::FAILURE)
             }
-            alerter::approve::publish(&config.kafka, &approval)
-                .await
-                .map_err(anyhow::Error::msg)?;
-            println!(
-                "approval {} written: {} for {} raised to {} until {}",
-                approval.approval_id,
-                approval.policy_id,
-                alerter::engine::render_scope(&approval.scope),
-                approval.new_limit,
-                approval.valid_until.to_rfc3339()
-            );
-            Ok(ExitCode::SUCCESS)
-        }
+            alerter::approve::Outcome::Written(approval) => {
+                println!(
+                    "approval {} written: {} for {} raised to {} until {}",
+                    approval.approval_id,
+                    approval.policy_id,
+                    alerter::engine::render_scope(&approval.scope),
+                    approval.new_limit,
+                    approval.valid_until.to_rfc3339()
+                );
+                Ok(ExitCode::SUCCESS)
+            }
+        },
     }
 }

@@ -145,22 +145,7 @@ async fn ladder_fires_once_each_cap_blocks_restart_repeats_nothing_and_reset_all
     alerter.stop().await.unwrap();
     let alerter = start(&config).await;
     // A marker through the same path: once it is out, anything repeated would be out too.
-    produce_totals(
-        &config.kafka,
-        &[policy_total(
-            "t-key-daily",
-            "api_key_id=k2",
-            start_at,
-            end_at,
-            "5",
-            1,
-        )],
-    )
-    .await;
-    wait_receivers(&receivers, "the marker alert for k2", |r| {
-        r.slack_containing("api_key_id=k2") == 1
-    })
-    .await;
+    send_marker(&config.kafka, &receivers, "t-key-daily", start_at, end_at).await;
     for percent in [50, 75, 90, 100] {
         let needle = format!("{percent}% of quota used: api_key_id=k1");
         assert_eq!(receivers.slack_containing(&needle), 1, "{needle}");
@@ -385,22 +370,7 @@ async fn a_crash_before_or_after_publishing_leaves_one_decision_and_one_page() {
         let _restarted = spawn_process(&config, None);
         wait_control(&config.kafka, "the block", |log| !log.is_empty()).await;
         // The marker: once k2's alert is out, a repeated k1 decision or page would be too.
-        produce_totals(
-            &config.kafka,
-            &[policy_total(
-                "t-key-daily",
-                "api_key_id=k2",
-                start_at,
-                end_at,
-                "5",
-                1,
-            )],
-        )
-        .await;
-        wait_receivers(&receivers, "the marker", |r| {
-            r.slack_containing("api_key_id=k2") == 1
-        })
-        .await;
+        send_marker(&config.kafka, &receivers, "t-key-daily", start_at, end_at).await;
         wait_receivers(&receivers, "the page", |r| {
             !r.pagerduty_actions("trigger").is_empty()
         })

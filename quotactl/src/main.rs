@@ -4,9 +4,8 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use chrono::{DateTime, Utc};
+use chrono::Utc;
 use clap::{Parser, Subcommand};
-use rust_decimal::Decimal;
 
 /// The quotaflow operator CLI.
 #[derive(Debug, Parser)]
@@ -47,20 +46,7 @@ enum Command {
         command: PolicyCommand,
     },
     /// Raise a policy's cap for one scope until a deadline (see `quotaflow-alerter approve`).
-    Approve {
-        #[arg(long)]
-        policy: String,
-        #[arg(long, default_value = "")]
-        scope: String,
-        #[arg(long)]
-        limit: String,
-        #[arg(long)]
-        until: DateTime<Utc>,
-        #[arg(long)]
-        reason: String,
-        #[arg(long)]
-        by: String,
-    },
+    Approve(alerter::approve::ApproveArgs),
 }
 
 #[derive(Debug, Subcommand)]
@@ -111,35 +97,22 @@ async fn main() -> anyhow::Result<ExitCode> {
                 return Ok(ExitCode::FAILURE);
             }
         }
-        Command::Approve {
-            policy,
-            scope,
-            limit,
-            until,
-            reason,
-            by,
-        } => {
-            let scope = alerter::approve::parse_scope(&scope).map_err(anyhow::Error::msg)?;
-            let limit: Decimal = limit
-                .parse()
-                .map_err(|error| anyhow::anyhow!("--limit {limit:?}: {error}"))?;
-            let now = Utc::now();
-            let approval = alerter::approve::build(&policy, scope, limit, until, &reason, &by, now);
-            let policies = policy::PolicySet::load_dir(&config.alert.policies_dir)
-                .map_err(|errors| anyhow::anyhow!("policies do not load: {errors}"))?;
-            if let Err(refusal) = alerter::approve::check(policies, &approval, now) {
-                eprintln!("approval refused: {refusal}");
+        Command::Approve(approve) => match alerter::approve::run(&config, &approve)
+            .await
+            .map_err(anyhow::Error::msg)?
+        {
+            alerter::approve::Outcome::Refused(reason) => {
+                eprintln!("approval refused: {reason}");
                 return Ok(ExitCode::FAILURE);
             }
-            alerter::approve::publish(&config.kafka, &approval)
-                .await
-                .map_err(anyhow::Error::msg)?;
-            if args.json {
-                println!("{}", serde_json::to_string(&approval)?);
-            } else {
-                println!("approval {} written", approval.approval_id);
+            alerter::approve::Outcome::Written(approval) => {
+                if args.json {
+                    println!("{}", serde_json::to_string(&approval)?);
+                } else {
+                    println!("approval {} written", approval.approval_id);
+                }
             }
-        }
+        },
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -552,3 +552,24 @@ pub async fn produce_events(kafka: &KafkaConfig, events: &[schemas::UsageEvent])
             .unwrap();
     }
 }
+
+/// A marker through the alerter's ordered path: a 50 % total of `api_key_id=k2` for `policy_id`,
+/// and its Slack message. Once it is out, anything the alerter would have repeated before it (a
+/// decision, a page) would be out too.
+pub async fn send_marker(
+    kafka: &KafkaConfig,
+    receivers: &Receivers,
+    policy_id: &str,
+    start: DateTime<Utc>,
+    end: DateTime<Utc>,
+) {
+    produce_totals(
+        kafka,
+        &[policy_total(policy_id, "api_key_id=k2", start, end, "5", 1)],
+    )
+    .await;
+    wait_receivers(receivers, "the marker alert for k2", |r| {
+        r.slack_containing("api_key_id=k2") == 1
+    })
+    .await;
+}
