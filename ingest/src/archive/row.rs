@@ -170,6 +170,98 @@ impl RawRow {
         })
     }
 
+    /// The event back from its row: the inverse of [`RawRow::from_event`] (for replays of the
+    /// history, `quotactl replay`). Fails with the column's name on a value no event can carry
+    /// (an unknown enum symbol, a negative count, a decimal beyond the contract's range).
+    pub fn into_event(self) -> Result<UsageEvent, String> {
+        fn unsigned<T: TryFrom<i64>>(field: &str, value: i64) -> Result<T, String> {
+            T::try_from(value).map_err(|_| format!("{field}: {value} is out of range"))
+        }
+        fn symbol<T: std::str::FromStr>(field: &str, text: &str) -> Result<T, String> {
+            text.parse()
+                .map_err(|_| format!("{field}: unknown value {text:?}"))
+        }
+        fn money(
+            field: &str,
+            value: Option<i128>,
+        ) -> Result<Option<rust_decimal::Decimal>, String> {
+            value
+                .map(|unscaled| {
+                    schemas::money::from_unscaled(unscaled)
+                        .map_err(|error| format!("{field}: {error}"))
+                })
+                .transpose()
+        }
+        let occurred_at = DateTime::<Utc>::from_timestamp_micros(
+            i64::try_from(self.occurred_at_us).map_err(|_| "occurred_at_us: out of range")?,
+        )
+        .ok_or("occurred_at_us: out of range")?;
+        Ok(UsageEvent {
+            event_id: self.event_id,
+            occurred_at,
+            producer: self.producer,
+            request_id: self.request_id,
+            action_id: self.action_id,
+            attempt: unsigned("attempt", i64::from(self.attempt))?,
+            fallback_from_model: self.fallback_from_model,
+            api_key_id: self.api_key_id,
+            team: self.team,
+            workflow: self.workflow,
+            environment: self.environment,
+            user_id: self.user_id,
+            customer_id: self.customer_id,
+            provider: self.provider,
+            model: self.model,
+            endpoint: self.endpoint,
+            modality: symbol("modality", &self.modality)?,
+            input_tokens: unsigned("input_tokens", self.input_tokens)?,
+            output_tokens: unsigned("output_tokens", self.output_tokens)?,
+            cached_input_tokens: unsigned("cached_input_tokens", self.cached_input_tokens)?,
+            cache_write_tokens: unsigned("cache_write_tokens", self.cache_write_tokens)?,
+            images: unsigned("images", i64::from(self.images))?,
+            image_tier: self
+                .image_tier
+                .map(|tier| symbol("image_tier", &tier))
+                .transpose()?,
+            video_duration_ms: unsigned("video_duration_ms", self.video_duration_ms)?,
+            audio_duration_ms: unsigned("audio_duration_ms", self.audio_duration_ms)?,
+            video_resolution: self.video_resolution,
+            job_id: self.job_id,
+            job_state: self
+                .job_state
+                .map(|state| symbol("job_state", &state))
+                .transpose()?,
+            status: symbol("status", &self.status)?,
+            http_status: self
+                .http_status
+                .map(|status| unsigned("http_status", i64::from(status)))
+                .transpose()?,
+            retry_after_ms: self
+                .retry_after_ms
+                .map(|value| unsigned("retry_after_ms", value))
+                .transpose()?,
+            accepted: self.accepted.map(|accepted| accepted != 0),
+            reported_cost_usd: money("reported_cost_usd", self.reported_cost_usd)?,
+            estimated_cost_usd: money("estimated_cost_usd", self.estimated_cost_usd)?,
+            latency_ms: self
+                .latency_ms
+                .map(|value| unsigned("latency_ms", value))
+                .transpose()?,
+            labels: self
+                .labels_keys
+                .into_iter()
+                .zip(self.labels_values)
+                .collect(),
+            cost_usd: money("cost_usd", self.cost_usd)?,
+            cost_source: if self.cost_source.is_empty() {
+                None
+            } else {
+                Some(symbol("cost_source", &self.cost_source)?)
+            },
+            catalog_version: Some(self.catalog_version).filter(|version| !version.is_empty()),
+        })
+    }
+
     /// The table partition (`toYYYYMM(occurred_at)`) this row lands in: one INSERT must stay
     /// within one of them to be atomic.
     pub fn month(&self) -> u32 {
@@ -266,5 +358,51 @@ mod tests {
         // 2024-01-31T23:59:59Z and 2024-02-01T00:00:00Z.
         assert_eq!(month_of_seconds(1_706_745_599), 202_401);
         assert_eq!(month_of_seconds(1_706_745_600), 202_402);
+    }
+
+    #[test]
+    fn a_row_gives_its_event_back() {
+        let now = DateTime::<Utc>::from_timestamp_micros(1_764_000_000_123_456).unwrap();
+        let mut event = schemas::fixtures::text_event("evt-round-trip", now);
+        event.fallback_from_model = Some("gpt-4o".to_owned());
+        event.image_tier = Some(schemas::ImageTier::Final);
+        event.job_id = Some("job-1".to_owned());
+        event.job_state = Some(schemas::JobState::Submitted);
+        event.http_status = Some(429);
+        event.accepted = Some(false);
+        event.cost_usd = Some(rust_decimal::Decimal::new(123_456_789, 12));
+        event.cost_source = Some(CostSource::Priced);
+        event.catalog_version = Some("v1".to_owned());
+        event
+            .labels
+            .insert("feature".to_owned(), "search".to_owned());
+        let source = KafkaCoordinates {
+            topic: "t",
+            partition: 1,
+            offset: 7,
+        };
+        let row = RawRow::from_event(event.clone(), source, now).unwrap();
+        assert_eq!(row.into_event().unwrap(), event);
+    }
+
+    #[test]
+    fn a_row_no_event_can_carry_names_its_column() {
+        let now = DateTime::<Utc>::from_timestamp(1_764_000_000, 0).unwrap();
+        let source = KafkaCoordinates {
+            topic: "t",
+            partition: 0,
+            offset: 0,
+        };
+        let mut row =
+            RawRow::from_event(schemas::fixtures::text_event("evt", now), source, now).unwrap();
+        row.modality = "hologram".to_owned();
+        assert!(row
+            .clone()
+            .into_event()
+            .unwrap_err()
+            .starts_with("modality"));
+        row.modality = "text".to_owned();
+        row.input_tokens = -1;
+        assert!(row.into_event().unwrap_err().starts_with("input_tokens"));
     }
 }
