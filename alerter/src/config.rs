@@ -61,6 +61,17 @@ pub struct AlertSettings {
     pub restore_timeout_secs: u64,
 }
 
+impl AlertSettings {
+    /// The price catalog model rules use: `catalog_path`, or the embedded sample.
+    pub fn load_catalog(&self) -> Result<pricing::Catalog, String> {
+        match &self.catalog_path {
+            Some(path) => pricing::Catalog::load_path(path, None)
+                .map_err(|error| format!("price catalog {}: {error}", path.display())),
+            None => Ok(pricing::Catalog::embedded_sample()),
+        }
+    }
+}
+
 impl Default for AlertSettings {
     fn default() -> Self {
         Self {

@@ -178,11 +178,7 @@ async fn run_loop(config: &Config, readiness: &Readiness, shutdown: &Shutdown) -
             }
         }
     };
-    let catalog = match &config.alert.catalog_path {
-        Some(path) => pricing::Catalog::load_path(path, None)
-            .map_err(|error| Error::Config(format!("price catalog {}: {error}", path.display())))?,
-        None => pricing::Catalog::embedded_sample(),
-    };
+    let catalog = config.alert.load_catalog().map_err(Error::Config)?;
     let mut engine = Engine::new(Arc::clone(&policies))
         .with_catalog(Arc::new(catalog))
         .with_anomaly_settings(config.alert.anomaly.clone());

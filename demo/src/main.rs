@@ -130,25 +130,8 @@ fn obey(
     event: &mut schemas::UsageEvent,
     enforcement: &mut Enforcement,
 ) -> bool {
-    let labels: Vec<(&str, &str)> = event
-        .labels
-        .iter()
-        .map(|(k, v)| (k.as_str(), v.as_str()))
-        .collect();
-    let modality = event.modality.as_str();
-    let verdict = gateway.check(&gateway::RequestAttributes {
-        api_key_id: &event.api_key_id,
-        team: &event.team,
-        user_id: event.user_id.as_deref(),
-        customer_id: event.customer_id.as_deref(),
-        workflow: &event.workflow,
-        environment: &event.environment,
-        provider: &event.provider,
-        model: &event.model,
-        endpoint: &event.endpoint,
-        modality,
-        labels: &labels,
-    });
+    let labels = gateway::view::event_labels(event);
+    let verdict = gateway.check(&gateway::RequestAttributes::of_event(event, &labels));
     match verdict {
         gateway::Verdict::Allow => true,
         gateway::Verdict::Block {

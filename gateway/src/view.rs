@@ -54,6 +54,27 @@ pub struct RequestAttributes<'a> {
 }
 
 impl<'a> RequestAttributes<'a> {
+    /// The attributes of the request a usage event accounts for; `labels` holds the event's
+    /// labels as pairs (see [`event_labels`]).
+    pub fn of_event(
+        event: &'a schemas::UsageEvent,
+        labels: &'a [(&'a str, &'a str)],
+    ) -> RequestAttributes<'a> {
+        RequestAttributes {
+            api_key_id: &event.api_key_id,
+            team: &event.team,
+            user_id: event.user_id.as_deref(),
+            customer_id: event.customer_id.as_deref(),
+            workflow: &event.workflow,
+            environment: &event.environment,
+            provider: &event.provider,
+            model: &event.model,
+            endpoint: &event.endpoint,
+            modality: event.modality.as_str(),
+            labels,
+        }
+    }
+
     /// The request's value for `dimension`, `None` when the request does not carry it.
     fn value(&self, dimension: &Dimension) -> Option<&'a str> {
         match dimension {
@@ -74,6 +95,15 @@ impl<'a> RequestAttributes<'a> {
                 .map(|(_, value)| *value),
         }
     }
+}
+
+/// A usage event's labels as the `(name, value)` pairs [`RequestAttributes::labels`] takes.
+pub fn event_labels(event: &schemas::UsageEvent) -> Vec<(&str, &str)> {
+    event
+        .labels
+        .iter()
+        .map(|(name, value)| (name.as_str(), value.as_str()))
+        .collect()
 }
 
 /// What the gateway must do with a request.

@@ -12,6 +12,8 @@
 
 use std::collections::BTreeMap;
 
+pub mod replay;
+
 use aggregator::measures::Measures;
 use chrono::{DateTime, TimeDelta, Utc};
 use policy::PolicySet;
@@ -27,6 +29,9 @@ pub enum Error {
     /// A stored amount is outside `Decimal(38, 12)`.
     #[error("stored amount: {0}")]
     Amount(String),
+    /// The replay cannot run (its policies, or a stored record it needs).
+    #[error("replay: {0}")]
+    Replay(String),
 }
 
 /// One scope of one policy in its current window.

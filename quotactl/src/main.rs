@@ -4,8 +4,9 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use chrono::Utc;
+use chrono::{DateTime, Utc};
 use clap::{Parser, Subcommand};
+use indicatif::{ProgressBar, ProgressStyle};
 
 /// The quotaflow operator CLI.
 #[derive(Debug, Parser)]
@@ -44,6 +45,23 @@ enum Command {
     Policy {
         #[command(subcommand)]
         command: PolicyCommand,
+    },
+    /// What a policy directory would have alerted, blocked and stopped on the history in
+    /// ClickHouse (event time, enforcement simulated); `--compare` checks it against the
+    /// decisions the live alerter made in the same range.
+    Replay {
+        /// The policy directory to evaluate (default: the config's).
+        #[arg(long)]
+        policies: Option<PathBuf>,
+        /// Start of the range, RFC 3339 (default: 24 hours before --to).
+        #[arg(long)]
+        from: Option<DateTime<Utc>>,
+        /// End of the range, exclusive, RFC 3339 (default: now).
+        #[arg(long)]
+        to: Option<DateTime<Utc>>,
+        /// Compare with the live alerter's decisions in the range; exit 1 if they differ.
+        #[arg(long)]
+        compare: bool,
     },
     /// Raise a policy's cap for one scope until a deadline (see `quotaflow-alerter approve`).
     Approve(alerter::approve::ApproveArgs),
@@ -94,6 +112,62 @@ async fn main() -> anyhow::Result<ExitCode> {
                 println!("{report}");
             }
             if !report.is_ok() {
+                return Ok(ExitCode::FAILURE);
+            }
+        }
+        Command::Replay {
+            policies,
+            from,
+            to,
+            compare,
+        } => {
+            let dir = policies.unwrap_or_else(|| config.alert.policies_dir.clone());
+            let policies = policy::PolicySet::load_dir(&dir).map_err(|errors| {
+                anyhow::anyhow!("policies in {} do not load: {errors}", dir.display())
+            })?;
+            let catalog = config.alert.load_catalog().map_err(anyhow::Error::msg)?;
+            let (from, to) = quotactl::replay::range(from, to, Utc::now());
+            let approvals = quotactl::replay::approvals(&client, from, to).await?;
+            let replayer = quotactl::replay::Replayer::new(
+                std::sync::Arc::new(policies),
+                std::sync::Arc::new(catalog),
+                config.alert.anomaly.clone(),
+                approvals,
+            )?;
+            let total = quotactl::replay::count_events(&client, from, to).await?;
+            let progress = if args.json {
+                ProgressBar::hidden()
+            } else {
+                ProgressBar::new(total)
+            };
+            progress.set_style(ProgressStyle::with_template(
+                "{spinner} replaying [{bar:40}] {pos}/{len} events {per_sec} eta {eta}",
+            )?);
+            let report = quotactl::replay::run(&client, replayer, from, to, &|read| {
+                progress.set_position(read)
+            })
+            .await?;
+            progress.finish_and_clear();
+            let comparison = if compare {
+                let live = quotactl::replay::live_decisions(&client, from, to).await?;
+                Some(quotactl::replay::compare(&live, &report.decisions))
+            } else {
+                None
+            };
+            if args.json {
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(
+                        &serde_json::json!({"report": report, "comparison": comparison})
+                    )?
+                );
+            } else {
+                print!(
+                    "{}",
+                    quotactl::replay::report_text(&report, comparison.as_ref())
+                );
+            }
+            if comparison.is_some_and(|comparison| !comparison.reproduced()) {
                 return Ok(ExitCode::FAILURE);
             }
         }
