@@ -31,6 +31,7 @@ pub mod config;
 pub mod engine;
 pub mod evaluate;
 pub mod notify;
+pub mod receiver;
 pub mod service;
 pub mod totals;
 

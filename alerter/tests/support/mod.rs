@@ -5,13 +5,10 @@
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use alerter::receiver::Receiver;
 use alerter::Config;
-use axum::extract::State;
-use axum::http::{StatusCode, Uri};
-use axum::Json;
 use chrono::{DateTime, TimeDelta, Utc};
 use infra::config::{HttpConfig, KafkaConfig};
 use infra::secret::Secret;
@@ -22,27 +19,15 @@ use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::{Message, Offset, TopicPartitionList};
 use rust_decimal::Decimal;
 use schemas::{ControlDecision, WindowTotal};
-use serde_json::{json, Value};
+use serde_json::Value;
 
 pub const ROUTING_KEY: &str = "R0ut1ngK3y0fTh3T3stS3rv1c3000000";
 
-/// One request a receiver accepted.
-#[derive(Debug, Clone)]
-pub struct Received {
-    pub path: String,
-    pub body: Value,
-}
-
-#[derive(Default)]
-struct Log {
-    accepted: Vec<Received>,
-    refused: Vec<(String, String)>,
-}
-
-/// Slack (`/slack`) and PagerDuty (`/pagerduty`) on one local server.
+/// Slack (`/slack`) and PagerDuty (`/pagerduty`) on one local server that checks every payload
+/// ([`alerter::receiver`]).
 pub struct Receivers {
     pub base_url: String,
-    log: Arc<Mutex<Log>>,
+    receiver: Receiver,
     server: tokio::task::JoinHandle<()>,
 }
 
@@ -52,106 +37,10 @@ impl Drop for Receivers {
     }
 }
 
-async fn receive(
-    State(log): State<Arc<Mutex<Log>>>,
-    uri: Uri,
-    Json(body): Json<Value>,
-) -> (StatusCode, Json<Value>) {
-    let path = uri.path().to_owned();
-    let problem = match path.as_str() {
-        "/slack" => check_slack(&body),
-        "/pagerduty" => check_pagerduty(&body),
-        other => Err(format!("unexpected path {other}")),
-    };
-    let mut log = log.lock().unwrap();
-    match problem {
-        Ok(()) => {
-            let dedup_key = body["dedup_key"].clone();
-            log.accepted.push(Received {
-                path: path.clone(),
-                body,
-            });
-            if path == "/pagerduty" {
-                (
-                    StatusCode::ACCEPTED,
-                    Json(
-                        json!({"status": "success", "message": "Event processed", "dedup_key": dedup_key}),
-                    ),
-                )
-            } else {
-                (StatusCode::OK, Json(json!("ok")))
-            }
-        }
-        Err(problem) => {
-            log.refused.push((path, problem.clone()));
-            (
-                StatusCode::BAD_REQUEST,
-                Json(json!({"status": "invalid event", "message": problem})),
-            )
-        }
-    }
-}
-
-/// Slack incoming webhook with Block Kit: a `text` fallback and `blocks`, each with a `type`;
-/// section/header texts are text objects.
-fn check_slack(body: &Value) -> Result<(), String> {
-    let text = body["text"].as_str().ok_or("no text fallback")?;
-    if text.is_empty() {
-        return Err("empty text".into());
-    }
-    let blocks = body["blocks"].as_array().ok_or("no blocks")?;
-    if blocks.is_empty() || blocks.len() > 50 {
-        return Err(format!("{} blocks (1..=50)", blocks.len()));
-    }
-    for block in blocks {
-        let kind = block["type"].as_str().ok_or("block without type")?;
-        if matches!(kind, "header" | "section") {
-            if let Some(text) = block.get("text") {
-                let text_type = text["type"].as_str().ok_or("text object without type")?;
-                if !matches!(text_type, "plain_text" | "mrkdwn") {
-                    return Err(format!("text type {text_type}"));
-                }
-            }
-        }
-    }
-    Ok(())
-}
-
-/// PagerDuty Events API v2: routing key, action, dedup key; a trigger's payload has summary
-/// (≤ 1024), source and a known severity.
-fn check_pagerduty(body: &Value) -> Result<(), String> {
-    if body["routing_key"] != ROUTING_KEY {
-        return Err("wrong routing_key".into());
-    }
-    let dedup_key = body["dedup_key"].as_str().ok_or("no dedup_key")?;
-    if dedup_key.is_empty() || dedup_key.len() > 255 {
-        return Err("bad dedup_key length".into());
-    }
-    match body["event_action"].as_str() {
-        Some("trigger") => {
-            let payload = &body["payload"];
-            let summary = payload["summary"].as_str().ok_or("no summary")?;
-            if summary.is_empty() || summary.chars().count() > 1024 {
-                return Err("bad summary".into());
-            }
-            payload["source"].as_str().ok_or("no source")?;
-            let severity = payload["severity"].as_str().ok_or("no severity")?;
-            if !matches!(severity, "critical" | "error" | "warning" | "info") {
-                return Err(format!("severity {severity}"));
-            }
-            Ok(())
-        }
-        Some("resolve" | "acknowledge") => Ok(()),
-        other => Err(format!("event_action {other:?}")),
-    }
-}
-
 impl Receivers {
     pub async fn start() -> Receivers {
-        let log = Arc::new(Mutex::new(Log::default()));
-        let app = axum::Router::new()
-            .fallback(axum::routing::post(receive))
-            .with_state(log.clone());
+        let receiver = Receiver::new(ROUTING_KEY);
+        let app = receiver.router();
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let base_url = format!("http://{}", listener.local_addr().unwrap());
         let server = tokio::spawn(async move {
@@ -159,7 +48,7 @@ impl Receivers {
         });
         Receivers {
             base_url,
-            log,
+            receiver,
             server,
         }
     }
@@ -175,17 +64,13 @@ impl Receivers {
     }
 
     fn accepted(&self, path: &str) -> Vec<Value> {
-        let log = self.log.lock().unwrap();
+        let captured = self.receiver.captured();
         assert!(
-            log.refused.is_empty(),
+            captured.refused.is_empty(),
             "receivers refused payloads: {:?}",
-            log.refused
+            captured.refused
         );
-        log.accepted
-            .iter()
-            .filter(|received| received.path == path)
-            .map(|received| received.body.clone())
-            .collect()
+        captured.bodies(path).into_iter().cloned().collect()
     }
 
     /// Slack messages whose text contains `needle`.

@@ -1,0 +1,212 @@
+//! A local stand-in for Slack incoming webhooks (`POST /slack`) and the PagerDuty Events API v2
+//! (`POST /pagerduty`) that checks every payload against the documented formats, for tests and
+//! the demo: no traffic leaves the machine, and a malformed payload is refused with a 400 and
+//! remembered, so a test or the demo fails on it instead of passing silently.
+//!
+//! - Slack: a non-empty `text` fallback and 1 to 50 `blocks`, each with a `type`; header and
+//!   section texts are `plain_text` or `mrkdwn` text objects.
+//! - PagerDuty: the expected `routing_key`, a `dedup_key` of 1 to 255 characters, and an
+//!   `event_action`; a `trigger` has a payload with a `summary` (1 to 1024 characters), a
+//!   `source` and a known `severity`. Accepted events are answered `202` with the dedup key, as
+//!   PagerDuty does.
+//!
+//! `GET /captured` returns everything received as JSON (`accepted`, `refused`), `GET /readyz`
+//! answers 200.
+
+use std::sync::{Arc, Mutex};
+
+use axum::extract::State;
+use axum::http::{StatusCode, Uri};
+use axum::routing::get;
+use axum::Json;
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Value};
+
+/// One request the receiver accepted.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Received {
+    /// `/slack` or `/pagerduty`.
+    pub path: String,
+    /// The JSON body.
+    pub body: Value,
+}
+
+/// Everything received so far.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Captured {
+    /// Valid payloads, in arrival order.
+    pub accepted: Vec<Received>,
+    /// Refused payloads: path and the problem.
+    pub refused: Vec<(String, String)>,
+}
+
+impl Captured {
+    /// Accepted bodies posted to `path`.
+    pub fn bodies(&self, path: &str) -> Vec<&Value> {
+        self.accepted
+            .iter()
+            .filter(|received| received.path == path)
+            .map(|received| &received.body)
+            .collect()
+    }
+}
+
+/// The receiver's state, shared with its server.
+#[derive(Clone)]
+pub struct Receiver {
+    captured: Arc<Mutex<Captured>>,
+    routing_key: Arc<str>,
+}
+
+impl Receiver {
+    /// A receiver expecting PagerDuty events with `routing_key`.
+    pub fn new(routing_key: &str) -> Receiver {
+        Receiver {
+            captured: Arc::default(),
+            routing_key: routing_key.into(),
+        }
+    }
+
+    /// The routes: `POST /slack`, `POST /pagerduty`, `GET /captured`, `GET /readyz`.
+    pub fn router(&self) -> axum::Router {
+        axum::Router::new()
+            .route("/captured", get(captured))
+            .route("/readyz", get(|| async { "ready" }))
+            .fallback(axum::routing::post(receive))
+            .with_state(self.clone())
+    }
+
+    /// A copy of everything received so far.
+    pub fn captured(&self) -> Captured {
+        self.captured
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .clone()
+    }
+}
+
+async fn captured(State(receiver): State<Receiver>) -> Json<Captured> {
+    Json(receiver.captured())
+}
+
+async fn receive(
+    State(receiver): State<Receiver>,
+    uri: Uri,
+    Json(body): Json<Value>,
+) -> (StatusCode, Json<Value>) {
+    let path = uri.path().to_owned();
+    let problem = match path.as_str() {
+        "/slack" => check_slack(&body),
+        "/pagerduty" => check_pagerduty(&body, &receiver.routing_key),
+        other => Err(format!("unexpected path {other}")),
+    };
+    let mut captured = receiver
+        .captured
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner());
+    match problem {
+        Ok(()) => {
+            let dedup_key = body["dedup_key"].clone();
+            captured.accepted.push(Received {
+                path: path.clone(),
+                body,
+            });
+            if path == "/pagerduty" {
+                (
+                    StatusCode::ACCEPTED,
+                    Json(
+                        json!({"status": "success", "message": "Event processed", "dedup_key": dedup_key}),
+                    ),
+                )
+            } else {
+                (StatusCode::OK, Json(json!("ok")))
+            }
+        }
+        Err(problem) => {
+            captured.refused.push((path, problem.clone()));
+            (
+                StatusCode::BAD_REQUEST,
+                Json(json!({"status": "invalid event", "message": problem})),
+            )
+        }
+    }
+}
+
+/// Slack incoming webhook with Block Kit (see the module docs).
+pub fn check_slack(body: &Value) -> Result<(), String> {
+    let text = body["text"].as_str().ok_or("no text fallback")?;
+    if text.is_empty() {
+        return Err("empty text".into());
+    }
+    let blocks = body["blocks"].as_array().ok_or("no blocks")?;
+    if blocks.is_empty() || blocks.len() > 50 {
+        return Err(format!("{} blocks (1..=50)", blocks.len()));
+    }
+    for block in blocks {
+        let kind = block["type"].as_str().ok_or("block without type")?;
+        if matches!(kind, "header" | "section") {
+            if let Some(text) = block.get("text") {
+                let text_type = text["type"].as_str().ok_or("text object without type")?;
+                if !matches!(text_type, "plain_text" | "mrkdwn") {
+                    return Err(format!("text type {text_type}"));
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+/// PagerDuty Events API v2 (see the module docs).
+pub fn check_pagerduty(body: &Value, routing_key: &str) -> Result<(), String> {
+    if body["routing_key"] != routing_key {
+        return Err("wrong routing_key".into());
+    }
+    let dedup_key = body["dedup_key"].as_str().ok_or("no dedup_key")?;
+    if dedup_key.is_empty() || dedup_key.len() > 255 {
+        return Err("bad dedup_key length".into());
+    }
+    match body["event_action"].as_str() {
+        Some("trigger") => {
+            let payload = &body["payload"];
+            let summary = payload["summary"].as_str().ok_or("no summary")?;
+            if summary.is_empty() || summary.chars().count() > 1024 {
+                return Err("bad summary".into());
+            }
+            payload["source"].as_str().ok_or("no source")?;
+            let severity = payload["severity"].as_str().ok_or("no severity")?;
+            if !matches!(severity, "critical" | "error" | "warning" | "info") {
+                return Err(format!("severity {severity}"));
+            }
+            Ok(())
+        }
+        Some("resolve" | "acknowledge") => Ok(()),
+        other => Err(format!("event_action {other:?}")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn payloads_off_the_documented_formats_are_refused() {
+        assert!(check_slack(&json!({"text": "t", "blocks": [{"type": "section", "text": {"type": "mrkdwn", "text": "x"}}]})).is_ok());
+        assert!(check_slack(&json!({"text": "t", "blocks": []})).is_err());
+        assert!(check_slack(&json!({"blocks": [{"type": "divider"}]})).is_err());
+        let trigger = json!({"routing_key": "k", "dedup_key": "d", "event_action": "trigger",
+            "payload": {"summary": "s", "source": "q", "severity": "error"}});
+        assert!(check_pagerduty(&trigger, "k").is_ok());
+        assert_eq!(
+            check_pagerduty(&trigger, "other").unwrap_err(),
+            "wrong routing_key"
+        );
+        let mut bad = trigger.clone();
+        bad["payload"]["severity"] = json!("sev1");
+        assert!(check_pagerduty(&bad, "k").is_err());
+        assert!(check_pagerduty(
+            &json!({"routing_key": "k", "dedup_key": "d", "event_action": "resolve"}),
+            "k"
+        )
+        .is_ok());
+    }
+}
