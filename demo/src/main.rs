@@ -1,18 +1,29 @@
-//! `quotaflow-demo`: a gateway simulator. It generates a synthetic workload, asks the `gateway`
-//! enforcement client about every request (following the control topic, as a real gateway would:
-//! blocked requests are not sent, degraded ones go to the cheaper model), sends what may go to
-//! the ingest API, waits until the raw archive holds every accepted event, and prints a summary
-//! from ClickHouse (as the read-only analyst), with what the gateway refused and why.
+//! `quotaflow-demo`: the main job's scripted run. A gateway simulator sends the
+//! [`demo::scenario`] workload to the ingest API, asking the `gateway` enforcement client about
+//! every request first (it follows the control topic, as a real gateway would: blocked requests
+//! are not sent, degraded ones go to the cheaper model). Midway a budget owner approves a raise
+//! for the blocked staging key (the `approve` command's code). At the end it waits until the raw
+//! archive holds every accepted event and prints a summary from ClickHouse (as the read-only
+//! analyst), the alerts the local Slack/PagerDuty receiver captured, the decisions, a few analyst
+//! queries, a replay of the history against the same policies, and one outcome line per scenario.
+//! It exits 1 if a scenario did not have its expected outcome.
 
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::str::FromStr;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
+use chrono::{DateTime, TimeDelta, Utc};
 use clap::Parser;
-use demo::workload;
+use demo::scenario::{self, Actor, Scenario};
+use demo::workload::Models;
 use indicatif::{ProgressBar, ProgressStyle};
+use rust_decimal::Decimal;
 use serde_json::Value;
 
-/// Runs the demo workload against a running ingest service.
+/// Runs the scripted demo against running services.
 #[derive(Debug, Parser)]
 #[command(name = "quotaflow-demo")]
 struct Args {
@@ -25,91 +36,178 @@ struct Args {
     /// Producer name the token belongs to.
     #[arg(long, default_value = "demo")]
     producer: String,
-    /// Number of events to send.
-    #[arg(long, default_value_t = 5_000)]
-    events: u64,
-    /// Target rate in events per second.
-    #[arg(long, default_value_t = 1_000)]
+    /// How long the workload runs, in seconds (at least 20; the scenarios are placed in it).
+    #[arg(long, default_value_t = 60)]
+    duration: u64,
+    /// Background events per second (the scenarios add about 70 a second at their peak).
+    #[arg(long, default_value_t = 300)]
     rate: u64,
-    /// Events per HTTP request.
-    #[arg(long, default_value_t = 250)]
-    batch: usize,
     /// ClickHouse HTTP endpoint for the summary queries.
     #[arg(long, default_value = "http://127.0.0.1:8123")]
     clickhouse_url: String,
     /// Database the services write to.
-    #[arg(long, default_value = "quotaflow")]
+    #[arg(long, default_value = "quotaflow_demo")]
     database: String,
     /// Seed of the workload generator.
     #[arg(long, default_value_t = 42)]
     seed: u64,
-    /// Kafka brokers of the control topic the simulated gateway obeys.
-    #[arg(long, default_value = "127.0.0.1:9092")]
-    kafka_brokers: String,
-    /// The control topic.
-    #[arg(long, default_value = "quota.control.v1")]
-    control_topic: String,
-    /// Send every request, ignoring decisions (the gateway does not enforce).
+    /// The alerter's config (Kafka topics, policy directory, ClickHouse); `QUOTAFLOW_*`
+    /// variables override it. Used for the approval and the replay.
+    #[arg(long, default_value = "config/alerter.toml")]
+    alerter_config: PathBuf,
+    /// The price catalog the services use (the workload picks models it does not retire).
+    #[arg(long, default_value = "demo/catalog.json")]
+    catalog: PathBuf,
+    /// The local Slack/PagerDuty receiver the alerter notifies.
+    #[arg(long, default_value = "http://127.0.0.1:9110")]
+    receiver_url: String,
+    /// Delete the topics of earlier demo runs (`quotaflow.demo.*` other than this run's).
     #[arg(long)]
-    no_enforce: bool,
+    delete_old_topics: bool,
+    /// Analyst queries whose results the summary shows.
+    #[arg(long, default_value = "schemas/sql/queries")]
+    queries_dir: PathBuf,
 }
 
-/// What the simulated gateway did with requests it did not send as asked.
+/// The gateway's tick: requests are generated, checked and posted every 50 ms.
+const TICK: Duration = Duration::from_millis(50);
+/// When the budget owner approves the raise, as a fraction of the duration.
+const APPROVE_AT: f64 = 0.45;
+/// The raised cap of the staging key, USD.
+const RAISED_CAP: &str = "8";
+/// The staging key's cap in the demo's policy, USD.
+const LOOP_CAP: &str = "5";
+/// Enforcement latency (event → block at the gateway) the loop's overshoot is held to: the
+/// p99 goal the latency benchmark meets (docs/benchmarks.md), plus one gateway tick.
+const ENFORCEMENT_BOUND: Duration = Duration::from_millis(250 + 50);
+
+/// What the simulated gateway did, per actor.
+#[derive(Debug, Default, Clone)]
+struct Tally {
+    generated: u64,
+    sent: u64,
+    refused: u64,
+    degraded: u64,
+}
+
 #[derive(Debug, Default)]
-struct Enforcement {
-    /// Refused, per policy: count and one reason.
-    refused: std::collections::BTreeMap<String, (u64, String)>,
-    /// Degraded, per policy: count and one reason.
-    degraded: std::collections::BTreeMap<String, (u64, String)>,
+struct Gatekeeping {
+    tally: BTreeMap<Actor, Tally>,
+    /// Refusals per policy: count and one reason.
+    refused_by_policy: BTreeMap<String, (u64, String)>,
+    degraded_by_policy: BTreeMap<String, (u64, String)>,
+    /// First refusal of a loop call (wall clock), and the first allowed after the approval.
+    loop_first_refused: Option<DateTime<Utc>>,
+    loop_allowed_after_approval: Option<DateTime<Utc>>,
+    approved_at: Option<DateTime<Utc>>,
+    approval: Option<String>,
+    accepted: u64,
+    rejected: u64,
 }
 
 #[tokio::main]
 async fn main() -> Result<()> {
     let args = Args::parse();
-    let run_id = format!("{:x}", chrono::Utc::now().timestamp_millis());
-    let http = reqwest::Client::new();
-    let gateway = if args.no_enforce {
-        None
-    } else {
-        Some(start_gateway(&args).await?)
-    };
-    let mut enforcement = Enforcement::default();
-    let (accepted, rejected) =
-        send_workload(&args, &run_id, &http, gateway.as_ref(), &mut enforcement).await?;
-    print_enforcement(&enforcement);
-    if let Some(gateway) = gateway {
-        gateway.shutdown();
+    if args.duration < 20 {
+        bail!("--duration must be at least 20 seconds");
     }
-    let refused: u64 = enforcement.refused.values().map(|(count, _)| count).sum();
+    let started_at = Utc::now();
+    let run_id = format!("{:x}", started_at.timestamp_millis());
+    let http = reqwest::Client::new();
+    let alerter_config: alerter::Config = infra::config::load(Some(&args.alerter_config))
+        .with_context(|| format!("loading {}", args.alerter_config.display()))?;
+    let catalog = pricing::Catalog::load_path(&args.catalog, None)
+        .with_context(|| format!("loading the price catalog {}", args.catalog.display()))?;
+    let models = Models::current(&catalog, started_at.date_naive());
     println!(
-        "\ngenerated {} requests: {refused} refused by the gateway, {accepted} events accepted by ingest, {rejected} rejected (run {run_id})",
-        args.events
+        "models in use (none retired on {}): text {} and {}, images {}, video {}, audio {}, embeddings {}, batch {}",
+        started_at.date_naive(),
+        models.openai_text.model,
+        models.anthropic_text.model,
+        models.image.model,
+        models.video.model,
+        models.audio.model,
+        models.embedding.model,
+        models.batch.model
     );
-    if accepted == 0 {
+    if args.delete_old_topics {
+        let topics = &alerter_config.kafka.topics;
+        let keep = [
+            topics.usage.as_str(),
+            topics.dead_letter.as_str(),
+            topics.totals.as_str(),
+            topics.control.as_str(),
+            topics.alerts.as_str(),
+            topics.approvals.as_str(),
+        ];
+        let deleted = infra::kafka::delete_topics_with_prefix(
+            &alerter_config.kafka,
+            "quotaflow.demo.",
+            &keep,
+        )
+        .await
+        .context("deleting the topics of earlier demo runs")?;
+        if !deleted.is_empty() {
+            println!("deleted {} topics of earlier demo runs", deleted.len());
+        }
+    }
+    let gateway = start_gateway(&alerter_config).await?;
+    let mut gatekeeping = Gatekeeping::default();
+    let scenario = Scenario::new(
+        args.seed,
+        &run_id,
+        &args.producer,
+        models,
+        Duration::from_secs(args.duration),
+        args.rate,
+    );
+    run_workload(
+        &args,
+        &alerter_config,
+        &http,
+        &gateway,
+        scenario,
+        &mut gatekeeping,
+    )
+    .await?;
+    gateway.shutdown();
+    print_gatekeeping(&gatekeeping);
+    if gatekeeping.accepted == 0 {
         bail!("ingest accepted no events");
     }
     let clickhouse = ClickHouse {
-        http,
+        http: http.clone(),
         url: args.clickhouse_url.clone(),
         database: args.database.clone(),
     };
-    wait_for_archive(&clickhouse, &run_id, accepted).await?;
+    wait_for_archive(&clickhouse, &run_id, gatekeeping.accepted).await?;
     print_summary(&clickhouse, &run_id).await?;
-    print_aggregator_check(&clickhouse).await
+    let totals_exact = print_aggregator_check(&clickhouse).await?;
+    let captured = captured_notifications(&http, &args.receiver_url, &alerter_config).await?;
+    print_notifications(&captured);
+    print_decisions(&clickhouse).await?;
+    print_queries(&clickhouse, &args.queries_dir).await?;
+    let replay = replay(&alerter_config, started_at - TimeDelta::seconds(1)).await?;
+    let outcomes = outcomes(&clickhouse, &gatekeeping, &captured, &replay, totals_exact).await?;
+    println!("\n== scenarios ==");
+    for outcome in &outcomes {
+        println!(
+            "{} {:<22} {}",
+            if outcome.ok { "PASS" } else { "FAIL" },
+            outcome.name,
+            outcome.detail
+        );
+    }
+    if outcomes.iter().any(|outcome| !outcome.ok) {
+        bail!("a scenario did not have its expected outcome (see FAIL above)");
+    }
+    Ok(())
 }
 
 /// The enforcement client on the control topic, caught up.
-async fn start_gateway(args: &Args) -> Result<gateway::Gateway> {
-    let kafka = infra::config::KafkaConfig {
-        brokers: args.kafka_brokers.clone(),
-        topics: infra::config::TopicsConfig {
-            control: args.control_topic.clone(),
-            ..Default::default()
-        },
-        ..Default::default()
-    };
+async fn start_gateway(config: &alerter::Config) -> Result<gateway::Gateway> {
     let gateway = gateway::Gateway::start(gateway::GatewayConfig {
-        kafka,
+        kafka: config.kafka.clone(),
         client_id: "quotaflow-demo-gateway".to_owned(),
         ..Default::default()
     })
@@ -124,21 +222,40 @@ async fn start_gateway(args: &Args) -> Result<gateway::Gateway> {
     Ok(gateway)
 }
 
-/// Asks the gateway about `event`'s request: `false` if it is refused; a degrade changes the model.
+/// Asks the gateway about `request`: `false` if it is refused; a degrade changes the model.
 fn obey(
     gateway: &gateway::Gateway,
-    event: &mut schemas::UsageEvent,
-    enforcement: &mut Enforcement,
+    request: &mut scenario::Request,
+    gatekeeping: &mut Gatekeeping,
+    now: DateTime<Utc>,
 ) -> bool {
-    let labels = gateway::view::event_labels(event);
-    let verdict = gateway.check(&gateway::RequestAttributes::of_event(event, &labels));
+    let labels = gateway::view::event_labels(&request.event);
+    let verdict = gateway.check(&gateway::RequestAttributes::of_event(
+        &request.event,
+        &labels,
+    ));
+    let tally = gatekeeping.tally.entry(request.actor).or_default();
+    tally.generated += 1;
     match verdict {
-        gateway::Verdict::Allow => true,
+        gateway::Verdict::Allow => {
+            tally.sent += 1;
+            if request.actor == Actor::RunawayLoop
+                && gatekeeping.approved_at.is_some()
+                && gatekeeping.loop_allowed_after_approval.is_none()
+            {
+                gatekeeping.loop_allowed_after_approval = Some(now);
+            }
+            true
+        }
         gateway::Verdict::Block {
             reason, policy_id, ..
         } => {
-            let entry = enforcement
-                .refused
+            tally.refused += 1;
+            if request.actor == Actor::RunawayLoop && gatekeeping.loop_first_refused.is_none() {
+                gatekeeping.loop_first_refused = Some(now);
+            }
+            let entry = gatekeeping
+                .refused_by_policy
                 .entry(policy_id.to_string())
                 .or_insert((0, reason.to_string()));
             entry.0 += 1;
@@ -150,71 +267,140 @@ fn obey(
             policy_id,
             ..
         } => {
-            let entry = enforcement
-                .degraded
+            tally.sent += 1;
+            tally.degraded += 1;
+            let entry = gatekeeping
+                .degraded_by_policy
                 .entry(policy_id.to_string())
                 .or_insert((0, reason.to_string()));
             entry.0 += 1;
-            event.model = to.to_string();
+            let to = to.to_string();
+            request.event.model = to;
             true
         }
     }
 }
 
-fn print_enforcement(enforcement: &Enforcement) {
-    println!("\n== the simulated gateway obeyed the control topic ==");
-    if enforcement.refused.is_empty() && enforcement.degraded.is_empty() {
-        println!("no request was refused or degraded");
-    }
-    for (policy, (count, reason)) in &enforcement.refused {
-        println!("refused  {count:>6} requests  policy {policy}: {reason}");
-    }
-    for (policy, (count, reason)) in &enforcement.degraded {
-        println!("degraded {count:>6} requests  policy {policy}: {reason}");
-    }
-}
-
-async fn send_workload(
+async fn run_workload(
     args: &Args,
-    run_id: &str,
+    alerter_config: &alerter::Config,
     http: &reqwest::Client,
-    gateway: Option<&gateway::Gateway>,
-    enforcement: &mut Enforcement,
-) -> Result<(u64, u64)> {
-    let mut workload = workload::Workload::new(args.seed, run_id, &args.producer);
-    let progress = ProgressBar::new(args.events);
+    gateway: &gateway::Gateway,
+    mut scenario: Scenario,
+    gatekeeping: &mut Gatekeeping,
+) -> Result<()> {
+    let duration = Duration::from_secs(args.duration);
+    let progress = ProgressBar::new(args.duration);
     progress.set_style(
-        ProgressStyle::with_template(
-            "{spinner} sending [{bar:40}] {pos}/{len} events {per_sec} eta {eta} {msg}",
-        )
-        .context("progress template")?
-        .progress_chars("=> "),
+        ProgressStyle::with_template("{spinner} workload [{bar:40}] {pos}/{len} s  {msg}")
+            .context("progress template")?
+            .progress_chars("=> "),
     );
     let started = Instant::now();
-    let (mut accepted, mut rejected, mut sent) = (0u64, 0u64, 0u64);
-    while sent < args.events {
-        let size = (args.batch as u64).min(args.events - sent);
-        let now = chrono::Utc::now();
-        let mut batch: Vec<_> = (0..size).map(|_| workload.next_event(now)).collect();
-        if let Some(gateway) = gateway {
-            batch.retain_mut(|event| obey(gateway, event, enforcement));
+    let mut ticks = 0u32;
+    loop {
+        ticks += 1;
+        let elapsed = TICK * ticks;
+        if elapsed > duration {
+            break;
+        }
+        // Pace by the tick's due time, not by fixed sleeps per request.
+        if let Some(ahead) = elapsed.checked_sub(started.elapsed()) {
+            tokio::time::sleep(ahead).await;
+        }
+        let now = Utc::now();
+        let mut batch = Vec::new();
+        for mut request in scenario.tick(elapsed, TICK, now) {
+            if obey(gateway, &mut request, gatekeeping, now) {
+                batch.push(request.event);
+            }
         }
         if !batch.is_empty() {
             let response = post_with_retry(http, args, &batch).await?;
-            accepted += response["accepted"].as_u64().unwrap_or(0);
-            rejected += response["rejected"].as_u64().unwrap_or(0);
+            gatekeeping.accepted += response["accepted"].as_u64().unwrap_or(0);
+            gatekeeping.rejected += response["rejected"].as_u64().unwrap_or(0);
         }
-        sent += size;
-        progress.set_position(sent);
-        progress.set_message(format!("accepted {accepted} rejected {rejected}"));
-        // Pace to the target rate by event count, not by fixed sleeps per request.
-        let due = Duration::from_secs_f64(sent as f64 / args.rate.max(1) as f64);
-        if let Some(ahead) = due.checked_sub(started.elapsed()) {
-            tokio::time::sleep(ahead).await;
+        let fraction = elapsed.as_secs_f64() / duration.as_secs_f64();
+        if fraction >= APPROVE_AT && gatekeeping.approval.is_none() {
+            approve(alerter_config, gatekeeping, &progress).await?;
         }
+        progress.set_position(elapsed.as_secs());
+        let loop_state = match (gatekeeping.loop_first_refused, gatekeeping.approved_at) {
+            _ if !scenario.loop_started(elapsed) => "loop not started",
+            (None, _) => "loop running",
+            (Some(_), None) => "loop cut off",
+            (Some(_), Some(_)) => "raise approved",
+        };
+        let refused: u64 = gatekeeping.tally.values().map(|t| t.refused).sum();
+        progress.set_message(format!(
+            "accepted {} refused {refused} | {loop_state}",
+            gatekeeping.accepted
+        ));
     }
     progress.finish();
-    Ok((accepted, rejected))
+    Ok(())
+}
+
+/// The budget owner raises the staging key's cap (the `approve` command's code path), once the
+/// loop has been cut off.
+async fn approve(
+    config: &alerter::Config,
+    gatekeeping: &mut Gatekeeping,
+    progress: &ProgressBar,
+) -> Result<()> {
+    if gatekeeping.loop_first_refused.is_none() {
+        gatekeeping.approval = Some("not requested: the loop was never cut off".to_owned());
+        return Ok(());
+    }
+    let args = alerter::approve::ApproveArgs {
+        policy: "staging-agent-daily-cap".to_owned(),
+        scope: format!("api_key_id={}", scenario::LOOP_KEY),
+        limit: RAISED_CAP.to_owned(),
+        until: Utc::now() + TimeDelta::hours(1),
+        reason: "load test of the agent loop signed off".to_owned(),
+        by: "alice".to_owned(),
+    };
+    match alerter::approve::run(config, &args)
+        .await
+        .map_err(anyhow::Error::msg)?
+    {
+        alerter::approve::Outcome::Written(approval) => {
+            progress.println(format!(
+                "alice approved {} USD for {} until {} ({})",
+                RAISED_CAP, args.scope, args.until, approval.approval_id
+            ));
+            gatekeeping.approved_at = Some(approval.requested_at);
+            gatekeeping.approval = Some(approval.approval_id);
+        }
+        alerter::approve::Outcome::Refused(reason) => {
+            gatekeeping.approval = Some(format!("refused: {reason}"));
+        }
+    }
+    Ok(())
+}
+
+fn print_gatekeeping(gatekeeping: &Gatekeeping) {
+    println!("\n== the simulated gateway obeyed the control topic ==");
+    for (actor, tally) in &gatekeeping.tally {
+        println!(
+            "{:<14} {:>7} requests: {:>7} sent ({} degraded), {:>6} refused",
+            format!("{actor:?}"),
+            tally.generated,
+            tally.sent,
+            tally.degraded,
+            tally.refused
+        );
+    }
+    for (policy, (count, reason)) in &gatekeeping.refused_by_policy {
+        println!("refused  {count:>6}  policy {policy}: {reason}");
+    }
+    for (policy, (count, reason)) in &gatekeeping.degraded_by_policy {
+        println!("degraded {count:>6}  policy {policy}: {reason}");
+    }
+    println!(
+        "ingest accepted {} events, rejected {}",
+        gatekeeping.accepted, gatekeeping.rejected
+    );
 }
 
 /// Posts one batch; a 503 (Kafka unavailable) is retried with the same event ids, which is safe
@@ -251,16 +437,14 @@ struct ClickHouse {
 }
 
 impl ClickHouse {
-    /// Runs a query as the read-only analyst and returns its rows as JSON objects; decimals are
-    /// selected as strings (`toString`) so they stay exact.
-    async fn rows(&self, sql: &str) -> Result<Vec<Value>> {
+    async fn text(&self, sql: &str) -> Result<String> {
         let response = self
             .http
             .post(&self.url)
             .query(&[("database", self.database.as_str())])
             // Credentials in a header, never in the URL (which access logs keep).
             .basic_auth("analyst", Some("analyst"))
-            .body(format!("{sql} FORMAT JSONEachRow"))
+            .body(sql.to_owned())
             .send()
             .await
             .context("clickhouse query")?;
@@ -269,10 +453,26 @@ impl ClickHouse {
         if !status.is_success() {
             bail!("clickhouse answered {status}: {text}");
         }
-        text.lines()
+        Ok(text)
+    }
+
+    /// Runs a query as the read-only analyst and returns its rows as JSON objects; decimals are
+    /// selected as strings (`toString`) so they stay exact.
+    async fn rows(&self, sql: &str) -> Result<Vec<Value>> {
+        self.text(&format!("{sql} FORMAT JSONEachRow"))
+            .await?
+            .lines()
             .map(|line| serde_json::from_str(line).context("clickhouse row"))
             .collect()
     }
+}
+
+fn field<'a>(row: &'a Value, name: &str) -> &'a str {
+    row[name].as_str().unwrap_or("")
+}
+
+fn decimal(row: &Value, name: &str) -> Decimal {
+    Decimal::from_str(field(row, name)).unwrap_or_default()
 }
 
 async fn wait_for_archive(clickhouse: &ClickHouse, run_id: &str, expected: u64) -> Result<()> {
@@ -289,8 +489,7 @@ async fn wait_for_archive(clickhouse: &ClickHouse, run_id: &str, expected: u64) 
             .await?;
         let archived: u64 = rows
             .first()
-            .and_then(|row| row["n"].as_str())
-            .and_then(|n| n.parse().ok())
+            .and_then(|row| field(row, "n").parse().ok())
             .unwrap_or(0);
         progress.set_position(archived);
         if archived >= expected {
@@ -305,8 +504,8 @@ async fn wait_for_archive(clickhouse: &ClickHouse, run_id: &str, expected: u64) 
 }
 
 /// Today's UTC day totals per team as the aggregator keeps them (`window_totals_current`), next to
-/// a recount from the raw archive (every run of the day); waits up to 60 s for them to agree.
-async fn print_aggregator_check(clickhouse: &ClickHouse) -> Result<()> {
+/// a recount from the raw archive; waits up to 60 s for them to agree. Whether they do.
+async fn print_aggregator_check(clickhouse: &ClickHouse) -> Result<bool> {
     // ANY LEFT JOIN: 18.16 wants the strictness spelled out; modern ClickHouse accepts it too.
     let sql = "SELECT raw.team AS team, toString(raw.requests) AS raw_requests, \
          toString(agg.requests) AS agg_requests, toString(raw.cost) AS raw_cost, \
@@ -321,7 +520,7 @@ async fn print_aggregator_check(clickhouse: &ClickHouse) -> Result<()> {
     let deadline = Instant::now() + Duration::from_secs(60);
     let rows = loop {
         let rows = clickhouse.rows(sql).await?;
-        let agree = !rows.is_empty() && rows.iter().all(|row| row["agree"].as_str() == Some("1"));
+        let agree = !rows.is_empty() && rows.iter().all(|row| field(row, "agree") == "1");
         if agree || Instant::now() > deadline {
             break rows;
         }
@@ -331,22 +530,19 @@ async fn print_aggregator_check(clickhouse: &ClickHouse) -> Result<()> {
     for row in &rows {
         println!(
             "{:<10} requests {:>7} (recount {:>7})  cost {:>22} USD (recount {:>22})  {}",
-            row["team"].as_str().unwrap_or(""),
-            row["agg_requests"].as_str().unwrap_or(""),
-            row["raw_requests"].as_str().unwrap_or(""),
-            row["agg_cost"].as_str().unwrap_or(""),
-            row["raw_cost"].as_str().unwrap_or(""),
-            if row["agree"].as_str() == Some("1") {
+            field(row, "team"),
+            field(row, "agg_requests"),
+            field(row, "raw_requests"),
+            field(row, "agg_cost"),
+            field(row, "raw_cost"),
+            if field(row, "agree") == "1" {
                 "exact"
             } else {
                 "DIFFERS"
             }
         );
     }
-    if !rows.iter().all(|row| row["agree"].as_str() == Some("1")) {
-        bail!("the aggregator's totals do not match the raw archive after 60 s");
-    }
-    Ok(())
+    Ok(!rows.is_empty() && rows.iter().all(|row| field(row, "agree") == "1"))
 }
 
 async fn print_summary(clickhouse: &ClickHouse, run_id: &str) -> Result<()> {
@@ -359,7 +555,13 @@ async fn print_summary(clickhouse: &ClickHouse, run_id: &str) -> Result<()> {
         ))
         .await?
     {
-        println!("{:<10} {:>7} events  {:>22} USD  {} unpriced", row["team"].as_str().unwrap_or(""), row["events"].as_str().unwrap_or(""), row["spend_usd"].as_str().unwrap_or(""), row["unpriced"].as_str().unwrap_or(""));
+        println!(
+            "{:<10} {:>7} events  {:>22} USD  {} unpriced",
+            field(&row, "team"),
+            field(&row, "events"),
+            field(&row, "spend_usd"),
+            field(&row, "unpriced")
+        );
     }
     println!("\n== events and spend per modality and model ==");
     for row in clickhouse
@@ -369,18 +571,394 @@ async fn print_summary(clickhouse: &ClickHouse, run_id: &str) -> Result<()> {
         ))
         .await?
     {
-        println!("{:<10} {:<24} {:>7} events  {:>22} USD", row["modality"].as_str().unwrap_or(""), row["model"].as_str().unwrap_or(""), row["events"].as_str().unwrap_or(""), row["spend_usd"].as_str().unwrap_or(""));
-    }
-    println!("\n== retries and fallbacks ==");
-    for row in clickhouse
-        .rows(&format!(
-            "SELECT toString(countIf(attempt > 1)) AS retries, toString(countIf(fallback_from_model IS NOT NULL)) AS fallbacks, \
-             toString(sum(if(fallback_from_model IS NOT NULL, ifNull(cost_usd, toDecimal128(0, 12)), toDecimal128(0, 12)))) AS fallback_spend_usd \
-             FROM usage_events WHERE {run_filter}"
-        ))
-        .await?
-    {
-        println!("retries {}  fallbacks {}  fallback spend {} USD", row["retries"].as_str().unwrap_or(""), row["fallbacks"].as_str().unwrap_or(""), row["fallback_spend_usd"].as_str().unwrap_or(""));
+        println!(
+            "{:<10} {:<24} {:>7} events  {:>22} USD",
+            field(&row, "modality"),
+            field(&row, "model"),
+            field(&row, "events"),
+            field(&row, "spend_usd")
+        );
     }
     Ok(())
+}
+
+/// What the local receiver captured; fails if it refused a payload (an off-format message).
+async fn captured_notifications(
+    http: &reqwest::Client,
+    receiver_url: &str,
+    config: &alerter::Config,
+) -> Result<alerter::receiver::Captured> {
+    // The alerter notifies within a second of its decisions; wait until two reads agree.
+    let read = || async {
+        let response = http
+            .get(format!("{receiver_url}/captured"))
+            .send()
+            .await
+            .context("GET /captured from the local receiver")?;
+        response
+            .json::<alerter::receiver::Captured>()
+            .await
+            .context("the receiver's captures")
+    };
+    let _ = config;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut captured = read().await?;
+    loop {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let again = read().await?;
+        if again == captured || Instant::now() > deadline {
+            captured = again;
+            break;
+        }
+        captured = again;
+    }
+    if !captured.refused.is_empty() {
+        bail!(
+            "the local receiver refused payloads that are not in Slack's or PagerDuty's format: {:?}",
+            captured.refused
+        );
+    }
+    Ok(captured)
+}
+
+fn print_notifications(captured: &alerter::receiver::Captured) {
+    println!("\n== notifications captured by the local Slack/PagerDuty receiver ==");
+    let slack = captured.bodies("/slack");
+    let pagerduty = captured.bodies("/pagerduty");
+    println!(
+        "{} Slack messages (Block Kit), {} PagerDuty events (Events API v2)",
+        slack.len(),
+        pagerduty.len()
+    );
+    for body in slack {
+        println!("slack      {}", body["text"].as_str().unwrap_or(""));
+    }
+    for body in pagerduty {
+        println!(
+            "pagerduty  {:<8} {}  {}",
+            body["event_action"].as_str().unwrap_or(""),
+            body["dedup_key"].as_str().unwrap_or(""),
+            body["payload"]["summary"].as_str().unwrap_or("")
+        );
+    }
+}
+
+async fn print_decisions(clickhouse: &ClickHouse) -> Result<()> {
+    println!("\n== decisions on the control topic (alerter audit), oldest first ==");
+    for row in clickhouse
+        .rows(
+            "SELECT toString(issued_at) AS issued, action, toString(version) AS version, key, reason \
+             FROM decisions FINAL ORDER BY issued_at_us, key",
+        )
+        .await?
+    {
+        println!(
+            "{}  {:<8} v{:<2} {}\n{:>32}{}",
+            field(&row, "issued"),
+            field(&row, "action"),
+            field(&row, "version"),
+            field(&row, "key"),
+            "",
+            field(&row, "reason")
+        );
+    }
+    Ok(())
+}
+
+/// A few of the documented analyst queries, as an analyst would run them.
+async fn print_queries(clickhouse: &ClickHouse, dir: &std::path::Path) -> Result<()> {
+    for name in [
+        "01_spend_by_team_model_day.sql",
+        "10_fallback_share_and_spend_by_workflow.sql",
+        "14_pending_async_jobs.sql",
+        "15_top_scopes_by_percent_of_cap.sql",
+    ] {
+        let path = dir.join(name);
+        let sql = std::fs::read_to_string(&path)
+            .with_context(|| format!("reading {}", path.display()))?;
+        let title = sql
+            .lines()
+            .find_map(|line| line.strip_prefix("-- title: "))
+            .unwrap_or(name);
+        let body = sql.trim().trim_end_matches(';');
+        let text = clickhouse
+            .text(&format!("{body}\nFORMAT PrettyCompactMonoBlock"))
+            .await
+            .with_context(|| format!("running {name}"))?;
+        let text = if text.trim().is_empty() {
+            "(no rows)\n"
+        } else {
+            &text
+        };
+        println!("\n== analyst query: {title} ({name}) ==\n{text}");
+    }
+    Ok(())
+}
+
+/// `quotactl replay --compare` over the run, with the alerter's policies.
+async fn replay(
+    config: &alerter::Config,
+    from: DateTime<Utc>,
+) -> Result<(quotactl::replay::ReplayReport, quotactl::replay::Comparison)> {
+    let policies = policy::PolicySet::load_dir(&config.alert.policies_dir)
+        .map_err(|errors| anyhow::anyhow!("policies do not load: {errors}"))?;
+    let catalog = config.alert.load_catalog().map_err(anyhow::Error::msg)?;
+    let client = infra::clickhouse::client(&config.clickhouse);
+    let to = Utc::now();
+    let approvals = quotactl::replay::approvals(&client, from, to).await?;
+    let replayer = quotactl::replay::Replayer::new(
+        Arc::new(policies),
+        Arc::new(catalog),
+        config.alert.anomaly.clone(),
+        approvals,
+    )?;
+    let report = quotactl::replay::run(&client, replayer, from, to, &|_| {}).await?;
+    let live = quotactl::replay::live_decisions(&client, from, to).await?;
+    let comparison = quotactl::replay::compare(&live, &report.decisions);
+    println!(
+        "\n== replay of the run's history against the same policies (quotactl replay --compare) =="
+    );
+    print!(
+        "{}",
+        quotactl::replay::report_text(&report, Some(&comparison))
+    );
+    Ok((report, comparison))
+}
+
+struct Outcome {
+    name: &'static str,
+    ok: bool,
+    detail: String,
+}
+
+fn outcome(name: &'static str, ok: bool, detail: String) -> Outcome {
+    Outcome { name, ok, detail }
+}
+
+async fn outcomes(
+    clickhouse: &ClickHouse,
+    gatekeeping: &Gatekeeping,
+    captured: &alerter::receiver::Captured,
+    replay: &(quotactl::replay::ReplayReport, quotactl::replay::Comparison),
+    totals_exact: bool,
+) -> Result<Vec<Outcome>> {
+    let mut outcomes = Vec::new();
+    let tally = |actor| gatekeeping.tally.get(&actor).cloned().unwrap_or_default();
+    let cap = Decimal::from_str(LOOP_CAP)?;
+
+    // The runaway loop: where its spend crossed the cap, and what got through after.
+    let loop_events = clickhouse
+        .rows(&format!(
+            "SELECT toString(occurred_at_us) AS at_us, toString(ifNull(cost_usd, toDecimal128(0, 12))) AS cost \
+             FROM usage_events WHERE api_key_id = '{}' ORDER BY occurred_at_us, event_id",
+            scenario::LOOP_KEY
+        ))
+        .await?;
+    let approved_us = gatekeeping
+        .approved_at
+        .map_or(i64::MAX, |at| at.timestamp_micros());
+    let mut spent = Decimal::ZERO;
+    let mut crossing: Option<i64> = None;
+    let (mut over_events, mut over_usd) = (0u64, Decimal::ZERO);
+    for row in &loop_events {
+        let at: i64 = field(row, "at_us").parse().unwrap_or_default();
+        if at >= approved_us {
+            break;
+        }
+        let cost = decimal(row, "cost");
+        if crossing.is_some() {
+            over_events += 1;
+            over_usd += cost;
+        }
+        spent += cost;
+        if crossing.is_none() && spent >= cap {
+            crossing = Some(at);
+        }
+    }
+    let bound_events = (scenario::LOOP_RATE * ENFORCEMENT_BOUND.as_secs_f64()).ceil() as u64;
+    outcomes.push(match (crossing, gatekeeping.loop_first_refused) {
+        (Some(crossing), Some(refused)) => {
+            let latency_ms = (refused.timestamp_micros() - crossing) as f64 / 1000.0;
+            outcome(
+                "runaway loop cut off",
+                over_events <= bound_events,
+                format!(
+                    "staging key {} crossed its {} USD cap; the gateway refused it {:.0} ms after the crossing call; \
+                     spend stopped at {} USD: {} calls ({} USD) got through after the crossing, bound {} calls \
+                     ({} calls/s x {} ms: the enforcement p99 goal + one gateway tick)",
+                    scenario::LOOP_KEY,
+                    cap,
+                    latency_ms,
+                    spent.normalize(),
+                    over_events,
+                    over_usd.round_dp(4).normalize(),
+                    bound_events,
+                    scenario::LOOP_RATE,
+                    ENFORCEMENT_BOUND.as_millis()
+                ),
+            )
+        }
+        _ => outcome(
+            "runaway loop cut off",
+            false,
+            format!(
+                "the loop spent {} USD and was {} refused",
+                spent.normalize(),
+                if gatekeeping.loop_first_refused.is_some() { "" } else { "never" }
+            ),
+        ),
+    });
+
+    // The soft ladder of the loop's key: each threshold once, in Slack.
+    let slack = captured.bodies("/slack");
+    let ladder: Vec<(u32, usize)> = [50, 75, 90, 100]
+        .into_iter()
+        .map(|percent| {
+            let needle = format!("{percent}% of quota used");
+            let count = slack
+                .iter()
+                .filter(|body| {
+                    let text = body["text"].as_str().unwrap_or("");
+                    text.contains(&needle) && text.contains(scenario::LOOP_KEY)
+                })
+                .count();
+            (percent, count)
+        })
+        .collect();
+    outcomes.push(outcome(
+        "soft-alert ladder",
+        ladder.iter().all(|(_, count)| *count == 1),
+        format!(
+            "Slack alerts for {}: {}",
+            scenario::LOOP_KEY,
+            ladder
+                .iter()
+                .map(|(percent, count)| format!("{percent}% x{count}"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        ),
+    ));
+
+    // The page: triggered at the cap, resolved by the approval (PagerDuty events of the loop's
+    // hard-cap incident, by its dedup key).
+    let pagerduty = captured.bodies("/pagerduty");
+    let incident = pagerduty.iter().find_map(|body| {
+        let summary = body["payload"]["summary"].as_str().unwrap_or("");
+        (summary.contains("hard cap reached") && summary.contains(scenario::LOOP_KEY))
+            .then(|| body["dedup_key"].as_str().unwrap_or("").to_owned())
+    });
+    let pages: Vec<&str> = pagerduty
+        .iter()
+        .filter(|body| {
+            incident
+                .as_deref()
+                .is_some_and(|key| body["dedup_key"] == key)
+        })
+        .map(|body| body["event_action"].as_str().unwrap_or(""))
+        .collect();
+    outcomes.push(outcome(
+        "hard cap paged",
+        pages.starts_with(&["trigger", "resolve"]),
+        format!(
+            "PagerDuty incident {} of the loop's key: {}",
+            incident.as_deref().unwrap_or("(none)"),
+            pages.join(" -> ")
+        ),
+    ));
+
+    // The approval lifted the block; the loop went on until the raised cap.
+    let loop_decisions = clickhouse
+        .rows(&format!(
+            "SELECT action FROM decisions FINAL WHERE policy_id = 'staging-agent-daily-cap' \
+             AND has(scope_values, '{}') ORDER BY version",
+            scenario::LOOP_KEY
+        ))
+        .await?;
+    let actions: Vec<&str> = loop_decisions
+        .iter()
+        .map(|row| field(row, "action"))
+        .collect();
+    let lifted_ms = gatekeeping
+        .approved_at
+        .zip(gatekeeping.loop_allowed_after_approval)
+        .map(|(approved, allowed)| (allowed - approved).num_milliseconds());
+    outcomes.push(outcome(
+        "approval lifted block",
+        actions.starts_with(&["block", "allow"]) && lifted_ms.is_some(),
+        format!(
+            "alice raised the cap to {RAISED_CAP} USD ({}); decisions for the key: {}; the loop was let through again {} ms after the approval",
+            gatekeeping.approval.as_deref().unwrap_or("no approval"),
+            actions.join(" -> "),
+            lifted_ms.map_or_else(|| "-".to_owned(), |ms| ms.to_string())
+        ),
+    ));
+
+    // The fallback storm: the fallback route is blocked, the primary is not.
+    let fallback = tally(Actor::StormFallback);
+    let primary = tally(Actor::StormPrimary);
+    let storm_spend = clickhouse
+        .rows(&format!(
+            "SELECT toString(sum(ifNull(cost_usd, toDecimal128(0, 12)))) AS spend FROM usage_events \
+             WHERE workflow = '{}' AND fallback_from_model IS NOT NULL",
+            scenario::STORM_WORKFLOW
+        ))
+        .await?;
+    let storm_blocked = gatekeeping
+        .refused_by_policy
+        .contains_key("support-fallback-budget");
+    outcomes.push(outcome(
+        "fallback storm tripped",
+        storm_blocked && fallback.refused > 0 && primary.refused == 0,
+        format!(
+            "{} fallback spend on {} reached {} USD (budget 3 USD): {} of {} fallback attempts refused, primary route untouched ({} of {} sent)",
+            "support",
+            scenario::STORM_WORKFLOW,
+            storm_spend.first().map_or("0", |row| field(row, "spend")),
+            fallback.refused,
+            fallback.generated,
+            primary.sent,
+            primary.generated
+        ),
+    ));
+
+    // The deprecated model: every call refused in prod, none reached the provider.
+    let legacy = tally(Actor::Legacy);
+    let archived_legacy = clickhouse
+        .rows(&format!(
+            "SELECT toString(count()) AS n FROM usage_events WHERE model = '{}' AND environment = 'prod'",
+            scenario::DEPRECATED.1
+        ))
+        .await?;
+    let archived_legacy = archived_legacy.first().map_or("?", |row| field(row, "n"));
+    outcomes.push(outcome(
+        "deprecated model blocked",
+        legacy.generated > 0 && legacy.refused == legacy.generated && archived_legacy == "0",
+        format!(
+            "{}/{} in prod: {} of {} calls refused, {} reached the provider",
+            scenario::DEPRECATED.0,
+            scenario::DEPRECATED.1,
+            legacy.refused,
+            legacy.generated,
+            archived_legacy
+        ),
+    ));
+
+    outcomes.push(outcome(
+        "totals exact",
+        totals_exact,
+        "the aggregator's per-team day totals equal a recount of the raw archive".to_owned(),
+    ));
+    let (report, comparison) = replay;
+    outcomes.push(outcome(
+        "replay reproduces live",
+        comparison.reproduced() && !comparison.same.is_empty(),
+        format!(
+            "quotactl replay made the same decisions as the live alerter for {} of {} keys ({} decisions; {} USD of overshoot it would have stopped)",
+            comparison.same.len(),
+            comparison.same.len() + comparison.different.len(),
+            report.decisions.len(),
+            report.stopped_usd().round_dp(4).normalize()
+        ),
+    ));
+    Ok(outcomes)
 }

@@ -89,6 +89,39 @@ pub struct TopicSpec {
     pub retention: Retention,
 }
 
+/// Deletes the topics whose names start with `prefix`, except those in `keep`; returns their
+/// names. For housekeeping of per-run topics (the demo), never for a pipeline's own topics.
+pub async fn delete_topics_with_prefix(
+    kafka: &KafkaConfig,
+    prefix: &str,
+    keep: &[&str],
+) -> Result<Vec<String>> {
+    let admin: AdminClient<DefaultClientContext> =
+        base_config(kafka, "quotaflow-admin").create()?;
+    let metadata = admin
+        .inner()
+        .fetch_metadata(None, Duration::from_secs(10))?;
+    let doomed: Vec<String> = metadata
+        .topics()
+        .iter()
+        .map(|topic| topic.name().to_owned())
+        .filter(|name| name.starts_with(prefix) && !keep.contains(&name.as_str()))
+        .collect();
+    if doomed.is_empty() {
+        return Ok(doomed);
+    }
+    let names: Vec<&str> = doomed.iter().map(String::as_str).collect();
+    let options = AdminOptions::new().operation_timeout(Some(Duration::from_secs(30)));
+    for result in admin.delete_topics(&names, &options).await? {
+        if let Err((name, code)) = result {
+            if code != RDKafkaErrorCode::UnknownTopicOrPartition {
+                return Err(Error::Config(format!("cannot delete topic {name}: {code}")));
+            }
+        }
+    }
+    Ok(doomed)
+}
+
 /// Creates the topics that do not exist yet; existing topics are left as they are.
 pub async fn ensure_topics(kafka: &KafkaConfig, topics: &[TopicSpec]) -> Result<()> {
     let admin: AdminClient<DefaultClientContext> =

@@ -62,6 +62,10 @@ enum Command {
         /// Compare with the live alerter's decisions in the range; exit 1 if they differ.
         #[arg(long)]
         compare: bool,
+        /// Leave events the replayed decisions refuse out of the totals (a what-if for policies
+        /// that were not live), instead of counting every event as it happened.
+        #[arg(long)]
+        exclude_refused: bool,
     },
     /// Raise a policy's cap for one scope until a deadline (see `quotaflow-alerter approve`).
     Approve(alerter::approve::ApproveArgs),
@@ -120,6 +124,7 @@ async fn main() -> anyhow::Result<ExitCode> {
             from,
             to,
             compare,
+            exclude_refused,
         } => {
             let dir = policies.unwrap_or_else(|| config.alert.policies_dir.clone());
             let policies = policy::PolicySet::load_dir(&dir).map_err(|errors| {
@@ -134,6 +139,11 @@ async fn main() -> anyhow::Result<ExitCode> {
                 config.alert.anomaly.clone(),
                 approvals,
             )?;
+            let replayer = if exclude_refused {
+                replayer.excluding_refused()
+            } else {
+                replayer
+            };
             let total = quotactl::replay::count_events(&client, from, to).await?;
             let progress = if args.json {
                 ProgressBar::hidden()

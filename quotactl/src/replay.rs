@@ -10,12 +10,16 @@
 //! **Time is event time.** The engine's clock is the current event's `occurred_at`; it ticks at
 //! every new second of it (window ends, approval expiries) and once at the end of the range.
 //!
-//! **Enforcement is simulated** as a gateway would have carried it out: an event whose request a
-//! block in force refuses is not counted (the request would not have been made) and its cost is
-//! reported as *stopped*; a degraded one is counted as it happened and reported as *degraded*
-//! (its price on the cheaper route is not recomputed). On a history the live pipeline already
-//! enforced, the stopped spend is the overshoot that got through before the gateway saw the
-//! block.
+//! **Enforcement.** Each event is checked, as a gateway would, against the decisions the replay has
+//! in force at its time: an event a block refuses is reported as *stopped* (its cost is spend the
+//! policies would have prevented), a degraded one as *degraded* (its cheaper price is not
+//! recomputed). By default every event is still counted in the totals, because it happened: the
+//! decisions then follow the history exactly, which is what lets a replay reproduce the live
+//! alerter's decisions (on a history the live pipeline enforced, the stopped spend is the
+//! overshoot that got through before the gateway saw the block). With
+//! [`Replayer::excluding_refused`] refused events are left out of the totals instead, as if they
+//! had never been made (a what-if for policies that were not live: later decisions, such as the
+//! cap returning after an approval, then come later or not at all).
 //!
 //! **Limits.** The replay starts from nothing: decisions in force before the range are not known
 //! (start the range where none was). Per-action rules (retries of non-retryable errors, attempts
@@ -91,7 +95,8 @@ pub struct ReplayReport {
     pub to: Option<DateTime<Utc>>,
     /// Events read.
     pub events: u64,
-    /// Events counted in the totals (read minus stopped minus unusable).
+    /// Events counted in the totals (read minus unusable, and minus stopped when refused events
+    /// are excluded).
     pub counted: u64,
     /// Rows that are not a valid event, with the first reason (not counted).
     pub unusable: u64,
@@ -128,6 +133,8 @@ pub struct Replayer {
     /// The last second the engine ticked at.
     ticked: Option<i64>,
     version: u64,
+    /// Refused events are left out of the totals.
+    exclude_refused: bool,
     report: ReplayReport,
 }
 
@@ -153,8 +160,15 @@ impl Replayer {
             now: None,
             ticked: None,
             version: 0,
+            exclude_refused: false,
             report: ReplayReport::default(),
         })
+    }
+
+    /// Leaves refused events out of the totals (see the module docs).
+    pub fn excluding_refused(mut self) -> Replayer {
+        self.exclude_refused = true;
+        self
     }
 
     /// One archived row, in event-time order.
@@ -189,7 +203,9 @@ impl Replayer {
                     .or_default();
                 enforced.stopped_events += 1;
                 enforced.stopped_usd += cost;
-                return;
+                if self.exclude_refused {
+                    return;
+                }
             }
             Verdict::Degrade { policy_id, .. } => {
                 let enforced = self

@@ -112,9 +112,10 @@ fn quotactl(config: &alerter::Config, args: &[&str]) -> std::process::Output {
 
 #[tokio::test]
 async fn replay_blocks_at_the_crossing_stops_what_follows_and_applies_approvals() {
-    // An hour ago, one event a minute: k1 spends 0.4 USD each time, k2 0.1 USD.
-    let start = Utc::now() - TimeDelta::hours(1);
-    let start = start - TimeDelta::nanoseconds(i64::from(start.timestamp_subsec_nanos()));
+    // One event a minute: k1 spends 0.4 USD each time, k2 0.1 USD.
+    // Yesterday 10:00 UTC: inside one UTC day whatever the time the test runs.
+    let midnight = Utc::now().timestamp() - Utc::now().timestamp().rem_euclid(86_400);
+    let start = DateTime::<Utc>::from_timestamp(midnight - 14 * 3600, 0).unwrap();
     let at = |minute: i64| start + TimeDelta::minutes(minute);
     let mut events = Vec::new();
     for minute in 0..10 {
@@ -125,7 +126,19 @@ async fn replay_blocks_at_the_crossing_stops_what_follows_and_applies_approvals(
     let config = history("quotactl_replay", &events, at(4) + TimeDelta::seconds(30)).await;
     let from = (start - TimeDelta::minutes(1)).to_rfc3339();
     let to = (at(10)).to_rfc3339();
-    let output = quotactl(&config, &["--json", "replay", "--from", &from, "--to", &to]);
+    // What-if: refused events would not have been made, so they are left out of the totals.
+    let output = quotactl(
+        &config,
+        &[
+            "--json",
+            "replay",
+            "--from",
+            &from,
+            "--to",
+            &to,
+            "--exclude-refused",
+        ],
+    );
     assert!(
         output.status.success(),
         "{}",
@@ -195,6 +208,30 @@ async fn replay_blocks_at_the_crossing_stops_what_follows_and_applies_approvals(
         "{report:#}"
     );
 
+    // As it happened (the default): every event counts, so at the approval k1 is at 2.0 of the
+    // raised 2 and stays blocked; everything k1 sent after minute 2 is reported as stopped.
+    let output = quotactl(&config, &["--json", "replay", "--from", &from, "--to", &to]);
+    let json: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    let report = &json["report"];
+    let actions: Vec<(&str, &str)> = report["decisions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| (d["key"].as_str().unwrap(), d["action"].as_str().unwrap()))
+        .collect();
+    assert_eq!(
+        actions,
+        vec![(k1.as_str(), "block"), (k2.as_str(), "block")],
+        "{report:#}"
+    );
+    assert_eq!(report["counted"], 20);
+    let enforced = &report["enforced"]["t-replay"];
+    assert_eq!(enforced["stopped_events"], 7);
+    assert_eq!(
+        Decimal::from_str(enforced["stopped_usd"].as_str().unwrap()).unwrap(),
+        Decimal::new(28, 1)
+    );
+
     // Compared with live decisions that agree for k1 and miss one for k2: exit 1, named.
     let client = infra::clickhouse::client(&config.clickhouse);
     let live = |version: u64, action: &str, minute: i64| {
@@ -210,10 +247,8 @@ async fn replay_blocks_at_the_crossing_stops_what_follows_and_applies_approvals(
         .query(&format!(
             "INSERT INTO decisions (decision_id, key, policy_id, scope_keys, scope_values, action, degrade_to, \
              reason, unit, observed, limit_value, window_kind, window_start, window_end, issued_at, issued_at_us, \
-             expires_at, version) VALUES {}, {}, {}",
-            live(1, "block", 2),
-            live(2, "allow", 4),
-            live(3, "block", 6)
+             expires_at, version) VALUES {}",
+            live(1, "block", 2)
         ))
         .execute()
         .await
