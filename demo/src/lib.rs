@@ -1,5 +1,8 @@
-//! The demo's reusable part: [`workload`], the deterministic synthetic gateway workload that
-//! `quotaflow-demo` sends to ingest and the aggregator's stage benchmark writes straight to Kafka.
+//! The main job's workload and scripted run: [`workload`], the deterministic synthetic gateway
+//! fleet (the aggregator's stage benchmark writes it straight to Kafka); [`scenario`], the scripted
+//! scenarios on top of it; [`run`], what `quotaflow-demo` (README command 1) and the end-to-end
+//! test run.
 
+pub mod run;
 pub mod scenario;
 pub mod workload;

@@ -1,0 +1,973 @@
+//! The main job's scripted run, as `quotaflow-demo` runs it and the end-to-end test calls it: a
+//! gateway simulator sends the [`crate::scenario`] workload to the ingest API, asking the
+//! `gateway` enforcement client about every request first (it follows the control topic, as a
+//! real gateway would: blocked requests are not sent, degraded ones go to the cheaper model).
+//! Midway a budget owner approves a raise for the blocked staging key (the `approve` command's
+//! code). At the end it waits until the raw archive holds every accepted event and prints a
+//! summary from ClickHouse (as the read-only analyst), the alerts the local Slack/PagerDuty
+//! receiver captured, the decisions, a few analyst queries, a replay of the history against the
+//! same policies, and one [`Outcome`] per scenario.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::str::FromStr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crate::scenario::{self, Actor, Scenario};
+use crate::workload::Models;
+use anyhow::{bail, Context, Result};
+use chrono::{DateTime, TimeDelta, Utc};
+use clap::Parser;
+use indicatif::{ProgressBar, ProgressStyle};
+use rust_decimal::Decimal;
+use serde_json::Value;
+
+/// Runs the scripted demo against running services.
+#[derive(Debug, Clone, Parser)]
+#[command(name = "quotaflow-demo")]
+pub struct Args {
+    /// Base URL of the ingest service.
+    #[arg(long, default_value = "http://127.0.0.1:8080")]
+    pub ingest_url: String,
+    /// Bearer token of the demo producer (from the environment, never printed).
+    #[arg(long, env = "DEMO_INGEST_TOKEN", hide_env_values = true)]
+    pub token: String,
+    /// Producer name the token belongs to.
+    #[arg(long, default_value = "demo")]
+    pub producer: String,
+    /// How long the workload runs, in seconds (at least 20; the scenarios are placed in it).
+    #[arg(long, default_value_t = 60)]
+    pub duration: u64,
+    /// Background events per second (the scenarios add about 70 a second at their peak).
+    #[arg(long, default_value_t = 300)]
+    pub rate: u64,
+    /// ClickHouse HTTP endpoint for the summary queries.
+    #[arg(long, default_value = "http://127.0.0.1:8123")]
+    pub clickhouse_url: String,
+    /// Database the services write to.
+    #[arg(long, default_value = "quotaflow_demo")]
+    pub database: String,
+    /// Seed of the workload generator.
+    #[arg(long, default_value_t = 42)]
+    pub seed: u64,
+    /// The alerter's config (Kafka topics, policy directory, ClickHouse); `QUOTAFLOW_*`
+    /// variables override it. Used for the approval and the replay.
+    #[arg(long, default_value = "config/alerter.toml")]
+    pub alerter_config: PathBuf,
+    /// The price catalog the services use (the workload picks models it does not retire).
+    #[arg(long, default_value = "demo/catalog.json")]
+    pub catalog: PathBuf,
+    /// The local Slack/PagerDuty receiver the alerter notifies.
+    #[arg(long, default_value = "http://127.0.0.1:9110")]
+    pub receiver_url: String,
+    /// Delete the topics of earlier demo runs (`quotaflow.demo.*` other than this run's).
+    #[arg(long)]
+    pub delete_old_topics: bool,
+    /// Analyst queries whose results the summary shows.
+    #[arg(long, default_value = "schemas/sql/queries")]
+    pub queries_dir: PathBuf,
+}
+
+/// The gateway's tick: requests are generated, checked and posted every 50 ms.
+const TICK: Duration = Duration::from_millis(50);
+/// When the budget owner approves the raise, as a fraction of the duration.
+const APPROVE_AT: f64 = 0.45;
+/// The raised cap of the staging key, USD.
+const RAISED_CAP: &str = "8";
+/// The staging key's cap in the demo's policy, USD.
+const LOOP_CAP: &str = "5";
+/// Enforcement latency (event → block at the gateway) the loop's overshoot is held to: the
+/// p99 goal the latency benchmark meets (docs/benchmarks.md), plus one gateway tick.
+const ENFORCEMENT_BOUND: Duration = Duration::from_millis(250 + 50);
+
+/// What the simulated gateway did, per actor.
+#[derive(Debug, Default, Clone)]
+struct Tally {
+    generated: u64,
+    sent: u64,
+    refused: u64,
+    degraded: u64,
+}
+
+#[derive(Debug, Default)]
+struct Gatekeeping {
+    tally: BTreeMap<Actor, Tally>,
+    /// Refusals per policy: count and one reason.
+    refused_by_policy: BTreeMap<String, (u64, String)>,
+    degraded_by_policy: BTreeMap<String, (u64, String)>,
+    /// First refusal of a loop call (wall clock), and the first allowed after the approval.
+    loop_first_refused: Option<DateTime<Utc>>,
+    loop_allowed_after_approval: Option<DateTime<Utc>>,
+    approved_at: Option<DateTime<Utc>>,
+    approval: Option<String>,
+    accepted: u64,
+    rejected: u64,
+}
+
+/// Runs the scenarios against running services (the alerter's `config` gives the topics, the
+/// policies and the catalog); prints the summary and returns one outcome per scenario.
+pub async fn run(args: &Args, alerter_config: &alerter::Config) -> Result<Vec<Outcome>> {
+    if args.duration < 20 {
+        bail!("--duration must be at least 20 seconds");
+    }
+    let started_at = Utc::now();
+    let run_id = format!("{:x}", started_at.timestamp_millis());
+    let http = reqwest::Client::new();
+    let catalog = pricing::Catalog::load_path(&args.catalog, None)
+        .with_context(|| format!("loading the price catalog {}", args.catalog.display()))?;
+    let models = Models::current(&catalog, started_at.date_naive());
+    println!(
+        "models in use (none retired on {}): text {} and {}, images {}, video {}, audio {}, embeddings {}, batch {}",
+        started_at.date_naive(),
+        models.openai_text.model,
+        models.anthropic_text.model,
+        models.image.model,
+        models.video.model,
+        models.audio.model,
+        models.embedding.model,
+        models.batch.model
+    );
+    if args.delete_old_topics {
+        let topics = &alerter_config.kafka.topics;
+        let keep = [
+            topics.usage.as_str(),
+            topics.dead_letter.as_str(),
+            topics.totals.as_str(),
+            topics.control.as_str(),
+            topics.alerts.as_str(),
+            topics.approvals.as_str(),
+        ];
+        let deleted = infra::kafka::delete_topics_with_prefix(
+            &alerter_config.kafka,
+            "quotaflow.demo.",
+            &keep,
+        )
+        .await
+        .context("deleting the topics of earlier demo runs")?;
+        if !deleted.is_empty() {
+            println!("deleted {} topics of earlier demo runs", deleted.len());
+        }
+    }
+    let gateway = start_gateway(alerter_config).await?;
+    let mut gatekeeping = Gatekeeping::default();
+    let scenario = Scenario::new(
+        args.seed,
+        &run_id,
+        &args.producer,
+        models,
+        Duration::from_secs(args.duration),
+        args.rate,
+    );
+    run_workload(
+        args,
+        alerter_config,
+        &http,
+        &gateway,
+        scenario,
+        &mut gatekeeping,
+    )
+    .await?;
+    gateway.shutdown();
+    print_gatekeeping(&gatekeeping);
+    if gatekeeping.accepted == 0 {
+        bail!("ingest accepted no events");
+    }
+    let clickhouse = ClickHouse {
+        http: http.clone(),
+        url: args.clickhouse_url.clone(),
+        database: args.database.clone(),
+    };
+    wait_for_archive(&clickhouse, &run_id, gatekeeping.accepted).await?;
+    print_summary(&clickhouse, &run_id).await?;
+    let totals_exact = print_aggregator_check(&clickhouse).await?;
+    let captured = captured_notifications(&http, &args.receiver_url).await?;
+    print_notifications(&captured);
+    print_decisions(&clickhouse).await?;
+    print_queries(&clickhouse, &args.queries_dir).await?;
+    let replay = replay(alerter_config, started_at - TimeDelta::seconds(1)).await?;
+    let outcomes = outcomes(&clickhouse, &gatekeeping, &captured, &replay, totals_exact).await?;
+    println!("\n== scenarios ==");
+    for outcome in &outcomes {
+        println!(
+            "{} {:<22} {}",
+            if outcome.ok { "PASS" } else { "FAIL" },
+            outcome.name,
+            outcome.detail
+        );
+    }
+    Ok(outcomes)
+}
+
+/// The enforcement client on the control topic, caught up.
+async fn start_gateway(config: &alerter::Config) -> Result<gateway::Gateway> {
+    let gateway = gateway::Gateway::start(gateway::GatewayConfig {
+        kafka: config.kafka.clone(),
+        client_id: "quotaflow-demo-gateway".to_owned(),
+        ..Default::default()
+    })
+    .context("starting the gateway client")?;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !gateway.is_ready() {
+        if Instant::now() > deadline {
+            bail!("the gateway client did not catch up with the control topic in 30 s");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    Ok(gateway)
+}
+
+/// Asks the gateway about `request`: `false` if it is refused; a degrade changes the model.
+fn obey(
+    gateway: &gateway::Gateway,
+    request: &mut scenario::Request,
+    gatekeeping: &mut Gatekeeping,
+    now: DateTime<Utc>,
+) -> bool {
+    let labels = gateway::view::event_labels(&request.event);
+    let verdict = gateway.check(&gateway::RequestAttributes::of_event(
+        &request.event,
+        &labels,
+    ));
+    let tally = gatekeeping.tally.entry(request.actor).or_default();
+    tally.generated += 1;
+    match verdict {
+        gateway::Verdict::Allow => {
+            tally.sent += 1;
+            if request.actor == Actor::RunawayLoop
+                && gatekeeping.approved_at.is_some()
+                && gatekeeping.loop_allowed_after_approval.is_none()
+            {
+                gatekeeping.loop_allowed_after_approval = Some(now);
+            }
+            true
+        }
+        gateway::Verdict::Block {
+            reason, policy_id, ..
+        } => {
+            tally.refused += 1;
+            if request.actor == Actor::RunawayLoop && gatekeeping.loop_first_refused.is_none() {
+                gatekeeping.loop_first_refused = Some(now);
+            }
+            let entry = gatekeeping
+                .refused_by_policy
+                .entry(policy_id.to_string())
+                .or_insert((0, reason.to_string()));
+            entry.0 += 1;
+            false
+        }
+        gateway::Verdict::Degrade {
+            to,
+            reason,
+            policy_id,
+            ..
+        } => {
+            tally.sent += 1;
+            tally.degraded += 1;
+            let entry = gatekeeping
+                .degraded_by_policy
+                .entry(policy_id.to_string())
+                .or_insert((0, reason.to_string()));
+            entry.0 += 1;
+            let to = to.to_string();
+            request.event.model = to;
+            true
+        }
+    }
+}
+
+async fn run_workload(
+    args: &Args,
+    alerter_config: &alerter::Config,
+    http: &reqwest::Client,
+    gateway: &gateway::Gateway,
+    mut scenario: Scenario,
+    gatekeeping: &mut Gatekeeping,
+) -> Result<()> {
+    let duration = Duration::from_secs(args.duration);
+    let progress = ProgressBar::new(args.duration);
+    progress.set_style(
+        ProgressStyle::with_template("{spinner} workload [{bar:40}] {pos}/{len} s  {msg}")
+            .context("progress template")?
+            .progress_chars("=> "),
+    );
+    let started = Instant::now();
+    let mut ticks = 0u32;
+    loop {
+        ticks += 1;
+        let elapsed = TICK * ticks;
+        if elapsed > duration {
+            break;
+        }
+        // Pace by the tick's due time, not by fixed sleeps per request.
+        if let Some(ahead) = elapsed.checked_sub(started.elapsed()) {
+            tokio::time::sleep(ahead).await;
+        }
+        let now = Utc::now();
+        let mut batch = Vec::new();
+        for mut request in scenario.tick(elapsed, TICK, now) {
+            if obey(gateway, &mut request, gatekeeping, now) {
+                batch.push(request.event);
+            }
+        }
+        if !batch.is_empty() {
+            let response = post_with_retry(http, args, &batch).await?;
+            gatekeeping.accepted += response["accepted"].as_u64().unwrap_or(0);
+            gatekeeping.rejected += response["rejected"].as_u64().unwrap_or(0);
+        }
+        let fraction = elapsed.as_secs_f64() / duration.as_secs_f64();
+        if fraction >= APPROVE_AT && gatekeeping.approval.is_none() {
+            approve(alerter_config, gatekeeping, &progress).await?;
+        }
+        progress.set_position(elapsed.as_secs());
+        let loop_state = match (gatekeeping.loop_first_refused, gatekeeping.approved_at) {
+            _ if !scenario.loop_started(elapsed) => "loop not started",
+            (None, _) => "loop running",
+            (Some(_), None) => "loop cut off",
+            (Some(_), Some(_)) => "raise approved",
+        };
+        let refused: u64 = gatekeeping.tally.values().map(|t| t.refused).sum();
+        progress.set_message(format!(
+            "accepted {} refused {refused} | {loop_state}",
+            gatekeeping.accepted
+        ));
+    }
+    progress.finish();
+    Ok(())
+}
+
+/// The budget owner raises the staging key's cap (the `approve` command's code path), once the
+/// loop has been cut off.
+async fn approve(
+    config: &alerter::Config,
+    gatekeeping: &mut Gatekeeping,
+    progress: &ProgressBar,
+) -> Result<()> {
+    if gatekeeping.loop_first_refused.is_none() {
+        gatekeeping.approval = Some("not requested: the loop was never cut off".to_owned());
+        return Ok(());
+    }
+    let args = alerter::approve::ApproveArgs {
+        policy: "staging-agent-daily-cap".to_owned(),
+        scope: format!("api_key_id={}", scenario::LOOP_KEY),
+        limit: RAISED_CAP.to_owned(),
+        until: Utc::now() + TimeDelta::hours(1),
+        reason: "load test of the agent loop signed off".to_owned(),
+        by: "alice".to_owned(),
+    };
+    match alerter::approve::run(config, &args)
+        .await
+        .map_err(anyhow::Error::msg)?
+    {
+        alerter::approve::Outcome::Written(approval) => {
+            progress.println(format!(
+                "alice approved {} USD for {} until {} ({})",
+                RAISED_CAP, args.scope, args.until, approval.approval_id
+            ));
+            gatekeeping.approved_at = Some(approval.requested_at);
+            gatekeeping.approval = Some(approval.approval_id);
+        }
+        alerter::approve::Outcome::Refused(reason) => {
+            gatekeeping.approval = Some(format!("refused: {reason}"));
+        }
+    }
+    Ok(())
+}
+
+fn print_gatekeeping(gatekeeping: &Gatekeeping) {
+    println!("\n== the simulated gateway obeyed the control topic ==");
+    for (actor, tally) in &gatekeeping.tally {
+        println!(
+            "{:<14} {:>7} requests: {:>7} sent ({} degraded), {:>6} refused",
+            format!("{actor:?}"),
+            tally.generated,
+            tally.sent,
+            tally.degraded,
+            tally.refused
+        );
+    }
+    for (policy, (count, reason)) in &gatekeeping.refused_by_policy {
+        println!("refused  {count:>6}  policy {policy}: {reason}");
+    }
+    for (policy, (count, reason)) in &gatekeeping.degraded_by_policy {
+        println!("degraded {count:>6}  policy {policy}: {reason}");
+    }
+    println!(
+        "ingest accepted {} events, rejected {}",
+        gatekeeping.accepted, gatekeeping.rejected
+    );
+}
+
+/// Posts one batch; a 503 (Kafka unavailable) is retried with the same event ids, which is safe
+/// because downstream deduplicates by event id.
+async fn post_with_retry(
+    http: &reqwest::Client,
+    args: &Args,
+    batch: &[schemas::UsageEvent],
+) -> Result<Value> {
+    let url = format!("{}/v1/events", args.ingest_url);
+    for attempt in 1..=5 {
+        let response = http
+            .post(&url)
+            .bearer_auth(&args.token)
+            .json(batch)
+            .send()
+            .await
+            .context("POST /v1/events")?;
+        let status = response.status();
+        let body: Value = response.json().await.unwrap_or(Value::Null);
+        match status.as_u16() {
+            200 | 422 => return Ok(body),
+            503 if attempt < 5 => tokio::time::sleep(Duration::from_secs(attempt)).await,
+            _ => bail!("ingest answered {status}: {body}"),
+        }
+    }
+    bail!("ingest stayed unavailable")
+}
+
+struct ClickHouse {
+    http: reqwest::Client,
+    url: String,
+    database: String,
+}
+
+impl ClickHouse {
+    async fn text(&self, sql: &str) -> Result<String> {
+        let response = self
+            .http
+            .post(&self.url)
+            .query(&[("database", self.database.as_str())])
+            // Credentials in a header, never in the URL (which access logs keep).
+            .basic_auth("analyst", Some("analyst"))
+            .body(sql.to_owned())
+            .send()
+            .await
+            .context("clickhouse query")?;
+        let status = response.status();
+        let text = response.text().await?;
+        if !status.is_success() {
+            bail!("clickhouse answered {status}: {text}");
+        }
+        Ok(text)
+    }
+
+    /// Runs a query as the read-only analyst and returns its rows as JSON objects; decimals are
+    /// selected as strings (`toString`) so they stay exact.
+    async fn rows(&self, sql: &str) -> Result<Vec<Value>> {
+        self.text(&format!("{sql} FORMAT JSONEachRow"))
+            .await?
+            .lines()
+            .map(|line| serde_json::from_str(line).context("clickhouse row"))
+            .collect()
+    }
+}
+
+fn field<'a>(row: &'a Value, name: &str) -> &'a str {
+    row[name].as_str().unwrap_or("")
+}
+
+fn decimal(row: &Value, name: &str) -> Decimal {
+    Decimal::from_str(field(row, name)).unwrap_or_default()
+}
+
+async fn wait_for_archive(clickhouse: &ClickHouse, run_id: &str, expected: u64) -> Result<()> {
+    let progress = ProgressBar::new(expected);
+    progress.set_style(ProgressStyle::with_template(
+        "{spinner} archived [{bar:40}] {pos}/{len} events in ClickHouse",
+    )?);
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let rows = clickhouse
+            .rows(&format!(
+                "SELECT toString(count()) AS n FROM usage_events WHERE has(labels_keys, 'demo_run') AND labels_values[indexOf(labels_keys, 'demo_run')] = '{run_id}'"
+            ))
+            .await?;
+        let archived: u64 = rows
+            .first()
+            .and_then(|row| field(row, "n").parse().ok())
+            .unwrap_or(0);
+        progress.set_position(archived);
+        if archived >= expected {
+            progress.finish();
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            bail!("only {archived} of {expected} events reached ClickHouse in 120 s");
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
+/// Today's UTC day totals per team as the aggregator keeps them (`window_totals_current`), next to
+/// a recount from the raw archive; waits up to 60 s for them to agree. Whether they do.
+async fn print_aggregator_check(clickhouse: &ClickHouse) -> Result<bool> {
+    // ANY LEFT JOIN: 18.16 wants the strictness spelled out; modern ClickHouse accepts it too.
+    let sql = "SELECT raw.team AS team, toString(raw.requests) AS raw_requests, \
+         toString(agg.requests) AS agg_requests, toString(raw.cost) AS raw_cost, \
+         toString(agg.cost_usd) AS agg_cost, \
+         toString(raw.requests = agg.requests AND raw.cost = agg.cost_usd) AS agree \
+         FROM (SELECT team, countIf(job_state IS NULL OR job_state = 'submitted') AS requests, \
+               sum(ifNull(cost_usd, toDecimal128(0, 12))) AS cost FROM usage_events \
+               WHERE occurred_at >= toStartOfDay(now(), 'UTC') GROUP BY team) AS raw \
+         ANY LEFT JOIN (SELECT scope_key AS team, requests, cost_usd FROM window_totals_current \
+               WHERE scope_kind = 'team' AND window_kind = 'day' AND window_tz = 'UTC' \
+               AND window_start = toStartOfDay(now(), 'UTC')) AS agg USING team ORDER BY team";
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let rows = loop {
+        let rows = clickhouse.rows(sql).await?;
+        let agree = !rows.is_empty() && rows.iter().all(|row| field(row, "agree") == "1");
+        if agree || Instant::now() > deadline {
+            break rows;
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    };
+    println!("\n== aggregator totals today (UTC day) vs a recount of the raw archive ==");
+    for row in &rows {
+        println!(
+            "{:<10} requests {:>7} (recount {:>7})  cost {:>22} USD (recount {:>22})  {}",
+            field(row, "team"),
+            field(row, "agg_requests"),
+            field(row, "raw_requests"),
+            field(row, "agg_cost"),
+            field(row, "raw_cost"),
+            if field(row, "agree") == "1" {
+                "exact"
+            } else {
+                "DIFFERS"
+            }
+        );
+    }
+    Ok(!rows.is_empty() && rows.iter().all(|row| field(row, "agree") == "1"))
+}
+
+async fn print_summary(clickhouse: &ClickHouse, run_id: &str) -> Result<()> {
+    let run_filter = format!("labels_values[indexOf(labels_keys, 'demo_run')] = '{run_id}'");
+    println!("\n== spend per team (exact, USD) ==");
+    for row in clickhouse
+        .rows(&format!(
+            "SELECT team, toString(count()) AS events, toString(sum(ifNull(cost_usd, toDecimal128(0, 12)))) AS spend_usd, \
+             toString(countIf(cost_source = 'unpriced')) AS unpriced FROM usage_events WHERE {run_filter} GROUP BY team ORDER BY team"
+        ))
+        .await?
+    {
+        println!(
+            "{:<10} {:>7} events  {:>22} USD  {} unpriced",
+            field(&row, "team"),
+            field(&row, "events"),
+            field(&row, "spend_usd"),
+            field(&row, "unpriced")
+        );
+    }
+    println!("\n== events and spend per modality and model ==");
+    for row in clickhouse
+        .rows(&format!(
+            "SELECT modality, model, toString(count()) AS events, toString(sum(ifNull(cost_usd, toDecimal128(0, 12)))) AS spend_usd \
+             FROM usage_events WHERE {run_filter} GROUP BY modality, model ORDER BY modality, model"
+        ))
+        .await?
+    {
+        println!(
+            "{:<10} {:<24} {:>7} events  {:>22} USD",
+            field(&row, "modality"),
+            field(&row, "model"),
+            field(&row, "events"),
+            field(&row, "spend_usd")
+        );
+    }
+    Ok(())
+}
+
+/// What the local receiver captured; fails if it refused a payload (an off-format message).
+async fn captured_notifications(
+    http: &reqwest::Client,
+    receiver_url: &str,
+) -> Result<alerter::receiver::Captured> {
+    // The alerter notifies within a second of its decisions; wait until two reads agree.
+    let read = || async {
+        let response = http
+            .get(format!("{receiver_url}/captured"))
+            .send()
+            .await
+            .context("GET /captured from the local receiver")?;
+        response
+            .json::<alerter::receiver::Captured>()
+            .await
+            .context("the receiver's captures")
+    };
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut captured = read().await?;
+    loop {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let again = read().await?;
+        if again == captured || Instant::now() > deadline {
+            captured = again;
+            break;
+        }
+        captured = again;
+    }
+    if !captured.refused.is_empty() {
+        bail!(
+            "the local receiver refused payloads that are not in Slack's or PagerDuty's format: {:?}",
+            captured.refused
+        );
+    }
+    Ok(captured)
+}
+
+fn print_notifications(captured: &alerter::receiver::Captured) {
+    println!("\n== notifications captured by the local Slack/PagerDuty receiver ==");
+    let slack = captured.bodies("/slack");
+    let pagerduty = captured.bodies("/pagerduty");
+    println!(
+        "{} Slack messages (Block Kit), {} PagerDuty events (Events API v2)",
+        slack.len(),
+        pagerduty.len()
+    );
+    for body in slack {
+        println!("slack      {}", body["text"].as_str().unwrap_or(""));
+    }
+    for body in pagerduty {
+        println!(
+            "pagerduty  {:<8} {}  {}",
+            body["event_action"].as_str().unwrap_or(""),
+            body["dedup_key"].as_str().unwrap_or(""),
+            body["payload"]["summary"].as_str().unwrap_or("")
+        );
+    }
+}
+
+async fn print_decisions(clickhouse: &ClickHouse) -> Result<()> {
+    println!("\n== decisions on the control topic (alerter audit), oldest first ==");
+    for row in clickhouse
+        .rows(
+            "SELECT toString(issued_at) AS issued, action, toString(version) AS version, key, reason \
+             FROM decisions FINAL ORDER BY issued_at_us, key",
+        )
+        .await?
+    {
+        println!(
+            "{}  {:<8} v{:<2} {}\n{:>32}{}",
+            field(&row, "issued"),
+            field(&row, "action"),
+            field(&row, "version"),
+            field(&row, "key"),
+            "",
+            field(&row, "reason")
+        );
+    }
+    Ok(())
+}
+
+/// A few of the documented analyst queries, as an analyst would run them.
+async fn print_queries(clickhouse: &ClickHouse, dir: &std::path::Path) -> Result<()> {
+    for name in [
+        "01_spend_by_team_model_day.sql",
+        "10_fallback_share_and_spend_by_workflow.sql",
+        "14_pending_async_jobs.sql",
+        "15_top_scopes_by_percent_of_cap.sql",
+    ] {
+        let path = dir.join(name);
+        let sql = std::fs::read_to_string(&path)
+            .with_context(|| format!("reading {}", path.display()))?;
+        let title = sql
+            .lines()
+            .find_map(|line| line.strip_prefix("-- title: "))
+            .unwrap_or(name);
+        let body = sql.trim().trim_end_matches(';');
+        let text = clickhouse
+            .text(&format!("{body}\nFORMAT PrettyCompactMonoBlock"))
+            .await
+            .with_context(|| format!("running {name}"))?;
+        let text = if text.trim().is_empty() {
+            "(no rows)\n"
+        } else {
+            &text
+        };
+        println!("\n== analyst query: {title} ({name}) ==\n{text}");
+    }
+    Ok(())
+}
+
+/// `quotactl replay --compare` over the run, with the alerter's policies.
+async fn replay(
+    config: &alerter::Config,
+    from: DateTime<Utc>,
+) -> Result<(quotactl::replay::ReplayReport, quotactl::replay::Comparison)> {
+    let policies = policy::PolicySet::load_dir(&config.alert.policies_dir)
+        .map_err(|errors| anyhow::anyhow!("policies do not load: {errors}"))?;
+    let catalog = config.alert.load_catalog().map_err(anyhow::Error::msg)?;
+    let client = infra::clickhouse::client(&config.clickhouse);
+    let to = Utc::now();
+    let approvals = quotactl::replay::approvals(&client, from, to).await?;
+    let replayer = quotactl::replay::Replayer::new(
+        Arc::new(policies),
+        Arc::new(catalog),
+        config.alert.anomaly.clone(),
+        approvals,
+    )?;
+    let report = quotactl::replay::run(&client, replayer, from, to, &|_| {}).await?;
+    let live = quotactl::replay::live_decisions(&client, from, to).await?;
+    let comparison = quotactl::replay::compare(&live, &report.decisions);
+    println!(
+        "\n== replay of the run's history against the same policies (quotactl replay --compare) =="
+    );
+    print!(
+        "{}",
+        quotactl::replay::report_text(&report, Some(&comparison))
+    );
+    Ok((report, comparison))
+}
+
+/// How one scenario ended.
+#[derive(Debug, Clone)]
+pub struct Outcome {
+    /// The scenario.
+    pub name: &'static str,
+    /// Whether it had its expected outcome.
+    pub ok: bool,
+    /// Whether `ok` depends on a measured time (the runaway loop's overshoot against the
+    /// enforcement latency bound): a figure to report, not a pass/fail check for a test.
+    pub timed: bool,
+    /// What happened, for people.
+    pub detail: String,
+}
+
+fn outcome(name: &'static str, ok: bool, detail: String) -> Outcome {
+    Outcome {
+        name,
+        ok,
+        timed: false,
+        detail,
+    }
+}
+
+async fn outcomes(
+    clickhouse: &ClickHouse,
+    gatekeeping: &Gatekeeping,
+    captured: &alerter::receiver::Captured,
+    replay: &(quotactl::replay::ReplayReport, quotactl::replay::Comparison),
+    totals_exact: bool,
+) -> Result<Vec<Outcome>> {
+    let mut outcomes = Vec::new();
+    let tally = |actor| gatekeeping.tally.get(&actor).cloned().unwrap_or_default();
+    let cap = Decimal::from_str(LOOP_CAP)?;
+
+    // The runaway loop: where its spend crossed the cap, and what got through after.
+    let loop_events = clickhouse
+        .rows(&format!(
+            "SELECT toString(occurred_at_us) AS at_us, toString(ifNull(cost_usd, toDecimal128(0, 12))) AS cost \
+             FROM usage_events WHERE api_key_id = '{}' ORDER BY occurred_at_us, event_id",
+            scenario::LOOP_KEY
+        ))
+        .await?;
+    let approved_us = gatekeeping
+        .approved_at
+        .map_or(i64::MAX, |at| at.timestamp_micros());
+    let mut spent = Decimal::ZERO;
+    let mut crossing: Option<i64> = None;
+    let (mut over_events, mut over_usd) = (0u64, Decimal::ZERO);
+    for row in &loop_events {
+        let at: i64 = field(row, "at_us").parse().unwrap_or_default();
+        if at >= approved_us {
+            break;
+        }
+        let cost = decimal(row, "cost");
+        if crossing.is_some() {
+            over_events += 1;
+            over_usd += cost;
+        }
+        spent += cost;
+        if crossing.is_none() && spent >= cap {
+            crossing = Some(at);
+        }
+    }
+    let bound_events = (scenario::LOOP_RATE * ENFORCEMENT_BOUND.as_secs_f64()).ceil() as u64;
+    outcomes.push(match (crossing, gatekeeping.loop_first_refused) {
+        (Some(crossing), Some(refused)) => {
+            let latency_ms = (refused.timestamp_micros() - crossing) as f64 / 1000.0;
+            Outcome {
+                timed: true,
+                ..outcome(
+                "runaway loop cut off",
+                over_events <= bound_events,
+                format!(
+                    "staging key {} crossed its {} USD cap; the gateway refused it {:.0} ms after the crossing call; \
+                     spend stopped at {} USD: {} calls ({} USD) got through after the crossing, bound {} calls \
+                     ({} calls/s x {} ms: the enforcement p99 goal + one gateway tick)",
+                    scenario::LOOP_KEY,
+                    cap,
+                    latency_ms,
+                    spent.normalize(),
+                    over_events,
+                    over_usd.round_dp(4).normalize(),
+                    bound_events,
+                    scenario::LOOP_RATE,
+                    ENFORCEMENT_BOUND.as_millis()
+                ),
+            )
+            }
+        }
+        _ => outcome(
+            "runaway loop cut off",
+            false,
+            format!(
+                "the loop spent {} USD and was {} refused",
+                spent.normalize(),
+                if gatekeeping.loop_first_refused.is_some() { "" } else { "never" }
+            ),
+        ),
+    });
+
+    // The soft ladder of the loop's key: each threshold once, in Slack.
+    let slack = captured.bodies("/slack");
+    let ladder: Vec<(u32, usize)> = [50, 75, 90, 100]
+        .into_iter()
+        .map(|percent| {
+            let needle = format!("{percent}% of quota used");
+            let count = slack
+                .iter()
+                .filter(|body| {
+                    let text = body["text"].as_str().unwrap_or("");
+                    text.contains(&needle) && text.contains(scenario::LOOP_KEY)
+                })
+                .count();
+            (percent, count)
+        })
+        .collect();
+    outcomes.push(outcome(
+        "soft-alert ladder",
+        ladder.iter().all(|(_, count)| *count == 1),
+        format!(
+            "Slack alerts for {}: {}",
+            scenario::LOOP_KEY,
+            ladder
+                .iter()
+                .map(|(percent, count)| format!("{percent}% x{count}"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        ),
+    ));
+
+    // The page: triggered at the cap, resolved by the approval (PagerDuty events of the loop's
+    // hard-cap incident, by its dedup key).
+    let pagerduty = captured.bodies("/pagerduty");
+    let incident = pagerduty.iter().find_map(|body| {
+        let summary = body["payload"]["summary"].as_str().unwrap_or("");
+        (summary.contains("hard cap reached") && summary.contains(scenario::LOOP_KEY))
+            .then(|| body["dedup_key"].as_str().unwrap_or("").to_owned())
+    });
+    let pages: Vec<&str> = pagerduty
+        .iter()
+        .filter(|body| {
+            incident
+                .as_deref()
+                .is_some_and(|key| body["dedup_key"] == key)
+        })
+        .map(|body| body["event_action"].as_str().unwrap_or(""))
+        .collect();
+    outcomes.push(outcome(
+        "hard cap paged",
+        pages.starts_with(&["trigger", "resolve"]),
+        format!(
+            "PagerDuty incident {} of the loop's key: {}",
+            incident.as_deref().unwrap_or("(none)"),
+            pages.join(" -> ")
+        ),
+    ));
+
+    // The approval lifted the block; the loop went on until the raised cap.
+    let loop_decisions = clickhouse
+        .rows(&format!(
+            "SELECT action FROM decisions FINAL WHERE policy_id = 'staging-agent-daily-cap' \
+             AND has(scope_values, '{}') ORDER BY version",
+            scenario::LOOP_KEY
+        ))
+        .await?;
+    let actions: Vec<&str> = loop_decisions
+        .iter()
+        .map(|row| field(row, "action"))
+        .collect();
+    let lifted_ms = gatekeeping
+        .approved_at
+        .zip(gatekeeping.loop_allowed_after_approval)
+        .map(|(approved, allowed)| (allowed - approved).num_milliseconds());
+    outcomes.push(outcome(
+        "approval lifted block",
+        actions.starts_with(&["block", "allow"]) && lifted_ms.is_some(),
+        format!(
+            "alice raised the cap to {RAISED_CAP} USD ({}); decisions for the key: {}; the loop was let through again {} ms after the approval",
+            gatekeeping.approval.as_deref().unwrap_or("no approval"),
+            actions.join(" -> "),
+            lifted_ms.map_or_else(|| "-".to_owned(), |ms| ms.to_string())
+        ),
+    ));
+
+    // The fallback storm: the fallback route is blocked, the primary is not.
+    let fallback = tally(Actor::StormFallback);
+    let primary = tally(Actor::StormPrimary);
+    let storm_spend = clickhouse
+        .rows(&format!(
+            "SELECT toString(sum(ifNull(cost_usd, toDecimal128(0, 12)))) AS spend FROM usage_events \
+             WHERE workflow = '{}' AND fallback_from_model IS NOT NULL",
+            scenario::STORM_WORKFLOW
+        ))
+        .await?;
+    let storm_blocked = gatekeeping
+        .refused_by_policy
+        .contains_key("support-fallback-budget");
+    outcomes.push(outcome(
+        "fallback storm tripped",
+        storm_blocked && fallback.refused > 0 && primary.refused == 0,
+        format!(
+            "{} fallback spend on {} reached {} USD (budget 3 USD): {} of {} fallback attempts refused, primary route untouched ({} of {} sent)",
+            "support",
+            scenario::STORM_WORKFLOW,
+            storm_spend.first().map_or("0", |row| field(row, "spend")),
+            fallback.refused,
+            fallback.generated,
+            primary.sent,
+            primary.generated
+        ),
+    ));
+
+    // The deprecated model: every call refused in prod, none reached the provider.
+    let legacy = tally(Actor::Legacy);
+    let archived_legacy = clickhouse
+        .rows(&format!(
+            "SELECT toString(count()) AS n FROM usage_events WHERE model = '{}' AND environment = 'prod'",
+            scenario::DEPRECATED.1
+        ))
+        .await?;
+    let archived_legacy = archived_legacy.first().map_or("?", |row| field(row, "n"));
+    outcomes.push(outcome(
+        "deprecated model blocked",
+        legacy.generated > 0 && legacy.refused == legacy.generated && archived_legacy == "0",
+        format!(
+            "{}/{} in prod: {} of {} calls refused, {} reached the provider",
+            scenario::DEPRECATED.0,
+            scenario::DEPRECATED.1,
+            legacy.refused,
+            legacy.generated,
+            archived_legacy
+        ),
+    ));
+
+    outcomes.push(outcome(
+        "totals exact",
+        totals_exact,
+        "the aggregator's per-team day totals equal a recount of the raw archive".to_owned(),
+    ));
+    let (report, comparison) = replay;
+    outcomes.push(outcome(
+        "replay reproduces live",
+        comparison.reproduced() && !comparison.same.is_empty(),
+        format!(
+            "quotactl replay made the same decisions as the live alerter for {} of {} keys ({} decisions; {} USD of overshoot it would have stopped)",
+            comparison.same.len(),
+            comparison.same.len() + comparison.different.len(),
+            report.decisions.len(),
+            report.stopped_usd().round_dp(4).normalize()
+        ),
+    ));
+    Ok(outcomes)
+}

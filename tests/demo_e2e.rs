@@ -1,0 +1,177 @@
+//! The main job end to end on the real stack, in process: ingest (HTTP API and raw archive), the
+//! aggregator and the alerter run with the demo's policies and price catalog, the alerter notifies a
+//! local Slack/PagerDuty receiver that checks every payload, and the demo's scripted run
+//! (`demo::run`, what `dev/demo` runs) drives a short workload through the simulated gateway.
+//!
+//! Every scenario must end with its expected outcome: the runaway staging loop is cut off and its
+//! soft ladder fires once per threshold, its page is triggered and resolved by the approval, the
+//! approval lifts the block and the raised cap blocks again, the fallback storm blocks the fallback
+//! route only, the deprecated model is refused in prod, the aggregator's totals equal a recount,
+//! and `quotactl replay` reproduces, on this run's history, every decision the live alerter made.
+//! The overshoot of the loop is a measured figure (it depends on the machine's speed), reported
+//! but not asserted; `dev/demo` and `docs/benchmarks.md` report it.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::Parser;
+use infra::config::HttpConfig;
+use infra::secret::Secret;
+use infra::shutdown::Shutdown;
+use infra::testkit;
+
+const TOKEN: &str = "demo-e2e-token-0123456789";
+const ROUTING_KEY: &str = "demoE2eRoutingKey0123456789abcdef";
+
+async fn wait_ready(name: &str, base: &str, handle: &tokio::task::JoinHandle<impl Sized>) {
+    let url = format!("{base}/readyz");
+    testkit::eventually(Duration::from_secs(60), name, || {
+        assert!(!handle.is_finished(), "{name} stopped while starting");
+        let url = url.clone();
+        async move {
+            let response = reqwest::get(&url).await.ok()?;
+            response.status().is_success().then_some(())
+        }
+    })
+    .await;
+}
+
+async fn listener() -> (tokio::net::TcpListener, String) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let base = format!("http://{}", listener.local_addr().expect("address"));
+    (listener, base)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_demo_scenarios_end_as_expected_and_replay_reproduces_the_live_decisions() {
+    let kafka = testkit::kafka_config("demo_e2e");
+    let clickhouse = testkit::clickhouse_config("demo_e2e");
+    let policies = PathBuf::from("demo/policies");
+    let catalog = PathBuf::from("demo/catalog.json");
+    let shutdown = Shutdown::new();
+
+    let receiver = alerter::receiver::Receiver::new(ROUTING_KEY);
+    let (receiver_listener, receiver_url) = listener().await;
+    let router = receiver.router();
+    tokio::spawn(async move { axum::serve(receiver_listener, router).await });
+
+    let mut ingest_config = ingest::Config {
+        kafka: kafka.clone(),
+        clickhouse: clickhouse.clone(),
+        http: HttpConfig::with_port(0),
+        ..ingest::Config::default()
+    };
+    ingest_config
+        .api
+        .tokens
+        .insert("demo".to_owned(), Secret::new(TOKEN));
+    ingest_config.pricing.catalog_path = Some(catalog.clone());
+    let (ingest_listener, ingest_url) = listener().await;
+    let ingest = tokio::spawn(ingest::run_with_listener(
+        ingest_config.clone(),
+        ingest_listener,
+        shutdown.clone(),
+    ));
+    wait_ready("ingest", &ingest_url, &ingest).await;
+    let archive_shutdown = shutdown.clone();
+    let archive =
+        tokio::spawn(async move { ingest::archive::run(&ingest_config, archive_shutdown).await });
+
+    let mut aggregator_config = aggregator::Config {
+        kafka: kafka.clone(),
+        clickhouse: clickhouse.clone(),
+        http: HttpConfig::with_port(0),
+        group_id: testkit::unique_name("demo_e2e_aggregator"),
+        ..aggregator::Config::default()
+    };
+    aggregator_config.aggregate.policies_dir = Some(policies.clone());
+    let (aggregator_listener, aggregator_url) = listener().await;
+    let aggregator = tokio::spawn(aggregator::run_with_listener(
+        aggregator_config,
+        aggregator_listener,
+        shutdown.clone(),
+    ));
+    wait_ready("aggregator", &aggregator_url, &aggregator).await;
+
+    let mut alerter_config = alerter::Config {
+        kafka: kafka.clone(),
+        clickhouse: clickhouse.clone(),
+        http: HttpConfig::with_port(0),
+        group_id: testkit::unique_name("demo_e2e_alerter"),
+        ..alerter::Config::default()
+    };
+    alerter_config.alert.policies_dir = policies;
+    alerter_config.alert.catalog_path = Some(catalog.clone());
+    alerter_config.notify.slack.fallback_webhook =
+        Some(Secret::new(format!("{receiver_url}/slack")));
+    alerter_config.notify.pagerduty.events_url = format!("{receiver_url}/pagerduty");
+    alerter_config.notify.pagerduty.fallback_routing_key = Some(Secret::new(ROUTING_KEY));
+    let (alerter_listener, alerter_url) = listener().await;
+    let alerter = tokio::spawn(alerter::run_with_listener(
+        alerter_config.clone(),
+        alerter_listener,
+        shutdown.clone(),
+    ));
+    wait_ready("alerter", &alerter_url, &alerter).await;
+
+    let args = demo::run::Args::parse_from([
+        "quotaflow-demo",
+        "--ingest-url",
+        &ingest_url,
+        "--token",
+        TOKEN,
+        "--duration",
+        "20",
+        "--rate",
+        "100",
+        "--database",
+        &clickhouse.database,
+        "--catalog",
+        catalog.to_str().unwrap(),
+        "--receiver-url",
+        &receiver_url,
+    ]);
+    let outcomes = demo::run::run(&args, &alerter_config)
+        .await
+        .expect("the demo runs");
+    let names: Vec<&str> = outcomes.iter().map(|outcome| outcome.name).collect();
+    assert_eq!(
+        names,
+        [
+            "runaway loop cut off",
+            "soft-alert ladder",
+            "hard cap paged",
+            "approval lifted block",
+            "fallback storm tripped",
+            "deprecated model blocked",
+            "totals exact",
+            "replay reproduces live",
+        ]
+    );
+    for outcome in &outcomes {
+        assert!(
+            outcome.ok || outcome.timed,
+            "{}: {}",
+            outcome.name,
+            outcome.detail
+        );
+    }
+    assert!(receiver.captured().refused.is_empty());
+
+    shutdown.cancel();
+    stopped("ingest", ingest).await;
+    stopped("aggregator", aggregator).await;
+    stopped("alerter", alerter).await;
+    let _ = tokio::time::timeout(Duration::from_secs(30), archive).await;
+    testkit::drop_database(&clickhouse).await.unwrap();
+}
+
+/// Waits for a service to stop after the shutdown, and checks it stopped cleanly.
+async fn stopped<E: std::fmt::Debug>(name: &str, handle: tokio::task::JoinHandle<Result<(), E>>) {
+    let result = tokio::time::timeout(Duration::from_secs(30), handle)
+        .await
+        .unwrap_or_else(|_| panic!("{name} did not stop"));
+    assert!(matches!(result, Ok(Ok(()))), "{name} ended with {result:?}");
+}
