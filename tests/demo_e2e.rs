@@ -122,8 +122,9 @@ async fn the_demo_scenarios_end_as_expected_and_replay_reproduces_the_live_decis
         &ingest_url,
         "--token",
         TOKEN,
+        // 25 s: the storm (30 % of it) lasts 7.5 s and crosses its budget after about 4.7 s.
         "--duration",
-        "20",
+        "25",
         "--rate",
         "100",
         "--database",
