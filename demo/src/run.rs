@@ -675,7 +675,7 @@ async fn print_queries(clickhouse: &ClickHouse, dir: &std::path::Path) -> Result
             .unwrap_or(name);
         let body = sql.trim().trim_end_matches(';');
         let text = clickhouse
-            .text(&format!("{body}\nFORMAT PrettyCompactMonoBlock"))
+            .text(&format!("{body}\nFORMAT PrettyCompactNoEscapes"))
             .await
             .with_context(|| format!("running {name}"))?;
         let text = if text.trim().is_empty() {
