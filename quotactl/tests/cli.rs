@@ -136,13 +136,130 @@ fn quotactl(config: &alerter::Config, args: &[&str]) -> std::process::Output {
 
 fn toml_config(config: &alerter::Config) -> String {
     format!(
-        "[clickhouse]\nurl = {:?}\ndatabase = {:?}\nuser = {:?}\n[kafka]\nbrokers = {:?}\n[alert]\npolicies_dir = {:?}\n",
+        "[clickhouse]\nurl = {:?}\ndatabase = {:?}\nuser = {:?}\n[kafka]\nbrokers = {:?}\n[kafka.topics]\napprovals = {:?}\n[alert]\npolicies_dir = {:?}\n",
         config.clickhouse.url,
         config.clickhouse.database,
         config.clickhouse.user,
         config.kafka.brokers,
+        config.kafka.topics.approvals,
         config.alert.policies_dir.display().to_string()
     )
+}
+
+const APPROVABLE: &str = r#"
+id: t-approve
+description: Ten dollars per API key and day; alice may double it for a day.
+owner: {team: search, contact: search@example.com}
+unit: cost_usd
+group_by: [api_key_id]
+window: {kind: day}
+hard_cap: 10
+action: {kind: block}
+approval: {approvers: [alice], max_raise: 100%, max_duration: 24h}
+"#;
+
+/// Every approval record on `topic`, read to its end.
+fn approvals_on(kafka: &infra::config::KafkaConfig) -> Vec<schemas::Approval> {
+    use rdkafka::consumer::{BaseConsumer, Consumer};
+    use rdkafka::Message;
+    let consumer: BaseConsumer =
+        infra::kafka::consumer_config(kafka, "quotactl-test", &testkit::unique_name("reader"))
+            .create()
+            .unwrap();
+    let topic = &kafka.topics.approvals;
+    let metadata = consumer
+        .fetch_metadata(Some(topic), std::time::Duration::from_secs(10))
+        .unwrap();
+    let mut assignment = rdkafka::TopicPartitionList::new();
+    let mut ends = std::collections::BTreeMap::new();
+    for partition in metadata.topics()[0].partitions() {
+        let (low, high) = consumer
+            .fetch_watermarks(topic, partition.id(), std::time::Duration::from_secs(10))
+            .unwrap();
+        if high > low {
+            assignment
+                .add_partition_offset(topic, partition.id(), rdkafka::Offset::Beginning)
+                .unwrap();
+            ends.insert(partition.id(), high);
+        }
+    }
+    let mut approvals = Vec::new();
+    if ends.is_empty() {
+        return approvals;
+    }
+    consumer.assign(&assignment).unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while !ends.is_empty() && std::time::Instant::now() < deadline {
+        if let Some(Ok(message)) = consumer.poll(std::time::Duration::from_millis(100)) {
+            approvals.push(schemas::codec::decode(message.payload().unwrap()).unwrap());
+            if ends
+                .get(&message.partition())
+                .is_some_and(|end| message.offset() + 1 >= *end)
+            {
+                ends.remove(&message.partition());
+            }
+        }
+    }
+    approvals
+}
+
+#[tokio::test]
+async fn approve_writes_a_checked_raise_and_refuses_one_outside_the_policy() {
+    let mut config = alerter::Config {
+        kafka: testkit::kafka_config("quotactl_approve"),
+        clickhouse: testkit::clickhouse_config("quotactl_approve"),
+        ..Default::default()
+    };
+    config.alert.policies_dir = policies_dir(APPROVABLE);
+    infra::kafka::ensure_topics(&config.kafka, &infra::kafka::pipeline_topics(&config.kafka))
+        .await
+        .unwrap();
+    let until = (Utc::now() + chrono::TimeDelta::hours(2)).to_rfc3339();
+    let approve = |by: &str, limit: &str| {
+        quotactl(
+            &config,
+            &[
+                "approve",
+                "--policy",
+                "t-approve",
+                "--scope",
+                "api_key_id=k1",
+                "--limit",
+                limit,
+                "--until",
+                &until,
+                "--reason",
+                "launch day",
+                "--by",
+                by,
+            ],
+        )
+    };
+    // Bob is not an approver; 25 is more than double the cap: both refused, nothing written.
+    for (by, limit, why) in [("bob", "15", "bob"), ("alice", "25", "25")] {
+        let output = approve(by, limit);
+        assert_eq!(output.status.code(), Some(1));
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(
+            stderr.contains("approval refused") && stderr.contains(why),
+            "{stderr}"
+        );
+    }
+    let output = approve("alice", "15");
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(String::from_utf8_lossy(&output.stdout).contains("written"));
+    let written = approvals_on(&config.kafka);
+    assert_eq!(written.len(), 1, "{written:?}");
+    assert_eq!(written[0].approved_by, "alice");
+    assert_eq!(written[0].new_limit, Decimal::from(15));
+    assert_eq!(
+        written[0].scope.get("api_key_id").map(String::as_str),
+        Some("k1")
+    );
 }
 
 #[tokio::test]
