@@ -120,12 +120,9 @@ pub fn compare(read: &ReadTotals, expected: &HashMap<TotalKey, Sums>) -> Compari
     };
     let grand = |key: &TotalKey| key.scope_kind == "environment" && key.window_kind == "month";
     for (key, sums) in expected {
-        match read.get(key) {
-            Some(values) => {
-                let equal = (0..MEASURES.len()).all(|index| values[index] == sums.get(index));
-                comparison.matching += usize::from(equal);
-            }
-            None => {}
+        if let Some(values) = read.get(key) {
+            let equal = (0..MEASURES.len()).all(|index| values[index] == sums.get(index));
+            comparison.matching += usize::from(equal);
         }
         if grand(key) {
             for index in 0..MEASURES.len() {
@@ -155,7 +152,7 @@ impl fmt::Display for Comparison {
         }
         write!(
             f,
-            "{} of {} totals differ",
+            "{}/{} totals off",
             self.expected - self.matching,
             self.expected
         )?;
@@ -168,7 +165,7 @@ impl fmt::Display for Comparison {
             let total = self.grand_total[index];
             if !delta.is_zero() && !total.is_zero() {
                 let percent = delta * Decimal::ONE_HUNDRED / total;
-                write!(f, "; {measure} {delta:+} ({:+.2} %)", percent)?;
+                write!(f, ", {measure} {:+.2} %", percent)?;
             }
         }
         Ok(())
