@@ -3,6 +3,9 @@
 
 use std::path::Path;
 use std::process::Child;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
@@ -14,13 +17,23 @@ pub struct ChildUsage {
     pub wall: Duration,
     /// User plus system CPU time.
     pub cpu: Duration,
-    /// Peak resident set size.
+    /// Peak resident set size (`VmHWM` of the child's own memory, sampled; see
+    /// [`MeasuredChild`]).
     pub max_rss_bytes: u64,
     /// Whether it exited with status 0 (or by the SIGTERM we sent).
     pub success: bool,
 }
 
+/// How often a child's `VmHWM` is read.
+const PEAK_SAMPLE_INTERVAL: Duration = Duration::from_millis(20);
+
 /// A running child whose usage is read when it is reaped.
+///
+/// Peak RSS is not `ru_maxrss`: Linux carries a parent's high-water mark through `fork` and
+/// `exec` into the child's `ru_maxrss`, so every child of the (large) bench process would report
+/// at least the bench's own RSS. `VmHWM` in `/proc/<pid>/status` belongs to the child's own
+/// address space; it only grows, so the last reading before the exit is the peak (sampled every
+/// 20 ms).
 pub struct MeasuredChild {
     /// Process id (reaped by [`MeasuredChild::wait`] with `wait4`, never by `Child::wait`).
     pid: i32,
@@ -28,15 +41,31 @@ pub struct MeasuredChild {
     spawned: Instant,
     /// Kept so the handles (pipes) live as long as the child; never waited on.
     _child: Child,
+    /// The highest `VmHWM` read so far, bytes.
+    peak_rss: Arc<AtomicU64>,
+    /// Reads `VmHWM` until the child's memory is gone.
+    sampler: Option<JoinHandle<()>>,
 }
 
 impl MeasuredChild {
     /// Measures `child`, spawned at `spawned`.
     pub fn new(child: Child, spawned: Instant) -> MeasuredChild {
+        let pid = child.id() as i32;
+        let peak_rss = Arc::new(AtomicU64::new(0));
+        let peak = Arc::clone(&peak_rss);
+        // Until the exit, the status file has VmHWM; a zombie's has none.
+        let sampler = std::thread::spawn(move || {
+            while let Ok(bytes) = status_bytes(pid, "VmHWM") {
+                peak.fetch_max(bytes, Ordering::Relaxed);
+                std::thread::sleep(PEAK_SAMPLE_INTERVAL);
+            }
+        });
         MeasuredChild {
-            pid: child.id() as i32,
+            pid,
             spawned,
             _child: child,
+            peak_rss,
+            sampler: Some(sampler),
         }
     }
 
@@ -68,7 +97,7 @@ impl MeasuredChild {
     }
 
     /// Waits for the exit (blocking) and returns the usage.
-    pub fn wait(self) -> Result<ChildUsage> {
+    pub fn wait(mut self) -> Result<ChildUsage> {
         let mut status = 0;
         let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
         // SAFETY: valid out-pointers; the pid is our unreaped child.
@@ -81,14 +110,16 @@ impl MeasuredChild {
             );
         }
         let wall = self.spawned.elapsed();
+        if let Some(sampler) = self.sampler.take() {
+            let _ = sampler.join();
+        }
         let timeval = |t: libc::timeval| Duration::new(t.tv_sec as u64, t.tv_usec as u32 * 1_000);
         let exited_ok = libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0;
         let terminated = libc::WIFSIGNALED(status) && libc::WTERMSIG(status) == libc::SIGTERM;
         Ok(ChildUsage {
             wall,
             cpu: timeval(usage.ru_utime) + timeval(usage.ru_stime),
-            // Linux reports ru_maxrss in KiB.
-            max_rss_bytes: usage.ru_maxrss as u64 * 1024,
+            max_rss_bytes: self.peak_rss.load(Ordering::Relaxed),
             success: exited_ok || terminated,
         })
     }
