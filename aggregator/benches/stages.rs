@@ -25,8 +25,9 @@
 //!
 //! The topic, `bench-usage-<events>` with the configured partition count, is filled once with the
 //! demo's workload (`demo::workload`, seed 42), priced by ingest's pricer, Avro single-object
-//! encoded and keyed by `schemas::usage_event::partition_key`; a later run reuses it, and an
-//! interrupted fill is topped up. Event time starts at 2026-03-09T08:00Z and advances 1 ms per
+//! encoded and keyed by `schemas::usage_event::partition_key` (`quotaflow_bench::prefill`, shared
+//! with the side-by-side benchmark `bench/run`, no duplicates here); a later run reuses it, and a
+//! topic holding another count is refilled. Event time starts at 2026-03-09T08:00Z and advances 1 ms per
 //! event (10 M events span 2 h 47 min) with up to 2 s of jitter backwards, so minute and hour
 //! windows open and close, and no event is late. The demo fleet is small (4 teams, 7 keys, 39
 //! users, 7 customers: about 400 scopes), so the states hold a few thousand totals;
@@ -56,21 +57,13 @@ use std::time::{Duration, Instant};
 use aggregator::partition::Outcome;
 use aggregator::partition::{PartitionAggregator, PartitionSettings};
 use anyhow::{bail, Context, Result};
-use chrono::{DateTime, TimeDelta, TimeZone, Utc};
 use clap::Parser;
-use demo::workload::Workload;
-use indicatif::{ProgressBar, ProgressStyle};
+use indicatif::ProgressBar;
 use infra::config::KafkaConfig;
-use infra::kafka::{Retention, TopicSpec};
 use policy::PolicySet;
-use rand::rngs::StdRng;
-use rand::{Rng, SeedableRng};
-use rdkafka::consumer::{BaseConsumer, Consumer};
-use rdkafka::error::KafkaError;
+use quotaflow_bench::prefill::{self, Fill};
+use quotaflow_bench::topic::{consume_all, Measured, TopicLayout};
 use rdkafka::message::{BorrowedMessage, Message};
-use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
-use rdkafka::types::RDKafkaErrorCode;
-use rdkafka::{Offset, TopicPartitionList};
 use schemas::UsageEvent;
 use tokio::runtime::Runtime;
 
@@ -139,23 +132,8 @@ unsafe impl GlobalAlloc for ThreadHeapCounter {
     }
 }
 
-/// Seed of the workload generator and of the event-time jitter.
-const SEED: u64 = 42;
-/// Event time between consecutive events: 1,000 events/s of gateway traffic.
-const EVENT_SPACING_MS: i64 = 1;
-/// An event's time is up to this much before its slot: events arrive slightly out of order, far
-/// less than the allowed lateness, so none is late.
-const MAX_JITTER_MS: i64 = 2_000;
 /// Stage 3 drains and evicts every this many records: about the batch a flush writes.
 const EVICT_EVERY: u64 = 100_000;
-/// How long a stage waits for the next record before giving up.
-const POLL_DEADLINE: Duration = Duration::from_secs(30);
-
-/// When the first event happened; fixed so a reused or topped-up topic is one continuous stream.
-fn event_time_start() -> DateTime<Utc> {
-    Utc.with_ymd_and_hms(2026, 3, 9, 8, 0, 0).unwrap()
-}
-
 fn main() -> Result<()> {
     let args = Args::parse();
     let mut config: aggregator::Config =
@@ -164,7 +142,17 @@ fn main() -> Result<()> {
     config.kafka.properties.extend(args.kafka_properties);
     let runtime = Runtime::new()?;
 
-    prefill(&runtime, &config.kafka, args.events)?;
+    runtime.block_on(prefill::prefill(
+        &config.kafka,
+        &Fill {
+            records: args.events,
+            partitions: config.kafka.topics.partitions,
+            duplicate_share: 0.0,
+            avro_topic: config.kafka.topics.usage.clone(),
+            json_topic: None,
+            recount: false,
+        },
+    ))?;
     let layout = TopicLayout::fetch(&config.kafka, &config.kafka.topics.usage)?
         .context("the benchmark topic vanished")?;
     println!(
@@ -191,19 +179,6 @@ fn parse_property(text: &str) -> Result<(String, String), String> {
     match text.split_once('=') {
         Some((key, value)) => Ok((key.to_owned(), value.to_owned())),
         None => Err(format!("expected key=value, got {text:?}")),
-    }
-}
-
-/// Events processed by a stage and how long it took.
-#[derive(Debug, Clone, Copy)]
-struct Measured {
-    events: u64,
-    elapsed: Duration,
-}
-
-impl Measured {
-    fn events_per_second(&self) -> f64 {
-        self.events as f64 / self.elapsed.as_secs_f64()
     }
 }
 
@@ -505,181 +480,6 @@ fn stage_full(
         proc_status_kib("VmHWM")? as f64 / 1024.0
     );
     Ok(Some(measured))
-}
-
-/// Reads every record of `layout` once with a fresh consumer (assigned every partition from the
-/// beginning, never committing) and hands each to `process`. The clock starts at the first record.
-fn consume_all(
-    kafka: &KafkaConfig,
-    layout: &TopicLayout,
-    stage: &str,
-    mut process: impl FnMut(&BorrowedMessage<'_>) -> Result<()>,
-) -> Result<Measured> {
-    let group = infra::testkit::unique_name(&format!("bench-{stage}"));
-    let consumer: BaseConsumer =
-        infra::kafka::consumer_config(kafka, "quotaflow-bench", &group).create()?;
-    let mut assignment = TopicPartitionList::new();
-    let mut end_offsets = Vec::new();
-    for partition in &layout.partitions {
-        assignment.add_partition_offset(&layout.topic, partition.id, Offset::Beginning)?;
-        let id = partition.id as usize;
-        end_offsets.resize(end_offsets.len().max(id + 1), 0);
-        end_offsets[id] = partition.high;
-    }
-    consumer.assign(&assignment)?;
-
-    let mut left = layout.records();
-    let mut started: Option<Instant> = None;
-    while left > 0 {
-        let message = match consumer.poll(POLL_DEADLINE) {
-            Some(message) => message?,
-            None => bail!("{stage}: no record for {POLL_DEADLINE:?} with {left} to go"),
-        };
-        started.get_or_insert_with(Instant::now);
-        // Records produced after the layout was read are not part of the run.
-        if message.offset() >= end_offsets[message.partition() as usize] {
-            continue;
-        }
-        process(&message)?;
-        left -= 1;
-    }
-    Ok(Measured {
-        events: layout.records(),
-        elapsed: started.map_or(Duration::ZERO, |started| started.elapsed()),
-    })
-}
-
-/// A topic's partitions and their offsets.
-#[derive(Debug)]
-struct TopicLayout {
-    topic: String,
-    partitions: Vec<PartitionOffsets>,
-}
-
-/// Offsets of one partition.
-#[derive(Debug)]
-struct PartitionOffsets {
-    id: i32,
-    low: i64,
-    high: i64,
-}
-
-impl TopicLayout {
-    /// The topic's partitions and watermarks; `None` if it does not exist.
-    fn fetch(kafka: &KafkaConfig, topic: &str) -> Result<Option<TopicLayout>> {
-        let timeout = Duration::from_secs(10);
-        let consumer: BaseConsumer =
-            infra::kafka::consumer_config(kafka, "quotaflow-bench", "quotaflow-bench-metadata")
-                .create()?;
-        let metadata = consumer.fetch_metadata(Some(topic), timeout)?;
-        let Some(found) = metadata.topics().first() else {
-            return Ok(None);
-        };
-        if found.error().is_some() || found.partitions().is_empty() {
-            return Ok(None);
-        }
-        let mut partitions = Vec::new();
-        for partition in found.partitions() {
-            let (low, high) = consumer.fetch_watermarks(topic, partition.id(), timeout)?;
-            partitions.push(PartitionOffsets {
-                id: partition.id(),
-                low,
-                high,
-            });
-        }
-        partitions.sort_by_key(|partition| partition.id);
-        Ok(Some(TopicLayout {
-            topic: topic.to_owned(),
-            partitions,
-        }))
-    }
-
-    fn records(&self) -> u64 {
-        self.partitions
-            .iter()
-            .map(|partition| (partition.high - partition.low) as u64)
-            .sum()
-    }
-}
-
-/// Fills `kafka.topics.usage` up to `events` records, unless it already holds that many.
-fn prefill(runtime: &Runtime, kafka: &KafkaConfig, events: u64) -> Result<()> {
-    let topic = &kafka.topics.usage;
-    let existing = TopicLayout::fetch(kafka, topic)?.map_or(0, |layout| layout.records());
-    if existing >= events {
-        println!("reusing topic {topic} ({existing} records)");
-        return Ok(());
-    }
-    let spec = TopicSpec {
-        name: topic.clone(),
-        partitions: kafka.topics.partitions,
-        // Long enough to reuse the topic for weeks of benchmark runs.
-        retention: Retention::Time(Duration::from_secs(90 * 24 * 3600)),
-    };
-    runtime.block_on(infra::kafka::ensure_topics(kafka, &[spec]))?;
-
-    let mut producer_config = infra::kafka::producer_config(kafka, "quotaflow-bench-prefill");
-    // Bulk load: bigger batches than a latency-bound service would wait for.
-    producer_config.set("linger.ms", "50");
-    let producer: BaseProducer = producer_config.create()?;
-    let pricer = ingest::pricer::Pricer::from_config(&Default::default())?;
-    // A top-up continues the event-time stream; ids stay unique through the run id.
-    let mut workload = Workload::new(SEED + existing, &format!("bench{existing}"), "bench");
-    let mut jitter = StdRng::seed_from_u64(SEED + existing);
-    let progress = ProgressBar::new(events);
-    progress.set_style(
-        ProgressStyle::with_template(
-            "{spinner} filling {msg} [{bar:40}] {pos}/{len} events {per_sec} eta {eta}",
-        )?
-        .progress_chars("=> "),
-    );
-    progress.set_message(topic.clone());
-    progress.set_position(existing);
-
-    let started = Instant::now();
-    let mut payload = Vec::with_capacity(1024);
-    for index in existing..events {
-        let slot_ms = index as i64 * EVENT_SPACING_MS;
-        let jitter_ms = jitter.random_range(0..=MAX_JITTER_MS);
-        let occurred_at = event_time_start() + TimeDelta::milliseconds(slot_ms - jitter_ms);
-        let mut event = workload.next_event(occurred_at);
-        // Fail-open pricing (the default) never rejects: an unpriced event keeps a null cost.
-        let _ = pricer.apply(&mut event);
-        payload.clear();
-        schemas::codec::encode_into(&event, &mut payload)?;
-        let key = schemas::usage_event::partition_key(&event);
-        let mut record = BaseRecord::<str, [u8]>::to(topic)
-            .key(key)
-            .payload(&payload);
-        loop {
-            match producer.send(record) {
-                Ok(()) => break,
-                Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), returned)) => {
-                    record = returned;
-                    producer.poll(Duration::from_millis(10));
-                }
-                Err((error, _)) => return Err(error.into()),
-            }
-        }
-        if index % 4096 == 0 {
-            producer.poll(Duration::ZERO);
-            progress.set_position(index);
-        }
-    }
-    producer.flush(Duration::from_secs(300))?;
-    progress.finish_with_message(topic.clone());
-
-    let filled = TopicLayout::fetch(kafka, topic)?.map_or(0, |layout| layout.records());
-    println!(
-        "filled {topic}: {} events in {:.1} s ({:.0} events/s)",
-        events - existing,
-        started.elapsed().as_secs_f64(),
-        (events - existing) as f64 / started.elapsed().as_secs_f64()
-    );
-    if filled < events {
-        bail!("{topic} holds {filled} of {events} records: deliveries failed; run again to top up");
-    }
-    Ok(())
 }
 
 /// A `kB` line of `/proc/self/status` (`VmRSS`, `VmHWM`), in KiB.
