@@ -1,13 +1,12 @@
 //! `quotactl` on the real stack (`dev/stack up`): status and decisions against a fresh database
 //! with known totals and decisions, and the binary's exit codes and JSON.
 
-use std::io::Write;
-use std::path::PathBuf;
-use std::process::Command;
+mod support;
 
 use chrono::Utc;
 use infra::testkit;
 use rust_decimal::Decimal;
+use support::{policies_dir, quotactl};
 
 const POLICY: &str = r#"
 id: t-status
@@ -19,13 +18,6 @@ window: {kind: day}
 hard_cap: 10
 action: {kind: block}
 "#;
-
-fn policies_dir(text: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(testkit::unique_name("quotactl_policies"));
-    std::fs::create_dir_all(&dir).unwrap();
-    std::fs::write(dir.join("p.yaml"), text).unwrap();
-    dir
-}
 
 async fn seeded(test: &str) -> (alerter::Config, clickhouse::Client) {
     let mut config = alerter::Config {
@@ -114,36 +106,6 @@ async fn decisions_in_force_leave_out_lifted_keys_and_history_lists_all() {
         vec![1, 2, 1]
     );
     testkit::drop_database(&config.clickhouse).await.unwrap();
-}
-
-fn quotactl(config: &alerter::Config, args: &[&str]) -> std::process::Output {
-    let path = std::env::temp_dir().join(format!("{}.toml", testkit::unique_name("quotactl")));
-    let mut file = std::fs::File::create(&path).unwrap();
-    file.write_all(toml_config(config).as_bytes()).unwrap();
-    let mut command = Command::new(env!("CARGO_BIN_EXE_quotactl"));
-    for (name, _) in std::env::vars() {
-        if name.starts_with("QUOTAFLOW_") {
-            command.env_remove(name);
-        }
-    }
-    command
-        .arg("--config")
-        .arg(&path)
-        .args(args)
-        .output()
-        .unwrap()
-}
-
-fn toml_config(config: &alerter::Config) -> String {
-    format!(
-        "[clickhouse]\nurl = {:?}\ndatabase = {:?}\nuser = {:?}\n[kafka]\nbrokers = {:?}\n[kafka.topics]\napprovals = {:?}\n[alert]\npolicies_dir = {:?}\n",
-        config.clickhouse.url,
-        config.clickhouse.database,
-        config.clickhouse.user,
-        config.kafka.brokers,
-        config.kafka.topics.approvals,
-        config.alert.policies_dir.display().to_string()
-    )
 }
 
 const APPROVABLE: &str = r#"

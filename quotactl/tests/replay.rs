@@ -2,8 +2,8 @@
 //! approval in a fresh database, replayed against a policy directory; the decisions, the stopped
 //! spend and the comparison with the live decisions are checked exactly.
 
-use std::path::PathBuf;
-use std::process::Command;
+mod support;
+
 use std::str::FromStr;
 
 use chrono::{DateTime, TimeDelta, Utc};
@@ -11,6 +11,7 @@ use infra::testkit;
 use ingest::archive::row::{KafkaCoordinates, RawRow};
 use rust_decimal::Decimal;
 use schemas::UsageEvent;
+use support::{policies_dir, quotactl};
 
 /// One dollar per staging key and UTC day; approvers may double it.
 const POLICY: &str = r#"
@@ -29,13 +30,6 @@ approval:
   max_raise: 100%
   max_duration: 24h
 "#;
-
-fn policies_dir(text: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(testkit::unique_name("replay_policies"));
-    std::fs::create_dir_all(&dir).unwrap();
-    std::fs::write(dir.join("p.yaml"), text).unwrap();
-    dir
-}
 
 fn event(id: &str, key: &str, at: DateTime<Utc>, cost: &str) -> UsageEvent {
     let mut event = schemas::fixtures::text_event(id, at);
@@ -83,31 +77,6 @@ async fn history(test: &str, events: &[UsageEvent], approval_at: DateTime<Utc>) 
         .await
         .unwrap();
     config
-}
-
-fn toml_config(config: &alerter::Config) -> String {
-    format!(
-        "[kafka]\nbrokers = \"{}\"\n[clickhouse]\nurl = \"{}\"\ndatabase = \"{}\"\nuser = \"{}\"\n[alert]\npolicies_dir = \"{}\"\n",
-        config.kafka.brokers,
-        config.clickhouse.url,
-        config.clickhouse.database,
-        config.clickhouse.user,
-        config.alert.policies_dir.display()
-    )
-}
-
-fn quotactl(config: &alerter::Config, args: &[&str]) -> std::process::Output {
-    let path = std::env::temp_dir()
-        .join(testkit::unique_name("quotactl_replay"))
-        .with_extension("toml");
-    std::fs::write(&path, toml_config(config)).unwrap();
-    Command::new(env!("CARGO_BIN_EXE_quotactl"))
-        .arg("--config")
-        .arg(&path)
-        .args(args)
-        .env_remove("QUOTAFLOW_CONFIG")
-        .output()
-        .unwrap()
 }
 
 #[tokio::test]

@@ -30,14 +30,10 @@ pub async fn run(
     if !usage.success {
         bail!("kcat failed on {topic}");
     }
-    Ok(Outcome {
+    Ok(Outcome::consumed(
         contender,
         records,
-        wall: usage.wall,
-        process_cpu: Some(usage.cpu),
-        servers: stack.server_cpu().since(servers_before),
-        peak_rss_bytes: Some(usage.max_rss_bytes),
-        freshness: None,
-        correctness: None,
-    })
+        &usage,
+        stack.server_cpu().since(servers_before),
+    ))
 }

@@ -139,6 +139,25 @@ pub struct Outcome {
 }
 
 impl Outcome {
+    /// A raw consumer's run: its process read `records` (no totals, no freshness).
+    pub fn consumed(
+        contender: Contender,
+        records: u64,
+        usage: &crate::process::ChildUsage,
+        servers: ServerCpu,
+    ) -> Outcome {
+        Outcome {
+            contender,
+            records,
+            wall: usage.wall,
+            process_cpu: Some(usage.cpu),
+            servers,
+            peak_rss_bytes: Some(usage.max_rss_bytes),
+            freshness: None,
+            correctness: None,
+        }
+    }
+
     /// Records per second over `wall`.
     pub fn events_per_second(&self) -> f64 {
         self.records as f64 / self.wall.as_secs_f64()

@@ -37,16 +37,12 @@ pub async fn run(
     if !usage.success {
         bail!("raw-consume failed on {}", layout.topic);
     }
-    Ok(Outcome {
-        contender: Contender::RawRdkafka,
+    Ok(Outcome::consumed(
+        Contender::RawRdkafka,
         records,
-        wall: usage.wall,
-        process_cpu: Some(usage.cpu),
-        servers: stack.server_cpu().since(servers_before),
-        peak_rss_bytes: Some(usage.max_rss_bytes),
-        freshness: None,
-        correctness: None,
-    })
+        &usage,
+        stack.server_cpu().since(servers_before),
+    ))
 }
 
 /// The child's work: read every record of `topic` up to its current end once and drop it.
