@@ -255,6 +255,9 @@ impl Aggregator {
             infra::kafka::consumer_config(&config.kafka, "quotaflow-aggregator", &config.group_id);
         client_config.set("partition.assignment.strategy", "cooperative-sticky");
         client_config.set("queued.max.messages.kbytes", "65536");
+        // The lag gauge reads the end offsets librdkafka already has from its fetch responses
+        // (its statistics), never asks the broker: see `AggregatorContext::stats`.
+        client_config.set("statistics.interval.ms", "2000");
         let consumer: StreamConsumer<pipeline::AggregatorContext> =
             client_config.create_with_context(context)?;
         consumer.subscribe(&[&topic])?;

@@ -144,9 +144,28 @@ pub struct AggregatorContext {
     settings: PartitionSettings,
     changes: Mutex<Vec<AssignmentChange>>,
     fatal: Mutex<Option<String>>,
+    /// End offset per partition of `topic`, from librdkafka's statistics (for the lag gauge).
+    high_watermarks: Mutex<BTreeMap<i32, i64>>,
 }
 
-impl ClientContext for AggregatorContext {}
+impl ClientContext for AggregatorContext {
+    /// Keeps the end offsets librdkafka learnt from its fetch responses. The lag gauge used to ask
+    /// the broker for them from the loop: on a quiet topic that request queues behind the
+    /// consumer's own long-poll fetch on the same connection (up to `fetch.wait.max.ms` per
+    /// partition, and a request that times out there makes librdkafka drop the connection), so
+    /// the first event after a pause waited 0.5–1.5 s, or seconds, to be read.
+    fn stats(&self, statistics: rdkafka::Statistics) {
+        let Some(topic) = statistics.topics.get(&self.topic) else {
+            return;
+        };
+        let mut high_watermarks = lock(&self.high_watermarks);
+        for (&partition, stats) in &topic.partitions {
+            if partition >= 0 && stats.hi_offset >= 0 {
+                high_watermarks.insert(partition, stats.hi_offset);
+            }
+        }
+    }
+}
 
 impl ConsumerContext for AggregatorContext {
     fn rebalance(
@@ -212,6 +231,7 @@ impl AggregatorContext {
             settings,
             changes: Mutex::new(Vec::new()),
             fatal: Mutex::new(None),
+            high_watermarks: Mutex::new(BTreeMap::new()),
         }
     }
 
@@ -692,24 +712,13 @@ impl AggregatorLoop {
         metrics::gauge!(metric::ACTIVE_WINDOWS).set(gauges.active_windows as f64);
         metrics::gauge!(metric::STATE_BYTES).set(gauges.bytes as f64);
         metrics::gauge!(metric::DEDUP_IDS).set(gauges.dedup_ids as f64);
-        let positions: Vec<(i32, i64)> = self
-            .owned
-            .iter()
-            .filter_map(|(&partition, next)| next.map(|next| (partition, next)))
-            .collect();
-        let consumer = Arc::clone(&self.consumer);
-        let topic = self.topic.clone();
-        let _ = tokio::task::spawn_blocking(move || {
-            for (partition, next) in positions {
-                if let Ok((_, high)) =
-                    consumer.fetch_watermarks(&topic, partition, Duration::from_secs(1))
-                {
-                    metrics::gauge!(metric::LAG, "partition" => partition.to_string())
-                        .set((high - next).max(0) as f64);
-                }
+        let high_watermarks = lock(&self.consumer.context().high_watermarks).clone();
+        for (&partition, next) in &self.owned {
+            if let (Some(next), Some(high)) = (next, high_watermarks.get(&partition)) {
+                metrics::gauge!(metric::LAG, "partition" => partition.to_string())
+                    .set((high - next).max(0) as f64);
             }
-        })
-        .await;
+        }
         Ok(())
     }
 }

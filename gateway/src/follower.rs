@@ -9,10 +9,14 @@
 //! - **Ready means caught up.** The view becomes *ready* once the follower has read every partition
 //!   up to the end offset it had when it was assigned. Until then [`Gateway::check`] answers by the
 //!   [`FailureMode`]: an empty view would wrongly allow everything the alerter has blocked.
-//! - **Stale means unreachable.** Once ready, the follower proves contact with the brokers every
-//!   `probe_interval_ms` (a message read or an end-offset probe). When no contact was made for
-//!   longer than `max_staleness_ms`, `check` answers by the [`FailureMode`] again, until contact
-//!   resumes; the view is kept, and the follower continues where it stopped.
+//! - **Stale means unreachable.** Once ready, the follower learns every `probe_interval_ms` when it
+//!   last heard from a broker (librdkafka's statistics: a long-poll fetch is answered at least every
+//!   `fetch.wait.max.ms` even on a quiet topic), and every record read is contact too. When no
+//!   contact was made for longer than `max_staleness_ms`, `check` answers by the [`FailureMode`]
+//!   again, until contact resumes; the view is kept, and the follower continues where it stopped.
+//!   No request is ever made from the polling thread to prove contact: one (an end-offset probe)
+//!   queued behind the consumer's own long-poll fetch and held decisions back for up to
+//!   `fetch.wait.max.ms`.
 //! - **Undecodable records are skipped** with a warning: they are data errors, retrying cannot help,
 //!   and one bad record must not stop every later decision from applying.
 
@@ -24,9 +28,9 @@ use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
 use infra::config::KafkaConfig;
-use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext};
 use rdkafka::message::{BorrowedMessage, Message};
-use rdkafka::{Offset, TopicPartitionList};
+use rdkafka::{ClientContext, Offset, Statistics, TopicPartitionList};
 use serde::{Deserialize, Serialize};
 use tracing::{debug, info, warn};
 
@@ -60,8 +64,8 @@ pub struct GatewayConfig {
     /// How long without contact with the brokers before the view counts as stale. At least twice
     /// `probe_interval_ms`, so one slow probe does not flip a healthy gateway.
     pub max_staleness_ms: u64,
-    /// How often the follower proves contact (end-offset probe) when no record arrives; also the
-    /// timeout of each metadata request.
+    /// How often the follower checks its contact with the brokers (librdkafka's statistics, no
+    /// request) when no record arrives; also the timeout of each metadata request.
     pub probe_interval_ms: u64,
 }
 
@@ -91,6 +95,22 @@ impl GatewayConfig {
         if self.probe_interval_ms == 0 {
             return Err(GatewayError::Config("probe_interval_ms must be > 0".into()));
         }
+        // Contact is learnt from fetch responses, which a quiet topic gets once per long poll.
+        let long_poll_ms = self
+            .kafka
+            .properties
+            .get("fetch.wait.max.ms")
+            .map_or(Ok(500), |value| value.parse::<u64>())
+            .map_err(|_| {
+                GatewayError::Config("kafka.properties.fetch.wait.max.ms is not a number".into())
+            })?;
+        if self.max_staleness_ms <= long_poll_ms + self.probe_interval_ms {
+            return Err(GatewayError::Config(format!(
+                "max_staleness_ms ({}) must exceed fetch.wait.max.ms ({long_poll_ms}) plus \
+                 probe_interval_ms ({}): a quiet control topic answers a fetch only that often",
+                self.max_staleness_ms, self.probe_interval_ms
+            )));
+        }
         if self.max_staleness_ms < 2 * self.probe_interval_ms {
             return Err(GatewayError::Config(format!(
                 "max_staleness_ms ({}) must be at least twice probe_interval_ms ({})",
@@ -116,16 +136,45 @@ struct Shared {
 
 impl Shared {
     fn touch(&self) {
-        self.last_contact_ms
-            .store(self.epoch.elapsed().as_millis() as u64, Ordering::Release);
+        self.touched_ago(Duration::ZERO);
+    }
+
+    /// Records contact made `ago` (never moving the last contact back in time).
+    fn touched_ago(&self, ago: Duration) {
+        let at = self.epoch.elapsed().saturating_sub(ago).as_millis() as u64;
+        self.last_contact_ms.fetch_max(at, Ordering::AcqRel);
     }
 }
+
+/// The follower consumer's context: turns librdkafka's statistics into proof of contact.
+struct FollowerContext {
+    shared: Arc<Shared>,
+}
+
+impl ClientContext for FollowerContext {
+    fn stats(&self, statistics: Statistics) {
+        // `rxidle`: microseconds since anything was received from that broker (-1: never). Only
+        // brokers known from metadata count (the bootstrap entries have no node id).
+        let freshest = statistics
+            .brokers
+            .values()
+            .filter(|broker| broker.nodeid >= 0 && broker.state == "UP" && broker.rxidle >= 0)
+            .map(|broker| broker.rxidle)
+            .min();
+        if let Some(idle_micros) = freshest {
+            self.shared
+                .touched_ago(Duration::from_micros(idle_micros as u64));
+        }
+    }
+}
+
+impl ConsumerContext for FollowerContext {}
 
 /// Follows the control topic into the shared view; runs on its own thread, started by
 /// [`Gateway::start`].
 pub struct ControlFollower {
     /// Assigned (never subscribed) consumer: no group, no commits.
-    consumer: BaseConsumer,
+    consumer: BaseConsumer<FollowerContext>,
     /// The control topic.
     topic: String,
     /// View and health flags shared with the [`Gateway`].
@@ -142,7 +191,6 @@ pub struct ControlFollower {
 
 impl ControlFollower {
     fn run(mut self) {
-        let mut next_probe = Instant::now();
         while !self.stop.load(Ordering::Acquire) {
             if self.catch_up_targets.is_none() {
                 if let Err(error) = self.assign_from_beginning() {
@@ -150,7 +198,6 @@ impl ControlFollower {
                     self.wait(self.probe_interval);
                     continue;
                 }
-                next_probe = Instant::now() + self.probe_interval;
             }
             match self.consumer.poll(POLL_TIMEOUT) {
                 Some(Ok(message)) => {
@@ -165,10 +212,6 @@ impl ControlFollower {
             if !self.shared.ready.load(Ordering::Relaxed) && self.caught_up() {
                 info!(topic = %self.topic, decisions = self.read_len(), "control view caught up");
                 self.shared.ready.store(true, Ordering::Release);
-            }
-            if Instant::now() >= next_probe {
-                self.probe();
-                next_probe = Instant::now() + self.probe_interval;
             }
         }
     }
@@ -262,24 +305,6 @@ impl ControlFollower {
         })
     }
 
-    /// Proves contact with the brokers with a cheap end-offset request.
-    fn probe(&self) {
-        let Some(&partition) = self
-            .catch_up_targets
-            .as_ref()
-            .and_then(|targets| targets.keys().next())
-        else {
-            return;
-        };
-        match self
-            .consumer
-            .fetch_watermarks(&self.topic, partition, self.probe_interval)
-        {
-            Ok(_) => self.shared.touch(),
-            Err(error) => debug!(topic = %self.topic, %error, "control topic probe failed"),
-        }
-    }
-
     /// Waits up to `duration`, returning early on shutdown.
     fn wait(&self, duration: Duration) {
         let until = Instant::now() + duration;
@@ -326,15 +351,21 @@ impl Gateway {
     pub fn start(config: GatewayConfig) -> Result<Gateway, GatewayError> {
         config.validate()?;
         // No group is joined (partitions are assigned), so the group id only names the client.
-        let consumer: BaseConsumer =
-            infra::kafka::consumer_config(&config.kafka, &config.client_id, &config.client_id)
-                .create()?;
         let shared = Arc::new(Shared {
             view: RwLock::new(DecisionView::new()),
             ready: AtomicBool::new(false),
             epoch: Instant::now(),
             last_contact_ms: AtomicU64::new(0),
         });
+        let consumer: BaseConsumer<FollowerContext> =
+            infra::kafka::consumer_config(&config.kafka, &config.client_id, &config.client_id)
+                .set(
+                    "statistics.interval.ms",
+                    config.probe_interval_ms.to_string(),
+                )
+                .create_with_context(FollowerContext {
+                    shared: shared.clone(),
+                })?;
         let stop = Arc::new(AtomicBool::new(false));
         let follower = ControlFollower {
             consumer,

@@ -199,6 +199,22 @@ async fn unreachable_brokers_fail_closed_or_open_by_configuration() {
 }
 
 #[test]
+fn config_rejects_a_staleness_a_quiet_topic_cannot_meet() {
+    let mut config = gateway_config(kafka_config("gateway_config"), FailureMode::Open);
+    config
+        .kafka
+        .properties
+        .insert("fetch.wait.max.ms".into(), "5000".into());
+    let error = config
+        .validate()
+        .expect_err("a 5 s long poll cannot prove contact every 5 s");
+    assert!(
+        error.to_string().contains("fetch.wait.max.ms (5000)"),
+        "{error}"
+    );
+}
+
+#[test]
 fn config_rejects_a_staleness_shorter_than_two_probes() {
     let config = GatewayConfig {
         max_staleness_ms: 1_000,
@@ -207,4 +223,79 @@ fn config_rejects_a_staleness_shorter_than_two_probes() {
     };
     let error = Gateway::start(config).err().expect("invalid config");
     assert!(!error.is_retryable());
+}
+
+/// Issue 13, point 11 (the gateway's share): a quiet control topic neither makes the view stale
+/// nor delays the next decision. The follower used to prove contact with an end-offset request
+/// from its polling thread; on a quiet topic that request queues behind the consumer's own
+/// long-poll fetch (made long here, 1.5 s, three times the probe's timeout, so a follower that waits for the broker is caught), and
+/// decisions waited behind it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_quiet_topic_stays_fresh_and_the_next_decision_applies_at_once() {
+    let mut kafka = kafka_config("gateway_quiet");
+    kafka
+        .properties
+        .insert("fetch.wait.max.ms".into(), "1500".into());
+    let topic = kafka.topics.control.clone();
+    let spec = TopicSpec {
+        name: topic.clone(),
+        partitions: 3,
+        retention: Retention::Compacted,
+    };
+    ensure_topics(&kafka, &[spec]).await.expect("topic created");
+    let producer: FutureProducer = producer_config(&kafka, "gateway-test")
+        .create()
+        .expect("producer");
+    let config = GatewayConfig {
+        // Above the long poll: a fetch answered empty after 1.5 s is contact.
+        max_staleness_ms: 2_500,
+        probe_interval_ms: 500,
+        ..gateway_config(kafka, FailureMode::Closed)
+    };
+    let gateway = Gateway::start(config).expect("started");
+    eventually(DEADLINE, "the gateway to catch up", || async {
+        gateway.is_ready().then_some(())
+    })
+    .await;
+
+    // Twice the staleness bound without a single record: contact is still known (fetch
+    // responses), so the closed gateway keeps allowing.
+    let quiet_until = std::time::Instant::now() + Duration::from_secs(5);
+    while std::time::Instant::now() < quiet_until {
+        assert!(
+            gateway.is_trustworthy(),
+            "a healthy but quiet control topic made the view stale"
+        );
+        assert_eq!(gateway.check(&request("quiet")), Verdict::Allow);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    // Decisions after quiet gaps apply well within one long poll.
+    let mut slow = Vec::new();
+    for round in 0..10u64 {
+        tokio::time::sleep(Duration::from_millis(300 + round * 170)).await;
+        let team = format!("quiet-{round}");
+        let sent = std::time::Instant::now();
+        publish(
+            &producer,
+            &topic,
+            &decision(&team, DecisionAction::Block, 1),
+        )
+        .await;
+        eventually(DEADLINE, "the block to apply", || async {
+            (!gateway.check(&request(&team)).may_proceed()).then_some(())
+        })
+        .await;
+        let took = sent.elapsed();
+        eprintln!("decision {round}: applied {took:?} after the send");
+        // A tenth of what a record takes when the loop waits on a probe (0.5–1.5 s measured).
+        if took > Duration::from_millis(500) {
+            slow.push((round, took));
+        }
+    }
+    gateway.shutdown();
+    assert!(
+        slow.is_empty(),
+        "decisions that waited for the follower's broker requests: {slow:?}"
+    );
 }
