@@ -67,6 +67,10 @@ pub mod metric {
     pub const ALERTS: &str = "alerter_alerts_total";
     /// Notifications, by `service` and `outcome`.
     pub const NOTIFICATIONS: &str = "alerter_notifications_total";
+    /// Failed notification attempts (each retry counts), by `service` and `reason` (`tls`,
+    /// `transport`, `unavailable`, `rate_limited`, `rejected`, ...; see
+    /// [`crate::notify::NotifyError::reason`]).
+    pub const NOTIFY_FAILURES: &str = "alerter_notify_failures_total";
     /// Records read, by `topic` kind and `outcome`.
     pub const RECORDS: &str = "alerter_records_total";
     /// Policy reloads, by `outcome`.
@@ -116,11 +120,16 @@ struct Snapshot {
 }
 
 async fn run_loop(config: &Config, readiness: &Readiness, shutdown: &Shutdown) -> Result<()> {
-    infra::service::prepare_pipeline(&config.kafka, &config.clickhouse).await?;
     config
         .notify
         .validate()
         .map_err(|error| Error::Config(error.to_string()))?;
+    // Built before anything else, so an unreadable `notify.ca_file` stops the start.
+    let webhook_client = config
+        .notify
+        .http_client()
+        .map_err(|error| Error::Config(error.to_string()))?;
+    infra::service::prepare_pipeline(&config.kafka, &config.clickhouse).await?;
     let policies = Arc::new(
         PolicySet::load_dir(&config.alert.policies_dir)
             .map_err(|errors| Error::Policies(errors.to_string()))?,
@@ -234,6 +243,7 @@ async fn run_loop(config: &Config, readiness: &Readiness, shutdown: &Shutdown) -
     let (notify_tx, notify_rx) = mpsc::channel::<(Alert, Notice)>(10_000);
     let notifier = tokio::spawn(notify_task(
         config.notify.clone(),
+        webhook_client,
         producer.clone(),
         topics.alerts.clone(),
         notify_rx,
@@ -681,15 +691,12 @@ async fn produce_until_delivered(
 /// Sends notifications, then records each alert on the alerts topic and audits it.
 async fn notify_task(
     config: NotifyConfig,
+    http: reqwest::Client,
     producer: FutureProducer,
     alerts_topic: String,
     mut queue: mpsc::Receiver<(Alert, Notice)>,
     audit: mpsc::Sender<AuditRow>,
 ) {
-    let http = reqwest::Client::builder()
-        .timeout(Duration::from_secs(10))
-        .build()
-        .unwrap_or_default();
     let pagerduty = PagerDutyNotifier::new(config.pagerduty.events_url.clone(), http.clone())
         .with_retry_policy(config.retry.clone());
     let mut grouper = Grouper::new(config.group_interval());

@@ -3,6 +3,7 @@
 //! keys are [`Secret`]s, so a config dump shows `<redacted>`.
 
 use std::collections::BTreeMap;
+use std::path::PathBuf;
 use std::time::Duration;
 
 use infra::secret::Secret;
@@ -26,6 +27,11 @@ pub struct NotifyConfig {
     pub slack: SlackConfig,
     /// PagerDuty Events API.
     pub pagerduty: PagerDutyConfig,
+    /// PEM file of extra CA certificates that webhook receivers' certificates may chain to, in
+    /// addition to the built-in webpki (Mozilla) roots: for private receivers signed by a private
+    /// CA. Unset = the built-in roots only. Read once at startup; a file that cannot be read or
+    /// parsed stops the alerter (see [`super::client`]).
+    pub ca_file: Option<PathBuf>,
 }
 
 impl Default for NotifyConfig {
@@ -35,6 +41,7 @@ impl Default for NotifyConfig {
             retry: RetryPolicy::default(),
             slack: SlackConfig::default(),
             pagerduty: PagerDutyConfig::default(),
+            ca_file: None,
         }
     }
 }
@@ -128,6 +135,12 @@ impl NotifyConfig {
         Ok(())
     }
 
+    /// The HTTP client every webhook is sent with (see [`super::client`]); fails when
+    /// [`NotifyConfig::ca_file`] cannot be read or parsed.
+    pub fn http_client(&self) -> Result<reqwest::Client, NotifyError> {
+        super::client::http_client(self)
+    }
+
     /// The grouping interval as a duration.
     pub fn group_interval(&self) -> Duration {
         Duration::from_secs(self.group_interval_secs)
@@ -183,6 +196,7 @@ mod tests {
     fn loads_from_toml_and_rejects_unknown_keys() {
         let text = r##"
             group_interval_secs = 60
+            ca_file = "/etc/quotaflow/webhook-ca.pem"
             [retry]
             max_attempts = 3
             [slack]
@@ -197,6 +211,11 @@ mod tests {
         assert_eq!(config.retry.initial_backoff_ms, 200);
         assert_eq!(config.slack_webhook(None).unwrap().expose(), WEBHOOK);
         assert_eq!(config.routing_key("search").unwrap().expose(), "R0UTINGKEY");
+        assert_eq!(
+            config.ca_file.as_deref(),
+            Some(std::path::Path::new("/etc/quotaflow/webhook-ca.pem"))
+        );
+        assert!(toml::from_str::<NotifyConfig>("ca_files = \"/x.pem\"").is_err());
         assert!(toml::from_str::<NotifyConfig>("[slack]\nwebhok = {}").is_err());
     }
 

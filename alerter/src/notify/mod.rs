@@ -14,7 +14,8 @@
 //! - [`NotifyError`]: why a delivery failed, and whether trying again later can help.
 //!
 //! # Delivery guarantees
-//! **At least once, with bounded retries.** A notification is retried on connection errors, timeouts,
+//! **At least once, with bounded retries.** A notification is retried on connection errors, TLS
+//! handshake failures, timeouts,
 //! HTTP 408, 429 and 5xx, with exponential backoff (200 ms doubling by default, 5 attempts), waiting at
 //! least what a 429's `Retry-After` asks. Other 4xx are never retried: the payload, URL or key is wrong
 //! and would be refused again. When the attempts run out the error is returned with
@@ -39,10 +40,18 @@
 //! receiver response bodies are redacted).
 //!
 //! # Transport
-//! The notifiers take a `reqwest::Client` from the caller. The workspace builds reqwest without a TLS
-//! feature today, so production endpoints (`https://hooks.slack.com`, `https://events.pagerduty.com`)
-//! need reqwest's `rustls-tls` feature enabled before this is wired into `run`.
+//! Webhooks are sent with one `reqwest::Client` built at startup by [`client::http_client`]: HTTPS
+//! with rustls, the built-in webpki roots plus the optional [`NotifyConfig::ca_file`]. A receiver
+//! whose certificate does not verify fails with [`NotifyError::Tls`], which is retried like any
+//! transport failure (a certificate being rotated may verify on the next attempt) and counted
+//! per attempt in `alerter_notify_failures_total{service, reason="tls"}`.
+//!
+//! # Metrics
+//! Every failed attempt increments `alerter_notify_failures_total` with `service` (`slack`,
+//! `pagerduty`) and a bounded `reason` ([`NotifyError::reason`]), so a receiver that keeps failing
+//! shows up before its attempts run out.
 
+pub mod client;
 pub mod config;
 pub mod grouping;
 pub mod pagerduty;
@@ -279,12 +288,19 @@ pub enum Service {
     PagerDuty,
 }
 
-impl fmt::Display for Service {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
+impl Service {
+    /// Stable lowercase name, used in errors, logs and as the `service` metric label.
+    pub fn as_str(self) -> &'static str {
+        match self {
             Service::Slack => "slack",
             Service::PagerDuty => "pagerduty",
-        })
+        }
+    }
+}
+
+impl fmt::Display for Service {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
     }
 }
 
@@ -326,6 +342,20 @@ pub enum NotifyError {
         /// The transport error chain, without the URL.
         detail: String,
     },
+    /// The TLS handshake failed on the last attempt: the receiver's certificate does not chain to a
+    /// trusted root (built-in webpki roots and `ca_file`), names another host, has expired, or the
+    /// receiver does not speak TLS.
+    #[error(
+        "{service}: TLS handshake failed, the receiver's certificate was not accepted \
+        (is it signed by a CA in the built-in roots or notify.ca_file?), \
+        after {attempts} attempt(s): {detail}"
+    )]
+    Tls {
+        service: Service,
+        attempts: u32,
+        /// The TLS error chain (e.g. `invalid peer certificate: UnknownIssuer`), without the URL.
+        detail: String,
+    },
     /// The request could not be built (e.g. the webhook URL does not parse): a configuration error.
     #[error("{service}: cannot build the request (not retried): {detail}")]
     InvalidRequest { service: Service, detail: String },
@@ -351,11 +381,27 @@ impl NotifyError {
         match self {
             NotifyError::RateLimited { .. }
             | NotifyError::Unavailable { .. }
-            | NotifyError::Transport { .. } => true,
+            | NotifyError::Transport { .. }
+            | NotifyError::Tls { .. } => true,
             NotifyError::Rejected { .. }
             | NotifyError::InvalidRequest { .. }
             | NotifyError::InvalidNotice(_)
             | NotifyError::Config(_) => false,
+        }
+    }
+
+    /// A bounded label for metrics: `rejected`, `rate_limited`, `unavailable`, `transport`, `tls`,
+    /// `invalid_request`, `invalid_notice`, `config`.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            NotifyError::Rejected { .. } => "rejected",
+            NotifyError::RateLimited { .. } => "rate_limited",
+            NotifyError::Unavailable { .. } => "unavailable",
+            NotifyError::Transport { .. } => "transport",
+            NotifyError::Tls { .. } => "tls",
+            NotifyError::InvalidRequest { .. } => "invalid_request",
+            NotifyError::InvalidNotice(_) => "invalid_notice",
+            NotifyError::Config(_) => "config",
         }
     }
 }
