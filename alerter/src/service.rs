@@ -52,11 +52,11 @@ use schemas::{Alert, Approval, ControlDecision, WindowTotal};
 use serde::Serialize;
 use tokio::net::TcpListener;
 use tokio::sync::mpsc;
-use tracing::{debug, error, info, warn};
+use tracing::{error, info, warn};
 
 use crate::actions::ActionWatch;
 use crate::engine::{Effect, Engine};
-use crate::notify::{Grouper, Notice, NotifyConfig, PagerDutyNotifier, SlackNotifier};
+use crate::notify::{Dispatcher, Grouper, Notice, NotifyConfig};
 use crate::{Config, Error, Result};
 
 /// Metric names.
@@ -697,9 +697,9 @@ async fn notify_task(
     mut queue: mpsc::Receiver<(Alert, Notice)>,
     audit: mpsc::Sender<AuditRow>,
 ) {
-    let pagerduty = PagerDutyNotifier::new(config.pagerduty.events_url.clone(), http.clone())
-        .with_retry_policy(config.retry.clone());
-    let mut grouper = Grouper::new(config.group_interval());
+    let group_interval = config.group_interval();
+    let mut grouper = Grouper::new(group_interval);
+    let mut dispatcher = Dispatcher::new(config, http);
     let never = Shutdown::new();
     let mut due = tokio::time::interval(Duration::from_millis(500));
     loop {
@@ -707,29 +707,9 @@ async fn notify_task(
             received = queue.recv() => {
                 let Some((alert, notice)) = received else { break };
                 if let Some(grouped) = grouper.offer(notice.clone(), Instant::now()) {
-                    send_slack(&config, &http, &grouped).await;
+                    dispatcher.slack(grouped).await;
                 }
-                if let Some(service) = &notice.pagerduty_service {
-                    match config.routing_key(service) {
-                        Some(routing_key) => {
-                            let outcome = match pagerduty.send(routing_key, &notice).await {
-                                Ok(dedup_key) => {
-                                    debug!(%dedup_key, "pagerduty event sent");
-                                    "sent"
-                                }
-                                Err(error) => {
-                                    warn!(%error, service, "pagerduty event not delivered");
-                                    "failed"
-                                }
-                            };
-                            metrics::counter!(metric::NOTIFICATIONS, "service" => "pagerduty", "outcome" => outcome).increment(1);
-                        }
-                        None => {
-                            warn!(service, "no pagerduty routing key for this service; not paged");
-                            metrics::counter!(metric::NOTIFICATIONS, "service" => "pagerduty", "outcome" => "unrouted").increment(1);
-                        }
-                    }
-                }
+                dispatcher.pagerduty(&notice).await;
                 if let Ok(payload) = schemas::codec::encode(&alert) {
                     if let Err(error) = produce_until_delivered(&producer, &alerts_topic, &alert.dedup_key, &payload, &never).await {
                         error!(%error, dedup_key = %alert.dedup_key, "alert not recorded on the alerts topic");
@@ -739,37 +719,21 @@ async fn notify_task(
             }
             _ = due.tick() => {
                 for grouped in grouper.due(Instant::now()) {
-                    send_slack(&config, &http, &grouped).await;
+                    dispatcher.slack(grouped).await;
                 }
+                dispatcher.redeliver_due(Instant::now()).await;
             }
         }
     }
-    for grouped in grouper.due(Instant::now() + config.group_interval()) {
-        send_slack(&config, &http, &grouped).await;
+    for grouped in grouper.due(Instant::now() + group_interval) {
+        dispatcher.slack(grouped).await;
     }
-}
-
-async fn send_slack(
-    config: &NotifyConfig,
-    http: &reqwest::Client,
-    grouped: &crate::notify::Grouped,
-) {
-    let Some(webhook) = config.slack_webhook(grouped.notice.slack_channel.as_deref()) else {
-        metrics::counter!(metric::NOTIFICATIONS, "service" => "slack", "outcome" => "unrouted")
-            .increment(1);
-        return;
-    };
-    let slack =
-        SlackNotifier::new(webhook.clone(), http.clone()).with_retry_policy(config.retry.clone());
-    let outcome = match slack.send_grouped(grouped).await {
-        Ok(()) => "sent",
-        Err(error) => {
-            warn!(%error, "slack notification not delivered");
-            "failed"
-        }
-    };
-    metrics::counter!(metric::NOTIFICATIONS, "service" => "slack", "outcome" => outcome)
-        .increment(1);
+    if dispatcher.pending() > 0 {
+        warn!(
+            pending = dispatcher.pending(),
+            "stopping with notifications still pending; they are not kept across restarts"
+        );
+    }
 }
 
 /// One audit row to write.

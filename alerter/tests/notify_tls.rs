@@ -1,7 +1,9 @@
 //! The Slack and PagerDuty notifiers over HTTPS, against the payload-checking receiver
 //! ([`alerter::receiver`]) serving TLS on 127.0.0.1 with certificates made at run time by a
 //! throwaway CA. The notifiers use the production client ([`NotifyConfig::http_client`]): built-in
-//! webpki roots plus `ca_file`.
+//! webpki roots plus `ca_file`. The last test runs the whole alerter on the local stack.
+
+mod support;
 
 #[path = "support/logs.rs"]
 mod logs;
@@ -9,11 +11,11 @@ mod logs;
 mod notices;
 
 use std::path::PathBuf;
+use std::time::Duration;
 
 use alerter::notify::pagerduty::PagerDutyNotifier;
 use alerter::notify::slack::SlackNotifier;
-use alerter::notify::{NotifyConfig, NotifyError, RetryPolicy};
-use alerter::receiver::{Receiver, TlsListener};
+use alerter::notify::{NotifyConfig, NotifyError, RedeliveryPolicy, RetryPolicy};
 use infra::secret::Secret;
 use infra::testkit;
 use rcgen::{
@@ -24,9 +26,9 @@ use tracing::Instrument;
 
 use logs::{case, Logs};
 use notices::{fast_retries, notice};
+use support::{Receivers, ROUTING_KEY};
 
 const SLACK_TOKEN: &str = "XoXbTlsW3bh00kS3cr3t";
-const ROUTING_KEY: &str = "R0ut1ngK3yTlsN3v3rL0gg3d00000000";
 
 /// A certificate authority made for one test; nothing outside the test trusts it.
 struct TestCa {
@@ -64,48 +66,18 @@ impl TestCa {
     }
 }
 
-/// The receiver serving HTTPS with a certificate of `ca`; stops when dropped.
-struct HttpsReceiver {
-    port: u16,
-    receiver: Receiver,
-    server: tokio::task::JoinHandle<()>,
+/// The receivers (`/slack`, `/pagerduty`) over HTTPS with a certificate of `ca`, on `port`
+/// (0: a free one).
+async fn https_receivers(ca: &TestCa, port: u16) -> Receivers {
+    let (certificate, key) = ca.server_certificate();
+    Receivers::start_https(&certificate, &key, port).await
 }
 
-impl HttpsReceiver {
-    async fn start(ca: &TestCa) -> HttpsReceiver {
-        let (certificate, key) = ca.server_certificate();
-        let tcp = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let port = tcp.local_addr().unwrap().port();
-        let listener = TlsListener::new(tcp, certificate.as_bytes(), key.as_bytes()).unwrap();
-        let receiver = Receiver::new(ROUTING_KEY);
-        let router = receiver.router();
-        let server = tokio::spawn(async move {
-            axum::serve(listener, router).await.unwrap();
-        });
-        HttpsReceiver {
-            port,
-            receiver,
-            server,
-        }
-    }
-
-    /// The Slack webhook, with its secret token in the query (the receiver routes on the path).
-    fn slack_webhook(&self) -> Secret {
-        Secret::new(format!(
-            "https://localhost:{}/slack?token={SLACK_TOKEN}",
-            self.port
-        ))
-    }
-
-    fn pagerduty_url(&self) -> String {
-        format!("https://127.0.0.1:{}/pagerduty", self.port)
-    }
-}
-
-impl Drop for HttpsReceiver {
-    fn drop(&mut self) {
-        self.server.abort();
-    }
+/// The Slack webhook of `receivers`, by host name, with its secret token in the query (the
+/// receiver routes on the path).
+fn slack_webhook(receivers: &Receivers) -> Secret {
+    let base_url = receivers.base_url.replace("127.0.0.1", "localhost");
+    Secret::new(format!("{base_url}/slack?token={SLACK_TOKEN}"))
 }
 
 /// The production client, trusting `ca` besides the built-in roots.
@@ -131,28 +103,37 @@ fn assert_no_secret(text: &str) {
     assert!(!text.contains(ROUTING_KEY), "routing key leaked: {text}");
 }
 
-/// The value of `alerter_notify_failures_total{service, reason}` in this process (0 when unseen).
-fn notify_failures(service: &str, reason: &str) -> u64 {
-    let service_label = format!("service=\"{service}\"");
-    let reason_label = format!("reason=\"{reason}\"");
+/// The value of the counter `name` with these labels in this process (0 when unseen).
+fn counter(name: &str, labels: &[(&str, &str)]) -> u64 {
+    let labels: Vec<String> = labels
+        .iter()
+        .map(|(label, value)| format!("{label}=\"{value}\""))
+        .collect();
     infra::telemetry::prometheus()
         .render()
         .lines()
-        .filter(|line| line.starts_with("alerter_notify_failures_total{"))
-        .filter(|line| line.contains(&service_label) && line.contains(&reason_label))
+        .filter(|line| line.starts_with(&format!("{name}{{")))
+        .filter(|line| labels.iter().all(|label| line.contains(label.as_str())))
         .filter_map(|line| line.rsplit(' ').next()?.parse::<u64>().ok())
         .sum()
+}
+
+fn notify_failures(service: &str, reason: &str) -> u64 {
+    counter(
+        "alerter_notify_failures_total",
+        &[("service", service), ("reason", reason)],
+    )
 }
 
 #[tokio::test]
 async fn slack_and_pagerduty_deliver_over_https_to_a_receiver_signed_by_the_ca_file() {
     let logs = Logs::global();
     let ca = TestCa::new("quotaflow test CA");
-    let receiver = HttpsReceiver::start(&ca).await;
+    let receivers = https_receivers(&ca, 0).await;
     let http = client_trusting(&ca);
-    let slack = SlackNotifier::new(receiver.slack_webhook(), http.clone())
+    let slack = SlackNotifier::new(slack_webhook(&receivers), http.clone())
         .with_retry_policy(fast_retries_of(1));
-    let pagerduty = PagerDutyNotifier::new(receiver.pagerduty_url(), http)
+    let pagerduty = PagerDutyNotifier::new(format!("{}/pagerduty", receivers.base_url), http)
         .with_retry_policy(fast_retries_of(1));
     let routing_key = Secret::new(ROUTING_KEY);
 
@@ -165,20 +146,15 @@ async fn slack_and_pagerduty_deliver_over_https_to_a_receiver_signed_by_the_ca_f
     .instrument(case("https_delivered"))
     .await;
 
-    let captured = receiver.receiver.captured();
-    assert!(
-        captured.refused.is_empty(),
-        "the receiver refused payloads: {:?}",
-        captured.refused
-    );
-    let slack_messages = captured.bodies("/slack");
+    // Every payload passed the receiver's checks (`slack()` and `pagerduty()` assert it).
+    let slack_messages = receivers.slack();
     assert_eq!(slack_messages.len(), 1, "{slack_messages:?}");
     assert_eq!(slack_messages[0]["blocks"][0]["type"], "header");
     assert!(slack_messages[0]["text"]
         .as_str()
         .unwrap()
         .contains("925.50 / 1000 USD (92.6%)"));
-    let events = captured.bodies("/pagerduty");
+    let events = receivers.pagerduty();
     let actions: Vec<&str> = events
         .iter()
         .map(|event| event["event_action"].as_str().unwrap())
@@ -195,8 +171,8 @@ async fn an_untrusted_certificate_fails_as_tls_is_retried_counted_and_never_logs
     let tls_failures_before = notify_failures("slack", "tls");
     let trusted = TestCa::new("the CA the alerter was given");
     let unknown = TestCa::new("a CA nobody told the alerter about");
-    let receiver = HttpsReceiver::start(&unknown).await;
-    let slack = SlackNotifier::new(receiver.slack_webhook(), client_trusting(&trusted))
+    let receivers = https_receivers(&unknown, 0).await;
+    let slack = SlackNotifier::new(slack_webhook(&receivers), client_trusting(&trusted))
         .with_retry_policy(fast_retries_of(3));
 
     let error = slack
@@ -239,5 +215,90 @@ async fn an_untrusted_certificate_fails_as_tls_is_retried_counted_and_never_logs
     assert_no_secret(&logs.text());
 
     // The handshake failed, so no request reached the receiver.
-    assert_eq!(receiver.receiver.captured(), Default::default());
+    assert!(receivers.slack().is_empty() && receivers.pagerduty().is_empty());
+}
+
+const HARD_CAP: &str = r#"
+id: t-tls-cap
+description: A test cap per API key and day, paging.
+owner: {team: search, contact: search-oncall@example.com, pagerduty_service: search-quota}
+environment: prod
+unit: cost_usd
+group_by: [api_key_id]
+window: {kind: day}
+hard_cap: 10
+action: {kind: block}
+"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_alerter_keeps_notifications_an_untrusted_receiver_refused_and_delivers_them_once_trusted(
+) {
+    let logs = Logs::global();
+    let given = TestCa::new("the CA in notify.ca_file");
+    let unknown = TestCa::new("a CA the alerter does not know");
+    let untrusted = https_receivers(&unknown, 0).await;
+    let port = untrusted.port();
+    let mut config = support::config("notify_tls", HARD_CAP, &untrusted);
+    config.notify.ca_file = Some(given.pem_file());
+    config.notify.slack.fallback_webhook = Some(slack_webhook(&untrusted));
+    config.notify.retry = fast_retries_of(2);
+    config.notify.redelivery = RedeliveryPolicy {
+        capacity: 100,
+        initial_delay_ms: 100,
+        max_delay_ms: 400,
+    };
+    let kept_pages = || {
+        counter(
+            "alerter_notifications_total",
+            &[("service", "pagerduty"), ("outcome", "pending")],
+        )
+    };
+    let pages_kept_before = kept_pages();
+    let tls_failures_before = notify_failures("pagerduty", "tls");
+    let alerter = support::start(&config).await;
+
+    // The cap is reached: the alerter pages and posts, the handshakes fail.
+    let start_at = support::now_s() - chrono::TimeDelta::seconds(60);
+    let end_at = support::now_s() + chrono::TimeDelta::hours(1);
+    support::produce_totals(
+        &config.kafka,
+        &[support::policy_total(
+            "t-tls-cap",
+            "api_key_id=k1",
+            start_at,
+            end_at,
+            "10",
+            1,
+        )],
+    )
+    .await;
+
+    // Kept, and sent again in a later round that failed too: retried, not dropped.
+    testkit::eventually(
+        Duration::from_secs(30),
+        "two failed rounds of the page",
+        || async { (kept_pages() - pages_kept_before >= 2).then_some(()) },
+    )
+    .await;
+    assert!(notify_failures("pagerduty", "tls") - tls_failures_before >= 4);
+    assert!(untrusted.slack().is_empty() && untrusted.pagerduty().is_empty());
+
+    // The receiver now presents a certificate of the CA the alerter was given, on the same port.
+    untrusted.stop().await;
+    let trusted = https_receivers(&given, port).await;
+    support::wait_receivers(&trusted, "the kept page and message", |receivers| {
+        receivers.pagerduty_actions("trigger").len() == 1
+            && receivers.slack_containing("hard cap reached") == 1
+    })
+    .await;
+
+    let text = logs.text();
+    assert!(
+        text.lines()
+            .any(|line| line.contains("kept to be sent again") && line.contains("UnknownIssuer")),
+        "the kept notification and its TLS cause were logged"
+    );
+    assert_no_secret(&text);
+    alerter.stop().await.unwrap();
+    testkit::drop_database(&config.clickhouse).await.unwrap();
 }

@@ -10,6 +10,7 @@ use infra::secret::Secret;
 use serde::{Deserialize, Serialize};
 
 use super::pagerduty::DEFAULT_EVENTS_URL;
+use super::pending::RedeliveryPolicy;
 use super::retry::RetryPolicy;
 use super::NotifyError;
 
@@ -23,6 +24,9 @@ pub struct NotifyConfig {
     pub group_interval_secs: u64,
     /// Retries shared by Slack and PagerDuty.
     pub retry: RetryPolicy,
+    /// How notifications whose retries ran out on a failure that may pass later are kept and sent
+    /// again (see [`super::pending`]).
+    pub redelivery: RedeliveryPolicy,
     /// Slack webhooks.
     pub slack: SlackConfig,
     /// PagerDuty Events API.
@@ -39,6 +43,7 @@ impl Default for NotifyConfig {
         Self {
             group_interval_secs: 300,
             retry: RetryPolicy::default(),
+            redelivery: RedeliveryPolicy::default(),
             slack: SlackConfig::default(),
             pagerduty: PagerDutyConfig::default(),
             ca_file: None,
@@ -86,6 +91,7 @@ impl NotifyConfig {
     /// Checks the settings at load time; messages name the setting, never a secret.
     pub fn validate(&self) -> Result<(), NotifyError> {
         self.retry.validate()?;
+        self.redelivery.validate()?;
         if self.group_interval_secs == 0 {
             return Err(NotifyError::Config(
                 "group_interval_secs must be positive".to_string(),

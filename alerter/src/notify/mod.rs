@@ -7,6 +7,11 @@
 //! - [`pagerduty::PagerDutyNotifier`]: PagerDuty Events API v2, trigger and resolve, with a stable
 //!   [`pagerduty::dedup_key`] per incident.
 //! - [`retry::RetryPolicy`]: backoff shared by both; 429 `Retry-After` is honoured.
+//! - [`pending::Pending`]: notifications whose attempts ran out on a failure that may pass later,
+//!   kept (bounded, in memory) and sent again after a growing delay.
+//! - [`client::http_client`]: the one HTTPS client every webhook is sent with.
+//! - [`dispatch::Dispatcher`]: routes notices to their webhook or routing key, counts outcomes,
+//!   and keeps failed deliveries in [`pending::Pending`].
 //! - [`grouping::Grouper`]: storm grouping, pure and without IO: at most one notification per
 //!   (policy, scope, window, kind) per interval, the rest folded into "and N more".
 //! - [`config::NotifyConfig`]: webhooks and routing keys (as [`infra::secret::Secret`]s), retry and
@@ -19,7 +24,10 @@
 //! HTTP 408, 429 and 5xx, with exponential backoff (200 ms doubling by default, 5 attempts), waiting at
 //! least what a 429's `Retry-After` asks. Other 4xx are never retried: the payload, URL or key is wrong
 //! and would be refused again. When the attempts run out the error is returned with
-//! [`NotifyError::is_retryable`] set, so the caller can keep the notice and try again later.
+//! [`NotifyError::is_retryable`] set, and the service keeps the notice in [`pending::Pending`] to
+//! send it again later (30 s, doubling up to 10 min by default) until it is delivered: a receiver
+//! that is down or presents a certificate that does not verify delays notifications, it does not
+//! lose them (within the queue's bound, and while the process runs; see [`pending`]).
 //!
 //! Retrying an *ambiguous* failure (a timeout or a reset after the receiver may already have accepted
 //! the request) can deliver a notification twice:
@@ -53,8 +61,10 @@
 
 pub mod client;
 pub mod config;
+pub mod dispatch;
 pub mod grouping;
 pub mod pagerduty;
+pub mod pending;
 pub mod retry;
 pub mod slack;
 
@@ -66,8 +76,10 @@ use rust_decimal::{Decimal, RoundingStrategy};
 use serde::{Deserialize, Serialize};
 
 pub use config::NotifyConfig;
+pub use dispatch::Dispatcher;
 pub use grouping::{Grouped, Grouper};
 pub use pagerduty::PagerDutyNotifier;
+pub use pending::{Delivery, Pending, RedeliveryPolicy};
 pub use retry::RetryPolicy;
 pub use slack::SlackNotifier;
 
@@ -198,11 +210,19 @@ impl NoticeKind {
     /// The incident this notice opens or updates; `None` for [`NoticeKind::Resolved`].
     pub fn incident_kind(&self) -> Option<IncidentKind> {
         match self {
-            NoticeKind::SoftAlert => Some(IncidentKind::SoftAlert),
-            NoticeKind::HardCap => Some(IncidentKind::HardCap),
-            NoticeKind::Anomaly { .. } => Some(IncidentKind::Anomaly),
-            NoticeKind::Rule { .. } => Some(IncidentKind::Rule),
             NoticeKind::Resolved { .. } => None,
+            _ => Some(self.incident()),
+        }
+    }
+
+    /// The incident this notice is about: the one it opens or updates, or the one it resolves.
+    pub fn incident(&self) -> IncidentKind {
+        match self {
+            NoticeKind::SoftAlert => IncidentKind::SoftAlert,
+            NoticeKind::HardCap => IncidentKind::HardCap,
+            NoticeKind::Anomaly { .. } => IncidentKind::Anomaly,
+            NoticeKind::Rule { .. } => IncidentKind::Rule,
+            NoticeKind::Resolved { of } => *of,
         }
     }
 }
