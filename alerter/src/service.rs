@@ -25,7 +25,9 @@
 //!   the restore reads. A crash between the two repeats the notification after restart: PagerDuty
 //!   folds it into the open incident (same `dedup_key`); Slack may show it twice. Never lost.
 //!   Notifications run on their own task behind a bounded queue, so a slow webhook never delays a
-//!   decision.
+//!   decision. A delivery that fails in a way that may pass later (TLS, unreachable, 5xx, 429) is
+//!   kept and sent again ([`crate::notify::pending`]); only those still pending at shutdown are
+//!   lost, and logged.
 //! - **Audit**: every decision, alert and approval outcome is written to ClickHouse (`decisions`,
 //!   `alerts`, `approvals`) by a batching task that retries until it succeeds; the ids are
 //!   deterministic, so a repeat after a crash is the same row (ReplacingMergeTree).
