@@ -218,6 +218,27 @@ async fn an_untrusted_certificate_fails_as_tls_is_retried_counted_and_never_logs
     assert!(receivers.slack().is_empty() && receivers.pagerduty().is_empty());
 }
 
+#[tokio::test]
+async fn an_https_url_to_a_plain_http_receiver_is_a_tls_failure_with_the_default_roots() {
+    let receivers = Receivers::start().await;
+    let url = receivers.base_url.replace("http://", "https://");
+    let http = NotifyConfig::default().http_client().unwrap();
+    let pagerduty = PagerDutyNotifier::new(format!("{url}/pagerduty"), http)
+        .with_retry_policy(fast_retries_of(1));
+
+    let error = pagerduty
+        .trigger(&Secret::new(ROUTING_KEY), &notice())
+        .await
+        .unwrap_err();
+
+    assert!(
+        matches!(error, NotifyError::Tls { attempts: 1, .. }),
+        "{error:?}"
+    );
+    assert_no_secret(&format!("{error} {error:?}"));
+    assert!(receivers.pagerduty().is_empty());
+}
+
 const HARD_CAP: &str = r#"
 id: t-tls-cap
 description: A test cap per API key and day, paging.
