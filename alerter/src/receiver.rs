@@ -306,6 +306,37 @@ pub fn check_pagerduty(body: &Value, routing_key: &str) -> Result<(), String> {
 mod tests {
     use super::*;
 
+    #[tokio::test]
+    async fn tls_setup_names_what_is_missing() {
+        let tcp = || async { TcpListener::bind("127.0.0.1:0").await.unwrap() };
+        let no_certificate = TlsListener::new(tcp().await, b"not PEM", b"not PEM");
+        assert!(matches!(no_certificate, Err(TlsSetupError::Certificate(_))));
+        let key = rcgen::KeyPair::generate().unwrap();
+        let certificate = rcgen::CertificateParams::new(vec!["localhost".to_string()])
+            .unwrap()
+            .self_signed(&key)
+            .unwrap();
+        let no_key = TlsListener::new(tcp().await, certificate.pem().as_bytes(), b"not PEM");
+        assert!(matches!(no_key, Err(TlsSetupError::Key(_))));
+        let other_key = rcgen::KeyPair::generate().unwrap();
+        let mismatch = TlsListener::new(
+            tcp().await,
+            certificate.pem().as_bytes(),
+            other_key.serialize_pem().as_bytes(),
+        );
+        assert!(
+            matches!(mismatch, Err(TlsSetupError::Rustls(_))),
+            "{:?}",
+            mismatch.err()
+        );
+        let served = TlsListener::new(
+            tcp().await,
+            certificate.pem().as_bytes(),
+            key.serialize_pem().as_bytes(),
+        );
+        assert!(served.is_ok());
+    }
+
     #[test]
     fn payloads_off_the_documented_formats_are_refused() {
         assert!(check_slack(&json!({"text": "t", "blocks": [{"type": "section", "text": {"type": "mrkdwn", "text": "x"}}]})).is_ok());
