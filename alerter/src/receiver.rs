@@ -12,8 +12,18 @@
 //!
 //! `GET /captured` returns everything received as JSON (`accepted`, `refused`), `GET /readyz`
 //! answers 200.
+//!
+//! # HTTP or HTTPS
+//! [`Receiver::router`] is served with `axum::serve` on a plain `TcpListener` (HTTP), or on a
+//! [`TlsListener`] (HTTPS) given a certificate chain and key in PEM, so the notifiers' TLS
+//! (certificate verification, `notify.ca_file`) is tested against the same payload checks. TLS
+//! handshakes run concurrently (at most [`MAX_PENDING_HANDSHAKES`], each within
+//! [`HANDSHAKE_TIMEOUT`]); a failed handshake, e.g. a client that does not trust the certificate, is
+//! logged at debug level and never stops the server.
 
+use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use axum::extract::State;
 use axum::http::{StatusCode, Uri};
@@ -21,6 +31,14 @@ use axum::routing::get;
 use axum::Json;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::task::JoinSet;
+use tokio_rustls::rustls;
+use tokio_rustls::rustls::pki_types::pem::PemObject;
+use tokio_rustls::rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use tokio_rustls::server::TlsStream;
+use tokio_rustls::TlsAcceptor;
+use tracing::debug;
 
 /// One request the receiver accepted.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -132,6 +150,106 @@ async fn receive(
     }
 }
 
+/// Longest a client may take to complete its TLS handshake.
+pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// TLS handshakes in progress at most; further connections wait in the kernel's accept queue.
+pub const MAX_PENDING_HANDSHAKES: usize = 64;
+
+/// Why a [`TlsListener`] cannot be set up.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum TlsSetupError {
+    /// The certificate PEM holds no certificate or a malformed one.
+    #[error("server certificate: {0}")]
+    Certificate(String),
+    /// The key PEM holds no private key or a malformed one.
+    #[error("server private key: {0}")]
+    Key(String),
+    /// rustls refused the pair (e.g. the key does not match the certificate).
+    #[error("TLS server configuration: {0}")]
+    Rustls(#[from] rustls::Error),
+}
+
+/// A TCP listener that serves TLS: `axum::serve(TlsListener::new(..)?, receiver.router())`.
+pub struct TlsListener {
+    /// Where connections arrive.
+    tcp: TcpListener,
+    /// The server certificate and key (TLS 1.2 and 1.3, ring provider).
+    acceptor: TlsAcceptor,
+    /// Handshakes in progress, so a slow or failing client does not hold up the others.
+    handshakes: JoinSet<(std::io::Result<TlsStream<TcpStream>>, SocketAddr)>,
+}
+
+impl TlsListener {
+    /// Serves TLS on `tcp` with `certificate_chain_pem` (server certificate first, then any
+    /// intermediates) and `private_key_pem` (PKCS#8, PKCS#1 or SEC1).
+    pub fn new(
+        tcp: TcpListener,
+        certificate_chain_pem: &[u8],
+        private_key_pem: &[u8],
+    ) -> Result<TlsListener, TlsSetupError> {
+        let chain = CertificateDer::pem_slice_iter(certificate_chain_pem)
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|error| TlsSetupError::Certificate(error.to_string()))?;
+        if chain.is_empty() {
+            return Err(TlsSetupError::Certificate(
+                "no PEM certificate found".to_string(),
+            ));
+        }
+        let key = PrivateKeyDer::from_pem_slice(private_key_pem)
+            .map_err(|error| TlsSetupError::Key(error.to_string()))?;
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let config = rustls::ServerConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()?
+            .with_no_client_auth()
+            .with_single_cert(chain, key)?;
+        Ok(TlsListener {
+            tcp,
+            acceptor: TlsAcceptor::from(Arc::new(config)),
+            handshakes: JoinSet::new(),
+        })
+    }
+}
+
+impl axum::serve::Listener for TlsListener {
+    type Io = TlsStream<TcpStream>;
+    type Addr = SocketAddr;
+
+    async fn accept(&mut self) -> (Self::Io, Self::Addr) {
+        loop {
+            tokio::select! {
+                accepted = self.tcp.accept(), if self.handshakes.len() < MAX_PENDING_HANDSHAKES => {
+                    match accepted {
+                        Ok((stream, peer)) => {
+                            let acceptor = self.acceptor.clone();
+                            self.handshakes.spawn(async move {
+                                let handshake = tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream))
+                                    .await
+                                    .unwrap_or_else(|_| Err(std::io::ErrorKind::TimedOut.into()));
+                                (handshake, peer)
+                            });
+                        }
+                        // Out of file descriptors and the like: back off instead of spinning.
+                        Err(error) => {
+                            debug!(%error, "receiver accept failed");
+                            tokio::time::sleep(Duration::from_millis(100)).await;
+                        }
+                    }
+                }
+                Some(finished) = self.handshakes.join_next() => match finished {
+                    Ok((Ok(stream), peer)) => return (stream, peer),
+                    Ok((Err(error), peer)) => debug!(%error, %peer, "receiver TLS handshake failed"),
+                    Err(error) => debug!(%error, "receiver TLS handshake task ended"),
+                },
+            }
+        }
+    }
+
+    fn local_addr(&self) -> std::io::Result<Self::Addr> {
+        self.tcp.local_addr()
+    }
+}
+
 /// Slack incoming webhook with Block Kit (see the module docs).
 pub fn check_slack(body: &Value) -> Result<(), String> {
     let text = body["text"].as_str().ok_or("no text fallback")?;
@@ -187,6 +305,37 @@ pub fn check_pagerduty(body: &Value, routing_key: &str) -> Result<(), String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn tls_setup_names_what_is_missing() {
+        let tcp = || async { TcpListener::bind("127.0.0.1:0").await.unwrap() };
+        let no_certificate = TlsListener::new(tcp().await, b"not PEM", b"not PEM");
+        assert!(matches!(no_certificate, Err(TlsSetupError::Certificate(_))));
+        let key = rcgen::KeyPair::generate().unwrap();
+        let certificate = rcgen::CertificateParams::new(vec!["localhost".to_string()])
+            .unwrap()
+            .self_signed(&key)
+            .unwrap();
+        let no_key = TlsListener::new(tcp().await, certificate.pem().as_bytes(), b"not PEM");
+        assert!(matches!(no_key, Err(TlsSetupError::Key(_))));
+        let other_key = rcgen::KeyPair::generate().unwrap();
+        let mismatch = TlsListener::new(
+            tcp().await,
+            certificate.pem().as_bytes(),
+            other_key.serialize_pem().as_bytes(),
+        );
+        assert!(
+            matches!(mismatch, Err(TlsSetupError::Rustls(_))),
+            "{:?}",
+            mismatch.err()
+        );
+        let served = TlsListener::new(
+            tcp().await,
+            certificate.pem().as_bytes(),
+            key.serialize_pem().as_bytes(),
+        );
+        assert!(served.is_ok());
+    }
 
     #[test]
     fn payloads_off_the_documented_formats_are_refused() {

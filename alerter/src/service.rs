@@ -25,7 +25,9 @@
 //!   the restore reads. A crash between the two repeats the notification after restart: PagerDuty
 //!   folds it into the open incident (same `dedup_key`); Slack may show it twice. Never lost.
 //!   Notifications run on their own task behind a bounded queue, so a slow webhook never delays a
-//!   decision.
+//!   decision. A delivery that fails in a way that may pass later (TLS, unreachable, 5xx, 429) is
+//!   kept and sent again ([`crate::notify::pending`]); only those still pending at shutdown are
+//!   lost, and logged.
 //! - **Audit**: every decision, alert and approval outcome is written to ClickHouse (`decisions`,
 //!   `alerts`, `approvals`) by a batching task that retries until it succeeds; the ids are
 //!   deterministic, so a repeat after a crash is the same row (ReplacingMergeTree).
@@ -52,11 +54,11 @@ use schemas::{Alert, Approval, ControlDecision, WindowTotal};
 use serde::Serialize;
 use tokio::net::TcpListener;
 use tokio::sync::mpsc;
-use tracing::{debug, error, info, warn};
+use tracing::{error, info, warn};
 
 use crate::actions::ActionWatch;
 use crate::engine::{Effect, Engine};
-use crate::notify::{Grouper, Notice, NotifyConfig, PagerDutyNotifier, SlackNotifier};
+use crate::notify::{Dispatcher, Grouper, Notice, NotifyConfig};
 use crate::{Config, Error, Result};
 
 /// Metric names.
@@ -67,6 +69,10 @@ pub mod metric {
     pub const ALERTS: &str = "alerter_alerts_total";
     /// Notifications, by `service` and `outcome`.
     pub const NOTIFICATIONS: &str = "alerter_notifications_total";
+    /// Failed notification attempts (each retry counts), by `service` and `reason` (`tls`,
+    /// `transport`, `unavailable`, `rate_limited`, `rejected`, ...; see
+    /// [`crate::notify::NotifyError::reason`]).
+    pub const NOTIFY_FAILURES: &str = "alerter_notify_failures_total";
     /// Records read, by `topic` kind and `outcome`.
     pub const RECORDS: &str = "alerter_records_total";
     /// Policy reloads, by `outcome`.
@@ -116,11 +122,16 @@ struct Snapshot {
 }
 
 async fn run_loop(config: &Config, readiness: &Readiness, shutdown: &Shutdown) -> Result<()> {
-    infra::service::prepare_pipeline(&config.kafka, &config.clickhouse).await?;
     config
         .notify
         .validate()
         .map_err(|error| Error::Config(error.to_string()))?;
+    // Built before anything else, so an unreadable `notify.ca_file` stops the start.
+    let webhook_client = config
+        .notify
+        .http_client()
+        .map_err(|error| Error::Config(error.to_string()))?;
+    infra::service::prepare_pipeline(&config.kafka, &config.clickhouse).await?;
     let policies = Arc::new(
         PolicySet::load_dir(&config.alert.policies_dir)
             .map_err(|errors| Error::Policies(errors.to_string()))?,
@@ -234,6 +245,7 @@ async fn run_loop(config: &Config, readiness: &Readiness, shutdown: &Shutdown) -
     let (notify_tx, notify_rx) = mpsc::channel::<(Alert, Notice)>(10_000);
     let notifier = tokio::spawn(notify_task(
         config.notify.clone(),
+        webhook_client,
         producer.clone(),
         topics.alerts.clone(),
         notify_rx,
@@ -681,18 +693,15 @@ async fn produce_until_delivered(
 /// Sends notifications, then records each alert on the alerts topic and audits it.
 async fn notify_task(
     config: NotifyConfig,
+    http: reqwest::Client,
     producer: FutureProducer,
     alerts_topic: String,
     mut queue: mpsc::Receiver<(Alert, Notice)>,
     audit: mpsc::Sender<AuditRow>,
 ) {
-    let http = reqwest::Client::builder()
-        .timeout(Duration::from_secs(10))
-        .build()
-        .unwrap_or_default();
-    let pagerduty = PagerDutyNotifier::new(config.pagerduty.events_url.clone(), http.clone())
-        .with_retry_policy(config.retry.clone());
-    let mut grouper = Grouper::new(config.group_interval());
+    let group_interval = config.group_interval();
+    let mut grouper = Grouper::new(group_interval);
+    let mut dispatcher = Dispatcher::new(config, http);
     let never = Shutdown::new();
     let mut due = tokio::time::interval(Duration::from_millis(500));
     loop {
@@ -700,29 +709,9 @@ async fn notify_task(
             received = queue.recv() => {
                 let Some((alert, notice)) = received else { break };
                 if let Some(grouped) = grouper.offer(notice.clone(), Instant::now()) {
-                    send_slack(&config, &http, &grouped).await;
+                    dispatcher.slack(grouped).await;
                 }
-                if let Some(service) = &notice.pagerduty_service {
-                    match config.routing_key(service) {
-                        Some(routing_key) => {
-                            let outcome = match pagerduty.send(routing_key, &notice).await {
-                                Ok(dedup_key) => {
-                                    debug!(%dedup_key, "pagerduty event sent");
-                                    "sent"
-                                }
-                                Err(error) => {
-                                    warn!(%error, service, "pagerduty event not delivered");
-                                    "failed"
-                                }
-                            };
-                            metrics::counter!(metric::NOTIFICATIONS, "service" => "pagerduty", "outcome" => outcome).increment(1);
-                        }
-                        None => {
-                            warn!(service, "no pagerduty routing key for this service; not paged");
-                            metrics::counter!(metric::NOTIFICATIONS, "service" => "pagerduty", "outcome" => "unrouted").increment(1);
-                        }
-                    }
-                }
+                dispatcher.pagerduty(&notice).await;
                 if let Ok(payload) = schemas::codec::encode(&alert) {
                     if let Err(error) = produce_until_delivered(&producer, &alerts_topic, &alert.dedup_key, &payload, &never).await {
                         error!(%error, dedup_key = %alert.dedup_key, "alert not recorded on the alerts topic");
@@ -732,37 +721,21 @@ async fn notify_task(
             }
             _ = due.tick() => {
                 for grouped in grouper.due(Instant::now()) {
-                    send_slack(&config, &http, &grouped).await;
+                    dispatcher.slack(grouped).await;
                 }
+                dispatcher.redeliver_due(Instant::now()).await;
             }
         }
     }
-    for grouped in grouper.due(Instant::now() + config.group_interval()) {
-        send_slack(&config, &http, &grouped).await;
+    for grouped in grouper.due(Instant::now() + group_interval) {
+        dispatcher.slack(grouped).await;
     }
-}
-
-async fn send_slack(
-    config: &NotifyConfig,
-    http: &reqwest::Client,
-    grouped: &crate::notify::Grouped,
-) {
-    let Some(webhook) = config.slack_webhook(grouped.notice.slack_channel.as_deref()) else {
-        metrics::counter!(metric::NOTIFICATIONS, "service" => "slack", "outcome" => "unrouted")
-            .increment(1);
-        return;
-    };
-    let slack =
-        SlackNotifier::new(webhook.clone(), http.clone()).with_retry_policy(config.retry.clone());
-    let outcome = match slack.send_grouped(grouped).await {
-        Ok(()) => "sent",
-        Err(error) => {
-            warn!(%error, "slack notification not delivered");
-            "failed"
-        }
-    };
-    metrics::counter!(metric::NOTIFICATIONS, "service" => "slack", "outcome" => outcome)
-        .increment(1);
+    if dispatcher.pending() > 0 {
+        warn!(
+            pending = dispatcher.pending(),
+            "stopping with notifications still pending; they are not kept across restarts"
+        );
+    }
 }
 
 /// One audit row to write.

@@ -2,26 +2,28 @@
 //! and records every request with its arrival time. Nothing leaves the machine; waits are measured
 //! with the receiver's timestamps, and nothing sleeps to synchronise.
 
+#[path = "support/logs.rs"]
+mod logs;
+#[path = "support/notices.rs"]
+mod notices;
+
 use std::collections::VecDeque;
-use std::io::Write;
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use alerter::notify::pagerduty::{self, PagerDutyNotifier};
 use alerter::notify::slack::SlackNotifier;
-use alerter::notify::{
-    IncidentKind, Notice, NoticeKind, NoticeWindow, NotifyError, Owner, RetryPolicy,
-};
+use alerter::notify::{IncidentKind, NoticeKind, NotifyError, RetryPolicy};
 use axum::body::Bytes;
 use axum::extract::State;
 use axum::http::{StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
-use chrono::{TimeZone, Utc};
 use infra::secret::Secret;
-use rust_decimal::Decimal;
 use serde_json::Value;
 use tracing::Instrument;
-use tracing_subscriber::fmt::MakeWriter;
+
+use logs::{case, Logs};
+use notices::{fast_retries, notice};
 
 const SLACK_TOKEN: &str = "XoXbS3cr3tW3bh00kT0k3n";
 const ROUTING_KEY: &str = "R0ut1ngK3yN3v3rL0gg3d0000000000";
@@ -115,111 +117,9 @@ async fn record(State(state): State<Arc<Mutex<ReceiverState>>>, uri: Uri, body: 
     }
 }
 
-/// Everything the tests log through `tracing`, at every level. One global subscriber: per-thread
-/// subscribers (`set_default`) race with tracing's process-wide callsite interest cache when tests run
-/// in parallel, and then miss events. Every test installs it first, so every test's logs are checked.
-#[derive(Clone, Default)]
-struct Logs(Arc<Mutex<Vec<u8>>>);
-
-static LOGS: OnceLock<Logs> = OnceLock::new();
-
-impl Logs {
-    fn global() -> &'static Logs {
-        LOGS.get_or_init(|| {
-            let logs = Logs::default();
-            let subscriber = tracing_subscriber::fmt()
-                .with_writer(logs.clone())
-                .with_max_level(tracing::Level::TRACE)
-                .with_ansi(false)
-                .finish();
-            tracing::subscriber::set_global_default(subscriber).expect("no other subscriber");
-            logs
-        })
-    }
-
-    fn text(&self) -> String {
-        String::from_utf8_lossy(&self.0.lock().unwrap()).into_owned()
-    }
-
-    /// Lines logged inside the span `case{test=<case>}` (see [`case`]).
-    fn lines_of(&self, case: &str) -> Vec<String> {
-        let marker = format!("case{{test=\"{case}\"}}");
-        self.text()
-            .lines()
-            .filter(|line| line.contains(&marker))
-            .map(str::to_string)
-            .collect()
-    }
-}
-
-/// A span that tags the log lines of one test, since the tests share the global capture.
-fn case(name: &'static str) -> tracing::Span {
-    tracing::info_span!("case", test = name)
-}
-
-impl Write for Logs {
-    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(bytes);
-        Ok(bytes.len())
-    }
-
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
-impl<'a> MakeWriter<'a> for Logs {
-    type Writer = Logs;
-
-    fn make_writer(&'a self) -> Self::Writer {
-        self.clone()
-    }
-}
-
 /// Local traffic only, whatever proxy the environment names.
 fn http() -> reqwest::Client {
     reqwest::Client::builder().no_proxy().build().unwrap()
-}
-
-/// Retries without the production waits, so only `Retry-After` takes real time.
-fn fast_retries() -> RetryPolicy {
-    RetryPolicy {
-        max_attempts: 5,
-        initial_backoff_ms: 1,
-        max_backoff_ms: 10,
-        max_retry_after_secs: 5,
-        attempt_timeout_ms: 5_000,
-    }
-}
-
-fn notice() -> Notice {
-    Notice {
-        policy_id: "search-monthly".to_string(),
-        owner: Owner {
-            team: "search".to_string(),
-            contact: "@search-oncall".to_string(),
-        },
-        scope: "team=search|model=gpt-4o".to_string(),
-        window: NoticeWindow {
-            kind: "monthly".to_string(),
-            tz: "UTC".to_string(),
-            start: Utc.with_ymd_and_hms(2026, 11, 1, 0, 0, 0).unwrap(),
-            end: Utc.with_ymd_and_hms(2026, 12, 1, 0, 0, 0).unwrap(),
-        },
-        unit: "USD".to_string(),
-        spent: Decimal::new(92_550, 2),
-        limit: Decimal::new(1000, 0),
-        threshold_percent: 90,
-        kind: NoticeKind::SoftAlert,
-        burn_rate_per_hour: Some(Decimal::new(1875, 2)),
-        projected_cap_at: Some(Utc.with_ymd_and_hms(2026, 11, 27, 23, 0, 0).unwrap()),
-        approval_command: Some(
-            "quotaflow approve --policy search-monthly --scope 'team=search|model=gpt-4o' --add 500"
-                .to_string(),
-        ),
-        slack_channel: Some("#search-alerts".to_string()),
-        pagerduty_service: Some("search".to_string()),
-    }
 }
 
 fn slack(receiver: &Receiver) -> SlackNotifier {

@@ -45,3 +45,27 @@ async fn is_not_ready_while_starting_and_stops_promptly_when_cancelled() {
     )
     .await;
 }
+
+#[tokio::test]
+async fn an_unreadable_notify_ca_file_stops_the_start_with_a_config_error() {
+    let mut config = isolated_config();
+    let missing = std::env::temp_dir().join(format!("{}.pem", testkit::unique_name("no_ca")));
+    config.notify.ca_file = Some(missing.clone());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+
+    let stopped = tokio::time::timeout(
+        std::time::Duration::from_secs(60),
+        alerter::run_with_listener(config, listener, infra::shutdown::Shutdown::new()),
+    )
+    .await
+    .expect("the alerter stops by itself");
+
+    let error = stopped.unwrap_err();
+    assert!(matches!(error, alerter::Error::Config(_)), "{error:?}");
+    assert!(!error.is_retryable());
+    let message = error.to_string();
+    assert!(
+        message.contains("ca_file") && message.contains(&missing.display().to_string()),
+        "{message}"
+    );
+}

@@ -3,12 +3,14 @@
 //! keys are [`Secret`]s, so a config dump shows `<redacted>`.
 
 use std::collections::BTreeMap;
+use std::path::PathBuf;
 use std::time::Duration;
 
 use infra::secret::Secret;
 use serde::{Deserialize, Serialize};
 
 use super::pagerduty::DEFAULT_EVENTS_URL;
+use super::pending::RedeliveryPolicy;
 use super::retry::RetryPolicy;
 use super::NotifyError;
 
@@ -22,10 +24,18 @@ pub struct NotifyConfig {
     pub group_interval_secs: u64,
     /// Retries shared by Slack and PagerDuty.
     pub retry: RetryPolicy,
+    /// How notifications whose retries ran out on a failure that may pass later are kept and sent
+    /// again (see [`super::pending`]).
+    pub redelivery: RedeliveryPolicy,
     /// Slack webhooks.
     pub slack: SlackConfig,
     /// PagerDuty Events API.
     pub pagerduty: PagerDutyConfig,
+    /// PEM file of extra CA certificates that webhook receivers' certificates may chain to, in
+    /// addition to the built-in webpki (Mozilla) roots: for private receivers signed by a private
+    /// CA. Unset = the built-in roots only. Read once at startup; a file that cannot be read or
+    /// parsed stops the alerter (see [`super::client`]).
+    pub ca_file: Option<PathBuf>,
 }
 
 impl Default for NotifyConfig {
@@ -33,8 +43,10 @@ impl Default for NotifyConfig {
         Self {
             group_interval_secs: 300,
             retry: RetryPolicy::default(),
+            redelivery: RedeliveryPolicy::default(),
             slack: SlackConfig::default(),
             pagerduty: PagerDutyConfig::default(),
+            ca_file: None,
         }
     }
 }
@@ -79,6 +91,7 @@ impl NotifyConfig {
     /// Checks the settings at load time; messages name the setting, never a secret.
     pub fn validate(&self) -> Result<(), NotifyError> {
         self.retry.validate()?;
+        self.redelivery.validate()?;
         if self.group_interval_secs == 0 {
             return Err(NotifyError::Config(
                 "group_interval_secs must be positive".to_string(),
@@ -126,6 +139,12 @@ impl NotifyConfig {
             )));
         }
         Ok(())
+    }
+
+    /// The HTTP client every webhook is sent with (see [`super::client`]); fails when
+    /// [`NotifyConfig::ca_file`] cannot be read or parsed.
+    pub fn http_client(&self) -> Result<reqwest::Client, NotifyError> {
+        super::client::http_client(self)
     }
 
     /// The grouping interval as a duration.
@@ -183,6 +202,7 @@ mod tests {
     fn loads_from_toml_and_rejects_unknown_keys() {
         let text = r##"
             group_interval_secs = 60
+            ca_file = "/etc/quotaflow/webhook-ca.pem"
             [retry]
             max_attempts = 3
             [slack]
@@ -197,6 +217,11 @@ mod tests {
         assert_eq!(config.retry.initial_backoff_ms, 200);
         assert_eq!(config.slack_webhook(None).unwrap().expose(), WEBHOOK);
         assert_eq!(config.routing_key("search").unwrap().expose(), "R0UTINGKEY");
+        assert_eq!(
+            config.ca_file.as_deref(),
+            Some(std::path::Path::new("/etc/quotaflow/webhook-ca.pem"))
+        );
+        assert!(toml::from_str::<NotifyConfig>("ca_files = \"/x.pem\"").is_err());
         assert!(toml::from_str::<NotifyConfig>("[slack]\nwebhok = {}").is_err());
     }
 

@@ -7,6 +7,11 @@
 //! - [`pagerduty::PagerDutyNotifier`]: PagerDuty Events API v2, trigger and resolve, with a stable
 //!   [`pagerduty::dedup_key`] per incident.
 //! - [`retry::RetryPolicy`]: backoff shared by both; 429 `Retry-After` is honoured.
+//! - [`pending::Pending`]: notifications whose attempts ran out on a failure that may pass later,
+//!   kept (bounded, in memory) and sent again after a growing delay.
+//! - [`client::http_client`]: the one HTTPS client every webhook is sent with.
+//! - [`dispatch::Dispatcher`]: routes notices to their webhook or routing key, counts outcomes,
+//!   and keeps failed deliveries in [`pending::Pending`].
 //! - [`grouping::Grouper`]: storm grouping, pure and without IO: at most one notification per
 //!   (policy, scope, window, kind) per interval, the rest folded into "and N more".
 //! - [`config::NotifyConfig`]: webhooks and routing keys (as [`infra::secret::Secret`]s), retry and
@@ -14,11 +19,15 @@
 //! - [`NotifyError`]: why a delivery failed, and whether trying again later can help.
 //!
 //! # Delivery guarantees
-//! **At least once, with bounded retries.** A notification is retried on connection errors, timeouts,
+//! **At least once, with bounded retries.** A notification is retried on connection errors, TLS
+//! handshake failures, timeouts,
 //! HTTP 408, 429 and 5xx, with exponential backoff (200 ms doubling by default, 5 attempts), waiting at
 //! least what a 429's `Retry-After` asks. Other 4xx are never retried: the payload, URL or key is wrong
 //! and would be refused again. When the attempts run out the error is returned with
-//! [`NotifyError::is_retryable`] set, so the caller can keep the notice and try again later.
+//! [`NotifyError::is_retryable`] set, and the service keeps the notice in [`pending::Pending`] to
+//! send it again later (30 s, doubling up to 10 min by default) until it is delivered: a receiver
+//! that is down or presents a certificate that does not verify delays notifications, it does not
+//! lose them (within the queue's bound, and while the process runs; see [`pending`]).
 //!
 //! Retrying an *ambiguous* failure (a timeout or a reset after the receiver may already have accepted
 //! the request) can deliver a notification twice:
@@ -39,13 +48,23 @@
 //! receiver response bodies are redacted).
 //!
 //! # Transport
-//! The notifiers take a `reqwest::Client` from the caller. The workspace builds reqwest without a TLS
-//! feature today, so production endpoints (`https://hooks.slack.com`, `https://events.pagerduty.com`)
-//! need reqwest's `rustls-tls` feature enabled before this is wired into `run`.
+//! Webhooks are sent with one `reqwest::Client` built at startup by [`client::http_client`]: HTTPS
+//! with rustls, the built-in webpki roots plus the optional [`NotifyConfig::ca_file`]. A receiver
+//! whose certificate does not verify fails with [`NotifyError::Tls`], which is retried like any
+//! transport failure (a certificate being rotated may verify on the next attempt) and counted
+//! per attempt in `alerter_notify_failures_total{service, reason="tls"}`.
+//!
+//! # Metrics
+//! Every failed attempt increments `alerter_notify_failures_total` with `service` (`slack`,
+//! `pagerduty`) and a bounded `reason` ([`NotifyError::reason`]), so a receiver that keeps failing
+//! shows up before its attempts run out.
 
+pub mod client;
 pub mod config;
+pub mod dispatch;
 pub mod grouping;
 pub mod pagerduty;
+pub mod pending;
 pub mod retry;
 pub mod slack;
 
@@ -57,8 +76,10 @@ use rust_decimal::{Decimal, RoundingStrategy};
 use serde::{Deserialize, Serialize};
 
 pub use config::NotifyConfig;
+pub use dispatch::Dispatcher;
 pub use grouping::{Grouped, Grouper};
 pub use pagerduty::PagerDutyNotifier;
+pub use pending::{Delivery, Pending, RedeliveryPolicy};
 pub use retry::RetryPolicy;
 pub use slack::SlackNotifier;
 
@@ -189,11 +210,19 @@ impl NoticeKind {
     /// The incident this notice opens or updates; `None` for [`NoticeKind::Resolved`].
     pub fn incident_kind(&self) -> Option<IncidentKind> {
         match self {
-            NoticeKind::SoftAlert => Some(IncidentKind::SoftAlert),
-            NoticeKind::HardCap => Some(IncidentKind::HardCap),
-            NoticeKind::Anomaly { .. } => Some(IncidentKind::Anomaly),
-            NoticeKind::Rule { .. } => Some(IncidentKind::Rule),
             NoticeKind::Resolved { .. } => None,
+            _ => Some(self.incident()),
+        }
+    }
+
+    /// The incident this notice is about: the one it opens or updates, or the one it resolves.
+    pub fn incident(&self) -> IncidentKind {
+        match self {
+            NoticeKind::SoftAlert => IncidentKind::SoftAlert,
+            NoticeKind::HardCap => IncidentKind::HardCap,
+            NoticeKind::Anomaly { .. } => IncidentKind::Anomaly,
+            NoticeKind::Rule { .. } => IncidentKind::Rule,
+            NoticeKind::Resolved { of } => *of,
         }
     }
 }
@@ -279,12 +308,19 @@ pub enum Service {
     PagerDuty,
 }
 
-impl fmt::Display for Service {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
+impl Service {
+    /// Stable lowercase name, used in errors, logs and as the `service` metric label.
+    pub fn as_str(self) -> &'static str {
+        match self {
             Service::Slack => "slack",
             Service::PagerDuty => "pagerduty",
-        })
+        }
+    }
+}
+
+impl fmt::Display for Service {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
     }
 }
 
@@ -326,6 +362,20 @@ pub enum NotifyError {
         /// The transport error chain, without the URL.
         detail: String,
     },
+    /// The TLS handshake failed on the last attempt: the receiver's certificate does not chain to a
+    /// trusted root (built-in webpki roots and `ca_file`), names another host, has expired, or the
+    /// receiver does not speak TLS.
+    #[error(
+        "{service}: TLS handshake failed, the receiver's certificate was not accepted \
+        (is it signed by a CA in the built-in roots or notify.ca_file?), \
+        after {attempts} attempt(s): {detail}"
+    )]
+    Tls {
+        service: Service,
+        attempts: u32,
+        /// The TLS error chain (e.g. `invalid peer certificate: UnknownIssuer`), without the URL.
+        detail: String,
+    },
     /// The request could not be built (e.g. the webhook URL does not parse): a configuration error.
     #[error("{service}: cannot build the request (not retried): {detail}")]
     InvalidRequest { service: Service, detail: String },
@@ -351,11 +401,27 @@ impl NotifyError {
         match self {
             NotifyError::RateLimited { .. }
             | NotifyError::Unavailable { .. }
-            | NotifyError::Transport { .. } => true,
+            | NotifyError::Transport { .. }
+            | NotifyError::Tls { .. } => true,
             NotifyError::Rejected { .. }
             | NotifyError::InvalidRequest { .. }
             | NotifyError::InvalidNotice(_)
             | NotifyError::Config(_) => false,
+        }
+    }
+
+    /// A bounded label for metrics: `rejected`, `rate_limited`, `unavailable`, `transport`, `tls`,
+    /// `invalid_request`, `invalid_notice`, `config`.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            NotifyError::Rejected { .. } => "rejected",
+            NotifyError::RateLimited { .. } => "rate_limited",
+            NotifyError::Unavailable { .. } => "unavailable",
+            NotifyError::Transport { .. } => "transport",
+            NotifyError::Tls { .. } => "tls",
+            NotifyError::InvalidRequest { .. } => "invalid_request",
+            NotifyError::InvalidNotice(_) => "invalid_notice",
+            NotifyError::Config(_) => "config",
         }
     }
 }

@@ -112,12 +112,12 @@ impl PagerDutyNotifier {
         routing_key: &Secret,
         notice: &Notice,
     ) -> Result<String, NotifyError> {
-        let Some(kind) = notice.kind.incident_kind() else {
+        if notice.kind.incident_kind().is_none() {
             return Err(NotifyError::InvalidNotice(
                 "a resolved notice is sent with resolve, not trigger".to_string(),
             ));
-        };
-        let key = dedup_key(&notice.policy_id, &notice.scope, notice.window.start, kind);
+        }
+        let key = incident_key(notice);
         self.post(routing_key, &trigger_payload(routing_key, notice, &key))
             .await?;
         Ok(key)
@@ -134,8 +134,8 @@ impl PagerDutyNotifier {
     /// [`NoticeKind::Resolved`]; returns the `dedup_key` used.
     pub async fn send(&self, routing_key: &Secret, notice: &Notice) -> Result<String, NotifyError> {
         match &notice.kind {
-            NoticeKind::Resolved { of } => {
-                let key = dedup_key(&notice.policy_id, &notice.scope, notice.window.start, *of);
+            NoticeKind::Resolved { .. } => {
+                let key = incident_key(notice);
                 self.resolve(routing_key, &key).await?;
                 Ok(key)
             }
@@ -176,6 +176,17 @@ pub fn dedup_key(
     }
     let digest = hasher.finalize();
     format!("quotaflow-{}-{}", kind.as_str(), hex::encode(&digest[..16]))
+}
+
+/// The `dedup_key` of the incident `notice` opens, updates or (for a [`NoticeKind::Resolved`])
+/// resolves.
+pub fn incident_key(notice: &Notice) -> String {
+    dedup_key(
+        &notice.policy_id,
+        &notice.scope,
+        notice.window.start,
+        notice.kind.incident(),
+    )
 }
 
 /// The trigger event for `notice` with `dedup_key`.

@@ -2,7 +2,8 @@
 //!
 //! # Rule
 //! - A 2xx is delivered.
-//! - Connection errors, attempt timeouts, HTTP 408 and 5xx are retried after an exponential backoff:
+//! - Connection errors, TLS handshake failures ([`NotifyError::Tls`]), attempt timeouts, HTTP 408
+//!   and 5xx are retried after an exponential backoff:
 //!   `initial_backoff_ms`, doubling, at most `max_backoff_ms`.
 //! - HTTP 429 is retried after its `Retry-After` (in seconds) when given, else after the backoff. A
 //!   `Retry-After` longer than `max_retry_after_secs` is not waited for: the error is returned
@@ -12,6 +13,9 @@
 //!
 //! The body is serialized once and the same bytes are sent on every attempt, so a PagerDuty
 //! `dedup_key` cannot change between retries.
+//!
+//! Every failed attempt is counted in `alerter_notify_failures_total{service, reason}` and logged
+//! (`warn`) with its error.
 //!
 //! Nothing here logs or returns the URL: errors are built from the status, the reqwest error without
 //! its URL, and response bodies with every secret occurrence replaced by `<redacted>`.
@@ -164,6 +168,7 @@ pub(crate) async fn post_json(
                     attempts: attempt,
                     retry_after,
                 };
+                count_failure(service, &failure);
                 if retry_after.is_some_and(|wait| wait.as_secs() > policy.max_retry_after_secs) {
                     warn!(%service, attempt, retry_after_secs = retry_after.map(|wait| wait.as_secs()),
                         "notification rate limited for longer than allowed; giving up for now");
@@ -183,6 +188,7 @@ pub(crate) async fn post_json(
                     status: response.status().as_u16(),
                     attempts: attempt,
                 };
+                count_failure(service, &failure);
                 (failure, policy.backoff(attempt - 1))
             }
             Ok(response) => {
@@ -193,24 +199,39 @@ pub(crate) async fn post_json(
                     MAX_DETAIL_CHARS,
                 );
                 warn!(%service, attempt, status, "notification refused; not retrying");
-                return Err(NotifyError::Rejected {
+                let failure = NotifyError::Rejected {
                     service,
                     status,
                     detail,
-                });
+                };
+                count_failure(service, &failure);
+                return Err(failure);
             }
             Err(error) if error.is_builder() => {
-                return Err(NotifyError::InvalidRequest {
+                let failure = NotifyError::InvalidRequest {
                     service,
-                    detail: redactor.redact(&error_chain(error)),
-                });
-            }
-            Err(error) => {
-                let failure = NotifyError::Transport {
-                    service,
-                    attempts: attempt,
                     detail: redactor.redact(&error_chain(error)),
                 };
+                count_failure(service, &failure);
+                return Err(failure);
+            }
+            Err(error) => {
+                let is_tls = is_tls_failure(&error);
+                let detail = redactor.redact(&error_chain(error));
+                let failure = if is_tls {
+                    NotifyError::Tls {
+                        service,
+                        attempts: attempt,
+                        detail,
+                    }
+                } else {
+                    NotifyError::Transport {
+                        service,
+                        attempts: attempt,
+                        detail,
+                    }
+                };
+                count_failure(service, &failure);
                 (failure, policy.backoff(attempt - 1))
             }
         };
@@ -222,6 +243,34 @@ pub(crate) async fn post_json(
             "notification attempt failed; retrying");
         tokio::time::sleep(wait).await;
     }
+}
+
+/// Counts one failed attempt by service and bounded reason.
+fn count_failure(service: Service, failure: &NotifyError) {
+    metrics::counter!(crate::service::metric::NOTIFY_FAILURES,
+        "service" => service.as_str(), "reason" => failure.reason())
+    .increment(1);
+}
+
+/// Whether rustls refused the connection (a certificate that does not verify, a handshake that
+/// fails, a peer that does not speak TLS). rustls errors reach reqwest wrapped in `io::Error`s
+/// (hyper-rustls wraps tokio-rustls' wrapper), whose `source()` skips the error they wrap, so every
+/// `io::Error` met is opened too.
+fn is_tls_failure(error: &reqwest::Error) -> bool {
+    let mut pending: Vec<&(dyn std::error::Error + 'static)> = vec![error];
+    while let Some(current) = pending.pop() {
+        if current.is::<rustls::Error>() {
+            return true;
+        }
+        if let Some(wrapped) = current
+            .downcast_ref::<std::io::Error>()
+            .and_then(std::io::Error::get_ref)
+        {
+            pending.push(wrapped);
+        }
+        pending.extend(current.source());
+    }
+    false
 }
 
 /// `Retry-After` in whole seconds; HTTP-date values and garbage count as absent.

@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use alerter::receiver::Receiver;
+use alerter::receiver::{Receiver, TlsListener};
 use alerter::Config;
 use chrono::{DateTime, TimeDelta, Utc};
 use infra::config::{HttpConfig, KafkaConfig};
@@ -38,11 +38,31 @@ impl Drop for Receivers {
 }
 
 impl Receivers {
+    /// Plain HTTP on a free port.
     pub async fn start() -> Receivers {
-        let receiver = Receiver::new(ROUTING_KEY);
-        let app = receiver.router();
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let base_url = format!("http://{}", listener.local_addr().unwrap());
+        Receivers::serve(listener, base_url)
+    }
+
+    /// HTTPS with `certificate_pem` (valid for 127.0.0.1) and `key_pem`, on `port` (0: a free one).
+    pub async fn start_https(certificate_pem: &str, key_pem: &str, port: u16) -> Receivers {
+        let tcp = tokio::net::TcpListener::bind(("127.0.0.1", port))
+            .await
+            .unwrap();
+        let base_url = format!("https://{}", tcp.local_addr().unwrap());
+        let listener =
+            TlsListener::new(tcp, certificate_pem.as_bytes(), key_pem.as_bytes()).unwrap();
+        Receivers::serve(listener, base_url)
+    }
+
+    fn serve<L>(listener: L, base_url: String) -> Receivers
+    where
+        L: axum::serve::Listener,
+        L::Addr: std::fmt::Debug,
+    {
+        let receiver = Receiver::new(ROUTING_KEY);
+        let app = receiver.router();
         let server = tokio::spawn(async move {
             axum::serve(listener, app).await.unwrap();
         });
@@ -51,6 +71,17 @@ impl Receivers {
             receiver,
             server,
         }
+    }
+
+    /// Stops serving and frees the port.
+    pub async fn stop(mut self) {
+        self.server.abort();
+        let _ = (&mut self.server).await;
+    }
+
+    /// The port served on.
+    pub fn port(&self) -> u16 {
+        self.base_url.rsplit(':').next().unwrap().parse().unwrap()
     }
 
     /// Slack messages accepted so far.

@@ -1,0 +1,164 @@
+//! Sends notices where the config routes them (Slack webhook per channel, PagerDuty routing key per
+//! service), and keeps those that failed in a way that may pass later for another round
+//! ([`super::pending`]). The service's notification task owns one [`Dispatcher`].
+//!
+//! Every notice sent or kept is counted in `alerter_notifications_total{service, outcome}`:
+//! `sent`, `pending` (failed a round, kept for the next), `failed` (refused, not retried),
+//! `unrouted` (no webhook or routing key for it), `dropped` (pushed out of a full queue).
+
+use std::time::Instant;
+
+use tracing::{debug, error, warn};
+
+use super::grouping::Grouped;
+use super::pagerduty::{self, PagerDutyNotifier};
+use super::pending::{Delivery, Pending};
+use super::slack::SlackNotifier;
+use super::{Notice, NoticeKind, NotifyConfig, NotifyError, Service};
+use crate::service::metric;
+
+/// The notifiers of one [`NotifyConfig`] and the deliveries waiting for another round.
+pub struct Dispatcher {
+    /// Routing (webhooks, routing keys) and retry settings.
+    config: NotifyConfig,
+    /// The one client every webhook is sent with ([`super::client`]).
+    http: reqwest::Client,
+    /// PagerDuty events (the routing key is given per event).
+    pagerduty: PagerDutyNotifier,
+    /// Deliveries whose last round failed in a way that may pass later.
+    pending: Pending,
+}
+
+/// What became of one delivery round; the `outcome` metric label.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Outcome {
+    Sent,
+    Unrouted,
+}
+
+impl Dispatcher {
+    /// A dispatcher for `config`, sending with `http` (from [`NotifyConfig::http_client`]).
+    pub fn new(config: NotifyConfig, http: reqwest::Client) -> Self {
+        let pagerduty = PagerDutyNotifier::new(config.pagerduty.events_url.clone(), http.clone())
+            .with_retry_policy(config.retry.clone());
+        let pending = Pending::new(config.redelivery.clone());
+        Self {
+            config,
+            http,
+            pagerduty,
+            pending,
+        }
+    }
+
+    /// Posts a (grouped) notice to the Slack webhook of its channel.
+    pub async fn slack(&mut self, grouped: Grouped) {
+        self.deliver(Delivery::Slack(grouped), 0).await;
+    }
+
+    /// Pages (or resolves) for `notice` when it names a PagerDuty service; else does nothing.
+    pub async fn pagerduty(&mut self, notice: &Notice) {
+        if notice.pagerduty_service.is_some() {
+            self.deliver(Delivery::PagerDuty(notice.clone()), 0).await;
+        }
+    }
+
+    /// Sends again every kept delivery whose delay has passed.
+    pub async fn redeliver_due(&mut self, now: Instant) {
+        for (delivery, failed_rounds) in self.pending.due(now) {
+            self.deliver(delivery, failed_rounds).await;
+        }
+    }
+
+    /// Deliveries waiting for another round.
+    pub fn pending(&self) -> usize {
+        self.pending.len()
+    }
+
+    /// One round for `delivery`, which has failed `failed_rounds` rounds before.
+    async fn deliver(&mut self, delivery: Delivery, failed_rounds: u32) {
+        let service = service_of(&delivery);
+        if let Delivery::PagerDuty(notice) = &delivery {
+            if matches!(notice.kind, NoticeKind::Resolved { .. }) {
+                // A trigger still waiting would re-open the incident after this resolve.
+                let incident = pagerduty::incident_key(notice);
+                let discarded = self.pending.discard(|waiting| {
+                    matches!(waiting, Delivery::PagerDuty(trigger)
+                        if trigger.kind.incident_kind().is_some()
+                            && pagerduty::incident_key(trigger) == incident)
+                });
+                if discarded > 0 {
+                    debug!(
+                        discarded,
+                        "pending pagerduty triggers dropped: their incident is resolved"
+                    );
+                }
+            }
+        }
+        let sent = match &delivery {
+            Delivery::Slack(grouped) => self.send_slack(grouped).await,
+            Delivery::PagerDuty(notice) => self.send_pagerduty(notice).await,
+        };
+        let outcome = match sent {
+            Ok(Outcome::Sent) => "sent",
+            Ok(Outcome::Unrouted) => "unrouted",
+            Err(failure) if failure.is_retryable() => {
+                let rounds = failed_rounds + 1;
+                let next_round_ms = self.config.redelivery.delay(rounds).as_millis() as u64;
+                warn!(service, rounds, next_round_ms, error = %failure,
+                    "notification not delivered; kept to be sent again");
+                if let Some(dropped) = self.pending.keep(delivery, rounds, Instant::now()) {
+                    let dropped_service = service_of(&dropped);
+                    error!(
+                        service = dropped_service,
+                        capacity = self.config.redelivery.capacity,
+                        "too many notifications pending: the oldest is dropped"
+                    );
+                    metrics::counter!(metric::NOTIFICATIONS, "service" => dropped_service, "outcome" => "dropped")
+                        .increment(1);
+                }
+                "pending"
+            }
+            Err(failure) => {
+                warn!(service, error = %failure, "notification not delivered; not retried");
+                "failed"
+            }
+        };
+        metrics::counter!(metric::NOTIFICATIONS, "service" => service, "outcome" => outcome)
+            .increment(1);
+    }
+
+    async fn send_slack(&self, grouped: &Grouped) -> Result<Outcome, NotifyError> {
+        let Some(webhook) = self
+            .config
+            .slack_webhook(grouped.notice.slack_channel.as_deref())
+        else {
+            return Ok(Outcome::Unrouted);
+        };
+        SlackNotifier::new(webhook.clone(), self.http.clone())
+            .with_retry_policy(self.config.retry.clone())
+            .send_grouped(grouped)
+            .await?;
+        Ok(Outcome::Sent)
+    }
+
+    async fn send_pagerduty(&self, notice: &Notice) -> Result<Outcome, NotifyError> {
+        let service = notice.pagerduty_service.as_deref().unwrap_or_default();
+        let Some(routing_key) = self.config.routing_key(service) else {
+            warn!(
+                service,
+                "no pagerduty routing key for this service; not paged"
+            );
+            return Ok(Outcome::Unrouted);
+        };
+        let dedup_key = self.pagerduty.send(routing_key, notice).await?;
+        debug!(%dedup_key, "pagerduty event sent");
+        Ok(Outcome::Sent)
+    }
+}
+
+fn service_of(delivery: &Delivery) -> &'static str {
+    match delivery {
+        Delivery::Slack(_) => Service::Slack.as_str(),
+        Delivery::PagerDuty(_) => Service::PagerDuty.as_str(),
+    }
+}
