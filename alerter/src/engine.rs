@@ -582,28 +582,44 @@ impl Engine {
             if policy.record().model_rules.is_none() {
                 continue;
             }
-            // Candidates: every catalog model (as requests name it: the last path segment of the
-            // row name), and what this policy's totals showed.
-            let mut candidates: BTreeSet<(String, String, bool)> = catalog
-                .models()
-                .map(|entry| {
-                    let model = entry.name.rsplit('/').next().unwrap_or(&entry.name);
-                    (String::new(), model.to_owned(), false)
-                })
-                .collect();
+            // Candidates: every catalog row as a request may name it, and what this policy's
+            // totals showed. Pricing finds a row by the request's model, else by
+            // `provider/model` (`Catalog::lookup`), so a row `p/m` is reached by the model `p/m`
+            // and by provider `p` with model `m`: both are candidates from the start, before any
+            // traffic (at every `/` of the name: `bedrock/us-east-1/x` too).
+            let mut candidates: BTreeSet<(String, String, bool)> = BTreeSet::new();
+            for entry in catalog.models() {
+                candidates.insert((String::new(), entry.name.clone(), false));
+                for (split, _) in entry.name.match_indices('/') {
+                    let (provider, model) = (&entry.name[..split], &entry.name[split + 1..]);
+                    candidates.insert((provider.to_owned(), model.to_owned(), false));
+                }
+            }
             candidates.extend(
                 self.observed_models
                     .iter()
                     .filter(|(policy_id, _, _)| policy_id == policy.id())
                     .map(|(_, provider, model)| (provider.clone(), model.clone(), true)),
             );
+            let fixed_provider = policy.fixed_dimensions().get("provider").cloned();
             for (provider, model, observed) in candidates {
-                let facts = catalog
-                    .lookup(&provider, &model)
-                    .map(|entry| policy::ModelFacts {
-                        deprecation_date: entry.deprecation_date,
-                        is_preview: entry.is_preview,
-                    });
+                let entry = catalog.lookup(&provider, &model);
+                // A row found through the provider prefix applies to that provider's requests
+                // only: the decision names the provider, so other providers' `model` is untouched.
+                let via_provider = entry
+                    .is_some_and(|entry| entry.name != model)
+                    .then(|| provider.clone());
+                if via_provider
+                    .as_ref()
+                    .zip(fixed_provider.as_ref())
+                    .is_some_and(|(found, fixed)| found != fixed)
+                {
+                    continue;
+                }
+                let facts = entry.map(|entry| policy::ModelFacts {
+                    deprecation_date: entry.deprecation_date,
+                    is_preview: entry.is_preview,
+                });
                 match policy.model_verdict(&model, facts, today) {
                     policy::ModelVerdict::Allow => {}
                     policy::ModelVerdict::Block(issue) => {
@@ -614,6 +630,12 @@ impl Engine {
                         }
                         let mut scope = policy.fixed_dimensions();
                         scope.insert("model".to_owned(), model.clone());
+                        // The allow-list judges the model name whatever the provider.
+                        if let Some(provider) =
+                            via_provider.filter(|_| issue != policy::ModelIssue::NotAllowListed)
+                        {
+                            scope.insert("provider".to_owned(), provider);
+                        }
                         // Its own key space, apart from the policy's quota decisions.
                         let key = ControlDecision::compaction_key(
                             &format!("{}#{MODEL_RULES_WINDOW}", policy.id()),

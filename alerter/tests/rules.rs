@@ -506,3 +506,74 @@ async fn a_concurrency_cap_blocks_new_jobs_until_one_finishes_and_survives_a_res
     gateway.shutdown();
     testkit::drop_database(&config.clickhouse).await.unwrap();
 }
+
+const LIFECYCLE: &str = r#"
+id: t-lifecycle
+description: No retired models in production.
+owner: {team: platform, contact: platform@example.com}
+environment: prod
+unit: requests
+group_by: [provider, model]
+window: {kind: hour}
+hard_cap: 1000000
+action: {kind: alert_only}
+model_rules:
+  deprecated: block
+  preview: alert
+"#;
+
+/// Issue 13, point 12: deprecated catalog rows are blocked before the first request whatever
+/// their key form. `gemini/gemini-2.5-pro` (retired 2026-12-01 in the catalog) used to be blocked
+/// only once production traffic to it had shown in the totals; rows without a prefix were
+/// blocked at start. No traffic is sent here at all.
+#[tokio::test]
+async fn deprecated_rows_with_a_provider_prefix_are_blocked_before_any_traffic() {
+    let receivers = Receivers::start().await;
+    let config = config("alerter_lifecycle", LIFECYCLE, &receivers);
+    let alerter = start(&config).await;
+    let gateway = gateway(&config.kafka).await;
+
+    // Named as pricing finds the row: provider `gemini` with the bare model, or the full row name.
+    for (provider, model) in [
+        ("gemini", "gemini-2.5-pro"),
+        ("gemini", "gemini/gemini-2.5-pro"),
+        ("", "gemini/gemini-2.5-pro"),
+    ] {
+        let verdict = testkit::eventually(
+            Duration::from_secs(20),
+            "the prefixed deprecated row blocked in prod",
+            || {
+                let verdict = gateway.check(&attributes("prod", "answer", provider, model));
+                async move { matches!(verdict, Verdict::Block { .. }).then_some(verdict) }
+            },
+        )
+        .await;
+        assert!(
+            verdict
+                .reason()
+                .unwrap()
+                .contains("deprecated since 2026-12-01"),
+            "{provider}/{model}: {verdict:?}"
+        );
+    }
+    // The unprefixed form still works as before.
+    assert!(!gateway
+        .check(&attributes("prod", "answer", "openai", "gpt-image-1"))
+        .may_proceed());
+    // The row is gemini's: another provider's model of the same name is not retired by it,
+    // nor is the model outside production, nor a model not yet retired.
+    for (environment, provider, model) in [
+        ("prod", "openai", "gemini-2.5-pro"),
+        ("staging", "gemini", "gemini-2.5-pro"),
+        ("prod", "openai", "gpt-4o"),
+    ] {
+        assert_eq!(
+            gateway.check(&attributes(environment, "answer", provider, model)),
+            Verdict::Allow,
+            "{environment} {provider}/{model}"
+        );
+    }
+    alerter.stop().await.unwrap();
+    gateway.shutdown();
+    testkit::drop_database(&config.clickhouse).await.unwrap();
+}
