@@ -3,7 +3,8 @@
 //!
 //! - [`config`]: [`ApiConfig`], tokens and limits.
 //! - [`auth`]: bearer token → producer, compared in constant time.
-//! - [`formats`]: JSON, NDJSON and Avro bodies → events, each parsed on its own.
+//! - [`formats`]: JSON, NDJSON and Avro bodies → events, each parsed on its own
+//!   (`json_diagnosis` words the errors serde_json words misleadingly).
 //! - [`events`]: the handler.
 //! - [`response`]: the per-event results and the request-level errors.
 //! - [`telemetry`]: the API's metrics.
@@ -32,6 +33,7 @@ pub mod auth;
 pub mod config;
 pub mod events;
 pub mod formats;
+mod json_diagnosis;
 pub mod openapi;
 pub mod response;
 pub mod telemetry;
