@@ -243,3 +243,74 @@ async fn a_connection_over_the_limit_waits_until_the_server_closes_one() {
     drop(writer);
     service.stop().await;
 }
+
+/// The value of an unlabelled gauge in the service's `/metrics`.
+async fn gauge(service: &Service, name: &str) -> Option<f64> {
+    let answer = service.get("/metrics").await;
+    let text = answer.body.as_str()?.to_owned();
+    text.lines()
+        .find_map(|line| line.strip_prefix(&format!("{name} ")))
+        .and_then(|value| value.trim().parse().ok())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn bodies_past_the_memory_budget_get_503_with_retry_after() {
+    const BUDGET: usize = 4096;
+    let service = Service::start("http_body_budget", |config| {
+        config.api.max_body_bytes = BUDGET;
+        config.api.max_buffered_body_bytes = BUDGET;
+        config.api.body_read_timeout_seconds = 3;
+    })
+    .await;
+    let address = service.base_url.trim_start_matches("http://").to_owned();
+
+    // A client holds almost all of the budget: it sent 4000 of its 4096 bytes, and stalls.
+    let (held, mut writer) = {
+        let stream = TcpStream::connect(&address).await.unwrap();
+        let (reader, writer) = stream.into_split();
+        (watch(reader), writer)
+    };
+    writer
+        .write_all(request_head(&address, BUDGET, "").as_bytes())
+        .await
+        .unwrap();
+    writer.write_all(&[b' '; 4000]).await.unwrap();
+    infra::testkit::eventually(
+        Duration::from_secs(30),
+        "the stalled body to be held in memory",
+        || async {
+            let held = gauge(&service, "quotaflow_ingest_http_buffered_body_bytes").await?;
+            (held >= 4000.0).then_some(())
+        },
+    )
+    .await;
+
+    // A valid request finds no room: 503 at once, retry later, nothing produced.
+    let good = event(PRODUCER_EU, &unique_id("no-room"));
+    let answer = service.post_json(&json!([event_json(&good)])).await;
+    assert_eq!(
+        answer.status,
+        StatusCode::SERVICE_UNAVAILABLE,
+        "{:?}",
+        answer.body
+    );
+    assert_eq!(answer.body["error"], "overloaded");
+    assert_eq!(answer.headers["retry-after"], "5");
+    assert_eq!(answer.headers["connection"], "close");
+
+    // The stalled client is cut off at its own deadline, which frees the room.
+    infra::testkit::eventually(
+        Duration::from_secs(30),
+        "the stalled client to be closed",
+        || async { closed_at(&held).await },
+    )
+    .await;
+    let received = String::from_utf8_lossy(&held.lock().await.received).into_owned();
+    assert!(
+        received.starts_with("HTTP/1.1 408 Request Timeout\r\n"),
+        "{received}"
+    );
+    drop(writer);
+    service.still_accepts_a_good_event().await;
+    service.stop().await;
+}

@@ -28,9 +28,9 @@ pub struct ApiConfig {
     /// flight to Kafka.
     pub max_concurrent_requests: usize,
     /// Bytes of request bodies held in memory at once, across all connections, while they are read
-    /// and until their request is answered. A body waits for room (within
-    /// `body_read_timeout_seconds`, else 503 with `Retry-After`), so memory stays bounded however
-    /// many clients send at once. 256 MiB: 32 bodies of the largest size. At least `max_body_bytes`.
+    /// and until their request is answered. A body that finds no room is refused at once with 503
+    /// and `Retry-After`, so memory stays bounded however many clients send at once. 256 MiB: 32
+    /// bodies of the largest size. At least `max_body_bytes`.
     pub max_buffered_body_bytes: usize,
     /// Connections served at once; past this the server stops accepting and new connections wait
     /// in the kernel's accept queue. Each connection costs a task and buffers, not a body (see

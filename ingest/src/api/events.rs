@@ -247,14 +247,14 @@ fn respond(
 }
 
 /// The body and its share of `api.max_buffered_body_bytes`, read within
-/// `api.body_read_timeout_seconds` (else 408, or 503 when the time went waiting for room), and
-/// refused with 413 as soon as it is known to exceed `api.max_body_bytes` (from `Content-Length`,
+/// `api.body_read_timeout_seconds` (else 408), refused with 503 when there is no room for it, and
+/// with 413 as soon as it is known to exceed `api.max_body_bytes` (from `Content-Length`,
 /// or while streaming) rather than after buffering it.
 async fn read_body<'a>(
     body: Body,
     headers: &HeaderMap,
     shared: &'a super::Shared,
-) -> Result<(Vec<u8>, Option<SemaphorePermit<'a>>), RequestError> {
+) -> Result<(Vec<u8>, BodyRoom<'a>), RequestError> {
     let config = &shared.config;
     let limit = config.max_body_bytes;
     let declared = headers
@@ -263,32 +263,27 @@ async fn read_body<'a>(
     if declared.is_some_and(|length| length > limit as u64) {
         return Err(RequestError::BodyTooLarge { limit });
     }
-    let mut waiting_for_room = false;
     let deadline = Duration::from_secs(config.body_read_timeout_seconds);
-    let read = read_chunks(body, limit, &shared.body_buffer, &mut waiting_for_room);
-    let outcome = tokio::time::timeout(deadline, read).await;
-    match outcome {
-        Ok(read) => read,
-        Err(_) if waiting_for_room => Err(RequestError::BodyBufferFull {
-            retry_after_seconds: config.retry_after_seconds,
-        }),
-        Err(_) => Err(RequestError::BodyReadTimeout {
+    let read = read_chunks(body, limit, &shared.body_buffer, config.retry_after_seconds);
+    tokio::time::timeout(deadline, read)
+        .await
+        .unwrap_or(Err(RequestError::BodyReadTimeout {
             seconds: config.body_read_timeout_seconds,
-        }),
-    }
+        }))
 }
 
 /// The body's chunks, each admitted to `buffer` (bytes of bodies held at once) before it is kept:
-/// a client holds room only for what it has actually sent. `waiting_for_room` says, when the read
-/// is cut off, whether it was waiting for room rather than for the client.
+/// a client holds room only for what it has actually sent. A chunk that finds no room refuses the
+/// request (503) at once: shedding load keeps memory bounded without queueing bodies, which the
+/// clients holding the room (slow ones included) could keep waiting until their deadline.
 async fn read_chunks<'a>(
     body: Body,
     limit: usize,
     buffer: &'a Semaphore,
-    waiting_for_room: &mut bool,
-) -> Result<(Vec<u8>, Option<SemaphorePermit<'a>>), RequestError> {
+    retry_after_seconds: u64,
+) -> Result<(Vec<u8>, BodyRoom<'a>), RequestError> {
     let mut bytes = Vec::new();
-    let mut room: Option<SemaphorePermit<'a>> = None;
+    let mut room = BodyRoom::default();
     let mut chunks = body.into_data_stream();
     while let Some(chunk) = chunks.next().await {
         let chunk = chunk.map_err(|error| RequestError::BodyRead {
@@ -299,17 +294,44 @@ async fn read_chunks<'a>(
         }
         // At most `limit` bytes, which `ApiConfig::validate` keeps within u32.
         let wanted = u32::try_from(chunk.len()).expect("a chunk within the body limit");
-        *waiting_for_room = true;
-        let more = buffer
-            .acquire_many(wanted)
-            .await
-            .expect("the body buffer semaphore is never closed");
-        *waiting_for_room = false;
-        match room.as_mut() {
-            Some(room) => room.merge(more),
-            None => room = Some(more),
-        }
+        let more = buffer.try_acquire_many(wanted).map_err(|_| {
+            // Counted by `quotaflow_ingest_http_requests_total{status="503"}`; one line per
+            // refusal would flood the log exactly when the service is overloaded.
+            debug!(
+                bytes = chunk.len(),
+                "no room among the request bodies held in memory: answering 503"
+            );
+            RequestError::BodyBufferFull {
+                retry_after_seconds,
+            }
+        })?;
+        room.add(more, chunk.len());
         bytes.extend_from_slice(&chunk);
     }
     Ok((bytes, room))
+}
+
+/// The room one request's body holds in `api.max_buffered_body_bytes`; freed, and the
+/// `quotaflow_ingest_http_buffered_body_bytes` gauge lowered, when dropped.
+#[derive(Default)]
+struct BodyRoom<'a> {
+    permit: Option<SemaphorePermit<'a>>,
+    bytes: usize,
+}
+
+impl<'a> BodyRoom<'a> {
+    fn add(&mut self, more: SemaphorePermit<'a>, bytes: usize) {
+        match self.permit.as_mut() {
+            Some(permit) => permit.merge(more),
+            None => self.permit = Some(more),
+        }
+        self.bytes += bytes;
+        telemetry::buffered_body_bytes_changed(bytes as f64);
+    }
+}
+
+impl Drop for BodyRoom<'_> {
+    fn drop(&mut self) {
+        telemetry::buffered_body_bytes_changed(-(self.bytes as f64));
+    }
 }

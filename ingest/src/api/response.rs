@@ -89,8 +89,8 @@ pub enum RequestError {
     /// 408: the body did not arrive within `api.body_read_timeout_seconds`; the connection is
     /// closed (what is left of the body would be read as the next request).
     BodyReadTimeout { seconds: u64 },
-    /// 503: the body waited `api.body_read_timeout_seconds` for room among the bodies held at once
-    /// (`api.max_buffered_body_bytes`); the connection is closed.
+    /// 503: no room for the body among the bodies held at once (`api.max_buffered_body_bytes`);
+    /// the connection is closed.
     BodyBufferFull { retry_after_seconds: u64 },
 }
 

@@ -87,11 +87,13 @@ pub async fn serve(
             TowerToHyperService::new(router.clone()),
         );
         let connection = graceful.watch(connection);
+        super::telemetry::connections_changed(1.0);
         tokio::spawn(async move {
             if let Err(error) = connection.await {
                 // A header deadline, a client that went away: the client's problem, not ours.
                 debug!(error = %error, "connection ended with an error");
             }
+            super::telemetry::connections_changed(-1.0);
             drop(permit);
         });
     }
