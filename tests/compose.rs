@@ -450,8 +450,8 @@ fn clickhouse_mounts_the_read_only_analyst_user() {
     );
     let analyst = read_repo_file(users_file);
     assert!(
-        analyst.contains("<readonly>2</readonly>"),
-        "analyst must be read-only"
+        analyst.contains("<readonly>1</readonly>"),
+        "analyst must be read-only, settings included (tests/analyst_limits.rs checks its limits)"
     );
     assert!(
         analyst.contains("from_env="),

@@ -127,6 +127,8 @@ async fn the_demo_scenarios_end_as_expected_and_replay_reproduces_the_live_decis
         "25",
         "--rate",
         "100",
+        "--clickhouse-url",
+        &clickhouse.url,
         "--database",
         &clickhouse.database,
         "--catalog",

@@ -54,6 +54,7 @@ fn source_metrics() -> BTreeSet<String> {
                     "_partitions",
                     "_windows",
                     "_ids",
+                    "_connections",
                 ]
                 .iter()
                 .any(|suffix| piece.ends_with(suffix));

@@ -392,6 +392,9 @@ impl PartitionAggregator {
         }
         let event: UsageEvent = schemas::decode(source.payload)
             .map_err(|error| Box::new(dead_letter::undecodable(source, SERVICE, &error)))?;
+        // A control character would become part of a scope key, and reach alerts and terminals.
+        ingest::validation::validate_text(&event)
+            .map_err(|violations| Box::new(dead_letter::invalid(source, SERVICE, &violations)))?;
         let limit = timestamp_ms
             .and_then(DateTime::<Utc>::from_timestamp_millis)
             .zip(TimeDelta::from_std(self.settings.max_future_skew).ok())
@@ -552,6 +555,26 @@ mod tests {
             ),
             (3, 1, 1, 3)
         );
+    }
+
+    #[test]
+    fn control_characters_are_dead_lettered_as_the_archive_does() {
+        let mut partition = fresh();
+        let mut event = text_event("escape", at(0));
+        event.team = "a\u{1b}[31m".to_owned();
+        let record = schemas::encode(&event).unwrap();
+        assert_eq!(
+            partition.handle(0, written(at(0)), None, Some(&record)),
+            Outcome::DeadLettered(dead_letter::kind::VALIDATION.to_owned())
+        );
+        let flush = partition.take_flush();
+        assert_eq!(
+            flush.dead_letters[0].error_message,
+            "team (control_character): team contains the control character U+001B at byte 1; \
+             control characters (C0 U+0000-U+001F including NUL, DEL U+007F, C1 U+0080-U+009F) \
+             are not allowed"
+        );
+        assert_eq!(partition.counts().counted, 0);
     }
 
     /// Found by the crash test: rows restored ahead of the checkpoint make a flush due before any

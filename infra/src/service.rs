@@ -89,13 +89,33 @@ where
     Start: Future<Output = Result<Started, Error>>,
     Error: From<ServiceError>,
 {
+    serve_until_shutdown_with(listener, routes, shutdown, start, on_ready, serve).await
+}
+
+/// [`serve_until_shutdown`] with the service's own HTTP server in place of [`serve`]: `server` is
+/// called once with the listener, the whole router and the token that stops it, and must return
+/// once every in-flight request has been answered (ingest's limits connections and slow clients).
+pub async fn serve_until_shutdown_with<Started, Error, Start, Server, Served>(
+    listener: TcpListener,
+    routes: Router,
+    shutdown: Shutdown,
+    start: Start,
+    on_ready: impl FnOnce(&Started),
+    server: Server,
+) -> Result<Option<Started>, Error>
+where
+    Start: Future<Output = Result<Started, Error>>,
+    Error: From<ServiceError>,
+    Server: FnOnce(TcpListener, Router, Shutdown) -> Served,
+    Served: Future<Output = std::io::Result<()>>,
+{
     let listen = listener.local_addr().map_err(ServiceError::Http)?;
     info!(listen = %listen, "service starting");
     let readiness = Readiness::default();
     let router = ops_router(readiness.clone()).merge(routes);
     // Its own token, so that a failed startup can stop the server without cancelling the caller's.
     let stop_http = shutdown.child_token();
-    let http = serve(listener, router, stop_http.clone());
+    let http = server(listener, router, stop_http.clone());
 
     let lifecycle = async {
         let started = tokio::select! {

@@ -70,12 +70,14 @@ pub async fn run_with_listener(
     }
     let api_state = api::ApiState::starting(&config.api);
     let routes = api::router(api_state.clone());
-    let started = infra::service::serve_until_shutdown(
+    let limits = api::server::ConnectionLimits::from(&config.api);
+    let started = infra::service::serve_until_shutdown_with(
         listener,
         routes,
         shutdown,
         start(&config),
         |recorder| api_state.set_recorder(recorder.clone()),
+        move |listener, router, stop| api::server::serve(listener, router, stop, limits),
     )
     .await?;
     if let Some(recorder) = started {

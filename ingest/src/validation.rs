@@ -44,6 +44,9 @@ pub mod kind {
     pub const TOO_OLD: &str = "too_old";
     /// The model is not priced and the pricing policy is `fail_closed` (see [`crate::pricer`]).
     pub const UNPRICED: &str = "unpriced";
+    /// An id, scope value or label holds a control character (C0 including NUL, DEL, C1): such
+    /// values become scope keys that reach Slack messages, terminals and logs.
+    pub const CONTROL_CHARACTER: &str = "control_character";
 }
 
 /// Limits every usage event must respect.
@@ -166,8 +169,34 @@ pub fn validate_with_usage(
     }
 }
 
-fn check_strings(event: &UsageEvent, config: &ValidationConfig, violations: &mut Vec<Violation>) {
-    let required = [
+/// The rule on text that every reader of the usage topic applies, also one that cannot apply the
+/// rest of [`validate`] (the aggregator has no price catalog, and judging an old record's age on
+/// replay would drop it): no control character in any id, scope value, label key or label value.
+/// [`validate`] checks it too, so the HTTP API, the archive and the aggregator refuse the same
+/// records.
+pub fn validate_text(event: &UsageEvent) -> Result<(), Vec<Violation>> {
+    let mut violations = Vec::new();
+    for (field, value) in required_strings(event) {
+        check_control_characters(field, "", value, &mut violations);
+    }
+    for (field, value) in optional_strings(event) {
+        if let Some(value) = value {
+            check_control_characters(field, "", value, &mut violations);
+        }
+    }
+    let max_label_key_len = ValidationConfig::default().max_label_key_len;
+    for (key, value) in &event.labels {
+        check_label_control_characters(key, value, max_label_key_len, &mut violations);
+    }
+    if violations.is_empty() {
+        Ok(())
+    } else {
+        Err(violations)
+    }
+}
+
+fn required_strings(event: &UsageEvent) -> [(&'static str, &String); 11] {
+    [
         ("event_id", &event.event_id),
         ("producer", &event.producer),
         ("request_id", &event.request_id),
@@ -179,8 +208,21 @@ fn check_strings(event: &UsageEvent, config: &ValidationConfig, violations: &mut
         ("provider", &event.provider),
         ("model", &event.model),
         ("endpoint", &event.endpoint),
-    ];
-    for (field, value) in required {
+    ]
+}
+
+fn optional_strings(event: &UsageEvent) -> [(&'static str, &Option<String>); 5] {
+    [
+        ("fallback_from_model", &event.fallback_from_model),
+        ("user_id", &event.user_id),
+        ("customer_id", &event.customer_id),
+        ("video_resolution", &event.video_resolution),
+        ("job_id", &event.job_id),
+    ]
+}
+
+fn check_strings(event: &UsageEvent, config: &ValidationConfig, violations: &mut Vec<Violation>) {
+    for (field, value) in required_strings(event) {
         if value.trim().is_empty() {
             violations.push(Violation::new(
                 field,
@@ -188,29 +230,40 @@ fn check_strings(event: &UsageEvent, config: &ValidationConfig, violations: &mut
                 format!("{field} is required and must not be empty or blank"),
             ));
         } else {
-            check_length(field, value, config.max_string_len, violations);
+            check_text(field, value, config.max_string_len, violations);
         }
     }
-    let optional = [
-        ("fallback_from_model", &event.fallback_from_model),
-        ("user_id", &event.user_id),
-        ("customer_id", &event.customer_id),
-        ("video_resolution", &event.video_resolution),
-        ("job_id", &event.job_id),
-    ];
-    for (field, value) in optional {
+    for (field, value) in optional_strings(event) {
         if let Some(value) = value {
-            check_length(field, value, config.max_string_len, violations);
+            check_text(field, value, config.max_string_len, violations);
         }
     }
 }
 
-fn check_length(field: &str, value: &str, max_len: usize, violations: &mut Vec<Violation>) {
+fn check_text(field: &str, value: &str, max_len: usize, violations: &mut Vec<Violation>) {
     if value.len() > max_len {
         violations.push(Violation::new(
             field,
             kind::TOO_LONG,
             format!("{} bytes, at most {max_len} allowed", value.len()),
+        ));
+    }
+    check_control_characters(field, "", value, violations);
+}
+
+/// One violation for the first control character of `value`, if any. `what` says which part of
+/// the field it is in (`"label key "`, `"label value "`, or `""` for the field itself).
+fn check_control_characters(field: &str, what: &str, value: &str, violations: &mut Vec<Violation>) {
+    if let Some((at, character)) = value.char_indices().find(|(_, c)| c.is_control()) {
+        violations.push(Violation::new(
+            field,
+            kind::CONTROL_CHARACTER,
+            format!(
+                "{what}{field} contains the control character U+{:04X} at byte {at}; control \
+                 characters (C0 U+0000-U+001F including NUL, DEL U+007F, C1 U+0080-U+009F) are not \
+                 allowed",
+                u32::from(character)
+            ),
         ));
     }
 }
@@ -442,6 +495,7 @@ fn check_labels(event: &UsageEvent, config: &ValidationConfig, violations: &mut 
                 ),
             ));
         }
+        check_label_control_characters(key, value, config.max_label_key_len, violations);
         if value.len() > config.max_label_value_len {
             violations.push(Violation::new(
                 field(key),
@@ -456,17 +510,44 @@ fn check_labels(event: &UsageEvent, config: &ValidationConfig, violations: &mut 
     }
 }
 
+fn check_label_control_characters(
+    key: &str,
+    value: &str,
+    max_label_key_len: usize,
+    violations: &mut Vec<Violation>,
+) {
+    if !key.chars().chain(value.chars()).any(char::is_control) {
+        return;
+    }
+    let field = format!("labels.{}", printable_key(key, max_label_key_len));
+    check_control_characters(&field, "label key of ", key, violations);
+    check_control_characters(&field, "label value of ", value, violations);
+}
+
 /// The key as it appears in a field path, cut to `max_len` bytes (on a char boundary, with `…`)
-/// so that an absurd key does not make the error response absurd too.
+/// so that an absurd key does not make the error response absurd too, and its control characters
+/// escaped (`\u{1b}`) so that the path itself is safe to show.
 fn printable_key(key: &str, max_len: usize) -> std::borrow::Cow<'_, str> {
-    if key.len() <= max_len {
+    let has_control = key.chars().any(char::is_control);
+    if key.len() <= max_len && !has_control {
         return key.into();
     }
-    let mut end = max_len;
+    let mut end = max_len.min(key.len());
     while !key.is_char_boundary(end) {
         end -= 1;
     }
-    format!("{}…", &key[..end]).into()
+    let cut = if end < key.len() { "…" } else { "" };
+    let escaped: String = key[..end]
+        .chars()
+        .map(|character| {
+            if character.is_control() {
+                character.escape_unicode().to_string()
+            } else {
+                character.to_string()
+            }
+        })
+        .collect();
+    format!("{escaped}{cut}").into()
 }
 
 /// Durations in config files as whole seconds.

@@ -103,6 +103,21 @@ async fn every_bad_record_is_dead_lettered_and_the_archive_keeps_going() {
             Some("validation"),
             "occurred_at (in_future)",
         ),
+        // Written straight to Kafka, past the HTTP API: the same rule, as a dead letter.
+        (
+            Some(invalid("escape-in-team", &|event| {
+                event.team = "a\u{1b}[31m".to_owned();
+            })),
+            Some("validation"),
+            "team (control_character): team contains the control character U+001B at byte 1",
+        ),
+        (
+            Some(invalid("nul-in-label", &|event| {
+                event.labels.insert("feature".to_owned(), "x\0".to_owned());
+            })),
+            Some("validation"),
+            "labels.feature (control_character)",
+        ),
         (Some(valid("good-2")), None, ""),
     ];
 

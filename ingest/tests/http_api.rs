@@ -358,11 +358,7 @@ async fn oversized_bodies_and_batches_get_413_and_unknown_media_types_415() {
 async fn malformed_json_events_get_422_with_the_field_and_kind_of_each_error() {
     let service = Service::start("http_json_errors", |_| {}).await;
     let base = event_json(&event(PRODUCER_EU, &unique_id("bad")));
-    let with = |field: &str, value: Value| {
-        let mut event = base.clone();
-        event[field] = value;
-        event
-    };
+    let with = |field: &str, value: Value| with_field(&base, field, value);
     let number = |text: &str| -> Value { serde_json::from_str(text).unwrap() };
     let mut missing_team = base.clone();
     missing_team.as_object_mut().unwrap().remove("team");
@@ -461,6 +457,165 @@ async fn malformed_json_events_get_422_with_the_field_and_kind_of_each_error() {
     assert_eq!(
         answer.errors_of(1),
         [("(event)".to_owned(), "malformed_json".to_owned())]
+    );
+    service.still_accepts_a_good_event().await;
+    service.stop().await;
+}
+
+/// `event` with `field` set to `value`.
+fn with_field(event: &Value, field: &str, value: Value) -> Value {
+    let mut event = event.clone();
+    event[field] = value;
+    event
+}
+
+/// `(field, kind, reason)` of the single error of result `index`.
+fn single_error(answer: &Answer, index: usize) -> (String, String, String) {
+    let errors = &answer.body["results"][index]["errors"];
+    assert_eq!(errors.as_array().map(Vec::len), Some(1), "{errors}");
+    let text = |name: &str| errors[0][name].as_str().unwrap().to_owned();
+    (text("field"), text("kind"), text("reason"))
+}
+
+#[tokio::test]
+async fn inputs_that_got_misleading_messages_get_ones_that_say_what_is_wrong() {
+    let service = Service::start("http_clear_messages", |_| {}).await;
+    let base = event_json(&event(PRODUCER_EU, &unique_id("clear")));
+    let with = |field: &str, value: Value| with_field(&base, field, value);
+    let ten_pow_30 = format!("1{}", "0".repeat(30));
+    let naive = Utc::now()
+        .naive_utc()
+        .format("%Y-%m-%dT%H:%M:%S")
+        .to_string();
+    let events = [
+        with(
+            "reported_cost_usd",
+            serde_json::from_str(&ten_pow_30).unwrap(),
+        ),
+        with("estimated_cost_usd", json!(ten_pow_30)),
+        with(
+            "input_tokens",
+            serde_json::from_str("12345678901234567890123").unwrap(),
+        ),
+        with("occurred_at", json!(naive)),
+        with("team", json!("LONE_SURROGATE")),
+    ];
+    // serde_json cannot hold a lone surrogate in a string: write its escape into the text.
+    let body = serde_json::to_string(&events)
+        .unwrap()
+        .replace("LONE_SURROGATE", "\\ud800");
+    let answer = service.post(JSON, Some(TOKEN_EU), body.into_bytes()).await;
+    assert_eq!(
+        answer.status,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "{}",
+        answer.body
+    );
+    let expected = [
+        (
+            "reported_cost_usd",
+            "decimal_out_of_range",
+            format!("{ten_pow_30} is out of range for decimal(38, 12)"),
+        ),
+        (
+            "estimated_cost_usd",
+            "decimal_out_of_range",
+            format!("{ten_pow_30} is out of range for decimal(38, 12)"),
+        ),
+        (
+            "input_tokens",
+            "out_of_range",
+            "12345678901234567890123 is too large: an integer of 23 digits, a u64 field holds \
+             0..=18446744073709551615"
+                .to_owned(),
+        ),
+        (
+            "occurred_at",
+            "invalid_value",
+            format!(
+                "timestamp \"{naive}\" has no UTC offset; an offset is required (RFC 3339, e.g. \
+                 \"{naive}Z\" for UTC or \"{naive}+02:00\")"
+            ),
+        ),
+        (
+            "team",
+            "malformed_json",
+            "a string holds the lone UTF-16 high surrogate escape \\ud800, which is not a \
+             character: strings must be valid Unicode (a \\uD800-\\uDBFF escape must be followed \
+             by a \\uDC00-\\uDFFF one, together one character)"
+                .to_owned(),
+        ),
+    ];
+    for (index, (field, kind, reason)) in expected.into_iter().enumerate() {
+        assert_eq!(
+            single_error(&answer, index),
+            (field.to_owned(), kind.to_owned(), reason),
+            "case {index}"
+        );
+    }
+
+    // A byte order mark before the JSON: the body is refused as a whole, saying why.
+    let bom_message = "the body starts with a UTF-8 byte order mark (EF BB BF), which is not \
+                       allowed: send the JSON without a BOM (RFC 8259 section 8.1)";
+    for content_type in [JSON, NDJSON] {
+        let mut body = b"\xEF\xBB\xBF".to_vec();
+        body.extend(serde_json::to_vec(&base).unwrap());
+        let answer = service.post(content_type, Some(TOKEN_EU), body).await;
+        assert_eq!(answer.status, StatusCode::UNPROCESSABLE_ENTITY);
+        assert_eq!(answer.body["error"], "malformed_body", "{content_type}");
+        assert_eq!(answer.body["message"], bom_message, "{content_type}");
+    }
+    service.still_accepts_a_good_event().await;
+    service.stop().await;
+}
+
+#[tokio::test]
+async fn control_characters_in_ids_scopes_and_labels_get_422_naming_the_field() {
+    let service = Service::start("http_control_characters", |_| {}).await;
+    let base = event_json(&event(PRODUCER_EU, &unique_id("control")));
+    let with = |field: &str, value: Value| with_field(&base, field, value);
+    let events = [
+        with("team", json!("a\u{1b}[31m")),
+        with("api_key_id", json!("key\u{85}")),
+        with("labels", json!({"feature": "x\u{0}"})),
+        with("event_id", json!(format!("{}\u{7f}", unique_id("del")))),
+    ];
+    let answer = service.post_json(&json!(events)).await;
+    assert_eq!(
+        answer.status,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "{}",
+        answer.body
+    );
+    let rule = "control characters (C0 U+0000-U+001F including NUL, DEL U+007F, C1 \
+                U+0080-U+009F) are not allowed";
+    let expected = [
+        (
+            "team",
+            format!("team contains the control character U+001B at byte 1; {rule}"),
+        ),
+        (
+            "api_key_id",
+            format!("api_key_id contains the control character U+0085 at byte 3; {rule}"),
+        ),
+        (
+            "labels.feature",
+            format!(
+                "label value of labels.feature contains the control character U+0000 at byte 1; \
+                 {rule}"
+            ),
+        ),
+    ];
+    for (index, (field, reason)) in expected.into_iter().enumerate() {
+        assert_eq!(
+            single_error(&answer, index),
+            (field.to_owned(), "control_character".to_owned(), reason),
+            "case {index}"
+        );
+    }
+    assert_eq!(
+        answer.errors_of(3),
+        [("event_id".to_owned(), "control_character".to_owned())]
     );
     service.still_accepts_a_good_event().await;
     service.stop().await;

@@ -3,7 +3,7 @@
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use ingest::validation::{kind, validate, ValidationConfig, Violation};
+use ingest::validation::{kind, validate, validate_text, ValidationConfig, Violation};
 use pricing::Catalog;
 use rust_decimal::Decimal;
 use schemas::{ImageTier, JobState, UsageEvent};
@@ -363,4 +363,56 @@ fn config_defaults_and_unknown_keys() {
     let error =
         serde_json::from_str::<ValidationConfig>(r#"{"max_lables": 3}"#).expect_err("unknown key");
     assert!(error.to_string().contains("max_lables"), "{error}");
+}
+
+#[test]
+fn control_characters_in_ids_scopes_and_labels_are_refused_naming_the_field() {
+    let now = now();
+    // C0 (NUL, ESC), DEL and C1 (U+0085, U+009B the 8-bit CSI); U+00A0 (no-break space) is not one.
+    for control in ['\0', '\u{1b}', '\u{7f}', '\u{85}', '\u{9b}'] {
+        let mut event = text_event(now);
+        let value = format!("a{control}[31m");
+        event.team = value.clone();
+        event.event_id = value.clone();
+        event.user_id = Some(value.clone());
+        event.job_id = Some(value.clone());
+        event.labels.insert("feature".to_owned(), value.clone());
+        event.labels.insert(value.clone(), "x".to_owned());
+        let found = violations(&event, now);
+        let escaped = format!("labels.a{}[31m", control.escape_unicode());
+        assert_eq!(
+            paths(&found),
+            [
+                ("event_id", kind::CONTROL_CHARACTER),
+                ("team", kind::CONTROL_CHARACTER),
+                ("user_id", kind::CONTROL_CHARACTER),
+                ("job_id", kind::CONTROL_CHARACTER),
+                (escaped.as_str(), kind::CONTROL_CHARACTER),
+                ("labels.feature", kind::CONTROL_CHARACTER),
+            ],
+            "{control:?}"
+        );
+        assert_eq!(
+            found[1].reason,
+            format!(
+                "team contains the control character U+{:04X} at byte 1; control characters \
+                 (C0 U+0000-U+001F including NUL, DEL U+007F, C1 U+0080-U+009F) are not allowed",
+                u32::from(control)
+            )
+        );
+        assert!(found[5]
+            .reason
+            .starts_with("label value of labels.feature contains"));
+        // The readers of the usage topic that cannot run all of `validate` refuse the same.
+        assert_eq!(validate_text(&event), Err(found.clone()));
+        // The field path of a label key never carries the control character itself.
+        assert!(!found
+            .iter()
+            .any(|violation| violation.field.contains(control)));
+    }
+    let mut event = text_event(now);
+    event.team = "équipe\u{a0}données ✓".to_owned();
+    event.labels.insert("tab".to_owned(), "ok".to_owned());
+    assert_eq!(violations(&event, now), vec![]);
+    assert_eq!(validate_text(&event), Ok(()));
 }

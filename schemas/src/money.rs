@@ -173,6 +173,9 @@ fn parse_exact(text: &str) -> Result<Decimal, MoneyError> {
                 value: text.to_owned(),
             }
         }
+        // rust_decimal reports a plain number with too many digits for its 96-bit mantissa as a
+        // generic parse error; the text is a number, so say which limit it breaks.
+        _ if is_plain_decimal(base) => too_many_digits(text, base),
         _ => not_a_number(),
     })?;
     if exponent == 0 || base.is_zero() {
@@ -200,6 +203,29 @@ fn parse_exact(text: &str) -> Result<Decimal, MoneyError> {
         }
     }
     Ok(value)
+}
+
+/// `[+-]digits[.digits]` (or `.digits`): a decimal number as text, whatever its size.
+fn is_plain_decimal(text: &str) -> bool {
+    let unsigned = text.strip_prefix(['+', '-']).unwrap_or(text);
+    let (integer, fraction) = unsigned.split_once('.').unwrap_or((unsigned, ""));
+    let all_digits = |part: &str| part.bytes().all(|byte| byte.is_ascii_digit());
+    !(integer.is_empty() && fraction.is_empty()) && all_digits(integer) && all_digits(fraction)
+}
+
+/// Why a plain decimal too long for `rust_decimal` is refused: more than 12 fractional digits
+/// (trailing zeros aside) if it has them, else a magnitude beyond what money can hold.
+fn too_many_digits(text: &str, plain: &str) -> MoneyError {
+    let fraction = plain.split_once('.').map_or("", |(_, fraction)| fraction);
+    if fraction.trim_end_matches('0').len() > SCALE as usize {
+        MoneyError::TooManyFractionalDigits {
+            value: text.to_owned(),
+        }
+    } else {
+        MoneyError::OutOfRange {
+            value: text.to_owned(),
+        }
+    }
 }
 
 /// JSON (and any serde format) for amounts: a string or an exact number in, a string out.
@@ -378,5 +404,32 @@ mod tests {
         assert!(parse_amount("1_0").is_err());
         assert!(parse_amount("").is_err());
         assert!(parse_amount("-1").is_err());
+    }
+
+    #[test]
+    fn numbers_too_long_for_a_decimal_say_which_limit_they_break() {
+        let ten_pow_30 = format!("1{}", "0".repeat(30));
+        assert_eq!(
+            parse_amount(&ten_pow_30),
+            Err(MoneyError::OutOfRange {
+                value: ten_pow_30.clone()
+            })
+        );
+        assert_eq!(
+            parse_amount(&format!("{ten_pow_30}.5")).map_err(|error| error.kind()),
+            Err("decimal_out_of_range")
+        );
+        let long_fraction = format!("0.{}1", "0".repeat(30));
+        assert_eq!(
+            parse_amount(&long_fraction).map_err(|error| error.kind()),
+            Err("too_many_fractional_digits")
+        );
+        assert_eq!(
+            parse_amount("1.2.3").map_err(|error| error.kind()),
+            Err("not_a_decimal")
+        );
+        assert!(!is_plain_decimal("."));
+        assert!(!is_plain_decimal("-"));
+        assert!(is_plain_decimal("-.5"));
     }
 }

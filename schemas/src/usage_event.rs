@@ -109,7 +109,8 @@ avro_enum! {
 pub struct UsageEvent {
     /// Unique per billable attempt: the idempotency key.
     pub event_id: String,
-    /// Event time (UTC); microsecond precision on the wire.
+    /// Event time (UTC); microsecond precision on the wire. JSON: RFC 3339 with its offset.
+    #[serde(deserialize_with = "crate::time::json::deserialize")]
     pub occurred_at: DateTime<Utc>,
     /// Gateway/app instance that emitted the event.
     pub producer: String,

@@ -9,6 +9,8 @@ use axum::response::{IntoResponse, Response};
 use axum::Json;
 use chrono::Utc;
 use futures::StreamExt;
+use std::time::Duration;
+use tokio::sync::{Semaphore, SemaphorePermit};
 use tracing::{debug, warn};
 
 use super::formats::{self, Format, SplitError};
@@ -48,14 +50,9 @@ async fn ingest(
     let recorder = shared.recorder.get().ok_or(RequestError::NotReady {
         retry_after_seconds: shared.config.retry_after_seconds,
     })?;
-    // Waits here, before the body is read, so waiting requests hold no body in memory.
-    let _permit = shared
-        .concurrency
-        .acquire()
-        .await
-        .expect("the semaphore is never closed");
-
-    let body = read_body(body, headers, shared.config.max_body_bytes).await?;
+    // Its share of `api.max_buffered_body_bytes` is held until the answer: the parsed events take
+    // about as much memory as the body.
+    let (body, _buffered) = read_body(body, headers, shared).await?;
     let parsed =
         formats::parse_body(format, &body, shared.config.max_batch_events).map_err(|error| {
             match error {
@@ -88,6 +85,14 @@ async fn ingest(
             indexes: mismatched,
         });
     }
+
+    // Only now, with the work ready, wait for a permit: a client that sends slowly never holds
+    // one, so it cannot keep ready requests waiting.
+    let _permit = shared
+        .concurrency
+        .acquire()
+        .await
+        .expect("the semaphore is never closed");
 
     let now = Utc::now();
     let mut results: Vec<Option<EventResult>> = Vec::with_capacity(parsed.len());
@@ -241,26 +246,92 @@ fn respond(
     }
 }
 
-/// The body, refused with 413 as soon as it is known to exceed `limit` (from `Content-Length`, or
-/// while streaming) rather than after buffering it.
-async fn read_body(body: Body, headers: &HeaderMap, limit: usize) -> Result<Vec<u8>, RequestError> {
+/// The body and its share of `api.max_buffered_body_bytes`, read within
+/// `api.body_read_timeout_seconds` (else 408), refused with 503 when there is no room for it, and
+/// with 413 as soon as it is known to exceed `api.max_body_bytes` (from `Content-Length`,
+/// or while streaming) rather than after buffering it.
+async fn read_body<'a>(
+    body: Body,
+    headers: &HeaderMap,
+    shared: &'a super::Shared,
+) -> Result<(Vec<u8>, BodyRoom<'a>), RequestError> {
+    let config = &shared.config;
+    let limit = config.max_body_bytes;
     let declared = headers
         .get(CONTENT_LENGTH)
         .and_then(|value| value.to_str().ok()?.parse::<u64>().ok());
     if declared.is_some_and(|length| length > limit as u64) {
         return Err(RequestError::BodyTooLarge { limit });
     }
-    let capacity = declared.map_or(0, |length| length as usize);
-    let mut buffer = Vec::with_capacity(capacity);
+    let deadline = Duration::from_secs(config.body_read_timeout_seconds);
+    let read = read_chunks(body, limit, &shared.body_buffer, config.retry_after_seconds);
+    tokio::time::timeout(deadline, read)
+        .await
+        .unwrap_or(Err(RequestError::BodyReadTimeout {
+            seconds: config.body_read_timeout_seconds,
+        }))
+}
+
+/// The body's chunks, each admitted to `buffer` (bytes of bodies held at once) before it is kept:
+/// a client holds room only for what it has actually sent. A chunk that finds no room refuses the
+/// request (503) at once: shedding load keeps memory bounded without queueing bodies, which the
+/// clients holding the room (slow ones included) could keep waiting until their deadline.
+async fn read_chunks<'a>(
+    body: Body,
+    limit: usize,
+    buffer: &'a Semaphore,
+    retry_after_seconds: u64,
+) -> Result<(Vec<u8>, BodyRoom<'a>), RequestError> {
+    let mut bytes = Vec::new();
+    let mut room = BodyRoom::default();
     let mut chunks = body.into_data_stream();
     while let Some(chunk) = chunks.next().await {
         let chunk = chunk.map_err(|error| RequestError::BodyRead {
             message: format!("reading the body failed: {error}"),
         })?;
-        if buffer.len() + chunk.len() > limit {
+        if bytes.len() + chunk.len() > limit {
             return Err(RequestError::BodyTooLarge { limit });
         }
-        buffer.extend_from_slice(&chunk);
+        // At most `limit` bytes, which `ApiConfig::validate` keeps within u32.
+        let wanted = u32::try_from(chunk.len()).expect("a chunk within the body limit");
+        let more = buffer.try_acquire_many(wanted).map_err(|_| {
+            // Counted by `quotaflow_ingest_http_requests_total{status="503"}`; one line per
+            // refusal would flood the log exactly when the service is overloaded.
+            debug!(
+                bytes = chunk.len(),
+                "no room among the request bodies held in memory: answering 503"
+            );
+            RequestError::BodyBufferFull {
+                retry_after_seconds,
+            }
+        })?;
+        room.add(more, chunk.len());
+        bytes.extend_from_slice(&chunk);
     }
-    Ok(buffer)
+    Ok((bytes, room))
+}
+
+/// The room one request's body holds in `api.max_buffered_body_bytes`; freed, and the
+/// `quotaflow_ingest_http_buffered_body_bytes` gauge lowered, when dropped.
+#[derive(Default)]
+struct BodyRoom<'a> {
+    permit: Option<SemaphorePermit<'a>>,
+    bytes: usize,
+}
+
+impl<'a> BodyRoom<'a> {
+    fn add(&mut self, more: SemaphorePermit<'a>, bytes: usize) {
+        match self.permit.as_mut() {
+            Some(permit) => permit.merge(more),
+            None => self.permit = Some(more),
+        }
+        self.bytes += bytes;
+        telemetry::buffered_body_bytes_changed(bytes as f64);
+    }
+}
+
+impl Drop for BodyRoom<'_> {
+    fn drop(&mut self) {
+        telemetry::buffered_body_bytes_changed(-(self.bytes as f64));
+    }
 }

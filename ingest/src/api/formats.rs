@@ -16,6 +16,7 @@ use axum::http::HeaderMap;
 use schemas::{DecodeError, UsageEvent};
 use serde_json::value::RawValue;
 
+use super::json_diagnosis;
 use crate::validation::Violation;
 
 /// A request body format, from the `Content-Type` header.
@@ -100,7 +101,23 @@ fn check_count(count: usize, max_events: usize) -> Result<(), SplitError> {
     Ok(())
 }
 
+/// The UTF-8 byte order mark. RFC 8259 §8.1: JSON text must not start with one; serde_json would
+/// call it "expected value", and a NDJSON line starting with it "an event must be a JSON object".
+const UTF8_BOM: &[u8] = b"\xEF\xBB\xBF";
+
+fn refuse_byte_order_mark(body: &[u8]) -> Result<(), SplitError> {
+    if body.starts_with(UTF8_BOM) {
+        return Err(SplitError::Malformed(
+            "the body starts with a UTF-8 byte order mark (EF BB BF), which is not allowed: \
+             send the JSON without a BOM (RFC 8259 section 8.1)"
+                .to_owned(),
+        ));
+    }
+    Ok(())
+}
+
 fn parse_json(body: &[u8], max_events: usize) -> Result<Vec<ParsedEvent>, SplitError> {
+    refuse_byte_order_mark(body)?;
     let first = body.iter().find(|byte| !byte.is_ascii_whitespace());
     let elements: Vec<&RawValue> = match first {
         Some(b'[') => serde_json::from_slice(body),
@@ -121,6 +138,7 @@ fn parse_json(body: &[u8], max_events: usize) -> Result<Vec<ParsedEvent>, SplitE
 }
 
 fn parse_ndjson(body: &[u8], max_events: usize) -> Result<Vec<ParsedEvent>, SplitError> {
+    refuse_byte_order_mark(body)?;
     let lines: Vec<&[u8]> = body
         .split(|byte| *byte == b'\n')
         .map(<[u8]>::trim_ascii)
@@ -167,6 +185,8 @@ pub mod kind {
     pub const NEGATIVE_AMOUNT: &str = "negative_amount";
     /// Money outside `decimal(38, 12)`.
     pub const DECIMAL_OUT_OF_RANGE: &str = "decimal_out_of_range";
+    /// An integer too large (or negative) for its field's type, e.g. 23 digits for a token count.
+    pub const OUT_OF_RANGE: &str = "out_of_range";
 }
 
 /// Parses one event; on failure, a violation with the JSON path of the offending field.
@@ -199,7 +219,7 @@ fn parse_json_event(text: &str) -> ParsedEvent {
             }
             Err(error) => Violation::new("(event)", kind::MALFORMED_JSON, error.to_string()),
         },
-        Err(error) => json_violation(&error),
+        Err(error) => json_violation(&error, text),
     };
     ParsedEvent {
         event_id: event_id_of(text),
@@ -216,10 +236,15 @@ fn event_id_of(text: &str) -> Option<String> {
     serde_json::from_str::<EventId>(text).ok()?.event_id
 }
 
-fn json_violation(error: &serde_path_to_error::Error<serde_json::Error>) -> Violation {
+fn json_violation(error: &serde_path_to_error::Error<serde_json::Error>, text: &str) -> Violation {
     let inner = error.inner();
     let full = inner.to_string();
     if inner.is_syntax() || inner.is_eof() {
+        if let Some(message) = json_diagnosis::lone_surrogate(text) {
+            let path = path_text(error.path());
+            let field = if path.is_empty() { "(event)" } else { &path };
+            return Violation::new(field, kind::MALFORMED_JSON, message);
+        }
         return Violation::new("(event)", kind::MALFORMED_JSON, full);
     }
     // The path locates the error; serde_json's line and column (inside one event) add nothing.
@@ -237,6 +262,9 @@ fn json_violation(error: &serde_path_to_error::Error<serde_json::Error>) -> Viol
             join(&path, field)
         };
         return Violation::new(path, kind::UNKNOWN_FIELD, message.clone());
+    }
+    if let Some(message) = json_diagnosis::integer_out_of_range(text, error.path(), &message) {
+        return Violation::new(path, kind::OUT_OF_RANGE, message);
     }
     let kind = if message.starts_with("invalid type") {
         kind::INVALID_TYPE

@@ -3,9 +3,11 @@
 //!
 //! - [`config`]: [`ApiConfig`], tokens and limits.
 //! - [`auth`]: bearer token → producer, compared in constant time.
-//! - [`formats`]: JSON, NDJSON and Avro bodies → events, each parsed on its own.
+//! - [`formats`]: JSON, NDJSON and Avro bodies → events, each parsed on its own
+//!   (`json_diagnosis` words the errors serde_json words misleadingly).
 //! - [`events`]: the handler.
 //! - [`response`]: the per-event results and the request-level errors.
+//! - [`server`]: the HTTP server and its limits on connections and slow clients.
 //! - [`telemetry`]: the API's metrics.
 //! - [`openapi`]: the embedded document.
 //!
@@ -22,8 +24,11 @@
 //!   consumers count each `event_id` once, so a retry never double counts.
 //! - **A producer writes only as itself.** The token names the producer; an event naming another
 //!   refuses the whole request (403), nothing produced.
-//! - Request-level refusals (401, 403, 413, 415, 422 for an unsplittable body, 503 while starting)
-//!   produce nothing.
+//! - Request-level refusals (401, 403, 408 for a body not sent in time, 413, 415, 422 for an
+//!   unsplittable body, 503 while starting or when too many bodies are held) produce nothing.
+//! - **A slow client cannot stall the others**: headers and bodies have deadlines, connections
+//!   are limited, and a request takes one of the `api.max_concurrent_requests` permits only once
+//!   its body is read and parsed ([`server`] states the limits).
 //!
 //! Delivery is therefore at least once: an event may be stored twice (a retry after `unknown`, a
 //! client that gave up waiting), never lost after `accepted`.
@@ -32,8 +37,10 @@ pub mod auth;
 pub mod config;
 pub mod events;
 pub mod formats;
+mod json_diagnosis;
 pub mod openapi;
 pub mod response;
+pub mod server;
 pub mod telemetry;
 
 use std::sync::{Arc, OnceLock};
@@ -59,8 +66,10 @@ struct Shared {
     tokens: auth::Tokens,
     /// Set once the service has started; until then `POST /v1/events` answers 503.
     recorder: OnceLock<Recorder>,
-    /// `api.max_concurrent_requests` permits, taken before a body is read.
+    /// `api.max_concurrent_requests` permits, taken once a request's body is read and parsed.
     concurrency: Semaphore,
+    /// `api.max_buffered_body_bytes` permits, one per byte of request body held in memory.
+    body_buffer: Semaphore,
 }
 
 impl ApiState {
@@ -72,6 +81,7 @@ impl ApiState {
                 tokens: auth::Tokens::new(&config.tokens),
                 recorder: OnceLock::new(),
                 concurrency: Semaphore::new(config.max_concurrent_requests),
+                body_buffer: Semaphore::new(config.max_buffered_body_bytes),
             }),
         }
     }

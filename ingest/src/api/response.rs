@@ -2,7 +2,7 @@
 //! Every body here is described in `ingest/openapi.yaml` (and checked against it by
 //! `ingest/tests/http_openapi.rs`).
 
-use axum::http::header::{RETRY_AFTER, WWW_AUTHENTICATE};
+use axum::http::header::{CONNECTION, RETRY_AFTER, WWW_AUTHENTICATE};
 use axum::http::{HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
@@ -86,6 +86,12 @@ pub enum RequestError {
     BodyRead { message: String },
     /// 503: the service has not finished starting.
     NotReady { retry_after_seconds: u64 },
+    /// 408: the body did not arrive within `api.body_read_timeout_seconds`; the connection is
+    /// closed (what is left of the body would be read as the next request).
+    BodyReadTimeout { seconds: u64 },
+    /// 503: no room for the body among the bodies held at once (`api.max_buffered_body_bytes`);
+    /// the connection is closed.
+    BodyBufferFull { retry_after_seconds: u64 },
 }
 
 /// The body of every request-level error.
@@ -111,7 +117,10 @@ impl RequestError {
             RequestError::UnsupportedMediaType { .. } => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             RequestError::MalformedBody { .. } => StatusCode::UNPROCESSABLE_ENTITY,
             RequestError::BodyRead { .. } => StatusCode::BAD_REQUEST,
-            RequestError::NotReady { .. } => StatusCode::SERVICE_UNAVAILABLE,
+            RequestError::NotReady { .. } | RequestError::BodyBufferFull { .. } => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
+            RequestError::BodyReadTimeout { .. } => StatusCode::REQUEST_TIMEOUT,
         }
     }
 
@@ -151,6 +160,21 @@ impl RequestError {
                 "the service is starting; retry after the Retry-After delay".to_owned(),
                 None,
             ),
+            RequestError::BodyReadTimeout { seconds } => (
+                "body_read_timeout",
+                format!(
+                    "the body did not arrive within {seconds} s (api.body_read_timeout_seconds); \
+                     nothing of this request was produced"
+                ),
+                None,
+            ),
+            RequestError::BodyBufferFull { .. } => (
+                "overloaded",
+                "too many request bodies are held at once (api.max_buffered_body_bytes); retry \
+                 after the Retry-After delay"
+                    .to_owned(),
+                None,
+            ),
         };
         ErrorBody {
             error,
@@ -169,12 +193,25 @@ impl IntoResponse for RequestError {
             }
             RequestError::NotReady {
                 retry_after_seconds,
+            }
+            | RequestError::BodyBufferFull {
+                retry_after_seconds,
             } => Some((RETRY_AFTER, HeaderValue::from(*retry_after_seconds))),
             _ => None,
         };
+        // The body was not read to its end: the connection cannot carry another request.
+        let close = matches!(
+            self,
+            RequestError::BodyReadTimeout { .. } | RequestError::BodyBufferFull { .. }
+        );
         let mut response = (status, Json(self.body())).into_response();
         if let Some((name, value)) = extra_header {
             response.headers_mut().insert(name, value);
+        }
+        if close {
+            response
+                .headers_mut()
+                .insert(CONNECTION, HeaderValue::from_static("close"));
         }
         response
     }

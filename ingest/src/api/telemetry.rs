@@ -7,6 +7,9 @@
 //!   Kafka acknowledgements included.
 //! - `quotaflow_ingest_http_events_total{outcome}`: events by `accepted`, `rejected` or `unknown`
 //!   (Kafka did not acknowledge them).
+//! - `quotaflow_ingest_http_buffered_body_bytes`: bytes of request bodies held in memory now
+//!   (bounded by `api.max_buffered_body_bytes`), updated per chunk read and per request answered.
+//! - `quotaflow_ingest_http_connections`: connections open now (bounded by `api.max_connections`).
 
 use std::time::Instant;
 
@@ -40,4 +43,14 @@ pub fn record_events(accepted: usize, rejected: usize, unknown: usize) {
                 .increment(count as u64);
         }
     }
+}
+
+/// `bytes` more (or, negative, fewer) request body bytes held in memory.
+pub fn buffered_body_bytes_changed(bytes: f64) {
+    metrics::gauge!("quotaflow_ingest_http_buffered_body_bytes").increment(bytes);
+}
+
+/// One more (or, negative, one fewer) open connection.
+pub fn connections_changed(connections: f64) {
+    metrics::gauge!("quotaflow_ingest_http_connections").increment(connections);
 }
