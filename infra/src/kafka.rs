@@ -333,15 +333,17 @@ mod tests {
 
     #[test]
     fn every_client_gets_the_security_settings_and_properties_cannot_drop_them() {
-        let mut kafka = KafkaConfig::default();
-        kafka.security = KafkaSecurity {
-            protocol: SecurityProtocol::SaslSsl,
-            sasl_mechanism: SaslMechanism::ScramSha256,
-            username: "svc".to_owned(),
-            password: Secret::new("pa55-w0rd"),
-            ca_file: Some(PathBuf::from("/etc/kafka/ca.pem")),
-            cert_file: Some(PathBuf::from("/etc/kafka/client.pem")),
-            key_file: Some(PathBuf::from("/etc/kafka/client.key")),
+        let mut kafka = KafkaConfig {
+            security: KafkaSecurity {
+                protocol: SecurityProtocol::SaslSsl,
+                sasl_mechanism: SaslMechanism::ScramSha256,
+                username: "svc".to_owned(),
+                password: Secret::new("pa55-w0rd"),
+                ca_file: Some(PathBuf::from("/etc/kafka/ca.pem")),
+                cert_file: Some(PathBuf::from("/etc/kafka/client.pem")),
+                key_file: Some(PathBuf::from("/etc/kafka/client.key")),
+            },
+            ..KafkaConfig::default()
         };
         kafka
             .properties

@@ -9,6 +9,7 @@
 //! [`FaultProxy`] stands between a service and one of those servers, to take it down in a test.
 
 mod fault_proxy;
+mod log_capture;
 mod secure;
 
 use std::future::Future;
@@ -18,6 +19,7 @@ use std::time::{Duration, Instant};
 use crate::config::{ClickHouseConfig, KafkaConfig, TopicsConfig};
 
 pub use fault_proxy::FaultProxy;
+pub use log_capture::{capture_logs, CapturedLogs};
 pub use secure::{secure_kafka_config, SecureListener};
 
 /// A name unique to this process and call, e.g. `t_raw_4f2a9c_3`, safe as a topic or database name.

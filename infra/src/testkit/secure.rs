@@ -53,7 +53,7 @@ impl SecureListener {
             .ok()
             .and_then(|mut addresses| addresses.next())
             .is_some_and(|address| {
-                TcpStream::connect_timeout(&address, Duration::from_secs(2)).is_ok()
+                TcpStream::connect_timeout(&address, Duration::from_secs(5)).is_ok()
             });
         assert!(
             reachable,
