@@ -4,6 +4,14 @@
 //!   a retried send never duplicates it inside the broker. Callers await each delivery report.
 //! - Consumers never auto-commit and never auto-store offsets: a service stores an offset only after
 //!   the record's effect is durable (CONVENTIONS.md §2), so a crash replays, never skips.
+//! - Every client (producer, consumer, admin, [`client_config`] for the rest) carries the
+//!   configured [`KafkaSecurity`]: TLS with host-name verification, SASL credentials. A client
+//!   cannot be built without it, so no service, CLI or library talks to a secured cluster in
+//!   plaintext by accident.
+//! - Topics are created with the configured [`Replication`]; with factor 3 and
+//!   `min.insync.replicas` 2, an acknowledged record survives the loss of one broker.
+//! - [`ensure_topics`] (every service's first Kafka call at startup) checks the connection first
+//!   and fails with the cause when the brokers refuse the credentials or are not trusted.
 
 use std::time::Duration;
 

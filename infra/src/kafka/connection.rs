@@ -22,6 +22,8 @@ use crate::{Error, Result};
 
 /// How long one metadata request may wait before the error callback is looked at again.
 const ATTEMPT_TIMEOUT: Duration = Duration::from_millis(500);
+/// How long each round serves the client's queued events (errors, log lines).
+const DRAIN_TIMEOUT: Duration = Duration::from_millis(100);
 
 /// Why the brokers could not be used, when the reason is certain.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -93,8 +95,9 @@ fn probe(config: &ClientConfig, brokers: &str, deadline: Duration) -> Result<()>
             .client()
             .fetch_metadata(None, ATTEMPT_TIMEOUT)
             .is_ok();
-        // Serves the error callback.
-        producer.poll(Duration::ZERO);
+        // Serves the error callback, and the log lines queued ahead of it: each `poll` call
+        // handles events until its timeout, so a zero timeout would take one event per attempt.
+        producer.poll(DRAIN_TIMEOUT);
         let context = producer.context();
         if let Some(refusal) = context
             .refusal
