@@ -233,6 +233,8 @@ mod tests {
     #[allow(clippy::result_large_err)] // figment::Jail's closure signature, not ours
     fn env_overrides_file_and_unknown_keys_fail() {
         figment::Jail::expect_with(|jail| {
+            // The tests' own QUOTAFLOW_TEST_* variables are not config fields.
+            jail.clear_env();
             jail.create_file("c.toml", "[kafka]\nbrokers = \"file:9092\"\n")?;
             jail.set_env("QUOTAFLOW_CLICKHOUSE__DATABASE", "from_env");
             let config: Sample = load(Some(Path::new("c.toml"))).map_err(|e| e.to_string())?;
@@ -252,6 +254,8 @@ mod tests {
     #[allow(clippy::result_large_err)] // figment::Jail's closure signature, not ours
     fn kafka_security_loads_from_the_environment_and_is_validated_at_load() {
         figment::Jail::expect_with(|jail| {
+            // The tests' own QUOTAFLOW_TEST_* variables are not config fields.
+            jail.clear_env();
             jail.create_file(
                 "c.toml",
                 "[kafka.security]\nprotocol = \"sasl_ssl\"\nusername = \"svc\"\n\
