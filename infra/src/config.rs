@@ -170,10 +170,12 @@ pub fn figment_for<T: Serialize + Default>(path: Option<&Path>) -> Figment {
     if let Some(path) = path {
         figment = figment.merge(Toml::file_exact(path));
     }
-    // QUOTAFLOW_CONFIG names the file itself and QUOTAFLOW_LOG the log filter; neither is a field.
+    // QUOTAFLOW_CONFIG names the file itself, QUOTAFLOW_LOG the log filter and QUOTAFLOW_TEST_*
+    // the test suite's servers; none is a field.
     figment.merge(EnvText(
         Env::prefixed(ENV_PREFIX)
             .ignore(&["config", "log", "log_format"])
+            .filter(|key| !key.starts_with("test_"))
             .split("__"),
     ))
 }
@@ -262,6 +264,7 @@ mod tests {
                  ca_file = \"/etc/kafka/ca.pem\"\n",
             )?;
             jail.set_env("QUOTAFLOW_KAFKA__SECURITY__PASSWORD", "0012345");
+            jail.set_env("QUOTAFLOW_TEST_KAFKA", "127.0.0.1:19092");
             let config: Sample = load(Some(Path::new("c.toml"))).map_err(|e| e.to_string())?;
             let security = &config.kafka.security;
             assert_eq!(security.protocol, SecurityProtocol::SaslSsl);
