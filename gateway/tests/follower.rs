@@ -1,4 +1,4 @@
-//! The gateway on the real Kafka (`dev/stack up`): starts from the compacted state, follows new
+//! The gateway on the real Kafka (`dev/stack up`; `up --secure` for the SASL_SSL test): starts from the
 //! decisions, and applies its failure mode when the brokers are unreachable.
 
 use std::collections::BTreeMap;
@@ -208,4 +208,40 @@ fn config_rejects_a_staleness_shorter_than_two_probes() {
     };
     let error = Gateway::start(config).err().expect("invalid config");
     assert!(!error.is_retryable());
+}
+
+#[tokio::test]
+async fn follows_decisions_over_sasl_ssl() {
+    // The SASL_SSL listener of `dev/stack up --secure`: the gateway's consumer gets
+    // `[kafka.security]` like every other client.
+    let kafka = infra::testkit::secure_kafka_config("gateway_secure");
+    let topic = kafka.topics.control.clone();
+    let spec = TopicSpec {
+        name: topic.clone(),
+        partitions: 1,
+        retention: Retention::Compacted,
+        replication: Default::default(),
+    };
+    ensure_topics(&kafka, &[spec]).await.expect("topic created");
+    let producer: FutureProducer = producer_config(&kafka, "gateway-secure-test")
+        .create()
+        .expect("producer");
+    publish(
+        &producer,
+        &topic,
+        &decision("search", DecisionAction::Block, 1),
+    )
+    .await;
+
+    let gateway = Gateway::start(gateway_config(kafka, FailureMode::Open)).expect("started");
+    eventually(
+        DEADLINE,
+        "the gateway to catch up over SASL_SSL",
+        || async { gateway.is_ready().then_some(()) },
+    )
+    .await;
+    // Failing open: a block can only come from the decision read over the secure listener.
+    assert!(!gateway.check(&request("search")).may_proceed());
+    assert_eq!(gateway.check(&request("other")), Verdict::Allow);
+    gateway.shutdown();
 }
