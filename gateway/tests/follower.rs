@@ -1,5 +1,6 @@
-//! The gateway on the real Kafka (`dev/stack up`; `up --secure` for the SASL_SSL test): starts from the
-//! decisions, and applies its failure mode when the brokers are unreachable.
+//! The gateway on the real Kafka (`dev/stack up`; `up --secure` for the SASL_SSL test): starts from
+//! the compacted state, follows new decisions, and applies its failure mode when the brokers are
+//! unreachable.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
