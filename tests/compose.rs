@@ -511,3 +511,42 @@ fn the_dockerfile_builds_the_binaries_compose_runs() {
         );
     }
 }
+
+#[test]
+fn the_commented_secure_kafka_example_loads_into_every_service() {
+    // The `# QUOTAFLOW_KAFKA__...: value` lines under ingest, as an operator would uncomment them.
+    let example: BTreeMap<String, String> = read_repo_file("docker-compose.yml")
+        .lines()
+        .filter_map(|line| line.trim().strip_prefix("# QUOTAFLOW_KAFKA__"))
+        .map(|rest| {
+            let (key, value) = rest.split_once(": ").expect("`# NAME: value`");
+            (
+                format!("QUOTAFLOW_KAFKA__{key}"),
+                interpolate_with_dummies(value),
+            )
+        })
+        .collect();
+    assert!(
+        example.contains_key("QUOTAFLOW_KAFKA__SECURITY__PASSWORD"),
+        "the example lost its password line: {example:?}"
+    );
+    let compose = compose();
+    for OurService { name, .. } in OUR_SERVICES {
+        let mut variables = quotaflow_environment(service(&compose, name));
+        variables.extend(example.clone());
+        let (config, _) = load_service_config(name, &variables)
+            .unwrap_or_else(|error| panic!("{name} with the secure example: {error}"));
+        assert_eq!(
+            config["kafka"]["security"]["protocol"], "sasl_ssl",
+            "{name}"
+        );
+        assert_eq!(
+            config["kafka"]["security"]["password"], "<redacted>",
+            "{name}"
+        );
+        assert_eq!(
+            config["kafka"]["topics"]["replication"]["usage"]["factor"], 3,
+            "{name}"
+        );
+    }
+}

@@ -81,6 +81,7 @@ pub async fn create(kafka: &KafkaConfig, topic: &str, partitions: i32) -> Result
         name: topic.to_owned(),
         partitions,
         retention: Retention::Time(Duration::from_secs(90 * 24 * 3600)),
+        replication: Default::default(),
     };
     infra::kafka::ensure_topics(kafka, &[spec]).await?;
     Ok(())
@@ -91,9 +92,8 @@ pub async fn delete(kafka: &KafkaConfig, topics: &[String]) -> Result<()> {
     if topics.is_empty() {
         return Ok(());
     }
-    let admin: AdminClient<DefaultClientContext> = rdkafka::ClientConfig::new()
-        .set("bootstrap.servers", &kafka.brokers)
-        .create()?;
+    let admin: AdminClient<DefaultClientContext> =
+        infra::kafka::client_config(kafka, "quotaflow-bench").create()?;
     let names: Vec<&str> = topics.iter().map(String::as_str).collect();
     let options = AdminOptions::new().operation_timeout(Some(Duration::from_secs(30)));
     for result in admin.delete_topics(&names, &options).await? {

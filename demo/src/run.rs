@@ -32,7 +32,7 @@ pub struct Args {
     pub ingest_url: String,
     /// Bearer token of the demo producer (from the environment, never printed).
     #[arg(long, env = "DEMO_INGEST_TOKEN", hide_env_values = true)]
-    pub token: String,
+    pub token: infra::secret::Secret,
     /// Producer name the token belongs to.
     #[arg(long, default_value = "demo")]
     pub producer: String,
@@ -409,7 +409,7 @@ async fn post_with_retry(
     for attempt in 1..=5 {
         let response = http
             .post(&url)
-            .bearer_auth(&args.token)
+            .bearer_auth(args.token.expose())
             .json(batch)
             .send()
             .await

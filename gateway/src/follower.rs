@@ -55,7 +55,8 @@ pub enum FailureMode {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct GatewayConfig {
-    /// Brokers and extra properties; `topics.control` is the topic followed.
+    /// Brokers, security (TLS, SASL: `[kafka.security]`) and extra properties; `topics.control` is
+    /// the topic followed.
     pub kafka: KafkaConfig,
     /// `client.id` in broker logs; name the gateway instance.
     pub client_id: String,

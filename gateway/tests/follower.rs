@@ -1,5 +1,6 @@
-//! The gateway on the real Kafka (`dev/stack up`): starts from the compacted state, follows new
-//! decisions, and applies its failure mode when the brokers are unreachable.
+//! The gateway on the real Kafka (`dev/stack up`; `up --secure` for the SASL_SSL test): starts from
+//! the compacted state, follows new decisions, and applies its failure mode when the brokers are
+//! unreachable.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -88,6 +89,7 @@ async fn starts_from_the_compacted_state_then_follows_blocks_and_allows() {
         name: topic.clone(),
         partitions: 3,
         retention: Retention::Compacted,
+        replication: Default::default(),
     };
     ensure_topics(&kafka, &[spec]).await.expect("topic created");
     let producer: FutureProducer = producer_config(&kafka, "gateway-test")
@@ -241,6 +243,7 @@ async fn a_quiet_topic_stays_fresh_and_the_next_decision_applies_at_once() {
         name: topic.clone(),
         partitions: 3,
         retention: Retention::Compacted,
+        replication: Default::default(),
     };
     ensure_topics(&kafka, &[spec]).await.expect("topic created");
     let producer: FutureProducer = producer_config(&kafka, "gateway-test")
@@ -298,4 +301,40 @@ async fn a_quiet_topic_stays_fresh_and_the_next_decision_applies_at_once() {
         slow.is_empty(),
         "decisions that waited for the follower's broker requests: {slow:?}"
     );
+}
+
+#[tokio::test]
+async fn follows_decisions_over_sasl_ssl() {
+    // The SASL_SSL listener of `dev/stack up --secure`: the gateway's consumer gets
+    // `[kafka.security]` like every other client.
+    let kafka = infra::testkit::secure_kafka_config("gateway_secure");
+    let topic = kafka.topics.control.clone();
+    let spec = TopicSpec {
+        name: topic.clone(),
+        partitions: 1,
+        retention: Retention::Compacted,
+        replication: Default::default(),
+    };
+    ensure_topics(&kafka, &[spec]).await.expect("topic created");
+    let producer: FutureProducer = producer_config(&kafka, "gateway-secure-test")
+        .create()
+        .expect("producer");
+    publish(
+        &producer,
+        &topic,
+        &decision("search", DecisionAction::Block, 1),
+    )
+    .await;
+
+    let gateway = Gateway::start(gateway_config(kafka, FailureMode::Open)).expect("started");
+    eventually(
+        DEADLINE,
+        "the gateway to catch up over SASL_SSL",
+        || async { gateway.is_ready().then_some(()) },
+    )
+    .await;
+    // Failing open: a block can only come from the decision read over the secure listener.
+    assert!(!gateway.check(&request("search")).may_proceed());
+    assert_eq!(gateway.check(&request("other")), Verdict::Allow);
+    gateway.shutdown();
 }

@@ -6,17 +6,23 @@
 //! between levels, e.g. `QUOTAFLOW_KAFKA__BROKERS`). Secrets come from the environment only by convention:
 //! the TOML files in the repo never hold them.
 
-use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::Path;
 
 use figment::providers::{Env, Format, Serialized, Toml};
-use figment::Figment;
+use figment::value::{Dict, Map as FigmentMap, Value};
+use figment::{Figment, Metadata, Profile, Provider};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
 use crate::secret::Secret;
 use crate::{Error, Result};
+
+mod kafka_security;
+mod replication;
+
+pub use kafka_security::{KafkaProperties, KafkaSecurity, SaslMechanism, SecurityProtocol};
+pub use replication::{Replication, TopicsReplication};
 
 /// Prefix of the environment variables that override config fields.
 pub const ENV_PREFIX: &str = "QUOTAFLOW_";
@@ -27,19 +33,25 @@ pub const ENV_PREFIX: &str = "QUOTAFLOW_";
 pub struct KafkaConfig {
     /// Bootstrap servers, comma separated (`bootstrap.servers`).
     pub brokers: String,
+    /// How clients authenticate and encrypt: TLS, SASL, CA and client certificates. Applied to every
+    /// Kafka client of every service, the CLI and the gateway library.
+    pub security: KafkaSecurity,
     /// Names of the topics the pipeline reads and writes.
     pub topics: TopicsConfig,
-    /// Extra librdkafka properties applied after ours (e.g. `security.protocol`); for operators who
-    /// need a setting we do not model. Our delivery settings (idempotence, acks) cannot be weakened here.
-    pub properties: BTreeMap<String, String>,
+    /// Extra librdkafka properties applied after ours; for operators who need a setting we do not
+    /// model. Our delivery settings (idempotence, acks) cannot be weakened here, the settings
+    /// `security` models cannot be set here, and values of keys that look secret (`password`,
+    /// `secret`, `token`, `sasl.jaas`) are redacted in `Debug` and serialized output.
+    pub properties: KafkaProperties,
 }
 
 impl Default for KafkaConfig {
     fn default() -> Self {
         Self {
             brokers: "127.0.0.1:9092".to_string(),
+            security: KafkaSecurity::default(),
             topics: TopicsConfig::default(),
-            properties: BTreeMap::new(),
+            properties: KafkaProperties::default(),
         }
     }
 }
@@ -62,6 +74,10 @@ pub struct TopicsConfig {
     pub approvals: String,
     /// Partitions for topics this project creates; the unit of parallelism for consumers.
     pub partitions: i32,
+    /// Replication factor and `min.insync.replicas` of each topic, used when the services create
+    /// it (an existing topic is left as it is). 1/1 suits the single-node local stack; production
+    /// wants 3/2 (docs/operations.md, "Topics").
+    pub replication: TopicsReplication,
 }
 
 impl Default for TopicsConfig {
@@ -74,6 +90,7 @@ impl Default for TopicsConfig {
             alerts: "quota.alerts.v1".to_string(),
             approvals: "quota.approvals.v1".to_string(),
             partitions: 4,
+            replication: TopicsReplication::default(),
         }
     }
 }
@@ -140,8 +157,10 @@ pub fn load<T>(path: Option<&Path>) -> Result<T>
 where
     T: DeserializeOwned + Serialize + Default,
 {
+    // Lossy: environment values stay text (see `EnvText`) and become numbers or booleans where
+    // the field is one.
     figment_for::<T>(path)
-        .extract()
+        .extract_lossy()
         .map_err(|error| Error::Config(error.to_string()))
 }
 
@@ -151,12 +170,54 @@ pub fn figment_for<T: Serialize + Default>(path: Option<&Path>) -> Figment {
     if let Some(path) = path {
         figment = figment.merge(Toml::file_exact(path));
     }
-    // QUOTAFLOW_CONFIG names the file itself and QUOTAFLOW_LOG the log filter; neither is a field.
-    figment.merge(
+    // QUOTAFLOW_CONFIG names the file itself, QUOTAFLOW_LOG the log filter and QUOTAFLOW_TEST_*
+    // the test suite's servers; none is a field.
+    figment.merge(EnvText(
         Env::prefixed(ENV_PREFIX)
             .ignore(&["config", "log", "log_format"])
+            .filter(|key| !key.starts_with("test_"))
             .split("__"),
-    )
+    ))
+}
+
+/// The `QUOTAFLOW_*` variables as figment's [`Env`] reads them, except that a value figment would
+/// read as a number or boolean stays the text it was: `QUOTAFLOW_KAFKA__SECURITY__PASSWORD=0012`
+/// must be the password `0012`, not the number 12 (nor a type error for a string field). Lists and
+/// maps (`QUOTAFLOW_API__TOKENS='{a="..."}'`) are parsed as by `Env`.
+struct EnvText(Env);
+
+impl Provider for EnvText {
+    fn metadata(&self) -> Metadata {
+        self.0.metadata()
+    }
+
+    fn data(&self) -> std::result::Result<FigmentMap<Profile, Dict>, figment::Error> {
+        let mut dict = Dict::new();
+        for (key, text) in self.0.iter() {
+            let value = match text.parse::<Value>() {
+                Ok(Value::Num(..) | Value::Bool(..)) | Err(_) => Value::from(text),
+                Ok(parsed) => parsed,
+            };
+            if let Value::Dict(_, nested) = figment::util::nest(key.as_str(), value) {
+                merge_dicts(&mut dict, nested);
+            }
+        }
+        Ok(Profile::Default.collect(dict))
+    }
+}
+
+/// Merges `from` into `into`, recursing into dictionaries both have; a later scalar replaces.
+fn merge_dicts(into: &mut Dict, from: Dict) {
+    for (key, value) in from {
+        match (into.get_mut(&key), value) {
+            (Some(Value::Dict(_, existing)), Value::Dict(_, nested)) => {
+                merge_dicts(existing, nested)
+            }
+            (_, value) => {
+                into.insert(key, value);
+            }
+        }
+    }
 }
 
 #[cfg(test)]
@@ -174,6 +235,8 @@ mod tests {
     #[allow(clippy::result_large_err)] // figment::Jail's closure signature, not ours
     fn env_overrides_file_and_unknown_keys_fail() {
         figment::Jail::expect_with(|jail| {
+            // The tests' own QUOTAFLOW_TEST_* variables are not config fields.
+            jail.clear_env();
             jail.create_file("c.toml", "[kafka]\nbrokers = \"file:9092\"\n")?;
             jail.set_env("QUOTAFLOW_CLICKHOUSE__DATABASE", "from_env");
             let config: Sample = load(Some(Path::new("c.toml"))).map_err(|e| e.to_string())?;
@@ -185,6 +248,56 @@ mod tests {
                 .unwrap_err()
                 .to_string();
             assert!(error.contains("brokres"), "{error}");
+            Ok(())
+        });
+    }
+
+    #[test]
+    #[allow(clippy::result_large_err)] // figment::Jail's closure signature, not ours
+    fn kafka_security_loads_from_the_environment_and_is_validated_at_load() {
+        figment::Jail::expect_with(|jail| {
+            // The tests' own QUOTAFLOW_TEST_* variables are not config fields.
+            jail.clear_env();
+            jail.create_file(
+                "c.toml",
+                "[kafka.security]\nprotocol = \"sasl_ssl\"\nusername = \"svc\"\n\
+                 ca_file = \"/etc/kafka/ca.pem\"\n",
+            )?;
+            jail.set_env("QUOTAFLOW_KAFKA__SECURITY__PASSWORD", "0012345");
+            jail.set_env("QUOTAFLOW_TEST_KAFKA", "127.0.0.1:19092");
+            let config: Sample = load(Some(Path::new("c.toml"))).map_err(|e| e.to_string())?;
+            let security = &config.kafka.security;
+            assert_eq!(security.protocol, SecurityProtocol::SaslSsl);
+            assert_eq!(security.password.expose(), "0012345");
+            assert!(!format!("{config:?}").contains("12345"));
+
+            jail.set_env("QUOTAFLOW_KAFKA__SECURITY__USERNAME", "");
+            let error = load::<Sample>(Some(Path::new("c.toml")))
+                .unwrap_err()
+                .to_string();
+            assert!(
+                error.contains("kafka.security.username is required"),
+                "{error}"
+            );
+
+            jail.set_env("QUOTAFLOW_KAFKA__SECURITY__USERNAME", "svc");
+            jail.set_env("QUOTAFLOW_KAFKA__TOPICS__REPLICATION__USAGE__FACTOR", "3");
+            jail.set_env(
+                "QUOTAFLOW_KAFKA__TOPICS__REPLICATION__USAGE__MIN_INSYNC_REPLICAS",
+                "2",
+            );
+            let config: Sample = load(Some(Path::new("c.toml"))).map_err(|e| e.to_string())?;
+            assert_eq!(
+                config.kafka.topics.replication.usage,
+                Replication {
+                    factor: 3,
+                    min_insync_replicas: 2
+                }
+            );
+            assert_eq!(
+                config.kafka.topics.replication.totals,
+                Replication::SINGLE_NODE
+            );
             Ok(())
         });
     }

@@ -4,6 +4,14 @@
 //!   a retried send never duplicates it inside the broker. Callers await each delivery report.
 //! - Consumers never auto-commit and never auto-store offsets: a service stores an offset only after
 //!   the record's effect is durable (CONVENTIONS.md §2), so a crash replays, never skips.
+//! - Every client (producer, consumer, admin, [`client_config`] for the rest) carries the
+//!   configured [`KafkaSecurity`]: TLS with host-name verification, SASL credentials. A client
+//!   cannot be built without it, so no service, CLI or library talks to a secured cluster in
+//!   plaintext by accident.
+//! - Topics are created with the configured [`Replication`]; with factor 3 and
+//!   `min.insync.replicas` 2, an acknowledged record survives the loss of one broker.
+//! - [`ensure_topics`] (every service's first Kafka call at startup) checks the connection first
+//!   and fails with the cause when the brokers refuse the credentials or are not trusted.
 
 use std::time::Duration;
 
@@ -13,8 +21,15 @@ use rdkafka::config::ClientConfig;
 use rdkafka::error::KafkaError;
 use rdkafka::types::RDKafkaErrorCode;
 
-use crate::config::KafkaConfig;
+use crate::config::{KafkaConfig, KafkaSecurity, Replication};
 use crate::{Error, Result};
+
+mod connection;
+
+pub use connection::check_connection;
+
+/// How long [`ensure_topics`] waits for a first answer from the brokers.
+const CONNECTION_DEADLINE: Duration = Duration::from_secs(30);
 
 /// Settings for an idempotent, `acks=all` producer. `client_id` names the process in broker logs.
 pub fn producer_config(kafka: &KafkaConfig, client_id: &str) -> ClientConfig {
@@ -56,6 +71,16 @@ pub fn consumer_config(kafka: &KafkaConfig, client_id: &str, group_id: &str) -> 
     config
 }
 
+/// Settings every client shares: brokers, `client.id` and [`KafkaSecurity`] (TLS, SASL). Every
+/// client of every service, the CLI, the gateway library and the test helpers start from here, so a
+/// secured cluster needs nothing but `[kafka.security]`. Admin clients and plain readers use it as
+/// it is; [`producer_config`] and [`consumer_config`] add the delivery settings.
+pub fn client_config(kafka: &KafkaConfig, client_id: &str) -> ClientConfig {
+    let mut config = base_config(kafka, client_id);
+    apply_user_properties(&mut config, kafka);
+    config
+}
+
 fn base_config(kafka: &KafkaConfig, client_id: &str) -> ClientConfig {
     let mut config = ClientConfig::new();
     config
@@ -63,11 +88,36 @@ fn base_config(kafka: &KafkaConfig, client_id: &str) -> ClientConfig {
         .set("client.id", client_id)
         // Fail fast on a wrong address instead of retrying silently forever at debug level.
         .set("socket.connection.setup.timeout.ms", "10000");
+    apply_security(&mut config, &kafka.security);
     config
 }
 
+fn apply_security(config: &mut ClientConfig, security: &KafkaSecurity) {
+    config.set("security.protocol", security.protocol.as_librdkafka());
+    if security.protocol.uses_sasl() {
+        config
+            .set("sasl.mechanisms", security.sasl_mechanism.as_librdkafka())
+            .set("sasl.username", &security.username)
+            .set("sasl.password", security.password.expose());
+    }
+    if security.protocol.uses_tls() {
+        // Verify that the broker's certificate names the host we dialled, not only that a trusted
+        // CA signed it (librdkafka's default since 2.0; set so no property can turn it off).
+        config.set("ssl.endpoint.identification.algorithm", "https");
+        let path = |path: &std::path::Path| path.to_string_lossy().into_owned();
+        if let Some(ca_file) = &security.ca_file {
+            config.set("ssl.ca.location", path(ca_file));
+        }
+        if let (Some(cert_file), Some(key_file)) = (&security.cert_file, &security.key_file) {
+            config
+                .set("ssl.certificate.location", path(cert_file))
+                .set("ssl.key.location", path(key_file));
+        }
+    }
+}
+
 fn apply_user_properties(config: &mut ClientConfig, kafka: &KafkaConfig) {
-    for (key, value) in &kafka.properties {
+    for (key, value) in kafka.properties.expose() {
         config.set(key, value);
     }
 }
@@ -87,6 +137,8 @@ pub struct TopicSpec {
     pub name: String,
     pub partitions: i32,
     pub retention: Retention,
+    /// Replication factor and `min.insync.replicas` it is created with.
+    pub replication: Replication,
 }
 
 /// Deletes the topics whose names start with `prefix`, except those in `keep`; returns their
@@ -97,7 +149,7 @@ pub async fn delete_topics_with_prefix(
     keep: &[&str],
 ) -> Result<Vec<String>> {
     let admin: AdminClient<DefaultClientContext> =
-        base_config(kafka, "quotaflow-admin").create()?;
+        client_config(kafka, "quotaflow-admin").create()?;
     let metadata = admin
         .inner()
         .fetch_metadata(None, Duration::from_secs(10))?;
@@ -122,33 +174,47 @@ pub async fn delete_topics_with_prefix(
     Ok(doomed)
 }
 
-/// Creates the topics that do not exist yet; existing topics are left as they are.
+/// The topic-level settings a [`TopicSpec`] is created with, as (name, value) pairs.
+fn topic_settings(topic: &TopicSpec) -> Vec<(&'static str, String)> {
+    let mut settings = vec![(
+        "min.insync.replicas",
+        topic.replication.min_insync_replicas.to_string(),
+    )];
+    match topic.retention {
+        Retention::Time(duration) => {
+            settings.push(("cleanup.policy", "delete".to_owned()));
+            settings.push(("retention.ms", duration.as_millis().to_string()));
+        }
+        Retention::Compacted => {
+            settings.push(("cleanup.policy", "compact".to_owned()));
+            settings.push(("min.compaction.lag.ms", "0".to_owned()));
+            settings.push(("segment.ms", "600000".to_owned()));
+        }
+    }
+    settings
+}
+
+/// The admin request that creates `topic` (borrowing `settings`, from [`topic_settings`]).
+fn new_topic<'a>(topic: &'a TopicSpec, settings: &'a [(&'static str, String)]) -> NewTopic<'a> {
+    let replication = TopicReplication::Fixed(topic.replication.factor);
+    settings.iter().fold(
+        NewTopic::new(&topic.name, topic.partitions, replication),
+        |new_topic, (name, value)| new_topic.set(name, value),
+    )
+}
+
+/// Creates the topics that do not exist yet, with their partitions, retention and replication;
+/// existing topics are left as they are. Checks the connection first ([`check_connection`]), so a
+/// wrong password or an untrusted certificate fails here with its cause instead of a timeout.
 pub async fn ensure_topics(kafka: &KafkaConfig, topics: &[TopicSpec]) -> Result<()> {
+    check_connection(kafka, CONNECTION_DEADLINE).await?;
     let admin: AdminClient<DefaultClientContext> =
-        base_config(kafka, "quotaflow-admin").create()?;
-    let retention_ms: Vec<String> = topics
-        .iter()
-        .map(|topic| match topic.retention {
-            Retention::Time(duration) => duration.as_millis().to_string(),
-            Retention::Compacted => String::new(),
-        })
-        .collect();
+        client_config(kafka, "quotaflow-admin").create()?;
+    let settings: Vec<Vec<(&'static str, String)>> = topics.iter().map(topic_settings).collect();
     let new_topics: Vec<NewTopic<'_>> = topics
         .iter()
-        .zip(&retention_ms)
-        .map(|(topic, retention_ms)| {
-            let new_topic =
-                NewTopic::new(&topic.name, topic.partitions, TopicReplication::Fixed(1));
-            match topic.retention {
-                Retention::Time(_) => new_topic
-                    .set("cleanup.policy", "delete")
-                    .set("retention.ms", retention_ms),
-                Retention::Compacted => new_topic
-                    .set("cleanup.policy", "compact")
-                    .set("min.compaction.lag.ms", "0")
-                    .set("segment.ms", "600000"),
-            }
-        })
+        .zip(&settings)
+        .map(|(topic, settings)| new_topic(topic, settings))
         .collect();
     let options = AdminOptions::new().operation_timeout(Some(Duration::from_secs(30)));
     for result in admin.create_topics(&new_topics, &options).await? {
@@ -163,22 +229,37 @@ pub async fn ensure_topics(kafka: &KafkaConfig, topics: &[TopicSpec]) -> Result<
     Ok(())
 }
 
-/// The standard topic set for a [`KafkaConfig`]: usage and dead letters kept by time, the rest compacted.
+/// The standard topic set for a [`KafkaConfig`]: usage, dead letters and alerts kept by time, the
+/// rest compacted; each with its configured replication (`kafka.topics.replication`).
 pub fn pipeline_topics(kafka: &KafkaConfig) -> Vec<TopicSpec> {
     let week = Duration::from_secs(7 * 24 * 3600);
     let topics = &kafka.topics;
-    let spec = |name: &str, retention| TopicSpec {
+    let replication = &topics.replication;
+    let spec = |name: &str, retention, replication| TopicSpec {
         name: name.to_string(),
         partitions: topics.partitions,
         retention,
+        replication,
     };
     vec![
-        spec(&topics.usage, Retention::Time(week)),
-        spec(&topics.dead_letter, Retention::Time(4 * week)),
-        spec(&topics.totals, Retention::Compacted),
-        spec(&topics.control, Retention::Compacted),
-        spec(&topics.alerts, Retention::Time(4 * week)),
-        spec(&topics.approvals, Retention::Compacted),
+        spec(&topics.usage, Retention::Time(week), replication.usage),
+        spec(
+            &topics.dead_letter,
+            Retention::Time(4 * week),
+            replication.dead_letter,
+        ),
+        spec(&topics.totals, Retention::Compacted, replication.totals),
+        spec(&topics.control, Retention::Compacted, replication.control),
+        spec(
+            &topics.alerts,
+            Retention::Time(4 * week),
+            replication.alerts,
+        ),
+        spec(
+            &topics.approvals,
+            Retention::Compacted,
+            replication.approvals,
+        ),
     ]
 }
 
@@ -205,4 +286,108 @@ pub fn error_is_retryable(error: &KafkaError) -> bool {
             | RDKafkaErrorCode::InvalidRequiredAcks
             | RDKafkaErrorCode::UnsupportedVersion
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::PathBuf;
+
+    use super::*;
+    use crate::config::{SaslMechanism, SecurityProtocol, TopicsReplication};
+    use crate::secret::Secret;
+
+    #[test]
+    fn new_topics_carry_the_configured_replication() {
+        let mut kafka = KafkaConfig::default();
+        kafka.topics.replication = TopicsReplication::all(Replication {
+            factor: 3,
+            min_insync_replicas: 2,
+        });
+        kafka.topics.replication.dead_letter = Replication {
+            factor: 5,
+            min_insync_replicas: 3,
+        };
+        let topics = pipeline_topics(&kafka);
+        for topic in &topics {
+            let settings = topic_settings(topic);
+            let request = new_topic(topic, &settings);
+            let (factor, min_insync) = if topic.name == kafka.topics.dead_letter {
+                (5, "3")
+            } else {
+                (3, "2")
+            };
+            assert!(
+                matches!(request.replication, TopicReplication::Fixed(f) if f == factor),
+                "{}",
+                topic.name
+            );
+            assert!(
+                request
+                    .config
+                    .contains(&("min.insync.replicas", min_insync)),
+                "{}: {:?}",
+                topic.name,
+                request.config
+            );
+        }
+        let defaults = pipeline_topics(&KafkaConfig::default());
+        for topic in &defaults {
+            let settings = topic_settings(topic);
+            let request = new_topic(topic, &settings);
+            assert!(matches!(request.replication, TopicReplication::Fixed(1)));
+            assert!(request.config.contains(&("min.insync.replicas", "1")));
+        }
+    }
+
+    #[test]
+    fn every_client_gets_the_security_settings_and_properties_cannot_drop_them() {
+        let mut kafka = KafkaConfig {
+            security: KafkaSecurity {
+                protocol: SecurityProtocol::SaslSsl,
+                sasl_mechanism: SaslMechanism::ScramSha256,
+                username: "svc".to_owned(),
+                password: Secret::new("pa55-w0rd"),
+                ca_file: Some(PathBuf::from("/etc/kafka/ca.pem")),
+                cert_file: Some(PathBuf::from("/etc/kafka/client.pem")),
+                key_file: Some(PathBuf::from("/etc/kafka/client.key")),
+            },
+            ..KafkaConfig::default()
+        };
+        kafka
+            .properties
+            .insert("ssl.key.password".to_owned(), "key-pa55".to_owned());
+        let clients = [
+            producer_config(&kafka, "p"),
+            consumer_config(&kafka, "c", "g"),
+            client_config(&kafka, "a"),
+        ];
+        for client in clients {
+            let expected = [
+                ("security.protocol", "sasl_ssl"),
+                ("sasl.mechanisms", "SCRAM-SHA-256"),
+                ("sasl.username", "svc"),
+                ("sasl.password", "pa55-w0rd"),
+                ("ssl.ca.location", "/etc/kafka/ca.pem"),
+                ("ssl.certificate.location", "/etc/kafka/client.pem"),
+                ("ssl.key.location", "/etc/kafka/client.key"),
+                ("ssl.endpoint.identification.algorithm", "https"),
+                ("ssl.key.password", "key-pa55"),
+            ];
+            for (key, value) in expected {
+                assert_eq!(client.get(key), Some(value), "{key}");
+            }
+            let debug = format!("{client:?}");
+            assert!(!debug.contains("pa55"), "{debug}");
+        }
+        let debug = format!("{kafka:?}");
+        assert!(!debug.contains("pa55"), "{debug}");
+    }
+
+    #[test]
+    fn plaintext_clients_set_no_sasl_or_tls() {
+        let client = producer_config(&KafkaConfig::default(), "p");
+        assert_eq!(client.get("security.protocol"), Some("plaintext"));
+        assert_eq!(client.get("sasl.password"), None);
+        assert_eq!(client.get("ssl.ca.location"), None);
+    }
 }

@@ -2,9 +2,15 @@
 //! its own ClickHouse database, so tests run in parallel and never see each other's data. Addresses
 //! come from `QUOTAFLOW_TEST_KAFKA` and `QUOTAFLOW_TEST_CLICKHOUSE`, defaulting to `dev/stack`'s.
 //!
+//! [`secure_kafka_config`] points a test at the SASL_SSL listener of `dev/stack up --secure`
+//! (`QUOTAFLOW_TEST_KAFKA_SECURE`, `QUOTAFLOW_TEST_KAFKA_CA`, `QUOTAFLOW_TEST_KAFKA_USER`,
+//! `QUOTAFLOW_TEST_KAFKA_PASSWORD`, defaulting to what that command sets up).
+//!
 //! [`FaultProxy`] stands between a service and one of those servers, to take it down in a test.
 
 mod fault_proxy;
+mod log_capture;
+mod secure;
 
 use std::future::Future;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -13,6 +19,8 @@ use std::time::{Duration, Instant};
 use crate::config::{ClickHouseConfig, KafkaConfig, TopicsConfig};
 
 pub use fault_proxy::FaultProxy;
+pub use log_capture::{capture_logs, CapturedLogs};
+pub use secure::{secure_kafka_config, SecureListener};
 
 /// A name unique to this process and call, e.g. `t_raw_4f2a9c_3`, safe as a topic or database name.
 pub fn unique_name(prefix: &str) -> String {
@@ -43,8 +51,9 @@ pub fn kafka_config(test: &str) -> KafkaConfig {
             alerts: format!("{run}.alerts"),
             approvals: format!("{run}.approvals"),
             partitions: 3,
+            replication: Default::default(),
         },
-        properties: Default::default(),
+        ..KafkaConfig::default()
     }
 }
 

@@ -159,10 +159,10 @@ async fn main() {
 
 async fn delete_topics(kafka: &infra::config::KafkaConfig) {
     use rdkafka::admin::{AdminClient, AdminOptions};
-    let admin: AdminClient<rdkafka::client::DefaultClientContext> = rdkafka::ClientConfig::new()
-        .set("bootstrap.servers", &kafka.brokers)
-        .create()
-        .unwrap();
+    let admin: AdminClient<rdkafka::client::DefaultClientContext> =
+        infra::kafka::client_config(kafka, "quotaflow-test")
+            .create()
+            .unwrap();
     let names: Vec<String> = infra::kafka::pipeline_topics(kafka)
         .into_iter()
         .map(|topic| topic.name)

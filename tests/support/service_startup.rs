@@ -104,10 +104,10 @@ pub async fn is_not_ready_while_starting_and_stops_promptly_when_cancelled<Run, 
 
 /// Deletes the topics the service created, so test runs do not pile up on the local broker.
 async fn delete_topics(kafka: &KafkaConfig) {
-    let admin: AdminClient<DefaultClientContext> = rdkafka::ClientConfig::new()
-        .set("bootstrap.servers", &kafka.brokers)
-        .create()
-        .expect("admin client");
+    let admin: AdminClient<DefaultClientContext> =
+        infra::kafka::client_config(kafka, "quotaflow-test")
+            .create()
+            .expect("admin client");
     let names: Vec<String> = infra::kafka::pipeline_topics(kafka)
         .into_iter()
         .map(|topic| topic.name)

@@ -14,7 +14,7 @@ use infra::shutdown::Shutdown;
 use infra::testkit;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::producer::{FutureProducer, FutureRecord};
-use rdkafka::{ClientConfig, Message};
+use rdkafka::Message;
 use rust_decimal::Decimal;
 use schemas::{UsageEvent, WindowTotal};
 
@@ -114,8 +114,7 @@ pub async fn produce_raw(kafka: &KafkaConfig, records: &[(&str, &[u8])]) {
 
 /// The end offset of every partition of the usage topic.
 pub fn end_offsets(kafka: &KafkaConfig) -> BTreeMap<i32, i64> {
-    let consumer: BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", &kafka.brokers)
+    let consumer: BaseConsumer = infra::kafka::client_config(kafka, "quotaflow-test")
         .create()
         .unwrap();
     (0..kafka.topics.partitions)
@@ -295,8 +294,7 @@ pub async fn stored_totals(config: &ClickHouseConfig) -> Totals {
 /// What the alerter sees: the totals topic read from the start, the highest version per
 /// (scope, window, partition), summed over partitions.
 pub fn published_totals(kafka: &KafkaConfig) -> Totals {
-    let consumer: BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", &kafka.brokers)
+    let consumer: BaseConsumer = infra::kafka::client_config(kafka, "quotaflow-test")
         .set("group.id", testkit::unique_name("totals-reader"))
         .set("auto.offset.reset", "earliest")
         .set("enable.auto.commit", "false")

@@ -276,10 +276,10 @@ pub async fn consume_usage(kafka: &KafkaConfig, count: usize) -> Vec<UsageEvent>
 
 /// Deletes the test's topics, so runs do not pile up on the local broker.
 pub async fn delete_topics(kafka: &KafkaConfig) {
-    let admin: AdminClient<DefaultClientContext> = rdkafka::ClientConfig::new()
-        .set("bootstrap.servers", &kafka.brokers)
-        .create()
-        .unwrap();
+    let admin: AdminClient<DefaultClientContext> =
+        infra::kafka::client_config(kafka, "quotaflow-test")
+            .create()
+            .unwrap();
     let names: Vec<String> = infra::kafka::pipeline_topics(kafka)
         .into_iter()
         .map(|topic| topic.name)
