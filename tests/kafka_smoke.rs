@@ -50,6 +50,7 @@ async fn usage_event_round_trips_through_the_real_broker() {
             name: topic.clone(),
             partitions: 1,
             retention: infra::kafka::Retention::Time(Duration::from_secs(3600)),
+            extra_config: Vec::new(),
         }],
     )
     .await

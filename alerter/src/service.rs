@@ -55,6 +55,7 @@ use tokio::sync::mpsc;
 use tracing::{debug, error, info, warn};
 
 use crate::actions::ActionWatch;
+use crate::approvals::ReceivedApproval;
 use crate::engine::{Effect, Engine};
 use crate::notify::{Grouper, Notice, NotifyConfig, PagerDutyNotifier, SlackNotifier};
 use crate::{Config, Error, Result};
@@ -112,7 +113,44 @@ pub async fn run(config: Config, listener: TcpListener, shutdown: Shutdown) -> R
 #[derive(Default)]
 struct Snapshot {
     records: Vec<(String, Vec<u8>)>,
+    /// Approval records with what their check needs besides the payload.
+    approvals: Vec<RawApproval>,
     ends: HashMap<(String, i32), i64>,
+}
+
+/// An approval record as read: payload, key and the broker's append time (if it is that kind).
+struct RawApproval {
+    payload: Vec<u8>,
+    key: Option<Vec<u8>>,
+    appended_at: Option<DateTime<Utc>>,
+}
+
+impl RawApproval {
+    fn of(message: &impl Message) -> Option<RawApproval> {
+        Some(RawApproval {
+            payload: message.payload()?.to_vec(),
+            key: message.key().map(<[u8]>::to_vec),
+            appended_at: log_append_time(message.timestamp()),
+        })
+    }
+
+    fn decode(&self) -> Option<ReceivedApproval> {
+        let approval = decode::<Approval>("approvals", &self.payload)?;
+        Some(ReceivedApproval::new(
+            approval,
+            self.appended_at,
+            self.key.as_deref(),
+            &self.payload,
+        ))
+    }
+}
+
+/// The broker's append time of a record; `None` for a writer's `CreateTime` (not trusted) or none.
+fn log_append_time(timestamp: rdkafka::Timestamp) -> Option<DateTime<Utc>> {
+    match timestamp {
+        rdkafka::Timestamp::LogAppendTime(millis) => DateTime::from_timestamp_millis(millis),
+        rdkafka::Timestamp::CreateTime(_) | rdkafka::Timestamp::NotAvailable => None,
+    }
 }
 
 async fn run_loop(config: &Config, readiness: &Readiness, shutdown: &Shutdown) -> Result<()> {
@@ -162,8 +200,9 @@ async fn run_loop(config: &Config, readiness: &Readiness, shutdown: &Shutdown) -
             let (kafka, group, names, since) =
                 (kafka.clone(), group.clone(), names.clone(), since.clone());
             let totals = topics.totals.clone();
+            let approvals = topics.approvals.clone();
             let read = tokio::task::spawn_blocking(move || {
-                read_to_end(&kafka, &group, &names, &since, &totals, timeout)
+                read_to_end(&kafka, &group, &names, &since, &totals, &approvals, timeout)
             })
             .await
             .map_err(|error| Error::Restore(error.to_string()))?;
@@ -200,11 +239,6 @@ async fn run_loop(config: &Config, readiness: &Readiness, shutdown: &Shutdown) -
                 engine.restore_alert(&alert);
                 counts[1] += 1;
             }
-        } else if *topic == topics.approvals {
-            if let Some(approval) = decode::<Approval>("approvals", payload) {
-                approvals.push(approval);
-                counts[2] += 1;
-            }
         } else if *topic == topics.usage {
             if let Some(event) = decode::<schemas::UsageEvent>("usage", payload) {
                 engine.load_job_event(&event);
@@ -214,6 +248,12 @@ async fn run_loop(config: &Config, readiness: &Readiness, shutdown: &Shutdown) -
         } else if let Some(total) = decode::<WindowTotal>("totals", payload) {
             engine.load_total(total);
             counts[3] += 1;
+        }
+    }
+    for raw in &snapshot.approvals {
+        if let Some(received) = raw.decode() {
+            approvals.push(received);
+            counts[2] += 1;
         }
     }
     info!(
@@ -320,8 +360,8 @@ async fn run_loop(config: &Config, readiness: &Readiness, shutdown: &Shutdown) -
                         }
                         executor.execute(effects, None, shutdown).await?;
                     }
-                } else if let Some(approval) = decode::<Approval>("approvals", payload) {
-                    let effects = engine.on_approval(approval, now);
+                } else if let Some(received) = RawApproval::of(&message).and_then(|raw| raw.decode()) {
+                    let effects = engine.on_approval(received, now);
                     executor.execute(effects, None, shutdown).await?;
                 }
             }
@@ -430,6 +470,7 @@ fn read_to_end(
     topics: &[String],
     since: &HashMap<String, DateTime<Utc>>,
     totals_topic: &str,
+    approvals_topic: &str,
     timeout: Duration,
 ) -> Result<Snapshot> {
     let consumer: BaseConsumer =
@@ -497,7 +538,9 @@ fn read_to_end(
             Some(Ok(message)) => {
                 let key = (message.topic().to_owned(), message.partition());
                 if let Some(end) = pending.get(&key) {
-                    if message.offset() < *end {
+                    if message.offset() < *end && key.0 == approvals_topic {
+                        snapshot.approvals.extend(RawApproval::of(&message));
+                    } else if message.offset() < *end {
                         if let Some(payload) = message.payload() {
                             if evaluated(&key.0, message.key(), totals_topic) {
                                 snapshot.records.push((key.0.clone(), payload.to_vec()));
@@ -604,21 +647,28 @@ impl Executor {
                     let _ = self.notify.send((*alert, *notice)).await;
                 }
                 Effect::ApprovalDecided {
-                    approval,
+                    received,
                     status,
                     reason,
+                    shadowed,
                 } => {
                     metrics::counter!(metric::APPROVALS, "status" => status).increment(1);
                     info!(
-                        approval_id = %approval.approval_id,
-                        policy = %approval.policy_id,
+                        approval_id = %received.approval.approval_id,
+                        policy = %received.approval.policy_id,
                         status,
                         reason = %reason,
                         "approval"
                     );
                     let _ = self
                         .audit
-                        .send(AuditRow::Approval(approval, status, Utc::now()))
+                        .send(AuditRow::Approval(Box::new(ApprovalAudit {
+                            received,
+                            status,
+                            reason,
+                            shadowed,
+                            decided_at: Utc::now(),
+                        })))
                         .await;
                 }
             }
@@ -769,7 +819,17 @@ async fn send_slack(
 enum AuditRow {
     Decision(ControlDecision),
     Alert(Alert),
-    Approval(Approval, &'static str, DateTime<Utc>),
+    Approval(Box<ApprovalAudit>),
+}
+
+/// What the alerter's checks made of one approval record.
+struct ApprovalAudit {
+    received: Arc<ReceivedApproval>,
+    status: &'static str,
+    reason: String,
+    /// Only the check row: the record reused the id of an approval in force (engine docs).
+    shadowed: bool,
+    decided_at: DateTime<Utc>,
 }
 
 #[derive(Debug, clickhouse::Row, Serialize)]
@@ -831,6 +891,65 @@ struct ApprovalRow {
     decided_at: u32,
 }
 
+impl ApprovalRow {
+    fn of(audit: &ApprovalAudit) -> ApprovalRow {
+        let approval = &audit.received.approval;
+        let (scope_keys, scope_values) = split_scope(&approval.scope);
+        ApprovalRow {
+            approval_id: approval.approval_id.clone(),
+            policy_id: approval.policy_id.clone(),
+            scope_keys,
+            scope_values,
+            new_limit: money(&approval.new_limit),
+            valid_until: seconds(approval.valid_until),
+            reason: approval.reason.clone(),
+            approved_by: approval.approved_by.clone(),
+            requested_at: seconds(approval.requested_at),
+            status: audit.status.to_owned(),
+            decided_at: seconds(audit.decided_at),
+        }
+    }
+}
+
+/// A row of `approval_checks` (migration 0007).
+#[derive(Debug, clickhouse::Row, Serialize)]
+struct ApprovalCheckRow {
+    approval_id: String,
+    record_sha256: String,
+    policy_id: String,
+    approved_by: String,
+    status: String,
+    check_reason: String,
+    first_seen_at: u32,
+    first_seen_at_us: u64,
+    record_base64: String,
+    record_key: String,
+    decided_at: u32,
+    decided_at_us: u64,
+}
+
+impl ApprovalCheckRow {
+    fn of(audit: &ApprovalAudit) -> ApprovalCheckRow {
+        use base64::Engine as _;
+        use sha2::Digest as _;
+        let received = &audit.received;
+        ApprovalCheckRow {
+            approval_id: received.approval.approval_id.clone(),
+            record_sha256: hex::encode(sha2::Sha256::digest(&received.record)),
+            policy_id: received.approval.policy_id.clone(),
+            approved_by: received.approval.approved_by.clone(),
+            status: audit.status.to_owned(),
+            check_reason: audit.reason.clone(),
+            first_seen_at: received.appended_at.map_or(0, seconds),
+            first_seen_at_us: received.appended_at.map_or(0, micros),
+            record_base64: base64::engine::general_purpose::STANDARD.encode(&received.record),
+            record_key: received.key.clone().unwrap_or_default(),
+            decided_at: seconds(audit.decided_at),
+            decided_at_us: micros(audit.decided_at),
+        }
+    }
+}
+
 fn seconds(at: DateTime<Utc>) -> u32 {
     u32::try_from(at.timestamp().max(0)).unwrap_or(u32::MAX)
 }
@@ -855,9 +974,15 @@ async fn audit_task(client: clickhouse::Client, mut queue: mpsc::Receiver<AuditR
     let mut decisions = Vec::new();
     let mut alerts = Vec::new();
     let mut approvals = Vec::new();
+    let mut approval_checks = Vec::new();
     let mut flush = tokio::time::interval(Duration::from_millis(500));
     let mut open = true;
-    while open || !(decisions.is_empty() && alerts.is_empty() && approvals.is_empty()) {
+    while open
+        || !(decisions.is_empty()
+            && alerts.is_empty()
+            && approvals.is_empty()
+            && approval_checks.is_empty())
+    {
         tokio::select! {
             received = queue.recv(), if open => match received {
                 None => open = false,
@@ -907,27 +1032,18 @@ async fn audit_task(client: clickhouse::Client, mut queue: mpsc::Receiver<AuditR
                         raised_at_us: micros(a.raised_at),
                     });
                 }
-                Some(AuditRow::Approval(a, status, decided_at)) => {
-                    let (scope_keys, scope_values) = split_scope(&a.scope);
-                    approvals.push(ApprovalRow {
-                        approval_id: a.approval_id,
-                        policy_id: a.policy_id,
-                        scope_keys,
-                        scope_values,
-                        new_limit: money(&a.new_limit),
-                        valid_until: seconds(a.valid_until),
-                        reason: a.reason,
-                        approved_by: a.approved_by,
-                        requested_at: seconds(a.requested_at),
-                        status: status.to_owned(),
-                        decided_at: seconds(decided_at),
-                    });
+                Some(AuditRow::Approval(audit)) => {
+                    approval_checks.push(ApprovalCheckRow::of(&audit));
+                    if !audit.shadowed {
+                        approvals.push(ApprovalRow::of(&audit));
+                    }
                 }
             },
             _ = flush.tick() => {
                 write_until_done(&client, "decisions", &mut decisions).await;
                 write_until_done(&client, "alerts", &mut alerts).await;
                 write_until_done(&client, "approvals", &mut approvals).await;
+                write_until_done(&client, "approval_checks", &mut approval_checks).await;
             }
         }
     }

@@ -81,6 +81,7 @@ pub async fn create(kafka: &KafkaConfig, topic: &str, partitions: i32) -> Result
         name: topic.to_owned(),
         partitions,
         retention: Retention::Time(Duration::from_secs(90 * 24 * 3600)),
+        extra_config: Vec::new(),
     };
     infra::kafka::ensure_topics(kafka, &[spec]).await?;
     Ok(())

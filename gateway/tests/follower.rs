@@ -88,6 +88,7 @@ async fn starts_from_the_compacted_state_then_follows_blocks_and_allows() {
         name: topic.clone(),
         partitions: 3,
         retention: Retention::Compacted,
+        extra_config: Vec::new(),
     };
     ensure_topics(&kafka, &[spec]).await.expect("topic created");
     let producer: FutureProducer = producer_config(&kafka, "gateway-test")

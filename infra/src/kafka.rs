@@ -87,6 +87,9 @@ pub struct TopicSpec {
     pub name: String,
     pub partitions: i32,
     pub retention: Retention,
+    /// Further topic configs set at creation, after the retention ones (e.g. the approvals
+    /// topic's `message.timestamp.type=LogAppendTime`).
+    pub extra_config: Vec<(String, String)>,
 }
 
 /// Deletes the topics whose names start with `prefix`, except those in `keep`; returns their
@@ -139,7 +142,7 @@ pub async fn ensure_topics(kafka: &KafkaConfig, topics: &[TopicSpec]) -> Result<
         .map(|(topic, retention_ms)| {
             let new_topic =
                 NewTopic::new(&topic.name, topic.partitions, TopicReplication::Fixed(1));
-            match topic.retention {
+            let new_topic = match topic.retention {
                 Retention::Time(_) => new_topic
                     .set("cleanup.policy", "delete")
                     .set("retention.ms", retention_ms),
@@ -147,7 +150,13 @@ pub async fn ensure_topics(kafka: &KafkaConfig, topics: &[TopicSpec]) -> Result<
                     .set("cleanup.policy", "compact")
                     .set("min.compaction.lag.ms", "0")
                     .set("segment.ms", "600000"),
-            }
+            };
+            topic
+                .extra_config
+                .iter()
+                .fold(new_topic, |new_topic, (key, value)| {
+                    new_topic.set(key, value)
+                })
         })
         .collect();
     let options = AdminOptions::new().operation_timeout(Some(Duration::from_secs(30)));
@@ -171,6 +180,7 @@ pub fn pipeline_topics(kafka: &KafkaConfig) -> Vec<TopicSpec> {
         name: name.to_string(),
         partitions: topics.partitions,
         retention,
+        extra_config: Vec::new(),
     };
     vec![
         spec(&topics.usage, Retention::Time(week)),
@@ -178,7 +188,15 @@ pub fn pipeline_topics(kafka: &KafkaConfig) -> Vec<TopicSpec> {
         spec(&topics.totals, Retention::Compacted),
         spec(&topics.control, Retention::Compacted),
         spec(&topics.alerts, Retention::Time(4 * week)),
-        spec(&topics.approvals, Retention::Compacted),
+        // The broker stamps each approval with its own append time: the alerter measures a
+        // raise's max_duration from it, never from a time the writer chose.
+        TopicSpec {
+            extra_config: vec![(
+                "message.timestamp.type".to_owned(),
+                "LogAppendTime".to_owned(),
+            )],
+            ..spec(&topics.approvals, Retention::Compacted)
+        },
     ]
 }
 

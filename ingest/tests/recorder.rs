@@ -63,6 +63,7 @@ async fn kafka_with_usage_topic(test: &str) -> KafkaConfig {
         name: kafka.topics.usage.clone(),
         partitions: kafka.topics.partitions,
         retention: Retention::Time(Duration::from_secs(3600)),
+        extra_config: Vec::new(),
     };
     infra::kafka::ensure_topics(&kafka, &[usage])
         .await
