@@ -8,8 +8,8 @@
 //!    `lookback` ago (the per-action horizon, or the job lookback when a
 //!    `concurrent_jobs` policy exists), to the end offsets taken at that moment. Decisions and
 //!    raised alerts are restored into the engine, totals and job events are applied *without*
-//!    evaluation (a half-read total would look lower than it is), then everything is evaluated
-//!    once, approvals applied, time ticked and the per-action findings of the replay kept if
+//!    evaluation (a half-read total would look lower than it is), then approvals are checked and
+//!    applied, everything is evaluated once, time ticked and the per-action findings of the replay kept if
 //!    they were not raised before.
 //! 3. `/readyz` turns 200 and the totals, approvals and usage topics are followed from the offsets
 //!    the restore stopped at, so nothing is read twice or skipped. No consumer group offsets are
@@ -289,10 +289,13 @@ async fn run_loop(config: &Config, readiness: &Readiness, shutdown: &Shutdown) -
     };
 
     let now = Utc::now();
-    let mut effects = engine.set_policies(Arc::clone(&policies), now);
+    // Approvals first: the first evaluation must see the raises in force, or a restart would
+    // block a raised scope and allow it again a moment later.
+    let mut effects = Vec::new();
     for approval in approvals {
         effects.extend(engine.on_approval(approval, now));
     }
+    effects.extend(engine.set_policies(Arc::clone(&policies), now));
     effects.extend(engine.tick(now));
     effects.extend(engine.take_unfired(action_findings));
     executor.execute(effects, None, shutdown).await?;
