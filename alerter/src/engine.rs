@@ -57,6 +57,9 @@ use crate::totals::{Applied, TotalsView, WindowKey};
 pub const POLICY_SCOPE_PREFIX: &str = "policy:";
 
 /// Something the service must do.
+// `Decide` is the largest and the most frequent effect: boxing it would add an allocation per
+// decision to make the rarer variants no smaller.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone, PartialEq)]
 pub enum Effect {
     /// Publish this decision on the control topic (then audit it).
