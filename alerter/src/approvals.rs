@@ -217,7 +217,8 @@ pub enum Offered {
     Applied,
     /// Already held (the same record read again): nothing to do, nothing to audit.
     AlreadyHeld,
-    /// Over before now, after having been valid (read back at a restart): nothing to do.
+    /// A valid approval whose `valid_until` passed before it was read (read back at a restart):
+    /// nothing to apply; it is audited as expired and may be tombstoned.
     Over,
     /// Rejected with the reason. `shadowed`: a different record reusing the id of one in force,
     /// audited without replacing the applied one's status row.
@@ -256,17 +257,14 @@ impl Book {
                 shadowed: true,
             };
         }
-        let was_valid_once = received
-            .appended_at
-            .is_some_and(|at| approval.valid_until > at);
-        if approval.valid_until <= now && was_valid_once {
-            return Offered::Over;
-        }
         if let Err(reason) = check(policies, received) {
             return Offered::Rejected {
                 reason,
                 shadowed: false,
             };
+        }
+        if approval.valid_until <= now {
+            return Offered::Over;
         }
         self.in_force
             .entry(key)

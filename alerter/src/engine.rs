@@ -67,7 +67,8 @@ pub enum Effect {
     /// Notify (Slack, and PagerDuty when the notice names a service), then record the alert on
     /// the alerts topic (then audit it).
     Alert(Box<Alert>, Box<Notice>),
-    /// An approval was applied, rejected, expired or withdrawn (audit it).
+    /// An approval was applied, rejected, expired or withdrawn (audit it; tombstone an expired
+    /// one).
     ApprovalDecided {
         /// The approval record as read.
         received: Arc<ReceivedApproval>,
@@ -718,7 +719,23 @@ impl Engine {
         let policies = Arc::clone(&self.policies);
         let mut effects = Vec::new();
         match self.approvals.offer(&policies, &received, now) {
-            Offered::AlreadyHeld | Offered::Over => {}
+            Offered::AlreadyHeld => {}
+            Offered::Over => {
+                let reason = format!(
+                    "the raise to {} expired at {} (read back after its end)",
+                    received.approval.new_limit.normalize(),
+                    received
+                        .approval
+                        .valid_until
+                        .to_rfc3339_opts(SecondsFormat::Secs, true)
+                );
+                effects.push(Effect::ApprovalDecided {
+                    received,
+                    status: "expired",
+                    reason,
+                    shadowed: false,
+                });
+            }
             Offered::Rejected { reason, shadowed } => effects.push(Effect::ApprovalDecided {
                 received,
                 status: "rejected",
@@ -1405,7 +1422,7 @@ pub fn approval_command(policy: &Policy, scope: &BTreeMap<String, String>) -> Op
         format!(" --scope '{}'", render_scope(scope))
     };
     Some(format!(
-        "quotaflow-alerter approve --policy {}{scope_arg} --limit {} --until <RFC 3339, at most {}s ahead> --reason '<why>' --by <{}>",
+        "quotaflow-alerter approve --policy {}{scope_arg} --limit {} --until <RFC 3339, at most {}s ahead> --reason '<why>' --by <{}> --key-file <the approver's private key>",
         policy.id(),
         max.normalize(),
         rule.max_duration.0.num_seconds(),

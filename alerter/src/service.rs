@@ -282,6 +282,7 @@ async fn run_loop(config: &Config, readiness: &Readiness, shutdown: &Shutdown) -
     let mut executor = Executor {
         producer: producer.clone(),
         control_topic: topics.control.clone(),
+        approvals_topic: topics.approvals.clone(),
         audit: audit_tx,
         notify: notify_tx,
         failpoint: Failpoint::from_env(),
@@ -611,6 +612,8 @@ impl Failpoint {
 struct Executor {
     producer: FutureProducer,
     control_topic: String,
+    /// Where expired approvals are tombstoned.
+    approvals_topic: String,
     audit: mpsc::Sender<AuditRow>,
     notify: mpsc::Sender<(Alert, Notice)>,
     failpoint: Failpoint,
@@ -663,6 +666,16 @@ impl Executor {
                         reason = %reason,
                         "approval"
                     );
+                    if status == "expired" {
+                        // Only a record that passed the checks reaches `expired`, so its key is
+                        // its own id: the tombstone removes that approval and nothing else.
+                        tombstone(
+                            &self.producer,
+                            &self.approvals_topic,
+                            &received.approval.approval_id,
+                        )
+                        .await;
+                    }
                     let _ = self
                         .audit
                         .send(AuditRow::Approval(Box::new(ApprovalAudit {
@@ -700,6 +713,15 @@ impl Executor {
             std::process::abort();
         }
         Ok(())
+    }
+}
+
+/// Writes a tombstone for `key` (compaction then drops the key's records), best effort: a failure
+/// is logged and counted, and the record is tombstoned at a later expiry check after a restart.
+async fn tombstone(producer: &FutureProducer, topic: &str, key: &str) {
+    let record: FutureRecord<'_, str, [u8]> = FutureRecord::to(topic).key(key);
+    if let Err((error, _)) = producer.send(record, Duration::from_secs(30)).await {
+        warn!(%error, topic, key, "tombstone of an expired approval not written");
     }
 }
 

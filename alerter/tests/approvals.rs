@@ -205,50 +205,68 @@ async fn create_eagerly_compacted_approvals_topic(kafka: &infra::config::KafkaCo
     }
 }
 
-/// `(offset, key)` of every record the approvals topic still holds.
-fn approvals_log(kafka: &infra::config::KafkaConfig) -> Vec<(i64, String)> {
+/// `(offset, key, has a payload)` of every record the approvals topic still holds, every partition.
+fn approvals_log(kafka: &infra::config::KafkaConfig) -> Vec<(i64, String, bool)> {
     let consumer: BaseConsumer =
         infra::kafka::consumer_config(kafka, "approvals-test", &testkit::unique_name("reader"))
             .create()
             .unwrap();
     let topic = &kafka.topics.approvals;
-    let (low, high) = consumer
-        .fetch_watermarks(topic, 0, Duration::from_secs(10))
+    let metadata = consumer
+        .fetch_metadata(Some(topic), Duration::from_secs(10))
         .unwrap();
+    let mut assignment = TopicPartitionList::new();
+    let mut ends = BTreeMap::new();
+    for partition in metadata.topics()[0].partitions() {
+        let (low, high) = consumer
+            .fetch_watermarks(topic, partition.id(), Duration::from_secs(10))
+            .unwrap();
+        if high > low {
+            assignment
+                .add_partition_offset(topic, partition.id(), Offset::Offset(low))
+                .unwrap();
+            ends.insert(partition.id(), high);
+        }
+    }
     let mut records = Vec::new();
-    if high <= low {
+    if ends.is_empty() {
         return records;
     }
-    let mut assignment = TopicPartitionList::new();
-    assignment
-        .add_partition_offset(topic, 0, Offset::Offset(low))
-        .unwrap();
     consumer.assign(&assignment).unwrap();
     let deadline = std::time::Instant::now() + Duration::from_secs(30);
-    while std::time::Instant::now() < deadline {
+    while !ends.is_empty() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the approvals topic was not read to its end"
+        );
         match consumer.poll(Duration::from_millis(100)) {
             Some(Ok(message)) => {
                 let key = String::from_utf8_lossy(message.key().unwrap_or_default()).into_owned();
-                records.push((message.offset(), key));
-                if message.offset() + 1 >= high {
-                    return records;
+                records.push((message.offset(), key, message.payload().is_some()));
+                if ends
+                    .get(&message.partition())
+                    .is_some_and(|end| message.offset() + 1 >= *end)
+                {
+                    ends.remove(&message.partition());
                 }
             }
             Some(Err(error)) => panic!("reading the approvals topic: {error}"),
             None => {
-                // Compaction may leave the end offset without a record.
-                if consumer
-                    .position()
-                    .ok()
-                    .and_then(|positions| positions.elements().first().map(|e| e.offset()))
-                    .is_some_and(|offset| matches!(offset, Offset::Offset(at) if at >= high))
-                {
-                    return records;
+                // Compaction may leave a partition's end offset without a record.
+                for element in consumer.position().unwrap().elements() {
+                    if let Offset::Offset(position) = element.offset() {
+                        if ends
+                            .get(&element.partition())
+                            .is_some_and(|end| position >= *end)
+                        {
+                            ends.remove(&element.partition());
+                        }
+                    }
                 }
             }
         }
     }
-    panic!("the approvals topic was not read to its end");
+    records
 }
 
 #[tokio::test]
@@ -288,8 +306,8 @@ async fn a_later_rejected_record_never_erases_a_valid_raise_even_after_compactio
     publish(&config, &forged).await;
     let first_copy = approvals_log(&config.kafka)
         .iter()
-        .find(|(_, key)| *key == forged.approval_id)
-        .map(|(offset, _)| *offset)
+        .find(|(_, key, _)| *key == forged.approval_id)
+        .map(|(offset, _, _)| *offset)
         .expect("the forged record is on the topic");
     publish(&config, &forged).await;
     wait_checks(&config, "rejected", &[forged.approval_id.as_str()]).await;
@@ -308,13 +326,13 @@ async fn a_later_rejected_record_never_erases_a_valid_raise_even_after_compactio
                 let log = tokio::task::spawn_blocking(move || approvals_log(&config.kafka))
                     .await
                     .unwrap();
-                (!log.iter().any(|(offset, _)| *offset == first_copy)).then_some(log)
+                (!log.iter().any(|(offset, _, _)| *offset == first_copy)).then_some(log)
             }
         },
     )
     .await;
     assert!(
-        log.iter().any(|(_, key)| *key == valid.approval_id),
+        log.iter().any(|(_, key, _)| *key == valid.approval_id),
         "the valid approval survives compaction: {log:?}"
     );
 
@@ -350,5 +368,69 @@ async fn a_later_rejected_record_never_erases_a_valid_raise_even_after_compactio
     assert_eq!(status(&forged.approval_id), ["rejected"]);
     restarted.stop().await.unwrap();
     gateway.shutdown();
+    testkit::drop_database(&config.clickhouse).await.unwrap();
+}
+
+#[tokio::test]
+async fn an_expired_raise_is_audited_and_tombstoned_and_a_restart_does_not_apply_it_again() {
+    let receivers = Receivers::start().await;
+    let config = config("approvals_expiry", &policy("t-expiring"), &receivers);
+    let alerter = start(&config).await;
+    block_k1(&config, "t-expiring").await;
+    let raise = signed_approval(
+        "t-expiring",
+        "api_key_id=k1",
+        "15",
+        Utc::now() + TimeDelta::seconds(8),
+        "alice",
+        Utc::now(),
+        &signing_key(ALICE),
+    );
+    publish(&config, &raise).await;
+    let log = wait_control(&config.kafka, "allow, then block at expiry", |log| {
+        log.len() == 3
+    })
+    .await;
+    assert_eq!(
+        log.iter().map(|d| d.action).collect::<Vec<_>>(),
+        [
+            DecisionAction::Block,
+            DecisionAction::Allow,
+            DecisionAction::Block
+        ]
+    );
+    let expired = wait_checks(&config, "expired", &[raise.approval_id.as_str()]).await;
+    assert!(expired[&raise.approval_id].contains("expired at"));
+    testkit::eventually(
+        Duration::from_secs(60),
+        "the expired approval is tombstoned",
+        || {
+            let kafka = config.kafka.clone();
+            let id = raise.approval_id.clone();
+            async move {
+                let log = tokio::task::spawn_blocking(move || approvals_log(&kafka))
+                    .await
+                    .unwrap();
+                log.iter()
+                    .any(|(_, key, has_payload)| *key == id && !has_payload)
+                    .then_some(())
+            }
+        },
+    )
+    .await;
+
+    // Read back after its end, it raises nothing: no new decision.
+    alerter.stop().await.unwrap();
+    let restarted = start(&config).await;
+    send_marker(
+        &config.kafka,
+        &receivers,
+        "t-expiring",
+        now_s() - TimeDelta::seconds(60),
+        now_s() + TimeDelta::hours(2),
+    )
+    .await;
+    assert_eq!(control_log(&config.kafka).len(), 3);
+    restarted.stop().await.unwrap();
     testkit::drop_database(&config.clickhouse).await.unwrap();
 }

@@ -510,7 +510,8 @@ pub async fn approval_checks(config: &Config) -> Vec<(String, String, String)> {
 /// by id.
 pub async fn wait_checks(config: &Config, status: &str, ids: &[&str]) -> BTreeMap<String, String> {
     let what = format!("{} approvals audited as {status}", ids.len());
-    testkit::eventually(Duration::from_secs(30), &what, || {
+    // The audit is batched (500 ms) and retried: generous, for a loaded shared stack.
+    testkit::eventually(Duration::from_secs(60), &what, || {
         let config = config.clone();
         async move {
             let rows = approval_checks(&config).await;
