@@ -155,6 +155,7 @@ fn log_append_time(timestamp: rdkafka::Timestamp) -> Option<DateTime<Utc>> {
 
 async fn run_loop(config: &Config, readiness: &Readiness, shutdown: &Shutdown) -> Result<()> {
     infra::service::prepare_pipeline(&config.kafka, &config.clickhouse).await?;
+    warn_unless_broker_time(&config.kafka).await;
     config
         .notify
         .validate()
@@ -395,6 +396,38 @@ async fn run_loop(config: &Config, readiness: &Readiness, shutdown: &Shutdown) -
     let _ = tokio::time::timeout(Duration::from_secs(10), notifier).await;
     let _ = tokio::time::timeout(Duration::from_secs(10), audit).await;
     result
+}
+
+/// Logs an error when the approvals topic does not stamp records with the broker's time (a topic
+/// created before approvals were signed): every approval on it is rejected until it is changed.
+async fn warn_unless_broker_time(kafka: &KafkaConfig) {
+    use rdkafka::admin::{AdminClient, AdminOptions, ResourceSpecifier};
+    let Ok(admin) = infra::kafka::producer_config(kafka, "quotaflow-alerter-admin")
+        .create::<AdminClient<rdkafka::client::DefaultClientContext>>()
+    else {
+        return;
+    };
+    let topic = ResourceSpecifier::Topic(&kafka.topics.approvals);
+    let options = AdminOptions::new().request_timeout(Some(Duration::from_secs(10)));
+    let timestamp_type = match admin.describe_configs([&topic], &options).await {
+        Ok(results) => results.into_iter().flatten().find_map(|resource| {
+            resource
+                .get("message.timestamp.type")
+                .and_then(|entry| entry.value.clone())
+        }),
+        Err(error) => {
+            warn!(%error, "cannot read the approvals topic's settings");
+            return;
+        }
+    };
+    if let Some(kind) = timestamp_type.filter(|kind| kind != "LogAppendTime") {
+        error!(
+            topic = %kafka.topics.approvals,
+            timestamp_type = %kind,
+            "approvals on this topic are rejected: set message.timestamp.type=LogAppendTime on it \
+             (kafka-configs --alter --entity-type topics --add-config ...)"
+        );
+    }
 }
 
 /// Whether a policy needs the usage events themselves (per-action retry and fallback rules,

@@ -185,16 +185,19 @@ async fn only_a_signed_approval_within_the_rules_lifts_a_block_and_each_bad_one_
     testkit::drop_database(&config.clickhouse).await.unwrap();
 }
 
-/// Creates the approvals topic as `pipeline_topics` does (compacted, broker append time), with
+/// Creates the approvals topic as `pipeline_topics` does (compacted, with `timestamp_type`), with
 /// segments that roll every 100 ms and a cleaner that compacts at once.
-async fn create_eagerly_compacted_approvals_topic(kafka: &infra::config::KafkaConfig) {
+async fn create_eagerly_compacted_approvals_topic(
+    kafka: &infra::config::KafkaConfig,
+    timestamp_type: &str,
+) {
     let admin: AdminClient<DefaultClientContext> =
         infra::kafka::producer_config(kafka, "approvals-test-admin")
             .create()
             .unwrap();
     let topic = NewTopic::new(&kafka.topics.approvals, 1, TopicReplication::Fixed(1))
         .set("cleanup.policy", "compact")
-        .set("message.timestamp.type", "LogAppendTime")
+        .set("message.timestamp.type", timestamp_type)
         .set("segment.ms", "100")
         .set("min.cleanable.dirty.ratio", "0.01")
         .set("min.compaction.lag.ms", "0")
@@ -273,7 +276,7 @@ fn approvals_log(kafka: &infra::config::KafkaConfig) -> Vec<(i64, String, bool)>
 async fn a_later_rejected_record_never_erases_a_valid_raise_even_after_compaction_and_a_restart() {
     let receivers = Receivers::start().await;
     let config = config("approvals_compaction", &policy("t-kept"), &receivers);
-    create_eagerly_compacted_approvals_topic(&config.kafka).await;
+    create_eagerly_compacted_approvals_topic(&config.kafka, "LogAppendTime").await;
     let alerter = start(&config).await;
     block_k1(&config, "t-kept").await;
     let now = Utc::now();
@@ -432,5 +435,33 @@ async fn an_expired_raise_is_audited_and_tombstoned_and_a_restart_does_not_apply
     .await;
     assert_eq!(control_log(&config.kafka).len(), 3);
     restarted.stop().await.unwrap();
+    testkit::drop_database(&config.clickhouse).await.unwrap();
+}
+
+#[tokio::test]
+async fn on_a_topic_with_writer_timestamps_even_a_signed_approval_is_rejected() {
+    // An approvals topic created before approvals were signed: CreateTime, the writer's clock.
+    let receivers = Receivers::start().await;
+    let config = config("approvals_create_time", &policy("t-old-topic"), &receivers);
+    create_eagerly_compacted_approvals_topic(&config.kafka, "CreateTime").await;
+    let alerter = start(&config).await;
+    block_k1(&config, "t-old-topic").await;
+    let raise = signed_approval(
+        "t-old-topic",
+        "api_key_id=k1",
+        "15",
+        Utc::now() + TimeDelta::minutes(30),
+        "alice",
+        Utc::now(),
+        &signing_key(ALICE),
+    );
+    publish(&config, &raise).await;
+    let reasons = wait_checks(&config, "rejected", &[raise.approval_id.as_str()]).await;
+    assert!(
+        reasons[&raise.approval_id].contains("message.timestamp.type=LogAppendTime"),
+        "{reasons:?}"
+    );
+    assert_eq!(control_log(&config.kafka).len(), 1, "still blocked");
+    alerter.stop().await.unwrap();
     testkit::drop_database(&config.clickhouse).await.unwrap();
 }
