@@ -12,7 +12,7 @@
 //! would only look as if it could. Keys are made with `quotaflow-alerter keygen`.
 
 use base64::Engine as _;
-use ed25519_dalek::{Signature, Verifier, VerifyingKey};
+use ed25519_dalek::{Signature, VerifyingKey};
 use serde::de::{self, Deserializer, MapAccess, Visitor};
 use serde::{Deserialize, Serialize, Serializer};
 use std::fmt;
@@ -36,7 +36,9 @@ impl Approver {
         let Ok(signature) = Signature::from_slice(signature) else {
             return false;
         };
-        self.public_key.0.verify(message, &signature).is_ok()
+        // Strict: rejects non-canonical signatures and small-order keys, so one approval has one
+        // valid signature.
+        self.public_key.0.verify_strict(message, &signature).is_ok()
     }
 }
 
