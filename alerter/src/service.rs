@@ -9,8 +9,8 @@
 //!    `concurrent_jobs` policy exists), to the end offsets taken at that moment. Decisions and
 //!    raised alerts are restored into the engine, totals and job events are applied *without*
 //!    evaluation (a half-read total would look lower than it is), then approvals are checked and
-//!    applied, everything is evaluated once, time ticked and the per-action findings of the replay kept if
-//!    they were not raised before.
+//!    applied (so the first evaluation sees the raises in force), everything is evaluated once,
+//!    time ticked and the per-action findings of the replay kept if they were not raised before.
 //! 3. `/readyz` turns 200 and the totals, approvals and usage topics are followed from the offsets
 //!    the restore stopped at, so nothing is read twice or skipped. No consumer group offsets are
 //!    committed: the state is rebuilt from the topics at every start.
