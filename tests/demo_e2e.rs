@@ -48,7 +48,11 @@ async fn listener() -> (tokio::net::TcpListener, String) {
 async fn the_demo_scenarios_end_as_expected_and_replay_reproduces_the_live_decisions() {
     let kafka = testkit::kafka_config("demo_e2e");
     let clickhouse = testkit::clickhouse_config("demo_e2e");
-    let policies = PathBuf::from("demo/policies");
+    // A fresh key for alice, in a copy of the demo policies (as dev/demo does).
+    let run_dir = std::env::temp_dir().join(testkit::unique_name("demo_e2e"));
+    let (policies, approver_key) =
+        demo::keys::with_fresh_approver_key(&PathBuf::from("demo/policies"), &run_dir)
+            .expect("demo policies with a fresh approver key");
     let catalog = PathBuf::from("demo/catalog.json");
     let shutdown = Shutdown::new();
 
@@ -135,6 +139,8 @@ async fn the_demo_scenarios_end_as_expected_and_replay_reproduces_the_live_decis
         catalog.to_str().unwrap(),
         "--receiver-url",
         &receiver_url,
+        "--approver-key-file",
+        approver_key.to_str().unwrap(),
     ]);
     let outcomes = demo::run::run(&args, &alerter_config)
         .await

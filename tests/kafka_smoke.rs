@@ -51,6 +51,7 @@ async fn usage_event_round_trips_through_the_real_broker() {
             partitions: 1,
             retention: infra::kafka::Retention::Time(Duration::from_secs(3600)),
             replication: Default::default(),
+            extra_config: Vec::new(),
         }],
     )
     .await

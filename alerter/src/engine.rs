@@ -30,10 +30,12 @@
 //!
 //! # Approvals
 //! An approval raises the cap of one (policy, scope) to `new_limit` until `valid_until`. It is
-//! applied only if the approver is one of the policy's `approval.approvers`, the raise is at most
-//! `approval.max_raise` above the cap, and it lasts at most `approval.max_duration` from its
-//! request; otherwise it is rejected with the reason ([`Effect::ApprovalDecided`]). When it expires
-//! the cap returns, and a scope still over it is blocked again (a new decision and a new page).
+//! applied only if it passes [`crate::approvals::check`]: signed by one of the policy's
+//! `approval.approvers` with their key, within `approval.max_raise`, and lasting at most
+//! `approval.max_duration` from the broker's append time; otherwise it is rejected with the reason
+//! ([`Effect::ApprovalDecided`]). Several valid raises of one scope may overlap: the highest is in
+//! force, and a later record never removes an earlier valid one. When the last one expires the cap
+//! returns, and a scope still over it is blocked again (a new decision and a new page).
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
 use std::sync::Arc;
@@ -42,11 +44,11 @@ use chrono::{DateTime, SecondsFormat, TimeDelta, Utc};
 use policy::{ActionKind, Policy, PolicySet, ScopeKey, Unit};
 use rust_decimal::Decimal;
 use schemas::{
-    Alert, AlertKind, Approval, ControlDecision, DecisionAction, JobState, Severity, UsageEvent,
-    WindowTotal,
+    Alert, AlertKind, ControlDecision, DecisionAction, JobState, Severity, UsageEvent, WindowTotal,
 };
 
 use crate::anomaly::{AnomalySettings, Detector};
+use crate::approvals::{approver_names, Book, Offered, ReceivedApproval};
 use crate::evaluate::unit_amount;
 use crate::notify::{IncidentKind, Notice, NoticeKind, NoticeWindow, Owner};
 use crate::totals::{Applied, TotalsView, WindowKey};
@@ -55,6 +57,9 @@ use crate::totals::{Applied, TotalsView, WindowKey};
 pub const POLICY_SCOPE_PREFIX: &str = "policy:";
 
 /// Something the service must do.
+// `Decide` is the largest and the most frequent effect: boxing it would add an allocation per
+// decision to make the rarer variants no smaller.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone, PartialEq)]
 pub enum Effect {
     /// Publish this decision on the control topic (then audit it).
@@ -62,14 +67,18 @@ pub enum Effect {
     /// Notify (Slack, and PagerDuty when the notice names a service), then record the alert on
     /// the alerts topic (then audit it).
     Alert(Box<Alert>, Box<Notice>),
-    /// An approval was applied or rejected (audit it).
+    /// An approval was applied, rejected, expired or withdrawn (audit it; tombstone an expired
+    /// one).
     ApprovalDecided {
-        /// The approval record.
-        approval: Approval,
-        /// `applied`, `rejected` or `expired`.
+        /// The approval record as read.
+        received: Arc<ReceivedApproval>,
+        /// `applied`, `rejected`, `expired` or `withdrawn` (no longer valid after a policy reload).
         status: &'static str,
         /// Why, for people.
         reason: String,
+        /// A rejected record reusing the `approval_id` of one in force: audit the check, but do not
+        /// replace the status of the approval in force.
+        shadowed: bool,
     },
 }
 
@@ -81,8 +90,8 @@ pub struct Engine {
     /// The latest decision per control key (the control topic's compacted state plus what this
     /// engine decided since).
     decisions: HashMap<String, ControlDecision>,
-    /// Applied approvals by approval key (policy and group-by scope).
-    approvals: HashMap<String, Approval>,
+    /// Valid approvals in force.
+    approvals: Book,
     /// Alert dedup keys already raised.
     fired: HashSet<String>,
     /// The price catalog: deprecation dates and preview flags for model rules.
@@ -179,7 +188,7 @@ impl Engine {
             policies,
             totals: TotalsView::new(),
             decisions: HashMap::new(),
-            approvals: HashMap::new(),
+            approvals: Book::default(),
             fired: HashSet::new(),
             catalog: Arc::new(pricing::Catalog::embedded_sample()),
             observed_models: BTreeSet::new(),
@@ -444,6 +453,14 @@ impl Engine {
     pub fn set_policies(&mut self, policies: Arc<PolicySet>, now: DateTime<Utc>) -> Vec<Effect> {
         self.policies = policies;
         let mut effects = Vec::new();
+        for (received, reason) in self.approvals.recheck(&self.policies) {
+            effects.push(Effect::ApprovalDecided {
+                received,
+                status: "withdrawn",
+                reason: format!("no longer valid under the reloaded policies: {reason}"),
+                shadowed: false,
+            });
+        }
         let orphaned: Vec<ControlDecision> = self
             .decisions
             .values()
@@ -718,26 +735,37 @@ impl Engine {
         effects
     }
 
-    /// Applies an approval record.
-    pub fn on_approval(&mut self, approval: Approval, now: DateTime<Utc>) -> Vec<Effect> {
-        if approval.valid_until <= now {
-            // Over already (read back at a restart, or written expired): nothing to apply.
-            return Vec::new();
-        }
-        let key = approval_key(&approval.policy_id, &approval.scope);
-        if let Some(held) = self.approvals.get(&key) {
-            if held.approval_id == approval.approval_id {
-                return Vec::new();
-            }
-        }
+    /// Checks an approval record and applies it if valid (module docs, [`crate::approvals`]).
+    pub fn on_approval(&mut self, received: ReceivedApproval, now: DateTime<Utc>) -> Vec<Effect> {
+        let received = Arc::new(received);
+        let policies = Arc::clone(&self.policies);
         let mut effects = Vec::new();
-        match self.check_approval(&approval, now) {
-            Err(reason) => effects.push(Effect::ApprovalDecided {
-                approval,
+        match self.approvals.offer(&policies, &received, now) {
+            Offered::AlreadyHeld => {}
+            Offered::Over => {
+                let reason = format!(
+                    "the raise to {} expired at {} (read back after its end)",
+                    received.approval.new_limit.normalize(),
+                    received
+                        .approval
+                        .valid_until
+                        .to_rfc3339_opts(SecondsFormat::Secs, true)
+                );
+                effects.push(Effect::ApprovalDecided {
+                    received,
+                    status: "expired",
+                    reason,
+                    shadowed: false,
+                });
+            }
+            Offered::Rejected { reason, shadowed } => effects.push(Effect::ApprovalDecided {
+                received,
                 status: "rejected",
                 reason,
+                shadowed,
             }),
-            Ok(()) => {
+            Offered::Applied => {
+                let approval = &received.approval;
                 let reason = format!(
                     "{} raised the limit of {} for {} to {} until {}: {}",
                     approval.approved_by,
@@ -751,11 +779,11 @@ impl Engine {
                 );
                 let policy_id = approval.policy_id.clone();
                 let scope = approval.scope.clone();
-                self.approvals.insert(key, approval.clone());
                 effects.push(Effect::ApprovalDecided {
-                    approval,
+                    received,
                     status: "applied",
                     reason,
+                    shadowed: false,
                 });
                 effects.extend(self.reevaluate_scope(&policy_id, &scope, now));
                 effects.extend(self.follow_decisions(now));
@@ -767,16 +795,8 @@ impl Engine {
     /// Time passes: windows end (allow, resolve), approvals expire (the cap returns).
     pub fn tick(&mut self, now: DateTime<Utc>) -> Vec<Effect> {
         let mut effects = Vec::new();
-        let expired: Vec<String> = self
-            .approvals
-            .iter()
-            .filter(|(_, approval)| approval.valid_until <= now)
-            .map(|(key, _)| key.clone())
-            .collect();
-        for key in expired {
-            let Some(approval) = self.approvals.remove(&key) else {
-                continue;
-            };
+        for received in self.approvals.take_expired(now) {
+            let approval = &received.approval;
             let policy_id = approval.policy_id.clone();
             let scope = approval.scope.clone();
             effects.push(Effect::ApprovalDecided {
@@ -787,8 +807,9 @@ impl Engine {
                         .valid_until
                         .to_rfc3339_opts(SecondsFormat::Secs, true)
                 ),
-                approval,
+                received,
                 status: "expired",
+                shadowed: false,
             });
             effects.extend(self.reevaluate_scope(&policy_id, &scope, now));
         }
@@ -883,11 +904,7 @@ impl Engine {
                 );
             }
         }
-        let approved = self
-            .approvals
-            .get(&approval_key(policy.id(), &scope))
-            .filter(|approval| approval.valid_until > now)
-            .cloned();
+        let approved = self.approvals.in_force(policy.id(), &scope, now).cloned();
         let limit = approved
             .as_ref()
             .map_or(cap, |approval| approval.new_limit.max(cap));
@@ -1045,71 +1062,6 @@ impl Engine {
             effects.push(decision_alert(policy, &decision, dedup_key, now));
         }
         effects
-    }
-
-    fn check_approval(&self, approval: &Approval, now: DateTime<Utc>) -> Result<(), String> {
-        let policy = self
-            .policies
-            .get(&approval.policy_id)
-            .ok_or_else(|| format!("no policy {}", approval.policy_id))?;
-        let rule = policy
-            .record()
-            .approval
-            .as_ref()
-            .ok_or_else(|| format!("policy {} takes no approvals", policy.id()))?;
-        if !rule.approvers.contains(&approval.approved_by) {
-            return Err(format!(
-                "{} is not an approver of policy {} (approvers: {})",
-                approval.approved_by,
-                policy.id(),
-                rule.approvers.join(", ")
-            ));
-        }
-        let cap = policy.hard_cap();
-        let max_limit = cap + rule.max_raise.absolute_for(cap);
-        if approval.new_limit <= cap {
-            return Err(format!(
-                "new limit {} is not above the cap {}",
-                approval.new_limit.normalize(),
-                cap.normalize()
-            ));
-        }
-        if approval.new_limit > max_limit {
-            return Err(format!(
-                "new limit {} is above the most policy {} allows ({} = cap {} + max_raise)",
-                approval.new_limit.normalize(),
-                policy.id(),
-                max_limit.normalize(),
-                cap.normalize()
-            ));
-        }
-        if approval.valid_until <= now {
-            return Err(format!(
-                "valid_until {} has passed",
-                approval
-                    .valid_until
-                    .to_rfc3339_opts(SecondsFormat::Secs, true)
-            ));
-        }
-        if approval.valid_until - approval.requested_at > rule.max_duration.0 {
-            return Err(format!(
-                "a raise may last at most {}s (policy {} max_duration); this one lasts {}s",
-                rule.max_duration.0.num_seconds(),
-                policy.id(),
-                (approval.valid_until - approval.requested_at).num_seconds()
-            ));
-        }
-        let known: HashSet<String> = policy
-            .group_by()
-            .map(|dimension| dimension.to_string())
-            .collect();
-        if let Some(unknown) = approval.scope.keys().find(|name| !known.contains(*name)) {
-            return Err(format!(
-                "scope dimension {unknown} is not in policy {}'s group_by",
-                policy.id()
-            ));
-        }
-        Ok(())
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -1492,11 +1444,11 @@ pub fn approval_command(policy: &Policy, scope: &BTreeMap<String, String>) -> Op
         format!(" --scope '{}'", render_scope(scope))
     };
     Some(format!(
-        "quotaflow-alerter approve --policy {}{scope_arg} --limit {} --until <RFC 3339, at most {}s ahead> --reason '<why>' --by <{}>",
+        "quotaflow-alerter approve --policy {}{scope_arg} --limit {} --until <RFC 3339, at most {}s ahead> --reason '<why>' --by <{}> --key-file <the approver's private key>",
         policy.id(),
         max.normalize(),
         rule.max_duration.0.num_seconds(),
-        rule.approvers.join("|")
+        approver_names(policy).join("|")
     ))
 }
 
@@ -1508,17 +1460,14 @@ fn approval_hint(policy: &Policy, scope: &BTreeMap<String, String>) -> String {
                 .record()
                 .approval
                 .as_ref()
-                .map(|rule| rule.approvers.join(" or "))
+                .map(|_| approver_names(policy).join(" or "))
                 .unwrap_or_default()
         ),
         None => String::new(),
     }
 }
 
-/// The approvals' key: policy and group-by scope.
-pub fn approval_key(policy_id: &str, scope: &BTreeMap<String, String>) -> String {
-    ControlDecision::compaction_key(policy_id, scope)
-}
+pub use crate::approvals::approval_key;
 
 /// The group-by scope of a `policy:` total (dimensions the events lacked are left out).
 pub fn group_scope(key: &WindowKey) -> BTreeMap<String, String> {

@@ -26,6 +26,7 @@
 
 pub mod actions;
 pub mod anomaly;
+pub mod approvals;
 pub mod approve;
 pub mod config;
 pub mod engine;

@@ -1,5 +1,6 @@
 //! `quotaflow-alerter`: runs the alerter service (the default), checks a policy directory
-//! (`policy check`), or writes an approval (`approve`).
+//! (`policy check`), writes a signed approval (`approve`) or makes an approver's key pair
+//! (`keygen`).
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -26,8 +27,10 @@ enum Command {
         #[command(subcommand)]
         command: PolicyCommand,
     },
-    /// Raise a policy's cap for one scope until a deadline (written to the approvals topic).
+    /// Raise a policy's cap for one scope until a deadline (signed, written to the approvals topic).
     Approve(alerter::approve::ApproveArgs),
+    /// Make an approver's Ed25519 key pair: the private key to a new file, the public key printed.
+    Keygen(alerter::approve::KeygenArgs),
 }
 
 #[derive(Debug, Subcommand)]
@@ -42,6 +45,10 @@ enum PolicyCommand {
 #[tokio::main]
 async fn main() -> anyhow::Result<ExitCode> {
     let args = Args::parse();
+    if let Some(Command::Keygen(keygen)) = &args.command {
+        // No config needed: a key pair is made offline.
+        return Ok(print_keygen(keygen));
+    }
     let config: alerter::Config = infra::config::load(args.config.as_deref())?;
     match args.command.unwrap_or(Command::Run) {
         Command::Run => {
@@ -62,6 +69,7 @@ async fn main() -> anyhow::Result<ExitCode> {
                 ExitCode::FAILURE
             })
         }
+        Command::Keygen(keygen) => Ok(print_keygen(&keygen)),
         Command::Approve(args) => match alerter::approve::run(&config, &args)
             .await
             .map_err(anyhow::Error::msg)?
@@ -82,5 +90,19 @@ async fn main() -> anyhow::Result<ExitCode> {
                 Ok(ExitCode::SUCCESS)
             }
         },
+    }
+}
+
+/// `keygen`: the key pair, and the line to put in the policy.
+fn print_keygen(args: &alerter::approve::KeygenArgs) -> ExitCode {
+    match alerter::approve::keygen_report(args) {
+        Ok(report) => {
+            println!("{report}");
+            ExitCode::SUCCESS
+        }
+        Err(error) => {
+            eprintln!("keygen failed: {error}");
+            ExitCode::FAILURE
+        }
     }
 }

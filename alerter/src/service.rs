@@ -8,9 +8,9 @@
 //!    `lookback` ago (the per-action horizon, or the job lookback when a
 //!    `concurrent_jobs` policy exists), to the end offsets taken at that moment. Decisions and
 //!    raised alerts are restored into the engine, totals and job events are applied *without*
-//!    evaluation (a half-read total would look lower than it is), then everything is evaluated
-//!    once, approvals applied, time ticked and the per-action findings of the replay kept if
-//!    they were not raised before.
+//!    evaluation (a half-read total would look lower than it is), then approvals are checked and
+//!    applied (so the first evaluation sees the raises in force), everything is evaluated once,
+//!    time ticked and the per-action findings of the replay kept if they were not raised before.
 //! 3. `/readyz` turns 200 and the totals, approvals and usage topics are followed from the offsets
 //!    the restore stopped at, so nothing is read twice or skipped. No consumer group offsets are
 //!    committed: the state is rebuilt from the topics at every start.
@@ -57,6 +57,7 @@ use tokio::sync::mpsc;
 use tracing::{error, info, warn};
 
 use crate::actions::ActionWatch;
+use crate::approvals::ReceivedApproval;
 use crate::engine::{Effect, Engine};
 use crate::notify::{Dispatcher, Grouper, Notice, NotifyConfig};
 use crate::{Config, Error, Result};
@@ -118,7 +119,44 @@ pub async fn run(config: Config, listener: TcpListener, shutdown: Shutdown) -> R
 #[derive(Default)]
 struct Snapshot {
     records: Vec<(String, Vec<u8>)>,
+    /// Approval records with what their check needs besides the payload.
+    approvals: Vec<RawApproval>,
     ends: HashMap<(String, i32), i64>,
+}
+
+/// An approval record as read: payload, key and the broker's append time (if it is that kind).
+struct RawApproval {
+    payload: Vec<u8>,
+    key: Option<Vec<u8>>,
+    appended_at: Option<DateTime<Utc>>,
+}
+
+impl RawApproval {
+    fn of(message: &impl Message) -> Option<RawApproval> {
+        Some(RawApproval {
+            payload: message.payload()?.to_vec(),
+            key: message.key().map(<[u8]>::to_vec),
+            appended_at: log_append_time(message.timestamp()),
+        })
+    }
+
+    fn decode(&self) -> Option<ReceivedApproval> {
+        let approval = decode::<Approval>("approvals", &self.payload)?;
+        Some(ReceivedApproval::new(
+            approval,
+            self.appended_at,
+            self.key.as_deref(),
+            &self.payload,
+        ))
+    }
+}
+
+/// The broker's append time of a record; `None` for a writer's `CreateTime` (not trusted) or none.
+fn log_append_time(timestamp: rdkafka::Timestamp) -> Option<DateTime<Utc>> {
+    match timestamp {
+        rdkafka::Timestamp::LogAppendTime(millis) => DateTime::from_timestamp_millis(millis),
+        rdkafka::Timestamp::CreateTime(_) | rdkafka::Timestamp::NotAvailable => None,
+    }
 }
 
 async fn run_loop(config: &Config, readiness: &Readiness, shutdown: &Shutdown) -> Result<()> {
@@ -132,6 +170,7 @@ async fn run_loop(config: &Config, readiness: &Readiness, shutdown: &Shutdown) -
         .http_client()
         .map_err(|error| Error::Config(error.to_string()))?;
     infra::service::prepare_pipeline(&config.kafka, &config.clickhouse).await?;
+    warn_unless_broker_time(&config.kafka).await;
     let policies = Arc::new(
         PolicySet::load_dir(&config.alert.policies_dir)
             .map_err(|errors| Error::Policies(errors.to_string()))?,
@@ -173,8 +212,9 @@ async fn run_loop(config: &Config, readiness: &Readiness, shutdown: &Shutdown) -
             let (kafka, group, names, since) =
                 (kafka.clone(), group.clone(), names.clone(), since.clone());
             let totals = topics.totals.clone();
+            let approvals = topics.approvals.clone();
             let read = tokio::task::spawn_blocking(move || {
-                read_to_end(&kafka, &group, &names, &since, &totals, timeout)
+                read_to_end(&kafka, &group, &names, &since, &totals, &approvals, timeout)
             })
             .await
             .map_err(|error| Error::Restore(error.to_string()))?;
@@ -211,11 +251,6 @@ async fn run_loop(config: &Config, readiness: &Readiness, shutdown: &Shutdown) -
                 engine.restore_alert(&alert);
                 counts[1] += 1;
             }
-        } else if *topic == topics.approvals {
-            if let Some(approval) = decode::<Approval>("approvals", payload) {
-                approvals.push(approval);
-                counts[2] += 1;
-            }
         } else if *topic == topics.usage {
             if let Some(event) = decode::<schemas::UsageEvent>("usage", payload) {
                 engine.load_job_event(&event);
@@ -225,6 +260,12 @@ async fn run_loop(config: &Config, readiness: &Readiness, shutdown: &Shutdown) -
         } else if let Some(total) = decode::<WindowTotal>("totals", payload) {
             engine.load_total(total);
             counts[3] += 1;
+        }
+    }
+    for raw in &snapshot.approvals {
+        if let Some(received) = raw.decode() {
+            approvals.push(received);
+            counts[2] += 1;
         }
     }
     info!(
@@ -254,6 +295,7 @@ async fn run_loop(config: &Config, readiness: &Readiness, shutdown: &Shutdown) -
     let mut executor = Executor {
         producer: producer.clone(),
         control_topic: topics.control.clone(),
+        approvals_topic: topics.approvals.clone(),
         audit: audit_tx,
         notify: notify_tx,
         failpoint: Failpoint::from_env(),
@@ -261,10 +303,13 @@ async fn run_loop(config: &Config, readiness: &Readiness, shutdown: &Shutdown) -
     };
 
     let now = Utc::now();
-    let mut effects = engine.set_policies(Arc::clone(&policies), now);
+    // Approvals first: the first evaluation must see the raises in force, or a restart would
+    // block a raised scope and allow it again a moment later.
+    let mut effects = Vec::new();
     for approval in approvals {
         effects.extend(engine.on_approval(approval, now));
     }
+    effects.extend(engine.set_policies(Arc::clone(&policies), now));
     effects.extend(engine.tick(now));
     effects.extend(engine.take_unfired(action_findings));
     executor.execute(effects, None, shutdown).await?;
@@ -332,8 +377,8 @@ async fn run_loop(config: &Config, readiness: &Readiness, shutdown: &Shutdown) -
                         }
                         executor.execute(effects, None, shutdown).await?;
                     }
-                } else if let Some(approval) = decode::<Approval>("approvals", payload) {
-                    let effects = engine.on_approval(approval, now);
+                } else if let Some(received) = RawApproval::of(&message).and_then(|raw| raw.decode()) {
+                    let effects = engine.on_approval(received, now);
                     executor.execute(effects, None, shutdown).await?;
                 }
             }
@@ -363,6 +408,38 @@ async fn run_loop(config: &Config, readiness: &Readiness, shutdown: &Shutdown) -
     let _ = tokio::time::timeout(Duration::from_secs(10), notifier).await;
     let _ = tokio::time::timeout(Duration::from_secs(10), audit).await;
     result
+}
+
+/// Logs an error when the approvals topic does not stamp records with the broker's time (a topic
+/// created before approvals were signed): every approval on it is rejected until it is changed.
+async fn warn_unless_broker_time(kafka: &KafkaConfig) {
+    use rdkafka::admin::{AdminClient, AdminOptions, ResourceSpecifier};
+    let Ok(admin) = infra::kafka::producer_config(kafka, "quotaflow-alerter-admin")
+        .create::<AdminClient<rdkafka::client::DefaultClientContext>>()
+    else {
+        return;
+    };
+    let topic = ResourceSpecifier::Topic(&kafka.topics.approvals);
+    let options = AdminOptions::new().request_timeout(Some(Duration::from_secs(10)));
+    let timestamp_type = match admin.describe_configs([&topic], &options).await {
+        Ok(results) => results.into_iter().flatten().find_map(|resource| {
+            resource
+                .get("message.timestamp.type")
+                .and_then(|entry| entry.value.clone())
+        }),
+        Err(error) => {
+            warn!(%error, "cannot read the approvals topic's settings");
+            return;
+        }
+    };
+    if let Some(kind) = timestamp_type.filter(|kind| kind != "LogAppendTime") {
+        error!(
+            topic = %kafka.topics.approvals,
+            timestamp_type = %kind,
+            "approvals on this topic are rejected: set message.timestamp.type=LogAppendTime on it \
+             (kafka-configs --alter --entity-type topics --add-config ...)"
+        );
+    }
 }
 
 /// Whether a policy needs the usage events themselves (per-action retry and fallback rules,
@@ -442,6 +519,7 @@ fn read_to_end(
     topics: &[String],
     since: &HashMap<String, DateTime<Utc>>,
     totals_topic: &str,
+    approvals_topic: &str,
     timeout: Duration,
 ) -> Result<Snapshot> {
     let consumer: BaseConsumer =
@@ -509,7 +587,9 @@ fn read_to_end(
             Some(Ok(message)) => {
                 let key = (message.topic().to_owned(), message.partition());
                 if let Some(end) = pending.get(&key) {
-                    if message.offset() < *end {
+                    if message.offset() < *end && key.0 == approvals_topic {
+                        snapshot.approvals.extend(RawApproval::of(&message));
+                    } else if message.offset() < *end {
                         if let Some(payload) = message.payload() {
                             if evaluated(&key.0, message.key(), totals_topic) {
                                 snapshot.records.push((key.0.clone(), payload.to_vec()));
@@ -577,6 +657,8 @@ impl Failpoint {
 struct Executor {
     producer: FutureProducer,
     control_topic: String,
+    /// Where expired approvals are tombstoned.
+    approvals_topic: String,
     audit: mpsc::Sender<AuditRow>,
     notify: mpsc::Sender<(Alert, Notice)>,
     failpoint: Failpoint,
@@ -616,21 +698,38 @@ impl Executor {
                     let _ = self.notify.send((*alert, *notice)).await;
                 }
                 Effect::ApprovalDecided {
-                    approval,
+                    received,
                     status,
                     reason,
+                    shadowed,
                 } => {
                     metrics::counter!(metric::APPROVALS, "status" => status).increment(1);
                     info!(
-                        approval_id = %approval.approval_id,
-                        policy = %approval.policy_id,
+                        approval_id = %received.approval.approval_id,
+                        policy = %received.approval.policy_id,
                         status,
                         reason = %reason,
                         "approval"
                     );
+                    if status == "expired" {
+                        // Only a record that passed the checks reaches `expired`, so its key is
+                        // its own id: the tombstone removes that approval and nothing else.
+                        tombstone(
+                            &self.producer,
+                            &self.approvals_topic,
+                            &received.approval.approval_id,
+                        )
+                        .await;
+                    }
                     let _ = self
                         .audit
-                        .send(AuditRow::Approval(approval, status, Utc::now()))
+                        .send(AuditRow::Approval(Box::new(ApprovalAudit {
+                            received,
+                            status,
+                            reason,
+                            shadowed,
+                            decided_at: Utc::now(),
+                        })))
                         .await;
                 }
             }
@@ -659,6 +758,15 @@ impl Executor {
             std::process::abort();
         }
         Ok(())
+    }
+}
+
+/// Writes a tombstone for `key` (compaction then drops the key's records), best effort: a failure
+/// is logged and counted, and the record is tombstoned at a later expiry check after a restart.
+async fn tombstone(producer: &FutureProducer, topic: &str, key: &str) {
+    let record: FutureRecord<'_, str, [u8]> = FutureRecord::to(topic).key(key);
+    if let Err((error, _)) = producer.send(record, Duration::from_secs(30)).await {
+        warn!(%error, topic, key, "tombstone of an expired approval not written");
     }
 }
 
@@ -742,7 +850,17 @@ async fn notify_task(
 enum AuditRow {
     Decision(ControlDecision),
     Alert(Alert),
-    Approval(Approval, &'static str, DateTime<Utc>),
+    Approval(Box<ApprovalAudit>),
+}
+
+/// What the alerter's checks made of one approval record.
+struct ApprovalAudit {
+    received: Arc<ReceivedApproval>,
+    status: &'static str,
+    reason: String,
+    /// Only the check row: the record reused the id of an approval in force (engine docs).
+    shadowed: bool,
+    decided_at: DateTime<Utc>,
 }
 
 #[derive(Debug, clickhouse::Row, Serialize)]
@@ -804,6 +922,65 @@ struct ApprovalRow {
     decided_at: u32,
 }
 
+impl ApprovalRow {
+    fn of(audit: &ApprovalAudit) -> ApprovalRow {
+        let approval = &audit.received.approval;
+        let (scope_keys, scope_values) = split_scope(&approval.scope);
+        ApprovalRow {
+            approval_id: approval.approval_id.clone(),
+            policy_id: approval.policy_id.clone(),
+            scope_keys,
+            scope_values,
+            new_limit: money(&approval.new_limit),
+            valid_until: seconds(approval.valid_until),
+            reason: approval.reason.clone(),
+            approved_by: approval.approved_by.clone(),
+            requested_at: seconds(approval.requested_at),
+            status: audit.status.to_owned(),
+            decided_at: seconds(audit.decided_at),
+        }
+    }
+}
+
+/// A row of `approval_checks` (migration 0007).
+#[derive(Debug, clickhouse::Row, Serialize)]
+struct ApprovalCheckRow {
+    approval_id: String,
+    record_sha256: String,
+    policy_id: String,
+    approved_by: String,
+    status: String,
+    check_reason: String,
+    first_seen_at: u32,
+    first_seen_at_us: u64,
+    record_base64: String,
+    record_key: String,
+    decided_at: u32,
+    decided_at_us: u64,
+}
+
+impl ApprovalCheckRow {
+    fn of(audit: &ApprovalAudit) -> ApprovalCheckRow {
+        use base64::Engine as _;
+        use sha2::Digest as _;
+        let received = &audit.received;
+        ApprovalCheckRow {
+            approval_id: received.approval.approval_id.clone(),
+            record_sha256: hex::encode(sha2::Sha256::digest(&received.record)),
+            policy_id: received.approval.policy_id.clone(),
+            approved_by: received.approval.approved_by.clone(),
+            status: audit.status.to_owned(),
+            check_reason: audit.reason.clone(),
+            first_seen_at: received.appended_at.map_or(0, seconds),
+            first_seen_at_us: received.appended_at.map_or(0, micros),
+            record_base64: base64::engine::general_purpose::STANDARD.encode(&received.record),
+            record_key: received.key.clone().unwrap_or_default(),
+            decided_at: seconds(audit.decided_at),
+            decided_at_us: micros(audit.decided_at),
+        }
+    }
+}
+
 fn seconds(at: DateTime<Utc>) -> u32 {
     u32::try_from(at.timestamp().max(0)).unwrap_or(u32::MAX)
 }
@@ -828,9 +1005,15 @@ async fn audit_task(client: clickhouse::Client, mut queue: mpsc::Receiver<AuditR
     let mut decisions = Vec::new();
     let mut alerts = Vec::new();
     let mut approvals = Vec::new();
+    let mut approval_checks = Vec::new();
     let mut flush = tokio::time::interval(Duration::from_millis(500));
     let mut open = true;
-    while open || !(decisions.is_empty() && alerts.is_empty() && approvals.is_empty()) {
+    while open
+        || !(decisions.is_empty()
+            && alerts.is_empty()
+            && approvals.is_empty()
+            && approval_checks.is_empty())
+    {
         tokio::select! {
             received = queue.recv(), if open => match received {
                 None => open = false,
@@ -880,27 +1063,18 @@ async fn audit_task(client: clickhouse::Client, mut queue: mpsc::Receiver<AuditR
                         raised_at_us: micros(a.raised_at),
                     });
                 }
-                Some(AuditRow::Approval(a, status, decided_at)) => {
-                    let (scope_keys, scope_values) = split_scope(&a.scope);
-                    approvals.push(ApprovalRow {
-                        approval_id: a.approval_id,
-                        policy_id: a.policy_id,
-                        scope_keys,
-                        scope_values,
-                        new_limit: money(&a.new_limit),
-                        valid_until: seconds(a.valid_until),
-                        reason: a.reason,
-                        approved_by: a.approved_by,
-                        requested_at: seconds(a.requested_at),
-                        status: status.to_owned(),
-                        decided_at: seconds(decided_at),
-                    });
+                Some(AuditRow::Approval(audit)) => {
+                    approval_checks.push(ApprovalCheckRow::of(&audit));
+                    if !audit.shadowed {
+                        approvals.push(ApprovalRow::of(&audit));
+                    }
                 }
             },
             _ = flush.tick() => {
                 write_until_done(&client, "decisions", &mut decisions).await;
                 write_until_done(&client, "alerts", &mut alerts).await;
                 write_until_done(&client, "approvals", &mut approvals).await;
+                write_until_done(&client, "approval_checks", &mut approval_checks).await;
             }
         }
     }

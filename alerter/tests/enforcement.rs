@@ -24,21 +24,27 @@ hard_cap: 10
 action: {kind: block}
 "#;
 
-const WITH_APPROVAL: &str = r#"
+/// A cap budget owners may raise: alice, whose key is `signing_key(1)`.
+fn with_approval() -> String {
+    format!(
+        r#"
 id: t-approvable
 description: A test cap that budget owners may raise.
-owner: {team: search, contact: search-oncall@example.com, pagerduty_service: search-quota}
+owner: {{team: search, contact: search-oncall@example.com, pagerduty_service: search-quota}}
 environment: prod
 unit: cost_usd
 group_by: [api_key_id]
-window: {kind: day}
+window: {{kind: day}}
 hard_cap: 10
-action: {kind: block}
+action: {{kind: block}}
 approval:
-  approvers: [alice]
+  approvers: [{{name: alice, public_key: "{}"}}]
   max_raise: 100%
   max_duration: 1h
-"#;
+"#,
+        public_key(&signing_key(1))
+    )
+}
 
 async fn audit_count(config: &alerter::Config, sql: &str) -> u64 {
     let client = infra::clickhouse::client(&config.clickhouse);
@@ -197,7 +203,7 @@ async fn ladder_fires_once_each_cap_blocks_restart_repeats_nothing_and_reset_all
 #[tokio::test]
 async fn approval_lifts_a_block_until_it_expires_and_bad_approvals_are_rejected() {
     let receivers = Receivers::start().await;
-    let config = config("alerter_approval", WITH_APPROVAL, &receivers);
+    let config = config("alerter_approval", &with_approval(), &receivers);
     let alerter = start(&config).await;
     let start_at = now_s() - TimeDelta::seconds(60);
     let end_at = now_s() + TimeDelta::hours(1);
@@ -216,30 +222,30 @@ async fn approval_lifts_a_block_until_it_expires_and_bad_approvals_are_rejected(
     wait_control(&config.kafka, "the block", |log| log.len() == 1).await;
 
     let policies = policy::PolicySet::load_dir(&config.alert.policies_dir).unwrap();
-    let scope = alerter::approve::parse_scope("api_key_id=k1").unwrap();
     let now = chrono::Utc::now();
+    let alice = signing_key(1);
     // Not an approver, and a raise above the maximum: refused by the command's own check...
-    let by_mallory = alerter::approve::build(
+    let by_mallory = signed_approval(
         "t-approvable",
-        scope.clone(),
-        "15".parse().unwrap(),
+        "api_key_id=k1",
+        "15",
         now + TimeDelta::minutes(5),
-        "launch",
         "mallory",
         now,
+        &signing_key(2),
     );
-    let refusal = alerter::approve::check(policies.clone(), &by_mallory, now).unwrap_err();
+    let refusal = alerter::approve::check(&policies, &by_mallory, now).unwrap_err();
     assert!(refusal.contains("not an approver"), "{refusal}");
-    let too_much = alerter::approve::build(
+    let too_much = signed_approval(
         "t-approvable",
-        scope.clone(),
-        "25".parse().unwrap(),
+        "api_key_id=k1",
+        "25",
         now + TimeDelta::minutes(5),
-        "launch",
         "alice",
         now,
+        &alice,
     );
-    let refusal = alerter::approve::check(policies.clone(), &too_much, now).unwrap_err();
+    let refusal = alerter::approve::check(&policies, &too_much, now).unwrap_err();
     assert!(refusal.contains("above the most"), "{refusal}");
     // ...and by the alerter, when written anyway.
     alerter::approve::publish(&config.kafka, &by_mallory)
@@ -266,16 +272,16 @@ async fn approval_lifts_a_block_until_it_expires_and_bad_approvals_are_rejected(
 
     // Alice raises it to 15 for a few seconds: allowed, then blocked again when it expires.
     let gateway = gateway(&config.kafka).await;
-    let raise = alerter::approve::build(
+    let raise = signed_approval(
         "t-approvable",
-        scope,
-        "15".parse().unwrap(),
+        "api_key_id=k1",
+        "15",
         chrono::Utc::now() + TimeDelta::seconds(6),
-        "launch day",
         "alice",
         chrono::Utc::now(),
+        &alice,
     );
-    alerter::approve::check(policies, &raise, chrono::Utc::now()).unwrap();
+    alerter::approve::check(&policies, &raise, chrono::Utc::now()).unwrap();
     alerter::approve::publish(&config.kafka, &raise)
         .await
         .unwrap();

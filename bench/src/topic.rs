@@ -82,6 +82,7 @@ pub async fn create(kafka: &KafkaConfig, topic: &str, partitions: i32) -> Result
         partitions,
         retention: Retention::Time(Duration::from_secs(90 * 24 * 3600)),
         replication: Default::default(),
+        extra_config: Vec::new(),
     };
     infra::kafka::ensure_topics(kafka, &[spec]).await?;
     Ok(())

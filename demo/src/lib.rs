@@ -3,6 +3,7 @@
 //! scenarios on top of it; [`run`], what `quotaflow-demo` (README command 1) and the end-to-end
 //! test run.
 
+pub mod keys;
 pub mod run;
 pub mod scenario;
 pub mod workload;

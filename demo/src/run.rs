@@ -61,6 +61,10 @@ pub struct Args {
     /// The local Slack/PagerDuty receiver the alerter notifies.
     #[arg(long, default_value = "http://127.0.0.1:9110")]
     pub receiver_url: String,
+    /// The private key alice signs the demo's approval with (made per run by `dev/demo`, see
+    /// [`crate::keys`]); without it the approval is not made and its scenario fails.
+    #[arg(long, env = "DEMO_APPROVER_KEY_FILE")]
+    pub approver_key_file: Option<PathBuf>,
     /// Delete the topics of earlier demo runs (`quotaflow.demo.*` other than this run's).
     #[arg(long)]
     pub delete_old_topics: bool,
@@ -317,7 +321,13 @@ async fn run_workload(
         }
         let fraction = elapsed.as_secs_f64() / duration.as_secs_f64();
         if fraction >= APPROVE_AT && gatekeeping.approval.is_none() {
-            approve(alerter_config, gatekeeping, &progress).await?;
+            approve(
+                alerter_config,
+                args.approver_key_file.as_deref(),
+                gatekeeping,
+                &progress,
+            )
+            .await?;
         }
         progress.set_position(elapsed.as_secs());
         let loop_state = match (gatekeeping.loop_first_refused, gatekeeping.approved_at) {
@@ -340,6 +350,7 @@ async fn run_workload(
 /// loop has been cut off.
 async fn approve(
     config: &alerter::Config,
+    key_file: Option<&std::path::Path>,
     gatekeeping: &mut Gatekeeping,
     progress: &ProgressBar,
 ) -> Result<()> {
@@ -347,13 +358,18 @@ async fn approve(
         gatekeeping.approval = Some("not requested: the loop was never cut off".to_owned());
         return Ok(());
     }
+    let Some(key_file) = key_file else {
+        gatekeeping.approval = Some("not requested: no --approver-key-file for alice".to_owned());
+        return Ok(());
+    };
     let args = alerter::approve::ApproveArgs {
         policy: "staging-agent-daily-cap".to_owned(),
         scope: format!("api_key_id={}", scenario::LOOP_KEY),
         limit: RAISED_CAP.to_owned(),
         until: Utc::now() + TimeDelta::hours(1),
         reason: "load test of the agent loop signed off".to_owned(),
-        by: "alice".to_owned(),
+        by: crate::keys::APPROVER.to_owned(),
+        key_file: Some(key_file.to_path_buf()),
     };
     match alerter::approve::run(config, &args)
         .await

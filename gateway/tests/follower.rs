@@ -90,6 +90,7 @@ async fn starts_from_the_compacted_state_then_follows_blocks_and_allows() {
         partitions: 3,
         retention: Retention::Compacted,
         replication: Default::default(),
+        extra_config: Vec::new(),
     };
     ensure_topics(&kafka, &[spec]).await.expect("topic created");
     let producer: FutureProducer = producer_config(&kafka, "gateway-test")
@@ -244,6 +245,7 @@ async fn a_quiet_topic_stays_fresh_and_the_next_decision_applies_at_once() {
         partitions: 3,
         retention: Retention::Compacted,
         replication: Default::default(),
+        extra_config: Vec::new(),
     };
     ensure_topics(&kafka, &[spec]).await.expect("topic created");
     let producer: FutureProducer = producer_config(&kafka, "gateway-test")
@@ -314,6 +316,7 @@ async fn follows_decisions_over_sasl_ssl() {
         partitions: 1,
         retention: Retention::Compacted,
         replication: Default::default(),
+        extra_config: Vec::new(),
     };
     ensure_topics(&kafka, &[spec]).await.expect("topic created");
     let producer: FutureProducer = producer_config(&kafka, "gateway-secure-test")

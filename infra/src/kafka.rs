@@ -139,6 +139,9 @@ pub struct TopicSpec {
     pub retention: Retention,
     /// Replication factor and `min.insync.replicas` it is created with.
     pub replication: Replication,
+    /// Further topic configs set at creation, after the retention ones (e.g. the approvals
+    /// topic's `message.timestamp.type=LogAppendTime`).
+    pub extra_config: Vec<(String, String)>,
 }
 
 /// Deletes the topics whose names start with `prefix`, except those in `keep`; returns their
@@ -174,28 +177,31 @@ pub async fn delete_topics_with_prefix(
     Ok(doomed)
 }
 
-/// The topic-level settings a [`TopicSpec`] is created with, as (name, value) pairs.
-fn topic_settings(topic: &TopicSpec) -> Vec<(&'static str, String)> {
+/// The topic-level settings a [`TopicSpec`] is created with, as (name, value) pairs: replication,
+/// retention, then the spec's own `extra_config`.
+fn topic_settings(topic: &TopicSpec) -> Vec<(String, String)> {
     let mut settings = vec![(
-        "min.insync.replicas",
+        "min.insync.replicas".to_owned(),
         topic.replication.min_insync_replicas.to_string(),
     )];
+    let mut set = |name: &str, value: String| settings.push((name.to_owned(), value));
     match topic.retention {
         Retention::Time(duration) => {
-            settings.push(("cleanup.policy", "delete".to_owned()));
-            settings.push(("retention.ms", duration.as_millis().to_string()));
+            set("cleanup.policy", "delete".to_owned());
+            set("retention.ms", duration.as_millis().to_string());
         }
         Retention::Compacted => {
-            settings.push(("cleanup.policy", "compact".to_owned()));
-            settings.push(("min.compaction.lag.ms", "0".to_owned()));
-            settings.push(("segment.ms", "600000".to_owned()));
+            set("cleanup.policy", "compact".to_owned());
+            set("min.compaction.lag.ms", "0".to_owned());
+            set("segment.ms", "600000".to_owned());
         }
     }
+    settings.extend(topic.extra_config.iter().cloned());
     settings
 }
 
 /// The admin request that creates `topic` (borrowing `settings`, from [`topic_settings`]).
-fn new_topic<'a>(topic: &'a TopicSpec, settings: &'a [(&'static str, String)]) -> NewTopic<'a> {
+fn new_topic<'a>(topic: &'a TopicSpec, settings: &'a [(String, String)]) -> NewTopic<'a> {
     let replication = TopicReplication::Fixed(topic.replication.factor);
     settings.iter().fold(
         NewTopic::new(&topic.name, topic.partitions, replication),
@@ -210,7 +216,7 @@ pub async fn ensure_topics(kafka: &KafkaConfig, topics: &[TopicSpec]) -> Result<
     check_connection(kafka, CONNECTION_DEADLINE).await?;
     let admin: AdminClient<DefaultClientContext> =
         client_config(kafka, "quotaflow-admin").create()?;
-    let settings: Vec<Vec<(&'static str, String)>> = topics.iter().map(topic_settings).collect();
+    let settings: Vec<Vec<(String, String)>> = topics.iter().map(topic_settings).collect();
     let new_topics: Vec<NewTopic<'_>> = topics
         .iter()
         .zip(&settings)
@@ -240,6 +246,7 @@ pub fn pipeline_topics(kafka: &KafkaConfig) -> Vec<TopicSpec> {
         partitions: topics.partitions,
         retention,
         replication,
+        extra_config: Vec::new(),
     };
     vec![
         spec(&topics.usage, Retention::Time(week), replication.usage),
@@ -255,11 +262,19 @@ pub fn pipeline_topics(kafka: &KafkaConfig) -> Vec<TopicSpec> {
             Retention::Time(4 * week),
             replication.alerts,
         ),
-        spec(
-            &topics.approvals,
-            Retention::Compacted,
-            replication.approvals,
-        ),
+        // The broker stamps each approval with its own append time: the alerter measures a
+        // raise's max_duration from it, never from a time the writer chose.
+        TopicSpec {
+            extra_config: vec![(
+                "message.timestamp.type".to_owned(),
+                "LogAppendTime".to_owned(),
+            )],
+            ..spec(
+                &topics.approvals,
+                Retention::Compacted,
+                replication.approvals,
+            )
+        },
     ]
 }
 

@@ -13,6 +13,7 @@ use schemas::ddl::MIGRATIONS;
 const TABLES_AND_VIEWS: &[(&str, &str)] = &[
     ("aggregator_checkpoints", "ReplacingMergeTree"),
     ("alerts", "ReplacingMergeTree"),
+    ("approval_checks", "ReplacingMergeTree"),
     ("approvals", "ReplacingMergeTree"),
     ("dead_letters", "ReplacingMergeTree"),
     ("decisions", "ReplacingMergeTree"),

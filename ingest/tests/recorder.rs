@@ -64,6 +64,7 @@ async fn kafka_with_usage_topic(test: &str) -> KafkaConfig {
         partitions: kafka.topics.partitions,
         retention: Retention::Time(Duration::from_secs(3600)),
         replication: Default::default(),
+        extra_config: Vec::new(),
     };
     infra::kafka::ensure_topics(&kafka, &[usage])
         .await

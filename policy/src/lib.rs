@@ -32,6 +32,7 @@
 //! - Two different scopes of a policy never render to the same [`ScopeKey`].
 
 pub mod amount;
+pub mod approver;
 pub mod dimension;
 pub mod error;
 pub mod glob;
@@ -44,6 +45,7 @@ pub mod unit;
 mod validate;
 
 pub use amount::AmountOrPercent;
+pub use approver::{Approver, ApproverKey};
 pub use dimension::{Dimension, EventDims, UnknownDimension};
 pub use error::{LoadError, LoadErrors};
 pub use glob::{Glob, GlobError};

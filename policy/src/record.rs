@@ -6,6 +6,7 @@
 //! `docs/policies.md` is the reference for authors; keep the two in step.
 
 use crate::amount::{self, AmountOrPercent};
+use crate::approver::Approver;
 use crate::unit::Unit;
 use chrono::{DateTime, FixedOffset, NaiveDate, NaiveDateTime, TimeDelta};
 use rust_decimal::Decimal;
@@ -379,8 +380,9 @@ pub enum ActionKind {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ApprovalRule {
-    /// People (or groups) whose approval counts; at least one.
-    pub approvers: Vec<String>,
+    /// People whose signed approval counts, each with the Ed25519 public key that verifies
+    /// their signature; at least one, names unique.
+    pub approvers: Vec<Approver>,
     /// Largest raise: an absolute amount in the unit (`500`) or a percentage of the cap
     /// (`"50%"`).
     #[serde(deserialize_with = "amount::max_raise")]

@@ -382,11 +382,25 @@ fn check_action(record: &PolicyRecord, at: &Locator<'_>, errors: &mut Vec<LoadEr
 /// `approval`, `retry_policy`, `anomaly`.
 fn check_optional_sections(record: &PolicyRecord, at: &Locator<'_>, errors: &mut Vec<LoadError>) {
     if let Some(approval) = &record.approval {
-        if approval.approvers.iter().all(|name| name.trim().is_empty()) {
+        if approval.approvers.is_empty() {
             errors.push(at.error(
                 &["approval", "approvers"],
                 "approval.approvers must name at least one approver",
             ));
+        }
+        let mut names = std::collections::HashSet::new();
+        for approver in &approval.approvers {
+            if approver.name.trim().is_empty() {
+                errors.push(at.error(
+                    &["approval", "approvers"],
+                    "an approver's name must not be empty",
+                ));
+            } else if !names.insert(approver.name.as_str()) {
+                errors.push(at.error(
+                    &["approval", "approvers"],
+                    format!("approver {} is listed twice", approver.name),
+                ));
+            }
         }
         if approval.max_raise.absolute_for(Decimal::ONE_HUNDRED) <= Decimal::ZERO {
             errors.push(at.error(

@@ -52,9 +52,15 @@ const EXPECTED: &[(&str, usize, &str)] = &[
     ),
     (
         "14_list_with_missing_owner.yaml",
-        25,
+        26,
         "\"3 days\" is not a duration",
     ),
+    (
+        "20_approver_without_key.yaml",
+        8,
+        "approver \"alice\" has no public key",
+    ),
+    ("21_approver_listed_twice.yaml", 9, "is listed twice"),
     (
         "15_severity_threshold_not_in_soft_alerts.yaml",
         13,
@@ -128,7 +134,7 @@ fn check_dir_renders_file_line_column_reason() {
         text.contains("19_stray_degrade_to.yaml:7:28: degrade_to is only for action kind degrade")
     );
     assert!(
-        text.ends_with(&format!("failed: {} errors in 19 files", EXPECTED.len())),
+        text.ends_with(&format!("failed: {} errors in 21 files", EXPECTED.len())),
         "{text}"
     );
 }

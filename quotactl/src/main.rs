@@ -67,8 +67,11 @@ enum Command {
         #[arg(long)]
         exclude_refused: bool,
     },
-    /// Raise a policy's cap for one scope until a deadline (see `quotaflow-alerter approve`).
+    /// Raise a policy's cap for one scope until a deadline, signed with the approver's key (see
+    /// `quotaflow-alerter approve`).
     Approve(alerter::approve::ApproveArgs),
+    /// Make an approver's Ed25519 key pair (see `quotaflow-alerter keygen`).
+    Keygen(alerter::approve::KeygenArgs),
 }
 
 #[derive(Debug, Subcommand)]
@@ -80,6 +83,14 @@ enum PolicyCommand {
 #[tokio::main]
 async fn main() -> anyhow::Result<ExitCode> {
     let args = Args::parse();
+    if let Command::Keygen(keygen) = &args.command {
+        // No config needed: a key pair is made offline.
+        println!(
+            "{}",
+            alerter::approve::keygen_report(keygen).map_err(anyhow::Error::msg)?
+        );
+        return Ok(ExitCode::SUCCESS);
+    }
     let config: alerter::Config = infra::config::load(args.config.as_deref())?;
     let client = infra::clickhouse::client(&config.clickhouse);
     match args.command {
@@ -181,6 +192,7 @@ async fn main() -> anyhow::Result<ExitCode> {
                 return Ok(ExitCode::FAILURE);
             }
         }
+        Command::Keygen(_) => {} // handled before the config is loaded
         Command::Approve(approve) => match alerter::approve::run(&config, &approve)
             .await
             .map_err(anyhow::Error::msg)?

@@ -5,7 +5,8 @@
 //! pipeline runs: the aggregator's totals state ([`aggregator::state::TotalsState`]: each
 //! policy's scopes and windows, exact) and the alerter's engine ([`alerter::engine::Engine`]: the
 //! soft ladder, hard caps, model rules, concurrency caps, anomalies, approvals). Approvals come
-//! from the `approvals` audit table and are applied at their request time.
+//! from the `approval_checks` audit table (the signed records as the alerter read them) and are
+//! checked again and applied at the time the broker first stored them, as the live alerter did.
 //!
 //! **Time is event time.** The engine's clock is the current event's `occurred_at`; it ticks at
 //! every new second of it (window ends, approval expiries) and once at the end of the range.
@@ -30,6 +31,7 @@ use std::sync::Arc;
 
 use aggregator::state::{TotalsConfig, TotalsState};
 use alerter::anomaly::AnomalySettings;
+use alerter::approvals::ReceivedApproval;
 use alerter::engine::{Effect, Engine};
 use chrono::{DateTime, TimeDelta, Utc};
 use gateway::{DecisionView, RequestAttributes, Verdict};
@@ -126,8 +128,8 @@ pub struct Replayer {
     state: TotalsState,
     engine: Engine,
     view: DecisionView,
-    /// Approvals not applied yet, latest request first (popped from the back).
-    approvals: Vec<Approval>,
+    /// Approvals not applied yet, latest first seen first (popped from the back).
+    approvals: Vec<ReceivedApproval>,
     /// The engine's clock: the newest event time seen.
     now: Option<DateTime<Utc>>,
     /// The last second the engine ticked at.
@@ -140,16 +142,16 @@ pub struct Replayer {
 
 impl Replayer {
     /// A replay of `policies` with the price catalog's model lifecycle and these anomaly
-    /// settings, applying `approvals` at their request time.
+    /// settings, applying `approvals` at the time the broker first stored them.
     pub fn new(
         policies: Arc<PolicySet>,
         catalog: Arc<pricing::Catalog>,
         anomaly: AnomalySettings,
-        mut approvals: Vec<Approval>,
+        mut approvals: Vec<ReceivedApproval>,
     ) -> Result<Replayer, Error> {
         let state = TotalsState::new(&policies, TotalsConfig::default())
             .map_err(|error| Error::Replay(error.to_string()))?;
-        approvals.sort_by_key(|approval| std::cmp::Reverse(approval.requested_at));
+        approvals.sort_by_key(|received| std::cmp::Reverse(received.appended_at));
         Ok(Replayer {
             state,
             engine: Engine::new(policies)
@@ -251,15 +253,14 @@ impl Replayer {
         while self
             .approvals
             .last()
-            .is_some_and(|approval| approval.requested_at <= now)
+            .is_some_and(|received| received.appended_at.is_none_or(|seen| seen <= now))
         {
-            let Some(approval) = self.approvals.pop() else {
+            let Some(received) = self.approvals.pop() else {
                 break;
             };
-            let at = approval
-                .requested_at
-                .max(self.now.unwrap_or(approval.requested_at));
-            let effects = self.engine.on_approval(approval, at);
+            let seen = received.appended_at.unwrap_or(now);
+            let at = seen.max(self.now.unwrap_or(seen));
+            let effects = self.engine.on_approval(received, at);
             self.carry_out(effects, at);
         }
         if self.ticked != Some(now.timestamp()) {
@@ -295,13 +296,15 @@ impl Replayer {
                     });
                 }
                 Effect::ApprovalDecided {
-                    approval,
+                    received,
                     status,
                     reason,
-                } => self
-                    .report
-                    .approvals
-                    .push((approval.approval_id, status.to_owned(), reason)),
+                    ..
+                } => self.report.approvals.push((
+                    received.approval.approval_id.clone(),
+                    status.to_owned(),
+                    reason,
+                )),
             }
         }
     }
@@ -377,54 +380,51 @@ pub fn compare(live: &[crate::DecisionRow], replayed: &[ReplayedDecision]) -> Co
 }
 
 #[derive(Debug, clickhouse::Row, Deserialize)]
-struct ApprovalRow {
-    approval_id: String,
-    policy_id: String,
-    scope_keys: Vec<String>,
-    scope_values: Vec<String>,
-    new_limit: String,
-    valid_until: u32,
-    reason: String,
-    approved_by: String,
-    requested_at: u32,
+struct ApprovalCheckRow {
+    record_base64: String,
+    record_key: String,
+    first_seen_at_us: u64,
 }
 
-/// The approvals requested before `to` that were still valid at `from`, from the audit table.
+/// The approval records first seen before `to` that were still valid at `from`, as the alerter
+/// read them (`approval_checks`, migration 0007: record bytes, key, broker append time).
+/// Approvals audited before that table existed are not replayed (they were unsigned).
 pub async fn approvals(
     client: &clickhouse::Client,
     from: DateTime<Utc>,
     to: DateTime<Utc>,
-) -> Result<Vec<Approval>, Error> {
-    let rows: Vec<ApprovalRow> = client
+) -> Result<Vec<ReceivedApproval>, Error> {
+    use base64::Engine as _;
+    let rows: Vec<ApprovalCheckRow> = client
         .query(
-            "SELECT approval_id, policy_id, scope_keys, scope_values, toString(new_limit) AS new_limit, \
-             toUInt32(valid_until) AS valid_until, reason, approved_by, toUInt32(requested_at) AS requested_at \
-             FROM approvals FINAL WHERE requested_at < toDateTime(?) AND valid_until >= toDateTime(?) \
-             ORDER BY requested_at, approval_id",
+            "SELECT record_base64, record_key, first_seen_at_us FROM approval_checks FINAL \
+             WHERE first_seen_at < toDateTime(?) ORDER BY first_seen_at_us, approval_id",
         )
         .bind(to.timestamp())
-        .bind(from.timestamp())
         .fetch_all()
         .await?;
-    rows.into_iter()
-        .map(|row| {
-            let time = |seconds: u32| {
-                DateTime::<Utc>::from_timestamp(i64::from(seconds), 0)
-                    .ok_or_else(|| Error::Replay(format!("approval time {seconds}")))
-            };
-            Ok(Approval {
-                new_limit: schemas::money::parse_amount(&row.new_limit)
-                    .map_err(|error| Error::Replay(format!("approval limit: {error}")))?,
-                valid_until: time(row.valid_until)?,
-                requested_at: time(row.requested_at)?,
-                approval_id: row.approval_id,
-                policy_id: row.policy_id,
-                scope: row.scope_keys.into_iter().zip(row.scope_values).collect(),
-                reason: row.reason,
-                approved_by: row.approved_by,
-            })
-        })
-        .collect()
+    let mut approvals = Vec::new();
+    for row in rows {
+        let record = base64::engine::general_purpose::STANDARD
+            .decode(row.record_base64.as_bytes())
+            .map_err(|error| Error::Replay(format!("approval record: {error}")))?;
+        let approval: Approval = schemas::codec::decode(&record)
+            .map_err(|error| Error::Replay(format!("approval record: {error}")))?;
+        if approval.valid_until < from {
+            continue;
+        }
+        let appended_at = i64::try_from(row.first_seen_at_us)
+            .ok()
+            .filter(|micros| *micros > 0)
+            .and_then(DateTime::from_timestamp_micros);
+        approvals.push(ReceivedApproval::new(
+            approval,
+            appended_at,
+            Some(row.record_key.as_bytes()),
+            &record,
+        ));
+    }
+    Ok(approvals)
 }
 
 /// Archived events in `[from, to)`.

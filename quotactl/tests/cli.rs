@@ -117,7 +117,7 @@ group_by: [api_key_id]
 window: {kind: day}
 hard_cap: 10
 action: {kind: block}
-approval: {approvers: [alice], max_raise: 100%, max_duration: 24h}
+approval: {approvers: [{name: alice, public_key: "ALICE_PUBLIC_KEY"}], max_raise: 100%, max_duration: 24h}
 "#;
 
 /// Every approval record on `topic`, read to its end.
@@ -172,16 +172,44 @@ async fn approve_writes_a_checked_raise_and_refuses_one_outside_the_policy() {
         clickhouse: testkit::clickhouse_config("quotactl_approve"),
         ..Default::default()
     };
-    config.alert.policies_dir = policies_dir(APPROVABLE);
+    // Alice and bob make their keys with the binary; only alice is in the policy.
+    let keys = std::env::temp_dir().join(testkit::unique_name("quotactl_keys"));
+    std::fs::create_dir_all(&keys).unwrap();
+    let keygen = |name: &str| {
+        let out = keys.join(format!("{name}.key"));
+        let output = quotactl(
+            &config,
+            &["keygen", "--name", name, "--out", out.to_str().unwrap()],
+        );
+        assert!(output.status.success(), "{output:?}");
+        let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+        let public_key = stdout
+            .lines()
+            .find_map(|line| line.strip_prefix("public key: "))
+            .expect("the public key is printed")
+            .to_owned();
+        let private_key = std::fs::read_to_string(&out).unwrap();
+        assert!(
+            !stdout.contains(private_key.trim()),
+            "keygen printed the private key"
+        );
+        (out, public_key)
+    };
+    let (alice_key, alice_public) = keygen("alice");
+    let (bob_key, _) = keygen("bob");
+    config.alert.policies_dir =
+        policies_dir(&APPROVABLE.replace("ALICE_PUBLIC_KEY", &alice_public));
     infra::kafka::ensure_topics(&config.kafka, &infra::kafka::pipeline_topics(&config.kafka))
         .await
         .unwrap();
     let until = (Utc::now() + chrono::TimeDelta::hours(2)).to_rfc3339();
-    let approve = |by: &str, limit: &str| {
+    let approve_with = |by: &str, limit: &str, key: &std::path::Path| {
         quotactl(
             &config,
             &[
                 "approve",
+                "--key-file",
+                key.to_str().unwrap(),
                 "--policy",
                 "t-approve",
                 "--scope",
@@ -197,9 +225,14 @@ async fn approve_writes_a_checked_raise_and_refuses_one_outside_the_policy() {
             ],
         )
     };
-    // Bob is not an approver; 25 is more than double the cap: both refused, nothing written.
-    for (by, limit, why) in [("bob", "15", "bob"), ("alice", "25", "25")] {
-        let output = approve(by, limit);
+    // Bob is not an approver; 25 is more than double the cap; bob's key cannot sign for alice:
+    // each refused, nothing written.
+    for (by, limit, key, why) in [
+        ("bob", "15", &bob_key, "bob"),
+        ("alice", "25", &alice_key, "25"),
+        ("alice", "15", &bob_key, "forged"),
+    ] {
+        let output = approve_with(by, limit, key);
         assert_eq!(output.status.code(), Some(1));
         let stderr = String::from_utf8_lossy(&output.stderr);
         assert!(
@@ -207,7 +240,7 @@ async fn approve_writes_a_checked_raise_and_refuses_one_outside_the_policy() {
             "{stderr}"
         );
     }
-    let output = approve("alice", "15");
+    let output = approve_with("alice", "15", &alice_key);
     assert!(
         output.status.success(),
         "{}",
@@ -217,6 +250,7 @@ async fn approve_writes_a_checked_raise_and_refuses_one_outside_the_policy() {
     let written = approvals_on(&config.kafka);
     assert_eq!(written.len(), 1, "{written:?}");
     assert_eq!(written[0].approved_by, "alice");
+    assert_eq!(written[0].signature.len(), 64, "the record is signed");
     assert_eq!(written[0].new_limit, Decimal::from(15));
     assert_eq!(
         written[0].scope.get("api_key_id").map(String::as_str),

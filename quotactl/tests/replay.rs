@@ -13,7 +13,19 @@ use rust_decimal::Decimal;
 use schemas::UsageEvent;
 use support::{policies_dir, quotactl};
 
-/// One dollar per staging key and UTC day; approvers may double it.
+/// Alice's key (a fixed seed: tests only).
+fn alice() -> ed25519_dalek::SigningKey {
+    ed25519_dalek::SigningKey::from_bytes(&[1; 32])
+}
+
+/// One dollar per staging key and UTC day; alice may double it.
+fn policy() -> String {
+    POLICY.replace(
+        "ALICE_PUBLIC_KEY",
+        &policy::ApproverKey(alice().verifying_key()).to_string(),
+    )
+}
+
 const POLICY: &str = r#"
 id: t-replay
 description: One dollar per staging API key and day.
@@ -26,7 +38,7 @@ hard_cap: "1"
 soft_alerts: [50]
 action: {kind: block}
 approval:
-  approvers: [alice]
+  approvers: [{name: alice, public_key: "ALICE_PUBLIC_KEY"}]
   max_raise: 100%
   max_duration: 24h
 "#;
@@ -47,7 +59,7 @@ async fn history(test: &str, events: &[UsageEvent], approval_at: DateTime<Utc>) 
         clickhouse: testkit::clickhouse_config(test),
         ..Default::default()
     };
-    config.alert.policies_dir = policies_dir(POLICY);
+    config.alert.policies_dir = policies_dir(&policy());
     infra::migrations::migrate(&config.clickhouse)
         .await
         .unwrap();
@@ -63,15 +75,31 @@ async fn history(test: &str, events: &[UsageEvent], approval_at: DateTime<Utc>) 
         insert.write(&row).await.unwrap();
     }
     insert.end().await.unwrap();
-    // alice raises k1 to 2 USD for an hour.
+    // alice raises k1 to 2 USD for an hour: the signed record as the alerter audited it, first
+    // seen by the broker at `approval_at`.
+    let mut approval = alerter::approve::build(
+        "t-replay",
+        alerter::approve::parse_scope("api_key_id=k1").unwrap(),
+        Decimal::from(2),
+        approval_at + TimeDelta::hours(1),
+        "load test",
+        "alice",
+        approval_at,
+    );
+    approval.approval_id = "apr-1".to_owned();
+    let approval = alerter::approve::sign(approval, &alice()).unwrap();
+    let record = base64::Engine::encode(
+        &base64::engine::general_purpose::STANDARD,
+        schemas::codec::encode(&approval).unwrap(),
+    );
     client
         .query(&format!(
-            "INSERT INTO approvals (approval_id, policy_id, scope_keys, scope_values, new_limit, valid_until, \
-             reason, approved_by, requested_at, status, decided_at) VALUES ('apr-1', 't-replay', ['api_key_id'], \
-             ['k1'], 2, {}, 'load test', 'alice', {}, 'applied', {})",
-            (approval_at + TimeDelta::hours(1)).timestamp(),
+            "INSERT INTO approval_checks (approval_id, record_sha256, policy_id, approved_by, status, \
+             check_reason, first_seen_at, first_seen_at_us, record_base64, record_key, decided_at, \
+             decided_at_us) VALUES ('apr-1', 'sha', 't-replay', 'alice', 'applied', 'raised', {0}, {1}, \
+             '{record}', 'apr-1', {0}, {1})",
             approval_at.timestamp(),
-            approval_at.timestamp()
+            approval_at.timestamp_micros(),
         ))
         .execute()
         .await

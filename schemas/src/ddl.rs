@@ -66,6 +66,11 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "partials_and_checkpoints",
         sql: include_str!("../sql/migrations/0006_partials_and_checkpoints.sql"),
     },
+    Migration {
+        version: 7,
+        name: "approval_checks",
+        sql: include_str!("../sql/migrations/0007_approval_checks.sql"),
+    },
 ];
 
 /// Splits SQL text into statements by the rule in the module documentation.
@@ -226,6 +231,7 @@ mod tests {
             "TABLE IF NOT EXISTS DECISIONS",
             "TABLE IF NOT EXISTS ALERTS",
             "TABLE IF NOT EXISTS APPROVALS",
+            "TABLE IF NOT EXISTS APPROVAL_CHECKS",
             "TABLE IF NOT EXISTS DEAD_LETTERS",
         ] {
             assert!(all_code.contains(table), "no CREATE {table}");

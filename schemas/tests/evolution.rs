@@ -110,3 +110,72 @@ fn a_forged_length_in_old_data_is_an_error_not_a_huge_allocation() {
     let error = codec::decode::<UsageEvent>(&bytes).expect_err("forged length");
     assert_eq!(error.kind(), "malformed", "{error}");
 }
+
+fn approval_v1() -> &'static registry::RegisteredSchema {
+    schemas::Approval::writer_schemas()
+        .into_iter()
+        .find(|schema| schema.file.version == 1)
+        .expect("approval v1 is registered")
+}
+
+#[test]
+fn unsigned_v1_approval_decodes_with_an_empty_signature() {
+    let mut approval = common::sample_approval();
+    let Value::Record(fields) = codec::to_avro_value(&approval).expect("valid approval") else {
+        panic!("records encode to Value::Record");
+    };
+    let v1_fields = fields
+        .into_iter()
+        .filter(|(name, _)| name != "signature")
+        .collect();
+    let datum = apache_avro::to_avro_datum(&approval_v1().schema, Value::Record(v1_fields))
+        .expect("a v1 value is valid for the v1 schema");
+    let mut bytes = vec![0xC3, 0x01];
+    bytes.extend_from_slice(&approval_v1().fingerprint);
+    bytes.extend_from_slice(&datum);
+    assert_ne!(&bytes[2..10], &schemas::Approval::FINGERPRINT);
+
+    let decoded: schemas::Approval = codec::decode(&bytes).expect("v1 resolves to v2");
+    approval.signature = Vec::new();
+    assert_eq!(decoded, approval);
+}
+
+#[test]
+fn approval_v2_is_v1_plus_the_defaulted_signature() {
+    let fields = |json: &str| -> Vec<serde_json::Value> {
+        let schema: serde_json::Value = serde_json::from_str(json).expect("valid JSON");
+        schema["fields"].as_array().expect("fields").clone()
+    };
+    let v1_fields = fields(registry::APPROVAL_V1_AVSC);
+    let v2_fields = fields(registry::APPROVAL_V2_AVSC);
+    assert_eq!(v2_fields.len(), v1_fields.len() + 1);
+    for (old, new) in v1_fields.iter().zip(&v2_fields) {
+        assert_eq!(old["name"], new["name"]);
+        assert_eq!(old["type"], new["type"]);
+    }
+    let added = v2_fields.last().expect("the signature");
+    assert_eq!(added["name"], "signature");
+    assert_eq!(added["default"], "");
+}
+
+#[test]
+fn signed_bytes_cover_every_field_but_the_signature() {
+    let approval = common::sample_approval();
+    let signed = approval.signed_bytes().expect("encodable");
+    assert!(signed.starts_with(schemas::approval::SIGNED_BYTES_PREFIX));
+    // The signature itself is not signed …
+    let mut resigned = approval.clone();
+    resigned.signature = vec![1; 64];
+    assert_eq!(resigned.signed_bytes().unwrap(), signed);
+    // … and every other field is: the signed bytes are the v1 datum after the prefix.
+    let encoded = codec::encode(&approval).unwrap();
+    let datum = &encoded[10..];
+    let prefix_len = schemas::approval::SIGNED_BYTES_PREFIX.len() + 1;
+    assert!(datum.starts_with(&signed[prefix_len..]));
+    let mut changed = approval.clone();
+    changed.new_limit = common::dec("1500.000000000001");
+    assert_ne!(changed.signed_bytes().unwrap(), signed);
+    let mut changed = approval;
+    changed.valid_until += chrono::TimeDelta::microseconds(1);
+    assert_ne!(changed.signed_bytes().unwrap(), signed);
+}

@@ -489,3 +489,70 @@ pub async fn send_marker(
     })
     .await;
 }
+
+/// An approver's key pair made from a fixed seed (tests only: a real key comes from `keygen`).
+pub fn signing_key(seed: u8) -> ed25519_dalek::SigningKey {
+    ed25519_dalek::SigningKey::from_bytes(&[seed; 32])
+}
+
+/// The policy form of `key`'s public half (`ed25519:<base64>`).
+pub fn public_key(key: &ed25519_dalek::SigningKey) -> String {
+    policy::ApproverKey(key.verifying_key()).to_string()
+}
+
+/// A raise of `scope` in `policy_id` to `limit` until `until`, by `by`, signed with `key`, with
+/// the writer's own `requested_at` (which the alerter does not use).
+#[allow(clippy::too_many_arguments)]
+pub fn signed_approval(
+    policy_id: &str,
+    scope: &str,
+    limit: &str,
+    until: DateTime<Utc>,
+    by: &str,
+    requested_at: DateTime<Utc>,
+    key: &ed25519_dalek::SigningKey,
+) -> schemas::Approval {
+    let approval = alerter::approve::build(
+        policy_id,
+        alerter::approve::parse_scope(scope).unwrap(),
+        limit.parse().unwrap(),
+        until,
+        "launch day",
+        by,
+        requested_at,
+    );
+    alerter::approve::sign(approval, key).unwrap()
+}
+
+/// `(approval_id, status, check_reason)` of every row of `approval_checks` (latest check per
+/// record).
+pub async fn approval_checks(config: &Config) -> Vec<(String, String, String)> {
+    infra::clickhouse::client(&config.clickhouse)
+        .query(
+            "SELECT approval_id, status, check_reason FROM approval_checks FINAL \
+             ORDER BY approval_id, status",
+        )
+        .fetch_all()
+        .await
+        .unwrap_or_default()
+}
+
+/// Waits until `approval_checks` holds `status` rows for each of `ids`; returns their reasons
+/// by id.
+pub async fn wait_checks(config: &Config, status: &str, ids: &[&str]) -> BTreeMap<String, String> {
+    let what = format!("{} approvals audited as {status}", ids.len());
+    // The audit is batched (500 ms) and retried: generous, for a loaded shared stack.
+    testkit::eventually(Duration::from_secs(60), &what, || {
+        let config = config.clone();
+        async move {
+            let rows = approval_checks(&config).await;
+            let reasons: BTreeMap<String, String> = rows
+                .into_iter()
+                .filter(|(id, row_status, _)| row_status == status && ids.contains(&id.as_str()))
+                .map(|(id, _, reason)| (id, reason))
+                .collect();
+            (reasons.len() == ids.len()).then_some(reasons)
+        }
+    })
+    .await
+}

@@ -20,8 +20,10 @@ pub const USAGE_EVENT_V2_AVSC: &str = include_str!("../../avro/usage_event.v2.av
 pub const CONTROL_DECISION_V1_AVSC: &str = include_str!("../../avro/control_decision.v1.avsc");
 /// `alert.v1.avsc`: the current `Alert`.
 pub const ALERT_V1_AVSC: &str = include_str!("../../avro/alert.v1.avsc");
-/// `approval.v1.avsc`: the current `Approval`.
+/// `approval.v1.avsc`: the first `Approval`, unsigned.
 pub const APPROVAL_V1_AVSC: &str = include_str!("../../avro/approval.v1.avsc");
+/// `approval.v2.avsc`: the current `Approval`, v1 + the approver's signature.
+pub const APPROVAL_V2_AVSC: &str = include_str!("../../avro/approval.v2.avsc");
 /// `dead_letter.v1.avsc`: the current `DeadLetter`.
 pub const DEAD_LETTER_V1_AVSC: &str = include_str!("../../avro/dead_letter.v1.avsc");
 /// `window_total.v1.avsc`: the current `WindowTotal`.
@@ -71,6 +73,12 @@ pub const SCHEMA_FILES: &[SchemaFile] = &[
         version: 1,
         file_name: "approval.v1.avsc",
         json: APPROVAL_V1_AVSC,
+    },
+    SchemaFile {
+        record_name: "dev.quotaflow.Approval",
+        version: 2,
+        file_name: "approval.v2.avsc",
+        json: APPROVAL_V2_AVSC,
     },
     SchemaFile {
         record_name: "dev.quotaflow.DeadLetter",

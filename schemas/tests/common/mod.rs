@@ -121,6 +121,7 @@ pub fn sample_approval() -> Approval {
         reason: "launch day".to_owned(),
         approved_by: "cfo@example.com".to_owned(),
         requested_at: at("2025-03-14T12:00:00Z"),
+        signature: vec![7; 64],
     }
 }
 
@@ -360,8 +361,9 @@ prop_compose! {
     pub fn approval()(
         (approval_id, policy_id, scope, new_limit) in (text(), text(), string_map(), amount()),
         (valid_until, reason, approved_by, requested_at) in (timestamp(), text(), text(), timestamp()),
+        signature in proptest::collection::vec(any::<u8>(), 0..80),
     ) -> Approval {
-        Approval { approval_id, policy_id, scope, new_limit, valid_until, reason, approved_by, requested_at }
+        Approval { approval_id, policy_id, scope, new_limit, valid_until, reason, approved_by, requested_at, signature }
     }
 }
 
