@@ -71,8 +71,17 @@ pub struct AggregateConfig {
     /// How long (in event time behind the watermark) event ids are remembered to drop
     /// duplicates; at least the allowed lateness.
     pub dedup_horizon_secs: u64,
-    /// Most event ids remembered per partition.
+    /// Most event ids remembered per partition. Reaching it forgets the oldest early: events
+    /// older than the oldest remembered one are then refused as too late to deduplicate
+    /// (`aggregator_dedup_evicted_early_total`, `aggregator_dedup_horizon_seconds`).
     pub dedup_max_ids: usize,
+    /// When the usage topic's partition count last changed (RFC 3339), once every producer
+    /// writes with the new count. Adding partitions moves keys, so a copy written after it may
+    /// land in a partition whose filter never saw its first copy: records written at or after it
+    /// about events before it are refused unless the filter recognizes them. None: the count
+    /// never changed.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub dedup_partitions_changed_at: Option<chrono::DateTime<chrono::Utc>>,
     /// How far `occurred_at` may be ahead of the record's Kafka timestamp.
     pub max_future_skew_secs: u64,
     /// Pending asynchronous jobs tracked per scope.
@@ -102,6 +111,7 @@ impl Default for AggregateConfig {
             allowed_lateness_secs: DEFAULT_ALLOWED_LATENESS_SECS,
             dedup_horizon_secs: partition.dedup_horizon.as_secs(),
             dedup_max_ids: partition.dedup_max_ids,
+            dedup_partitions_changed_at: partition.partitions_changed_at,
             max_future_skew_secs: partition.max_future_skew.as_secs(),
             pending_jobs_per_scope: partition.totals.pending_jobs_per_scope,
             publish_totals: true,
@@ -157,6 +167,7 @@ impl AggregateConfig {
             dedup_horizon: Duration::from_secs(self.dedup_horizon_secs),
             dedup_max_ids: self.dedup_max_ids,
             max_future_skew: Duration::from_secs(self.max_future_skew_secs),
+            partitions_changed_at: self.dedup_partitions_changed_at,
         }
     }
 }

@@ -3,10 +3,21 @@
 //! # What counts as a duplicate
 //! A record whose `event_id` was already seen in the same partition and is still remembered. Ingest
 //! keys records by `job_id` or else `event_id` (`schemas::partition_key`), so every copy of an event
-//! lands in the partition of the first copy. Ids are remembered in arrival order and forgotten from
-//! the oldest once their event time is `horizon` behind the partition's watermark (or when more
-//! than `max_ids` are held). With `horizon >= allowed lateness` a forgotten event's copy is late
-//! anyway: it can no longer change a window total, only `late_events`.
+//! lands in the partition of the first copy (while the partition count is unchanged). Ids are
+//! remembered in arrival order and forgotten from the oldest once their event time is `horizon`
+//! behind the partition's watermark, or earlier when more than `max_ids` are held.
+//!
+//! # A duplicate is never counted twice: the floor
+//! A forgotten id's copy would look new, and a late event is still counted in its open windows
+//! (its day, its month), so "late anyway" is not enough. The filter therefore keeps a **floor**
+//! ([`Dedup::floor`]): every id it ever forgot had an event time at or before it. The floor is the
+//! later of `watermark - horizon` and the latest event time among ids the `max_ids` cap forced out
+//! early ([`Dedup::forgotten_through`]). An event at or before the floor that is not remembered
+//! cannot be told from a copy of a forgotten one, so the caller refuses it (dead-lettered as too
+//! late to deduplicate, counted only in `late_events`); an event after the floor is a duplicate
+//! exactly when it is remembered. This rests on copies of an event carrying the same `occurred_at`
+//! (they are the same event). The **effective horizon** is `watermark - floor`: `horizon` unless
+//! the cap bit ([`Dedup::effective_horizon`]).
 //!
 //! # Rebuilding after a restart
 //! Every decoded record is remembered, duplicates included (as one more copy of the id), and
@@ -68,8 +79,13 @@ pub struct Dedup {
     /// Copies remembered per id.
     seen: HashMap<u128, u32, BuildHasherDefault<PassThrough>>,
     order: VecDeque<Entry>,
-    /// Ids forgotten because `max_ids` was reached (not because of the horizon).
-    forgotten_early: u64,
+    /// The watermark of the last [`Dedup::expire`] (the partition's, after the last record).
+    watermark: Option<DateTime<Utc>>,
+    /// Latest event time among ids forgotten because `max_ids` was reached: part of the floor.
+    /// Kept in the checkpoint, since a rebuild starts empty and cannot recompute it.
+    forgotten_through: Option<DateTime<Utc>>,
+    /// Ids forgotten because of `max_ids` before the horizon, not yet taken for the metric.
+    evicted_early: u64,
 }
 
 impl Dedup {
@@ -81,8 +97,51 @@ impl Dedup {
             keys: (RandomState::new(), RandomState::new()),
             seen: HashMap::default(),
             order: VecDeque::new(),
-            forgotten_early: 0,
+            watermark: None,
+            forgotten_through: None,
+            evicted_early: 0,
         }
+    }
+
+    /// Puts back what a checkpoint holds besides the ids: the watermark and the cap's part of the
+    /// floor. The ids themselves are rebuilt by re-reading from [`Self::replay_from`].
+    pub fn restore_floor(
+        &mut self,
+        watermark: Option<DateTime<Utc>>,
+        forgotten_through: Option<DateTime<Utc>>,
+    ) {
+        self.watermark = self.watermark.max(watermark);
+        self.forgotten_through = self.forgotten_through.max(forgotten_through);
+    }
+
+    /// Every id forgotten so far had an event time at or before this (see the module docs).
+    pub fn floor(&self) -> Option<DateTime<Utc>> {
+        let by_horizon = self
+            .watermark
+            .and_then(|watermark| watermark.checked_sub_signed(self.horizon));
+        by_horizon.max(self.forgotten_through)
+    }
+
+    /// Whether a copy of an event at `occurred_at` would still be recognized: it is after the
+    /// floor. An event at or before the floor must be refused unless [`Self::insert`] finds it.
+    pub fn recognizes(&self, occurred_at: DateTime<Utc>) -> bool {
+        self.floor().is_none_or(|floor| occurred_at > floor)
+    }
+
+    /// How far behind the watermark copies are recognized: `horizon`, or less once the cap forced
+    /// ids out early. `None` before the first event.
+    pub fn effective_horizon(&self) -> Option<TimeDelta> {
+        let watermark = self.watermark?;
+        Some(
+            self.floor()
+                .map_or(self.horizon, |floor| watermark.signed_duration_since(floor))
+                .max(TimeDelta::zero()),
+        )
+    }
+
+    /// The cap's part of the floor (stored in the checkpoint).
+    pub fn forgotten_through(&self) -> Option<DateTime<Utc>> {
+        self.forgotten_through
     }
 
     fn id_of(&self, event_id: &str) -> u128 {
@@ -104,8 +163,14 @@ impl Dedup {
             offset,
         });
         while self.order.len() > self.max_ids {
-            self.pop_front();
-            self.forgotten_early += 1;
+            let Some(forgotten) = self.pop_front() else {
+                break;
+            };
+            // Due anyway when already past the horizon (first in, first out had not reached it).
+            if self.recognizes(forgotten.occurred_at) {
+                self.evicted_early += 1;
+            }
+            self.forgotten_through = self.forgotten_through.max(Some(forgotten.occurred_at));
         }
         first
     }
@@ -113,6 +178,7 @@ impl Dedup {
     /// Forgets the oldest ids whose event time is `horizon` or more behind `watermark`, stopping
     /// at the first that is not (first in, first out; see the module docs).
     pub fn expire(&mut self, watermark: DateTime<Utc>) {
+        self.watermark = self.watermark.max(Some(watermark));
         let Some(limit) = watermark.checked_sub_signed(self.horizon) else {
             return;
         };
@@ -125,15 +191,15 @@ impl Dedup {
         }
     }
 
-    fn pop_front(&mut self) {
-        if let Some(entry) = self.order.pop_front() {
-            if let Some(copies) = self.seen.get_mut(&entry.id) {
-                *copies -= 1;
-                if *copies == 0 {
-                    self.seen.remove(&entry.id);
-                }
+    fn pop_front(&mut self) -> Option<Entry> {
+        let entry = self.order.pop_front()?;
+        if let Some(copies) = self.seen.get_mut(&entry.id) {
+            *copies -= 1;
+            if *copies == 0 {
+                self.seen.remove(&entry.id);
             }
         }
+        Some(entry)
     }
 
     /// The offset of the oldest remembered id: where a restart re-reads from to rebuild the filter.
@@ -151,9 +217,10 @@ impl Dedup {
         self.order.is_empty()
     }
 
-    /// Ids forgotten because `max_ids` was reached: a copy of those events would be counted again.
-    pub fn forgotten_early(&self) -> u64 {
-        self.forgotten_early
+    /// Ids forgotten because `max_ids` was reached before the horizon, since the last call (for
+    /// the metric). Their copies are refused, not counted: they are at or before the floor.
+    pub fn take_evicted_early(&mut self) -> u64 {
+        std::mem::take(&mut self.evicted_early)
     }
 
     /// Approximate heap bytes.
@@ -205,10 +272,42 @@ mod tests {
         for (offset, id) in ["a", "b", "c"].iter().enumerate() {
             dedup.insert(id, at(0), offset as i64);
         }
-        assert_eq!(dedup.forgotten_early(), 1);
+        assert_eq!(dedup.take_evicted_early(), 1);
+        assert_eq!(dedup.take_evicted_early(), 0, "taken");
         assert_eq!(dedup.replay_from(), Some(1));
-        assert!(dedup.insert("a", at(0), 3));
+        assert!(
+            !dedup.recognizes(at(0)),
+            "a copy of the forgotten a would look new: it must be refused"
+        );
+        assert!(dedup.recognizes(at(1)));
         assert!(!dedup.insert("c", at(0), 4));
+    }
+
+    #[test]
+    fn the_floor_follows_the_horizon_and_the_cap() {
+        let mut dedup = Dedup::new(Duration::from_secs(600), 3);
+        assert_eq!((dedup.floor(), dedup.effective_horizon()), (None, None));
+        dedup.insert("a", at(0), 0);
+        dedup.expire(at(0));
+        assert!(
+            dedup.recognizes(at(0))
+                && !dedup.recognizes(Utc.with_ymd_and_hms(2026, 3, 9, 11, 50, 0).unwrap())
+        );
+        assert_eq!(dedup.effective_horizon(), Some(TimeDelta::minutes(10)));
+        for (offset, minute) in [1, 2, 3].into_iter().enumerate() {
+            dedup.insert(&format!("e{minute}"), at(minute), offset as i64 + 1);
+            dedup.expire(at(minute));
+        }
+        // "a" (minute 0) was forced out within the horizon: the floor is minute 0.
+        assert_eq!(dedup.forgotten_through(), Some(at(0)));
+        assert_eq!(dedup.effective_horizon(), Some(TimeDelta::minutes(3)));
+        assert!(!dedup.recognizes(at(0)) && dedup.recognizes(at(1)));
+        assert_eq!(dedup.take_evicted_early(), 1);
+
+        // A restored filter starts from the checkpoint's floor.
+        let mut restored = Dedup::new(Duration::from_secs(600), 3);
+        restored.restore_floor(Some(at(3)), dedup.forgotten_through());
+        assert_eq!(restored.floor(), dedup.floor());
     }
 
     #[test]

@@ -39,8 +39,10 @@
 //!    filter, and counts from `next_offset` on. The totals are then exactly what they were at the
 //!    checkpoint, and everything after it is recomputed identically.
 //! 4. **Duplicates.** Copies of an `event_id` (ingest keys records by `job_id` or else
-//!    `event_id`, so copies share a partition) count once within the dedup horizon, which must be at
-//!    least the allowed lateness; older copies could only be late anyway.
+//!    `event_id`, so copies share a partition) are never counted twice: within the duplicate
+//!    filter's floor they are recognized; an event at or before the floor (older than the
+//!    horizon, or than what `dedup_max_ids` left, or before a partition-count change) that the
+//!    filter does not remember is refused as too late to deduplicate (see [`dedup`]).
 //!
 //! What is *not* exactly once: dead-letter records on the Kafka topic (a replay re-sends them;
 //! the `dead_letters` table collapses them by source offset), and `oldest_pending_job_started_at`,

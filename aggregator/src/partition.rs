@@ -8,6 +8,12 @@
 //!   watermark and close every window), or a total would overflow;
 //! - a **duplicate**: its `event_id` is in the [`Dedup`] filter; counted in a metric only (every copy
 //!   is in `usage_events_raw`);
+//! - **too late to deduplicate**: not remembered, and its `occurred_at` is at or before the
+//!   filter's floor (older than the duplicate horizon, or than ids the `dedup_max_ids` cap forced
+//!   out), or before `dedup_partitions_changed_at` while written after it: it may be a copy of an
+//!   event the filter forgot (or that another partition saw), so it is not counted, only in
+//!   `late_events` of the open windows, and dead-lettered with the reason. A duplicate is thus
+//!   never counted twice;
 //! - **counted** in every (scope, window) it belongs to; if some of its windows had closed it is
 //!   also **late**: counted in `late_events` of the open window instead, and dead-lettered with the
 //!   reason so it is not silently lost from those windows.
@@ -59,6 +65,8 @@ pub mod kind {
     pub const LATE: &str = "late";
     /// A total would overflow or lose precision.
     pub const OVERFLOW: &str = "overflow";
+    /// Older than the duplicate filter remembers: not counted (only in `late_events`).
+    pub const TOO_LATE_TO_DEDUPLICATE: &str = "too_late_to_deduplicate";
 }
 
 /// How a partition is aggregated.
@@ -72,6 +80,11 @@ pub struct PartitionSettings {
     pub dedup_max_ids: usize,
     /// How far `occurred_at` may be ahead of the record's Kafka timestamp.
     pub max_future_skew: Duration,
+    /// When the usage topic's partition count last changed (set by the operator, see
+    /// `docs/aggregator.md`): a record written at or after it about an event before it, and not
+    /// in the filter, is refused as too late to deduplicate (its first copy may be in another
+    /// partition's filter).
+    pub partitions_changed_at: Option<DateTime<Utc>>,
 }
 
 impl Default for PartitionSettings {
@@ -81,6 +94,7 @@ impl Default for PartitionSettings {
             dedup_horizon: Duration::from_secs(900),
             dedup_max_ids: 2_000_000,
             max_future_skew: Duration::from_secs(300),
+            partitions_changed_at: None,
         }
     }
 }
@@ -97,6 +111,10 @@ pub struct CheckpointState {
     /// Pending asynchronous jobs per scope.
     #[serde(default)]
     pub pending_jobs: Vec<PendingJobsSnapshot>,
+    /// The duplicate filter's floor from ids the `dedup_max_ids` cap forced out early
+    /// ([`Dedup::forgotten_through`]); a rebuild from `replay_from` cannot recompute it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dedup_forgotten_through: Option<DateTime<Utc>>,
 }
 
 /// Where and how a partition resumes.
@@ -119,6 +137,9 @@ pub enum Outcome {
     Late,
     /// A copy of an event already counted: not counted again.
     Duplicate,
+    /// Older than the duplicate filter's floor and not remembered: counted only in
+    /// `late_events`; dead-lettered.
+    TooLate,
     /// Dead-lettered with this kind; not counted.
     DeadLettered(String),
     /// Rebuilding the duplicate filter after a restart: remembered, not counted.
@@ -149,6 +170,8 @@ pub struct PartitionCounts {
     pub late: u64,
     /// Duplicates.
     pub duplicates: u64,
+    /// Refused as too late to deduplicate.
+    pub too_late: u64,
     /// Dead-lettered (not counted at all; late events are in `late`).
     pub dead_lettered: u64,
     /// Remembered while rebuilding the filter.
@@ -189,6 +212,7 @@ impl PartitionAggregator {
         totals: impl IntoIterator<Item = StoredTotal<'a>>,
     ) -> Result<(PartitionAggregator, usize), StateError> {
         let mut state = TotalsState::new(policies, settings.totals)?;
+        let mut dedup = Dedup::new(settings.dedup_horizon, settings.dedup_max_ids);
         let (next_offset, replay_from) = match &checkpoint {
             Some(checkpoint) => {
                 if let Some(closed_through) = checkpoint.state.closed_through {
@@ -200,6 +224,10 @@ impl PartitionAggregator {
                 for pending in &checkpoint.state.pending_jobs {
                     state.restore_pending_jobs(pending);
                 }
+                dedup.restore_floor(
+                    checkpoint.state.watermark,
+                    checkpoint.state.dedup_forgotten_through,
+                );
                 (
                     checkpoint.next_offset,
                     checkpoint.replay_from.min(checkpoint.next_offset),
@@ -224,7 +252,7 @@ impl PartitionAggregator {
                 partition,
                 settings,
                 state,
-                dedup: Dedup::new(settings.dedup_horizon, settings.dedup_max_ids),
+                dedup,
                 next_offset,
                 replay_from,
                 read_next: replay_from,
@@ -264,6 +292,16 @@ impl PartitionAggregator {
     /// Ids in the duplicate filter.
     pub fn dedup_len(&self) -> usize {
         self.dedup.len()
+    }
+
+    /// How far behind the watermark copies are still recognized (`None` before any event).
+    pub fn dedup_effective_horizon(&self) -> Option<TimeDelta> {
+        self.dedup.effective_horizon()
+    }
+
+    /// Ids the `dedup_max_ids` cap forced out before the horizon since the last call.
+    pub fn take_dedup_evicted_early(&mut self) -> u64 {
+        self.dedup.take_evicted_early()
     }
 
     /// Approximate heap bytes of the totals and the duplicate filter.
@@ -316,6 +354,12 @@ impl PartitionAggregator {
                 return Outcome::DeadLettered(kind);
             }
         };
+        // Judged on the filter as it was before this record (see the dedup module docs).
+        let refusal = if remembering {
+            None
+        } else {
+            self.refusal(&event, timestamp_ms)
+        };
         let first = self
             .dedup
             .insert(&event.event_id, event.occurred_at, offset);
@@ -328,6 +372,30 @@ impl PartitionAggregator {
         let outcome = if !first {
             self.counts.duplicates += 1;
             Outcome::Duplicate
+        } else if let Some(reason) = refusal {
+            // Only `late_events` of its scopes' open windows, and a dead letter with the reason.
+            let (outcome, kind, message) = match self.state.apply_refused(&event, offset as u64 + 1)
+            {
+                Ok(_) => {
+                    self.counts.too_late += 1;
+                    (
+                        Outcome::TooLate,
+                        kind::TOO_LATE_TO_DEDUPLICATE,
+                        format!("{reason}: not counted (only in late_events of the open windows)"),
+                    )
+                }
+                Err(error) => {
+                    self.counts.dead_lettered += 1;
+                    (
+                        Outcome::DeadLettered(kind::OVERFLOW.to_owned()),
+                        kind::OVERFLOW,
+                        format!("not counted: {error}"),
+                    )
+                }
+            };
+            self.dead_letters
+                .push(dead_letter::dead_letter(source, SERVICE, kind, message));
+            outcome
         } else {
             // Versions are offset + 1, so that 0 means "nothing counted".
             match self.state.apply(&event, offset as u64 + 1) {
@@ -374,6 +442,40 @@ impl PartitionAggregator {
             self.dedup.expire(watermark);
         }
         outcome
+    }
+
+    /// Why a record that is not in the filter could still be a copy of a counted event (so must
+    /// not be counted), if it could.
+    fn refusal(&self, event: &UsageEvent, timestamp_ms: Option<i64>) -> Option<String> {
+        if !self.dedup.recognizes(event.occurred_at) {
+            let floor = self
+                .dedup
+                .floor()
+                .map_or_else(String::new, |at| at.to_rfc3339());
+            let horizon = self
+                .dedup
+                .effective_horizon()
+                .map_or(0, |horizon| horizon.num_seconds());
+            return Some(format!(
+                "occurred_at {} is at or before {floor}, the oldest event time the duplicate \
+                 filter still recognizes copies from (effective horizon {horizon} s behind the \
+                 watermark; dedup_horizon_secs {}, fewer if dedup_max_ids forced ids out)",
+                event.occurred_at.to_rfc3339(),
+                self.settings.dedup_horizon.as_secs(),
+            ));
+        }
+        let changed_at = self.settings.partitions_changed_at?;
+        let written_after_change = timestamp_ms
+            .and_then(DateTime::<Utc>::from_timestamp_millis)
+            .is_some_and(|written| written >= changed_at);
+        (written_after_change && event.occurred_at < changed_at).then(|| {
+            format!(
+                "occurred_at {} is before dedup_partitions_changed_at {} and the record was \
+                 written after it: its first copy may be in another partition's filter",
+                event.occurred_at.to_rfc3339(),
+                changed_at.to_rfc3339(),
+            )
+        })
     }
 
     /// Decodes and checks a record; the dead letter when it cannot be counted.
@@ -448,6 +550,7 @@ impl PartitionAggregator {
                     watermark: self.state.watermark(),
                     closed_through: self.state.closed_through(),
                     pending_jobs: self.state.pending_jobs_snapshot(),
+                    dedup_forgotten_through: self.dedup.forgotten_through(),
                 },
             },
         }
@@ -529,13 +632,20 @@ mod tests {
             partition.handle(5, written(at(20)), None, Some(&e3)),
             Outcome::Counted
         );
-        let late = bytes("e4", at(1));
+        // Its minute closed (lateness 10 min) but within the duplicate horizon (15 min).
+        let late = bytes("e4", at(8));
         assert_eq!(
             partition.handle(6, written(at(20)), None, Some(&late)),
             Outcome::Late
         );
+        // Older than the horizon: it could be a copy of a forgotten event.
+        let too_late = bytes("e5", at(1));
+        assert_eq!(
+            partition.handle(7, written(at(20)), None, Some(&too_late)),
+            Outcome::TooLate
+        );
         let flush = partition.take_flush();
-        assert_eq!(flush.checkpoint.next_offset, 7);
+        assert_eq!(flush.checkpoint.next_offset, 8);
         // e1 (offsets 0 and 1) is 20 minutes behind the watermark: forgotten.
         assert_eq!(flush.checkpoint.replay_from, 5);
         let kinds: Vec<&str> = flush
@@ -543,17 +653,142 @@ mod tests {
             .iter()
             .map(|letter| letter.error_kind.as_str())
             .collect();
-        assert_eq!(kinds, ["bad_magic", "empty", "in_future", "late"]);
+        assert_eq!(
+            kinds,
+            [
+                "bad_magic",
+                "empty",
+                "in_future",
+                "late",
+                "too_late_to_deduplicate"
+            ]
+        );
         assert!(flush.dead_letters[3].error_message.contains("late_events"));
+        assert!(flush.dead_letters[4].error_message.contains("not counted"));
         let counts = partition.counts();
         assert_eq!(
             (
                 counts.counted,
                 counts.late,
                 counts.duplicates,
-                counts.dead_lettered
+                counts.dead_lettered,
+                counts.too_late
             ),
-            (3, 1, 1, 3)
+            (3, 1, 1, 3, 1)
+        );
+    }
+
+    fn team_day(updates: &[TotalUpdate]) -> &TotalUpdate {
+        updates
+            .iter()
+            .find(|update| {
+                &*update.scope_kind == "team" && update.window.kind().to_string() == "day"
+            })
+            .unwrap()
+    }
+
+    /// Issue 13, point 1: a copy re-sent after the duplicate horizon (its day still open) was
+    /// counted a second time in the day; it is now refused and only in `late_events`.
+    #[test]
+    fn a_copy_older_than_the_horizon_is_refused_not_counted_twice() {
+        let mut partition = fresh();
+        let original = bytes("e1", at(0));
+        partition.handle(0, written(at(0)), None, Some(&original));
+        partition.handle(1, written(at(20)), None, Some(&bytes("e2", at(20))));
+        let before = team_day(&partition.take_flush().updates).measures;
+        assert_eq!(before.requests, 2);
+        assert_eq!(
+            partition.handle(2, written(at(20)), None, Some(&original)),
+            Outcome::TooLate
+        );
+        let after = team_day(&partition.take_flush().updates).measures;
+        assert_eq!(after.requests, 2, "the copy is not counted in its open day");
+        assert_eq!(after.cost_usd, before.cost_usd);
+        assert_eq!(after.late_events, before.late_events + 1);
+    }
+
+    /// Issue 13, point 1: ids the `dedup_max_ids` cap forces out early raise the floor, which the
+    /// checkpoint keeps: a copy of a forgotten id is refused, before and after a restart.
+    #[test]
+    fn ids_forgotten_early_are_refused_across_a_restart() {
+        let settings = PartitionSettings {
+            dedup_max_ids: 3,
+            ..PartitionSettings::default()
+        };
+        let mut first = PartitionAggregator::restore("usage", 0, &policies(), settings, None, [])
+            .unwrap()
+            .0;
+        let ids = ["e0", "e1", "e2", "e3", "e4"];
+        for (minute, id) in ids.iter().enumerate() {
+            let when = at(minute as u32);
+            first.handle(minute as i64, written(when), None, Some(&bytes(id, when)));
+        }
+        assert_eq!(first.take_dedup_evicted_early(), 2);
+        assert_eq!(
+            first.dedup_effective_horizon(),
+            Some(TimeDelta::minutes(3)),
+            "the cap shrank the horizon"
+        );
+        let checkpoint = first.take_flush().checkpoint;
+        assert_eq!(checkpoint.state.dedup_forgotten_through, Some(at(1)));
+        assert_eq!(
+            first.handle(5, written(at(4)), None, Some(&bytes("e1", at(1)))),
+            Outcome::TooLate
+        );
+        let (mut second, _) =
+            PartitionAggregator::restore("usage", 0, &policies(), settings, Some(checkpoint), [])
+                .unwrap();
+        for offset in second.read_from()..5 {
+            let when = at(offset as u32);
+            assert_eq!(
+                second.handle(
+                    offset,
+                    written(when),
+                    None,
+                    Some(&bytes(ids[offset as usize], when))
+                ),
+                Outcome::Remembered
+            );
+        }
+        assert_eq!(
+            second.handle(5, written(at(4)), None, Some(&bytes("e1", at(1)))),
+            Outcome::TooLate
+        );
+        assert_eq!(
+            second.handle(6, written(at(4)), None, Some(&bytes("e3", at(3)))),
+            Outcome::Duplicate
+        );
+    }
+
+    /// Issue 13, point 1: after the partition count changed, a record written after the change
+    /// about an event before it may be a copy whose first copy is in another partition.
+    #[test]
+    fn records_written_after_a_partition_change_about_older_events_are_refused() {
+        let settings = PartitionSettings {
+            partitions_changed_at: Some(at(10)),
+            ..PartitionSettings::default()
+        };
+        let mut partition =
+            PartitionAggregator::restore("usage", 0, &policies(), settings, None, [])
+                .unwrap()
+                .0;
+        assert_eq!(
+            partition.handle(0, written(at(9)), None, Some(&bytes("before", at(9)))),
+            Outcome::Counted,
+            "written before the change"
+        );
+        assert_eq!(
+            partition.handle(1, written(at(11)), None, Some(&bytes("before", at(9)))),
+            Outcome::Duplicate,
+            "still recognized here"
+        );
+        assert_eq!(
+            partition.handle(2, written(at(11)), None, Some(&bytes("moved", at(9)))),
+            Outcome::TooLate
+        );
+        assert_eq!(
+            partition.handle(3, written(at(11)), None, Some(&bytes("after", at(10)))),
+            Outcome::Counted
         );
     }
 

@@ -89,7 +89,8 @@ mod failpoint {
 
 /// Prometheus metric names.
 pub mod metric {
-    /// Records read, by `outcome` (counted, late, duplicate, dead_lettered, remembered, stale).
+    /// Records read, by `outcome` (counted, late, duplicate, too_late, dead_lettered, remembered,
+    /// stale).
     pub const RECORDS: &str = "aggregator_records_total";
     /// Dead letters written, by `kind`.
     pub const DEAD_LETTERS: &str = "aggregator_dead_letters_total";
@@ -109,6 +110,11 @@ pub mod metric {
     pub const STATE_BYTES: &str = "aggregator_state_bytes";
     /// Event ids in the duplicate filters.
     pub const DEDUP_IDS: &str = "aggregator_dedup_ids";
+    /// How far behind the watermark copies are still recognized, by `partition`: the duplicate
+    /// horizon, or less once `dedup_max_ids` forced ids out early. Older events are refused.
+    pub const DEDUP_HORIZON_SECONDS: &str = "aggregator_dedup_horizon_seconds";
+    /// Ids the `dedup_max_ids` cap forced out of a duplicate filter before the horizon.
+    pub const DEDUP_EVICTED_EARLY: &str = "aggregator_dedup_evicted_early_total";
     /// 1 while reading is paused because a flush is being retried.
     pub const PAUSED: &str = "aggregator_paused";
     /// Partitions owned.
@@ -712,6 +718,10 @@ impl AggregatorLoop {
         metrics::gauge!(metric::ACTIVE_WINDOWS).set(gauges.active_windows as f64);
         metrics::gauge!(metric::STATE_BYTES).set(gauges.bytes as f64);
         metrics::gauge!(metric::DEDUP_IDS).set(gauges.dedup_ids as f64);
+        for (partition, seconds) in gauges.dedup_horizons {
+            metrics::gauge!(metric::DEDUP_HORIZON_SECONDS, "partition" => partition.to_string())
+                .set(seconds);
+        }
         let high_watermarks = lock(&self.consumer.context().high_watermarks).clone();
         for (&partition, next) in &self.owned {
             if let (Some(next), Some(high)) = (next, high_watermarks.get(&partition)) {

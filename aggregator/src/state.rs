@@ -396,6 +396,26 @@ impl TotalsState {
     /// changed. Duplicates are not detected here: deduplicate by `event_id`
     /// upstream or rely on replay from committed offsets (CONVENTIONS.md §4).
     pub fn apply(&mut self, event: &UsageEvent, version: u64) -> Result<ApplyOutcome, StateError> {
+        self.apply_as(event, version, false)
+    }
+
+    /// Counts a refused event (too late to deduplicate) in `late_events` only: as if every one
+    /// of its windows had closed. Its measures go nowhere and the watermark does not move (a
+    /// refused event is not counted). All or nothing, like [`Self::apply`].
+    pub fn apply_refused(
+        &mut self,
+        event: &UsageEvent,
+        version: u64,
+    ) -> Result<ApplyOutcome, StateError> {
+        self.apply_as(event, version, true)
+    }
+
+    fn apply_as(
+        &mut self,
+        event: &UsageEvent,
+        version: u64,
+        refused: bool,
+    ) -> Result<ApplyOutcome, StateError> {
         let contribution = Measures::of_event(event);
         for (window, cache) in self.event_windows.iter_mut().zip(&mut self.caches) {
             *window = cache.window_of(event.occurred_at).cloned();
@@ -439,7 +459,7 @@ impl TotalsState {
                 let Some(window) = &self.event_windows[spec_index] else {
                     continue; // outside the campaign: no window of this spec
                 };
-                let (window, addend) = if is_closed(window) {
+                let (window, addend) = if refused || is_closed(window) {
                     outcome.windows_late += 1;
                     let open = self
                         .watermark
@@ -469,7 +489,9 @@ impl TotalsState {
                 state.dirty = true;
                 self.dirty_scopes.push((kind_index, Arc::clone(&state.key)));
             }
-            track_job(state, event, &mut job_id, &self.config);
+            if !refused {
+                track_job(state, event, &mut job_id, &self.config);
+            }
         }
         self.active_windows += created;
         if let Some(bound) = next_bound {
@@ -477,7 +499,9 @@ impl TotalsState {
         } else {
             self.upper_bound = None;
         }
-        self.advance_watermark(event.occurred_at);
+        if !refused {
+            self.advance_watermark(event.occurred_at);
+        }
         Ok(outcome)
     }
 

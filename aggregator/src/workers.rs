@@ -42,7 +42,7 @@ pub struct Record {
 }
 
 /// What the state of a worker's partitions amounts to (for gauges).
-#[derive(Debug, Default, Clone, Copy)]
+#[derive(Debug, Default, Clone)]
 pub struct Gauges {
     /// (scope, window) totals held.
     pub active_windows: usize,
@@ -50,6 +50,8 @@ pub struct Gauges {
     pub bytes: usize,
     /// Ids in the duplicate filters.
     pub dedup_ids: usize,
+    /// Effective duplicate horizon in seconds per partition (partitions with an event only).
+    pub dedup_horizons: Vec<(i32, f64)>,
 }
 
 enum Command {
@@ -202,6 +204,7 @@ impl Workers {
             total.active_windows += gauges.active_windows;
             total.bytes += gauges.bytes;
             total.dedup_ids += gauges.dedup_ids;
+            total.dedup_horizons.extend(gauges.dedup_horizons);
         }
         Ok(total)
     }
@@ -222,16 +225,19 @@ async fn send(sender: &mpsc::Sender<Command>, command: Command) -> Result<(), Wo
 /// Outcome counts not yet published (metrics are cheap per batch, not per record).
 #[derive(Default)]
 struct Counts {
-    by_outcome: [u64; 6],
+    by_outcome: [u64; 7],
+    /// Ids the duplicate filters' cap forced out before the horizon.
+    dedup_evicted_early: u64,
 }
 
-const OUTCOMES: [&str; 6] = [
+const OUTCOMES: [&str; 7] = [
     "counted",
     "late",
     "duplicate",
     "dead_lettered",
     "remembered",
     "stale",
+    "too_late",
 ];
 
 impl Counts {
@@ -243,6 +249,7 @@ impl Counts {
             Outcome::DeadLettered(_) => 3,
             Outcome::Remembered => 4,
             Outcome::Stale => 5,
+            Outcome::TooLate => 6,
         };
         self.by_outcome[index] += 1;
     }
@@ -253,9 +260,13 @@ impl Counts {
                 metrics::counter!(metric::RECORDS, "outcome" => outcome).increment(*count);
             }
         }
+        if self.dedup_evicted_early > 0 {
+            metrics::counter!(metric::DEDUP_EVICTED_EARLY).increment(self.dedup_evicted_early);
+            self.dedup_evicted_early = 0;
+        }
         let counted = self.by_outcome[0] + self.by_outcome[1];
         stats.counted.fetch_add(counted, Ordering::Relaxed);
-        self.by_outcome = [0; 6];
+        self.by_outcome = [0; 7];
     }
 }
 
@@ -282,6 +293,9 @@ fn work(mut receiver: mpsc::Receiver<Command>, stats: Arc<Stats>) {
                         ),
                         None => Outcome::Stale,
                     };
+                    if let Some(partition) = partitions.get_mut(&record.partition) {
+                        counts.dedup_evicted_early += partition.take_dedup_evicted_early();
+                    }
                     if let Outcome::DeadLettered(kind) = &outcome {
                         tracing::debug!(
                             partition = record.partition,
@@ -329,6 +343,12 @@ fn work(mut receiver: mpsc::Receiver<Command>, stats: Arc<Stats>) {
                     gauges.active_windows += partition.state().active_windows();
                     gauges.bytes += partition.approximate_bytes();
                     gauges.dedup_ids += partition.dedup_len();
+                    if let Some(horizon) = partition.dedup_effective_horizon() {
+                        gauges.dedup_horizons.push((
+                            partition.partition(),
+                            horizon.num_milliseconds() as f64 / 1e3,
+                        ));
+                    }
                 }
                 let _ = reply.send(gauges);
             }

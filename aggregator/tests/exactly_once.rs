@@ -69,12 +69,7 @@ async fn totals_equal_a_recount_of_100k_mixed_events_with_duplicates() {
             .load(std::sync::atomic::Ordering::Relaxed),
         100_000
     );
-    let metrics = reqwest::get(&running.metrics_url)
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = metrics_text(&running).await;
     assert!(
         metrics.contains("aggregator_records_total{outcome=\"duplicate\"}"),
         "{metrics}"
@@ -94,38 +89,7 @@ async fn kill_9_at_any_moment_repeatedly_loses_and_duplicates_nothing() {
     // Bad records, so that flushes also write dead letters.
     produce_raw(&config.kafka, &[("bad-1", b"not avro"), ("bad-2", b"")]).await;
 
-    // First crash right after each write of a flush (partials written but not published;
-    // published but no checkpoint; ...), then kill -9 at staggered random moments.
-    for (round, failpoint) in [
-        "partials:2",
-        "published:3",
-        "dead_letters:1",
-        "checkpoint:2",
-    ]
-    .into_iter()
-    .enumerate()
-    {
-        let process = spawn_process_with_failpoint(&config, Some(failpoint));
-        assert!(
-            process.wait_aborted(Duration::from_secs(120)).await,
-            "{failpoint}: it exited without crashing"
-        );
-        if round == 1 {
-            produce(&config.kafka, &events[events.len() / 2..]).await;
-        }
-    }
-    for round in 0..4u64 {
-        let mut process = spawn_process(&config);
-        let before = partial_rows(&config.clickhouse).await;
-        testkit::eventually(Duration::from_secs(120), "a flush after restart", || {
-            let clickhouse = config.clickhouse.clone();
-            async move { (partial_rows(&clickhouse).await > before).then_some(()) }
-        })
-        .await;
-        tokio::time::sleep(Duration::from_millis(5 + 41 * round)).await;
-        assert!(process.is_running(), "the aggregator died by itself");
-        process.kill_9();
-    }
+    crash_after_each_flush_write_then_kill_9(&config, &events[events.len() / 2..], 4).await;
     let last = spawn_process(&config);
     wait_caught_up(&config, Duration::from_secs(300)).await;
     check_exact(&config, &events).await;

@@ -447,6 +447,16 @@ impl Running {
     }
 }
 
+/// The in-process aggregator's `/metrics` page.
+pub async fn metrics_text(running: &Running) -> String {
+    reqwest::get(&running.metrics_url)
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap()
+}
+
 /// An aggregator in a child process (the binary), so it can be `kill -9`ed.
 pub struct Process {
     child: std::process::Child,
@@ -512,6 +522,47 @@ impl Drop for Process {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+    }
+}
+
+/// Crashes the aggregator (the binary, `config`) right after each write of a flush in turn
+/// (partials written but not published; published but no checkpoint; ...), producing `midway`
+/// after the second crash, then `kill -9`s it `kills` times at staggered moments after a flush.
+/// The caller starts the last process and checks the totals.
+pub async fn crash_after_each_flush_write_then_kill_9(
+    config: &Config,
+    midway: &[UsageEvent],
+    kills: u64,
+) {
+    for (round, failpoint) in [
+        "partials:2",
+        "published:3",
+        "dead_letters:1",
+        "checkpoint:2",
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let process = spawn_process_with_failpoint(config, Some(failpoint));
+        assert!(
+            process.wait_aborted(Duration::from_secs(120)).await,
+            "{failpoint}: it exited without crashing"
+        );
+        if round == 1 {
+            produce(&config.kafka, midway).await;
+        }
+    }
+    for round in 0..kills {
+        let mut process = spawn_process(config);
+        let before = partial_rows(&config.clickhouse).await;
+        testkit::eventually(Duration::from_secs(120), "a flush after restart", || {
+            let clickhouse = config.clickhouse.clone();
+            async move { (partial_rows(&clickhouse).await > before).then_some(()) }
+        })
+        .await;
+        tokio::time::sleep(Duration::from_millis(5 + 41 * round)).await;
+        assert!(process.is_running(), "the aggregator died by itself");
+        process.kill_9();
     }
 }
 
