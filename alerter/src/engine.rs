@@ -267,7 +267,8 @@ impl Engine {
             }
         }
         let enforcement = enforcement_scope(policy, &scope);
-        let key = ControlDecision::compaction_key(policy_id, &enforcement);
+        let absent = enforcement_absent(&enforcement, scope_key);
+        let key = ControlDecision::compaction_key_with_absent(policy_id, &enforcement, &absent);
         let held_block = self
             .decisions
             .get(&key)
@@ -299,6 +300,7 @@ impl Engine {
                     issued_at: now,
                     expires_at: None,
                     version: 0,
+                    absent,
                 }));
             }
             (false, _, Some(held)) => {
@@ -665,6 +667,7 @@ impl Engine {
                                 issued_at: now,
                                 expires_at: None,
                                 version: 0,
+                                absent: Vec::new(),
                             },
                         );
                     }
@@ -897,7 +900,9 @@ impl Engine {
             return effects;
         }
         let enforcement = enforcement_scope(policy, &scope);
-        let control_key = ControlDecision::compaction_key(policy.id(), &enforcement);
+        let absent = enforcement_absent(&enforcement, &key.scope_key);
+        let control_key =
+            ControlDecision::compaction_key_with_absent(policy.id(), &enforcement, &absent);
         let held = self.decisions.get(&control_key).cloned();
         let in_force = held.as_ref().filter(|decision| {
             decision.action != DecisionAction::Allow && decision.window_start == key.window_start
@@ -940,6 +945,7 @@ impl Engine {
                         issued_at: now,
                         expires_at: Some(total.window_end),
                         version: 0,
+                        absent,
                     };
                     effects.push(self.decide(decision));
                 }
@@ -1587,6 +1593,16 @@ pub fn enforcement_scope(
             .map(|(name, value)| (name.clone(), value.clone())),
     );
     enforced
+}
+
+/// The `group_by` dimensions the events of `scope_key` lack (not named by `enforcement`), for
+/// `ControlDecision::absent`: a decision for the bucket without `user_id` applies only to
+/// requests without `user_id`, so no decision scope drops a `group_by` dimension.
+pub fn enforcement_absent(enforcement: &BTreeMap<String, String>, scope_key: &str) -> Vec<String> {
+    ScopeKey::absent_of(scope_key)
+        .into_iter()
+        .filter(|dimension| !enforcement.contains_key(dimension))
+        .collect()
 }
 
 /// `team=search, model=gpt-4o`, or `(all)` for an empty scope.

@@ -55,6 +55,7 @@ fn decision(index: usize) -> ControlDecision {
         issued_at: now,
         expires_at: None,
         version: 1,
+        absent: Vec::new(),
     }
 }
 

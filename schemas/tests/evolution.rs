@@ -1,11 +1,12 @@
 //! Schema evolution: data written with `usage_event.v1.avsc` (the first published version)
-//! decodes with the current reader, the pricing envelope defaulted.
+//! decodes with the current reader, the pricing envelope defaulted; a `ControlDecision` written
+//! with `control_decision.v1.avsc` decodes with `absent` = [].
 
 mod common;
 
 use apache_avro::types::Value;
 use schemas::codec::{self, registry, AvroRecord};
-use schemas::UsageEvent;
+use schemas::{ControlDecision, UsageEvent};
 
 const ENVELOPE: [&str; 3] = ["cost_usd", "cost_source", "catalog_version"];
 
@@ -109,4 +110,64 @@ fn a_forged_length_in_old_data_is_an_error_not_a_huge_allocation() {
     bytes.extend_from_slice(b"abc");
     let error = codec::decode::<UsageEvent>(&bytes).expect_err("forged length");
     assert_eq!(error.kind(), "malformed", "{error}");
+}
+
+/// The v1 `ControlDecision` schema (before `absent`).
+fn decision_v1() -> &'static registry::RegisteredSchema {
+    ControlDecision::writer_schemas()
+        .into_iter()
+        .find(|schema| schema.file.version == 1)
+        .expect("decision v1 is registered")
+}
+
+/// `decision` without `absent`, written by apache-avro with the v1 schema, v1 header.
+fn encode_decision_as_v1(decision: &ControlDecision) -> Vec<u8> {
+    let Value::Record(fields) = codec::to_avro_value(decision).expect("valid decision") else {
+        panic!("records encode to Value::Record");
+    };
+    let v1_fields = fields
+        .into_iter()
+        .filter(|(name, _)| name != "absent")
+        .collect();
+    let datum = apache_avro::to_avro_datum(&decision_v1().schema, Value::Record(v1_fields))
+        .expect("a v1 value is valid for the v1 schema");
+    let mut bytes = vec![0xC3, 0x01];
+    bytes.extend_from_slice(&decision_v1().fingerprint);
+    bytes.extend_from_slice(&datum);
+    bytes
+}
+
+/// Issue 13, point 2: a decision published before `absent` existed (v1, still on the compacted
+/// control topic) decodes with the current reader, with no absent dimension.
+#[test]
+fn v1_decision_decodes_with_absent_empty() {
+    let mut decision = common::sample_control_decision();
+    decision.absent.clear();
+    decision.key = ControlDecision::compaction_key(&decision.policy_id, &decision.scope);
+    let bytes = encode_decision_as_v1(&decision);
+    assert_ne!(&bytes[2..10], &ControlDecision::FINGERPRINT);
+
+    let decoded: ControlDecision = codec::decode(&bytes).expect("v1 resolves to v2");
+    assert_eq!(decoded.absent, Vec::<String>::new());
+    assert_eq!(decoded, decision);
+    assert_eq!(
+        codec::decode_generic::<ControlDecision>(&bytes),
+        Ok(decision)
+    );
+}
+
+/// Issue 13, point 2: v2 is v1 plus `absent` (defaulted to []), nothing else changed.
+#[test]
+fn decision_v2_is_v1_plus_absent() {
+    let fields = |json: &str| -> Vec<serde_json::Value> {
+        let schema: serde_json::Value = serde_json::from_str(json).expect("valid JSON");
+        schema["fields"].as_array().expect("fields").clone()
+    };
+    let v1_fields = fields(registry::CONTROL_DECISION_V1_AVSC);
+    let v2_fields = fields(registry::CONTROL_DECISION_V2_AVSC);
+    assert_eq!(&v2_fields[..v1_fields.len()], &v1_fields[..]);
+    let added = &v2_fields[v1_fields.len()..];
+    assert_eq!(added.len(), 1);
+    assert_eq!(added[0]["name"], "absent");
+    assert_eq!(added[0]["default"], serde_json::json!([]));
 }
