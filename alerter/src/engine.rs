@@ -280,7 +280,7 @@ impl Engine {
                 let (action, degrade_to) = cap_action(policy);
                 let reason = format!(
                     "{} has {level} async jobs running, the most policy {policy_id} allows at once; new jobs are {} until one finishes",
-                    render_scope(&scope),
+                    render_scope_absent(&scope, &absent),
                     if action == DecisionAction::Block { "refused" } else { "degraded" }
                 );
                 effects.push(self.decide(ControlDecision {
@@ -306,7 +306,7 @@ impl Engine {
             (false, _, Some(held)) => {
                 let reason = format!(
                     "{} is down to {level} jobs running, under the {} allowed",
-                    render_scope(&scope),
+                    render_scope_absent(&scope, &absent),
                     cap.normalize()
                 );
                 let mut lifted = self.lift(&held, reason, now);
@@ -917,7 +917,7 @@ impl Engine {
                     };
                     let reason = format!(
                         "{} reached {} {} of {} {} (policy {}, {} window from {}); {verb} until {}{}",
-                        render_scope(&scope),
+                        render_scope_absent(&scope, &absent),
                         observed.normalize(),
                         policy.unit(),
                         limit.normalize(),
@@ -1603,6 +1603,17 @@ pub fn enforcement_absent(enforcement: &BTreeMap<String, String>, scope_key: &st
         .into_iter()
         .filter(|dimension| !enforcement.contains_key(dimension))
         .collect()
+}
+
+/// [`render_scope`] followed by the absent dimensions: `team=search, no user_id`; `no user_id`
+/// alone for a scope whose only group-by dimension is absent.
+pub fn render_scope_absent(scope: &BTreeMap<String, String>, absent: &[String]) -> String {
+    let present = (!scope.is_empty()).then(|| render_scope(scope));
+    present
+        .into_iter()
+        .chain(absent.iter().map(|dimension| format!("no {dimension}")))
+        .reduce(|rendered, part| format!("{rendered}, {part}"))
+        .unwrap_or_else(|| render_scope(scope))
 }
 
 /// `team=search, model=gpt-4o`, or `(all)` for an empty scope.

@@ -234,6 +234,46 @@ mod tests {
         );
     }
 
+    /// Issue 13, point 2: `absent` is sorted, without repeats, and disjoint from the scope.
+    #[test]
+    fn absent_must_be_sorted_unique_and_apart_from_the_scope() {
+        let decision = |scope: &[&str], absent: &[&str]| ControlDecision {
+            decision_id: "d".to_owned(),
+            key: "k".to_owned(),
+            policy_id: "p".to_owned(),
+            scope: scope
+                .iter()
+                .map(|name| (name.to_string(), "v".to_owned()))
+                .collect(),
+            action: DecisionAction::Block,
+            degrade_to: None,
+            reason: String::new(),
+            unit: "usd".to_owned(),
+            observed: Decimal::ONE,
+            limit: Decimal::ONE,
+            window: "day".to_owned(),
+            window_start: DateTime::<Utc>::UNIX_EPOCH,
+            window_end: DateTime::<Utc>::UNIX_EPOCH,
+            issued_at: DateTime::<Utc>::UNIX_EPOCH,
+            expires_at: None,
+            version: 1,
+            absent: absent.iter().map(|name| name.to_string()).collect(),
+        };
+        assert!(decision(&["team"], &["customer_id", "user_id"])
+            .check_invariants()
+            .is_ok());
+        for (scope, absent) in [
+            (&["team"][..], &["user_id", "customer_id"][..]),
+            (&["team"][..], &["user_id", "user_id"][..]),
+            (&["user_id"][..], &["user_id"][..]),
+        ] {
+            let error = decision(scope, absent)
+                .check_invariants()
+                .expect_err("invalid absent");
+            assert_eq!(error.field, "absent", "{scope:?} {absent:?}");
+        }
+    }
+
     /// Issue 13, point 2: the bucket of requests without a dimension has its own key, distinct
     /// from every present value (the empty one included) and from the scope without the
     /// dimension.

@@ -20,17 +20,27 @@ fn v1() -> &'static registry::RegisteredSchema {
 /// `event` without its pricing envelope, written by apache-avro with the v1 schema and framed
 /// with the v1 single-object header.
 fn encode_as_v1(event: &UsageEvent) -> Vec<u8> {
-    let Value::Record(fields) = codec::to_avro_value(event).expect("valid event") else {
+    encode_as_older(event, v1(), &ENVELOPE)
+}
+
+/// `record` without the fields `added` after `older`, written by apache-avro with the `older`
+/// schema and framed with its single-object header.
+fn encode_as_older<T: AvroRecord>(
+    record: &T,
+    older: &registry::RegisteredSchema,
+    added: &[&str],
+) -> Vec<u8> {
+    let Value::Record(fields) = codec::to_avro_value(record).expect("valid record") else {
         panic!("records encode to Value::Record");
     };
-    let v1_fields = fields
+    let older_fields = fields
         .into_iter()
-        .filter(|(name, _)| !ENVELOPE.contains(&name.as_str()))
+        .filter(|(name, _)| !added.contains(&name.as_str()))
         .collect();
-    let datum = apache_avro::to_avro_datum(&v1().schema, Value::Record(v1_fields))
-        .expect("a v1 value is valid for the v1 schema");
+    let datum = apache_avro::to_avro_datum(&older.schema, Value::Record(older_fields))
+        .expect("an older value is valid for the older schema");
     let mut bytes = vec![0xC3, 0x01];
-    bytes.extend_from_slice(&v1().fingerprint);
+    bytes.extend_from_slice(&older.fingerprint);
     bytes.extend_from_slice(&datum);
     bytes
 }
@@ -120,23 +130,6 @@ fn decision_v1() -> &'static registry::RegisteredSchema {
         .expect("decision v1 is registered")
 }
 
-/// `decision` without `absent`, written by apache-avro with the v1 schema, v1 header.
-fn encode_decision_as_v1(decision: &ControlDecision) -> Vec<u8> {
-    let Value::Record(fields) = codec::to_avro_value(decision).expect("valid decision") else {
-        panic!("records encode to Value::Record");
-    };
-    let v1_fields = fields
-        .into_iter()
-        .filter(|(name, _)| name != "absent")
-        .collect();
-    let datum = apache_avro::to_avro_datum(&decision_v1().schema, Value::Record(v1_fields))
-        .expect("a v1 value is valid for the v1 schema");
-    let mut bytes = vec![0xC3, 0x01];
-    bytes.extend_from_slice(&decision_v1().fingerprint);
-    bytes.extend_from_slice(&datum);
-    bytes
-}
-
 /// Issue 13, point 2: a decision published before `absent` existed (v1, still on the compacted
 /// control topic) decodes with the current reader, with no absent dimension.
 #[test]
@@ -144,7 +137,7 @@ fn v1_decision_decodes_with_absent_empty() {
     let mut decision = common::sample_control_decision();
     decision.absent.clear();
     decision.key = ControlDecision::compaction_key(&decision.policy_id, &decision.scope);
-    let bytes = encode_decision_as_v1(&decision);
+    let bytes = encode_as_older(&decision, decision_v1(), &["absent"]);
     assert_ne!(&bytes[2..10], &ControlDecision::FINGERPRINT);
 
     let decoded: ControlDecision = codec::decode(&bytes).expect("v1 resolves to v2");
