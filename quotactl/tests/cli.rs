@@ -250,3 +250,43 @@ async fn the_binary_prints_json_and_fails_a_broken_policy_directory() {
     assert!(printed.contains("p.yaml:1:1:"), "{printed}");
     testkit::drop_database(&config.clickhouse).await.unwrap();
 }
+
+/// Issue 13, point 2: the bucket of events without `user_id` shows as `no user_id`, apart from
+/// the users' scopes (it rendered as `(all)`, as if it were the whole policy).
+#[tokio::test]
+async fn status_names_the_bucket_without_a_dimension() {
+    let mut config = alerter::Config {
+        kafka: testkit::kafka_config("quotactl_absent"),
+        clickhouse: testkit::clickhouse_config("quotactl_absent"),
+        ..Default::default()
+    };
+    config.alert.policies_dir = policies_dir(&POLICY.replace("api_key_id", "user_id"));
+    infra::migrations::migrate(&config.clickhouse)
+        .await
+        .unwrap();
+    let client = infra::clickhouse::client(&config.clickhouse);
+    let now = Utc::now();
+    let day = now.timestamp() - now.timestamp().rem_euclid(86_400);
+    for (scope_key, cost) in [("user_id", "9"), ("user_id=u1", "1")] {
+        client
+            .query(&format!(
+                "INSERT INTO window_partials (scope_kind, scope_key, window_kind, window_tz, source_topic, \
+                 source_partition, window_start, window_end, requests, cost_usd, version, updated_at) VALUES \
+                 ('policy:t-status', '{scope_key}', 'day', 'UTC', 'usage', 0, {day}, {}, 3, {cost}, 7, {day})",
+                day + 86_400
+            ))
+            .execute()
+            .await
+            .unwrap();
+    }
+    let policies = policy::PolicySet::load_dir(&config.alert.policies_dir).unwrap();
+    let statuses = quotactl::status(&client, &policies, None, now)
+        .await
+        .unwrap();
+    let scopes: Vec<&str> = statuses
+        .iter()
+        .map(|status| status.scope.as_str())
+        .collect();
+    assert_eq!(scopes, ["no user_id", "user_id=u1"], "{statuses:?}");
+    testkit::drop_database(&config.clickhouse).await.unwrap();
+}
