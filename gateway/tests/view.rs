@@ -23,22 +23,15 @@ fn decision(
         .collect();
     ControlDecision {
         decision_id: format!("{policy_id}-{version}"),
-        key: ControlDecision::compaction_key(policy_id, &scope),
-        policy_id: policy_id.to_string(),
-        scope,
         action,
         degrade_to: (action == DecisionAction::Degrade).then(|| "gpt-4o-mini".to_string()),
         reason: format!("{policy_id}: daily budget exhausted"),
-        unit: "usd".to_string(),
         observed: Decimal::new(120, 0),
         limit: Decimal::new(100, 0),
-        window: "day".to_string(),
         window_start: now() - Duration::hours(12),
         window_end: now() + Duration::hours(12),
-        issued_at: now(),
-        expires_at: None,
         version,
-        absent: Vec::new(),
+        ..schemas::fixtures::block_decision(policy_id, scope, Vec::new(), now())
     }
 }
 
