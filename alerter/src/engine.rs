@@ -276,7 +276,8 @@ impl Engine {
             }
         }
         let enforcement = enforcement_scope(policy, &scope);
-        let key = ControlDecision::compaction_key(policy_id, &enforcement);
+        let absent = enforcement_absent(&enforcement, scope_key);
+        let key = ControlDecision::compaction_key_with_absent(policy_id, &enforcement, &absent);
         let held_block = self
             .decisions
             .get(&key)
@@ -288,7 +289,7 @@ impl Engine {
                 let (action, degrade_to) = cap_action(policy);
                 let reason = format!(
                     "{} has {level} async jobs running, the most policy {policy_id} allows at once; new jobs are {} until one finishes",
-                    render_scope(&scope),
+                    render_scope_absent(&scope, &absent),
                     if action == DecisionAction::Block { "refused" } else { "degraded" }
                 );
                 effects.push(self.decide(ControlDecision {
@@ -308,12 +309,13 @@ impl Engine {
                     issued_at: now,
                     expires_at: None,
                     version: 0,
+                    absent,
                 }));
             }
             (false, _, Some(held)) => {
                 let reason = format!(
                     "{} is down to {level} jobs running, under the {} allowed",
-                    render_scope(&scope),
+                    render_scope_absent(&scope, &absent),
                     cap.normalize()
                 );
                 let mut lifted = self.lift(&held, reason, now);
@@ -682,6 +684,7 @@ impl Engine {
                                 issued_at: now,
                                 expires_at: None,
                                 version: 0,
+                                absent: Vec::new(),
                             },
                         );
                     }
@@ -914,7 +917,9 @@ impl Engine {
             return effects;
         }
         let enforcement = enforcement_scope(policy, &scope);
-        let control_key = ControlDecision::compaction_key(policy.id(), &enforcement);
+        let absent = enforcement_absent(&enforcement, &key.scope_key);
+        let control_key =
+            ControlDecision::compaction_key_with_absent(policy.id(), &enforcement, &absent);
         let held = self.decisions.get(&control_key).cloned();
         let in_force = held.as_ref().filter(|decision| {
             decision.action != DecisionAction::Allow && decision.window_start == key.window_start
@@ -929,7 +934,7 @@ impl Engine {
                     };
                     let reason = format!(
                         "{} reached {} {} of {} {} (policy {}, {} window from {}); {verb} until {}{}",
-                        render_scope(&scope),
+                        render_scope_absent(&scope, &absent),
                         observed.normalize(),
                         policy.unit(),
                         limit.normalize(),
@@ -957,6 +962,7 @@ impl Engine {
                         issued_at: now,
                         expires_at: Some(total.window_end),
                         version: 0,
+                        absent,
                     };
                     effects.push(self.decide(decision));
                 }
@@ -1536,6 +1542,27 @@ pub fn enforcement_scope(
             .map(|(name, value)| (name.clone(), value.clone())),
     );
     enforced
+}
+
+/// The `group_by` dimensions the events of `scope_key` lack (not named by `enforcement`), for
+/// `ControlDecision::absent`: a decision for the bucket without `user_id` applies only to
+/// requests without `user_id`, so no decision scope drops a `group_by` dimension.
+pub fn enforcement_absent(enforcement: &BTreeMap<String, String>, scope_key: &str) -> Vec<String> {
+    ScopeKey::absent_of(scope_key)
+        .into_iter()
+        .filter(|dimension| !enforcement.contains_key(dimension))
+        .collect()
+}
+
+/// [`render_scope`] followed by the absent dimensions: `team=search, no user_id`; `no user_id`
+/// alone for a scope whose only group-by dimension is absent.
+pub fn render_scope_absent(scope: &BTreeMap<String, String>, absent: &[String]) -> String {
+    let present = (!scope.is_empty()).then(|| render_scope(scope));
+    present
+        .into_iter()
+        .chain(absent.iter().map(|dimension| format!("no {dimension}")))
+        .reduce(|rendered, part| format!("{rendered}, {part}"))
+        .unwrap_or_else(|| render_scope(scope))
 }
 
 /// `team=search, model=gpt-4o`, or `(all)` for an empty scope.

@@ -7,7 +7,6 @@ use std::hint::black_box;
 use chrono::{TimeZone, Utc};
 use criterion::{criterion_group, criterion_main, Criterion};
 use gateway::{DecisionView, RequestAttributes};
-use rust_decimal::Decimal;
 use schemas::{ControlDecision, DecisionAction};
 
 fn decision(index: usize) -> ControlDecision {
@@ -40,21 +39,10 @@ fn decision(index: usize) -> ControlDecision {
     };
     ControlDecision {
         decision_id: format!("d-{index}"),
-        key: ControlDecision::compaction_key(&policy_id, &scope),
-        policy_id,
-        scope,
         action,
         degrade_to: (action == DecisionAction::Degrade).then(|| "small-model".to_string()),
         reason: "budget exhausted".to_string(),
-        unit: "usd".to_string(),
-        observed: Decimal::ONE,
-        limit: Decimal::ONE,
-        window: "day".to_string(),
-        window_start: now,
-        window_end: now,
-        issued_at: now,
-        expires_at: None,
-        version: 1,
+        ..schemas::fixtures::block_decision(&policy_id, scope, Vec::new(), now)
     }
 }
 

@@ -10,6 +10,11 @@
 //!   equals the request's attribute; an empty scope matches every request. A scope naming a
 //!   dimension the request does not carry (an absent `user_id`, label, or an unknown dimension name)
 //!   does not match.
+//! - **Absence is a value**: a decision whose `absent` names a dimension (`user_id`, `customer_id`,
+//!   `labels.<name>`) matches only requests that do not carry it, so the decision for a policy's
+//!   "no `user_id`" bucket stops requests without `user_id` and never those with one (whatever
+//!   its value, the empty string included). An unknown name in `absent` is refused like one in
+//!   the scope.
 //! - **Precedence is deterministic**: among matching decisions a block wins over a degrade; among
 //!   decisions of the same action the one with the smallest key wins.
 //!
@@ -175,6 +180,9 @@ struct ActiveDecision {
     degrade_to: Option<Arc<str>>,
     /// The scope as parsed dimensions, compared on every candidate.
     scope: Vec<(Dimension, Box<str>)>,
+    /// Dimensions the request must not carry (`ControlDecision::absent`), checked on every
+    /// candidate.
+    absent: Vec<Dimension>,
     /// Position in `scope` of the dimension it is indexed by; `None` for an empty scope.
     indexed_by: Option<usize>,
     /// `expires_at` in microseconds since the epoch; `i64::MAX` when it never expires.
@@ -192,6 +200,10 @@ impl ActiveDecision {
                 .scope
                 .iter()
                 .all(|(dimension, value)| request.value(dimension) == Some(value))
+            && self
+                .absent
+                .iter()
+                .all(|dimension| request.value(dimension).is_none())
     }
 
     /// Whether `self` takes precedence over `other` (block over degrade, then smaller key).
@@ -304,6 +316,13 @@ impl DecisionView {
                 Err(_) => return ApplyOutcome::UnknownDimension(name.clone()),
             }
         }
+        let mut absent = Vec::with_capacity(decision.absent.len());
+        for name in &decision.absent {
+            match Dimension::from_str(name) {
+                Ok(dimension) => absent.push(dimension),
+                Err(_) => return ApplyOutcome::UnknownDimension(name.clone()),
+            }
+        }
         let indexed_by = scope
             .iter()
             .enumerate()
@@ -321,6 +340,7 @@ impl DecisionView {
             reason: Arc::from(decision.reason.as_str()),
             degrade_to,
             scope,
+            absent,
             indexed_by,
             expires_at_micros: decision
                 .expires_at

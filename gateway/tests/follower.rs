@@ -36,6 +36,7 @@ fn decision(team: &str, action: DecisionAction, version: u64) -> ControlDecision
         issued_at: now,
         expires_at: None,
         version,
+        absent: Vec::new(),
     }
 }
 

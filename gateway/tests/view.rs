@@ -23,22 +23,28 @@ fn decision(
         .collect();
     ControlDecision {
         decision_id: format!("{policy_id}-{version}"),
-        key: ControlDecision::compaction_key(policy_id, &scope),
-        policy_id: policy_id.to_string(),
-        scope,
         action,
         degrade_to: (action == DecisionAction::Degrade).then(|| "gpt-4o-mini".to_string()),
         reason: format!("{policy_id}: daily budget exhausted"),
-        unit: "usd".to_string(),
         observed: Decimal::new(120, 0),
         limit: Decimal::new(100, 0),
-        window: "day".to_string(),
         window_start: now() - Duration::hours(12),
         window_end: now() + Duration::hours(12),
-        issued_at: now(),
-        expires_at: None,
         version,
+        ..schemas::fixtures::block_decision(policy_id, scope, Vec::new(), now())
     }
+}
+
+/// `decision` for the bucket of requests lacking `absent` (key recomputed to include them).
+fn without(mut decision: ControlDecision, absent: &[&str]) -> ControlDecision {
+    decision.absent = absent.iter().map(|name| name.to_string()).collect();
+    decision.absent.sort();
+    decision.key = ControlDecision::compaction_key_with_absent(
+        &decision.policy_id,
+        &decision.scope,
+        &decision.absent,
+    );
+    decision
 }
 
 fn search_gpt4o() -> RequestAttributes<'static> {
@@ -298,4 +304,127 @@ fn many_decisions_in_one_bucket_are_removed_individually() {
     assert_eq!(policy_of(&view.check(&on("a"), now())), Some("a"));
     assert_eq!(view.check(&on("b"), now()), Verdict::Allow);
     assert_eq!(policy_of(&view.check(&on("c"), now())), Some("c"));
+}
+
+/// Issue 13, point 2: the decision for a policy's "no `user_id`" bucket (`absent: [user_id]`,
+/// here with the prod selector in scope, and with an empty scope) blocks requests without
+/// `user_id` only, never a request with any `user_id` (the empty one included).
+#[test]
+fn a_decision_for_the_absent_bucket_blocks_only_requests_without_the_dimension() {
+    for scope in [&[("environment", "prod")][..], &[][..]] {
+        let mut view = DecisionView::new();
+        let block = without(
+            decision("per-user", scope, DecisionAction::Block, 1),
+            &["user_id"],
+        );
+        assert_eq!(view.apply(&block), ApplyOutcome::Installed);
+        let anonymous = RequestAttributes {
+            user_id: None,
+            ..search_gpt4o()
+        };
+        assert_eq!(
+            policy_of(&view.check(&anonymous, now())),
+            Some("per-user"),
+            "scope {scope:?}"
+        );
+        for user in ["alice", "u1", ""] {
+            let named = RequestAttributes {
+                user_id: Some(user),
+                ..search_gpt4o()
+            };
+            assert_eq!(view.check(&named, now()), Verdict::Allow, "user {user:?}");
+        }
+        // Outside the scope's present dimensions it does not apply either.
+        let staging = RequestAttributes {
+            environment: "staging",
+            ..anonymous
+        };
+        let expected = if scope.is_empty() {
+            Some("per-user")
+        } else {
+            None
+        };
+        assert_eq!(policy_of(&view.check(&staging, now())), expected);
+    }
+}
+
+/// Issue 13, point 2: a decision for `user_id=u1` never matches a request without `user_id`,
+/// and absence works the same for `customer_id` and labels.
+#[test]
+fn a_decision_for_a_present_value_does_not_match_requests_without_it() {
+    let mut view = DecisionView::new();
+    view.apply(&decision(
+        "per-user",
+        &[("user_id", "u1")],
+        DecisionAction::Block,
+        1,
+    ));
+    let anonymous = RequestAttributes {
+        user_id: None,
+        ..search_gpt4o()
+    };
+    assert_eq!(view.check(&anonymous, now()), Verdict::Allow);
+    let u1 = RequestAttributes {
+        user_id: Some("u1"),
+        ..search_gpt4o()
+    };
+    assert_eq!(policy_of(&view.check(&u1, now())), Some("per-user"));
+
+    let mut view = DecisionView::new();
+    view.apply(&without(
+        decision(
+            "per-customer",
+            &[("team", "search")],
+            DecisionAction::Block,
+            1,
+        ),
+        &["customer_id", "labels.tier"],
+    ));
+    // search_gpt4o has no customer and no `tier` label: blocked.
+    assert_eq!(
+        policy_of(&view.check(&search_gpt4o(), now())),
+        Some("per-customer")
+    );
+    let acme = RequestAttributes {
+        customer_id: Some("acme"),
+        ..search_gpt4o()
+    };
+    assert_eq!(view.check(&acme, now()), Verdict::Allow);
+    let tiered = RequestAttributes {
+        labels: &[("tier", "gold")],
+        ..search_gpt4o()
+    };
+    assert_eq!(view.check(&tiered, now()), Verdict::Allow);
+}
+
+/// Issue 13, point 2: an unknown name in `absent` is refused like one in the scope, and an
+/// allow for the absent bucket's key lifts its block.
+#[test]
+fn absent_dimensions_are_checked_and_lifted_by_key() {
+    let mut view = DecisionView::new();
+    let unknown = without(
+        decision("p", &[("team", "search")], DecisionAction::Block, 1),
+        &["region"],
+    );
+    assert_eq!(
+        view.apply(&unknown),
+        ApplyOutcome::UnknownDimension("region".into())
+    );
+    let anonymous = RequestAttributes {
+        user_id: None,
+        ..search_gpt4o()
+    };
+    let block = without(
+        decision("p", &[("team", "search")], DecisionAction::Block, 1),
+        &["user_id"],
+    );
+    view.apply(&block);
+    assert_eq!(policy_of(&view.check(&anonymous, now())), Some("p"));
+    let lift = ControlDecision {
+        action: DecisionAction::Allow,
+        version: 2,
+        ..block
+    };
+    assert_eq!(view.apply(&lift), ApplyOutcome::Lifted);
+    assert_eq!(view.check(&anonymous, now()), Verdict::Allow);
 }

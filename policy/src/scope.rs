@@ -13,7 +13,10 @@
 //! such events are counted in their own scope rather than escaping the cap.
 //!
 //! The policy id is kept beside the key, not inside it; [`ScopeKey::scope_map`] gives the
-//! dimension → value map that `ControlDecision::scope` carries.
+//! dimension → value map that `ControlDecision::scope` carries and
+//! [`ScopeKey::absent_dimensions`] the dimensions the scope's events lack, which
+//! `ControlDecision::absent` carries: a decision for the bucket without `user_id` names
+//! `user_id` as absent, so it applies only to requests without one (absence is a value).
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -79,14 +82,37 @@ impl ScopeKey {
             .collect()
     }
 
-    /// Dimension → value for the dimensions the event had (absent ones are left out), as
-    /// `ControlDecision::scope` carries it.
+    /// Dimension → value for the dimensions the event had (absent ones are left out: they are
+    /// in [`ScopeKey::absent_dimensions`]), as `ControlDecision::scope` carries it.
     pub fn scope_map(&self) -> BTreeMap<String, String> {
-        Self::decode(&self.key)
+        Self::present_of(&self.key)
+    }
+
+    /// The dimensions the scope's events lack, sorted and without repeats, as
+    /// `ControlDecision::absent` carries them.
+    pub fn absent_dimensions(&self) -> Vec<String> {
+        Self::absent_of(&self.key)
+    }
+
+    /// [`ScopeKey::scope_map`] of a rendered scope (empty if `rendered` is not valid).
+    pub fn present_of(rendered: &str) -> BTreeMap<String, String> {
+        Self::decode(rendered)
             .unwrap_or_default()
             .into_iter()
             .filter_map(|(name, value)| value.map(|value| (name, value)))
             .collect()
+    }
+
+    /// [`ScopeKey::absent_dimensions`] of a rendered scope (empty if `rendered` is not valid).
+    pub fn absent_of(rendered: &str) -> Vec<String> {
+        let mut absent: Vec<String> = Self::decode(rendered)
+            .unwrap_or_default()
+            .into_iter()
+            .filter_map(|(name, value)| value.is_none().then_some(name))
+            .collect();
+        absent.sort_unstable();
+        absent.dedup();
+        absent
     }
 }
 
@@ -156,6 +182,7 @@ mod tests {
             key.scope_map(),
             BTreeMap::from([("team".to_owned(), "s".to_owned())])
         );
+        assert_eq!(key.absent_dimensions(), vec!["user_id".to_owned()]);
         assert_eq!(key.to_string(), "p/team=s|user_id");
         assert_eq!(ScopeKey::decode("a=%zz"), None);
     }
@@ -189,7 +216,12 @@ mod tests {
             let (left_pairs, right_pairs) = (pairs(&left), pairs(&right));
             let (left_key, right_key) = (render_pairs(&left_pairs), render_pairs(&right_pairs));
             prop_assert_eq!(left_key == right_key, left == right);
-            prop_assert_eq!(ScopeKey::decode(left_key.as_str()), Some(left_pairs));
+            prop_assert_eq!(ScopeKey::decode(left_key.as_str()), Some(left_pairs.clone()));
+            // Every group_by dimension is either present or absent: none is dropped.
+            let present = left_key.scope_map();
+            let absent = left_key.absent_dimensions();
+            prop_assert_eq!(present.len() + absent.len(), left_pairs.len());
+            prop_assert!(absent.iter().all(|name| !present.contains_key(name)));
         }
     }
 }

@@ -10,8 +10,6 @@
 //! Every command prints a table, or JSON with `--json`. Reads only: the approvals topic is the one
 //! thing written (by `approve`).
 
-use std::collections::BTreeMap;
-
 pub mod replay;
 
 use aggregator::measures::Measures;
@@ -201,12 +199,10 @@ pub async fn status(
                 .round_dp(1)
                 .normalize()
         };
-        let scope = alerter::engine::render_scope(
-            &policy::ScopeKey::decode(&row.scope_key)
-                .unwrap_or_default()
-                .into_iter()
-                .filter_map(|(name, value)| value.map(|value| (name, value)))
-                .collect::<BTreeMap<_, _>>(),
+        // The bucket of events lacking a dimension shows it (`no user_id`), apart from the others.
+        let scope = alerter::engine::render_scope_absent(
+            &policy::ScopeKey::present_of(&row.scope_key),
+            &policy::ScopeKey::absent_of(&row.scope_key),
         );
         statuses.push(ScopeStatus {
             policy_id: policy_id.to_owned(),

@@ -19,13 +19,39 @@ hard_cap: 10
 action: {kind: block}
 "#;
 
-async fn seeded(test: &str) -> (alerter::Config, clickhouse::Client) {
+/// A config with its own topics and database, `policies` in its policy directory.
+fn config_for(test: &str, policies: &str) -> alerter::Config {
     let mut config = alerter::Config {
         kafka: testkit::kafka_config(test),
         clickhouse: testkit::clickhouse_config(test),
         ..Default::default()
     };
-    config.alert.policies_dir = policies_dir(POLICY);
+    config.alert.policies_dir = policies_dir(policies);
+    config
+}
+
+/// Inserts a `policy:t-status` day partial of `scope_key` for the day starting at `day`.
+async fn insert_partial(
+    client: &clickhouse::Client,
+    scope_key: &str,
+    partition: i32,
+    cost: &str,
+    day: i64,
+) {
+    client
+        .query(&format!(
+            "INSERT INTO window_partials (scope_kind, scope_key, window_kind, window_tz, source_topic, \
+             source_partition, window_start, window_end, requests, cost_usd, version, updated_at) VALUES \
+             ('policy:t-status', '{scope_key}', 'day', 'UTC', 'usage', {partition}, {day}, {}, 3, {cost}, 7, {day})",
+            day + 86_400
+        ))
+        .execute()
+        .await
+        .unwrap();
+}
+
+async fn seeded(test: &str) -> (alerter::Config, clickhouse::Client) {
+    let config = config_for(test, POLICY);
     infra::migrations::migrate(&config.clickhouse)
         .await
         .unwrap();
@@ -33,16 +59,7 @@ async fn seeded(test: &str) -> (alerter::Config, clickhouse::Client) {
     let now = Utc::now();
     let day = now.timestamp() - now.timestamp().rem_euclid(86_400);
     for (key, cost, partition) in [("k1", "5.5", 0), ("k1", "2", 1), ("k2", "2", 0)] {
-        client
-            .query(&format!(
-                "INSERT INTO window_partials (scope_kind, scope_key, window_kind, window_tz, source_topic, \
-                 source_partition, window_start, window_end, requests, cost_usd, version, updated_at) VALUES \
-                 ('policy:t-status', 'api_key_id={key}', 'day', 'UTC', 'usage', {partition}, {day}, {}, 3, {cost}, 7, {day})",
-                day + 86_400
-            ))
-            .execute()
-            .await
-            .unwrap();
+        insert_partial(&client, &format!("api_key_id={key}"), partition, cost, day).await;
     }
     let decision = |key: &str, action: &str, version: u64, at: i64| {
         format!(
@@ -282,5 +299,31 @@ async fn the_binary_prints_json_and_fails_a_broken_policy_directory() {
     assert_eq!(output.status.code(), Some(1));
     let printed = String::from_utf8_lossy(&output.stdout);
     assert!(printed.contains("p.yaml:1:1:"), "{printed}");
+    testkit::drop_database(&config.clickhouse).await.unwrap();
+}
+
+/// Issue 13, point 2: the bucket of events without `user_id` shows as `no user_id`, apart from
+/// the users' scopes (it rendered as `(all)`, as if it were the whole policy).
+#[tokio::test]
+async fn status_names_the_bucket_without_a_dimension() {
+    let config = config_for("quotactl_absent", &POLICY.replace("api_key_id", "user_id"));
+    infra::migrations::migrate(&config.clickhouse)
+        .await
+        .unwrap();
+    let client = infra::clickhouse::client(&config.clickhouse);
+    let now = Utc::now();
+    let day = now.timestamp() - now.timestamp().rem_euclid(86_400);
+    for (scope_key, cost) in [("user_id", "9"), ("user_id=u1", "1")] {
+        insert_partial(&client, scope_key, 0, cost, day).await;
+    }
+    let policies = policy::PolicySet::load_dir(&config.alert.policies_dir).unwrap();
+    let statuses = quotactl::status(&client, &policies, None, now)
+        .await
+        .unwrap();
+    let scopes: Vec<&str> = statuses
+        .iter()
+        .map(|status| status.scope.as_str())
+        .collect();
+    assert_eq!(scopes, ["no user_id", "user_id=u1"], "{statuses:?}");
     testkit::drop_database(&config.clickhouse).await.unwrap();
 }

@@ -64,13 +64,35 @@ pub struct ControlDecision {
     pub expires_at: Option<DateTime<Utc>>,
     /// Monotonic per key; gateways ignore a version lower than the one they hold.
     pub version: u64,
+    /// Dimensions the scope's requests **lack** (sorted, none of them in `scope`): the decision
+    /// applies only to requests without them. A policy grouping by `user_id` counts requests
+    /// without a `user_id` in their own bucket; its decision carries `absent: ["user_id"]` so it
+    /// stops those requests only, never the ones with a `user_id`. Empty for most decisions
+    /// (and for every v1 record). Added in schema v2.
+    #[serde(default)]
+    pub absent: Vec<String>,
 }
 
 impl ControlDecision {
     /// The compaction key for a policy and scope: `policy_id` then `dimension=value` pairs in
     /// dimension order, `/`-separated, with `%`, `/` and `=` percent-escaped so distinct scopes
-    /// never collide.
+    /// never collide. For a scope with absent dimensions, see
+    /// [`ControlDecision::compaction_key_with_absent`].
     pub fn compaction_key(policy_id: &str, scope: &BTreeMap<String, String>) -> String {
+        Self::compaction_key_with_absent(policy_id, scope, &[])
+    }
+
+    /// The compaction key for a policy, scope and absent dimensions: like
+    /// [`ControlDecision::compaction_key`], with each absent dimension rendered as its bare
+    /// (escaped) name, without `=`, in dimension order among the present ones:
+    /// `p/team=search/user_id`. An absent dimension never renders like a present one (even with
+    /// an empty value, `user_id=`), so the bucket of requests without `user_id` never shares a
+    /// key with another scope.
+    pub fn compaction_key_with_absent(
+        policy_id: &str,
+        scope: &BTreeMap<String, String>,
+        absent: &[String],
+    ) -> String {
         fn escape(text: &str, out: &mut String) {
             for character in text.chars() {
                 match character {
@@ -81,13 +103,22 @@ impl ControlDecision {
                 }
             }
         }
+        let mut dimensions: BTreeMap<&str, Option<&str>> = scope
+            .iter()
+            .map(|(dimension, value)| (dimension.as_str(), Some(value.as_str())))
+            .collect();
+        for dimension in absent {
+            dimensions.entry(dimension.as_str()).or_insert(None);
+        }
         let mut key = String::new();
         escape(policy_id, &mut key);
-        for (dimension, value) in scope {
+        for (dimension, value) in dimensions {
             key.push('/');
             escape(dimension, &mut key);
-            key.push('=');
-            escape(value, &mut key);
+            if let Some(value) = value {
+                key.push('=');
+                escape(value, &mut key);
+            }
         }
         key
     }
@@ -95,7 +126,7 @@ impl ControlDecision {
 
 impl AvroRecord for ControlDecision {
     const RECORD_NAME: &'static str = "dev.quotaflow.ControlDecision";
-    const FINGERPRINT: [u8; 8] = [0x34, 0xE0, 0x6D, 0x67, 0xB4, 0xC2, 0x39, 0x52];
+    const FINGERPRINT: [u8; 8] = [0xED, 0x2C, 0xCF, 0x36, 0x0E, 0x92, 0xAF, 0x88];
 
     fn write_datum<W: DatumWriter>(&self, writer: &mut W) -> Result<(), EncodeError> {
         writer.write_string("decision_id", &self.decision_id);
@@ -114,6 +145,7 @@ impl AvroRecord for ControlDecision {
         writer.write_timestamp("issued_at", &self.issued_at)?;
         writer.write_optional_timestamp("expires_at", self.expires_at.as_ref())?;
         writer.write_count_long("version", self.version)?;
+        writer.write_string_array("absent", &self.absent);
         Ok(())
     }
 
@@ -135,6 +167,7 @@ impl AvroRecord for ControlDecision {
             issued_at: reader.read_timestamp("issued_at")?,
             expires_at: reader.read_optional_timestamp("expires_at")?,
             version: reader.read_count_long("version")?,
+            absent: reader.read_string_array("absent")?,
         })
     }
 
@@ -143,6 +176,22 @@ impl AvroRecord for ControlDecision {
             return Err(InvariantViolation {
                 field: "degrade_to",
                 reason: "a degrade decision must say what to degrade to".to_owned(),
+            });
+        }
+        if !self.absent.windows(2).all(|pair| pair[0] < pair[1]) {
+            return Err(InvariantViolation {
+                field: "absent",
+                reason: format!("{:?} is not sorted without repeats", self.absent),
+            });
+        }
+        if let Some(both) = self
+            .absent
+            .iter()
+            .find(|dimension| self.scope.contains_key(*dimension))
+        {
+            return Err(InvariantViolation {
+                field: "absent",
+                reason: format!("{both} is both in scope and absent"),
             });
         }
         window_is_ordered(&self.window_start, &self.window_end)
@@ -182,6 +231,73 @@ mod tests {
         assert_eq!(
             ControlDecision::compaction_key("p", &scope(&[("z", "1"), ("a", "2")])),
             "p/a=2/z=1"
+        );
+    }
+
+    /// Issue 13, point 2: `absent` is sorted, without repeats, and disjoint from the scope.
+    #[test]
+    fn absent_must_be_sorted_unique_and_apart_from_the_scope() {
+        let decision = |scope: &[&str], absent: &[&str]| ControlDecision {
+            decision_id: "d".to_owned(),
+            key: "k".to_owned(),
+            policy_id: "p".to_owned(),
+            scope: scope
+                .iter()
+                .map(|name| (name.to_string(), "v".to_owned()))
+                .collect(),
+            action: DecisionAction::Block,
+            degrade_to: None,
+            reason: String::new(),
+            unit: "usd".to_owned(),
+            observed: Decimal::ONE,
+            limit: Decimal::ONE,
+            window: "day".to_owned(),
+            window_start: DateTime::<Utc>::UNIX_EPOCH,
+            window_end: DateTime::<Utc>::UNIX_EPOCH,
+            issued_at: DateTime::<Utc>::UNIX_EPOCH,
+            expires_at: None,
+            version: 1,
+            absent: absent.iter().map(|name| name.to_string()).collect(),
+        };
+        assert!(decision(&["team"], &["customer_id", "user_id"])
+            .check_invariants()
+            .is_ok());
+        for (scope, absent) in [
+            (&["team"][..], &["user_id", "customer_id"][..]),
+            (&["team"][..], &["user_id", "user_id"][..]),
+            (&["user_id"][..], &["user_id"][..]),
+        ] {
+            let error = decision(scope, absent)
+                .check_invariants()
+                .expect_err("invalid absent");
+            assert_eq!(error.field, "absent", "{scope:?} {absent:?}");
+        }
+    }
+
+    /// Issue 13, point 2: the bucket of requests without a dimension has its own key, distinct
+    /// from every present value (the empty one included) and from the scope without the
+    /// dimension.
+    #[test]
+    fn absent_dimensions_have_their_own_keys() {
+        let team = BTreeMap::from([("team".to_owned(), "search".to_owned())]);
+        let absent = ["user_id".to_owned()];
+        let key = ControlDecision::compaction_key_with_absent("p", &team, &absent);
+        assert_eq!(key, "p/team=search/user_id");
+        assert_ne!(key, ControlDecision::compaction_key("p", &team));
+        let mut empty_user = team.clone();
+        empty_user.insert("user_id".to_owned(), String::new());
+        assert_ne!(key, ControlDecision::compaction_key("p", &empty_user));
+        assert_eq!(
+            ControlDecision::compaction_key_with_absent("p", &BTreeMap::new(), &["a=b".to_owned()]),
+            "p/a%3Db"
+        );
+        assert_eq!(
+            ControlDecision::compaction_key_with_absent(
+                "p",
+                &BTreeMap::from([("z".to_owned(), "1".to_owned())]),
+                &["a".to_owned(), "m".to_owned()]
+            ),
+            "p/a/m/z=1"
         );
     }
 }

@@ -1,4 +1,4 @@
-//! Example events for tests, benchmarks and the demo: start from [`text_event`] and change what the
+//! Example events (and decisions, [`block_decision`]) for tests, benchmarks and the demo: start from [`text_event`] and change what the
 //! case is about with struct update syntax (`UsageEvent { model: .., ..text_event(id, at) }`), so no
 //! caller spells out all the contract's fields again.
 
@@ -6,6 +6,9 @@ use std::collections::BTreeMap;
 
 use chrono::{DateTime, Utc};
 
+use rust_decimal::Decimal;
+
+use crate::control::{ControlDecision, DecisionAction};
 use crate::usage_event::{Modality, Status, UsageEvent};
 use crate::window_total::WindowTotal;
 
@@ -99,5 +102,35 @@ pub fn empty_day_total(scope_kind: &str, scope_key: &str, day_start: DateTime<Ut
         pending_jobs_untracked: 0,
         version: 1,
         written_at: day_start,
+    }
+}
+
+/// A block of `policy_id` for `scope` and the `absent` dimensions (sorted by the caller), version
+/// 1, issued at `at` for a window `[at, at]` without expiry, keyed by
+/// [`ControlDecision::compaction_key_with_absent`]. Change the rest with struct update syntax.
+pub fn block_decision(
+    policy_id: &str,
+    scope: BTreeMap<String, String>,
+    absent: Vec<String>,
+    at: DateTime<Utc>,
+) -> ControlDecision {
+    ControlDecision {
+        decision_id: format!("{policy_id}-1"),
+        key: ControlDecision::compaction_key_with_absent(policy_id, &scope, &absent),
+        policy_id: policy_id.to_owned(),
+        scope,
+        action: DecisionAction::Block,
+        degrade_to: None,
+        reason: format!("{policy_id}: budget exhausted"),
+        unit: "usd".to_owned(),
+        observed: Decimal::ONE,
+        limit: Decimal::ONE,
+        window: "day".to_owned(),
+        window_start: at,
+        window_end: at,
+        issued_at: at,
+        expires_at: None,
+        version: 1,
+        absent,
     }
 }

@@ -77,6 +77,7 @@ fn type_words(schema: &Value) -> String {
             None => match attributes["type"].as_str() {
                 Some("enum") => "enum".to_owned(),
                 Some("map") => format!("map of {}", type_words(&attributes["values"])),
+                Some("array") => format!("array of {}", type_words(&attributes["items"])),
                 _ => panic!("unexpected schema {schema}"),
             },
         },
@@ -203,7 +204,7 @@ fn rust_enums_match_avro_symbols() {
     assert_enum_matches_schema::<JobState>(registry::USAGE_EVENT_V2_AVSC);
     assert_enum_matches_schema::<Status>(registry::USAGE_EVENT_V2_AVSC);
     assert_enum_matches_schema::<CostSource>(registry::USAGE_EVENT_V2_AVSC);
-    assert_enum_matches_schema::<DecisionAction>(registry::CONTROL_DECISION_V1_AVSC);
+    assert_enum_matches_schema::<DecisionAction>(registry::CONTROL_DECISION_V2_AVSC);
     assert_enum_matches_schema::<AlertKind>(registry::ALERT_V1_AVSC);
     assert_enum_matches_schema::<Severity>(registry::ALERT_V1_AVSC);
 }

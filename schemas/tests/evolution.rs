@@ -5,7 +5,7 @@ mod common;
 
 use apache_avro::types::Value;
 use schemas::codec::{self, registry, AvroRecord};
-use schemas::UsageEvent;
+use schemas::{ControlDecision, UsageEvent};
 
 const ENVELOPE: [&str; 3] = ["cost_usd", "cost_source", "catalog_version"];
 
@@ -19,19 +19,7 @@ fn v1() -> &'static registry::RegisteredSchema {
 /// `event` without its pricing envelope, written by apache-avro with the v1 schema and framed
 /// with the v1 single-object header.
 fn encode_as_v1(event: &UsageEvent) -> Vec<u8> {
-    let Value::Record(fields) = codec::to_avro_value(event).expect("valid event") else {
-        panic!("records encode to Value::Record");
-    };
-    let v1_fields = fields
-        .into_iter()
-        .filter(|(name, _)| !ENVELOPE.contains(&name.as_str()))
-        .collect();
-    let datum = apache_avro::to_avro_datum(&v1().schema, Value::Record(v1_fields))
-        .expect("a v1 value is valid for the v1 schema");
-    let mut bytes = vec![0xC3, 0x01];
-    bytes.extend_from_slice(&v1().fingerprint);
-    bytes.extend_from_slice(&datum);
-    bytes
+    encode_as_older(event, v1(), &ENVELOPE)
 }
 
 #[test]
@@ -121,18 +109,7 @@ fn approval_v1() -> &'static registry::RegisteredSchema {
 #[test]
 fn unsigned_v1_approval_decodes_with_an_empty_signature() {
     let mut approval = common::sample_approval();
-    let Value::Record(fields) = codec::to_avro_value(&approval).expect("valid approval") else {
-        panic!("records encode to Value::Record");
-    };
-    let v1_fields = fields
-        .into_iter()
-        .filter(|(name, _)| name != "signature")
-        .collect();
-    let datum = apache_avro::to_avro_datum(&approval_v1().schema, Value::Record(v1_fields))
-        .expect("a v1 value is valid for the v1 schema");
-    let mut bytes = vec![0xC3, 0x01];
-    bytes.extend_from_slice(&approval_v1().fingerprint);
-    bytes.extend_from_slice(&datum);
+    let bytes = encode_as_older(&approval, approval_v1(), &["signature"]);
     assert_ne!(&bytes[2..10], &schemas::Approval::FINGERPRINT);
 
     let decoded: schemas::Approval = codec::decode(&bytes).expect("v1 resolves to v2");
@@ -178,4 +155,69 @@ fn signed_bytes_cover_every_field_but_the_signature() {
     let mut changed = approval;
     changed.valid_until += chrono::TimeDelta::microseconds(1);
     assert_ne!(changed.signed_bytes().unwrap(), signed);
+}
+
+/// `record` without the fields `added` after `older`, written by apache-avro with the `older`
+/// schema and framed with its single-object header.
+fn encode_as_older<T: AvroRecord>(
+    record: &T,
+    older: &registry::RegisteredSchema,
+    added: &[&str],
+) -> Vec<u8> {
+    let Value::Record(fields) = codec::to_avro_value(record).expect("valid record") else {
+        panic!("records encode to Value::Record");
+    };
+    let older_fields = fields
+        .into_iter()
+        .filter(|(name, _)| !added.contains(&name.as_str()))
+        .collect();
+    let datum = apache_avro::to_avro_datum(&older.schema, Value::Record(older_fields))
+        .expect("an older value is valid for the older schema");
+    let mut bytes = vec![0xC3, 0x01];
+    bytes.extend_from_slice(&older.fingerprint);
+    bytes.extend_from_slice(&datum);
+    bytes
+}
+
+/// The v1 `ControlDecision` schema (before `absent`).
+fn decision_v1() -> &'static registry::RegisteredSchema {
+    ControlDecision::writer_schemas()
+        .into_iter()
+        .find(|schema| schema.file.version == 1)
+        .expect("decision v1 is registered")
+}
+
+/// Issue 13, point 2: a decision published before `absent` existed (v1, still on the compacted
+/// control topic) decodes with the current reader, with no absent dimension.
+#[test]
+fn v1_decision_decodes_with_absent_empty() {
+    let mut decision = common::sample_control_decision();
+    decision.absent.clear();
+    decision.key = ControlDecision::compaction_key(&decision.policy_id, &decision.scope);
+    let bytes = encode_as_older(&decision, decision_v1(), &["absent"]);
+    assert_ne!(&bytes[2..10], &ControlDecision::FINGERPRINT);
+
+    let decoded: ControlDecision = codec::decode(&bytes).expect("v1 resolves to v2");
+    assert_eq!(decoded.absent, Vec::<String>::new());
+    assert_eq!(decoded, decision);
+    assert_eq!(
+        codec::decode_generic::<ControlDecision>(&bytes),
+        Ok(decision)
+    );
+}
+
+/// Issue 13, point 2: v2 is v1 plus `absent` (defaulted to []), nothing else changed.
+#[test]
+fn decision_v2_is_v1_plus_absent() {
+    let fields = |json: &str| -> Vec<serde_json::Value> {
+        let schema: serde_json::Value = serde_json::from_str(json).expect("valid JSON");
+        schema["fields"].as_array().expect("fields").clone()
+    };
+    let v1_fields = fields(registry::CONTROL_DECISION_V1_AVSC);
+    let v2_fields = fields(registry::CONTROL_DECISION_V2_AVSC);
+    assert_eq!(&v2_fields[..v1_fields.len()], &v1_fields[..]);
+    let added = &v2_fields[v1_fields.len()..];
+    assert_eq!(added.len(), 1);
+    assert_eq!(added[0]["name"], "absent");
+    assert_eq!(added[0]["default"], serde_json::json!([]));
 }

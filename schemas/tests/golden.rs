@@ -6,7 +6,7 @@
 mod common;
 
 use schemas::codec::{self, AvroRecord};
-use schemas::{UsageEvent, WindowTotal};
+use schemas::{ControlDecision, UsageEvent, WindowTotal};
 
 const GOLDEN_PATH: &str = concat!(
     env!("CARGO_MANIFEST_DIR"),
@@ -36,6 +36,35 @@ fn usage_event_v2_golden_bytes() {
         "current schema fingerprint"
     );
     assert_eq!(codec::decode::<UsageEvent>(&golden), Ok(event));
+}
+
+const DECISION_GOLDEN_PATH: &str = concat!(
+    env!("CARGO_MANIFEST_DIR"),
+    "/tests/golden/control_decision_v2.hex"
+);
+
+/// Issue 13, point 2: the v2 decision (with `absent`) is pinned byte for byte.
+#[test]
+fn control_decision_v2_golden_bytes() {
+    let decision = common::sample_control_decision();
+    let bytes = codec::encode(&decision).expect("valid decision");
+    let actual_hex = hex::encode(&bytes);
+    if std::env::var_os("UPDATE_GOLDEN").is_some() {
+        std::fs::write(DECISION_GOLDEN_PATH, format!("{actual_hex}\n")).expect("write golden file");
+    }
+    let golden_hex = std::fs::read_to_string(DECISION_GOLDEN_PATH).expect("golden file exists");
+    assert_eq!(
+        actual_hex,
+        golden_hex.trim(),
+        "encoding changed; if intended, regenerate with UPDATE_GOLDEN=1"
+    );
+    let golden = hex::decode(golden_hex.trim()).expect("golden file is hex");
+    assert_eq!(&golden[2..10], &ControlDecision::FINGERPRINT);
+    assert!(
+        golden.ends_with(b"\x02\x0euser_id\x00"),
+        "absent is the last field: one block of one string, then the end"
+    );
+    assert_eq!(codec::decode::<ControlDecision>(&golden), Ok(decision));
 }
 
 #[test]

@@ -172,6 +172,23 @@ impl DatumReader for BinaryReader<'_> {
             }
         }
     }
+
+    fn read_string_array(&mut self, field: &'static str) -> Result<Vec<String>, DecodeError> {
+        let mut items = Vec::new();
+        loop {
+            let count = self.read_long(field)?;
+            if count == 0 {
+                return Ok(items);
+            }
+            if count < 0 {
+                // A negative count is followed by the block's size in bytes (for skipping).
+                self.read_long(field)?;
+            }
+            for _ in 0..count.unsigned_abs() {
+                items.push(self.read_string(field)?);
+            }
+        }
+    }
 }
 
 /// The unscaled integer of a big-endian two's-complement decimal, `None` when it needs more than
@@ -294,6 +311,16 @@ impl DatumWriter for BinaryWriter<'_> {
             for (key, value) in map {
                 self.write_length_prefixed(key.as_bytes());
                 self.write_length_prefixed(value.as_bytes());
+            }
+        }
+        self.write_long_value(0);
+    }
+
+    fn write_string_array(&mut self, _field: &'static str, items: &[String]) {
+        if !items.is_empty() {
+            self.write_long_value(items.len() as i64);
+            for item in items {
+                self.write_length_prefixed(item.as_bytes());
             }
         }
         self.write_long_value(0);

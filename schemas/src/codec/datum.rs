@@ -39,6 +39,8 @@ pub trait DatumReader {
         &mut self,
         field: &'static str,
     ) -> Result<BTreeMap<String, String>, DecodeError>;
+    /// Reads an `array` of `string`.
+    fn read_string_array(&mut self, field: &'static str) -> Result<Vec<String>, DecodeError>;
 
     /// Reads `["null", string]`.
     fn read_optional_string(&mut self, field: &'static str) -> Result<Option<String>, DecodeError> {
@@ -183,6 +185,8 @@ pub trait DatumWriter {
     fn write_enum_symbol(&mut self, field: &'static str, index: u32, symbol: &'static str);
     /// Writes a `map` of `string`.
     fn write_string_map(&mut self, field: &'static str, map: &BTreeMap<String, String>);
+    /// Writes an `array` of `string`.
+    fn write_string_array(&mut self, field: &'static str, items: &[String]);
 
     /// Writes `["null", string]`.
     fn write_optional_string(&mut self, field: &'static str, value: Option<&str>) {

@@ -16,8 +16,11 @@ pub const NAMESPACE: &str = "dev.quotaflow";
 pub const USAGE_EVENT_V1_AVSC: &str = include_str!("../../avro/usage_event.v1.avsc");
 /// `usage_event.v2.avsc`: the current `UsageEvent`, v1 + the pricing envelope.
 pub const USAGE_EVENT_V2_AVSC: &str = include_str!("../../avro/usage_event.v2.avsc");
-/// `control_decision.v1.avsc`: the current `ControlDecision`.
+/// `control_decision.v1.avsc`: the first published `ControlDecision`.
 pub const CONTROL_DECISION_V1_AVSC: &str = include_str!("../../avro/control_decision.v1.avsc");
+/// `control_decision.v2.avsc`: the current `ControlDecision`, v1 + `absent` (dimensions the
+/// scope's requests lack).
+pub const CONTROL_DECISION_V2_AVSC: &str = include_str!("../../avro/control_decision.v2.avsc");
 /// `alert.v1.avsc`: the current `Alert`.
 pub const ALERT_V1_AVSC: &str = include_str!("../../avro/alert.v1.avsc");
 /// `approval.v1.avsc`: the first `Approval`, unsigned.
@@ -61,6 +64,12 @@ pub const SCHEMA_FILES: &[SchemaFile] = &[
         version: 1,
         file_name: "control_decision.v1.avsc",
         json: CONTROL_DECISION_V1_AVSC,
+    },
+    SchemaFile {
+        record_name: "dev.quotaflow.ControlDecision",
+        version: 2,
+        file_name: "control_decision.v2.avsc",
+        json: CONTROL_DECISION_V2_AVSC,
     },
     SchemaFile {
         record_name: "dev.quotaflow.Alert",

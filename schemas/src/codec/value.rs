@@ -71,6 +71,7 @@ fn describe(value: &Value) -> &'static str {
         Value::Enum(..) => "an enum",
         Value::Union(..) => "a union",
         Value::Map(_) => "a map",
+        Value::Array(_) => "an array",
         Value::Record(_) => "a record",
         Value::Decimal(_) => "a decimal",
         Value::TimestampMicros(_) => "a timestamp-micros",
@@ -180,6 +181,19 @@ impl DatumReader for ValueReader {
             other => Err(unexpected(field, "a map", &other)),
         }
     }
+
+    fn read_string_array(&mut self, field: &'static str) -> Result<Vec<String>, DecodeError> {
+        match self.next(field)? {
+            Value::Array(items) => items
+                .into_iter()
+                .map(|item| match item {
+                    Value::String(item) => Ok(item),
+                    other => Err(unexpected(field, "a string array item", &other)),
+                })
+                .collect(),
+            other => Err(unexpected(field, "an array", &other)),
+        }
+    }
 }
 
 /// Builds a `Value::Record` field by field.
@@ -263,5 +277,10 @@ impl DatumWriter for ValueWriter {
             .map(|(key, value)| (key.clone(), Value::String(value.clone())))
             .collect();
         self.push(field, Value::Map(entries));
+    }
+
+    fn write_string_array(&mut self, field: &'static str, items: &[String]) {
+        let items = items.iter().cloned().map(Value::String).collect();
+        self.push(field, Value::Array(items));
     }
 }

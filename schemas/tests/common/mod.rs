@@ -70,9 +70,10 @@ pub fn sample_usage_event() -> UsageEvent {
 
 pub fn sample_control_decision() -> ControlDecision {
     let scope = labels(&[("team", "search"), ("environment", "prod")]);
+    let absent = vec!["user_id".to_owned()];
     ControlDecision {
         decision_id: "dec_1".to_owned(),
-        key: ControlDecision::compaction_key("daily-spend", &scope),
+        key: ControlDecision::compaction_key_with_absent("daily-spend", &scope, &absent),
         policy_id: "daily-spend".to_owned(),
         scope,
         action: DecisionAction::Degrade,
@@ -87,6 +88,7 @@ pub fn sample_control_decision() -> ControlDecision {
         issued_at: at("2025-03-14T17:02:11.000123Z"),
         expires_at: Some(at("2025-03-15T00:00:00Z")),
         version: 7,
+        absent,
     }
 }
 
@@ -304,10 +306,13 @@ prop_compose! {
         (reason, unit, observed, limit, window_kind) in (text(), text(), amount(), amount(), text()),
         (window_start, window_end) in window(),
         (issued_at, expires_at, version) in (timestamp(), proptest::option::of(timestamp()), 0_u64..=i64::MAX as u64),
+        absent in proptest::collection::btree_set(text(), 0..3),
     ) -> ControlDecision {
+        // Sorted, unique and disjoint from the scope, as the invariant requires.
+        let absent = absent.into_iter().filter(|name| !scope.contains_key(name)).collect();
         ControlDecision {
             decision_id, key, policy_id, scope, action, degrade_to, reason, unit, observed, limit,
-            window: window_kind, window_start, window_end, issued_at, expires_at, version,
+            window: window_kind, window_start, window_end, issued_at, expires_at, version, absent,
         }
     }
 }
@@ -444,6 +449,7 @@ impl DatumWriter for PatchingWriter {
         write_decimal_unscaled(unscaled: i128);
         write_enum_symbol(index: u32, symbol: &'static str);
         write_string_map(map: &BTreeMap<String, String>);
+        write_string_array(items: &[String]);
     }
 }
 
