@@ -72,6 +72,27 @@ async fn publish_tombstone(producer: &FutureProducer, topic: &str, key: &str) {
         .expect("delivered");
 }
 
+/// Creates the control topic of `kafka` with `partitions` and a producer for it.
+async fn control_topic(
+    kafka: &KafkaConfig,
+    partitions: i32,
+    client_id: &str,
+) -> (String, FutureProducer) {
+    let topic = kafka.topics.control.clone();
+    let spec = TopicSpec {
+        name: topic.clone(),
+        partitions,
+        retention: Retention::Compacted,
+        replication: Default::default(),
+        extra_config: Vec::new(),
+    };
+    ensure_topics(kafka, &[spec]).await.expect("topic created");
+    let producer: FutureProducer = producer_config(kafka, client_id)
+        .create()
+        .expect("producer");
+    (topic, producer)
+}
+
 fn gateway_config(kafka: KafkaConfig, failure_mode: FailureMode) -> GatewayConfig {
     GatewayConfig {
         kafka,
@@ -85,18 +106,7 @@ fn gateway_config(kafka: KafkaConfig, failure_mode: FailureMode) -> GatewayConfi
 #[tokio::test]
 async fn starts_from_the_compacted_state_then_follows_blocks_and_allows() {
     let kafka = kafka_config("gateway");
-    let topic = kafka.topics.control.clone();
-    let spec = TopicSpec {
-        name: topic.clone(),
-        partitions: 3,
-        retention: Retention::Compacted,
-        replication: Default::default(),
-        extra_config: Vec::new(),
-    };
-    ensure_topics(&kafka, &[spec]).await.expect("topic created");
-    let producer: FutureProducer = producer_config(&kafka, "gateway-test")
-        .create()
-        .expect("producer");
+    let (topic, producer) = control_topic(&kafka, 3, "gateway-test").await;
 
     // State before the gateway starts: search blocked, ads degraded, old blocked then lifted,
     // gone blocked then tombstoned.
@@ -240,18 +250,7 @@ async fn a_quiet_topic_stays_fresh_and_the_next_decision_applies_at_once() {
     kafka
         .properties
         .insert("fetch.wait.max.ms".into(), "1500".into());
-    let topic = kafka.topics.control.clone();
-    let spec = TopicSpec {
-        name: topic.clone(),
-        partitions: 3,
-        retention: Retention::Compacted,
-        replication: Default::default(),
-        extra_config: Vec::new(),
-    };
-    ensure_topics(&kafka, &[spec]).await.expect("topic created");
-    let producer: FutureProducer = producer_config(&kafka, "gateway-test")
-        .create()
-        .expect("producer");
+    let (topic, producer) = control_topic(&kafka, 3, "gateway-test").await;
     let config = GatewayConfig {
         // Above the long poll: a fetch answered empty after 1.5 s is contact.
         max_staleness_ms: 2_500,
@@ -311,18 +310,7 @@ async fn follows_decisions_over_sasl_ssl() {
     // The SASL_SSL listener of `dev/stack up --secure`: the gateway's consumer gets
     // `[kafka.security]` like every other client.
     let kafka = infra::testkit::secure_kafka_config("gateway_secure");
-    let topic = kafka.topics.control.clone();
-    let spec = TopicSpec {
-        name: topic.clone(),
-        partitions: 1,
-        retention: Retention::Compacted,
-        replication: Default::default(),
-        extra_config: Vec::new(),
-    };
-    ensure_topics(&kafka, &[spec]).await.expect("topic created");
-    let producer: FutureProducer = producer_config(&kafka, "gateway-secure-test")
-        .create()
-        .expect("producer");
+    let (topic, producer) = control_topic(&kafka, 1, "gateway-secure-test").await;
     publish(
         &producer,
         &topic,
