@@ -272,6 +272,10 @@ fn approvals_log(kafka: &infra::config::KafkaConfig) -> Vec<(i64, String, bool)>
     records
 }
 
+/// Issue 12, point 4: a later record never erases a valid approval, even after compaction and a
+/// restart. Issue 13, point 4: the restart applies the approvals it restores before it decides
+/// anything, so it publishes no decision and sends no page or Slack message the uninterrupted run
+/// would not have (it used to block the raised scope, page, then allow it again).
 #[tokio::test]
 async fn a_later_rejected_record_never_erases_a_valid_raise_even_after_compaction_and_a_restart() {
     let receivers = Receivers::start().await;
@@ -340,6 +344,9 @@ async fn a_later_rejected_record_never_erases_a_valid_raise_even_after_compactio
     );
 
     // A new alerter reads the compacted topic: the raise is still in force, nothing re-blocks.
+    // Slack messages but the markers' (one per marker, for k2).
+    let slack_but_markers = |r: &Receivers| r.slack().len() - r.slack_containing("api_key_id=k2");
+    let (pages_before, slack_before) = (receivers.pagerduty().len(), slack_but_markers(&receivers));
     alerter.stop().await.unwrap();
     let restarted = start(&config).await;
     let start_at = now_s() - TimeDelta::seconds(60);
@@ -353,6 +360,17 @@ async fn a_later_rejected_record_never_erases_a_valid_raise_even_after_compactio
     .await;
     let log = control_log(&config.kafka);
     assert_eq!(log.len(), 2, "no new decision after the restart: {log:?}");
+    assert_eq!(
+        receivers.pagerduty().len(),
+        pages_before,
+        "no page after the restart: {:?}",
+        receivers.pagerduty()
+    );
+    assert_eq!(
+        slack_but_markers(&receivers),
+        slack_before,
+        "no Slack message after the restart"
+    );
     assert_eq!(log[1].action, DecisionAction::Allow);
     let gateway = gateway(&config.kafka).await;
     assert!(gateway
