@@ -29,6 +29,7 @@ pub mod anomaly;
 pub mod approvals;
 pub mod approve;
 pub mod config;
+pub mod control_writer;
 pub mod engine;
 pub mod evaluate;
 pub mod notify;
@@ -61,6 +62,10 @@ pub enum Error {
     /// The state could not be read back from Kafka.
     #[error("cannot restore state: {0}")]
     Restore(String),
+    /// A newer alerter of this pipeline opened the control topic's writer: this one stops, so
+    /// the control topic keeps one decision stream (`control_writer`).
+    #[error("fenced: another alerter now writes the control topic as {0}; this one stops")]
+    Fenced(String),
 }
 
 impl Error {
@@ -71,6 +76,7 @@ impl Error {
             Error::Service(error) => error.is_retryable(),
             Error::Kafka(error) => infra::kafka::error_is_retryable(error),
             Error::Restore(_) => true,
+            Error::Fenced(_) => false,
         }
     }
 }

@@ -16,11 +16,12 @@
 //!    committed: the state is rebuilt from the topics at every start.
 //!
 //! # Delivery guarantees
-//! - **Decisions**: published (idempotent producer, `acks=all`, awaited) before anything else is done
+//! - **Decisions**: published (transactional producer, `acks=all`, committed) before anything else is done
 //!   with the evaluation that produced them. The engine numbers them from the control topic's state,
 //!   so after a crash on either side of a publish there is exactly one effective decision per key
-//!   (module docs of [`crate::engine`]). One alerter instance runs per pipeline: it is the control
-//!   topic's only writer.
+//!   (module docs of [`crate::engine`]). One alerter instance runs per pipeline, and it is the
+//!   control topic's only writer by construction: decisions are committed in transactions of a
+//!   writer that fences every older instance ([`crate::control_writer`]).
 //! - **Alerts**: notified first (Slack, PagerDuty), then recorded on the alerts topic, which is what
 //!   the restore reads. A crash between the two repeats the notification after restart: PagerDuty
 //!   folds it into the open incident (same `dedup_key`); Slack may show it twice. Never lost.
@@ -58,6 +59,7 @@ use tracing::{error, info, warn};
 
 use crate::actions::ActionWatch;
 use crate::approvals::ReceivedApproval;
+use crate::control_writer::ControlWriter;
 use crate::engine::{Effect, Engine};
 use crate::notify::{Dispatcher, Grouper, Notice, NotifyConfig};
 use crate::{Config, Error, Result};
@@ -171,6 +173,9 @@ async fn run_loop(config: &Config, readiness: &Readiness, shutdown: &Shutdown) -
         .map_err(|error| Error::Config(error.to_string()))?;
     infra::service::prepare_pipeline(&config.kafka, &config.clickhouse).await?;
     warn_unless_broker_time(&config.kafka).await;
+    // Before the restore: fencing an older writer first means the control topic the restore
+    // reads holds everything that writer could still commit.
+    let control = ControlWriter::open(&config.kafka, &config.group_id).await?;
     let policies = Arc::new(
         PolicySet::load_dir(&config.alert.policies_dir)
             .map_err(|errors| Error::Policies(errors.to_string()))?,
@@ -293,8 +298,8 @@ async fn run_loop(config: &Config, readiness: &Readiness, shutdown: &Shutdown) -
         audit_tx.clone(),
     ));
     let mut executor = Executor {
+        control,
         producer: producer.clone(),
-        control_topic: topics.control.clone(),
         approvals_topic: topics.approvals.clone(),
         audit: audit_tx,
         notify: notify_tx,
@@ -655,8 +660,10 @@ impl Failpoint {
 }
 
 struct Executor {
+    /// The control topic's transactional writer (decisions).
+    control: ControlWriter,
+    /// Tombstones of expired approvals.
     producer: FutureProducer,
-    control_topic: String,
     /// Where expired approvals are tombstoned.
     approvals_topic: String,
     audit: mpsc::Sender<AuditRow>,
@@ -745,14 +752,9 @@ impl Executor {
         }
         let payload = schemas::codec::encode(decision)
             .map_err(|error| Error::Config(format!("unencodable decision: {error}")))?;
-        produce_until_delivered(
-            &self.producer,
-            &self.control_topic,
-            &decision.key,
-            &payload,
-            shutdown,
-        )
-        .await?;
+        self.control
+            .publish(&decision.key, &payload, shutdown)
+            .await?;
         if matches!(self.failpoint, Failpoint::AfterPublish(n) if n == self.published) {
             error!("failpoint after_publish: aborting");
             std::process::abort();

@@ -359,15 +359,34 @@ pub fn control_log(kafka: &KafkaConfig) -> Vec<ControlDecision> {
     consumer.assign(&assignment).unwrap();
     let deadline = std::time::Instant::now() + Duration::from_secs(30);
     while !ends.is_empty() && std::time::Instant::now() < deadline {
-        if let Some(Ok(message)) = consumer.poll(Duration::from_millis(100)) {
-            if let Some(payload) = message.payload() {
-                decisions.push(schemas::codec::decode::<ControlDecision>(payload).unwrap());
+        match consumer.poll(Duration::from_millis(100)) {
+            Some(Ok(message)) => {
+                if let Some(payload) = message.payload() {
+                    decisions.push(schemas::codec::decode::<ControlDecision>(payload).unwrap());
+                }
+                if ends
+                    .get(&message.partition())
+                    .is_some_and(|end| message.offset() + 1 >= *end)
+                {
+                    ends.remove(&message.partition());
+                }
             }
-            if ends
-                .get(&message.partition())
-                .is_some_and(|end| message.offset() + 1 >= *end)
-            {
-                ends.remove(&message.partition());
+            Some(Err(_)) => {}
+            // Decisions are committed in transactions: the end offset can be a commit marker,
+            // which is never delivered; the position moves past it.
+            None => {
+                if let Ok(positions) = consumer.position() {
+                    for element in positions.elements() {
+                        if let Offset::Offset(position) = element.offset() {
+                            if ends
+                                .get(&element.partition())
+                                .is_some_and(|end| position >= *end)
+                            {
+                                ends.remove(&element.partition());
+                            }
+                        }
+                    }
+                }
             }
         }
     }
