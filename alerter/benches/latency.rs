@@ -152,6 +152,7 @@ async fn main() {
             publish_interval_ms: publish_ms,
             ..Default::default()
         },
+        ..aggregator::Config::default()
     };
     let mut alerter_config = alerter::Config {
         kafka: kafka.clone(),

@@ -36,6 +36,7 @@ async fn events_over_the_cap_make_the_gateway_refuse_the_key() {
             flush_interval_ms: 50,
             ..Default::default()
         },
+        ..aggregator::Config::default()
     };
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let stop_aggregator = infra::shutdown::Shutdown::new();
