@@ -91,6 +91,8 @@ async fn the_demo_scenarios_end_as_expected_and_replay_reproduces_the_live_decis
         ..aggregator::Config::default()
     };
     aggregator_config.aggregate.policies_dir = Some(policies.clone());
+    // The aggregator prices every record again (ingest::admission): the same catalog as ingest's.
+    aggregator_config.pricing.catalog_path = Some(catalog.clone());
     let (aggregator_listener, aggregator_url) = listener().await;
     let aggregator = tokio::spawn(aggregator::run_with_listener(
         aggregator_config,

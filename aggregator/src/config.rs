@@ -30,6 +30,15 @@ pub struct Config {
     pub group_id: String,
     /// Windows, lateness, duplicates and flushing.
     pub aggregate: AggregateConfig,
+    /// Limits every usage event must respect, judged at the record's Kafka timestamp: the same
+    /// section as ingest's (`[validation]`), and it must hold the same values as the archiver's so
+    /// both refuse the same records (`ingest::admission`).
+    pub validation: ingest::validation::ValidationConfig,
+    /// The price catalog events are priced with (a reported cost wins, else the catalog, else
+    /// unpriced; a producer's envelope is recomputed): the same section as ingest's
+    /// (`[pricing]`), and it must hold the same values as the archiver's. Default: the catalog
+    /// embedded in the `pricing` crate.
+    pub pricing: ingest::pricer::PricingConfig,
 }
 
 impl Default for Config {
@@ -40,6 +49,8 @@ impl Default for Config {
             http: HttpConfig::with_port(DEFAULT_HTTP_PORT),
             group_id: "quotaflow-aggregator".to_string(),
             aggregate: AggregateConfig::default(),
+            validation: ingest::validation::ValidationConfig::default(),
+            pricing: ingest::pricer::PricingConfig::default(),
         }
     }
 }
@@ -82,8 +93,6 @@ pub struct AggregateConfig {
     /// never changed.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub dedup_partitions_changed_at: Option<chrono::DateTime<chrono::Utc>>,
-    /// How far `occurred_at` may be ahead of the record's Kafka timestamp.
-    pub max_future_skew_secs: u64,
     /// Pending asynchronous jobs tracked per scope.
     pub pending_jobs_per_scope: usize,
     /// Publish totals on `kafka.topics.totals` (the alerter follows it).
@@ -112,7 +121,6 @@ impl Default for AggregateConfig {
             dedup_horizon_secs: partition.dedup_horizon.as_secs(),
             dedup_max_ids: partition.dedup_max_ids,
             dedup_partitions_changed_at: partition.partitions_changed_at,
-            max_future_skew_secs: partition.max_future_skew.as_secs(),
             pending_jobs_per_scope: partition.totals.pending_jobs_per_scope,
             publish_totals: true,
             publish_scopes: PublishScopes::Policies,
@@ -155,8 +163,8 @@ impl AggregateConfig {
         }
     }
 
-    /// The per-partition settings these make.
-    pub fn partition_settings(&self) -> PartitionSettings {
+    /// The per-partition settings these make, admitting records with `admission`.
+    pub fn partition_settings(&self, admission: ingest::admission::Admission) -> PartitionSettings {
         let defaults = TotalsConfig::default();
         PartitionSettings {
             totals: TotalsConfig {
@@ -166,7 +174,7 @@ impl AggregateConfig {
             },
             dedup_horizon: Duration::from_secs(self.dedup_horizon_secs),
             dedup_max_ids: self.dedup_max_ids,
-            max_future_skew: Duration::from_secs(self.max_future_skew_secs),
+            admission,
             partitions_changed_at: self.dedup_partitions_changed_at,
         }
     }

@@ -51,9 +51,12 @@
 //! # Late and odd events
 //! Windows are by event time. A window takes events until the partition's watermark (latest
 //! `occurred_at` seen) is `allowed_lateness` past its end; later events are counted in
-//! `late_events` of the scope's current window and dead-lettered (`late`). Events more than
-//! `max_future_skew` ahead of their Kafka timestamp, undecodable and empty records are
-//! dead-lettered and not counted. See [`partition`].
+//! `late_events` of the scope's current window and dead-lettered (`late`). Undecodable and empty
+//! records, and events [`ingest::admission`] refuses (the validation and pricing step the raw
+//! archive applies too, judged at the record's Kafka timestamp: e.g. `occurred_at` more than
+//! `validation.max_future_skew` ahead of it, kind `in_future`) are dead-lettered and not counted;
+//! admitted events are counted at the cost admission computed (a reported cost wins, else our
+//! catalog's price, else unpriced), whatever envelope the producer wrote. See [`partition`].
 
 pub mod config;
 pub mod dedup;
@@ -87,6 +90,9 @@ pub enum Error {
     /// The policy files do not load.
     #[error("cannot load policies: {0}")]
     Policies(String),
+    /// The price catalog (`[pricing]`) does not load.
+    #[error(transparent)]
+    Pricing(#[from] ingest::pricer::PricerError),
     /// Startup (listener, migrations, topics) failed.
     #[error(transparent)]
     Service(#[from] infra::service::ServiceError),
@@ -109,6 +115,7 @@ impl Error {
     pub fn is_retryable(&self) -> bool {
         match self {
             Error::Config(_) | Error::Policies(_) => false,
+            Error::Pricing(error) => error.is_retryable(),
             Error::Service(error) => error.is_retryable(),
             Error::Kafka(_) | Error::Restore(_) => true,
             Error::Sink(error) => error.is_retryable(),
@@ -223,6 +230,8 @@ impl Aggregator {
             }
             None => PolicySet::empty(),
         };
+        let pricer = ingest::pricer::Pricer::from_config(&config.pricing)?;
+        let admission = ingest::admission::Admission::new(pricer, config.validation.clone());
         infra::service::prepare_pipeline(&config.kafka, &config.clickhouse).await?;
         let topic = config.kafka.topics.usage.clone();
         let producer = if config.aggregate.publish_totals {
@@ -251,7 +260,7 @@ impl Aggregator {
             &topic,
             sink.clone(),
             Arc::new(policies),
-            config.aggregate.partition_settings(),
+            config.aggregate.partition_settings(admission),
         );
         let mut client_config =
             infra::kafka::consumer_config(&config.kafka, "quotaflow-aggregator", &config.group_id);

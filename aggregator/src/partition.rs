@@ -3,9 +3,11 @@
 //!
 //! # One record
 //! In offset order, each record at or after `next_offset` is, exactly one of:
-//! - **dead-lettered** (with the reason): no value, undecodable, `occurred_at` further ahead of the
-//!   record's Kafka timestamp than `max_future_skew` (a clock far off would otherwise move the
-//!   watermark and close every window), or a total would overflow;
+//! - **dead-lettered** (with the reason): no value, undecodable, refused by
+//!   [`ingest::admission`] (the validation and pricing step the raw archive applies too, so both
+//!   refuse the same records with the same kind: among them `occurred_at` further ahead of the
+//!   record's Kafka timestamp than `validation.max_future_skew`, kind `in_future`, which would
+//!   otherwise move the watermark and close every window), or a total would overflow;
 //! - a **duplicate**: its `event_id` is in the [`Dedup`] filter; counted in a metric only (every copy
 //!   is in `usage_events_raw`);
 //! - **too late to deduplicate**: not remembered, and its `occurred_at` is at or before the
@@ -42,6 +44,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::{DateTime, TimeDelta, Utc};
+use ingest::admission::Admission;
 use ingest::dead_letter::{self, SourceRecord};
 use policy::PolicySet;
 use schemas::{DeadLetter, UsageEvent};
@@ -59,8 +62,8 @@ pub const SERVICE: &str = "aggregator";
 pub mod kind {
     /// A record without a value.
     pub const EMPTY: &str = "empty";
-    /// `occurred_at` too far ahead of the record's Kafka timestamp.
-    pub const IN_FUTURE: &str = "in_future";
+    /// `occurred_at` too far ahead of the record's Kafka timestamp (from [`ingest::admission`]).
+    pub const IN_FUTURE: &str = ingest::admission::dead_letter_kind::IN_FUTURE;
     /// Some of the event's windows had closed.
     pub const LATE: &str = "late";
     /// A total would overflow or lose precision.
@@ -70,7 +73,7 @@ pub mod kind {
 }
 
 /// How a partition is aggregated.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone)]
 pub struct PartitionSettings {
     /// Lateness and state bounds.
     pub totals: TotalsConfig,
@@ -78,8 +81,9 @@ pub struct PartitionSettings {
     pub dedup_horizon: Duration,
     /// Most ids remembered per partition.
     pub dedup_max_ids: usize,
-    /// How far `occurred_at` may be ahead of the record's Kafka timestamp.
-    pub max_future_skew: Duration,
+    /// Validation and pricing of every decoded record, shared with the raw archive (includes how
+    /// far `occurred_at` may be ahead of the record's Kafka timestamp).
+    pub admission: Admission,
     /// When the usage topic's partition count last changed (set by the operator, see
     /// `docs/aggregator.md`): a record written at or after it about an event before it, and not
     /// in the filter, is refused as too late to deduplicate (its first copy may be in another
@@ -93,7 +97,7 @@ impl Default for PartitionSettings {
             totals: TotalsConfig::default(),
             dedup_horizon: Duration::from_secs(900),
             dedup_max_ids: 2_000_000,
-            max_future_skew: Duration::from_secs(300),
+            admission: Admission::embedded_defaults(),
             partitions_changed_at: None,
         }
     }
@@ -478,7 +482,9 @@ impl PartitionAggregator {
         })
     }
 
-    /// Decodes and checks a record; the dead letter when it cannot be counted.
+    /// Decodes a record and admits it ([`ingest::admission`], the step the raw archive applies
+    /// too: validated at its Kafka timestamp, priced with our catalog); the dead letter when it
+    /// cannot be counted.
     fn admit(
         &self,
         source: SourceRecord<'_>,
@@ -494,29 +500,18 @@ impl PartitionAggregator {
         }
         let event: UsageEvent = schemas::decode(source.payload)
             .map_err(|error| Box::new(dead_letter::undecodable(source, SERVICE, &error)))?;
-        // A control character would become part of a scope key, and reach alerts and terminals.
-        ingest::validation::validate_text(&event)
-            .map_err(|violations| Box::new(dead_letter::invalid(source, SERVICE, &violations)))?;
-        let limit = timestamp_ms
-            .and_then(DateTime::<Utc>::from_timestamp_millis)
-            .zip(TimeDelta::from_std(self.settings.max_future_skew).ok())
-            .and_then(|(written, skew)| written.checked_add_signed(skew));
-        if let Some(limit) = limit {
-            if event.occurred_at > limit {
-                return Err(Box::new(dead_letter::dead_letter(
+        let record_timestamp = ingest::admission::record_timestamp(timestamp_ms);
+        self.settings
+            .admission
+            .admit(event, record_timestamp)
+            .map_err(|rejection| {
+                Box::new(dead_letter::dead_letter(
                     source,
                     SERVICE,
-                    kind::IN_FUTURE,
-                    format!(
-                        "occurred_at {} is more than {} s after the record was written ({})",
-                        event.occurred_at.to_rfc3339(),
-                        self.settings.max_future_skew.as_secs(),
-                        limit.to_rfc3339(),
-                    ),
-                )));
-            }
-        }
-        Ok(event)
+                    rejection.dead_letter_kind(),
+                    rejection.message(),
+                ))
+            })
     }
 
     /// Whether a flush has anything to write for this partition.
@@ -715,9 +710,10 @@ mod tests {
             dedup_max_ids: 3,
             ..PartitionSettings::default()
         };
-        let mut first = PartitionAggregator::restore("usage", 0, &policies(), settings, None, [])
-            .unwrap()
-            .0;
+        let mut first =
+            PartitionAggregator::restore("usage", 0, &policies(), settings.clone(), None, [])
+                .unwrap()
+                .0;
         let ids = ["e0", "e1", "e2", "e3", "e4"];
         for (minute, id) in ids.iter().enumerate() {
             let when = at(minute as u32);

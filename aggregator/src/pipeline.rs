@@ -248,7 +248,7 @@ impl AggregatorContext {
         let sink = self.sink.clone();
         let topic = self.topic.clone();
         let policies = Arc::clone(&self.policies);
-        let settings = self.settings;
+        let settings = self.settings.clone();
         let partitions = partitions.to_vec();
         std::thread::spawn(move || {
             let runtime = tokio::runtime::Builder::new_current_thread()
@@ -259,7 +259,7 @@ impl AggregatorContext {
                 let deadline = Instant::now() + Duration::from_secs(60);
                 let mut backoff = Duration::from_millis(200);
                 loop {
-                    match restore(&sink, &topic, &policies, settings, &partitions).await {
+                    match restore(&sink, &topic, &policies, &settings, &partitions).await {
                         Ok(restored) => return Ok(restored),
                         Err(error)
                             if error.is_retryable() && Instant::now() + backoff < deadline =>
@@ -283,7 +283,7 @@ async fn restore(
     sink: &Sink,
     topic: &str,
     policies: &PolicySet,
-    settings: PartitionSettings,
+    settings: &PartitionSettings,
     partitions: &[i32],
 ) -> Result<Vec<PartitionAggregator>, SinkError> {
     let mut checkpoints = sink.load_checkpoints().await?;
@@ -302,7 +302,7 @@ async fn restore(
             topic,
             partition,
             policies,
-            settings,
+            settings.clone(),
             checkpoint.clone(),
             totals,
         )

@@ -94,7 +94,8 @@ fn event(template: &UsageEvent, n: u64, key: &str, cost: &str) -> UsageEvent {
     event.action_id = event.event_id.clone();
     event.api_key_id = key.to_owned();
     event.occurred_at = Utc::now();
-    event.cost_usd = Some(cost.parse().unwrap());
+    // A reported cost: the aggregator recomputes any envelope (a reported cost wins).
+    event.reported_cost_usd = Some(cost.parse().unwrap());
     event
 }
 
@@ -152,6 +153,7 @@ async fn main() {
             publish_interval_ms: publish_ms,
             ..Default::default()
         },
+        ..aggregator::Config::default()
     };
     let mut alerter_config = alerter::Config {
         kafka: kafka.clone(),

@@ -36,6 +36,7 @@ async fn events_over_the_cap_make_the_gateway_refuse_the_key() {
             flush_interval_ms: 50,
             ..Default::default()
         },
+        ..aggregator::Config::default()
     };
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let stop_aggregator = infra::shutdown::Shutdown::new();
@@ -51,8 +52,9 @@ async fn events_over_the_cap_make_the_gateway_refuse_the_key() {
         let mut event =
             schemas::fixtures::text_event(&testkit::unique_name(&format!("ev{index}")), now);
         event.api_key_id = key.to_owned();
-        event.cost_usd = Some(cost.parse().unwrap());
-        event.cost_source = Some(schemas::CostSource::Priced);
+        // A reported cost: the readers recompute any envelope a producer writes (a reported
+        // cost wins), so this is how a test sets an exact cost.
+        event.reported_cost_usd = Some(cost.parse().unwrap());
         event
     };
     let under: Vec<_> = (0..9).map(|index| event(index, "k1", "1.00")).collect();

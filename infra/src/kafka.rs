@@ -249,7 +249,16 @@ pub fn pipeline_topics(kafka: &KafkaConfig) -> Vec<TopicSpec> {
         extra_config: Vec::new(),
     };
     vec![
-        spec(&topics.usage, Retention::Time(week), replication.usage),
+        // The broker stamps each usage record with its own append time: the readers refuse an
+        // event whose `occurred_at` is ahead of it (`ingest::admission`), so a producer whose
+        // clock runs fast cannot move a partition's watermark by stamping its records itself.
+        TopicSpec {
+            extra_config: vec![(
+                "message.timestamp.type".to_owned(),
+                "LogAppendTime".to_owned(),
+            )],
+            ..spec(&topics.usage, Retention::Time(week), replication.usage)
+        },
         spec(
             &topics.dead_letter,
             Retention::Time(4 * week),

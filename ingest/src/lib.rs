@@ -6,6 +6,7 @@
 //! - [`error`]: the crate's [`Error`], which says whether a failure is worth retrying.
 //! - [`api`]: the HTTP event API and its OpenAPI document (`ingest/openapi.yaml`).
 //! - [`recorder`], [`validation`], [`pricer`]: the producer library the API is built on.
+//! - [`admission`]: the one validation and pricing step of every reader of the usage topic.
 //! - [`archive`], [`dead_letter`]: the raw archive consumer and dead letters.
 //! - [`run`] / [`run_with_listener`]: start the service and keep it up until shutdown.
 //!
@@ -20,6 +21,7 @@
 //! state and the caller retries with the same `event_id`s; consumers count each `event_id` once. So
 //! delivery into the usage topic is at least once, never lost after `accepted` (details in [`api`]).
 
+pub mod admission;
 pub mod api;
 pub mod archive;
 pub mod config;

@@ -1,5 +1,5 @@
 //! Validation shared by the HTTP API, the producer library ([`crate::recorder`]) and the Kafka
-//! readers: [`validate`] checks one [`UsageEvent`] against a [`ValidationConfig`] and the price
+//! readers (through [`crate::admission`], at the record's Kafka timestamp): [`validate`] checks one [`UsageEvent`] against a [`ValidationConfig`] and the price
 //! catalog's model limits, and returns **every** [`Violation`] at once, so a producer can fix
 //! everything in one round trip.
 //!
@@ -153,12 +153,27 @@ pub fn validate_with_usage(
     config: &ValidationConfig,
     now: DateTime<Utc>,
 ) -> Result<(), Vec<Violation>> {
+    validate_at(event, usage, catalog, config, Some(now))
+}
+
+/// [`validate_with_usage`] judged at `reference` instead of the clock: the Kafka readers pass the
+/// record's Kafka timestamp (see [`crate::admission`]), so a replay judges every record as the
+/// first pass did. `None` (a record without a timestamp) skips the `in_future` / `too_old` rules.
+pub fn validate_at(
+    event: &UsageEvent,
+    usage: &pricing::PricingInput,
+    catalog: &pricing::Catalog,
+    config: &ValidationConfig,
+    reference: Option<DateTime<Utc>>,
+) -> Result<(), Vec<Violation>> {
     let mut violations = Vec::new();
     check_strings(event, config, &mut violations);
     check_attempt(event, config, &mut violations);
     check_counts(event, config, &mut violations);
     check_model_limits(usage, catalog, &mut violations);
-    check_occurred_at(event, config, now, &mut violations);
+    if let Some(now) = reference {
+        check_occurred_at(event, config, now, &mut violations);
+    }
     check_consistency(event, &mut violations);
     check_amounts(event, config, &mut violations);
     check_labels(event, config, &mut violations);
@@ -169,11 +184,9 @@ pub fn validate_with_usage(
     }
 }
 
-/// The rule on text that every reader of the usage topic applies, also one that cannot apply the
-/// rest of [`validate`] (the aggregator has no price catalog, and judging an old record's age on
-/// replay would drop it): no control character in any id, scope value, label key or label value.
-/// [`validate`] checks it too, so the HTTP API, the archive and the aggregator refuse the same
-/// records.
+/// The text rule alone: no control character in any id, scope value, label key or label value.
+/// [`validate`] checks it too; the Kafka readers apply the whole of [`validate_at`] through
+/// [`crate::admission`].
 pub fn validate_text(event: &UsageEvent) -> Result<(), Vec<Violation>> {
     let mut violations = Vec::new();
     for (field, value) in required_strings(event) {

@@ -101,7 +101,8 @@ async fn every_bad_record_is_dead_lettered_and_the_archive_keeps_going() {
             Some(invalid("future", &|event| {
                 event.occurred_at = now + chrono::Duration::hours(2);
             })),
-            Some("validation"),
+            // Its own kind (a producer clock problem), as the aggregator dead-letters it.
+            Some("in_future"),
             "occurred_at (in_future)",
         ),
         // Written straight to Kafka, past the HTTP API: the same rule, as a dead letter.

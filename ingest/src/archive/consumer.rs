@@ -24,8 +24,8 @@ use super::metrics;
 use super::row::{KafkaCoordinates, RawRow};
 use super::sink::{Sink, SinkError};
 use super::{ArchiveConfig, ArchiveError};
+use crate::admission::Admission;
 use crate::dead_letter::{self, SourceRecord};
-use crate::validation::ValidationConfig;
 
 /// Records processed since start, by outcome: every offset read ends up in exactly one of them
 /// once flushed, which is what the accounting test checks.
@@ -176,8 +176,8 @@ pub(super) struct ArchiveLoop {
     pub consumer: Arc<StreamConsumer<ArchiveContext>>,
     pub sink: Sink,
     pub config: ArchiveConfig,
-    pub validation: ValidationConfig,
-    pub catalog: Arc<pricing::Catalog>,
+    /// Validates and prices every decoded record, exactly as the aggregator does.
+    pub admission: Admission,
     pub topic: String,
     pub service: String,
     pub stats: Arc<ArchiveStats>,
@@ -216,13 +216,11 @@ impl ArchiveLoop {
         }
     }
 
-    #[allow(clippy::too_many_arguments)]
     pub(super) fn new(
         consumer: Arc<StreamConsumer<ArchiveContext>>,
         sink: Sink,
         config: ArchiveConfig,
-        validation: ValidationConfig,
-        catalog: Arc<pricing::Catalog>,
+        admission: Admission,
         topic: String,
         service: String,
         stats: Arc<ArchiveStats>,
@@ -231,8 +229,7 @@ impl ArchiveLoop {
             consumer,
             sink,
             config,
-            validation,
-            catalog,
+            admission,
             topic,
             service,
             stats,
@@ -367,31 +364,24 @@ impl ArchiveLoop {
             payload,
             key,
         };
-        // Validation is judged at the record's produce time, not the archive's clock, so a replay
-        // weeks later classifies every record exactly as the first pass did.
-        let produced_at = message
-            .timestamp()
-            .to_millis()
-            .and_then(DateTime::<Utc>::from_timestamp_millis)
-            .unwrap_or_else(Utc::now);
+        // Admission (validation and pricing) is judged at the record's Kafka timestamp, not the
+        // archive's clock, so a replay weeks later classifies every record exactly as the first
+        // pass did, and exactly as the aggregator does (`crate::admission`).
+        let record_timestamp = crate::admission::record_timestamp(message.timestamp().to_millis());
         let outcome = match schemas::decode::<UsageEvent>(payload) {
             Err(error) => Outcome::DeadLetter(Box::new(dead_letter::undecodable(
                 source,
                 &self.service,
                 &error,
             ))),
-            Ok(event) => match crate::validation::validate(
-                &event,
-                &self.catalog,
-                &self.validation,
-                produced_at,
-            ) {
-                Err(violations) => Outcome::DeadLetter(Box::new(dead_letter::invalid(
+            Ok(event) => match self.admission.admit(event, record_timestamp) {
+                Err(rejection) => Outcome::DeadLetter(Box::new(dead_letter::dead_letter(
                     source,
                     &self.service,
-                    &violations,
+                    rejection.dead_letter_kind(),
+                    rejection.message(),
                 ))),
-                Ok(()) => {
+                Ok(event) => {
                     let coordinates = KafkaCoordinates {
                         topic: &self.topic,
                         partition,

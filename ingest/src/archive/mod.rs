@@ -59,9 +59,12 @@
 //! only within one table partition (month of `occurred_at`); a re-sent event carries the same
 //! `occurred_at` (it is the same attempt), so its copies always share a partition.
 //!
-//! **Ordering of validation.** A record is validated at its Kafka timestamp (produce time), not
-//! the archive's clock, so replaying a partition weeks later classifies every record as the first
-//! pass did (the resume rule relies on replays being deterministic).
+//! **Validation and pricing.** Every decoded record goes through [`crate::admission`], the step the
+//! aggregator applies too: validated at its Kafka timestamp (not the archive's clock, so replaying
+//! a partition weeks later classifies every record as the first pass did; the resume rule relies
+//! on it) and priced with this service's `[pricing]` catalog, whatever envelope the producer
+//! wrote. A record is archived exactly when the aggregator counts it, and otherwise dead-lettered
+//! by both with the same kind.
 //!
 //! # Memory and back-pressure
 //! At most one batch is buffered ([`ArchiveConfig::batch_max_rows`] /
@@ -179,7 +182,7 @@ pub enum ArchiveError {
     /// Migrations or topic creation failed at start.
     #[error("archive setup failed")]
     Setup(#[source] infra::service::ServiceError),
-    /// The price catalog (needed for validation) could not be loaded.
+    /// The price catalog (validation and pricing need it) could not be loaded.
     #[error("cannot load the price catalog")]
     Catalog(#[source] crate::pricer::PricerError),
     /// The consumer or the dead-letter producer could not be created or subscribed.
@@ -293,8 +296,7 @@ impl Archiver {
             Arc::new(consumer),
             sink,
             config.archive.clone(),
-            config.validation.clone(),
-            Arc::clone(pricer.catalog()),
+            crate::admission::Admission::new(pricer, config.validation.clone()),
             topic,
             SERVICE.to_owned(),
             self.stats,
