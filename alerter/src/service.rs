@@ -24,19 +24,27 @@
 //! - **Alerts**: notified first (Slack, PagerDuty), then recorded on the alerts topic, which is what
 //!   the restore reads. A crash between the two repeats the notification after restart: PagerDuty
 //!   folds it into the open incident (same `dedup_key`); Slack may show it twice. Never lost.
-//!   Notifications run on their own task behind a bounded queue, so a slow webhook never delays a
-//!   decision. A delivery that fails in a way that may pass later (TLS, unreachable, 5xx, 429) is
+//!   Notifications run on their own task behind a bounded queue that the decision loop never
+//!   waits on (see *Effects* below), so a slow webhook never delays a decision. A delivery that fails in a way that may pass later (TLS, unreachable, 5xx, 429) is
 //!   kept and sent again ([`crate::notify::pending`]); only those still pending at shutdown are
 //!   lost, and logged.
 //! - **Audit**: every decision, alert and approval outcome is written to ClickHouse (`decisions`,
 //!   `alerts`, `approvals`) by a batching task that retries until it succeeds; the ids are
 //!   deterministic, so a repeat after a crash is the same row (ReplacingMergeTree).
+//! - **Effects never hold up decisions**: audit rows and notifications are handed to their tasks
+//!   through bounded queues (`alert.effect_queue_capacity`) without waiting for room; what does not
+//!   fit waits, in order, in an in-memory overflow buffer of at most `alert.effect_overflow_limit`
+//!   items per queue that is moved into the queue at every evaluation and tick ([`Outbox`]). With
+//!   ClickHouse down or a webhook slow, totals are still read and decisions still published; the
+//!   backlog is delivered when they recover. Beyond the limit the newest effect is dropped,
+//!   logged and counted. At shutdown the overflow and the queues get the bounded drain wait
+//!   (10 s for notifications, then 10 s for audit rows); what is left after it is lost.
 //!
 //! # Failpoint
 //! `ALERTER_FAILPOINT=before_publish:<n>` or `after_publish:<n>` aborts the process (as `kill -9`
 //! would) just before or just after publishing its n-th decision; the crash tests use it.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -84,6 +92,12 @@ pub mod metric {
     pub const DECISION_LAG: &str = "alerter_decision_lag_seconds";
     /// Audit rows written, by `table`.
     pub const AUDIT_ROWS: &str = "alerter_audit_rows_total";
+    /// Effects (audit rows, notifications) waiting in the executor's overflow buffer for room in
+    /// their queue, by `queue` (gauge).
+    pub const EFFECT_OVERFLOW: &str = "alerter_effect_overflow_rows";
+    /// Effects dropped because the overflow buffer held `alert.effect_overflow_limit`, by
+    /// `queue`.
+    pub const EFFECTS_DROPPED: &str = "alerter_effects_dropped_total";
     /// Failed writes (audit, alerts topic) that are being retried, by `target`.
     pub const RETRIES: &str = "alerter_retries_total";
 }
@@ -278,26 +292,28 @@ async fn run_loop(config: &Config, readiness: &Readiness, shutdown: &Shutdown) -
         "state restored from kafka"
     );
 
-    let (audit_tx, audit_rx) = mpsc::channel::<AuditRow>(10_000);
+    let capacity = config.alert.effect_queue_capacity.max(1);
+    let overflow_limit = config.alert.effect_overflow_limit;
+    let (audit_tx, audit_rx) = mpsc::channel::<AuditRow>(capacity);
     let audit = tokio::spawn(audit_task(
         infra::clickhouse::client(&config.clickhouse),
         audit_rx,
     ));
-    let (notify_tx, notify_rx) = mpsc::channel::<(Alert, Notice)>(10_000);
+    let (notify_tx, notify_rx) = mpsc::channel::<(Alert, Notice)>(capacity);
     let notifier = tokio::spawn(notify_task(
         config.notify.clone(),
         webhook_client,
         producer.clone(),
         topics.alerts.clone(),
         notify_rx,
-        audit_tx.clone(),
+        Outbox::new("notify_audit", audit_tx.clone(), overflow_limit),
     ));
     let mut executor = Executor {
         producer: producer.clone(),
         control_topic: topics.control.clone(),
         approvals_topic: topics.approvals.clone(),
-        audit: audit_tx,
-        notify: notify_tx,
+        audit: Outbox::new("audit", audit_tx, overflow_limit),
+        notify: Outbox::new("notify", notify_tx, overflow_limit),
         failpoint: Failpoint::from_env(),
         published: 0,
     };
@@ -403,10 +419,17 @@ async fn run_loop(config: &Config, readiness: &Readiness, shutdown: &Shutdown) -
             }
         }
     };
-    // Let queued notifications and audit rows out (bounded wait).
+    // Let queued notifications and audit rows out (bounded wait): what waits in the executor's
+    // overflow first, then the notification task, then the audit task.
+    let notify_deadline = tokio::time::Instant::now() + SHUTDOWN_DRAIN;
+    let _ = tokio::time::timeout_at(notify_deadline, async {
+        executor.notify.flush().await;
+        executor.audit.flush().await;
+    })
+    .await;
     drop(executor);
-    let _ = tokio::time::timeout(Duration::from_secs(10), notifier).await;
-    let _ = tokio::time::timeout(Duration::from_secs(10), audit).await;
+    let _ = tokio::time::timeout_at(notify_deadline, notifier).await;
+    let _ = tokio::time::timeout(SHUTDOWN_DRAIN, audit).await;
     result
 }
 
@@ -654,13 +677,117 @@ impl Failpoint {
     }
 }
 
+/// Longest wait at shutdown for the notifications, then for the audit rows, still queued.
+const SHUTDOWN_DRAIN: Duration = Duration::from_secs(10);
+
+/// Hands items to a bounded queue without ever waiting for room, so that the decision loop is
+/// never held up by the task behind the queue (ClickHouse down, a slow webhook).
+///
+/// An item that does not fit waits in an in-memory overflow buffer, in order: while the buffer
+/// holds anything, new items go behind it. The buffer is moved into the queue as room appears,
+/// at every [`Outbox::push`] and [`Outbox::drain`] (the executor drains at every `execute`,
+/// which the tick timer calls every `alert.tick_interval_ms`). Its length is the gauge
+/// `alerter_effect_overflow_rows{queue}`. At `alert.effect_overflow_limit` items the newest is
+/// dropped, logged and counted (`alerter_effects_dropped_total{queue}`): memory stays bounded
+/// and decisions still go out. At shutdown [`Outbox::flush`] waits for room (the caller bounds
+/// the wait).
+struct Outbox<T> {
+    /// The `queue` label of the metrics.
+    name: &'static str,
+    queue: mpsc::Sender<T>,
+    overflow: VecDeque<T>,
+    limit: usize,
+}
+
+impl<T> Outbox<T> {
+    fn new(name: &'static str, queue: mpsc::Sender<T>, limit: usize) -> Self {
+        Self {
+            name,
+            queue,
+            overflow: VecDeque::new(),
+            limit,
+        }
+    }
+
+    /// Queues `item` behind everything pushed before it; never waits.
+    fn push(&mut self, item: T) {
+        self.drain();
+        if !self.overflow.is_empty() {
+            self.keep(item);
+            return;
+        }
+        match self.queue.try_send(item) {
+            Ok(()) => {}
+            Err(mpsc::error::TrySendError::Full(item)) => self.keep(item),
+            // The task behind the queue has stopped (only at shutdown): nothing left to do.
+            Err(mpsc::error::TrySendError::Closed(_)) => {}
+        }
+    }
+
+    /// Moves what fits from the overflow buffer into the queue.
+    fn drain(&mut self) {
+        if self.overflow.is_empty() {
+            return;
+        }
+        while let Some(item) = self.overflow.pop_front() {
+            match self.queue.try_send(item) {
+                Ok(()) => {}
+                Err(mpsc::error::TrySendError::Full(item)) => {
+                    self.overflow.push_front(item);
+                    break;
+                }
+                Err(mpsc::error::TrySendError::Closed(_)) => self.overflow.clear(),
+            }
+        }
+        self.gauge();
+        if self.overflow.is_empty() {
+            info!(queue = self.name, "effect overflow drained");
+        }
+    }
+
+    /// Waits for room for everything in the overflow buffer (at shutdown).
+    async fn flush(&mut self) {
+        while let Some(item) = self.overflow.pop_front() {
+            if self.queue.send(item).await.is_err() {
+                self.overflow.clear();
+            }
+            self.gauge();
+        }
+    }
+
+    fn keep(&mut self, item: T) {
+        if self.overflow.len() >= self.limit {
+            error!(
+                queue = self.name,
+                limit = self.limit,
+                "effect overflow full: effect dropped (alert.effect_overflow_limit)"
+            );
+            metrics::counter!(metric::EFFECTS_DROPPED, "queue" => self.name).increment(1);
+            return;
+        }
+        if self.overflow.is_empty() {
+            warn!(
+                queue = self.name,
+                "effect queue full (audit or notifications behind); effects kept in the overflow buffer"
+            );
+        }
+        self.overflow.push_back(item);
+        self.gauge();
+    }
+
+    fn gauge(&self) {
+        metrics::gauge!(metric::EFFECT_OVERFLOW, "queue" => self.name)
+            .set(self.overflow.len() as f64);
+    }
+}
+
 struct Executor {
     producer: FutureProducer,
     control_topic: String,
     /// Where expired approvals are tombstoned.
     approvals_topic: String,
-    audit: mpsc::Sender<AuditRow>,
-    notify: mpsc::Sender<(Alert, Notice)>,
+    audit: Outbox<AuditRow>,
+    notify: Outbox<(Alert, Notice)>,
     failpoint: Failpoint,
     published: u64,
 }
@@ -674,6 +801,9 @@ impl Executor {
         written_at: Option<DateTime<Utc>>,
         shutdown: &Shutdown,
     ) -> Result<()> {
+        // Also the timer of the overflow buffers: the tick calls this every tick interval.
+        self.audit.drain();
+        self.notify.drain();
         for effect in effects {
             match effect {
                 Effect::Decide(decision) => {
@@ -691,11 +821,11 @@ impl Executor {
                         reason = %decision.reason,
                         "decision published"
                     );
-                    let _ = self.audit.send(AuditRow::Decision(decision)).await;
+                    self.audit.push(AuditRow::Decision(decision));
                 }
                 Effect::Alert(alert, notice) => {
                     metrics::counter!(metric::ALERTS, "kind" => alert.kind.as_str()).increment(1);
-                    let _ = self.notify.send((*alert, *notice)).await;
+                    self.notify.push((*alert, *notice));
                 }
                 Effect::ApprovalDecided {
                     received,
@@ -721,16 +851,13 @@ impl Executor {
                         )
                         .await;
                     }
-                    let _ = self
-                        .audit
-                        .send(AuditRow::Approval(Box::new(ApprovalAudit {
-                            received,
-                            status,
-                            reason,
-                            shadowed,
-                            decided_at: Utc::now(),
-                        })))
-                        .await;
+                    self.audit.push(AuditRow::Approval(Box::new(ApprovalAudit {
+                        received,
+                        status,
+                        reason,
+                        shadowed,
+                        decided_at: Utc::now(),
+                    })));
                 }
             }
         }
@@ -805,7 +932,7 @@ async fn notify_task(
     producer: FutureProducer,
     alerts_topic: String,
     mut queue: mpsc::Receiver<(Alert, Notice)>,
-    audit: mpsc::Sender<AuditRow>,
+    mut audit: Outbox<AuditRow>,
 ) {
     let group_interval = config.group_interval();
     let mut grouper = Grouper::new(group_interval);
@@ -825,13 +952,14 @@ async fn notify_task(
                         error!(%error, dedup_key = %alert.dedup_key, "alert not recorded on the alerts topic");
                     }
                 }
-                let _ = audit.send(AuditRow::Alert(alert)).await;
+                audit.push(AuditRow::Alert(alert));
             }
             _ = due.tick() => {
                 for grouped in grouper.due(Instant::now()) {
                     dispatcher.slack(grouped).await;
                 }
                 dispatcher.redeliver_due(Instant::now()).await;
+                audit.drain();
             }
         }
     }
@@ -844,6 +972,8 @@ async fn notify_task(
             "stopping with notifications still pending; they are not kept across restarts"
         );
     }
+    // Within the caller's bounded shutdown wait.
+    audit.flush().await;
 }
 
 /// One audit row to write.

@@ -45,6 +45,14 @@ impl Receivers {
         Receivers::serve(listener, base_url)
     }
 
+    /// Plain HTTP on a free port, answering each Slack post only after `slack_delay`.
+    pub async fn start_slow_slack(slack_delay: Duration) -> Receivers {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let base_url = format!("http://{}", listener.local_addr().unwrap());
+        let receiver = Receiver::new(ROUTING_KEY).with_slack_delay(slack_delay);
+        Receivers::serve_with(listener, base_url, receiver)
+    }
+
     /// HTTPS with `certificate_pem` (valid for 127.0.0.1) and `key_pem`, on `port` (0: a free one).
     pub async fn start_https(certificate_pem: &str, key_pem: &str, port: u16) -> Receivers {
         let tcp = tokio::net::TcpListener::bind(("127.0.0.1", port))
@@ -61,7 +69,14 @@ impl Receivers {
         L: axum::serve::Listener,
         L::Addr: std::fmt::Debug,
     {
-        let receiver = Receiver::new(ROUTING_KEY);
+        Receivers::serve_with(listener, base_url, Receiver::new(ROUTING_KEY))
+    }
+
+    fn serve_with<L>(listener: L, base_url: String, receiver: Receiver) -> Receivers
+    where
+        L: axum::serve::Listener,
+        L::Addr: std::fmt::Debug,
+    {
         let app = receiver.router();
         let server = tokio::spawn(async move {
             axum::serve(listener, app).await.unwrap();
