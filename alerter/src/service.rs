@@ -67,6 +67,7 @@ use tracing::{error, info, warn};
 use crate::actions::ActionWatch;
 use crate::approvals::ReceivedApproval;
 use crate::engine::{Effect, Engine};
+use crate::notify::grouping::Grouped;
 use crate::notify::{Dispatcher, Grouper, Notice, NotifyConfig};
 use crate::{Config, Error, Result};
 
@@ -307,6 +308,7 @@ async fn run_loop(config: &Config, readiness: &Readiness, shutdown: &Shutdown) -
         topics.alerts.clone(),
         notify_rx,
         Outbox::new("notify_audit", audit_tx.clone(), overflow_limit),
+        overflow_limit,
     ));
     let mut executor = Executor {
         producer: producer.clone(),
@@ -926,6 +928,10 @@ async fn produce_until_delivered(
 }
 
 /// Sends notifications, then records each alert on the alerts topic and audits it.
+///
+/// Deliveries run on one [`Lanes`] worker per destination (a Slack channel's webhook, PagerDuty),
+/// so a webhook that takes 30 s per message delays only the messages to that webhook, in order;
+/// this task only groups, routes, and records an alert once its deliveries have had their round.
 async fn notify_task(
     config: NotifyConfig,
     http: reqwest::Client,
@@ -933,38 +939,173 @@ async fn notify_task(
     alerts_topic: String,
     mut queue: mpsc::Receiver<(Alert, Notice)>,
     mut audit: Outbox<AuditRow>,
+    lane_capacity: usize,
 ) {
     let group_interval = config.group_interval();
     let mut grouper = Grouper::new(group_interval);
-    let mut dispatcher = Dispatcher::new(config, http);
-    let never = Shutdown::new();
+    let mut lanes = Lanes::new(config, http, lane_capacity);
+    // One per alert whose deliveries are under way: records it once they have had their round.
+    let mut recording = tokio::task::JoinSet::new();
     let mut due = tokio::time::interval(Duration::from_millis(500));
     loop {
         tokio::select! {
             received = queue.recv() => {
                 let Some((alert, notice)) = received else { break };
+                let mut rounds = Vec::new();
                 if let Some(grouped) = grouper.offer(notice.clone(), Instant::now()) {
-                    dispatcher.slack(grouped).await;
+                    rounds.extend(lanes.slack(grouped));
                 }
-                dispatcher.pagerduty(&notice).await;
-                if let Ok(payload) = schemas::codec::encode(&alert) {
-                    if let Err(error) = produce_until_delivered(&producer, &alerts_topic, &alert.dedup_key, &payload, &never).await {
-                        error!(%error, dedup_key = %alert.dedup_key, "alert not recorded on the alerts topic");
+                rounds.extend(lanes.pagerduty(notice));
+                let (producer, topic) = (producer.clone(), alerts_topic.clone());
+                recording.spawn(async move {
+                    for round in rounds {
+                        let _ = round.await;
                     }
+                    record_alert(&producer, &topic, &alert).await;
+                    alert
+                });
+            }
+            Some(recorded) = recording.join_next() => {
+                if let Ok(alert) = recorded {
+                    audit.push(AuditRow::Alert(alert));
                 }
-                audit.push(AuditRow::Alert(alert));
             }
             _ = due.tick() => {
                 for grouped in grouper.due(Instant::now()) {
-                    dispatcher.slack(grouped).await;
+                    lanes.slack(grouped);
                 }
-                dispatcher.redeliver_due(Instant::now()).await;
                 audit.drain();
             }
         }
     }
     for grouped in grouper.due(Instant::now() + group_interval) {
-        dispatcher.slack(grouped).await;
+        lanes.slack(grouped);
+    }
+    // Within the caller's bounded shutdown wait.
+    lanes.close().await;
+    while let Some(recorded) = recording.join_next().await {
+        if let Ok(alert) = recorded {
+            audit.push(AuditRow::Alert(alert));
+        }
+    }
+    audit.flush().await;
+}
+
+/// Records `alert` on the alerts topic (what the restore reads), retrying until delivered.
+async fn record_alert(producer: &FutureProducer, topic: &str, alert: &Alert) {
+    let never = Shutdown::new();
+    if let Ok(payload) = schemas::codec::encode(alert) {
+        if let Err(error) =
+            produce_until_delivered(producer, topic, &alert.dedup_key, &payload, &never).await
+        {
+            error!(%error, dedup_key = %alert.dedup_key, "alert not recorded on the alerts topic");
+        }
+    }
+}
+
+/// One delivery handed to a lane; `round` is told when it has had its first round (sent, kept
+/// for redelivery or refused).
+struct LaneJob {
+    delivery: LaneDelivery,
+    round: Option<tokio::sync::oneshot::Sender<()>>,
+}
+
+enum LaneDelivery {
+    Slack(Grouped),
+    PagerDuty(Notice),
+}
+
+/// One worker per destination, each with its own [`Dispatcher`] (and so its own redelivery
+/// queue, `notify.redelivery.capacity` per destination) behind a queue of at most
+/// `alert.effect_overflow_limit` deliveries. Handing a delivery over never waits: on a full
+/// queue it is dropped, logged and counted (`alerter_effects_dropped_total{queue="notify_lane"}`).
+struct Lanes {
+    config: NotifyConfig,
+    http: reqwest::Client,
+    capacity: usize,
+    lanes: HashMap<String, mpsc::Sender<LaneJob>>,
+    workers: tokio::task::JoinSet<()>,
+}
+
+impl Lanes {
+    fn new(config: NotifyConfig, http: reqwest::Client, capacity: usize) -> Self {
+        Self {
+            config,
+            http,
+            capacity: capacity.max(1),
+            lanes: HashMap::new(),
+            workers: tokio::task::JoinSet::new(),
+        }
+    }
+
+    /// Hands a Slack message to its channel's lane.
+    fn slack(&mut self, grouped: Grouped) -> Option<tokio::sync::oneshot::Receiver<()>> {
+        let lane = format!(
+            "slack:{}",
+            grouped.notice.slack_channel.as_deref().unwrap_or_default()
+        );
+        self.hand(lane, LaneDelivery::Slack(grouped))
+    }
+
+    /// Hands a page (or resolve) to the PagerDuty lane when the notice names a service.
+    fn pagerduty(&mut self, notice: Notice) -> Option<tokio::sync::oneshot::Receiver<()>> {
+        notice.pagerduty_service.as_ref()?;
+        self.hand("pagerduty".to_owned(), LaneDelivery::PagerDuty(notice))
+    }
+
+    fn hand(
+        &mut self,
+        lane: String,
+        delivery: LaneDelivery,
+    ) -> Option<tokio::sync::oneshot::Receiver<()>> {
+        let (round, told) = tokio::sync::oneshot::channel();
+        let job = LaneJob {
+            delivery,
+            round: Some(round),
+        };
+        let sender = self.lanes.entry(lane).or_insert_with(|| {
+            let (sender, jobs) = mpsc::channel(self.capacity);
+            let dispatcher = Dispatcher::new(self.config.clone(), self.http.clone());
+            self.workers.spawn(lane_task(dispatcher, jobs));
+            sender
+        });
+        match sender.try_send(job) {
+            Ok(()) => Some(told),
+            Err(_) => {
+                error!(
+                    capacity = self.capacity,
+                    "notification lane full: notification dropped (alert.effect_overflow_limit)"
+                );
+                metrics::counter!(metric::EFFECTS_DROPPED, "queue" => "notify_lane").increment(1);
+                None
+            }
+        }
+    }
+
+    /// Lets every lane finish its queue, then stops them.
+    async fn close(mut self) {
+        self.lanes.clear();
+        while self.workers.join_next().await.is_some() {}
+    }
+}
+
+/// Delivers one destination's notifications in order and redelivers its kept ones when due.
+async fn lane_task(mut dispatcher: Dispatcher, mut jobs: mpsc::Receiver<LaneJob>) {
+    let mut due = tokio::time::interval(Duration::from_millis(500));
+    loop {
+        tokio::select! {
+            job = jobs.recv() => {
+                let Some(job) = job else { break };
+                match job.delivery {
+                    LaneDelivery::Slack(grouped) => dispatcher.slack(grouped).await,
+                    LaneDelivery::PagerDuty(notice) => dispatcher.pagerduty(&notice).await,
+                }
+                if let Some(round) = job.round {
+                    let _ = round.send(());
+                }
+            }
+            _ = due.tick() => dispatcher.redeliver_due(Instant::now()).await,
+        }
     }
     if dispatcher.pending() > 0 {
         warn!(
@@ -972,8 +1113,6 @@ async fn notify_task(
             "stopping with notifications still pending; they are not kept across restarts"
         );
     }
-    // Within the caller's bounded shutdown wait.
-    audit.flush().await;
 }
 
 /// One audit row to write.

@@ -159,3 +159,64 @@ async fn a_block_goes_out_while_clickhouse_is_down_and_slack_is_slow_and_every_e
     alerter.stop().await.unwrap();
     testkit::drop_database(&direct).await.unwrap();
 }
+
+/// Issue 13, point 5 (notifications): a slow webhook holds back only its own messages. Slack
+/// answers after 2 s each; the PagerDuty pages of the same alerts all arrive while most Slack
+/// messages are still waiting, and the Slack messages follow.
+#[tokio::test]
+async fn a_slow_slack_webhook_does_not_hold_back_pagerduty() {
+    let receivers = Receivers::start_slow_slack(Duration::from_secs(2)).await;
+    let config = config("alerter_slow_slack", KEY_DAILY, &receivers);
+    let alerter = start(&config).await;
+    let start_at = now_s() - TimeDelta::seconds(60);
+    let end_at = now_s() + TimeDelta::hours(1);
+    let keys: Vec<String> = (0..5).map(|i| format!("slow-{i:02}")).collect();
+    let totals: Vec<_> = keys
+        .iter()
+        .map(|key| {
+            policy_total(
+                "t-outage",
+                &format!("api_key_id={key}"),
+                start_at,
+                end_at,
+                "10",
+                1,
+            )
+        })
+        .collect();
+    produce_totals(&config.kafka, &totals).await;
+
+    let want = keys.len();
+    let mentioned = |bodies: &[serde_json::Value]| {
+        keys.iter()
+            .filter(|key| {
+                bodies
+                    .iter()
+                    .any(|body| body.to_string().contains(key.as_str()))
+            })
+            .count()
+    };
+    testkit::eventually(Duration::from_secs(60), "a page per key", || {
+        let triggers: Vec<_> = receivers
+            .pagerduty()
+            .into_iter()
+            .filter(|body| body["event_action"] == "trigger")
+            .collect();
+        let paged = mentioned(&triggers);
+        async move { (paged == want).then_some(()) }
+    })
+    .await;
+    let on_slack = mentioned(&receivers.slack());
+    assert!(
+        on_slack < keys.len(),
+        "every Slack message was answered before the last page: pages waited behind Slack"
+    );
+    testkit::eventually(Duration::from_secs(120), "a Slack message per key", || {
+        let on_slack = mentioned(&receivers.slack());
+        async move { (on_slack == want).then_some(()) }
+    })
+    .await;
+
+    alerter.stop().await.unwrap();
+    testkit::drop_database(&config.clickhouse).await.unwrap();
+}
