@@ -30,7 +30,10 @@
 //!   lost, and logged.
 //! - **Audit**: every decision, alert and approval outcome is written to ClickHouse (`decisions`,
 //!   `alerts`, `approvals`) by a batching task that retries until it succeeds; the ids are
-//!   deterministic, so a repeat after a crash is the same row (ReplacingMergeTree).
+//!   deterministic, so a repeat after a crash is the same row (ReplacingMergeTree). At every start
+//!   the decisions and alerts the restore read from the topics are audited again, so a row lost
+//!   to a `kill -9` or to a shutdown whose drain ran out is written then. On shutdown the running
+//!   loop is not dropped: it stops at its next turn and drains (bounded, 25 s in all).
 //! - **Effects never hold up decisions**: audit rows and notifications are handed to their tasks
 //!   through bounded queues (`alert.effect_queue_capacity`) without waiting for room; what does not
 //!   fit waits, in order, in an in-memory overflow buffer of at most `alert.effect_overflow_limit`
@@ -116,9 +119,20 @@ pub async fn run(config: Config, listener: TcpListener, shutdown: Shutdown) -> R
         stop_http.clone(),
     ));
     info!(%listen, "alerter starting");
+    let work = run_loop(&config, &readiness, &shutdown);
+    tokio::pin!(work);
     let result = tokio::select! {
-        () = shutdown.cancelled() => Ok(()),
-        result = run_loop(&config, &readiness, &shutdown) => result,
+        result = &mut work => result,
+        // Once running, the loop stops at its next turn and lets its queued notifications and
+        // audit rows out (bounded); dropping it would lose them. A start still under way (not
+        // ready: nothing decided yet) is dropped at once.
+        () = shutdown.cancelled() => if readiness.is_ready() {
+            tokio::time::timeout(SHUTDOWN_GRACE, &mut work)
+                .await
+                .unwrap_or(Ok(()))
+        } else {
+            Ok(())
+        },
     };
     readiness.set_ready(false);
     stop_http.cancel();
@@ -251,6 +265,8 @@ async fn run_loop(config: &Config, readiness: &Readiness, shutdown: &Shutdown) -
     let mut approvals = Vec::new();
     let mut counts = [0usize; 5];
     let mut action_findings = Vec::new();
+    // Decisions and alerts on the topics, audited again (see below).
+    let mut reaudit = Vec::new();
     let mut actions = ActionWatch::new(
         chrono::TimeDelta::seconds(i64::try_from(config.alert.action_horizon_secs).unwrap_or(900)),
         config.alert.max_actions,
@@ -258,12 +274,14 @@ async fn run_loop(config: &Config, readiness: &Readiness, shutdown: &Shutdown) -
     for (topic, payload) in &snapshot.records {
         if *topic == topics.control {
             if let Some(decision) = decode::<ControlDecision>("control", payload) {
+                reaudit.push(AuditRow::Decision(decision.clone()));
                 engine.restore_decision(decision);
                 counts[0] += 1;
             }
         } else if *topic == topics.alerts {
             if let Some(alert) = decode::<Alert>("alerts", payload) {
                 engine.restore_alert(&alert);
+                reaudit.push(AuditRow::Alert(alert));
                 counts[1] += 1;
             }
         } else if *topic == topics.usage {
@@ -310,6 +328,17 @@ async fn run_loop(config: &Config, readiness: &Readiness, shutdown: &Shutdown) -
         Outbox::new("notify_audit", audit_tx.clone(), overflow_limit),
         overflow_limit,
     ));
+    // Re-audit what the topics hold: a decision or alert published just before a `kill -9` (or a
+    // shutdown whose drain ran out) never reached ClickHouse. Ids are deterministic, so a row
+    // already there is replaced by itself. On its own task: waiting for room is fine here.
+    let reaudit_tx = audit_tx.clone();
+    tokio::spawn(async move {
+        for row in reaudit {
+            if reaudit_tx.send(row).await.is_err() {
+                break;
+            }
+        }
+    });
     let mut executor = Executor {
         producer: producer.clone(),
         control_topic: topics.control.clone(),
@@ -681,6 +710,8 @@ impl Failpoint {
 
 /// Longest wait at shutdown for the notifications, then for the audit rows, still queued.
 const SHUTDOWN_DRAIN: Duration = Duration::from_secs(10);
+/// Longest wait at shutdown for the loop to stop and drain (both drain waits, and a turn).
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(25);
 
 /// Hands items to a bounded queue without ever waiting for room, so that the decision loop is
 /// never held up by the task behind the queue (ClickHouse down, a slow webhook).

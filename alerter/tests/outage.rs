@@ -10,22 +10,9 @@ mod support;
 use std::collections::BTreeSet;
 use std::time::Duration;
 
-use chrono::TimeDelta;
-use infra::testkit::{self, FaultProxy};
+use infra::testkit;
 use schemas::DecisionAction;
 use support::*;
-
-const KEY_DAILY: &str = r#"
-id: t-outage
-description: A test cap per API key and day.
-owner: {team: search, contact: search-oncall@example.com, pagerduty_service: search-quota}
-environment: prod
-unit: cost_usd
-group_by: [api_key_id]
-window: {kind: day}
-hard_cap: 10
-action: {kind: block}
-"#;
 
 /// Keys filling the queues before the probe.
 const FILL: usize = 8;
@@ -44,37 +31,17 @@ async fn count(config: &infra::config::ClickHouseConfig, sql: &str) -> u64 {
 async fn a_block_goes_out_while_clickhouse_is_down_and_slack_is_slow_and_every_effect_follows() {
     let logs = logs::Logs::global();
     let receivers = Receivers::start_slow_slack(Duration::from_millis(500)).await;
-    let mut config = config("alerter_outage", KEY_DAILY, &receivers);
+    let mut config = config("alerter_outage", CAP_PER_KEY, &receivers);
     config.alert.effect_queue_capacity = 2;
-    let upstream: std::net::SocketAddr = config
-        .clickhouse
-        .url
-        .trim_start_matches("http://")
-        .parse()
-        .unwrap();
-    let proxy = FaultProxy::start(upstream).await.unwrap();
-    let direct = config.clickhouse.clone();
-    config.clickhouse.url = format!("http://{}", proxy.addr());
+    let (proxy, direct) = clickhouse_behind_proxy(&mut config).await;
     // Migrations need ClickHouse: it goes down once the alerter is ready.
     let alerter = start(&config).await;
     proxy.set_down(true);
 
-    let start_at = now_s() - TimeDelta::seconds(60);
-    let end_at = now_s() + TimeDelta::hours(1);
-    let total = |key: &str| {
-        policy_total(
-            "t-outage",
-            &format!("api_key_id={key}"),
-            start_at,
-            end_at,
-            "10",
-            1,
-        )
-    };
     let keys: Vec<String> = (0..FILL).map(|i| format!("fill-{i:02}")).collect();
 
     // The first block, then wait until the audit task is stuck retrying its write.
-    produce_totals(&config.kafka, &[total(&keys[0])]).await;
+    produce_totals(&config.kafka, &[over_cap(&keys[0])]).await;
     testkit::eventually(Duration::from_secs(60), "a failed audit write", || async {
         logs.text()
             .contains("audit write failed; retrying")
@@ -82,9 +49,9 @@ async fn a_block_goes_out_while_clickhouse_is_down_and_slack_is_slow_and_every_e
     })
     .await;
     // More effects than the queues hold, then the probe.
-    let fill: Vec<_> = keys[1..].iter().map(|key| total(key)).collect();
+    let fill: Vec<_> = keys[1..].iter().map(|key| over_cap(key)).collect();
     produce_totals(&config.kafka, &fill).await;
-    produce_totals(&config.kafka, &[total("probe")]).await;
+    produce_totals(&config.kafka, &[over_cap("probe")]).await;
 
     let log = wait_control(
         &config.kafka,
@@ -166,24 +133,10 @@ async fn a_block_goes_out_while_clickhouse_is_down_and_slack_is_slow_and_every_e
 #[tokio::test]
 async fn a_slow_slack_webhook_does_not_hold_back_pagerduty() {
     let receivers = Receivers::start_slow_slack(Duration::from_secs(2)).await;
-    let config = config("alerter_slow_slack", KEY_DAILY, &receivers);
+    let config = config("alerter_slow_slack", CAP_PER_KEY, &receivers);
     let alerter = start(&config).await;
-    let start_at = now_s() - TimeDelta::seconds(60);
-    let end_at = now_s() + TimeDelta::hours(1);
     let keys: Vec<String> = (0..5).map(|i| format!("slow-{i:02}")).collect();
-    let totals: Vec<_> = keys
-        .iter()
-        .map(|key| {
-            policy_total(
-                "t-outage",
-                &format!("api_key_id={key}"),
-                start_at,
-                end_at,
-                "10",
-                1,
-            )
-        })
-        .collect();
+    let totals: Vec<_> = keys.iter().map(|key| over_cap(key)).collect();
     produce_totals(&config.kafka, &totals).await;
 
     let want = keys.len();

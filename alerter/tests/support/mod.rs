@@ -165,6 +165,43 @@ pub fn config(test: &str, policies: &str, receivers: &Receivers) -> Config {
     config
 }
 
+/// A cap of 10 USD per API key and day that blocks (policy `t-cap`), paging `search-quota`.
+pub const CAP_PER_KEY: &str = r#"
+id: t-cap
+description: A test cap per API key and day.
+owner: {team: search, contact: search-oncall@example.com, pagerduty_service: search-quota}
+environment: prod
+unit: cost_usd
+group_by: [api_key_id]
+window: {kind: day}
+hard_cap: 10
+action: {kind: block}
+"#;
+
+/// A `t-cap` total of `api_key_id=key` over its cap, in a window that ends in an hour.
+pub fn over_cap(key: &str) -> WindowTotal {
+    let start = now_s() - TimeDelta::seconds(60);
+    let end = now_s() + TimeDelta::hours(1);
+    policy_total("t-cap", &format!("api_key_id={key}"), start, end, "11", 1)
+}
+
+/// Puts `config`'s ClickHouse behind a [`testkit::FaultProxy`] the test can take down; returns
+/// it and the direct ClickHouse config (to check the audit tables while the proxy is down).
+pub async fn clickhouse_behind_proxy(
+    config: &mut Config,
+) -> (testkit::FaultProxy, infra::config::ClickHouseConfig) {
+    let upstream: std::net::SocketAddr = config
+        .clickhouse
+        .url
+        .trim_start_matches("http://")
+        .parse()
+        .unwrap();
+    let proxy = testkit::FaultProxy::start(upstream).await.unwrap();
+    let direct = config.clickhouse.clone();
+    config.clickhouse.url = format!("http://{}", proxy.addr());
+    (proxy, direct)
+}
+
 /// An in-process alerter.
 pub struct Running {
     pub shutdown: Shutdown,
@@ -286,6 +323,28 @@ impl Process {
             );
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
+    }
+
+    /// Sends SIGTERM: a clean shutdown.
+    pub fn terminate(&self) {
+        let status = std::process::Command::new("kill")
+            .arg("-TERM")
+            .arg(self.child.id().to_string())
+            .status()
+            .unwrap();
+        assert!(status.success());
+    }
+
+    /// Waits until it has exited; true if it exited with status 0 within `deadline`.
+    pub async fn wait_exited(mut self, deadline: Duration) -> bool {
+        let started = std::time::Instant::now();
+        while started.elapsed() < deadline {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status.success();
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        false
     }
 
     pub fn kill_9(mut self) {
