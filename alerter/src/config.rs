@@ -59,6 +59,15 @@ pub struct AlertSettings {
     /// Longest wait for the control, alerts, approvals and totals topics to be read to their end
     /// at startup.
     pub restore_timeout_secs: u64,
+    /// Capacity of each of the two queues between the decision loop and the tasks that write
+    /// audit rows (ClickHouse) and send notifications (webhooks). The loop never waits for room:
+    /// what does not fit waits in an overflow buffer (`effect_overflow_limit`).
+    pub effect_queue_capacity: usize,
+    /// Most effects (audit rows, notifications) kept per queue in the overflow buffer while the
+    /// queue is full, e.g. while ClickHouse is down. Far above any realistic backlog (a
+    /// decision or alert is about 1 KB); beyond it the newest effect is dropped, logged and
+    /// counted (`alerter_effects_dropped_total`) so decisions still go out.
+    pub effect_overflow_limit: usize,
 }
 
 impl AlertSettings {
@@ -84,6 +93,8 @@ impl Default for AlertSettings {
             max_actions: 1_000_000,
             job_lookback_secs: 6 * 3600,
             restore_timeout_secs: 120,
+            effect_queue_capacity: 10_000,
+            effect_overflow_limit: 200_000,
         }
     }
 }

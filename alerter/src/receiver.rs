@@ -74,6 +74,8 @@ impl Captured {
 pub struct Receiver {
     captured: Arc<Mutex<Captured>>,
     routing_key: Arc<str>,
+    /// How long each Slack post waits before it is answered (a slow webhook); zero by default.
+    slack_delay: Duration,
 }
 
 impl Receiver {
@@ -82,7 +84,15 @@ impl Receiver {
         Receiver {
             captured: Arc::default(),
             routing_key: routing_key.into(),
+            slack_delay: Duration::ZERO,
         }
+    }
+
+    /// Answers each Slack post only after `delay`, as a slow webhook does (the tests of a slow
+    /// receiver); the post is captured when it is answered.
+    pub fn with_slack_delay(mut self, delay: Duration) -> Receiver {
+        self.slack_delay = delay;
+        self
     }
 
     /// The routes: `POST /slack`, `POST /pagerduty`, `GET /captured`, `GET /readyz`.
@@ -113,6 +123,9 @@ async fn receive(
     Json(body): Json<Value>,
 ) -> (StatusCode, Json<Value>) {
     let path = uri.path().to_owned();
+    if path == "/slack" && !receiver.slack_delay.is_zero() {
+        tokio::time::sleep(receiver.slack_delay).await;
+    }
     let problem = match path.as_str() {
         "/slack" => check_slack(&body),
         "/pagerduty" => check_pagerduty(&body, &receiver.routing_key),

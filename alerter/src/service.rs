@@ -25,19 +25,30 @@
 //! - **Alerts**: notified first (Slack, PagerDuty), then recorded on the alerts topic, which is what
 //!   the restore reads. A crash between the two repeats the notification after restart: PagerDuty
 //!   folds it into the open incident (same `dedup_key`); Slack may show it twice. Never lost.
-//!   Notifications run on their own task behind a bounded queue, so a slow webhook never delays a
-//!   decision. A delivery that fails in a way that may pass later (TLS, unreachable, 5xx, 429) is
+//!   Notifications run on their own task behind a bounded queue that the decision loop never
+//!   waits on (see *Effects* below), so a slow webhook never delays a decision. A delivery that fails in a way that may pass later (TLS, unreachable, 5xx, 429) is
 //!   kept and sent again ([`crate::notify::pending`]); only those still pending at shutdown are
 //!   lost, and logged.
 //! - **Audit**: every decision, alert and approval outcome is written to ClickHouse (`decisions`,
 //!   `alerts`, `approvals`) by a batching task that retries until it succeeds; the ids are
-//!   deterministic, so a repeat after a crash is the same row (ReplacingMergeTree).
+//!   deterministic, so a repeat after a crash is the same row (ReplacingMergeTree). At every start
+//!   the decisions and alerts the restore read from the topics are audited again, so a row lost
+//!   to a `kill -9` or to a shutdown whose drain ran out is written then. On shutdown the running
+//!   loop is not dropped: it stops at its next turn and drains (bounded, 25 s in all).
+//! - **Effects never hold up decisions**: audit rows and notifications are handed to their tasks
+//!   through bounded queues (`alert.effect_queue_capacity`) without waiting for room; what does not
+//!   fit waits, in order, in an in-memory overflow buffer of at most `alert.effect_overflow_limit`
+//!   items per queue that is moved into the queue at every evaluation and tick ([`Outbox`]). With
+//!   ClickHouse down or a webhook slow, totals are still read and decisions still published; the
+//!   backlog is delivered when they recover. Beyond the limit the newest effect is dropped,
+//!   logged and counted. At shutdown the overflow and the queues get the bounded drain wait
+//!   (10 s for notifications, then 10 s for audit rows); what is left after it is lost.
 //!
 //! # Failpoint
 //! `ALERTER_FAILPOINT=before_publish:<n>` or `after_publish:<n>` aborts the process (as `kill -9`
 //! would) just before or just after publishing its n-th decision; the crash tests use it.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -61,6 +72,7 @@ use crate::actions::ActionWatch;
 use crate::approvals::ReceivedApproval;
 use crate::control_writer::ControlWriter;
 use crate::engine::{Effect, Engine};
+use crate::notify::grouping::Grouped;
 use crate::notify::{Dispatcher, Grouper, Notice, NotifyConfig};
 use crate::{Config, Error, Result};
 
@@ -86,6 +98,12 @@ pub mod metric {
     pub const DECISION_LAG: &str = "alerter_decision_lag_seconds";
     /// Audit rows written, by `table`.
     pub const AUDIT_ROWS: &str = "alerter_audit_rows_total";
+    /// Effects (audit rows, notifications) waiting in the executor's overflow buffer for room in
+    /// their queue, by `queue` (gauge).
+    pub const EFFECT_OVERFLOW: &str = "alerter_effect_overflow_rows";
+    /// Effects dropped because the overflow buffer held `alert.effect_overflow_limit`, by
+    /// `queue`.
+    pub const EFFECTS_DROPPED: &str = "alerter_effects_dropped_total";
     /// Failed writes (audit, alerts topic) that are being retried, by `target`.
     pub const RETRIES: &str = "alerter_retries_total";
 }
@@ -103,9 +121,20 @@ pub async fn run(config: Config, listener: TcpListener, shutdown: Shutdown) -> R
         stop_http.clone(),
     ));
     info!(%listen, "alerter starting");
+    let work = run_loop(&config, &readiness, &shutdown);
+    tokio::pin!(work);
     let result = tokio::select! {
-        () = shutdown.cancelled() => Ok(()),
-        result = run_loop(&config, &readiness, &shutdown) => result,
+        result = &mut work => result,
+        // Once running, the loop stops at its next turn and lets its queued notifications and
+        // audit rows out (bounded); dropping it would lose them. A start still under way (not
+        // ready: nothing decided yet) is dropped at once.
+        () = shutdown.cancelled() => if readiness.is_ready() {
+            tokio::time::timeout(SHUTDOWN_GRACE, &mut work)
+                .await
+                .unwrap_or(Ok(()))
+        } else {
+            Ok(())
+        },
     };
     readiness.set_ready(false);
     stop_http.cancel();
@@ -241,6 +270,8 @@ async fn run_loop(config: &Config, readiness: &Readiness, shutdown: &Shutdown) -
     let mut approvals = Vec::new();
     let mut counts = [0usize; 5];
     let mut action_findings = Vec::new();
+    // Decisions and alerts on the topics, audited again (see below).
+    let mut reaudit = Vec::new();
     let mut actions = ActionWatch::new(
         chrono::TimeDelta::seconds(i64::try_from(config.alert.action_horizon_secs).unwrap_or(900)),
         config.alert.max_actions,
@@ -248,12 +279,14 @@ async fn run_loop(config: &Config, readiness: &Readiness, shutdown: &Shutdown) -
     for (topic, payload) in &snapshot.records {
         if *topic == topics.control {
             if let Some(decision) = decode::<ControlDecision>("control", payload) {
+                reaudit.push(AuditRow::Decision(decision.clone()));
                 engine.restore_decision(decision);
                 counts[0] += 1;
             }
         } else if *topic == topics.alerts {
             if let Some(alert) = decode::<Alert>("alerts", payload) {
                 engine.restore_alert(&alert);
+                reaudit.push(AuditRow::Alert(alert));
                 counts[1] += 1;
             }
         } else if *topic == topics.usage {
@@ -283,26 +316,40 @@ async fn run_loop(config: &Config, readiness: &Readiness, shutdown: &Shutdown) -
         "state restored from kafka"
     );
 
-    let (audit_tx, audit_rx) = mpsc::channel::<AuditRow>(10_000);
+    let capacity = config.alert.effect_queue_capacity.max(1);
+    let overflow_limit = config.alert.effect_overflow_limit;
+    let (audit_tx, audit_rx) = mpsc::channel::<AuditRow>(capacity);
     let audit = tokio::spawn(audit_task(
         infra::clickhouse::client(&config.clickhouse),
         audit_rx,
     ));
-    let (notify_tx, notify_rx) = mpsc::channel::<(Alert, Notice)>(10_000);
+    let (notify_tx, notify_rx) = mpsc::channel::<(Alert, Notice)>(capacity);
     let notifier = tokio::spawn(notify_task(
         config.notify.clone(),
         webhook_client,
         producer.clone(),
         topics.alerts.clone(),
         notify_rx,
-        audit_tx.clone(),
+        Outbox::new("notify_audit", audit_tx.clone(), overflow_limit),
+        overflow_limit,
     ));
+    // Re-audit what the topics hold: a decision or alert published just before a `kill -9` (or a
+    // shutdown whose drain ran out) never reached ClickHouse. Ids are deterministic, so a row
+    // already there is replaced by itself. On its own task: waiting for room is fine here.
+    let reaudit_tx = audit_tx.clone();
+    tokio::spawn(async move {
+        for row in reaudit {
+            if reaudit_tx.send(row).await.is_err() {
+                break;
+            }
+        }
+    });
     let mut executor = Executor {
         control,
         producer: producer.clone(),
         approvals_topic: topics.approvals.clone(),
-        audit: audit_tx,
-        notify: notify_tx,
+        audit: Outbox::new("audit", audit_tx, overflow_limit),
+        notify: Outbox::new("notify", notify_tx, overflow_limit),
         failpoint: Failpoint::from_env(),
         published: 0,
     };
@@ -408,10 +455,17 @@ async fn run_loop(config: &Config, readiness: &Readiness, shutdown: &Shutdown) -
             }
         }
     };
-    // Let queued notifications and audit rows out (bounded wait).
+    // Let queued notifications and audit rows out (bounded wait): what waits in the executor's
+    // overflow first, then the notification task, then the audit task.
+    let notify_deadline = tokio::time::Instant::now() + SHUTDOWN_DRAIN;
+    let _ = tokio::time::timeout_at(notify_deadline, async {
+        executor.notify.flush().await;
+        executor.audit.flush().await;
+    })
+    .await;
     drop(executor);
-    let _ = tokio::time::timeout(Duration::from_secs(10), notifier).await;
-    let _ = tokio::time::timeout(Duration::from_secs(10), audit).await;
+    let _ = tokio::time::timeout_at(notify_deadline, notifier).await;
+    let _ = tokio::time::timeout(SHUTDOWN_DRAIN, audit).await;
     result
 }
 
@@ -659,6 +713,112 @@ impl Failpoint {
     }
 }
 
+/// Longest wait at shutdown for the notifications, then for the audit rows, still queued.
+const SHUTDOWN_DRAIN: Duration = Duration::from_secs(10);
+/// Longest wait at shutdown for the loop to stop and drain (both drain waits, and a turn).
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(25);
+
+/// Hands items to a bounded queue without ever waiting for room, so that the decision loop is
+/// never held up by the task behind the queue (ClickHouse down, a slow webhook).
+///
+/// An item that does not fit waits in an in-memory overflow buffer, in order: while the buffer
+/// holds anything, new items go behind it. The buffer is moved into the queue as room appears,
+/// at every [`Outbox::push`] and [`Outbox::drain`] (the executor drains at every `execute`,
+/// which the tick timer calls every `alert.tick_interval_ms`). Its length is the gauge
+/// `alerter_effect_overflow_rows{queue}`. At `alert.effect_overflow_limit` items the newest is
+/// dropped, logged and counted (`alerter_effects_dropped_total{queue}`): memory stays bounded
+/// and decisions still go out. At shutdown [`Outbox::flush`] waits for room (the caller bounds
+/// the wait).
+struct Outbox<T> {
+    /// The `queue` label of the metrics.
+    name: &'static str,
+    queue: mpsc::Sender<T>,
+    overflow: VecDeque<T>,
+    limit: usize,
+}
+
+impl<T> Outbox<T> {
+    fn new(name: &'static str, queue: mpsc::Sender<T>, limit: usize) -> Self {
+        Self {
+            name,
+            queue,
+            overflow: VecDeque::new(),
+            limit,
+        }
+    }
+
+    /// Queues `item` behind everything pushed before it; never waits.
+    fn push(&mut self, item: T) {
+        self.drain();
+        if !self.overflow.is_empty() {
+            self.keep(item);
+            return;
+        }
+        match self.queue.try_send(item) {
+            Ok(()) => {}
+            Err(mpsc::error::TrySendError::Full(item)) => self.keep(item),
+            // The task behind the queue has stopped (only at shutdown): nothing left to do.
+            Err(mpsc::error::TrySendError::Closed(_)) => {}
+        }
+    }
+
+    /// Moves what fits from the overflow buffer into the queue.
+    fn drain(&mut self) {
+        if self.overflow.is_empty() {
+            return;
+        }
+        while let Some(item) = self.overflow.pop_front() {
+            match self.queue.try_send(item) {
+                Ok(()) => {}
+                Err(mpsc::error::TrySendError::Full(item)) => {
+                    self.overflow.push_front(item);
+                    break;
+                }
+                Err(mpsc::error::TrySendError::Closed(_)) => self.overflow.clear(),
+            }
+        }
+        self.gauge();
+        if self.overflow.is_empty() {
+            info!(queue = self.name, "effect overflow drained");
+        }
+    }
+
+    /// Waits for room for everything in the overflow buffer (at shutdown).
+    async fn flush(&mut self) {
+        while let Some(item) = self.overflow.pop_front() {
+            if self.queue.send(item).await.is_err() {
+                self.overflow.clear();
+            }
+            self.gauge();
+        }
+    }
+
+    fn keep(&mut self, item: T) {
+        if self.overflow.len() >= self.limit {
+            error!(
+                queue = self.name,
+                limit = self.limit,
+                "effect overflow full: effect dropped (alert.effect_overflow_limit)"
+            );
+            metrics::counter!(metric::EFFECTS_DROPPED, "queue" => self.name).increment(1);
+            return;
+        }
+        if self.overflow.is_empty() {
+            warn!(
+                queue = self.name,
+                "effect queue full (audit or notifications behind); effects kept in the overflow buffer"
+            );
+        }
+        self.overflow.push_back(item);
+        self.gauge();
+    }
+
+    fn gauge(&self) {
+        metrics::gauge!(metric::EFFECT_OVERFLOW, "queue" => self.name)
+            .set(self.overflow.len() as f64);
+    }
+}
+
 struct Executor {
     /// The control topic's transactional writer (decisions).
     control: ControlWriter,
@@ -666,8 +826,8 @@ struct Executor {
     producer: FutureProducer,
     /// Where expired approvals are tombstoned.
     approvals_topic: String,
-    audit: mpsc::Sender<AuditRow>,
-    notify: mpsc::Sender<(Alert, Notice)>,
+    audit: Outbox<AuditRow>,
+    notify: Outbox<(Alert, Notice)>,
     failpoint: Failpoint,
     published: u64,
 }
@@ -681,6 +841,9 @@ impl Executor {
         written_at: Option<DateTime<Utc>>,
         shutdown: &Shutdown,
     ) -> Result<()> {
+        // Also the timer of the overflow buffers: the tick calls this every tick interval.
+        self.audit.drain();
+        self.notify.drain();
         for effect in effects {
             match effect {
                 Effect::Decide(decision) => {
@@ -698,11 +861,11 @@ impl Executor {
                         reason = %decision.reason,
                         "decision published"
                     );
-                    let _ = self.audit.send(AuditRow::Decision(decision)).await;
+                    self.audit.push(AuditRow::Decision(decision));
                 }
                 Effect::Alert(alert, notice) => {
                     metrics::counter!(metric::ALERTS, "kind" => alert.kind.as_str()).increment(1);
-                    let _ = self.notify.send((*alert, *notice)).await;
+                    self.notify.push((*alert, *notice));
                 }
                 Effect::ApprovalDecided {
                     received,
@@ -728,16 +891,13 @@ impl Executor {
                         )
                         .await;
                     }
-                    let _ = self
-                        .audit
-                        .send(AuditRow::Approval(Box::new(ApprovalAudit {
-                            received,
-                            status,
-                            reason,
-                            shadowed,
-                            decided_at: Utc::now(),
-                        })))
-                        .await;
+                    self.audit.push(AuditRow::Approval(Box::new(ApprovalAudit {
+                        received,
+                        status,
+                        reason,
+                        shadowed,
+                        decided_at: Utc::now(),
+                    })));
                 }
             }
         }
@@ -801,44 +961,184 @@ async fn produce_until_delivered(
 }
 
 /// Sends notifications, then records each alert on the alerts topic and audits it.
+///
+/// Deliveries run on one [`Lanes`] worker per destination (a Slack channel's webhook, PagerDuty),
+/// so a webhook that takes 30 s per message delays only the messages to that webhook, in order;
+/// this task only groups, routes, and records an alert once its deliveries have had their round.
 async fn notify_task(
     config: NotifyConfig,
     http: reqwest::Client,
     producer: FutureProducer,
     alerts_topic: String,
     mut queue: mpsc::Receiver<(Alert, Notice)>,
-    audit: mpsc::Sender<AuditRow>,
+    mut audit: Outbox<AuditRow>,
+    lane_capacity: usize,
 ) {
     let group_interval = config.group_interval();
     let mut grouper = Grouper::new(group_interval);
-    let mut dispatcher = Dispatcher::new(config, http);
-    let never = Shutdown::new();
+    let mut lanes = Lanes::new(config, http, lane_capacity);
+    // One per alert whose deliveries are under way: records it once they have had their round.
+    let mut recording = tokio::task::JoinSet::new();
     let mut due = tokio::time::interval(Duration::from_millis(500));
     loop {
         tokio::select! {
             received = queue.recv() => {
                 let Some((alert, notice)) = received else { break };
+                let mut rounds = Vec::new();
                 if let Some(grouped) = grouper.offer(notice.clone(), Instant::now()) {
-                    dispatcher.slack(grouped).await;
+                    rounds.extend(lanes.slack(grouped));
                 }
-                dispatcher.pagerduty(&notice).await;
-                if let Ok(payload) = schemas::codec::encode(&alert) {
-                    if let Err(error) = produce_until_delivered(&producer, &alerts_topic, &alert.dedup_key, &payload, &never).await {
-                        error!(%error, dedup_key = %alert.dedup_key, "alert not recorded on the alerts topic");
+                rounds.extend(lanes.pagerduty(notice));
+                let (producer, topic) = (producer.clone(), alerts_topic.clone());
+                recording.spawn(async move {
+                    for round in rounds {
+                        let _ = round.await;
                     }
+                    record_alert(&producer, &topic, &alert).await;
+                    alert
+                });
+            }
+            Some(recorded) = recording.join_next() => {
+                if let Ok(alert) = recorded {
+                    audit.push(AuditRow::Alert(alert));
                 }
-                let _ = audit.send(AuditRow::Alert(alert)).await;
             }
             _ = due.tick() => {
                 for grouped in grouper.due(Instant::now()) {
-                    dispatcher.slack(grouped).await;
+                    lanes.slack(grouped);
                 }
-                dispatcher.redeliver_due(Instant::now()).await;
+                audit.drain();
             }
         }
     }
     for grouped in grouper.due(Instant::now() + group_interval) {
-        dispatcher.slack(grouped).await;
+        lanes.slack(grouped);
+    }
+    // Within the caller's bounded shutdown wait.
+    lanes.close().await;
+    while let Some(recorded) = recording.join_next().await {
+        if let Ok(alert) = recorded {
+            audit.push(AuditRow::Alert(alert));
+        }
+    }
+    audit.flush().await;
+}
+
+/// Records `alert` on the alerts topic (what the restore reads), retrying until delivered.
+async fn record_alert(producer: &FutureProducer, topic: &str, alert: &Alert) {
+    let never = Shutdown::new();
+    if let Ok(payload) = schemas::codec::encode(alert) {
+        if let Err(error) =
+            produce_until_delivered(producer, topic, &alert.dedup_key, &payload, &never).await
+        {
+            error!(%error, dedup_key = %alert.dedup_key, "alert not recorded on the alerts topic");
+        }
+    }
+}
+
+/// One delivery handed to a lane; `round` is told when it has had its first round (sent, kept
+/// for redelivery or refused).
+struct LaneJob {
+    delivery: LaneDelivery,
+    round: Option<tokio::sync::oneshot::Sender<()>>,
+}
+
+enum LaneDelivery {
+    Slack(Grouped),
+    PagerDuty(Notice),
+}
+
+/// One worker per destination, each with its own [`Dispatcher`] (and so its own redelivery
+/// queue, `notify.redelivery.capacity` per destination) behind a queue of at most
+/// `alert.effect_overflow_limit` deliveries. Handing a delivery over never waits: on a full
+/// queue it is dropped, logged and counted (`alerter_effects_dropped_total{queue="notify_lane"}`).
+struct Lanes {
+    config: NotifyConfig,
+    http: reqwest::Client,
+    capacity: usize,
+    lanes: HashMap<String, mpsc::Sender<LaneJob>>,
+    workers: tokio::task::JoinSet<()>,
+}
+
+impl Lanes {
+    fn new(config: NotifyConfig, http: reqwest::Client, capacity: usize) -> Self {
+        Self {
+            config,
+            http,
+            capacity: capacity.max(1),
+            lanes: HashMap::new(),
+            workers: tokio::task::JoinSet::new(),
+        }
+    }
+
+    /// Hands a Slack message to its channel's lane.
+    fn slack(&mut self, grouped: Grouped) -> Option<tokio::sync::oneshot::Receiver<()>> {
+        let lane = format!(
+            "slack:{}",
+            grouped.notice.slack_channel.as_deref().unwrap_or_default()
+        );
+        self.hand(lane, LaneDelivery::Slack(grouped))
+    }
+
+    /// Hands a page (or resolve) to the PagerDuty lane when the notice names a service.
+    fn pagerduty(&mut self, notice: Notice) -> Option<tokio::sync::oneshot::Receiver<()>> {
+        notice.pagerduty_service.as_ref()?;
+        self.hand("pagerduty".to_owned(), LaneDelivery::PagerDuty(notice))
+    }
+
+    fn hand(
+        &mut self,
+        lane: String,
+        delivery: LaneDelivery,
+    ) -> Option<tokio::sync::oneshot::Receiver<()>> {
+        let (round, told) = tokio::sync::oneshot::channel();
+        let job = LaneJob {
+            delivery,
+            round: Some(round),
+        };
+        let sender = self.lanes.entry(lane).or_insert_with(|| {
+            let (sender, jobs) = mpsc::channel(self.capacity);
+            let dispatcher = Dispatcher::new(self.config.clone(), self.http.clone());
+            self.workers.spawn(lane_task(dispatcher, jobs));
+            sender
+        });
+        match sender.try_send(job) {
+            Ok(()) => Some(told),
+            Err(_) => {
+                error!(
+                    capacity = self.capacity,
+                    "notification lane full: notification dropped (alert.effect_overflow_limit)"
+                );
+                metrics::counter!(metric::EFFECTS_DROPPED, "queue" => "notify_lane").increment(1);
+                None
+            }
+        }
+    }
+
+    /// Lets every lane finish its queue, then stops them.
+    async fn close(mut self) {
+        self.lanes.clear();
+        while self.workers.join_next().await.is_some() {}
+    }
+}
+
+/// Delivers one destination's notifications in order and redelivers its kept ones when due.
+async fn lane_task(mut dispatcher: Dispatcher, mut jobs: mpsc::Receiver<LaneJob>) {
+    let mut due = tokio::time::interval(Duration::from_millis(500));
+    loop {
+        tokio::select! {
+            job = jobs.recv() => {
+                let Some(job) = job else { break };
+                match job.delivery {
+                    LaneDelivery::Slack(grouped) => dispatcher.slack(grouped).await,
+                    LaneDelivery::PagerDuty(notice) => dispatcher.pagerduty(&notice).await,
+                }
+                if let Some(round) = job.round {
+                    let _ = round.send(());
+                }
+            }
+            _ = due.tick() => dispatcher.redeliver_due(Instant::now()).await,
+        }
     }
     if dispatcher.pending() > 0 {
         warn!(

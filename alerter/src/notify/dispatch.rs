@@ -1,6 +1,8 @@
 //! Sends notices where the config routes them (Slack webhook per channel, PagerDuty routing key per
 //! service), and keeps those that failed in a way that may pass later for another round
-//! ([`super::pending`]). The service's notification task owns one [`Dispatcher`].
+//! ([`super::pending`]). The service's notification task runs one [`Dispatcher`] per destination
+//! (each Slack channel's webhook, PagerDuty) on its own worker, so a slow or failing webhook holds
+//! back only its own notifications; the redelivery capacity is per destination.
 //!
 //! Every notice sent or kept is counted in `alerter_notifications_total{service, outcome}`:
 //! `sent`, `pending` (failed a round, kept for the next), `failed` (refused, not retried),

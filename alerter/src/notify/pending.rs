@@ -8,7 +8,8 @@
 //! Pure and without IO, like [`super::grouping`]: the caller sends, and hands back what failed.
 //!
 //! # Bounds and what can still be lost
-//! At most [`RedeliveryPolicy::capacity`] notifications wait; when full, the oldest is handed back
+//! At most [`RedeliveryPolicy::capacity`] notifications wait (per destination: the service runs
+//! one dispatcher per webhook); when full, the oldest is handed back
 //! to the caller to be logged and counted as dropped (a webhook down long enough to fill it has
 //! been alerting on its own failures for a while). The queue lives in memory: notifications still
 //! pending when the alerter stops are logged with their number and not kept across restarts.

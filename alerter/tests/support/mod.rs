@@ -45,6 +45,14 @@ impl Receivers {
         Receivers::serve(listener, base_url)
     }
 
+    /// Plain HTTP on a free port, answering each Slack post only after `slack_delay`.
+    pub async fn start_slow_slack(slack_delay: Duration) -> Receivers {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let base_url = format!("http://{}", listener.local_addr().unwrap());
+        let receiver = Receiver::new(ROUTING_KEY).with_slack_delay(slack_delay);
+        Receivers::serve_with(listener, base_url, receiver)
+    }
+
     /// HTTPS with `certificate_pem` (valid for 127.0.0.1) and `key_pem`, on `port` (0: a free one).
     pub async fn start_https(certificate_pem: &str, key_pem: &str, port: u16) -> Receivers {
         let tcp = tokio::net::TcpListener::bind(("127.0.0.1", port))
@@ -61,7 +69,14 @@ impl Receivers {
         L: axum::serve::Listener,
         L::Addr: std::fmt::Debug,
     {
-        let receiver = Receiver::new(ROUTING_KEY);
+        Receivers::serve_with(listener, base_url, Receiver::new(ROUTING_KEY))
+    }
+
+    fn serve_with<L>(listener: L, base_url: String, receiver: Receiver) -> Receivers
+    where
+        L: axum::serve::Listener,
+        L::Addr: std::fmt::Debug,
+    {
         let app = receiver.router();
         let server = tokio::spawn(async move {
             axum::serve(listener, app).await.unwrap();
@@ -148,6 +163,43 @@ pub fn config(test: &str, policies: &str, receivers: &Receivers) -> Config {
     config.notify.pagerduty.events_url = format!("{}/pagerduty", receivers.base_url);
     config.notify.pagerduty.fallback_routing_key = Some(Secret::new(ROUTING_KEY.to_owned()));
     config
+}
+
+/// A cap of 10 USD per API key and day that blocks (policy `t-cap`), paging `search-quota`.
+pub const CAP_PER_KEY: &str = r#"
+id: t-cap
+description: A test cap per API key and day.
+owner: {team: search, contact: search-oncall@example.com, pagerduty_service: search-quota}
+environment: prod
+unit: cost_usd
+group_by: [api_key_id]
+window: {kind: day}
+hard_cap: 10
+action: {kind: block}
+"#;
+
+/// A `t-cap` total of `api_key_id=key` over its cap, in a window that ends in an hour.
+pub fn over_cap(key: &str) -> WindowTotal {
+    let start = now_s() - TimeDelta::seconds(60);
+    let end = now_s() + TimeDelta::hours(1);
+    policy_total("t-cap", &format!("api_key_id={key}"), start, end, "11", 1)
+}
+
+/// Puts `config`'s ClickHouse behind a [`testkit::FaultProxy`] the test can take down; returns
+/// it and the direct ClickHouse config (to check the audit tables while the proxy is down).
+pub async fn clickhouse_behind_proxy(
+    config: &mut Config,
+) -> (testkit::FaultProxy, infra::config::ClickHouseConfig) {
+    let upstream: std::net::SocketAddr = config
+        .clickhouse
+        .url
+        .trim_start_matches("http://")
+        .parse()
+        .unwrap();
+    let proxy = testkit::FaultProxy::start(upstream).await.unwrap();
+    let direct = config.clickhouse.clone();
+    config.clickhouse.url = format!("http://{}", proxy.addr());
+    (proxy, direct)
 }
 
 /// An in-process alerter.
@@ -271,6 +323,28 @@ impl Process {
             );
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
+    }
+
+    /// Sends SIGTERM: a clean shutdown.
+    pub fn terminate(&self) {
+        let status = std::process::Command::new("kill")
+            .arg("-TERM")
+            .arg(self.child.id().to_string())
+            .status()
+            .unwrap();
+        assert!(status.success());
+    }
+
+    /// Waits until it has exited; true if it exited with status 0 within `deadline`.
+    pub async fn wait_exited(mut self, deadline: Duration) -> bool {
+        let started = std::time::Instant::now();
+        while started.elapsed() < deadline {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status.success();
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        false
     }
 
     pub fn kill_9(mut self) {
