@@ -45,6 +45,9 @@ use crate::sink::{Sink, SinkError};
 use crate::workers::{Record, Workers};
 use crate::Error;
 
+/// How long one attempt at restoring assigned partitions may take before it is retried.
+const RESTORE_ATTEMPT_TIMEOUT: Duration = Duration::from_secs(15);
+
 /// How long one flush attempt may take before it is abandoned and retried (a server that accepts
 /// connections but does not answer must not stop the loop from polling).
 const WRITE_TIMEOUT: Duration = Duration::from_secs(30);
@@ -259,7 +262,15 @@ impl AggregatorContext {
                 let deadline = Instant::now() + Duration::from_secs(60);
                 let mut backoff = Duration::from_millis(200);
                 loop {
-                    match restore(&sink, &topic, &policies, &settings, &partitions).await {
+                    // One attempt may not hang the rebalance: a ClickHouse connection that
+                    // accepts but never answers would otherwise block it past every deadline.
+                    let attempt = tokio::time::timeout(
+                        RESTORE_ATTEMPT_TIMEOUT,
+                        restore(&sink, &topic, &policies, &settings, &partitions),
+                    )
+                    .await
+                    .unwrap_or(Err(SinkError::Timeout(RESTORE_ATTEMPT_TIMEOUT)));
+                    match attempt {
                         Ok(restored) => return Ok(restored),
                         Err(error)
                             if error.is_retryable() && Instant::now() + backoff < deadline =>

@@ -145,14 +145,22 @@ fn lookup_blocking(
             let deadline = Instant::now() + Duration::from_secs(60);
             let mut backoff = Duration::from_millis(200);
             loop {
-                match super::sink::resume_offsets(&client, &topic, &service).await {
+                // One attempt may not hang the rebalance (a connection that never answers).
+                let attempt = tokio::time::timeout(
+                    Duration::from_secs(15),
+                    super::sink::resume_offsets(&client, &topic, &service),
+                )
+                .await
+                .map_err(|_| "timed out after 15 s".to_owned())
+                .and_then(|result| result.map_err(|error| error.to_string()));
+                match attempt {
                     Ok(offsets) => return Ok(offsets),
                     Err(error) if Instant::now() + backoff < deadline => {
                         warn!(%error, "resume offsets lookup failed; retrying");
                         tokio::time::sleep(backoff).await;
                         backoff = (backoff * 2).min(Duration::from_secs(5));
                     }
-                    Err(error) => return Err(error.to_string()),
+                    Err(error) => return Err(error),
                 }
             }
         })
