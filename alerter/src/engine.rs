@@ -605,12 +605,12 @@ impl Engine {
             // totals showed. Pricing finds a row by the request's model, else by
             // `provider/model` (`Catalog::lookup`), so a row `p/m` is reached by the model `p/m`
             // and by provider `p` with model `m`: both are candidates from the start, before any
-            // traffic (at every `/` of the name: `bedrock/us-east-1/x` too).
+            // traffic. The provider is the first segment, as in LiteLLM's names
+            // (`bedrock/us-east-1/x`: provider `bedrock`, model `us-east-1/x`).
             let mut candidates: BTreeSet<(String, String, bool)> = BTreeSet::new();
             for entry in catalog.models() {
                 candidates.insert((String::new(), entry.name.clone(), false));
-                for (split, _) in entry.name.match_indices('/') {
-                    let (provider, model) = (&entry.name[..split], &entry.name[split + 1..]);
+                if let Some((provider, model)) = entry.name.split_once('/') {
                     candidates.insert((provider.to_owned(), model.to_owned(), false));
                 }
             }

@@ -58,6 +58,8 @@ pub struct ReplayedDecision {
     pub version: u64,
     /// Why.
     pub reason: String,
+    /// The decision's window kind (`day`, …, `concurrent` for a concurrency gauge).
+    pub window: String,
 }
 
 /// An alert the replayed policies raised.
@@ -284,6 +286,7 @@ impl Replayer {
                         action: action_name(decision.action).to_owned(),
                         version: decision.version,
                         reason: decision.reason,
+                        window: decision.window,
                     });
                 }
                 Effect::Alert(alert, _) => {
@@ -364,12 +367,29 @@ pub fn compare(live: &[crate::DecisionRow], replayed: &[ReplayedDecision]) -> Co
             .1
             .push((decision.version, decision.action.clone()));
     }
+    // A concurrency gauge follows submits and finishes: the live alerter sees them in arrival
+    // order, the replay in event-time order, so a gauge standing at its cap can dip and come back
+    // (allow, block) in one and not the other within the same instant. For those keys the
+    // decisions compared are the first one and the one in force at the end.
+    let gauges: std::collections::BTreeSet<&str> = replayed
+        .iter()
+        .filter(|decision| decision.window == alerter::engine::CONCURRENCY_WINDOW)
+        .map(|decision| decision.key.as_str())
+        .collect();
     let mut comparison = Comparison::default();
     for (key, (mut live, mut replayed)) in by_key {
         live.sort();
         replayed.sort();
-        let live: Vec<String> = live.into_iter().map(|(_, action)| action).collect();
-        let replayed: Vec<String> = replayed.into_iter().map(|(_, action)| action).collect();
+        let mut live: Vec<String> = live.into_iter().map(|(_, action)| action).collect();
+        let mut replayed: Vec<String> = replayed.into_iter().map(|(_, action)| action).collect();
+        if gauges.contains(key) {
+            for actions in [&mut live, &mut replayed] {
+                let last = actions.pop();
+                actions.truncate(1);
+                actions.extend(last);
+                actions.dedup();
+            }
+        }
         if live == replayed {
             comparison.same.push(key.to_owned());
         } else {
@@ -564,4 +584,58 @@ pub fn range(
 ) -> (DateTime<Utc>, DateTime<Utc>) {
     let to = to.unwrap_or(now);
     (from.unwrap_or(to - TimeDelta::hours(24)), to)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn live(key: &str, actions: &[&str]) -> Vec<crate::DecisionRow> {
+        actions
+            .iter()
+            .enumerate()
+            .map(|(index, action)| crate::DecisionRow {
+                key: key.to_owned(),
+                policy_id: "p".to_owned(),
+                action: (*action).to_owned(),
+                reason: String::new(),
+                version: index as u64 + 1,
+                issued_at_us: 0,
+            })
+            .collect()
+    }
+
+    fn replayed(key: &str, window: &str, actions: &[&str]) -> Vec<ReplayedDecision> {
+        actions
+            .iter()
+            .enumerate()
+            .map(|(index, action)| ReplayedDecision {
+                at: DateTime::<Utc>::UNIX_EPOCH,
+                key: key.to_owned(),
+                policy_id: "p".to_owned(),
+                action: (*action).to_owned(),
+                version: index as u64 + 1,
+                reason: String::new(),
+                window: window.to_owned(),
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_gauge_that_dips_and_returns_in_one_run_only_compares_by_first_and_final_state() {
+        let flapping = live("jobs", &["block", "allow", "block"]);
+        let steady = replayed("jobs", "concurrent", &["block"]);
+        assert!(compare(&flapping, &steady).different.is_empty());
+        // A gauge that ends differently is still a difference.
+        let lifted = live("jobs", &["block", "allow"]);
+        assert_eq!(compare(&lifted, &steady).different.len(), 1);
+        // Windowed caps keep the whole sequence.
+        let windowed = replayed("day", "day", &["block"]);
+        assert_eq!(
+            compare(&live("day", &["block", "allow", "block"]), &windowed)
+                .different
+                .len(),
+            1
+        );
+    }
 }
