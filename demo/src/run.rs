@@ -189,7 +189,10 @@ pub async fn run(args: &Args, alerter_config: &alerter::Config) -> Result<Vec<Ou
     print_notifications(&captured);
     print_decisions(&clickhouse).await?;
     print_queries(&clickhouse, &args.queries_dir).await?;
-    let replay = replay(alerter_config, started_at - TimeDelta::seconds(1)).await?;
+    // From before the services started: the alerter publishes its startup decisions (model
+    // rules) before this run begins, sometimes more than a second before. The database and the
+    // topics are this run's own, so nothing older is in the range.
+    let replay = replay(alerter_config, started_at - TimeDelta::minutes(10)).await?;
     let outcomes = outcomes(&clickhouse, &gatekeeping, &captured, &replay, totals_exact).await?;
     println!("\n== scenarios ==");
     for outcome in &outcomes {
