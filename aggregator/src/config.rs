@@ -77,6 +77,12 @@ pub struct AggregateConfig {
     pub flush_interval_ms: u64,
     /// Flush early after this many records.
     pub flush_max_records: usize,
+    /// Records still read while a flush is being retried (ClickHouse down or slow) before
+    /// reading pauses. Until then the aggregator keeps counting and publishing policy totals, so
+    /// enforcement goes on through an outage and only the durable write (and the checkpoint)
+    /// waits. Memory grows with the distinct totals and dead letters those records change, not
+    /// with the records. 0 = pause at the first failed flush.
+    pub read_ahead_while_failing: usize,
     /// How long after its end (on the partition's watermark) a window still takes events.
     pub allowed_lateness_secs: u64,
     /// How long (in event time behind the watermark) event ids are remembered to drop
@@ -117,6 +123,7 @@ impl Default for AggregateConfig {
             policies_dir: None,
             flush_interval_ms: 500,
             flush_max_records: 200_000,
+            read_ahead_while_failing: 2_000_000,
             allowed_lateness_secs: DEFAULT_ALLOWED_LATENESS_SECS,
             dedup_horizon_secs: partition.dedup_horizon.as_secs(),
             dedup_max_ids: partition.dedup_max_ids,

@@ -204,6 +204,7 @@ impl Aggregator {
             config.aggregate.worker_count(),
             stats,
         )
+        .with_read_ahead_while_failing(config.aggregate.read_ahead_while_failing)
         .with_publish_interval(Duration::from_millis(if config.aggregate.publish_totals {
             config.aggregate.publish_interval_ms
         } else {

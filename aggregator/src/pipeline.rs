@@ -21,10 +21,12 @@
 //!
 //! # Backpressure
 //! A flush that fails with a retryable error (ClickHouse down, Kafka unavailable) is retried
-//! with backoff (100 ms doubling to 5 s) for as long as it takes, with every partition paused: the
-//! state stops growing, memory stays what it was, and the consumer keeps polling so it stays in the
-//! group. Records already fetched are still counted (they only make the next flush larger). A
-//! non-retryable error stops the service.
+//! with backoff (100 ms doubling to 5 s) for as long as it takes. Meanwhile the loop keeps reading,
+//! counting and publishing policy totals early, so enforcement does not wait for ClickHouse (issue
+//! 13, point 5): only the durable write and the checkpoint wait. Once `read_ahead_while_failing`
+//! records were read since the failing flush began, every partition is paused: the state stops
+//! growing and the consumer keeps polling so it stays in the group. Records already fetched are
+//! still counted (they only make the next flush larger). A non-retryable error stops the service.
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
@@ -344,6 +346,8 @@ pub struct AggregatorLoop {
     /// Owned partitions and their last durable `next_offset` (for the advisory commit).
     owned: BTreeMap<i32, Option<i64>>,
     records_since_flush: usize,
+    /// Records read while a flush is retried before reading pauses.
+    read_ahead_while_failing: usize,
     pause: Pause,
     stats: Arc<Stats>,
     /// How often policy totals are published ahead of the flush; `None` = only at flushes.
@@ -373,10 +377,18 @@ impl AggregatorLoop {
             workers: Workers::start(workers, Arc::clone(&stats)),
             owned: BTreeMap::new(),
             records_since_flush: 0,
+            read_ahead_while_failing: 0,
             pause: Pause::default(),
             stats,
             publish_interval: None,
         }
+    }
+
+    /// Keeps reading (counting, publishing policy totals early) for up to `records` records
+    /// while a failed flush is retried; 0 pauses at the first failure.
+    pub fn with_read_ahead_while_failing(mut self, records: usize) -> Self {
+        self.read_ahead_while_failing = records;
+        self
     }
 
     /// Publishes changed policy totals every `interval`, ahead of the durable flush (zero: off).
@@ -542,7 +554,13 @@ impl AggregatorLoop {
                         .flush_failures
                         .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                     metrics::counter!(metric::FLUSH_FAILURES, "retryable" => "true").increment(1);
-                    warn!(%error, attempt, "flush failed; retrying with reading paused");
+                    warn!(
+                        %error,
+                        attempt,
+                        read_since_flush = self.records_since_flush,
+                        read_ahead = self.read_ahead_while_failing,
+                        "flush failed; retrying, still counting and publishing until the read-ahead is spent"
+                    );
                     if !self.back_off(attempt, shutdown).await? {
                         return Ok(false);
                     }
@@ -679,27 +697,40 @@ async fn write_batch(
 }
 
 impl AggregatorLoop {
-    /// Waits before retrying a flush with the assignment paused, while still polling the consumer
-    /// (rebalances, `max.poll.interval.ms`). Returns `false` if shutdown was requested.
+    /// Waits before retrying a flush. Reading goes on (records counted, policy totals published
+    /// early) until `read_ahead_while_failing` records were read since the flush began; then the
+    /// assignment is paused, while the consumer is still polled (rebalances,
+    /// `max.poll.interval.ms`). Returns `false` if shutdown was requested.
     async fn back_off(&mut self, attempt: u32, shutdown: &Shutdown) -> Result<bool, Error> {
         let delay = external_offsets::retry_delay(attempt);
-        self.pause_all();
+        self.pause_if_read_ahead_spent();
         let consumer = Arc::clone(&self.consumer);
         let until = tokio::time::Instant::now() + delay;
+        let early = self.publish_interval;
+        let mut publish_tick = tokio::time::interval(early.unwrap_or(Duration::from_secs(3600)));
+        publish_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {
                 biased;
                 () = shutdown.cancelled() => return Ok(false),
                 () = tokio::time::sleep_until(until) => return Ok(true),
+                _ = publish_tick.tick(), if early.is_some() => self.publish_early().await?,
                 message = consumer.recv() => {
                     self.apply_assignment_changes().await?;
-                    self.pause_all();
-                    // Already fetched: counted now, written by the next flush.
+                    // Already fetched when paused: counted now, written by the next flush.
                     if let Ok(message) = message {
                         self.accept(&message).await?;
                     }
+                    self.pause_if_read_ahead_spent();
                 }
             }
+        }
+    }
+
+    /// Pauses reading once a failing flush has let `read_ahead_while_failing` records in.
+    fn pause_if_read_ahead_spent(&mut self) {
+        if self.records_since_flush >= self.read_ahead_while_failing {
+            self.pause_all();
         }
     }
 

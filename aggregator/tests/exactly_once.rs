@@ -163,8 +163,12 @@ async fn instances_joining_and_leaving_mid_stream_lose_and_duplicate_nothing() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_clickhouse_outage_pauses_reading_and_it_catches_up_afterwards() {
+async fn a_clickhouse_outage_reads_ahead_then_pauses_and_it_catches_up_afterwards() {
     let mut config = isolated_config("agg_outage");
+    // Reading goes on through an outage (enforcement does not wait for ClickHouse), up to this
+    // many records; then it pauses.
+    const READ_AHEAD: usize = 5_000;
+    config.aggregate.read_ahead_while_failing = READ_AHEAD;
     // Migrate directly, then point the aggregator at ClickHouse through a proxy we can cut.
     infra::migrations::migrate(&config.clickhouse)
         .await
@@ -186,38 +190,38 @@ async fn a_clickhouse_outage_pauses_reading_and_it_catches_up_afterwards() {
 
     proxy.set_down(true);
     produce(&config.kafka, &events[1_000..]).await;
-    // Flushes fail and reading pauses: what it counts stops growing well short of the input.
-    testkit::eventually(Duration::from_secs(60), "failed flushes", || async {
-        (running
-            .stats
-            .flush_failures
-            .load(std::sync::atomic::Ordering::Relaxed)
-            >= 3)
-            .then_some(())
+    // Flushes fail; reading goes on for the read-ahead, then pauses.
+    testkit::eventually(Duration::from_secs(60), "reading paused", || async {
+        let metrics = reqwest::get(&running.metrics_url)
+            .await
+            .ok()?
+            .text()
+            .await
+            .ok()?;
+        metrics.contains("aggregator_paused 1").then_some(())
     })
     .await;
+    let failures = running
+        .stats
+        .flush_failures
+        .load(std::sync::atomic::Ordering::Relaxed);
+    assert!(failures >= 1, "paused without a failed flush");
     // Records read by the loop (the workers may still be counting what was read before the
-    // pause: the loop keeps reading while a flush is written, until that write fails).
+    // pause).
     let counted_while_down = running
         .stats
         .records
         .load(std::sync::atomic::Ordering::Relaxed);
-    let metrics = reqwest::get(&running.metrics_url)
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
     assert!(
-        metrics.contains("aggregator_paused 1"),
-        "not paused:\n{metrics}"
+        counted_while_down as usize >= 1_000 + READ_AHEAD,
+        "paused after {counted_while_down} records, before the read-ahead was spent"
     );
     testkit::eventually(Duration::from_secs(30), "more failed flushes", || async {
         (running
             .stats
             .flush_failures
             .load(std::sync::atomic::Ordering::Relaxed)
-            >= 6)
+            >= failures + 3)
             .then_some(())
     })
     .await;
@@ -227,7 +231,7 @@ async fn a_clickhouse_outage_pauses_reading_and_it_catches_up_afterwards() {
         .load(std::sync::atomic::Ordering::Relaxed);
     assert_eq!(
         counted_while_down, counted_later,
-        "it kept reading while ClickHouse was down"
+        "it kept reading after the read-ahead was spent"
     );
     assert!((counted_later as usize) < events.len() - 10_000);
 

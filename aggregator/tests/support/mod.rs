@@ -297,6 +297,41 @@ pub async fn stored_totals(config: &ClickHouseConfig) -> Totals {
 /// What the alerter sees: the totals topic read from the start, the highest version per
 /// (scope, window, partition), summed over partitions.
 pub fn published_totals(kafka: &KafkaConfig) -> Totals {
+    let newest = newest_published(kafka);
+    let mut totals = Totals::new();
+    for total in newest.into_values() {
+        if total.window_tz != "UTC"
+            || !RECOUNT_KINDS.contains(&total.scope_kind.as_str())
+            || !RECOUNT_WINDOWS.contains(&total.window_kind.as_str())
+        {
+            continue;
+        }
+        let sums = totals
+            .entry((
+                total.scope_kind,
+                total.scope_key,
+                total.window_kind,
+                total.window_start.timestamp(),
+            ))
+            .or_default();
+        sums.requests += total.requests;
+        sums.input_tokens += total.input_tokens;
+        sums.output_tokens += total.output_tokens;
+        sums.images += total.images_draft
+            + total.images_preview
+            + total.images_edit
+            + total.images_final
+            + total.images_untiered;
+        sums.video_ms += total.video_ms;
+        sums.cost_usd += total.cost_usd;
+        sums.unpriced += total.unpriced_events;
+    }
+    totals
+}
+
+/// The totals topic read from the start to its end: the highest version per compaction key
+/// (scope, window, source partition).
+pub fn newest_published(kafka: &KafkaConfig) -> BTreeMap<String, WindowTotal> {
     let consumer: BaseConsumer = infra::kafka::client_config(kafka, "quotaflow-test")
         .set("group.id", testkit::unique_name("totals-reader"))
         .set("auto.offset.reset", "earliest")
@@ -347,35 +382,7 @@ pub fn published_totals(kafka: &KafkaConfig) -> Totals {
             }
         }
     }
-    let mut totals = Totals::new();
-    for total in newest.into_values() {
-        if total.window_tz != "UTC"
-            || !RECOUNT_KINDS.contains(&total.scope_kind.as_str())
-            || !RECOUNT_WINDOWS.contains(&total.window_kind.as_str())
-        {
-            continue;
-        }
-        let sums = totals
-            .entry((
-                total.scope_kind,
-                total.scope_key,
-                total.window_kind,
-                total.window_start.timestamp(),
-            ))
-            .or_default();
-        sums.requests += total.requests;
-        sums.input_tokens += total.input_tokens;
-        sums.output_tokens += total.output_tokens;
-        sums.images += total.images_draft
-            + total.images_preview
-            + total.images_edit
-            + total.images_final
-            + total.images_untiered;
-        sums.video_ms += total.video_ms;
-        sums.cost_usd += total.cost_usd;
-        sums.unpriced += total.unpriced_events;
-    }
-    totals
+    newest
 }
 
 /// Asserts two totals are equal, showing the first differences (not the whole maps).
