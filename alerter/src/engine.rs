@@ -639,7 +639,18 @@ impl Engine {
                     deprecation_date: entry.deprecation_date,
                     is_preview: entry.is_preview,
                 });
-                match policy.model_verdict(&model, facts, today) {
+                let verdict = match policy.model_verdict(&model, facts, today) {
+                    // A row nobody named yet that the allow-list refuses: its deprecation or
+                    // preview status is still blocked before the first request (issue 13, point
+                    // 12); the allow-list itself waits until the model is seen.
+                    policy::ModelVerdict::Block(policy::ModelIssue::NotAllowListed)
+                        if !observed =>
+                    {
+                        policy.lifecycle_verdict(facts, today)
+                    }
+                    verdict => verdict,
+                };
+                match verdict {
                     policy::ModelVerdict::Allow => {}
                     policy::ModelVerdict::Block(issue) => {
                         // The allow-list refuses the whole world but what it lists: block only

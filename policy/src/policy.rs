@@ -232,12 +232,22 @@ impl Policy {
         facts: Option<ModelFacts>,
         today: NaiveDate,
     ) -> ModelVerdict {
-        let Some(rules) = &self.record.model_rules else {
+        if self.record.model_rules.is_none() {
             return ModelVerdict::Allow;
-        };
+        }
         if !self.allow_list.is_empty() && !self.allow_list.iter().any(|glob| glob.is_match(model)) {
             return ModelVerdict::Block(ModelIssue::NotAllowListed);
         }
+        self.lifecycle_verdict(facts, today)
+    }
+
+    /// What the policy's `model_rules` say about a model's catalog facts alone (deprecation and
+    /// preview), ignoring the allow-list: for a catalog row that no request has named yet, whose
+    /// deprecation must still be enforced before the first request.
+    pub fn lifecycle_verdict(&self, facts: Option<ModelFacts>, today: NaiveDate) -> ModelVerdict {
+        let Some(rules) = &self.record.model_rules else {
+            return ModelVerdict::Allow;
+        };
         let facts = facts.unwrap_or_default();
         let mut findings = Vec::with_capacity(2);
         if let Some(since) = facts.deprecation_date.filter(|date| *date <= today) {
