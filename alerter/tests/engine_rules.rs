@@ -6,7 +6,6 @@
 //! (decisions to publish, alerts to notify). These tests feed it what the service would read and
 //! assert the effects, so a rule change shows up here in seconds.
 
-#[allow(dead_code)]
 mod support;
 
 use std::path::Path;
@@ -75,7 +74,7 @@ fn total_around(
     );
     total.window_kind = policy
         .window()
-        .map(|window| window_kind_name(window))
+        .map(window_kind_name)
         .unwrap_or_default();
     let whole = u64::try_from(amount.trunc().mantissa()).unwrap_or(u64::MAX);
     match policy.unit() {
