@@ -35,7 +35,7 @@ const FORBIDDEN: [(&str, &str); 6] = [
 ];
 
 /// The embedded libraries this test holds to [`FORBIDDEN`].
-const EMBEDDED_LIBRARIES: [&str; 2] = ["quotaflow-client", "gateway"];
+const EMBEDDED_LIBRARIES: [&str; 3] = ["quotaflow-client", "gateway", "quotaflow-recorder"];
 
 /// `cargo tree` of `package` with the given extra arguments, as text.
 fn cargo_tree(package: &str, extra: &[&str]) -> String {
