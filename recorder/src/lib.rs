@@ -1,6 +1,11 @@
 //! The Rust producer library for gateways ([`Recorder`]), also used by the HTTP API: validate,
 //! price, encode and produce usage events to the usage topic with delivery confirmation.
 //!
+//! It depends on the lean client layer (`quotaflow-client`) and the pure `quotaflow-admission`
+//! core, never on the service runtime `infra`: a gateway embedding it links no HTTP server,
+//! ClickHouse client, metrics exporter or config loader (`gateway/tests/dependency_tree.rs`
+//! checks it). `ingest` re-exports it as `ingest::recorder`.
+//!
 //! ```no_run
 //! # async fn example(event: schemas::UsageEvent) -> Result<(), Box<dyn std::error::Error>> {
 //! use quotaflow_admission::pricer::{Pricer, PricingConfig};
