@@ -25,7 +25,7 @@ impl GatewayError {
     pub fn is_retryable(&self) -> bool {
         match self {
             GatewayError::Config(_) => false,
-            GatewayError::Kafka(error) => infra::kafka::error_is_retryable(error),
+            GatewayError::Kafka(error) => quotaflow_client::kafka::error_is_retryable(error),
             GatewayError::TopicUnavailable(_) | GatewayError::Spawn(_) => true,
         }
     }

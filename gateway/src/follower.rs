@@ -27,7 +27,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
-use infra::config::KafkaConfig;
+use quotaflow_client::config::KafkaConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext};
 use rdkafka::message::{BorrowedMessage, Message};
 use rdkafka::{ClientContext, Offset, Statistics, TopicPartitionList};
@@ -358,15 +358,18 @@ impl Gateway {
             epoch: Instant::now(),
             last_contact_ms: AtomicU64::new(0),
         });
-        let consumer: BaseConsumer<FollowerContext> =
-            infra::kafka::consumer_config(&config.kafka, &config.client_id, &config.client_id)
-                .set(
-                    "statistics.interval.ms",
-                    config.probe_interval_ms.to_string(),
-                )
-                .create_with_context(FollowerContext {
-                    shared: shared.clone(),
-                })?;
+        let consumer: BaseConsumer<FollowerContext> = quotaflow_client::kafka::consumer_config(
+            &config.kafka,
+            &config.client_id,
+            &config.client_id,
+        )
+        .set(
+            "statistics.interval.ms",
+            config.probe_interval_ms.to_string(),
+        )
+        .create_with_context(FollowerContext {
+            shared: shared.clone(),
+        })?;
         let stop = Arc::new(AtomicBool::new(false));
         let follower = ControlFollower {
             consumer,

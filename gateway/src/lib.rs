@@ -7,6 +7,10 @@
 //!   not trustworthy (not caught up yet, or the topic unreachable for too long).
 //! - [`error`]: [`GatewayError`], with `is_retryable`.
 //!
+//! It depends on the lean client layer (`quotaflow-client`: Kafka settings, retry rules), never on
+//! the service runtime `infra`, so a gateway embedding it links no HTTP server, ClickHouse client,
+//! metrics exporter or config loader (`tests/dependency_tree.rs` checks it).
+//!
 //! ```no_run
 //! use gateway::{Gateway, GatewayConfig, RequestAttributes, Verdict};
 //!

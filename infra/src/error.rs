@@ -1,15 +1,13 @@
-//! One error type for the plumbing; each variant says whether retrying can help.
+//! One error type for the service plumbing; each variant says whether retrying can help.
 
-/// Errors from config loading and the Kafka/ClickHouse clients.
+/// Errors from config loading, the Kafka clients (the client layer's [`quotaflow_client::Error`])
+/// and the ClickHouse client and migrations.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum Error {
-    /// The configuration is invalid: fix it, do not retry.
-    #[error("invalid configuration: {0}")]
-    Config(String),
-    /// Kafka refused or failed an operation.
-    #[error("kafka: {0}")]
-    Kafka(#[from] rdkafka::error::KafkaError),
+    /// An invalid configuration, a Kafka failure or a timeout, as the client layer reports it.
+    #[error(transparent)]
+    Client(#[from] quotaflow_client::Error),
     /// ClickHouse refused or failed an operation.
     #[error("clickhouse: {0}")]
     ClickHouse(#[from] ::clickhouse::error::Error),
@@ -21,9 +19,6 @@ pub enum Error {
         #[source]
         source: ::clickhouse::error::Error,
     },
-    /// An operation did not finish before its deadline.
-    #[error("timed out: {0}")]
-    Timeout(String),
     /// Binding or serving an HTTP listener failed.
     #[error("io: {0}")]
     Io(#[from] std::io::Error),
@@ -34,12 +29,11 @@ impl Error {
     /// as opposed to a data or configuration error that will fail the same way every time.
     pub fn is_retryable(&self) -> bool {
         match self {
-            Error::Config(_) => false,
-            Error::Kafka(error) => crate::kafka::error_is_retryable(error),
+            Error::Client(error) => error.is_retryable(),
             Error::ClickHouse(error) | Error::Migration { source: error, .. } => {
                 clickhouse_error_is_retryable(error)
             }
-            Error::Timeout(_) | Error::Io(_) => true,
+            Error::Io(_) => true,
         }
     }
 }

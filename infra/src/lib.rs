@@ -1,13 +1,18 @@
-//! Shared plumbing for the quotaflow services.
+//! The service runtime shared by the quotaflow services, on top of the lean client layer
+//! (`quotaflow-client`).
 //!
-//! - [`config`]: serde config structs shared by every service (Kafka with its TLS/SASL security and
-//!   per-topic replication, ClickHouse, HTTP) and the loader (defaults → TOML file → `QUOTAFLOW_*`
-//!   environment variables).
+//! Re-exported from the client layer under the paths services have always used:
+//! - [`config`]: the connection settings (Kafka with its TLS/SASL security and per-topic
+//!   replication, ClickHouse) plus, here, the HTTP listener setting and the loader (defaults → TOML
+//!   file → `QUOTAFLOW_*` environment variables).
 //! - [`secret`]: a string that never prints itself, for webhook URLs, routing keys and passwords.
 //! - [`kafka`]: producer/consumer settings with the delivery guarantees we rely on and the configured
 //!   security, a startup connection check that names auth and TLS failures, and topic creation.
-//! - [`clickhouse`]: the HTTP client built from config.
+//!
+//! The runtime itself:
+//! - [`clickhouse`]: the HTTP client built from config, and what a failed call means.
 //! - [`migrations`]: the versioned ClickHouse migrations runner.
+//! - [`external_offsets`]: helpers for consumers that keep their offsets in their own store.
 //! - [`service`]: the lifecycle every service shares (ops endpoints, startup, readiness, shutdown).
 //! - [`shutdown`]: the cancellation token every `run(config, shutdown)` takes.
 //! - [`telemetry`]: `tracing` setup and the Prometheus `/metrics`, `/healthz`, `/readyz` endpoints.
@@ -15,18 +20,22 @@
 //!   polling with deadlines, a TCP proxy that simulates an outage, the SASL_SSL listener of
 //!   `dev/stack up --secure`, and a capture of every log line.
 //! - [`error`]: the crate's error type, which says whether a failure is worth retrying.
+//!
+//! A library embedded in someone else's process (the `gateway` client, the `Recorder` producer
+//! library) depends on `quotaflow-client` alone, not on this crate: it would otherwise link axum,
+//! the ClickHouse client, the Prometheus exporter and figment.
 
 pub mod clickhouse;
 pub mod config;
 pub mod error;
 pub mod external_offsets;
-pub mod kafka;
 pub mod migrations;
-pub mod secret;
 pub mod service;
 pub mod shutdown;
 pub mod telemetry;
 #[cfg(feature = "testkit")]
 pub mod testkit;
+
+pub use quotaflow_client::{kafka, secret};
 
 pub use error::{Error, Result};

@@ -72,7 +72,7 @@ pub async fn prepare_pipeline(
     let topics = crate::kafka::pipeline_topics(kafka);
     crate::kafka::ensure_topics(kafka, &topics)
         .await
-        .map_err(ServiceError::Topics)
+        .map_err(|error| ServiceError::Topics(error.into()))
 }
 
 /// Runs the lifecycle described in the module docs on `listener` with the service's own `routes`.

@@ -32,7 +32,7 @@ use crate::validation::Violation;
 /// The `error_kind` values this crate adds to [`DecodeError::kind`]'s.
 pub mod kind {
     /// The record decoded but broke a validation rule; the message lists the field paths.
-    pub const VALIDATION: &str = "validation";
+    pub const VALIDATION: &str = crate::admission::dead_letter_kind::VALIDATION;
     /// ClickHouse refused the row as a data error (never retried).
     pub const SINK_REJECTED: &str = "sink_rejected";
     /// The record decoded and validated but a value does not fit the table's column type.

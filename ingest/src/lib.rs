@@ -5,8 +5,10 @@
 //! - [`config`]: the service's [`Config`].
 //! - [`error`]: the crate's [`Error`], which says whether a failure is worth retrying.
 //! - [`api`]: the HTTP event API and its OpenAPI document (`ingest/openapi.yaml`).
-//! - [`recorder`], [`validation`], [`pricer`]: the producer library the API is built on.
-//! - [`admission`]: the one validation and pricing step of every reader of the usage topic.
+//! - [`recorder`] (the `quotaflow-recorder` crate), [`validation`], [`pricer`]: the producer
+//!   library the API is built on.
+//! - [`admission`] (the `quotaflow-admission` crate, which also holds [`validation`] and
+//!   [`pricer`]): the one validation and pricing step of every reader of the usage topic.
 //! - [`archive`], [`dead_letter`]: the raw archive consumer and dead letters.
 //! - [`run`] / [`run_with_listener`]: start the service and keep it up until shutdown.
 //!
@@ -21,15 +23,17 @@
 //! state and the caller retries with the same `event_id`s; consumers count each `event_id` once. So
 //! delivery into the usage topic is at least once, never lost after `accepted` (details in [`api`]).
 
-pub mod admission;
 pub mod api;
 pub mod archive;
 pub mod config;
 pub mod dead_letter;
 pub mod error;
-pub mod pricer;
-pub mod recorder;
-pub mod validation;
+
+// The producer library and the pure admission core are crates of their own (a gateway embeds the
+// recorder without this service's HTTP server and runtime); re-exported under their old paths.
+pub use quotaflow_admission as admission;
+pub use quotaflow_admission::{pricer, validation};
+pub use quotaflow_recorder as recorder;
 
 use std::time::Duration;
 

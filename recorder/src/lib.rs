@@ -1,12 +1,17 @@
 //! The Rust producer library for gateways ([`Recorder`]), also used by the HTTP API: validate,
 //! price, encode and produce usage events to the usage topic with delivery confirmation.
 //!
+//! It depends on the lean client layer (`quotaflow-client`) and the pure `quotaflow-admission`
+//! core, never on the service runtime `infra`: a gateway embedding it links no HTTP server,
+//! ClickHouse client, metrics exporter or config loader (`gateway/tests/dependency_tree.rs`
+//! checks it). `ingest` re-exports it as `ingest::recorder`.
+//!
 //! ```no_run
 //! # async fn example(event: schemas::UsageEvent) -> Result<(), Box<dyn std::error::Error>> {
-//! use ingest::pricer::{Pricer, PricingConfig};
-//! use ingest::recorder::{Recorder, RecorderConfig};
+//! use quotaflow_admission::pricer::{Pricer, PricingConfig};
+//! use quotaflow_recorder::{Recorder, RecorderConfig};
 //!
-//! let kafka = infra::config::KafkaConfig::default();
+//! let kafka = quotaflow_client::config::KafkaConfig::default();
 //! let pricer = Pricer::from_config(&PricingConfig::default())?;
 //! let recorder = Recorder::new(&kafka, &RecorderConfig::default(), pricer, Default::default())?;
 //! match recorder.record(event).await {
@@ -20,7 +25,7 @@
 //!
 //! # Delivery guarantee
 //! - `Ok(Delivery)` means the record is **acknowledged by all in-sync replicas** of its partition:
-//!   the producer is idempotent with `acks=all` (`infra::kafka::producer_config`), so librdkafka's
+//!   the producer is idempotent with `acks=all` (`quotaflow_client::kafka::producer_config`), so librdkafka's
 //!   internal retries never duplicate or reorder it inside the broker.
 //! - `Err(RecordError::Kafka { .. })` means the record **may or may not** be in Kafka (a delivery
 //!   timeout can fire after the broker wrote it but before the acknowledgement arrived). Callers
@@ -68,8 +73,8 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tracing::{debug, warn};
 
-use crate::pricer::{Pricer, PricingApplied};
-use crate::validation::{validate_with_usage, ValidationConfig, Violation};
+use quotaflow_admission::pricer::{Pricer, PricingApplied};
+use quotaflow_admission::validation::{validate_with_usage, ValidationConfig, Violation};
 
 /// Producer-side limits of the [`Recorder`].
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -146,7 +151,7 @@ impl RecordError {
 
     fn from_kafka(error: &KafkaError) -> Self {
         RecordError::Kafka {
-            retryable: infra::kafka::error_is_retryable(error),
+            retryable: quotaflow_client::kafka::error_is_retryable(error),
             message: error.to_string(),
         }
     }
@@ -260,12 +265,12 @@ impl Recorder {
     /// A recorder producing to `kafka.topics.usage`. Connects lazily: a down broker shows up as
     /// retryable errors on send, not here. Fails only on an invalid producer config.
     pub fn new(
-        kafka: &infra::config::KafkaConfig,
+        kafka: &quotaflow_client::config::KafkaConfig,
         config: &RecorderConfig,
         pricer: Pricer,
         validation: ValidationConfig,
     ) -> Result<Recorder, RecordError> {
-        let mut client_config = infra::kafka::producer_config(kafka, &config.client_id);
+        let mut client_config = quotaflow_client::kafka::producer_config(kafka, &config.client_id);
         client_config.set("message.timeout.ms", config.delivery_timeout_ms.to_string());
         let producer: FutureProducer =
             client_config.create().map_err(|error| RecordError::Kafka {
@@ -335,7 +340,7 @@ impl Recorder {
     ) -> Result<PreparedEvent, Rejected> {
         let inner = &self.inner;
         // Built once: validation checks the model's limits with it, pricing prices it.
-        let usage = crate::pricer::pricing_input(&event);
+        let usage = quotaflow_admission::pricer::pricing_input(&event);
         let result = validate_with_usage(
             &event,
             &usage,

@@ -1,5 +1,5 @@
-//! Validation shared by the HTTP API, the producer library ([`crate::recorder`]) and the Kafka
-//! readers (through [`crate::admission`], at the record's Kafka timestamp): [`validate`] checks one [`UsageEvent`] against a [`ValidationConfig`] and the price
+//! Validation shared by the HTTP API, the producer library (`quotaflow_recorder`) and the Kafka
+//! readers (through [`crate::Admission`], at the record's Kafka timestamp): [`validate`] checks one [`UsageEvent`] against a [`ValidationConfig`] and the price
 //! catalog's model limits, and returns **every** [`Violation`] at once, so a producer can fix
 //! everything in one round trip.
 //!
@@ -23,7 +23,7 @@ use serde::{Deserialize, Serialize};
 /// `quotaflow_ingest_events_rejected_total` metric, so the set is small and fixed).
 ///
 /// An event that passes validation but cannot be encoded (e.g. an amount with more than 12
-/// fractional digits) is reported by [`crate::recorder::Recorder::prepare`] with the kind of its
+/// fractional digits) is reported by `quotaflow_recorder::Recorder::prepare` with the kind of its
 /// `schemas::EncodeError` (`too_many_fractional_digits`, …).
 pub mod kind {
     /// A required string is empty.
@@ -157,7 +157,7 @@ pub fn validate_with_usage(
 }
 
 /// [`validate_with_usage`] judged at `reference` instead of the clock: the Kafka readers pass the
-/// record's Kafka timestamp (see [`crate::admission`]), so a replay judges every record as the
+/// record's Kafka timestamp (see [`crate::Admission`]), so a replay judges every record as the
 /// first pass did. `None` (a record without a timestamp) skips the `in_future` / `too_old` rules.
 pub fn validate_at(
     event: &UsageEvent,
@@ -186,7 +186,7 @@ pub fn validate_at(
 
 /// The text rule alone: no control character in any id, scope value, label key or label value.
 /// [`validate`] checks it too; the Kafka readers apply the whole of [`validate_at`] through
-/// [`crate::admission`].
+/// [`crate::Admission`].
 pub fn validate_text(event: &UsageEvent) -> Result<(), Vec<Violation>> {
     let mut violations = Vec::new();
     for (field, value) in required_strings(event) {

@@ -1,4 +1,17 @@
-//! Admission: the one validation and pricing step every reader of the usage topic applies to each
+//! The pure core of the usage topic's producers and readers: the rules an event must meet, its
+//! price, and the admission step that applies both to a record read from Kafka.
+//!
+//! - [`validation`]: the rules shared by the HTTP API, the producer library
+//!   (`quotaflow-recorder`) and the Kafka readers, with one violation kind per rule.
+//! - [`pricer`]: prices an event with the catalog (`pricing`), and the `[pricing]` settings.
+//! - [`Admission`] (this module): the one validation and pricing step every reader of the usage
+//!   topic applies, described below.
+//!
+//! `ingest` re-exports this crate as `ingest::admission` (and these modules as `ingest::validation`
+//! and `ingest::pricer`), the paths the archiver and the aggregator use.
+//!
+//! # Admission
+//! The one validation and pricing step every reader of the usage topic applies to each
 //! decoded record, so that the raw archive and the aggregator agree on every record: it is either
 //! archived **and** counted, or dead-lettered by **both**, with the same dead-letter kind and
 //! message.
@@ -25,6 +38,9 @@
 //! Both readers must run with the same `[validation]` and `[pricing]` settings for the agreement
 //! to hold (`docs/operations.md`).
 
+pub mod pricer;
+pub mod validation;
+
 use chrono::{DateTime, Utc};
 use schemas::UsageEvent;
 
@@ -36,8 +52,8 @@ pub mod dead_letter_kind {
     /// `occurred_at` further ahead of the record's Kafka timestamp than the allowed skew: a
     /// producer clock problem rather than bad data, so it has a kind of its own.
     pub const IN_FUTURE: &str = "in_future";
-    /// Any other validation or pricing rule (`crate::dead_letter::kind::VALIDATION`).
-    pub const VALIDATION: &str = crate::dead_letter::kind::VALIDATION;
+    /// Any other validation or pricing rule (`ingest::dead_letter::kind::VALIDATION` is this one).
+    pub const VALIDATION: &str = "validation";
 }
 
 /// Why a record is refused: every violation, in field order.
