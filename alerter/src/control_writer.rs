@@ -73,7 +73,7 @@ impl ControlWriter {
 
     /// Publishes one decision record in a transaction of its own, retrying what may pass.
     pub async fn publish(&self, key: &str, payload: &[u8], shutdown: &Shutdown) -> Result<()> {
-        let mut backoff = Duration::from_millis(100);
+        let mut retries = infra::external_offsets::WRITE_RETRY.attempts();
         loop {
             match self.attempt(key, payload).await {
                 Ok(()) => return Ok(()),
@@ -90,9 +90,8 @@ impl ControlWriter {
                         .increment(1);
                     tokio::select! {
                         () = shutdown.cancelled() => return Err(Error::Kafka(error)),
-                        () = tokio::time::sleep(backoff) => {}
+                        () = tokio::time::sleep(retries.next_delay()) => {}
                     }
-                    backoff = (backoff * 2).min(Duration::from_secs(5));
                 }
             }
         }

@@ -72,10 +72,7 @@ fn total_around(
         "0",
         version,
     );
-    total.window_kind = policy
-        .window()
-        .map(window_kind_name)
-        .unwrap_or_default();
+    total.window_kind = policy.window().map(window_kind_name).unwrap_or_default();
     let whole = u64::try_from(amount.trunc().mantissa()).unwrap_or(u64::MAX);
     match policy.unit() {
         Unit::CostUsd => total.cost_usd = amount,

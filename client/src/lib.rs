@@ -8,6 +8,7 @@
 //! - [`kafka`]: producer/consumer settings with the delivery guarantees the pipeline relies on and
 //!   the configured security, a connection check that names auth and TLS failures, topic creation,
 //!   and which Kafka errors are worth retrying.
+//! - [`retry`]: the one back-off rule (exponential, with jitter) every retry loop uses.
 //! - [`error`]: the crate's error type, which says whether a failure is worth retrying.
 //!
 //! # What is not here, on purpose
@@ -20,6 +21,7 @@
 pub mod config;
 pub mod error;
 pub mod kafka;
+pub mod retry;
 pub mod secret;
 
 pub use error::{Error, Result};

@@ -45,10 +45,13 @@ pub fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
 /// How long to wait before retry `attempt` (0-based) of a failed write: 100 ms, doubling, at most
 /// 5 s.
 pub fn retry_delay(attempt: u32) -> Duration {
-    Duration::from_millis(100)
-        .saturating_mul(1 << attempt.min(6))
-        .min(Duration::from_secs(5))
+    WRITE_RETRY.delay(attempt)
 }
+
+/// Retries of a failed write: from 100 ms doubling to 5 s, with jitter
+/// ([`quotaflow_client::retry`]).
+pub const WRITE_RETRY: quotaflow_client::retry::Backoff =
+    quotaflow_client::retry::Backoff::new(Duration::from_millis(100), Duration::from_secs(5));
 
 /// Whether the whole assignment is paused (reading stopped while a write is retried).
 #[derive(Debug, Default)]

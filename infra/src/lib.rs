@@ -36,6 +36,6 @@ pub mod telemetry;
 #[cfg(feature = "testkit")]
 pub mod testkit;
 
-pub use quotaflow_client::{kafka, secret};
+pub use quotaflow_client::{kafka, retry, secret};
 
 pub use error::{Error, Result};

@@ -65,14 +65,18 @@ impl RedeliveryPolicy {
     }
 
     /// Delay after the `round`-th failed round (1 for the first).
+    /// Rounds are per destination (one worker each), not a crowd retrying in step, so the delay
+    /// is the rule's ceiling, without jitter: a kept notification comes back when announced.
     pub fn delay(&self, round: u32) -> Duration {
-        let factor = 1u64
-            .checked_shl(round.saturating_sub(1).min(32))
-            .unwrap_or(u64::MAX);
-        Duration::from_millis(
-            self.initial_delay_ms
-                .saturating_mul(factor)
-                .min(self.max_delay_ms),
+        self.rule().ceiling(round.saturating_sub(1))
+    }
+
+    /// The back-off rule of rounds: from `initial_delay_ms` doubling to `max_delay_ms`
+    /// ([`infra::retry`]).
+    pub fn rule(&self) -> infra::retry::Backoff {
+        infra::retry::Backoff::new(
+            Duration::from_millis(self.initial_delay_ms),
+            Duration::from_millis(self.max_delay_ms),
         )
     }
 }

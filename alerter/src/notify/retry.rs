@@ -82,14 +82,18 @@ impl RetryPolicy {
         Ok(())
     }
 
-    /// Backoff before retry number `retry` (0 for the first retry).
-    pub fn backoff(&self, retry: u32) -> Duration {
-        let factor = 1u64.checked_shl(retry.min(32)).unwrap_or(u64::MAX);
-        Duration::from_millis(
-            self.initial_backoff_ms
-                .saturating_mul(factor)
-                .min(self.max_backoff_ms),
+    /// The back-off rule: from `initial_backoff_ms` doubling to `max_backoff_ms`, with jitter.
+    pub fn backoff_rule(&self) -> infra::retry::Backoff {
+        infra::retry::Backoff::new(
+            Duration::from_millis(self.initial_backoff_ms),
+            Duration::from_millis(self.max_backoff_ms),
         )
+    }
+
+    /// Backoff before retry number `retry` (0 for the first retry), jittered between half its
+    /// ceiling and the ceiling ([`infra::retry`]).
+    pub fn backoff(&self, retry: u32) -> Duration {
+        self.backoff_rule().delay(retry)
     }
 }
 
@@ -301,11 +305,16 @@ mod tests {
     #[test]
     fn backoff_doubles_up_to_the_bound() {
         let policy = RetryPolicy::default();
-        let waits: Vec<u64> = (0..7)
-            .map(|retry| policy.backoff(retry).as_millis() as u64)
+        let ceilings: Vec<u64> = (0..7)
+            .map(|retry| policy.backoff_rule().ceiling(retry).as_millis() as u64)
             .collect();
-        assert_eq!(waits, [200, 400, 800, 1600, 3200, 5000, 5000]);
-        assert_eq!(policy.backoff(u32::MAX), Duration::from_millis(5000));
+        assert_eq!(ceilings, [200, 400, 800, 1600, 3200, 5000, 5000]);
+        // Jittered between half the ceiling and the ceiling.
+        for retry in [0, 3, 6, u32::MAX] {
+            let ceiling = policy.backoff_rule().ceiling(retry);
+            let wait = policy.backoff(retry);
+            assert!(wait >= ceiling / 2 && wait <= ceiling, "{retry}: {wait:?}");
+        }
     }
 
     #[test]
