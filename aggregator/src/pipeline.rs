@@ -54,43 +54,11 @@ const RESTORE_ATTEMPT_TIMEOUT: Duration = Duration::from_secs(15);
 /// connections but does not answer must not stop the loop from polling).
 const WRITE_TIMEOUT: Duration = Duration::from_secs(30);
 
-/// Crash-test hook: `AGGREGATOR_FAILPOINT=<step>:<n>` aborts the process (as abruptly as
-/// `kill -9`: no flush, no commit) right after `<step>` of the `n`-th flush attempt, where
-/// `<step>` is `partials`, `published`, `dead_letters` or `checkpoint`. The exactly-once tests use
-/// it to crash between the writes of one flush, the moments a random `kill -9` rarely hits.
-/// Unset in production; read once.
-mod failpoint {
-    use std::sync::atomic::{AtomicU64, Ordering};
-    use std::sync::OnceLock;
-
-    static SETTING: OnceLock<Option<(String, u64)>> = OnceLock::new();
-    static ATTEMPTS: AtomicU64 = AtomicU64::new(0);
-
-    fn setting() -> &'static Option<(String, u64)> {
-        SETTING.get_or_init(|| {
-            let value = std::env::var("AGGREGATOR_FAILPOINT").ok()?;
-            let (step, n) = value.split_once(':')?;
-            Some((step.to_owned(), n.parse().ok()?))
-        })
-    }
-
-    /// Counts a flush attempt.
-    pub fn attempt() {
-        if setting().is_some() {
-            ATTEMPTS.fetch_add(1, Ordering::Relaxed);
-        }
-    }
-
-    /// Aborts if the hook names `step` of this attempt.
-    pub fn reached(step: &str) {
-        if let Some((wanted, n)) = setting() {
-            if wanted == step && ATTEMPTS.load(Ordering::Relaxed) == *n {
-                eprintln!("AGGREGATOR_FAILPOINT: aborting after {step} of flush {n}");
-                std::process::abort();
-            }
-        }
-    }
-}
+/// Crash-test hook ([`infra::failpoint`]): `AGGREGATOR_FAILPOINT=<step>:<n>` aborts the process
+/// right after `<step>` of the `n`-th flush attempt, where `<step>` is `partials`, `published`,
+/// `dead_letters` or `checkpoint`.
+static FAILPOINTS: infra::failpoint::Failpoints =
+    infra::failpoint::Failpoints::new("AGGREGATOR_FAILPOINT");
 
 /// Prometheus metric names.
 pub mod metric {
@@ -651,7 +619,7 @@ async fn write_batch(
         .iter()
         .map(|flush| (flush.partition, flush.updates.as_slice()))
         .collect();
-    failpoint::attempt();
+    FAILPOINTS.count();
     // Partials and the totals topic are written at the same time: both are deterministic
     // functions of the input offsets (versions = offset + 1), so a total on the topic ahead of
     // its ClickHouse row is rebuilt identically by the replay after a crash. Only the
@@ -667,9 +635,9 @@ async fn write_batch(
     };
     let (written, published) = tokio::join!(sink.write_partials(&parts), publish);
     written?;
-    failpoint::reached("partials");
+    FAILPOINTS.reached("partials");
     published?;
-    failpoint::reached("published");
+    FAILPOINTS.reached("published");
     let letters: Vec<schemas::DeadLetter> = batch
         .iter()
         .flat_map(|flush| flush.dead_letters.iter().cloned())
@@ -686,13 +654,13 @@ async fn write_batch(
                 other => SinkError::DeadLetter(other.to_string(), false),
             })?;
     }
-    failpoint::reached("dead_letters");
+    FAILPOINTS.reached("dead_letters");
     let checkpoints: Vec<(i32, &crate::partition::Checkpoint)> = batch
         .iter()
         .map(|flush| (flush.partition, &flush.checkpoint))
         .collect();
     sink.write_checkpoints(&checkpoints).await?;
-    failpoint::reached("checkpoint");
+    FAILPOINTS.reached("checkpoint");
     Ok(())
 }
 

@@ -350,8 +350,6 @@ async fn run_loop(config: &Config, readiness: &Readiness, shutdown: &Shutdown) -
         approvals_topic: topics.approvals.clone(),
         audit: Outbox::new("audit", audit_tx, overflow_limit),
         notify: Outbox::new("notify", notify_tx, overflow_limit),
-        failpoint: Failpoint::from_env(),
-        published: 0,
     };
 
     let now = Utc::now();
@@ -679,39 +677,10 @@ fn read_to_end(
     Ok(snapshot)
 }
 
-/// Crash hooks for the tests (module docs).
-#[derive(Debug, Clone, Copy)]
-enum Failpoint {
-    None,
-    BeforePublish(u64),
-    AfterPublish(u64),
-}
-
-impl Failpoint {
-    fn from_env() -> Failpoint {
-        let Ok(value) = std::env::var("ALERTER_FAILPOINT") else {
-            return Failpoint::None;
-        };
-        let parsed = value.split_once(':').and_then(|(step, n)| {
-            let n: u64 = n.parse().ok()?;
-            match step {
-                "before_publish" => Some(Failpoint::BeforePublish(n)),
-                "after_publish" => Some(Failpoint::AfterPublish(n)),
-                _ => None,
-            }
-        });
-        match parsed {
-            Some(failpoint) => {
-                warn!(?failpoint, "failpoint armed");
-                failpoint
-            }
-            None => {
-                warn!(value, "ALERTER_FAILPOINT not understood; ignored");
-                Failpoint::None
-            }
-        }
-    }
-}
+/// Crash hooks for the tests (module docs, [`infra::failpoint`]): the operation counted is a
+/// decision's publish, the steps `before_publish` and `after_publish`.
+static FAILPOINTS: infra::failpoint::Failpoints =
+    infra::failpoint::Failpoints::new("ALERTER_FAILPOINT");
 
 /// Longest wait at shutdown for the notifications, then for the audit rows, still queued.
 const SHUTDOWN_DRAIN: Duration = Duration::from_secs(10);
@@ -828,8 +797,6 @@ struct Executor {
     approvals_topic: String,
     audit: Outbox<AuditRow>,
     notify: Outbox<(Alert, Notice)>,
-    failpoint: Failpoint,
-    published: u64,
 }
 
 impl Executor {
@@ -905,20 +872,14 @@ impl Executor {
     }
 
     async fn publish(&mut self, decision: &ControlDecision, shutdown: &Shutdown) -> Result<()> {
-        self.published += 1;
-        if matches!(self.failpoint, Failpoint::BeforePublish(n) if n == self.published) {
-            error!("failpoint before_publish: aborting");
-            std::process::abort();
-        }
+        FAILPOINTS.count();
+        FAILPOINTS.reached("before_publish");
         let payload = schemas::codec::encode(decision)
             .map_err(|error| Error::Config(format!("unencodable decision: {error}")))?;
         self.control
             .publish(&decision.key, &payload, shutdown)
             .await?;
-        if matches!(self.failpoint, Failpoint::AfterPublish(n) if n == self.published) {
-            error!("failpoint after_publish: aborting");
-            std::process::abort();
-        }
+        FAILPOINTS.reached("after_publish");
         Ok(())
     }
 }

@@ -29,6 +29,7 @@ pub mod clickhouse;
 pub mod config;
 pub mod error;
 pub mod external_offsets;
+pub mod failpoint;
 pub mod migrations;
 pub mod service;
 pub mod shutdown;
