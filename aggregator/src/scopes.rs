@@ -213,7 +213,7 @@ impl ScopePlan {
             specs.push(spec);
             windowed.push(PolicyScope {
                 policy: policy.clone(),
-                kind_name: Arc::from(format!("policy:{}", policy.id())),
+                kind_name: Arc::from(policy.totals_scope_kind()),
             });
         }
         Ok(ScopePlan {
@@ -363,6 +363,15 @@ pub(crate) mod tests {
   action: {kind: alert_only}
 "#;
 
+    /// The `scope_kind` of the test policy `id` (`policy:<id>@<definition>`).
+    pub(crate) fn kind(id: &str) -> String {
+        PolicySet::from_str("test.yaml", POLICIES)
+            .expect("policies load")
+            .get(id)
+            .expect("a test policy")
+            .totals_scope_kind()
+    }
+
     pub(crate) fn plan() -> ScopePlan {
         ScopePlan::new(&PolicySet::from_str("test.yaml", POLICIES).expect("policies load"))
             .expect("plan")
@@ -403,7 +412,7 @@ pub(crate) mod tests {
         assert_eq!(
             scopes[8],
             (
-                "policy:key-monthly-requests".to_owned(),
+                kind("key-monthly-requests"),
                 "api_key_id=key-1|user_id".to_owned(),
                 5..6
             )
@@ -411,7 +420,7 @@ pub(crate) mod tests {
         assert_eq!(
             scopes[9],
             (
-                "policy:team-model-daily-cost".to_owned(),
+                kind("team-model-daily-cost"),
                 "team=search|model=gpt-4o".to_owned(),
                 7..8
             )
@@ -439,8 +448,8 @@ pub(crate) mod tests {
                 "model",
                 "endpoint",
                 "modality",
-                "policy:key-monthly-requests",
-                "policy:staging-only",
+                kind("key-monthly-requests").as_str(),
+                kind("staging-only").as_str(),
             ]
         );
     }

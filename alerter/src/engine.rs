@@ -53,8 +53,9 @@ use crate::evaluate::unit_amount;
 use crate::notify::{IncidentKind, Notice, NoticeKind, NoticeWindow, Owner};
 use crate::totals::{Applied, TotalsView, WindowKey};
 
-/// Prefix of the `scope_kind` of a policy's own totals (`policy:<id>`).
-pub const POLICY_SCOPE_PREFIX: &str = "policy:";
+/// Prefix of the `scope_kind` of a policy's own totals (`policy:<id>@<definition>`, see
+/// [`PolicySet::by_totals_scope_kind`]).
+pub const POLICY_SCOPE_PREFIX: &str = policy::TOTALS_SCOPE_PREFIX;
 
 /// Something the service must do.
 // `Decide` is the largest and the most frequent effect: boxing it would add an allocation per
@@ -515,11 +516,8 @@ impl Engine {
     /// Anomalies of the current total of a policy scope with an `anomaly` section; each
     /// (policy, scope, metric) once per window.
     fn detect_anomalies(&mut self, key: &WindowKey, now: DateTime<Utc>) -> Vec<Effect> {
-        let Some(policy_id) = key.scope_kind.strip_prefix(POLICY_SCOPE_PREFIX) else {
-            return Vec::new();
-        };
         let policies = Arc::clone(&self.policies);
-        let Some(policy) = policies.get(policy_id) else {
+        let Some(policy) = policies.by_totals_scope_kind(&key.scope_kind) else {
             return Vec::new();
         };
         if policy.record().anomaly.is_none() {
@@ -564,12 +562,10 @@ impl Engine {
 
     /// Notes the model of a policy total when the policy has model rules; true if new.
     fn observe_model(&mut self, key: &WindowKey) -> bool {
-        let Some(policy_id) = key.scope_kind.strip_prefix(POLICY_SCOPE_PREFIX) else {
+        let Some(policy) = self.policies.by_totals_scope_kind(&key.scope_kind) else {
             return false;
         };
-        let Some(policy) = self.policies.get(policy_id) else {
-            return false;
-        };
+        let policy_id = policy.id();
         if policy.record().model_rules.is_none() {
             return false;
         }
@@ -860,11 +856,16 @@ impl Engine {
         scope: &BTreeMap<String, String>,
         now: DateTime<Utc>,
     ) -> Vec<Effect> {
-        let scope_kind = format!("{POLICY_SCOPE_PREFIX}{policy_id}");
+        let policies = Arc::clone(&self.policies);
         let keys: Vec<WindowKey> = self
             .totals
             .keys()
-            .filter(|key| key.scope_kind == scope_kind && group_scope(key) == *scope)
+            .filter(|key| {
+                policies
+                    .by_totals_scope_kind(&key.scope_kind)
+                    .is_some_and(|policy| policy.id() == policy_id)
+                    && group_scope(key) == *scope
+            })
             .cloned()
             .collect();
         keys.iter()
@@ -874,11 +875,10 @@ impl Engine {
 
     /// Evaluates the policy of a `policy:<id>` total of a current window.
     fn evaluate_key(&mut self, key: &WindowKey, now: DateTime<Utc>) -> Vec<Effect> {
-        let Some(policy_id) = key.scope_kind.strip_prefix(POLICY_SCOPE_PREFIX) else {
-            return Vec::new();
-        };
         let policies = Arc::clone(&self.policies);
-        let Some(policy) = policies.get(policy_id) else {
+        // Only totals of the policy's current definition (`policy:<id>@<definition>`): those of
+        // an earlier selector, group_by, unit or window count something else.
+        let Some(policy) = policies.by_totals_scope_kind(&key.scope_kind) else {
             return Vec::new();
         };
         let Some(total) = self.totals.total(key) else {
