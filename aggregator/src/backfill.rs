@@ -123,7 +123,7 @@ impl Backfiller {
             .name(format!("aggregator-backfill-{}", request.partition))
             .spawn(move || {
                 let mut delay = Duration::from_millis(200);
-                loop {
+                while !backfiller.stopped.load(Ordering::Acquire) {
                     match backfiller.seed(&request, &policies) {
                         Ok(seed) => {
                             metrics::counter!(metric::POLICY_BACKFILLS, "outcome" => "completed")

@@ -46,6 +46,14 @@
 //!    horizon, or than what `dedup_max_ids` left, or before a partition-count change) that the
 //!    filter does not remember is refused as too late to deduplicate (see [`dedup`]).
 //!
+//! 5. **Policy reloads.** Policy totals are kept per definition (`policy:<id>@<definition>`, what
+//!    the policy counts), so an edit never adds to totals of the old definition. A new
+//!    definition counts live from the offset each partition reached at the reload and is held
+//!    back (not written, not published) until [`backfill`] seeds it with the partition's earlier
+//!    records of its open windows: every row of it is still the exact total of the partition's
+//!    records up to its version. The checkpoint lists complete definitions; one it does not list
+//!    starts over at `next_offset` on restore (see [`partition`]).
+//!
 //! What is *not* exactly once: dead-letter records on the Kafka topic (a replay re-sends them;
 //! the `dead_letters` table collapses them by source offset), and `oldest_pending_job_started_at`,
 //! a gauge computed when a row is written.

@@ -30,6 +30,13 @@
 //! watermark, the close horizon and the pending jobs. Everything in it is a function of the
 //! partition's records before `next_offset` (see [`crate::state`] on determinism).
 //!
+//! It also lists the complete policy definitions (`policy_definitions`). A definition a reload
+//! added ([`PartitionAggregator::reload`]) counts live from `next_offset` at the reload and is
+//! held back until its seed ([`PartitionAggregator::apply_seed`], computed by
+//! [`crate::backfill`] from the records before that offset) is added; only then is it written,
+//! published and listed. On restore, a definition of the plan the checkpoint does not list starts
+//! over (held) at the checkpoint's `next_offset`, its stored rows ignored.
+//!
 //! A total's version is one more than the offset of the last event counted in it, and a stored row
 //! is the exact total of the partition's records up to that version. Rows can be *ahead* of the
 //! newest checkpoint (the process died between writing them and the checkpoint), and a merge of

@@ -1259,6 +1259,70 @@ mod tests {
         assert_eq!(day.oldest_pending_job_started_at, Some(at(12, 1, 0)));
     }
 
+    /// Issue 13 point 3: a reload keeps the totals of unchanged definitions (whatever their new
+    /// position in the plan), hands the unwritten changes of removed ones to the next drain, and
+    /// holds new ones back until their seed is added.
+    #[test]
+    fn a_replan_keeps_unchanged_definitions_retires_removed_and_holds_new_ones() {
+        let mut state = state();
+        let event = text_event("e1", at(12, 0, 30));
+        state.apply(&event, 1).unwrap();
+        state.drain_dirty();
+        state.apply(&event, 2).unwrap();
+        let kept = crate::scopes::tests::kind("team-model-daily-cost");
+        let removed = crate::scopes::tests::kind("key-monthly-requests");
+        // "a-first" sorts before every other id: the kept policy moves in the plan.
+        let edited = POLICIES.replace(
+            "- id: key-monthly-requests",
+            "- id: a-first\n  owner: {team: platform, contact: p@example.com}\n  description: new\n  \
+             unit: requests\n  group_by: [team]\n  window: {kind: day}\n  hard_cap: 10\n  \
+             action: {kind: alert_only}\n- id: key-monthly-requests-renamed",
+        );
+        let policies = PolicySet::from_str("edited.yaml", &edited).unwrap();
+        let added = state.replan(&policies).unwrap();
+        let new_kind = policies.get("a-first").unwrap().totals_scope_kind();
+        assert!(added.iter().any(|kind| **kind == *new_kind));
+        assert!(state.is_held(&new_kind));
+        let updates = state.drain_dirty();
+        // The removed definition's unwritten change (version 2) is still drained, once.
+        assert_eq!(
+            find(&updates, &removed, "month:2026-03@UTC")
+                .measures
+                .requests,
+            2
+        );
+        state.apply(&event, 3).unwrap();
+        let updates = state.drain_dirty();
+        let day = find(&updates, &kept, "day:2026-03-09@America/New_York");
+        assert_eq!(
+            (day.measures.requests, day.version),
+            (3, 3),
+            "kept across the reload"
+        );
+        assert!(
+            updates.iter().all(|update| *update.scope_kind != *new_kind),
+            "held"
+        );
+        assert!(updates.iter().all(|update| *update.scope_kind != *removed));
+        let seed = TotalUpdate {
+            scope_kind: Arc::from(new_kind.as_str()),
+            scope_key: Arc::from("team=search"),
+            window: state.plan().specs()[5].window_of(at(12, 0, 30)).unwrap(),
+            measures: Measures::of_event(&event),
+            oldest_pending_job_started_at: None,
+            pending_jobs_untracked: 0,
+            version: 2,
+        };
+        state.seed(&new_kind, &[seed]).unwrap();
+        let updates = state.drain_dirty();
+        let seeded = find(&updates, &new_kind, "day:2026-03-09@UTC");
+        assert_eq!(
+            (seeded.measures.requests, seeded.version),
+            (2, 3),
+            "the seed (one event) plus the live event at version 3"
+        );
+    }
+
     #[test]
     fn bytes_per_active_key_stay_under_one_kibibyte() {
         let mut state = state();

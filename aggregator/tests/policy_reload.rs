@@ -114,6 +114,95 @@ fn recount_day(
         .collect()
 }
 
+/// The day of the workloads (UTC).
+fn day() -> DateTime<Utc> {
+    Utc.with_ymd_and_hms(2026, 3, 9, 0, 0, 0).unwrap()
+}
+
+/// `hour`:00 of [`day`].
+fn hour(hour: u32) -> DateTime<Utc> {
+    day() + chrono::TimeDelta::hours(i64::from(hour))
+}
+
+/// Every event.
+fn all(_: &UsageEvent) -> bool {
+    true
+}
+
+/// Events the edited `team-daily` counts.
+fn openai(event: &UsageEvent) -> bool {
+    event.provider == "openai"
+}
+
+/// An aggregator config whose policy directory holds `team-daily` counting every event, and
+/// the edits the tests make to it.
+struct Scenario {
+    config: aggregator::Config,
+    dir: std::path::PathBuf,
+    /// `team-daily` before the edit (every event).
+    old_team_kind: String,
+    /// `team-daily` after the edit (`provider: openai`).
+    new_team_kind: String,
+    /// `model-daily`, added by the edit.
+    model_kind: String,
+}
+
+impl Scenario {
+    fn new(test: &str) -> Scenario {
+        let mut config = isolated_config(test);
+        let dir = policies_dir(&team_daily(""));
+        config.aggregate.policies_dir = Some(dir.clone());
+        config.aggregate.reload_interval_ms = 100;
+        let scenario = Scenario {
+            config,
+            dir,
+            old_team_kind: kind_of(&team_daily(""), "team-daily"),
+            new_team_kind: kind_of(&team_daily(OPENAI_ONLY), "team-daily"),
+            model_kind: kind_of(MODEL_DAILY, "model-daily"),
+        };
+        assert_ne!(scenario.old_team_kind, scenario.new_team_kind);
+        scenario
+    }
+
+    /// Adds the `model-daily` file.
+    fn add_model_policy(&self) {
+        write_policy(&self.dir, "model.yaml", MODEL_DAILY);
+    }
+
+    /// Restricts `team-daily` to `provider: openai` (same id).
+    fn restrict_team_policy(&self) {
+        write_policy(&self.dir, "policies.yaml", &team_daily(OPENAI_ONLY));
+    }
+
+    /// Waits until `scope_kind`'s day totals equal the recount of `events` kept by `keep`,
+    /// grouped by `dimension`.
+    async fn wait_for(
+        &self,
+        scope_kind: &str,
+        events: &[UsageEvent],
+        dimension: &str,
+        keep: fn(&UsageEvent) -> bool,
+    ) {
+        let expected = recount_day(events, dimension, day(), keep);
+        wait_for_day(&self.config, scope_kind, day(), &expected).await;
+    }
+
+    /// Waits for both edited definitions to total `events`.
+    async fn wait_for_edited(&self, events: &[UsageEvent]) {
+        self.wait_for(&self.model_kind, events, "model", all).await;
+        self.wait_for(&self.new_team_kind, events, "team", openai)
+            .await;
+    }
+
+    /// The old `team-daily` definition's stored day totals.
+    async fn old_team(&self) -> DayTotals {
+        stored_day(&self.config, &self.old_team_kind, day()).await
+    }
+}
+
+/// The edited selector of `team-daily`.
+const OPENAI_ONLY: &str = "selector: {provider: openai}";
+
 /// Waits until `scope_kind`'s stored day totals equal `expected`.
 async fn wait_for_day(
     config: &aggregator::Config,
@@ -144,85 +233,55 @@ async fn wait_for_day(
 /// `aggregator_policy_reloads_total{outcome="failed"}`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn policy_edits_are_enforced_over_the_whole_current_window() {
-    let mut config = isolated_config("policy_reload");
-    let every_event = team_daily("");
-    let openai_only = team_daily("selector: {provider: openai}");
-    let dir = policies_dir(&every_event);
-    config.aggregate.policies_dir = Some(dir.clone());
-    config.aggregate.reload_interval_ms = 100;
-    let old_team_kind = kind_of(&every_event, "team-daily");
-    let new_team_kind = kind_of(&openai_only, "team-daily");
-    let model_kind = kind_of(MODEL_DAILY, "model-daily");
-    assert_ne!(old_team_kind, new_team_kind);
-
-    let day = Utc.with_ymd_and_hms(2026, 3, 9, 0, 0, 0).unwrap();
-    let hour = |hour: u32| Utc.with_ymd_and_hms(2026, 3, 9, hour, 0, 0).unwrap();
-    let running = start(&config).await;
+    let scenario = Scenario::new("policy_reload");
+    let config = &scenario.config;
+    let running = start(config).await;
     let mut sent: Vec<UsageEvent> = Vec::new();
 
     // Before any edit: only team-daily is counted.
-    let first = workload(31, 1_500, hour(1), 1_000);
-    produce(&config.kafka, &first).await;
-    sent.extend(first);
-    let all = |_: &UsageEvent| true;
-    wait_for_day(
-        &config,
-        &old_team_kind,
-        day,
-        &recount_day(&sent, "team", day, all),
-    )
-    .await;
+    sent.extend(workload(31, 1_500, hour(1), 1_000));
+    produce(&config.kafka, &sent).await;
+    scenario
+        .wait_for(&scenario.old_team_kind, &sent, "team", all)
+        .await;
 
     // A new policy file, at "03:00": its day total includes the spend since 00:00.
-    write_policy(&dir, "model.yaml", MODEL_DAILY);
+    scenario.add_model_policy();
     let second = workload(32, 1_500, hour(3), 1_000);
     produce(&config.kafka, &second).await;
     sent.extend(second);
-    wait_for_day(
-        &config,
-        &model_kind,
-        day,
-        &recount_day(&sent, "model", day, all),
-    )
-    .await;
-    wait_for_day(
-        &config,
-        &old_team_kind,
-        day,
-        &recount_day(&sent, "team", day, all),
-    )
-    .await;
-    let old_team_before_change = stored_day(&config, &old_team_kind, day).await;
+    scenario
+        .wait_for(&scenario.model_kind, &sent, "model", all)
+        .await;
+    scenario
+        .wait_for(&scenario.old_team_kind, &sent, "team", all)
+        .await;
+    let old_team_before_change = scenario.old_team().await;
 
     // The same id counts something else: new totals from the whole day, old ones frozen.
-    write_policy(&dir, "policies.yaml", &openai_only);
+    scenario.restrict_team_policy();
     let third = workload(33, 1_500, hour(5), 1_000);
     produce(&config.kafka, &third).await;
     sent.extend(third);
-    let openai = |event: &UsageEvent| event.provider == "openai";
-    let expected_openai = recount_day(&sent, "team", day, openai);
     assert_ne!(
-        expected_openai,
-        recount_day(&sent, "team", day, all),
+        recount_day(&sent, "team", day(), openai),
+        recount_day(&sent, "team", day(), all),
         "the workload must have other providers for the selector to matter"
     );
-    wait_for_day(&config, &new_team_kind, day, &expected_openai).await;
-    wait_for_day(
-        &config,
-        &model_kind,
-        day,
-        &recount_day(&sent, "model", day, all),
-    )
-    .await;
+    scenario.wait_for_edited(&sent).await;
     assert_eq!(
-        stored_day(&config, &old_team_kind, day).await,
+        scenario.old_team().await,
         old_team_before_change,
         "the old definition's totals grew after the change"
     );
 
     // A broken edit: the last good set stays in force and the failure is counted.
     let failures_before = running.stats.policy_reload_failures.load(Ordering::Acquire);
-    write_policy(&dir, "model.yaml", "id: [model-daily\nunit: requests\n");
+    write_policy(
+        &scenario.dir,
+        "model.yaml",
+        "id: [model-daily\nunit: requests\n",
+    );
     testkit::eventually(DEADLINE, "a failed reload", || async {
         (running.stats.policy_reload_failures.load(Ordering::Acquire) > failures_before)
             .then_some(())
@@ -237,26 +296,70 @@ async fn policy_edits_are_enforced_over_the_whole_current_window() {
     let fourth = workload(34, 1_000, hour(7), 1_000);
     produce(&config.kafka, &fourth).await;
     sent.extend(fourth);
-    wait_for_day(
-        &config,
-        &model_kind,
-        day,
-        &recount_day(&sent, "model", day, all),
-    )
-    .await;
-    wait_for_day(
-        &config,
-        &new_team_kind,
-        day,
-        &recount_day(&sent, "team", day, openai),
-    )
-    .await;
+    scenario.wait_for_edited(&sent).await;
     assert_eq!(
-        stored_day(&config, &old_team_kind, day).await,
+        scenario.old_team().await,
         old_team_before_change,
         "the old definition's totals grew after the change"
     );
 
     running.stop().await.unwrap();
-    let _ = std::fs::remove_dir_all(&dir);
+    let _ = std::fs::remove_dir_all(&scenario.dir);
+}
+
+/// Issue 13 point 3, under `kill -9`: the aggregator (the binary) is killed at staggered moments
+/// right after a policy edit (while the new definitions are held and being seeded, or just after
+/// their seed was written without its checkpoint), and again mid-stream after it. Every restart
+/// loads the edited set and seeds what its checkpoint does not list as complete, so the new
+/// definitions end equal to the recount of the whole day, and the old definition keeps exactly
+/// the events it counted before the edit.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn policy_edits_survive_kill_9() {
+    let mut scenario = Scenario::new("policy_reload_kill");
+    scenario.config.aggregate.flush_interval_ms = 20;
+    let config = &scenario.config;
+
+    let first = spawn_process(config);
+    let mut sent = workload(41, 1_500, hour(1), 1_000);
+    produce(&config.kafka, &sent).await;
+    scenario
+        .wait_for(&scenario.old_team_kind, &sent, "team", all)
+        .await;
+    let old_team = scenario.old_team().await;
+
+    // The edit, then crashes while it is being applied: before the reload, during the
+    // backfill, after the seed's flush (staggered moments, as in `exactly_once`).
+    scenario.add_model_policy();
+    scenario.restrict_team_policy();
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    first.kill_9();
+    for round in 0..3u64 {
+        let process = spawn_process(config);
+        tokio::time::sleep(Duration::from_millis(300 + 400 * round)).await;
+        process.kill_9();
+    }
+
+    let process = spawn_process(config);
+    scenario.wait_for_edited(&sent).await;
+    // And mid-stream after the edit.
+    let second = workload(42, 1_500, hour(3), 1_000);
+    produce(&config.kafka, &second).await;
+    sent.extend(second);
+    let before = partial_rows(&config.clickhouse).await;
+    testkit::eventually(DEADLINE, "a flush of the new events", || {
+        let clickhouse = config.clickhouse.clone();
+        async move { (partial_rows(&clickhouse).await > before).then_some(()) }
+    })
+    .await;
+    process.kill_9();
+
+    let last = spawn_process(config);
+    scenario.wait_for_edited(&sent).await;
+    assert_eq!(
+        scenario.old_team().await,
+        old_team,
+        "the old definition's totals changed after the edit"
+    );
+    last.kill_9();
+    let _ = std::fs::remove_dir_all(&scenario.dir);
 }
