@@ -1582,3 +1582,56 @@ fn alert_id(dedup_key: &str) -> String {
     use sha2::{Digest, Sha256};
     hex::encode(&Sha256::digest(dedup_key.as_bytes())[..16])
 }
+
+#[cfg(test)]
+mod definition_tests {
+    use super::*;
+    use chrono::TimeZone;
+
+    fn policies(selector: &str) -> Arc<PolicySet> {
+        let text = format!(
+            r#"
+id: search-daily
+owner: {{team: search, contact: s@example.com}}
+description: cost per team per day
+unit: cost_usd
+{selector}
+group_by: [team]
+window: {{kind: day}}
+hard_cap: 100
+action: {{kind: block}}
+"#
+        );
+        Arc::new(PolicySet::from_str("p.yaml", &text).unwrap())
+    }
+
+    fn over_cap(scope_kind: &str) -> WindowTotal {
+        let start = Utc.with_ymd_and_hms(2026, 3, 9, 0, 0, 0).unwrap();
+        WindowTotal {
+            cost_usd: Decimal::from(150),
+            ..schemas::fixtures::empty_day_total(scope_kind, "team=search", start)
+        }
+    }
+
+    fn blocks(effects: &[Effect]) -> usize {
+        effects
+            .iter()
+            .filter(|effect| matches!(effect, Effect::Decide(_)))
+            .count()
+    }
+
+    /// Issue 13 point 3: after an edit of what a policy counts, totals of the old definition are
+    /// not evaluated; only those of the current one are.
+    #[test]
+    fn only_totals_of_the_current_definition_are_evaluated() {
+        let old = policies("");
+        let current = policies("selector: {provider: openai}");
+        let old_kind = old.get("search-daily").unwrap().totals_scope_kind();
+        let current_kind = current.get("search-daily").unwrap().totals_scope_kind();
+        assert_ne!(old_kind, current_kind);
+        let now = Utc.with_ymd_and_hms(2026, 3, 9, 12, 0, 0).unwrap();
+        let mut engine = Engine::new(current);
+        assert_eq!(blocks(&engine.on_total(over_cap(&old_kind), now)), 0);
+        assert_eq!(blocks(&engine.on_total(over_cap(&current_kind), now)), 1);
+    }
+}
