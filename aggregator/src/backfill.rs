@@ -28,6 +28,7 @@
 //! have remembered live): the broker's append time (`LogAppendTime`) is monotonic per partition,
 //! so the start offset is a function of the instant.
 
+use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -42,6 +43,7 @@ use tracing::{info, warn};
 
 use crate::partition::{BackfillRequest, PartitionAggregator, PartitionSettings, Seed};
 use crate::pipeline::metric;
+use crate::state::TotalUpdate;
 
 /// How long one Kafka request of a backfill may take.
 const KAFKA_TIMEOUT: Duration = Duration::from_secs(10);
@@ -265,7 +267,16 @@ impl Backfiller {
 pub struct SeedBuilder {
     fresh: PartitionAggregator,
     request: BackfillRequest,
+    /// The requested kinds' newest totals drained so far, by (kind, key, window id).
+    kept: BTreeMap<(Arc<str>, Arc<str>, String), TotalUpdate>,
+    /// Records since the last drain.
+    since_drain: usize,
 }
+
+/// Records between two drains of a [`SeedBuilder`]'s fresh state: closed windows (a month
+/// window's re-read closes some forty thousand minutes per scope) are evicted at each drain, so
+/// its memory stays that of a live partition's.
+const DRAIN_EVERY: usize = 50_000;
 
 impl SeedBuilder {
     /// A builder for `request`, whose kinds `policies` define.
@@ -280,6 +291,8 @@ impl SeedBuilder {
         Ok(SeedBuilder {
             fresh,
             request: request.clone(),
+            kept: BTreeMap::new(),
+            since_drain: 0,
         })
     }
 
@@ -293,18 +306,45 @@ impl SeedBuilder {
     ) {
         debug_assert!(offset < self.request.point.live_from);
         self.fresh.handle(offset, timestamp_ms, key, payload);
+        self.since_drain += 1;
+        if self.since_drain >= DRAIN_EVERY {
+            self.drain();
+        }
+    }
+
+    /// Keeps the requested kinds' changed totals and frees the fresh state's closed windows.
+    fn drain(&mut self) {
+        self.since_drain = 0;
+        for update in self.fresh.take_flush().updates {
+            if !self
+                .request
+                .kinds
+                .iter()
+                .any(|kind| **kind == *update.scope_kind)
+            {
+                continue;
+            }
+            let key = (
+                Arc::clone(&update.scope_kind),
+                Arc::clone(&update.scope_key),
+                update.window.id(),
+            );
+            self.kept.insert(key, update);
+        }
+        self.fresh.flushed();
     }
 
     /// The seed: the requested definitions' totals of the windows open at the live start.
     pub fn finish(mut self) -> Seed {
-        let mut totals: std::collections::BTreeMap<String, Vec<crate::state::TotalUpdate>> = self
+        self.drain();
+        let mut totals: BTreeMap<String, Vec<TotalUpdate>> = self
             .request
             .kinds
             .iter()
             .map(|kind| (kind.clone(), Vec::new()))
             .collect();
         let closed_through = self.request.point.closed_through;
-        for update in self.fresh.take_flush().updates {
+        for update in self.kept.into_values() {
             let open = closed_through.is_none_or(|closed| update.window.end() > closed);
             if let (true, Some(kind)) = (open, totals.get_mut(&*update.scope_kind)) {
                 kind.push(update);
