@@ -59,7 +59,7 @@ impl Default for Config {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
 #[serde(rename_all = "snake_case")]
 pub enum PublishScopes {
-    /// Only `policy:<id>` scopes.
+    /// Only `policy:<id>@<definition>` scopes.
     #[default]
     Policies,
     /// Every scope.
@@ -103,7 +103,7 @@ pub struct AggregateConfig {
     pub pending_jobs_per_scope: usize,
     /// Publish totals on `kafka.topics.totals` (the alerter follows it).
     pub publish_totals: bool,
-    /// Which totals are published: `policies` (the `policy:<id>` scopes, all the alerter
+    /// Which totals are published: `policies` (the `policy:<id>@<definition>` scopes, all the alerter
     /// evaluates; the default) or `all` (also the single-dimension scopes, ten times the records).
     /// ClickHouse always gets every total.
     pub publish_scopes: PublishScopes,

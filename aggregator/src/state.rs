@@ -127,7 +127,7 @@ pub struct ApplyOutcome {
 /// One absolute total to write: a `window_totals` row, or a compacted-topic record.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TotalUpdate {
-    /// `scope_kind`: a dimension name or `policy:<id>`.
+    /// `scope_kind`: a dimension name or `policy:<id>@<definition>`.
     pub scope_kind: Arc<str>,
     /// `scope_key`: the dimension's value or the policy's rendered scope.
     pub scope_key: Arc<str>,

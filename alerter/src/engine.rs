@@ -873,7 +873,7 @@ impl Engine {
             .collect()
     }
 
-    /// Evaluates the policy of a `policy:<id>` total of a current window.
+    /// Evaluates the policy of a `policy:<id>@<definition>` total of a current window.
     fn evaluate_key(&mut self, key: &WindowKey, now: DateTime<Utc>) -> Vec<Effect> {
         let policies = Arc::clone(&self.policies);
         // Only totals of the policy's current definition (`policy:<id>@<definition>`): those of
