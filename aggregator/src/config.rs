@@ -59,7 +59,7 @@ impl Default for Config {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
 #[serde(rename_all = "snake_case")]
 pub enum PublishScopes {
-    /// Only `policy:<id>` scopes.
+    /// Only `policy:<id>@<definition>` scopes.
     #[default]
     Policies,
     /// Every scope.
@@ -73,6 +73,12 @@ pub struct AggregateConfig {
     /// Directory of policy files (the alerter reads the same): every windowed policy adds its
     /// compound scope. None: single-dimension scopes only.
     pub policies_dir: Option<PathBuf>,
+    /// How often `policies_dir` is checked for changes (as the alerter's
+    /// `alert.reload_interval_ms`): a change that loads is applied without a restart (new or
+    /// changed definitions are seeded from the usage topic before their totals are published),
+    /// one that does not is logged, counted (`aggregator_policy_reloads_total{outcome="failed"}`)
+    /// and the last good set stays. 0 = load once at startup.
+    pub reload_interval_ms: u64,
     /// Flush (write totals, publish them, checkpoint) at least this often while events arrive.
     pub flush_interval_ms: u64,
     /// Flush early after this many records.
@@ -103,7 +109,7 @@ pub struct AggregateConfig {
     pub pending_jobs_per_scope: usize,
     /// Publish totals on `kafka.topics.totals` (the alerter follows it).
     pub publish_totals: bool,
-    /// Which totals are published: `policies` (the `policy:<id>` scopes, all the alerter
+    /// Which totals are published: `policies` (the `policy:<id>@<definition>` scopes, all the alerter
     /// evaluates; the default) or `all` (also the single-dimension scopes, ten times the records).
     /// ClickHouse always gets every total.
     pub publish_scopes: PublishScopes,
@@ -121,6 +127,7 @@ impl Default for AggregateConfig {
         let partition = PartitionSettings::default();
         Self {
             policies_dir: None,
+            reload_interval_ms: 2_000,
             flush_interval_ms: 500,
             flush_max_records: 200_000,
             read_ahead_while_failing: 2_000_000,

@@ -6,6 +6,8 @@
 //! - [`config`]: the service's [`Config`].
 //! - [`measures`]: [`measures::Measures`], the totals' measures and one event's exact contribution.
 //! - [`scopes`]: which (scope kind, scope key) totals an event counts under, and in which window specs.
+//! - [`backfill`]: seeding a new policy definition (after a reload) with the events before it
+//!   counted live, re-read from the usage topic.
 //! - [`state`]: [`state::TotalsState`], in-memory windowed totals: apply, dirty set, drain, eviction.
 //! - [`dedup`]: the per-partition duplicate filter by `event_id`.
 //! - [`partition`]: [`partition::PartitionAggregator`], one input partition: record → outcome,
@@ -44,6 +46,14 @@
 //!    horizon, or than what `dedup_max_ids` left, or before a partition-count change) that the
 //!    filter does not remember is refused as too late to deduplicate (see [`dedup`]).
 //!
+//! 5. **Policy reloads.** Policy totals are kept per definition (`policy:<id>@<definition>`, what
+//!    the policy counts), so an edit never adds to totals of the old definition. A new
+//!    definition counts live from the offset each partition reached at the reload and is held
+//!    back (not written, not published) until [`backfill`] seeds it with the partition's earlier
+//!    records of its open windows: every row of it is still the exact total of the partition's
+//!    records up to its version. The checkpoint lists complete definitions; one it does not list
+//!    starts over at `next_offset` on restore (see [`partition`]).
+//!
 //! What is *not* exactly once: dead-letter records on the Kafka topic (a replay re-sends them;
 //! the `dead_letters` table collapses them by source offset), and `oldest_pending_job_started_at`,
 //! a gauge computed when a row is written.
@@ -58,6 +68,7 @@
 //! admitted events are counted at the cost admission computed (a reported cost wins, else our
 //! catalog's price, else unpriced), whatever envelope the producer wrote. See [`partition`].
 
+pub mod backfill;
 pub mod config;
 pub mod dedup;
 pub mod measures;
@@ -192,9 +203,9 @@ impl Aggregator {
             () = shutdown.cancelled() => return Ok(()),
             started = self.set_up() => started?,
         };
-        let (consumer, sink, dead_letters, config) = started;
+        let (consumer, sink, dead_letters, config, reload) = started;
         readiness.set_ready(true);
-        pipeline::AggregatorLoop::new(
+        let looped = pipeline::AggregatorLoop::new(
             Arc::new(consumer),
             sink,
             dead_letters,
@@ -209,9 +220,11 @@ impl Aggregator {
             config.aggregate.publish_interval_ms
         } else {
             0
-        }))
-        .run(shutdown)
-        .await
+        }));
+        match reload {
+            Some(reload) => looped.with_policy_reload(reload).run(shutdown).await,
+            None => looped.run(shutdown).await,
+        }
     }
 
     #[allow(clippy::type_complexity)]
@@ -222,6 +235,7 @@ impl Aggregator {
         sink::Sink,
         ingest::dead_letter::DeadLetterWriter,
         Config,
+        Option<pipeline::PolicyReload>,
     )> {
         let config = self.config;
         config.aggregate.validate().map_err(Error::Config)?;
@@ -257,12 +271,29 @@ impl Aggregator {
             "quotaflow-aggregator-dead-letters",
         )
         .map_err(|error| Error::Restore(error.to_string()))?;
-        let context = pipeline::AggregatorContext::new(
-            &topic,
-            sink.clone(),
-            Arc::new(policies),
-            config.aggregate.partition_settings(admission),
-        );
+        let settings = config.aggregate.partition_settings(admission);
+        let policies = Arc::new(policies);
+        let reload = config.aggregate.policies_dir.as_ref().map(|dir| {
+            // Bounded: a backfill thread waits while the loop has not taken the seeds before.
+            let (seeds, receiver) = tokio::sync::mpsc::channel(64);
+            pipeline::PolicyReload {
+                dir: dir.clone(),
+                interval: (config.aggregate.reload_interval_ms > 0)
+                    .then(|| Duration::from_millis(config.aggregate.reload_interval_ms.max(100))),
+                current: Arc::clone(&policies),
+                backfiller: backfill::Backfiller::new(
+                    config.kafka.clone(),
+                    &topic,
+                    &config.group_id,
+                    settings.clone(),
+                    config.validation.max_future_skew,
+                    seeds,
+                ),
+                seeds: Some(receiver),
+                failing: None,
+            }
+        });
+        let context = pipeline::AggregatorContext::new(&topic, sink.clone(), policies, settings);
         let mut client_config =
             infra::kafka::consumer_config(&config.kafka, "quotaflow-aggregator", &config.group_id);
         client_config.set("partition.assignment.strategy", "cooperative-sticky");
@@ -280,6 +311,6 @@ impl Aggregator {
             policies_dir = ?config.aggregate.policies_dir,
             "aggregator started"
         );
-        Ok((consumer, sink, dead_letters, config))
+        Ok((consumer, sink, dead_letters, config, reload))
     }
 }

@@ -30,6 +30,13 @@
 //! watermark, the close horizon and the pending jobs. Everything in it is a function of the
 //! partition's records before `next_offset` (see [`crate::state`] on determinism).
 //!
+//! It also lists the complete policy definitions (`policy_definitions`). A definition a reload
+//! added ([`PartitionAggregator::reload`]) counts live from `next_offset` at the reload and is
+//! held back until its seed ([`PartitionAggregator::apply_seed`], computed by
+//! [`crate::backfill`] from the records before that offset) is added; only then is it written,
+//! published and listed. On restore, a definition of the plan the checkpoint does not list starts
+//! over (held) at the checkpoint's `next_offset`, its stored rows ignored.
+//!
 //! A total's version is one more than the offset of the last event counted in it, and a stored row
 //! is the exact total of the partition's records up to that version. Rows can be *ahead* of the
 //! newest checkpoint (the process died between writing them and the checkpoint), and a merge of
@@ -40,6 +47,7 @@
 //! ahead of the checkpoint may have missed the totals topic (the process died between the two
 //! writes), so it is restored dirty: the next flush writes and publishes it again.
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -119,6 +127,13 @@ pub struct CheckpointState {
     /// ([`Dedup::forgotten_through`]); a rebuild from `replay_from` cannot recompute it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub dedup_forgotten_through: Option<DateTime<Utc>>,
+    /// The policy definitions (`policy:<id>@<definition>`) whose totals are complete: seeded
+    /// with the events before the offset they started counting live at (the value), then
+    /// counted live. A definition of the plan missing here (new since, or the checkpoint is
+    /// older than definitions) starts over at `next_offset` and is seeded again
+    /// ([`PartitionAggregator::backfills`]).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub policy_definitions: BTreeMap<String, i64>,
 }
 
 /// Where and how a partition resumes.
@@ -130,6 +145,13 @@ pub struct Checkpoint {
     pub replay_from: i64,
     /// Watermark, close horizon, pending jobs.
     pub state: CheckpointState,
+}
+
+impl SeedPoint {
+    /// Whether events were counted before it (else the seed is empty and not requested).
+    pub fn needs_seed(&self) -> bool {
+        self.live_from > 0 && self.watermark.is_some()
+    }
 }
 
 /// What happened to one record.
@@ -200,6 +222,47 @@ pub struct PartitionAggregator {
     progressed: bool,
     dead_letters: Vec<DeadLetter>,
     counts: PartitionCounts,
+    /// Complete policy definitions and the offset each started counting live at (checkpointed).
+    definitions: BTreeMap<String, i64>,
+    /// Held policy definitions (counting live, not written) waiting for their seed: where they
+    /// started counting live, and the watermark and close horizon there.
+    seeding: BTreeMap<String, SeedPoint>,
+}
+
+/// Where a policy definition started counting live in a partition: its seed covers the
+/// partition's events before `live_from`, in the windows still open there.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SeedPoint {
+    /// The first offset counted live.
+    pub live_from: i64,
+    /// The watermark there (`None`: no event counted before, nothing to seed).
+    pub watermark: Option<DateTime<Utc>>,
+    /// The close horizon there: windows ending at or before it are not seeded.
+    pub closed_through: Option<DateTime<Utc>>,
+}
+
+/// A partition's request to seed held policy definitions that started counting live at the
+/// same point ([`crate::backfill`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BackfillRequest {
+    /// The partition.
+    pub partition: i32,
+    /// Where they started counting live, and the state there.
+    pub point: SeedPoint,
+    /// The definitions (`policy:<id>@<definition>`).
+    pub kinds: Vec<String>,
+}
+
+/// Seed totals for a [`BackfillRequest`]: per definition, its totals over the partition's
+/// events before `point.live_from` in windows still open there.
+#[derive(Debug, Clone)]
+pub struct Seed {
+    /// The partition.
+    pub partition: i32,
+    /// The request's `point.live_from`: a seed for another point is stale and ignored.
+    pub live_from: i64,
+    /// Per definition, its seed totals.
+    pub totals: BTreeMap<String, Vec<TotalUpdate>>,
 }
 
 impl PartitionAggregator {
@@ -239,6 +302,31 @@ impl PartitionAggregator {
             }
             None => (0, 0),
         };
+        // Definitions the checkpoint does not list as complete start over here: held, and
+        // seeded with the events before `next_offset` (their stored rows, if any, are ignored:
+        // written after a seed whose checkpoint did not land, they are rebuilt identically).
+        let complete: BTreeMap<String, i64> = checkpoint
+            .as_ref()
+            .map(|checkpoint| checkpoint.state.policy_definitions.clone())
+            .unwrap_or_default();
+        let mut definitions = BTreeMap::new();
+        let mut seeding = BTreeMap::new();
+        let kinds: Vec<String> = state.policy_kinds().map(|kind| kind.to_string()).collect();
+        let point = SeedPoint {
+            live_from: next_offset,
+            watermark: state.watermark(),
+            closed_through: state.closed_through(),
+        };
+        for kind in kinds {
+            if let Some(&live_from) = complete.get(&kind) {
+                definitions.insert(kind, live_from);
+            } else if point.needs_seed() {
+                state.hold(&kind);
+                seeding.insert(kind, point);
+            } else {
+                definitions.insert(kind, next_offset);
+            }
+        }
         let mut restored = 0;
         let mut rewrite = false;
         for total in totals {
@@ -263,9 +351,97 @@ impl PartitionAggregator {
                 progressed: rewrite,
                 dead_letters: Vec::new(),
                 counts: PartitionCounts::default(),
+                definitions,
+                seeding,
             },
             restored,
         ))
+    }
+
+    /// Switches to `policies` (a reload) between two records: definitions in both keep their
+    /// totals; removed ones are dropped (their unwritten changes go to the next flush); new
+    /// ones (a new policy, or a changed selector, `group_by`, unit or window: a new
+    /// `policy:<id>@<definition>`) count live from [`Self::next_offset`], held back until
+    /// seeded with the events before it. Returns the seed to request, if any. On `Err` (a
+    /// window the plan cannot represent) nothing changed.
+    pub fn reload(&mut self, policies: &PolicySet) -> Result<Option<BackfillRequest>, StateError> {
+        let added = self.state.replan(policies)?;
+        let kinds: Vec<String> = self
+            .state
+            .policy_kinds()
+            .map(|kind| kind.to_string())
+            .collect();
+        self.definitions.retain(|kind, _| kinds.contains(kind));
+        self.seeding.retain(|kind, _| kinds.contains(kind));
+        // The checkpoint must name the new set of complete definitions.
+        self.progressed = true;
+        let point = SeedPoint {
+            live_from: self.next_offset,
+            watermark: self.state.watermark(),
+            closed_through: self.state.closed_through(),
+        };
+        let mut requested = Vec::new();
+        for kind in added {
+            if point.needs_seed() {
+                self.seeding.insert(kind.to_string(), point);
+                requested.push(kind.to_string());
+            } else {
+                self.state
+                    .seed(&kind, &[])
+                    .expect("an empty seed always fits");
+                self.definitions.insert(kind.to_string(), point.live_from);
+            }
+        }
+        Ok((!requested.is_empty()).then_some(BackfillRequest {
+            partition: self.partition,
+            point,
+            kinds: requested,
+        }))
+    }
+
+    /// The seeds this partition waits for (after a restore), one request per live start.
+    pub fn backfills(&self) -> Vec<BackfillRequest> {
+        let mut by_point: BTreeMap<i64, BackfillRequest> = BTreeMap::new();
+        for (kind, point) in &self.seeding {
+            by_point
+                .entry(point.live_from)
+                .or_insert_with(|| BackfillRequest {
+                    partition: self.partition,
+                    point: *point,
+                    kinds: Vec::new(),
+                })
+                .kinds
+                .push(kind.clone());
+        }
+        by_point.into_values().collect()
+    }
+
+    /// Adds a seed to the held definitions it is for and releases them (their totals are
+    /// written and published from the next flush on). Definitions that are no longer held at
+    /// that live start (removed, or started over after a restore) ignore it. Returns the
+    /// definitions released.
+    pub fn apply_seed(&mut self, seed: &Seed) -> Result<Vec<String>, StateError> {
+        let mut released = Vec::new();
+        for (kind, totals) in &seed.totals {
+            let waiting = self
+                .seeding
+                .get(kind)
+                .is_some_and(|point| point.live_from == seed.live_from);
+            if !waiting {
+                continue;
+            }
+            self.state.seed(kind, totals)?;
+            self.seeding.remove(kind);
+            self.definitions.insert(kind.clone(), seed.live_from);
+            self.progressed = true;
+            released.push(kind.clone());
+        }
+        Ok(released)
+    }
+
+    /// Held definitions waiting for a seed.
+    pub fn seeding(&self) -> usize {
+        self.seeding.len()
     }
 
     /// The partition.
@@ -546,6 +722,7 @@ impl PartitionAggregator {
                     closed_through: self.state.closed_through(),
                     pending_jobs: self.state.pending_jobs_snapshot(),
                     dedup_forgotten_through: self.dedup.forgotten_through(),
+                    policy_definitions: self.definitions.clone(),
                 },
             },
         }
@@ -565,6 +742,7 @@ impl PartitionAggregator {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::measures::Measures;
     use chrono::TimeZone;
     use schemas::fixtures::text_event;
 
@@ -855,6 +1033,103 @@ mod tests {
             second.handle(3, written(at(1)), None, Some(&bytes("e1", at(1)))),
             Outcome::Duplicate
         );
+    }
+
+    fn policy_totals(updates: &[TotalUpdate]) -> Vec<(String, String, String, Measures, u64)> {
+        let mut totals: Vec<_> = updates
+            .iter()
+            .filter(|update| update.scope_kind.starts_with("policy:"))
+            .map(|update| {
+                (
+                    update.scope_kind.to_string(),
+                    update.scope_key.to_string(),
+                    update.window.id(),
+                    update.measures,
+                    update.version,
+                )
+            })
+            .collect();
+        totals.sort_by(|a, b| (&a.0, &a.1, &a.2).cmp(&(&b.0, &b.1, &b.2)));
+        totals
+    }
+
+    /// Issue 13 point 3: a definition a reload brings counts live from the reload's offset, is
+    /// neither flushed nor peeked until it is seeded with the partition's earlier records, and
+    /// then equals counting with it from the start; a checkpoint taken while it waits does not
+    /// list it, so a restore starts it over (held, seeded again) instead of trusting its rows.
+    #[test]
+    fn a_reloaded_definition_is_held_until_seeded_then_exact() {
+        let records: Vec<Vec<u8>> = (0..20u32)
+            .map(|i| bytes(&format!("e{}", i % 17), at(i)))
+            .collect();
+        let mut straight = fresh();
+        for (offset, record) in records.iter().enumerate() {
+            straight.handle(offset as i64, written(at(20)), None, Some(record));
+        }
+        let expected = policy_totals(&straight.take_flush().updates);
+        assert!(!expected.is_empty());
+
+        let mut live = PartitionAggregator::restore(
+            "usage",
+            0,
+            &PolicySet::empty(),
+            PartitionSettings::default(),
+            None,
+            [],
+        )
+        .unwrap()
+        .0;
+        for (offset, record) in records.iter().enumerate().take(12) {
+            live.handle(offset as i64, written(at(20)), None, Some(record));
+        }
+        live.take_flush();
+        let request = live.reload(&policies()).unwrap().expect("a seed is needed");
+        assert_eq!(request.point.live_from, 12);
+        assert_eq!(request.kinds.len(), 3, "the three windowed policies");
+        for (offset, record) in records.iter().enumerate().skip(12) {
+            live.handle(offset as i64, written(at(20)), None, Some(record));
+        }
+        assert!(live.peek_policy_updates().is_empty(), "held: not published");
+        let waiting = live.take_flush();
+        assert!(
+            policy_totals(&waiting.updates).is_empty(),
+            "held: not written"
+        );
+        assert!(waiting.checkpoint.state.policy_definitions.is_empty());
+
+        // A restart from that checkpoint starts the definitions over at its next offset.
+        let (restarted, _) = PartitionAggregator::restore(
+            "usage",
+            0,
+            &policies(),
+            PartitionSettings::default(),
+            Some(waiting.checkpoint.clone()),
+            [],
+        )
+        .unwrap();
+        assert_eq!(restarted.backfills()[0].point.live_from, 20);
+
+        let mut builder = crate::backfill::SeedBuilder::new(
+            "usage",
+            &policies(),
+            PartitionSettings::default(),
+            &request,
+        )
+        .unwrap();
+        for (offset, record) in records.iter().enumerate().take(12) {
+            builder.handle(offset as i64, written(at(20)), None, Some(record));
+        }
+        let released = live.apply_seed(&builder.finish()).unwrap();
+        assert_eq!(released.len(), 3);
+        let seeded = live.take_flush();
+        assert_eq!(policy_totals(&seeded.updates), expected);
+        assert_eq!(seeded.checkpoint.state.policy_definitions.len(), 3);
+        assert!(seeded
+            .checkpoint
+            .state
+            .policy_definitions
+            .values()
+            .all(|&live_from| live_from == 12));
     }
 
     /// The heart of exactly-once: stopping anywhere, restoring from the checkpoint plus the totals

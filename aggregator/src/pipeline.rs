@@ -40,7 +40,7 @@ use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Str
 use rdkafka::message::BorrowedMessage;
 use rdkafka::types::RDKafkaRespErr;
 use rdkafka::{ClientContext, Message, Offset, TopicPartitionList};
-use tracing::{debug, info, warn};
+use tracing::{debug, error, info, warn};
 
 use crate::partition::{PartitionAggregator, PartitionFlush, PartitionSettings};
 use crate::sink::{Sink, SinkError};
@@ -92,6 +92,17 @@ pub mod metric {
     pub const PAUSED: &str = "aggregator_paused";
     /// Partitions owned.
     pub const PARTITIONS: &str = "aggregator_partitions";
+    /// Policy directory reloads, by `outcome`: `applied` (the set changed and loads), `failed`
+    /// (it does not load, or a window cannot be represented: the last good set stays).
+    pub const POLICY_RELOADS: &str = "aggregator_policy_reloads_total";
+    /// 1 while the policy directory does not load (the last good set is in force), else 0.
+    pub const POLICY_RELOAD_FAILING: &str = "aggregator_policy_reload_failing";
+    /// Backfills of new policy definitions, by `outcome` (`completed`, `failed`: retried).
+    pub const POLICY_BACKFILLS: &str = "aggregator_policy_backfills_total";
+    /// Backfills running (definitions counted but held back until seeded).
+    pub const POLICY_BACKFILLS_RUNNING: &str = "aggregator_policy_backfills_running";
+    /// Records re-read from the usage topic by backfills.
+    pub const POLICY_BACKFILL_RECORDS: &str = "aggregator_policy_backfill_records_total";
 }
 
 /// Statistics since start, readable by tests and benchmarks.
@@ -107,11 +118,16 @@ pub struct Stats {
     pub counted: std::sync::atomic::AtomicU64,
     /// Flush attempts that failed.
     pub flush_failures: std::sync::atomic::AtomicU64,
+    /// Policy reloads applied.
+    pub policy_reloads: std::sync::atomic::AtomicU64,
+    /// Policy reloads that failed (the last good set stayed).
+    pub policy_reload_failures: std::sync::atomic::AtomicU64,
 }
 
 /// A change of assignment seen by the rebalance callback, applied by the loop after `recv()`.
 enum AssignmentChange {
-    Assigned(Vec<PartitionAggregator>),
+    /// Restored with this policy set.
+    Assigned(Vec<PartitionAggregator>, Arc<PolicySet>),
     Revoked(Vec<i32>),
 }
 
@@ -119,7 +135,8 @@ enum AssignmentChange {
 pub struct AggregatorContext {
     topic: String,
     sink: Sink,
-    policies: Arc<PolicySet>,
+    /// The policy set in force (swapped by reloads): partitions are restored with it.
+    policies: Mutex<Arc<PolicySet>>,
     settings: PartitionSettings,
     changes: Mutex<Vec<AssignmentChange>>,
     fatal: Mutex<Option<String>>,
@@ -160,7 +177,8 @@ impl ConsumerContext for AggregatorContext {
             .collect();
         match err {
             RDKafkaRespErr::RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS => {
-                let restored = match self.restore_blocking(&partitions) {
+                let policies = Arc::clone(&lock(&self.policies));
+                let restored = match self.restore_blocking(&partitions, &policies) {
                     Ok(restored) => restored,
                     Err(error) => {
                         warn!(topic = %self.topic, %error, "cannot restore partitions; stopping");
@@ -181,7 +199,7 @@ impl ConsumerContext for AggregatorContext {
                     *lock(&self.fatal) = Some(format!("assign failed: {error}"));
                     return;
                 }
-                lock(&self.changes).push(AssignmentChange::Assigned(restored));
+                lock(&self.changes).push(AssignmentChange::Assigned(restored, policies));
             }
             RDKafkaRespErr::RD_KAFKA_RESP_ERR__REVOKE_PARTITIONS => {
                 info!(topic = %self.topic, ?partitions, "partitions revoked");
@@ -206,7 +224,7 @@ impl AggregatorContext {
         Self {
             topic: topic.to_owned(),
             sink,
-            policies,
+            policies: Mutex::new(policies),
             settings,
             changes: Mutex::new(Vec::new()),
             fatal: Mutex::new(None),
@@ -217,10 +235,14 @@ impl AggregatorContext {
     /// Restores `partitions` from ClickHouse on a thread of its own (the callback blocks the thread
     /// polling the consumer, which may be the caller runtime's only one). Retried for up to 60 s,
     /// well within `max.poll.interval.ms`.
-    fn restore_blocking(&self, partitions: &[i32]) -> Result<Vec<PartitionAggregator>, String> {
+    fn restore_blocking(
+        &self,
+        partitions: &[i32],
+        policies: &Arc<PolicySet>,
+    ) -> Result<Vec<PartitionAggregator>, String> {
         let sink = self.sink.clone();
         let topic = self.topic.clone();
-        let policies = Arc::clone(&self.policies);
+        let policies = Arc::clone(policies);
         let settings = self.settings.clone();
         let partitions = partitions.to_vec();
         std::thread::spawn(move || {
@@ -294,6 +316,7 @@ async fn restore(
             next_offset = aggregator.next_offset(),
             replay_from = aggregator.read_from(),
             restored_totals = count,
+            policy_definitions_to_seed = aggregator.seeding(),
             "partition assigned"
         );
         restored.push(aggregator);
@@ -320,6 +343,8 @@ pub struct AggregatorLoop {
     stats: Arc<Stats>,
     /// How often policy totals are published ahead of the flush; `None` = only at flushes.
     publish_interval: Option<Duration>,
+    /// Policy reloads; `None` = the policies are loaded once.
+    reload: Option<PolicyReload>,
 }
 
 impl AggregatorLoop {
@@ -349,6 +374,7 @@ impl AggregatorLoop {
             pause: Pause::default(),
             stats,
             publish_interval: None,
+            reload: None,
         }
     }
 
@@ -356,6 +382,12 @@ impl AggregatorLoop {
     /// while a failed flush is retried; 0 pauses at the first failure.
     pub fn with_read_ahead_while_failing(mut self, records: usize) -> Self {
         self.read_ahead_while_failing = records;
+        self
+    }
+
+    /// Reloads the policies as configured by `reload` (see [`PolicyReload`]).
+    pub fn with_policy_reload(mut self, reload: PolicyReload) -> Self {
+        self.reload = Some(reload);
         self
     }
 
@@ -403,6 +435,9 @@ impl AggregatorLoop {
             }
             Err(error) => Err(error),
         };
+        if let Some(reload) = &self.reload {
+            reload.backfiller.stop();
+        }
         self.workers.stop();
         result
     }
@@ -416,6 +451,12 @@ impl AggregatorLoop {
         let early = self.publish_interval;
         let mut publish_tick = tokio::time::interval(early.unwrap_or(Duration::from_secs(3600)));
         publish_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let reload_interval = self.reload.as_ref().and_then(|reload| reload.interval);
+        let mut reload_tick =
+            tokio::time::interval(reload_interval.unwrap_or(Duration::from_secs(3600)));
+        reload_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        reload_tick.tick().await;
+        let mut seeds = self.reload.as_mut().and_then(|reload| reload.seeds.take());
         loop {
             self.apply_assignment_changes().await?;
             let keep_going = tokio::select! {
@@ -442,6 +483,14 @@ impl AggregatorLoop {
                     self.publish_early().await?;
                     true
                 }
+                _ = reload_tick.tick(), if reload_interval.is_some() => {
+                    self.reload_policies().await?;
+                    true
+                }
+                Some(seed) = next_seed(&mut seeds) => {
+                    self.workers.seed(seed).await?;
+                    true
+                }
             };
             if !keep_going {
                 return Ok(());
@@ -457,8 +506,31 @@ impl AggregatorLoop {
         let changes = std::mem::take(&mut *lock(&context.changes));
         for change in changes {
             match change {
-                AssignmentChange::Assigned(assigned) => {
-                    for partition in assigned {
+                AssignmentChange::Assigned(assigned, restored_with) => {
+                    for mut partition in assigned {
+                        let mut requests = partition.backfills();
+                        let current = Arc::clone(&lock(&context.policies));
+                        if !Arc::ptr_eq(&current, &restored_with) {
+                            // A reload came between the restore and now.
+                            match partition.reload(&current) {
+                                Ok(request) => requests.extend(request),
+                                Err(error) => return Err(Error::Restore(error.to_string())),
+                            }
+                        }
+                        if let Some(reload) = &self.reload {
+                            for request in requests {
+                                let kinds = request.kinds.clone();
+                                let policies = if kinds
+                                    .iter()
+                                    .all(|kind| current.by_totals_scope_kind(kind).is_some())
+                                {
+                                    Arc::clone(&current)
+                                } else {
+                                    Arc::clone(&restored_with)
+                                };
+                                reload.backfiller.spawn(request, policies);
+                            }
+                        }
                         self.owned.insert(partition.partition(), None);
                         self.workers.assign(partition).await?;
                     }
@@ -477,6 +549,66 @@ impl AggregatorLoop {
                 self.owned.len() as u64,
                 std::sync::atomic::Ordering::Release,
             );
+        }
+        Ok(())
+    }
+
+    /// Loads the policy directory; when it changed and loads, switches every partition to it and
+    /// starts the backfills of the new definitions. A directory that does not load keeps the
+    /// last good set (logged, `aggregator_policy_reloads_total{outcome="failed"}`).
+    async fn reload_policies(&mut self) -> Result<(), Error> {
+        let Some(reload) = &mut self.reload else {
+            return Ok(());
+        };
+        let loaded = PolicySet::load_dir(&reload.dir)
+            .map_err(|errors| errors.to_string())
+            .and_then(|loaded| {
+                // The plan is checked here so that no partition can refuse it.
+                crate::scopes::ScopePlan::new(&loaded)
+                    .map(|_| loaded)
+                    .map_err(|error| error.to_string())
+            });
+        let loaded = match loaded {
+            Ok(loaded) => loaded,
+            Err(errors) => {
+                // Logged once per distinct failure (the directory is checked every interval).
+                if reload.failing.as_deref() != Some(errors.as_str()) {
+                    error!(errors = %errors, "policy reload failed; keeping the previous policies");
+                    reload.failing = Some(errors);
+                }
+                metrics::counter!(metric::POLICY_RELOADS, "outcome" => "failed").increment(1);
+                metrics::gauge!(metric::POLICY_RELOAD_FAILING).set(1.0);
+                self.stats
+                    .policy_reload_failures
+                    .fetch_add(1, std::sync::atomic::Ordering::Release);
+                return Ok(());
+            }
+        };
+        metrics::gauge!(metric::POLICY_RELOAD_FAILING).set(0.0);
+        if reload.failing.take().is_some() {
+            info!("the policy directory loads again");
+        }
+        if loaded.fingerprint() == reload.current.fingerprint() {
+            return Ok(());
+        }
+        let loaded = Arc::new(loaded);
+        reload.current = Arc::clone(&loaded);
+        *lock(&self.consumer.context().policies) = Arc::clone(&loaded);
+        let requests = self.workers.reload(Arc::clone(&loaded)).await?;
+        info!(
+            policies = loaded.len(),
+            fingerprint = loaded.fingerprint(),
+            backfills = requests.len(),
+            "policies reloaded"
+        );
+        metrics::counter!(metric::POLICY_RELOADS, "outcome" => "applied").increment(1);
+        self.stats
+            .policy_reloads
+            .fetch_add(1, std::sync::atomic::Ordering::Release);
+        if let Some(reload) = &self.reload {
+            for request in requests {
+                reload.backfiller.spawn(request, Arc::clone(&loaded));
+            }
         }
         Ok(())
     }
@@ -606,6 +738,32 @@ impl AggregatorLoop {
                 }
             }
         }
+    }
+}
+
+/// Policy reloads: where, how often, and the seeding of new definitions.
+pub struct PolicyReload {
+    /// The policy directory.
+    pub dir: std::path::PathBuf,
+    /// How often it is checked; `None` = never.
+    pub interval: Option<Duration>,
+    /// The set in force.
+    pub current: Arc<PolicySet>,
+    /// Runs the backfills of new definitions.
+    pub backfiller: crate::backfill::Backfiller,
+    /// Where the backfills' seeds arrive (taken by the loop).
+    pub seeds: Option<tokio::sync::mpsc::Receiver<crate::partition::Seed>>,
+    /// The errors of the directory while it does not load (logged once).
+    pub failing: Option<String>,
+}
+
+/// The next seed, or never when there is no receiver.
+async fn next_seed(
+    seeds: &mut Option<tokio::sync::mpsc::Receiver<crate::partition::Seed>>,
+) -> Option<crate::partition::Seed> {
+    match seeds {
+        Some(receiver) => receiver.recv().await,
+        None => std::future::pending().await,
     }
 }
 

@@ -7,7 +7,9 @@
 //!   the UTC minute, hour, day, ISO week and month windows ([`UTC_CALENDAR_KINDS`]).
 //!   `scope_kind` is the dimension name, `scope_key` the event's value.
 //! - **one compound scope per matching policy** that has a window: `scope_kind` is
-//!   `policy:<policy id>` (no dimension name contains `:`, so the two never collide) and
+//!   `policy:<policy id>@<definition>` ([`policy::Policy::totals_scope_kind`]: one per
+//!   definition of what the policy counts; no dimension name contains `:`, so the two never
+//!   collide) and
 //!   `scope_key` is [`policy::Policy::scope_key`]'s rendering (`team=search|model=gpt-4o`),
 //!   counted in the policy's own window (kind and time zone, or campaign).
 //!
@@ -165,7 +167,7 @@ pub struct EventScope<'e> {
 struct PolicyScope {
     /// The policy (matching and scope rendering).
     policy: Policy,
-    /// `policy:<id>`, the `scope_kind` of its totals.
+    /// `policy:<id>@<definition>`, the `scope_kind` of its totals.
     kind_name: Arc<str>,
 }
 
@@ -213,7 +215,7 @@ impl ScopePlan {
             specs.push(spec);
             windowed.push(PolicyScope {
                 policy: policy.clone(),
-                kind_name: Arc::from(format!("policy:{}", policy.id())),
+                kind_name: Arc::from(policy.totals_scope_kind()),
             });
         }
         Ok(ScopePlan {
@@ -238,7 +240,7 @@ impl ScopePlan {
         self.policies.len()
     }
 
-    /// The `scope_kind` text: the dimension name, or `policy:<id>`.
+    /// The `scope_kind` text: the dimension name, or `policy:<id>@<definition>`.
     pub fn kind_name(&self, kind: ScopeKind) -> &str {
         match kind {
             ScopeKind::Dimension(dimension) => dimension.name(),
@@ -246,7 +248,7 @@ impl ScopePlan {
         }
     }
 
-    /// The kind named `name` (a dimension name or `policy:<id>`) and its spec indices; `None`
+    /// The kind named `name` (a dimension name or `policy:<id>@<definition>`) and its spec indices; `None`
     /// for a name this plan does not have (e.g. a policy removed since a total was stored).
     pub fn kind_by_name(&self, name: &str) -> Option<(ScopeKind, Range<usize>)> {
         if let Some(dimension) = SingleDimension::ALL
@@ -363,6 +365,15 @@ pub(crate) mod tests {
   action: {kind: alert_only}
 "#;
 
+    /// The `scope_kind` of the test policy `id` (`policy:<id>@<definition>`).
+    pub(crate) fn kind(id: &str) -> String {
+        PolicySet::from_str("test.yaml", POLICIES)
+            .expect("policies load")
+            .get(id)
+            .expect("a test policy")
+            .totals_scope_kind()
+    }
+
     pub(crate) fn plan() -> ScopePlan {
         ScopePlan::new(&PolicySet::from_str("test.yaml", POLICIES).expect("policies load"))
             .expect("plan")
@@ -403,7 +414,7 @@ pub(crate) mod tests {
         assert_eq!(
             scopes[8],
             (
-                "policy:key-monthly-requests".to_owned(),
+                kind("key-monthly-requests"),
                 "api_key_id=key-1|user_id".to_owned(),
                 5..6
             )
@@ -411,7 +422,7 @@ pub(crate) mod tests {
         assert_eq!(
             scopes[9],
             (
-                "policy:team-model-daily-cost".to_owned(),
+                kind("team-model-daily-cost"),
                 "team=search|model=gpt-4o".to_owned(),
                 7..8
             )
@@ -439,8 +450,8 @@ pub(crate) mod tests {
                 "model",
                 "endpoint",
                 "modality",
-                "policy:key-monthly-requests",
-                "policy:staging-only",
+                kind("key-monthly-requests").as_str(),
+                kind("staging-only").as_str(),
             ]
         );
     }

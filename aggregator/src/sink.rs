@@ -368,7 +368,9 @@ impl Sink {
         let now = Utc::now();
         let mut records = Vec::with_capacity(updates.len());
         for update in updates {
-            if !self.publish_all_scopes && !update.scope_kind.starts_with("policy:") {
+            if !self.publish_all_scopes
+                && !update.scope_kind.starts_with(policy::TOTALS_SCOPE_PREFIX)
+            {
                 continue;
             }
             let total = window_total(update, &self.topic, partition, now);

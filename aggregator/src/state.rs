@@ -56,6 +56,12 @@ use std::collections::HashMap;
 /// The scope maps' hasher: foldhash's quality variant, seeded per process (keys come from event
 /// data, so not a fixed-seed hash), about three times cheaper than SipHash on short keys.
 type ScopeHasher = foldhash::quality::RandomState;
+
+/// The scopes of one kind.
+type ScopeMap = HashMap<Arc<str>, ScopeState, ScopeHasher>;
+
+/// Spec indices before the first policy's: the single-dimension UTC calendar kinds.
+const UTC_CALENDAR_KINDS_LEN: usize = crate::scopes::UTC_CALENDAR_KINDS.len();
 use std::mem::size_of;
 use std::sync::Arc;
 use std::time::Duration;
@@ -121,7 +127,7 @@ pub struct ApplyOutcome {
 /// One absolute total to write: a `window_totals` row, or a compacted-topic record.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TotalUpdate {
-    /// `scope_kind`: a dimension name or `policy:<id>`.
+    /// `scope_kind`: a dimension name or `policy:<id>@<definition>`.
     pub scope_kind: Arc<str>,
     /// `scope_key`: the dimension's value or the policy's rendered scope.
     pub scope_key: Arc<str>,
@@ -178,6 +184,8 @@ pub enum Restored {
     UnknownWindow,
     /// The window is closed: it takes no more events and need not be held.
     Closed,
+    /// The kind is held until its seed ([`TotalsState::hold`]): its rows are not this state's.
+    Held,
 }
 
 /// A scope's pending jobs as a checkpoint stores them ([`TotalsState::pending_jobs_snapshot`]).
@@ -320,6 +328,11 @@ pub struct TotalsState {
     scopes: Vec<HashMap<Arc<str>, ScopeState, ScopeHasher>>,
     /// `scope_kind` text per map, shared by every update.
     kind_names: Vec<Arc<str>>,
+    /// Per map: a policy definition whose totals are held back (not drained, not peeked) until
+    /// its seed of the events before it counted live is added ([`Self::hold`], [`Self::seed`]).
+    held: Vec<bool>,
+    /// Changed totals of policy definitions a reload removed, for the next drain.
+    retired: Vec<TotalUpdate>,
     /// Scopes with a dirty window, each once.
     dirty_scopes: Vec<(usize, Arc<str>)>,
     /// The highest watermark seen.
@@ -374,6 +387,8 @@ impl TotalsState {
                 .map(|_| HashMap::with_hasher(ScopeHasher::default()))
                 .collect(),
             kind_names,
+            held: vec![false; kind_count],
+            retired: Vec::new(),
             dirty_scopes: Vec::new(),
             watermark: None,
             closed_through: None,
@@ -606,7 +621,9 @@ impl TotalsState {
     pub fn peek_policy_updates(&mut self) -> Vec<TotalUpdate> {
         let mut updates = Vec::new();
         for (kind_index, key) in &self.dirty_scopes {
-            if !self.kind_names[*kind_index].starts_with("policy:") {
+            if !self.kind_names[*kind_index].starts_with(policy::TOTALS_SCOPE_PREFIX)
+                || self.held[*kind_index]
+            {
                 continue;
             }
             let Some(state) = self.scopes[*kind_index].get_mut(&**key) else {
@@ -628,8 +645,14 @@ impl TotalsState {
     }
 
     pub fn drain_dirty(&mut self) -> Vec<TotalUpdate> {
-        let mut updates = Vec::new();
-        for (kind_index, key) in self.dirty_scopes.drain(..) {
+        let mut updates = std::mem::take(&mut self.retired);
+        let mut still_held = Vec::new();
+        for (kind_index, key) in std::mem::take(&mut self.dirty_scopes) {
+            if self.held[kind_index] {
+                // Not written before its seed: a row is always the exact total up to its version.
+                still_held.push((kind_index, key));
+                continue;
+            }
             let Some(state) = self.scopes[kind_index].get_mut(&*key) else {
                 debug_assert!(false, "dirty scope {key} missing");
                 continue;
@@ -646,6 +669,7 @@ impl TotalsState {
                 updates.push(slot.update(&self.kind_names[kind_index], &key, oldest, untracked));
             }
         }
+        self.dirty_scopes = still_held;
         updates
     }
 
@@ -661,6 +685,9 @@ impl TotalsState {
         let Some((kind, spec_indices)) = self.plan.kind_by_name(total.scope_kind) else {
             return Restored::UnknownScope;
         };
+        if self.held[map_index(kind)] {
+            return Restored::Held;
+        }
         let specs = self.plan.specs();
         let Some(spec_index) = spec_indices.into_iter().find(|index| {
             let spec = &specs[*index];
@@ -701,6 +728,158 @@ impl TotalsState {
         }
         self.active_windows += created;
         Restored::Restored
+    }
+
+    /// The `scope_kind` of every windowed policy definition of the plan.
+    pub fn policy_kinds(&self) -> impl Iterator<Item = &Arc<str>> {
+        self.kind_names[SingleDimension::ALL.len()..].iter()
+    }
+
+    /// Holds back the totals of the policy definition `scope_kind` (they are counted, not
+    /// drained nor peeked) until [`Self::seed`]; `false` if the plan has no such kind.
+    pub fn hold(&mut self, scope_kind: &str) -> bool {
+        match self.plan.kind_by_name(scope_kind) {
+            Some((kind @ ScopeKind::Policy(_), _)) => {
+                self.held[map_index(kind)] = true;
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// Whether `scope_kind` is held back.
+    pub fn is_held(&self, scope_kind: &str) -> bool {
+        self.plan
+            .kind_by_name(scope_kind)
+            .is_some_and(|(kind, _)| self.held[map_index(kind)])
+    }
+
+    /// Adds `seed`, the totals of the held definition `scope_kind` over the events before it
+    /// counted live, to its totals (a total's version becomes the higher of the two: each seed
+    /// total is the exact total up to its version, and the live part only adds later events),
+    /// and releases the kind: its totals are drained and published from now on. All or nothing.
+    pub fn seed(&mut self, scope_kind: &str, seed: &[TotalUpdate]) -> Result<(), StateError> {
+        let Some((kind, spec_indices)) = self.plan.kind_by_name(scope_kind) else {
+            return Ok(());
+        };
+        let kind_index = map_index(kind);
+        let spec_index = spec_indices.start;
+        let mut bound = self.upper_bound;
+        for total in seed {
+            if let Some(existing) = self.scopes[kind_index]
+                .get(&*total.scope_key)
+                .and_then(|state| state.existing_slot(spec_index as u32, &total.window))
+            {
+                existing.measures.checked_sum(&total.measures)?;
+            }
+            bound = bound.and_then(|bound| bound.checked_sum(&bound_step(&total.measures)).ok());
+        }
+        self.upper_bound = bound;
+        let mut created = 0;
+        for total in seed {
+            debug_assert_eq!(&*total.scope_kind, scope_kind);
+            let state = self.scope_entry(kind_index, &total.scope_key);
+            let slot = state.slot(spec_index as u32, &total.window, &mut created);
+            slot.measures.add(&total.measures)?;
+            slot.version = slot.version.max(total.version);
+        }
+        self.active_windows += created;
+        self.held[kind_index] = false;
+        // Every total of the kind is due: the live ones were held back, the seeded ones are new.
+        let keys: Vec<Arc<str>> = self.scopes[kind_index].keys().cloned().collect();
+        for key in keys {
+            let state = self.scopes[kind_index]
+                .get_mut(&*key)
+                .expect("listed above");
+            let mut touched = false;
+            for slot in &mut state.windows {
+                if slot.version > 0 {
+                    slot.dirty = true;
+                    touched = true;
+                }
+            }
+            if touched && !state.dirty {
+                state.dirty = true;
+                self.dirty_scopes.push((kind_index, key));
+            }
+        }
+        Ok(())
+    }
+
+    /// Switches to the plan of `policies` (a reload): the single-dimension scopes and every
+    /// policy definition in both plans (same `scope_kind`, i.e. same id and definition) keep
+    /// their totals; definitions no longer there are dropped, their changed totals kept for the
+    /// next drain (not if held: those were never complete); new definitions start empty and
+    /// **held**. Returns the new definitions' kinds. On `Err` (a window the plan cannot
+    /// represent) nothing changed.
+    pub fn replan(&mut self, policies: &PolicySet) -> Result<Vec<Arc<str>>, StateError> {
+        let plan = ScopePlan::new(policies)?;
+        let dimensions = SingleDimension::ALL.len();
+        let names: Vec<Arc<str>> = (0..plan.policy_count())
+            .map(|index| Arc::from(plan.kind_name(ScopeKind::Policy(index))))
+            .collect();
+        // The old policy maps by kind, with whether they were held.
+        let mut old: HashMap<Arc<str>, (usize, ScopeMap, bool)> = HashMap::new();
+        let old_names = self.kind_names.split_off(dimensions);
+        let old_maps = self.scopes.split_off(dimensions);
+        let old_held = self.held.split_off(dimensions);
+        for (old_index, ((name, map), held)) in old_names
+            .into_iter()
+            .zip(old_maps)
+            .zip(old_held)
+            .enumerate()
+        {
+            old.insert(name, (dimensions + old_index, map, held));
+        }
+        let mut remap: HashMap<usize, usize> =
+            (0..dimensions).map(|index| (index, index)).collect();
+        let mut added = Vec::new();
+        for (index, name) in names.iter().enumerate() {
+            let new_index = dimensions + index;
+            let spec_index = (UTC_CALENDAR_KINDS_LEN + index) as u32;
+            match old.remove(name) {
+                Some((old_index, mut map, held)) => {
+                    for state in map.values_mut() {
+                        for slot in &mut state.windows {
+                            slot.spec_index = spec_index;
+                        }
+                    }
+                    remap.insert(old_index, new_index);
+                    self.scopes.push(map);
+                    self.held.push(held);
+                }
+                None => {
+                    self.scopes
+                        .push(HashMap::with_hasher(ScopeHasher::default()));
+                    self.held.push(true);
+                    added.push(Arc::clone(name));
+                }
+            }
+            self.kind_names.push(Arc::clone(name));
+        }
+        for (name, (_, map, held)) in old {
+            for state in map.values() {
+                self.active_windows -= state.windows.len();
+                if held {
+                    continue;
+                }
+                let untracked = state.pending_jobs.as_ref().map_or(0, |jobs| jobs.untracked);
+                for slot in state.windows.iter().filter(|slot| slot.dirty) {
+                    let oldest = state.oldest_pending_before(slot.window.end());
+                    self.retired
+                        .push(slot.update(&name, &state.key, oldest, untracked));
+                }
+            }
+        }
+        self.dirty_scopes = std::mem::take(&mut self.dirty_scopes)
+            .into_iter()
+            .filter_map(|(index, key)| remap.get(&index).map(|&index| (index, key)))
+            .collect();
+        self.caches = plan.specs().iter().cloned().map(WindowCache::new).collect();
+        self.watermark_windows = self.caches.clone();
+        self.event_windows = vec![None; self.caches.len()];
+        self.plan = plan;
+        Ok(added)
     }
 
     /// The scope `key` of map `kind_index`, created empty if missing.
@@ -899,7 +1078,7 @@ mod tests {
         assert_eq!(&*team_minute.scope_key, "search");
         let policy_day = find(
             &updates,
-            "policy:team-model-daily-cost",
+            &crate::scopes::tests::kind("team-model-daily-cost"),
             "day:2026-03-09@America/New_York",
         );
         assert_eq!(&*policy_day.scope_key, "team=search|model=gpt-4o");
@@ -1078,6 +1257,70 @@ mod tests {
         assert_eq!(day.pending_jobs_untracked, 1);
         // The third submission (12:02) was not tracked: the oldest tracked is 12:01.
         assert_eq!(day.oldest_pending_job_started_at, Some(at(12, 1, 0)));
+    }
+
+    /// Issue 13 point 3: a reload keeps the totals of unchanged definitions (whatever their new
+    /// position in the plan), hands the unwritten changes of removed ones to the next drain, and
+    /// holds new ones back until their seed is added.
+    #[test]
+    fn a_replan_keeps_unchanged_definitions_retires_removed_and_holds_new_ones() {
+        let mut state = state();
+        let event = text_event("e1", at(12, 0, 30));
+        state.apply(&event, 1).unwrap();
+        state.drain_dirty();
+        state.apply(&event, 2).unwrap();
+        let kept = crate::scopes::tests::kind("team-model-daily-cost");
+        let removed = crate::scopes::tests::kind("key-monthly-requests");
+        // "a-first" sorts before every other id: the kept policy moves in the plan.
+        let edited = POLICIES.replace(
+            "- id: key-monthly-requests",
+            "- id: a-first\n  owner: {team: platform, contact: p@example.com}\n  description: new\n  \
+             unit: requests\n  group_by: [team]\n  window: {kind: day}\n  hard_cap: 10\n  \
+             action: {kind: alert_only}\n- id: key-monthly-requests-renamed",
+        );
+        let policies = PolicySet::from_str("edited.yaml", &edited).unwrap();
+        let added = state.replan(&policies).unwrap();
+        let new_kind = policies.get("a-first").unwrap().totals_scope_kind();
+        assert!(added.iter().any(|kind| **kind == *new_kind));
+        assert!(state.is_held(&new_kind));
+        let updates = state.drain_dirty();
+        // The removed definition's unwritten change (version 2) is still drained, once.
+        assert_eq!(
+            find(&updates, &removed, "month:2026-03@UTC")
+                .measures
+                .requests,
+            2
+        );
+        state.apply(&event, 3).unwrap();
+        let updates = state.drain_dirty();
+        let day = find(&updates, &kept, "day:2026-03-09@America/New_York");
+        assert_eq!(
+            (day.measures.requests, day.version),
+            (3, 3),
+            "kept across the reload"
+        );
+        assert!(
+            updates.iter().all(|update| *update.scope_kind != *new_kind),
+            "held"
+        );
+        assert!(updates.iter().all(|update| *update.scope_kind != *removed));
+        let seed = TotalUpdate {
+            scope_kind: Arc::from(new_kind.as_str()),
+            scope_key: Arc::from("team=search"),
+            window: state.plan().specs()[5].window_of(at(12, 0, 30)).unwrap(),
+            measures: Measures::of_event(&event),
+            oldest_pending_job_started_at: None,
+            pending_jobs_untracked: 0,
+            version: 2,
+        };
+        state.seed(&new_kind, &[seed]).unwrap();
+        let updates = state.drain_dirty();
+        let seeded = find(&updates, &new_kind, "day:2026-03-09@UTC");
+        assert_eq!(
+            (seeded.measures.requests, seeded.version),
+            (2, 3),
+            "the seed (one event) plus the live event at version 3"
+        );
     }
 
     #[test]

@@ -17,7 +17,9 @@ use std::thread::JoinHandle;
 
 use tokio::sync::{mpsc, oneshot};
 
-use crate::partition::{Outcome, PartitionAggregator, PartitionFlush};
+use policy::PolicySet;
+
+use crate::partition::{BackfillRequest, Outcome, PartitionAggregator, PartitionFlush, Seed};
 use crate::pipeline::{metric, Stats};
 
 /// Batches (and commands) queued per worker.
@@ -62,6 +64,8 @@ enum Command {
     Peek(oneshot::Sender<Vec<(i32, Vec<crate::state::TotalUpdate>)>>),
     Flushed(Vec<i32>),
     Gauges(oneshot::Sender<Gauges>),
+    Reload(Arc<PolicySet>, oneshot::Sender<Vec<BackfillRequest>>),
+    Seed(Box<Seed>),
 }
 
 /// The worker threads.
@@ -192,6 +196,33 @@ impl Workers {
             send(&self.senders[worker], Command::Flushed(partitions)).await?;
         }
         Ok(())
+    }
+
+    /// Switches every partition to `policies` (after the records queued before); the seeds the
+    /// partitions need for the new definitions.
+    pub async fn reload(
+        &mut self,
+        policies: Arc<PolicySet>,
+    ) -> Result<Vec<BackfillRequest>, WorkerGone> {
+        self.send_all_pending().await?;
+        let mut replies = Vec::with_capacity(self.senders.len());
+        for sender in &self.senders {
+            let (reply, receiver) = oneshot::channel();
+            send(sender, Command::Reload(Arc::clone(&policies), reply)).await?;
+            replies.push(receiver);
+        }
+        let mut requests = Vec::new();
+        for receiver in replies {
+            requests.extend(receiver.await.map_err(|_| WorkerGone)?);
+        }
+        Ok(requests)
+    }
+
+    /// Hands a seed to its partition (after the records queued before).
+    pub async fn seed(&mut self, seed: Seed) -> Result<(), WorkerGone> {
+        let index = self.index(seed.partition);
+        self.send_pending(index).await?;
+        send(&self.senders[index], Command::Seed(Box::new(seed))).await
     }
 
     /// The state's size over all workers.
@@ -334,6 +365,44 @@ fn work(mut receiver: mpsc::Receiver<Command>, stats: Arc<Stats>) {
                 for partition in flushed {
                     if let Some(partition) = partitions.get_mut(&partition) {
                         partition.flushed();
+                    }
+                }
+            }
+            Command::Reload(policies, reply) => {
+                let mut requests = Vec::new();
+                for partition in partitions.values_mut() {
+                    match partition.reload(&policies) {
+                        Ok(request) => requests.extend(request),
+                        // The loop checked the plan before sending it: not reached.
+                        Err(error) => tracing::error!(
+                            partition = partition.partition(),
+                            %error,
+                            "policy reload not applied to the partition"
+                        ),
+                    }
+                }
+                let _ = reply.send(requests);
+            }
+            Command::Seed(seed) => {
+                let Some(partition) = partitions.get_mut(&seed.partition) else {
+                    continue; // revoked since: its new owner seeds it again
+                };
+                match partition.apply_seed(&seed) {
+                    Ok(released) if !released.is_empty() => tracing::info!(
+                        partition = seed.partition,
+                        live_from = seed.live_from,
+                        ?released,
+                        "policy definitions seeded; their totals are published from now on"
+                    ),
+                    Ok(_) => {}
+                    Err(error) => {
+                        metrics::counter!(metric::POLICY_BACKFILLS, "outcome" => "failed")
+                            .increment(1);
+                        tracing::error!(
+                            partition = seed.partition,
+                            %error,
+                            "a policy seed does not fit the totals; the definitions stay held"
+                        );
                     }
                 }
             }

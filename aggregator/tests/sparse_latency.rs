@@ -152,7 +152,9 @@ fn wait_for_key(consumer: &BaseConsumer, api_key_id: &str, deadline: Duration) -
             continue;
         };
         let total: schemas::WindowTotal = schemas::decode(payload).unwrap();
-        if total.scope_kind == "policy:probe-daily" && total.scope_key.contains(api_key_id) {
+        if total.scope_kind.starts_with("policy:probe-daily@")
+            && total.scope_key.contains(api_key_id)
+        {
             return Some(Instant::now());
         }
     }

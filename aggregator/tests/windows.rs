@@ -56,9 +56,11 @@ async fn windows_of(
         .query(
             "SELECT window_kind, window_tz, toString(window_start) AS start, \
              toString(window_end) AS end, requests, late_events FROM window_totals_current \
-             WHERE scope_kind = ? AND scope_key = ?",
+             WHERE (scope_kind = ? OR startsWith(scope_kind, ?)) AND scope_key = ?",
         )
         .bind(kind)
+        // A policy's totals are `policy:<id>@<definition>`.
+        .bind(format!("{kind}@"))
         .bind(key)
         .fetch_all::<WindowRow>()
         .await

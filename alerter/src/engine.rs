@@ -53,8 +53,9 @@ use crate::evaluate::unit_amount;
 use crate::notify::{IncidentKind, Notice, NoticeKind, NoticeWindow, Owner};
 use crate::totals::{Applied, TotalsView, WindowKey};
 
-/// Prefix of the `scope_kind` of a policy's own totals (`policy:<id>`).
-pub const POLICY_SCOPE_PREFIX: &str = "policy:";
+/// Prefix of the `scope_kind` of a policy's own totals (`policy:<id>@<definition>`, see
+/// [`PolicySet::by_totals_scope_kind`]).
+pub const POLICY_SCOPE_PREFIX: &str = policy::TOTALS_SCOPE_PREFIX;
 
 /// Something the service must do.
 // `Decide` is the largest and the most frequent effect: boxing it would add an allocation per
@@ -515,11 +516,8 @@ impl Engine {
     /// Anomalies of the current total of a policy scope with an `anomaly` section; each
     /// (policy, scope, metric) once per window.
     fn detect_anomalies(&mut self, key: &WindowKey, now: DateTime<Utc>) -> Vec<Effect> {
-        let Some(policy_id) = key.scope_kind.strip_prefix(POLICY_SCOPE_PREFIX) else {
-            return Vec::new();
-        };
         let policies = Arc::clone(&self.policies);
-        let Some(policy) = policies.get(policy_id) else {
+        let Some(policy) = policies.by_totals_scope_kind(&key.scope_kind) else {
             return Vec::new();
         };
         if policy.record().anomaly.is_none() {
@@ -564,12 +562,10 @@ impl Engine {
 
     /// Notes the model of a policy total when the policy has model rules; true if new.
     fn observe_model(&mut self, key: &WindowKey) -> bool {
-        let Some(policy_id) = key.scope_kind.strip_prefix(POLICY_SCOPE_PREFIX) else {
+        let Some(policy) = self.policies.by_totals_scope_kind(&key.scope_kind) else {
             return false;
         };
-        let Some(policy) = self.policies.get(policy_id) else {
-            return false;
-        };
+        let policy_id = policy.id();
         if policy.record().model_rules.is_none() {
             return false;
         }
@@ -871,11 +867,16 @@ impl Engine {
         scope: &BTreeMap<String, String>,
         now: DateTime<Utc>,
     ) -> Vec<Effect> {
-        let scope_kind = format!("{POLICY_SCOPE_PREFIX}{policy_id}");
+        let policies = Arc::clone(&self.policies);
         let keys: Vec<WindowKey> = self
             .totals
             .keys()
-            .filter(|key| key.scope_kind == scope_kind && group_scope(key) == *scope)
+            .filter(|key| {
+                policies
+                    .by_totals_scope_kind(&key.scope_kind)
+                    .is_some_and(|policy| policy.id() == policy_id)
+                    && group_scope(key) == *scope
+            })
             .cloned()
             .collect();
         keys.iter()
@@ -883,13 +884,12 @@ impl Engine {
             .collect()
     }
 
-    /// Evaluates the policy of a `policy:<id>` total of a current window.
+    /// Evaluates the policy of a `policy:<id>@<definition>` total of a current window.
     fn evaluate_key(&mut self, key: &WindowKey, now: DateTime<Utc>) -> Vec<Effect> {
-        let Some(policy_id) = key.scope_kind.strip_prefix(POLICY_SCOPE_PREFIX) else {
-            return Vec::new();
-        };
         let policies = Arc::clone(&self.policies);
-        let Some(policy) = policies.get(policy_id) else {
+        // Only totals of the policy's current definition (`policy:<id>@<definition>`): those of
+        // an earlier selector, group_by, unit or window count something else.
+        let Some(policy) = policies.by_totals_scope_kind(&key.scope_kind) else {
             return Vec::new();
         };
         let Some(total) = self.totals.total(key) else {
@@ -1592,4 +1592,57 @@ pub fn render_scope(scope: &BTreeMap<String, String>) -> String {
 fn alert_id(dedup_key: &str) -> String {
     use sha2::{Digest, Sha256};
     hex::encode(&Sha256::digest(dedup_key.as_bytes())[..16])
+}
+
+#[cfg(test)]
+mod definition_tests {
+    use super::*;
+    use chrono::TimeZone;
+
+    fn policies(selector: &str) -> Arc<PolicySet> {
+        let text = format!(
+            r#"
+id: search-daily
+owner: {{team: search, contact: s@example.com}}
+description: cost per team per day
+unit: cost_usd
+{selector}
+group_by: [team]
+window: {{kind: day}}
+hard_cap: 100
+action: {{kind: block}}
+"#
+        );
+        Arc::new(PolicySet::from_str("p.yaml", &text).unwrap())
+    }
+
+    fn over_cap(scope_kind: &str) -> WindowTotal {
+        let start = Utc.with_ymd_and_hms(2026, 3, 9, 0, 0, 0).unwrap();
+        WindowTotal {
+            cost_usd: Decimal::from(150),
+            ..schemas::fixtures::empty_day_total(scope_kind, "team=search", start)
+        }
+    }
+
+    fn blocks(effects: &[Effect]) -> usize {
+        effects
+            .iter()
+            .filter(|effect| matches!(effect, Effect::Decide(_)))
+            .count()
+    }
+
+    /// Issue 13 point 3: after an edit of what a policy counts, totals of the old definition are
+    /// not evaluated; only those of the current one are.
+    #[test]
+    fn only_totals_of_the_current_definition_are_evaluated() {
+        let old = policies("");
+        let current = policies("selector: {provider: openai}");
+        let old_kind = old.get("search-daily").unwrap().totals_scope_kind();
+        let current_kind = current.get("search-daily").unwrap().totals_scope_kind();
+        assert_ne!(old_kind, current_kind);
+        let now = Utc.with_ymd_and_hms(2026, 3, 9, 12, 0, 0).unwrap();
+        let mut engine = Engine::new(current);
+        assert_eq!(blocks(&engine.on_total(over_cap(&old_kind), now)), 0);
+        assert_eq!(blocks(&engine.on_total(over_cap(&current_kind), now)), 1);
+    }
 }

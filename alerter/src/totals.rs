@@ -20,7 +20,7 @@ use schemas::WindowTotal;
 /// A (scope, window): what a policy compares with its limit.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct WindowKey {
-    /// `team`, `api_key_id`, …, or `policy:<id>`.
+    /// `team`, `api_key_id`, …, or `policy:<id>@<definition>` (see `PolicySet::by_totals_scope_kind`).
     pub scope_kind: String,
     /// The scope's value or rendered policy scope.
     pub scope_key: String,

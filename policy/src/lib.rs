@@ -50,7 +50,9 @@ pub use dimension::{Dimension, EventDims, UnknownDimension};
 pub use error::{LoadError, LoadErrors};
 pub use glob::{Glob, GlobError};
 pub use load::{check_dir, PolicySet, Report};
-pub use policy::{Campaign, ModelFacts, ModelIssue, ModelVerdict, Policy, Window};
+pub use policy::{
+    Campaign, ModelFacts, ModelIssue, ModelVerdict, Policy, Window, TOTALS_SCOPE_PREFIX,
+};
 pub use record::{
     Action, ActionKind, Anomaly, ApprovalRule, CampaignRecord, Duration, Instant, ModelRules,
     Notify, Owner, PolicyRecord, RetryPolicy, Review, ReviewCadence, Route, RuleAction, TimeZone,

@@ -75,6 +75,21 @@ impl PolicySet {
         &self.fingerprint
     }
 
+    /// The policy whose current definition a totals `scope_kind` names: `policy:<id>@<definition>`
+    /// (see [`Policy::totals_scope_kind`]) when `<definition>` is the policy's current one, or
+    /// `policy:<id>` (totals of a release before definitions, still written by aggregators not
+    /// yet upgraded; evaluated as the current definition). `None` for another kind, an unknown
+    /// policy, or totals of an earlier definition (they count something else: never evaluated).
+    pub fn by_totals_scope_kind(&self, scope_kind: &str) -> Option<&Policy> {
+        let named = scope_kind.strip_prefix(crate::policy::TOTALS_SCOPE_PREFIX)?;
+        match named.split_once('@') {
+            Some((id, definition)) => self
+                .get(id)
+                .filter(|policy| policy.definition() == definition),
+            None => self.get(named),
+        }
+    }
+
     /// The policies, sorted by id.
     pub fn policies(&self) -> &[Policy] {
         &self.policies
@@ -343,13 +358,17 @@ fn fingerprint_of(policies: &[Policy]) -> String {
     let records: Vec<&PolicyRecord> = policies.iter().map(Policy::record).collect();
     let normalized =
         serde_json::to_string(&records).expect("policy records serialize to JSON infallibly");
-    // FNV-1a, 64 bits: stable across Rust versions and platforms (unlike `DefaultHasher`).
+    format!("fnv1a64:{:016x}", fnv1a64(normalized.as_bytes()))
+}
+
+/// FNV-1a, 64 bits: stable across Rust versions and platforms (unlike `DefaultHasher`).
+pub(crate) fn fnv1a64(bytes: &[u8]) -> u64 {
     let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
-    for byte in normalized.bytes() {
-        hash ^= u64::from(byte);
+    for byte in bytes {
+        hash ^= u64::from(*byte);
         hash = hash.wrapping_mul(0x0100_0000_01b3);
     }
-    format!("fnv1a64:{hash:016x}")
+    hash
 }
 
 /// The result of checking a policy directory: what `policy check` prints.

@@ -16,11 +16,16 @@ use schemas::Severity;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+/// Prefix of the `scope_kind` of a policy's own window totals (`policy:<id>@<definition>`).
+pub const TOTALS_SCOPE_PREFIX: &str = "policy:";
+
 /// A loaded, validated policy.
 #[derive(Debug, Clone)]
 pub struct Policy {
     /// The id, shared with every [`ScopeKey`] of the policy.
     pub(crate) id: Arc<str>,
+    /// See [`Policy::definition`].
+    pub(crate) definition: Arc<str>,
     /// The record as loaded (defaults filled in, amounts exact and normalized).
     pub(crate) record: PolicyRecord,
     /// Where the policy was defined.
@@ -144,6 +149,20 @@ impl Policy {
     /// The policy id.
     pub fn id(&self) -> &str {
         &self.id
+    }
+
+    /// A fingerprint of **what the policy counts**: its selector (`environment`, `route`,
+    /// `selector`), `group_by`, `unit` and `window`, normalized (defaults filled in, keys sorted)
+    /// and hashed (FNV-1a 64, the first 8 hex digits). Thresholds, owners, actions and the rest
+    /// do not change it. Totals are kept per definition (see [`Policy::totals_scope_kind`]), so a
+    /// change of what is counted starts new totals instead of adding to the old ones.
+    pub fn definition(&self) -> &str {
+        &self.definition
+    }
+
+    /// The `scope_kind` of this definition's window totals: `policy:<id>@<definition>`.
+    pub fn totals_scope_kind(&self) -> String {
+        format!("{TOTALS_SCOPE_PREFIX}{}@{}", self.id, self.definition)
     }
 
     /// The record as loaded: every field, defaults filled in.
@@ -297,5 +316,64 @@ impl Policy {
             .as_ref()
             .and_then(|notify| notify.pagerduty_service.as_deref())
             .or(self.record.owner.pagerduty_service.as_deref())
+    }
+}
+
+/// [`Policy::definition`] of a record.
+pub(crate) fn definition_of(record: &PolicyRecord) -> Arc<str> {
+    let counted = serde_json::json!({
+        "environment": record.environment,
+        "route": record.route,
+        "selector": record.selector,
+        "group_by": record.group_by,
+        "unit": record.unit,
+        "window": record.window,
+    });
+    let normalized = serde_json::to_string(&counted).expect("policy records serialize to JSON");
+    let hash = crate::load::fnv1a64(normalized.as_bytes());
+    Arc::from(format!("{:08x}", hash >> 32))
+}
+
+#[cfg(test)]
+mod definition_tests {
+    use crate::PolicySet;
+
+    fn policy(selector: &str, hard_cap: &str) -> String {
+        format!(
+            r#"
+id: daily
+owner: {{team: platform, contact: p@example.com}}
+description: cost per team per day
+unit: cost_usd
+selector: {{team: {selector}}}
+group_by: [team]
+window: {{kind: day}}
+hard_cap: {hard_cap}
+action: {{kind: alert_only}}
+"#
+        )
+    }
+
+    fn definition(text: &str) -> String {
+        let set = PolicySet::from_str("p.yaml", text).unwrap();
+        set.get("daily").unwrap().definition().to_owned()
+    }
+
+    #[test]
+    fn the_definition_follows_what_is_counted_not_thresholds() {
+        let base = definition(&policy("search", "100"));
+        assert_eq!(base.len(), 8);
+        assert_eq!(base, definition(&policy("search", "250.00")));
+        assert_ne!(base, definition(&policy("ads", "100")));
+        let set = PolicySet::from_str("p.yaml", &policy("search", "100")).unwrap();
+        let kind = format!("policy:daily@{base}");
+        assert_eq!(set.get("daily").unwrap().totals_scope_kind(), kind);
+        assert!(set.by_totals_scope_kind(&kind).is_some());
+        assert!(set.by_totals_scope_kind("policy:daily@00000000").is_none());
+        assert!(
+            set.by_totals_scope_kind("policy:daily").is_some(),
+            "totals of the previous release"
+        );
+        assert!(set.by_totals_scope_kind("team").is_none());
     }
 }

@@ -53,6 +53,7 @@ pub(crate) fn compile(record: PolicyRecord, at: &Locator<'_>) -> Result<Policy, 
     }
     Ok(Policy {
         id: Arc::from(record.id.as_str()),
+        definition: crate::policy::definition_of(&record),
         file: at.file.to_path_buf(),
         position: at.map.locate(at.block, &[]),
         record,

@@ -167,15 +167,13 @@ pub async fn status(
         .await?;
     let mut statuses = Vec::new();
     for row in rows {
-        let Some(policy_id) = row.scope_kind.strip_prefix("policy:") else {
+        // Only totals of each policy's current definition (`policy:<id>@<definition>`).
+        let Some(policy) = policies.by_totals_scope_kind(&row.scope_kind) else {
             continue;
         };
-        if policy_filter.is_some_and(|wanted| wanted != policy_id) {
+        if policy_filter.is_some_and(|wanted| wanted != policy.id()) {
             continue;
         }
-        let Some(policy) = policies.get(policy_id) else {
-            continue;
-        };
         let amount = row.measures()?.unit_amount(policy.unit());
         let cap = policy.hard_cap();
         let (window_start, window_end) = (instant(row.window_start), instant(row.window_end));
@@ -205,7 +203,7 @@ pub async fn status(
             &policy::ScopeKey::absent_of(&row.scope_key),
         );
         statuses.push(ScopeStatus {
-            policy_id: policy_id.to_owned(),
+            policy_id: policy.id().to_owned(),
             scope,
             unit: policy.unit().to_string(),
             window: row.window_kind.clone(),
