@@ -504,7 +504,7 @@ impl TotalsState {
         let next_bound = match self.upper_bound.map(|bound| bound.checked_sum(&step)) {
             Some(Ok(bound)) => Some(bound),
             _ => {
-                self.check_fits(event, &step)?;
+                self.check_fits(event, &step, refused)?;
                 None
             }
         };
@@ -664,11 +664,16 @@ impl TotalsState {
 
     /// The slow path of [`Self::apply`]: checks, without changing anything, that every total
     /// the event touches can take `step` (a superset of what it adds).
-    fn check_fits(&self, event: &UsageEvent, step: &Measures) -> Result<(), StateError> {
+    fn check_fits(
+        &self,
+        event: &UsageEvent,
+        step: &Measures,
+        refused: bool,
+    ) -> Result<(), StateError> {
         Measures::ZERO.checked_sum(step)?;
         for scope in self.plan.scopes_of(event) {
             let kind_index = map_index(scope.kind);
-            let admission = self.landing_window(self.admission_specs[kind_index], false);
+            let admission = self.landing_window(self.admission_specs[kind_index], refused);
             let key = match self.route(kind_index, scope.key.as_str(), admission.as_ref()) {
                 Route::Own { .. } => scope.key.as_str(),
                 Route::Overflow => &*self.overflow_keys[kind_index],
@@ -960,7 +965,9 @@ impl TotalsState {
             + self.event_windows.capacity() * size_of::<Option<Window>>()
             + self.watermark_windows.capacity() * size_of::<WindowCache>()
             + self.dirty_scopes.capacity() * size_of::<(usize, Arc<str>)>()
-            + self.scopes.capacity() * size_of::<HashMap<Arc<str>, ScopeState, ScopeHasher>>();
+            + self.scopes.capacity() * size_of::<HashMap<Arc<str>, ScopeState, ScopeHasher>>()
+            + self.admitted.capacity()
+                * (size_of::<((usize, DateTime<Utc>), (DateTime<Utc>, usize))>() + 1);
         for map in &self.scopes {
             bytes += map.capacity() * (size_of::<(Arc<str>, ScopeState)>() + 1);
             for (key, state) in map {

@@ -219,6 +219,28 @@ mod tests {
         assert_eq!(ScopeKey::decode("a=%zz"), None);
     }
 
+    /// Issue 13 point 7: the overflow bucket sets every `group_by` dimension to
+    /// [`OVERFLOW_VALUE`], and only such renderings are overflow buckets.
+    #[test]
+    fn overflow_buckets_render_every_dimension_as_the_overflow_value() {
+        let key = ScopeKey::overflow(Arc::from("p"), ["team", "user_id"]);
+        assert_eq!(key.as_str(), "team=__overflow__|user_id=__overflow__");
+        assert!(ScopeKey::is_overflow(key.as_str()));
+        assert!(ScopeKey::is_overflow(OVERFLOW_VALUE));
+        assert_eq!(
+            ScopeKey::overflow(Arc::from("p"), []).as_str(),
+            GLOBAL_SCOPE
+        );
+        for plain in [
+            "team=search|user_id=u1",
+            "user_id",
+            "*",
+            "user_id=__overflow__x",
+        ] {
+            assert!(!ScopeKey::is_overflow(plain), "{plain}");
+        }
+    }
+
     /// Values drawn to hit the separators and escapes.
     fn value() -> impl Strategy<Value = Option<String>> {
         proptest::option::of("[a|=%7CD2 5é]{0,6}")
