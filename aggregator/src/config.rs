@@ -107,6 +107,15 @@ pub struct AggregateConfig {
     pub dedup_partitions_changed_at: Option<chrono::DateTime<chrono::Utc>>,
     /// Pending asynchronous jobs tracked per scope.
     pub pending_jobs_per_scope: usize,
+    /// Issue 13 point 7: distinct values with their own totals per scope kind, partition and
+    /// window (the UTC month for a dimension, the policy's window for a policy); the events of
+    /// further values are counted under the kind's overflow bucket `__overflow__` (still capped
+    /// by policies, `aggregator_scope_overflows_total`, and an alert from the alerter). Bounds
+    /// the memory one kind can take whatever the number of distinct `user_id`s. 0: no limit.
+    pub max_scopes_per_kind: usize,
+    /// Per-kind overrides of `max_scopes_per_kind`, by `scope_kind`: a dimension name
+    /// (`user_id`, `api_key_id`, …) or `policy:<id>`.
+    pub max_scopes_by_kind: std::collections::BTreeMap<String, usize>,
     /// Publish totals on `kafka.topics.totals` (the alerter follows it).
     pub publish_totals: bool,
     /// Which totals are published: `policies` (the `policy:<id>@<definition>` scopes, all the alerter
@@ -136,6 +145,8 @@ impl Default for AggregateConfig {
             dedup_max_ids: partition.dedup_max_ids,
             dedup_partitions_changed_at: partition.partitions_changed_at,
             pending_jobs_per_scope: partition.totals.pending_jobs_per_scope,
+            max_scopes_per_kind: partition.totals.max_scopes_per_kind,
+            max_scopes_by_kind: std::collections::BTreeMap::new(),
             publish_totals: true,
             publish_scopes: PublishScopes::Policies,
             publish_interval_ms: 20,
@@ -184,6 +195,8 @@ impl AggregateConfig {
             totals: TotalsConfig {
                 lateness: LatenessPolicy::new(Duration::from_secs(self.allowed_lateness_secs)),
                 pending_jobs_per_scope: self.pending_jobs_per_scope,
+                max_scopes_per_kind: self.max_scopes_per_kind,
+                max_scopes_by_kind: std::sync::Arc::new(self.max_scopes_by_kind.clone()),
                 ..defaults
             },
             dedup_horizon: Duration::from_secs(self.dedup_horizon_secs),

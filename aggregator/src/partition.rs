@@ -278,7 +278,7 @@ impl PartitionAggregator {
         checkpoint: Option<Checkpoint>,
         totals: impl IntoIterator<Item = StoredTotal<'a>>,
     ) -> Result<(PartitionAggregator, usize), StateError> {
-        let mut state = TotalsState::new(policies, settings.totals)?;
+        let mut state = TotalsState::new(policies, settings.totals.clone())?;
         let mut dedup = Dedup::new(settings.dedup_horizon, settings.dedup_max_ids);
         let (next_offset, replay_from) = match &checkpoint {
             Some(checkpoint) => {
@@ -477,6 +477,11 @@ impl PartitionAggregator {
     /// How far behind the watermark copies are still recognized (`None` before any event).
     pub fn dedup_effective_horizon(&self) -> Option<TimeDelta> {
         self.dedup.effective_horizon()
+    }
+
+    /// Scopes counted under an overflow bucket since the last call (issue 13 point 7).
+    pub fn take_scopes_overflowed(&mut self) -> u64 {
+        self.state.take_scopes_overflowed()
     }
 
     /// Ids the `dedup_max_ids` cap forced out before the horizon since the last call.

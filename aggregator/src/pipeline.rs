@@ -88,6 +88,9 @@ pub mod metric {
     pub const DEDUP_HORIZON_SECONDS: &str = "aggregator_dedup_horizon_seconds";
     /// Ids the `dedup_max_ids` cap forced out of a duplicate filter before the horizon.
     pub const DEDUP_EVICTED_EARLY: &str = "aggregator_dedup_evicted_early_total";
+    /// Issue 13 point 7: scopes of events counted under an overflow bucket (a kind's
+    /// `max_scopes_per_kind` was reached in a window).
+    pub const SCOPE_OVERFLOWS: &str = "aggregator_scope_overflows_total";
     /// 1 while reading is paused because a flush is being retried.
     pub const PAUSED: &str = "aggregator_paused";
     /// Partitions owned.

@@ -248,7 +248,32 @@ impl ScopePlan {
         }
     }
 
-    /// The kind named `name` (a dimension name or `policy:<id>@<definition>`) and its spec indices; `None`
+    /// Issue 13 point 7: the spec whose window decides whether a value of `kind` has its own
+    /// totals (the cardinality limit counts distinct values per window of this spec): the UTC
+    /// month for a single dimension (the longest of its windows, so a value admitted keeps its
+    /// own totals in every shorter window of the month), the policy's own window for a policy.
+    pub fn admission_spec(&self, kind: ScopeKind) -> usize {
+        match kind {
+            ScopeKind::Dimension(_) => UTC_CALENDAR_KINDS.len() - 1,
+            ScopeKind::Policy(index) => UTC_CALENDAR_KINDS.len() + index,
+        }
+    }
+
+    /// The `scope_key` of `kind`'s overflow bucket ([`policy::OVERFLOW_VALUE`]): the bare value
+    /// for a dimension, every `group_by` dimension set to it for a policy.
+    pub fn overflow_key(&self, kind: ScopeKind) -> String {
+        match kind {
+            ScopeKind::Dimension(_) => policy::OVERFLOW_VALUE.to_owned(),
+            ScopeKind::Policy(index) => self.policies[index]
+                .policy
+                .overflow_scope_key()
+                .as_str()
+                .to_owned(),
+        }
+    }
+
+    /// The kind named `name` (a dimension name or `policy:<id>@<definition>`) and its spec
+    /// indices; `None`
     /// for a name this plan does not have (e.g. a policy removed since a total was stored).
     pub fn kind_by_name(&self, name: &str) -> Option<(ScopeKind, Range<usize>)> {
         if let Some(dimension) = SingleDimension::ALL

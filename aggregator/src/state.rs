@@ -36,6 +36,17 @@
 //!   [`TotalsConfig::pending_job_max_age`] of watermark. Submissions beyond the cap are not
 //!   tracked and counted in [`TotalUpdate::pending_jobs_untracked`]: while it is non-zero the
 //!   oldest start may be later than the truth.
+//! - **Distinct values per scope kind** (issue 13 point 7): per scope kind and window of its
+//!   admission spec ([`ScopePlan::admission_spec`]: the UTC month for a dimension, the policy's
+//!   window for a policy), the first [`TotalsConfig::max_scopes_per_kind`] distinct values in
+//!   the order events are applied get their own totals; the events of any further value are
+//!   counted under the kind's **overflow bucket** ([`ScopePlan::overflow_key`],
+//!   `__overflow__`), a scope like any other (written, published, capped by policies), and
+//!   reported in [`ApplyOutcome::scopes_overflowed`]. So a kind holds at most
+//!   `limit × open admission windows + 1` scopes (two months open at a month's turn) whatever
+//!   the number of distinct `user_id`s. Deterministic like everything else: which values are
+//!   admitted depends only on the sequence applied, and a restored state recounts the admitted
+//!   values from the restored totals of the admission window (every admitted value has one).
 //! - Memory: [`TotalsState::approximate_bytes`]; about 0.4 KiB per active (scope, window) key
 //!   (unit test and `benches/state.rs`).
 //!
@@ -51,7 +62,7 @@
 //! ([`crate::scopes`]). A new scope allocates its key (`Arc<str>`) and window vector; a new
 //! window may grow that vector; a `submitted` job event allocates its id once.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 
 /// The scope maps' hasher: foldhash's quality variant, seeded per process (keys come from event
 /// data, so not a fixed-seed hash), about three times cheaper than SipHash on short keys.
@@ -75,7 +86,7 @@ use crate::measures::{MeasureError, Measures};
 use crate::scopes::{PolicyWindowError, ScopeKind, ScopePlan, SingleDimension};
 
 /// Lateness and the bounds of the state that are not set by the watermark.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TotalsConfig {
     /// How long after its end (on the watermark) a window still takes events.
     pub lateness: LatenessPolicy,
@@ -85,6 +96,12 @@ pub struct TotalsConfig {
     /// A job pending this long (on the watermark) is dropped from the index: its finishing event
     /// was lost or it will never come. Seven days exceeds any provider's async job lifetime.
     pub pending_job_max_age: Duration,
+    /// Issue 13 point 7: distinct values with their own totals per scope kind and admission
+    /// window (see the module docs); further values go to the overflow bucket. 0: no limit.
+    pub max_scopes_per_kind: usize,
+    /// Per-kind overrides of `max_scopes_per_kind`, by `scope_kind` (`user_id`,
+    /// `policy:<id>`).
+    pub max_scopes_by_kind: Arc<BTreeMap<String, usize>>,
 }
 
 impl Default for TotalsConfig {
@@ -93,9 +110,16 @@ impl Default for TotalsConfig {
             lateness: LatenessPolicy::new(Duration::from_secs(DEFAULT_ALLOWED_LATENESS_SECS)),
             pending_jobs_per_scope: 64,
             pending_job_max_age: Duration::from_secs(7 * 24 * 3600),
+            max_scopes_per_kind: DEFAULT_MAX_SCOPES_PER_KIND,
+            max_scopes_by_kind: Arc::default(),
         }
     }
 }
+
+/// Default distinct values per scope kind, partition and admission window: 100 000 `user_id`s a
+/// month per partition is about 40 MiB of totals per kind at the month's turn, and more distinct
+/// values than that in one partition is a sign of ids minted per request.
+pub const DEFAULT_MAX_SCOPES_PER_KIND: usize = 100_000;
 
 /// Default allowed lateness: ten minutes covers gateway buffering and retried deliveries, and
 /// keeps about fifteen minute windows per scope open.
@@ -122,6 +146,9 @@ pub struct ApplyOutcome {
     /// counted in `late_events`); the caller dead-letters the event for the record (it must not
     /// re-apply it: it is counted in the other windows).
     pub windows_late: u32,
+    /// Scopes of the event counted under their kind's overflow bucket (its value was not
+    /// admitted: the kind's cardinality limit was reached in the window).
+    pub scopes_overflowed: u32,
 }
 
 /// One absolute total to write: a `window_totals` row, or a compacted-topic record.
@@ -344,6 +371,26 @@ pub struct TotalsState {
     upper_bound: Option<Measures>,
     /// (scope, window) totals held.
     active_windows: usize,
+    /// Per kind map: the cardinality limit (`usize::MAX`: none).
+    limits: Vec<usize>,
+    /// Per kind map: the overflow bucket's `scope_key`.
+    overflow_keys: Vec<Arc<str>>,
+    /// Per kind map: the admission spec ([`ScopePlan::admission_spec`]).
+    admission_specs: Vec<usize>,
+    /// (kind map, admission window start) → (window end, distinct values admitted). Entries go
+    /// with their window (at eviction).
+    admitted: HashMap<(usize, DateTime<Utc>), (DateTime<Utc>, usize)>,
+    /// Scopes counted under an overflow bucket since [`TotalsState::take_scopes_overflowed`].
+    scopes_overflowed: u64,
+}
+
+/// Where an event's scope is counted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Route {
+    /// Under its own value; `admit` = a new value of the admission window.
+    Own { admit: bool },
+    /// Under the kind's overflow bucket.
+    Overflow,
 }
 
 /// Index of a kind's map in [`TotalsState::scopes`].
@@ -367,6 +414,48 @@ fn bound_step(contribution: &Measures) -> Measures {
     }
 }
 
+/// Per scope kind of `plan` (single dimensions, then policies): the cardinality limit
+/// (`usize::MAX` = none), the overflow bucket's key and the admission window's spec index. A
+/// per-kind override names a dimension or a policy as `policy:<id>` (any definition) or
+/// `policy:<id>@<definition>`.
+fn kind_settings(
+    plan: &ScopePlan,
+    config: &TotalsConfig,
+) -> (Vec<usize>, Vec<Arc<str>>, Vec<usize>) {
+    let kinds: Vec<ScopeKind> = SingleDimension::ALL
+        .iter()
+        .map(|dimension| ScopeKind::Dimension(*dimension))
+        .chain((0..plan.policy_count()).map(ScopeKind::Policy))
+        .collect();
+    let limits = kinds
+        .iter()
+        .map(|kind| {
+            let name = plan.kind_name(*kind);
+            let bare = name.split_once('@').map_or(name, |(bare, _)| bare);
+            let limit = config
+                .max_scopes_by_kind
+                .get(name)
+                .or_else(|| config.max_scopes_by_kind.get(bare))
+                .copied()
+                .unwrap_or(config.max_scopes_per_kind);
+            if limit == 0 {
+                usize::MAX
+            } else {
+                limit
+            }
+        })
+        .collect();
+    let overflow_keys = kinds
+        .iter()
+        .map(|kind| Arc::from(plan.overflow_key(*kind)))
+        .collect();
+    let admission_specs = kinds
+        .iter()
+        .map(|kind| plan.admission_spec(*kind))
+        .collect();
+    (limits, overflow_keys, admission_specs)
+}
+
 impl TotalsState {
     /// An empty state for `policies`. Fails if a policy window is not supported.
     pub fn new(policies: &PolicySet, config: TotalsConfig) -> Result<TotalsState, StateError> {
@@ -379,7 +468,13 @@ impl TotalsState {
             .chain((0..plan.policy_count()).map(ScopeKind::Policy))
             .map(|kind| Arc::from(plan.kind_name(kind)))
             .collect();
+        let (limits, overflow_keys, admission_specs) = kind_settings(&plan, &config);
         Ok(TotalsState {
+            limits,
+            overflow_keys,
+            admission_specs,
+            admitted: HashMap::new(),
+            scopes_overflowed: 0,
             event_windows: vec![None; caches.len()],
             watermark_windows: caches.clone(),
             caches,
@@ -439,7 +534,7 @@ impl TotalsState {
         let next_bound = match self.upper_bound.map(|bound| bound.checked_sum(&step)) {
             Some(Ok(bound)) => Some(bound),
             _ => {
-                self.check_fits(event, &step)?;
+                self.check_fits(event, &step, refused)?;
                 None
             }
         };
@@ -455,8 +550,24 @@ impl TotalsState {
         let mut created = 0;
         for scope in self.plan.scopes_of(event) {
             let kind_index = map_index(scope.kind);
+            let admission = self.landing_window(self.admission_specs[kind_index], refused);
+            let key = match self.route(kind_index, scope.key.as_str(), admission.as_ref()) {
+                Route::Own { admit } => {
+                    if let (true, Some(window)) = (admit, &admission) {
+                        self.admitted
+                            .entry((kind_index, window.start()))
+                            .or_insert((window.end(), 0))
+                            .1 += 1;
+                    }
+                    scope.key.as_str()
+                }
+                Route::Overflow => {
+                    outcome.scopes_overflowed += 1;
+                    self.scopes_overflowed += 1;
+                    &*self.overflow_keys[kind_index]
+                }
+            };
             let map = &mut self.scopes[kind_index];
-            let key = scope.key.as_str();
             let state = match map.get_mut(key) {
                 Some(state) => state,
                 None => {
@@ -520,12 +631,84 @@ impl TotalsState {
         Ok(outcome)
     }
 
+    /// The window of spec `spec_index` an event's contribution lands in: the event's own window
+    /// while it is open, else (late, or refused) the open window holding the watermark; `None`
+    /// when there is none (outside a campaign, or a campaign that is over).
+    fn landing_window(&self, spec_index: usize, refused: bool) -> Option<Window> {
+        let window = self.event_windows[spec_index].as_ref()?;
+        let closed = |window: &Window| self.closed_through.is_some_and(|at| window.end() <= at);
+        if !refused && !closed(window) {
+            return Some(window.clone());
+        }
+        let open = self
+            .watermark
+            .and_then(|at| self.plan.specs()[spec_index].window_of(at))?;
+        (!closed(&open)).then_some(open)
+    }
+
+    /// Whether `key` of kind map `kind_index` is counted under its own value or the overflow
+    /// bucket, for an event landing in `admission` (its admission window). Read-only.
+    fn route(&self, kind_index: usize, key: &str, admission: Option<&Window>) -> Route {
+        let limit = self.limits[kind_index];
+        let Some(window) = admission else {
+            return Route::Own { admit: false }; // nothing is counted in an admission window
+        };
+        if key == &*self.overflow_keys[kind_index] {
+            return Route::Own { admit: false };
+        }
+        let spec_index = self.admission_specs[kind_index] as u32;
+        let held = self.scopes[kind_index]
+            .get(key)
+            .is_some_and(|state| state.existing_slot(spec_index, window).is_some());
+        if held {
+            return Route::Own { admit: false };
+        }
+        let admitted = self
+            .admitted
+            .get(&(kind_index, window.start()))
+            .map_or(0, |(_, count)| *count);
+        if limit == usize::MAX || admitted < limit {
+            Route::Own { admit: true }
+        } else {
+            Route::Overflow
+        }
+    }
+
+    /// Scopes counted under an overflow bucket since the last call (for the metric).
+    pub fn take_scopes_overflowed(&mut self) -> u64 {
+        std::mem::take(&mut self.scopes_overflowed)
+    }
+
+    /// Distinct values with their own totals in the admission window of `scope_kind` holding
+    /// `at`; `None` for a kind this plan does not have.
+    pub fn admitted_values(&self, scope_kind: &str, at: DateTime<Utc>) -> Option<usize> {
+        let (kind, _) = self.plan.kind_by_name(scope_kind)?;
+        let kind_index = map_index(kind);
+        let window = self.plan.specs()[self.admission_specs[kind_index]].window_of(at)?;
+        Some(
+            self.admitted
+                .get(&(kind_index, window.start()))
+                .map_or(0, |(_, count)| *count),
+        )
+    }
+
     /// The slow path of [`Self::apply`]: checks, without changing anything, that every total
     /// the event touches can take `step` (a superset of what it adds).
-    fn check_fits(&self, event: &UsageEvent, step: &Measures) -> Result<(), StateError> {
+    fn check_fits(
+        &self,
+        event: &UsageEvent,
+        step: &Measures,
+        refused: bool,
+    ) -> Result<(), StateError> {
         Measures::ZERO.checked_sum(step)?;
         for scope in self.plan.scopes_of(event) {
-            let Some(state) = self.scopes[map_index(scope.kind)].get(scope.key.as_str()) else {
+            let kind_index = map_index(scope.kind);
+            let admission = self.landing_window(self.admission_specs[kind_index], refused);
+            let key = match self.route(kind_index, scope.key.as_str(), admission.as_ref()) {
+                Route::Own { .. } => scope.key.as_str(),
+                Route::Overflow => &*self.overflow_keys[kind_index],
+            };
+            let Some(state) = self.scopes[kind_index].get(key) else {
                 continue;
             };
             for spec_index in scope.spec_indices {
@@ -608,6 +791,7 @@ impl TotalsState {
             });
         }
         self.active_windows -= dropped;
+        self.admitted.retain(|_, (end, _)| *end > closed_through);
         dropped
     }
 
@@ -715,6 +899,8 @@ impl TotalsState {
             .upper_bound
             .and_then(|bound| bound.checked_sum(&step).ok());
         let kind_index = map_index(kind);
+        let admission_spec = self.admission_specs[kind_index];
+        let is_overflow = total.scope_key == &*self.overflow_keys[kind_index];
         let state = self.scope_entry(kind_index, total.scope_key);
         let mut created = 0;
         let slot = state.slot(spec_index as u32, &window, &mut created);
@@ -727,6 +913,13 @@ impl TotalsState {
             self.dirty_scopes.push((kind_index, key));
         }
         self.active_windows += created;
+        if created > 0 && spec_index == admission_spec && !is_overflow {
+            // An admitted value: every admitted value has a total in its admission window.
+            self.admitted
+                .entry((kind_index, window.start()))
+                .or_insert((window.end(), 0))
+                .1 += 1;
+        }
         Restored::Restored
     }
 
@@ -875,6 +1068,16 @@ impl TotalsState {
             .into_iter()
             .filter_map(|(index, key)| remap.get(&index).map(|&index| (index, key)))
             .collect();
+        // Cardinality bookkeeping follows the kinds to their new places; a new definition starts
+        // with nothing admitted (its totals are seeded separately).
+        self.admitted = std::mem::take(&mut self.admitted)
+            .into_iter()
+            .filter_map(|((index, start), value)| {
+                remap.get(&index).map(|&index| ((index, start), value))
+            })
+            .collect();
+        (self.limits, self.overflow_keys, self.admission_specs) =
+            kind_settings(&plan, &self.config);
         self.caches = plan.specs().iter().cloned().map(WindowCache::new).collect();
         self.watermark_windows = self.caches.clone();
         self.event_windows = vec![None; self.caches.len()];
@@ -966,7 +1169,9 @@ impl TotalsState {
             + self.event_windows.capacity() * size_of::<Option<Window>>()
             + self.watermark_windows.capacity() * size_of::<WindowCache>()
             + self.dirty_scopes.capacity() * size_of::<(usize, Arc<str>)>()
-            + self.scopes.capacity() * size_of::<HashMap<Arc<str>, ScopeState, ScopeHasher>>();
+            + self.scopes.capacity() * size_of::<HashMap<Arc<str>, ScopeState, ScopeHasher>>()
+            + self.admitted.capacity()
+                * (size_of::<((usize, DateTime<Utc>), (DateTime<Utc>, usize))>() + 1);
         for map in &self.scopes {
             bytes += map.capacity() * (size_of::<(Arc<str>, ScopeState)>() + 1);
             for (key, state) in map {
@@ -1054,6 +1259,129 @@ mod tests {
             .unwrap_or_else(|| panic!("no {kind} {window_id}"))
     }
 
+    /// A state whose kinds keep at most `limit` values of their own.
+    fn limited_state(limit: usize) -> TotalsState {
+        let policies = PolicySet::from_str("test.yaml", POLICIES).unwrap();
+        let config = TotalsConfig {
+            max_scopes_per_kind: limit,
+            ..TotalsConfig::default()
+        };
+        TotalsState::new(&policies, config).unwrap()
+    }
+
+    /// The event of user `index`, costing `index` cents.
+    fn user_event(index: u32, at: DateTime<Utc>) -> UsageEvent {
+        let mut event = text_event(&format!("e{index}"), at);
+        event.user_id = Some(format!("user-{index:02}"));
+        event.cost_usd = Some(rust_decimal::Decimal::new(i64::from(index), 2));
+        event
+    }
+
+    /// Issue 13 point 7: with a limit of 5, the first 5 distinct `user_id`s of the month keep
+    /// their own totals, the other 15 are counted under `__overflow__` (exactly: the sum of their
+    /// costs), a value already admitted stays itself, and a state restored from the written
+    /// totals routes the next events the same way as the state that wrote them.
+    #[test]
+    fn values_past_the_limit_are_counted_in_the_overflow_bucket() {
+        let mut state = limited_state(5);
+        let mut overflowed = 0;
+        for index in 0..20 {
+            let outcome = state
+                .apply(&user_event(index, at(12, 0, index)), u64::from(index) + 1)
+                .unwrap();
+            overflowed += outcome.scopes_overflowed;
+        }
+        // user_id and the key-monthly-requests policy (group_by api_key_id, user_id) overflow.
+        assert_eq!(overflowed, 2 * 15);
+        assert_eq!(state.take_scopes_overflowed(), 30);
+        assert_eq!(state.admitted_values("user_id", at(12, 0, 0)), Some(5));
+        let updates = state.drain_dirty();
+        let month = |key: &str| {
+            updates
+                .iter()
+                .find(|update| {
+                    &*update.scope_kind == "user_id"
+                        && &*update.scope_key == key
+                        && update.window.kind().to_string() == "month"
+                })
+                .map(|update| update.measures.cost_usd)
+        };
+        for index in 0..5 {
+            let cost = rust_decimal::Decimal::new(i64::from(index), 2);
+            assert_eq!(month(&format!("user-{index:02}")), Some(cost));
+        }
+        assert_eq!(month("user-05"), None);
+        let folded: rust_decimal::Decimal = (5..20)
+            .map(|index| rust_decimal::Decimal::new(i64::from(index), 2))
+            .sum();
+        assert_eq!(month(policy::OVERFLOW_VALUE), Some(folded));
+        let policy_overflow = updates
+            .iter()
+            .find(|update| {
+                update
+                    .scope_kind
+                    .starts_with("policy:key-monthly-requests@")
+                    && &*update.scope_key == "api_key_id=__overflow__|user_id=__overflow__"
+            })
+            .expect("the policy's overflow bucket");
+        assert_eq!(policy_overflow.measures.requests, 15);
+        let user_scopes = updates
+            .iter()
+            .filter(|update| &*update.scope_kind == "user_id")
+            .map(|update| update.scope_key.clone())
+            .collect::<std::collections::BTreeSet<_>>();
+        assert_eq!(user_scopes.len(), 6);
+
+        // Restore from what was written, then apply the same next events to both.
+        let mut restored = limited_state(5);
+        restored.advance_watermark(state.watermark().unwrap());
+        for update in &updates {
+            let window_kind = update.window.kind().to_string();
+            let window_tz = update.window.time_zone().name().to_owned();
+            restored.restore_total(
+                StoredTotal {
+                    scope_kind: &update.scope_kind,
+                    scope_key: &update.scope_key,
+                    window_kind: &window_kind,
+                    window_tz: &window_tz,
+                    window_start: update.window.start(),
+                    measures: update.measures,
+                    version: update.version,
+                },
+                false,
+            );
+        }
+        assert_eq!(restored.admitted_values("user_id", at(12, 0, 0)), Some(5));
+        for index in [3, 7, 40] {
+            let event = user_event(index, at(12, 1, index % 60));
+            let version = 100 + u64::from(index);
+            assert_eq!(
+                state.apply(&event, version).unwrap(),
+                restored.apply(&event, version).unwrap()
+            );
+        }
+        let sorted = |mut updates: Vec<TotalUpdate>| {
+            updates.sort_by(|a, b| {
+                (&a.scope_kind, &a.scope_key, a.window.id()).cmp(&(
+                    &b.scope_kind,
+                    &b.scope_key,
+                    b.window.id(),
+                ))
+            });
+            updates
+        };
+        assert_eq!(sorted(state.drain_dirty()), sorted(restored.drain_dirty()));
+
+        // Unlimited (0): every value is its own scope.
+        let mut unlimited = limited_state(0);
+        for index in 0..20 {
+            let outcome = unlimited
+                .apply(&user_event(index, at(12, 0, index)), 1)
+                .unwrap();
+            assert_eq!(outcome.scopes_overflowed, 0);
+        }
+    }
+
     #[test]
     fn an_event_counts_in_every_scope_and_window() {
         let mut state = state();
@@ -1064,7 +1392,8 @@ mod tests {
             outcome,
             ApplyOutcome {
                 windows_counted: 42,
-                windows_late: 0
+                windows_late: 0,
+                scopes_overflowed: 0
             }
         );
         let updates = state.drain_dirty();
@@ -1119,7 +1448,8 @@ mod tests {
             outcome,
             ApplyOutcome {
                 windows_counted: 34,
-                windows_late: 8
+                windows_late: 8,
+                scopes_overflowed: 0
             }
         );
         let updates = state.drain_dirty();

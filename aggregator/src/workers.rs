@@ -259,6 +259,8 @@ struct Counts {
     by_outcome: [u64; 7],
     /// Ids the duplicate filters' cap forced out before the horizon.
     dedup_evicted_early: u64,
+    /// Scopes counted under an overflow bucket since the last publish.
+    scopes_overflowed: u64,
 }
 
 const OUTCOMES: [&str; 7] = [
@@ -295,6 +297,10 @@ impl Counts {
             metrics::counter!(metric::DEDUP_EVICTED_EARLY).increment(self.dedup_evicted_early);
             self.dedup_evicted_early = 0;
         }
+        if self.scopes_overflowed > 0 {
+            metrics::counter!(metric::SCOPE_OVERFLOWS).increment(self.scopes_overflowed);
+            self.scopes_overflowed = 0;
+        }
         let counted = self.by_outcome[0] + self.by_outcome[1];
         stats.counted.fetch_add(counted, Ordering::Relaxed);
         self.by_outcome = [0; 7];
@@ -326,6 +332,7 @@ fn work(mut receiver: mpsc::Receiver<Command>, stats: Arc<Stats>) {
                     };
                     if let Some(partition) = partitions.get_mut(&record.partition) {
                         counts.dedup_evicted_early += partition.take_dedup_evicted_early();
+                        counts.scopes_overflowed += partition.take_scopes_overflowed();
                     }
                     if let Outcome::DeadLettered(kind) = &outcome {
                         tracing::debug!(

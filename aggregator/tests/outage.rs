@@ -48,9 +48,10 @@ fn recount_policy(events: &[UsageEvent]) -> PolicySums {
 }
 
 fn published_policy(config: &aggregator::Config) -> PolicySums {
+    let kind = policy_kind(POLICY, "outage-daily");
     let mut sums = PolicySums::new();
     for total in newest_published(&config.kafka).into_values() {
-        if total.scope_kind != "policy:outage-daily" {
+        if total.scope_kind != kind {
             continue;
         }
         let entry = sums

@@ -299,6 +299,16 @@ impl Detector {
         findings
     }
 
+    /// Baselines held, one per (policy, scope).
+    pub fn len(&self) -> usize {
+        self.tracks.len()
+    }
+
+    /// Whether no baseline is held.
+    pub fn is_empty(&self) -> bool {
+        self.tracks.is_empty()
+    }
+
     /// Forgets scopes whose window started before `before` and that have no newer total.
     pub fn evict(&mut self, before: DateTime<Utc>) {
         self.tracks

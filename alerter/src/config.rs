@@ -56,6 +56,13 @@ pub struct AlertSettings {
     /// How far back the usage topic is re-read at startup to rebuild the async jobs in flight
     /// (only when a `concurrent_jobs` policy exists); must exceed the longest job.
     pub job_lookback_secs: u64,
+    /// Issue 13 point 7: a job in flight this long without a terminal event (succeeded, failed,
+    /// cancelled) leaves its `concurrent_jobs` gauge, with a page naming the job, its scope and
+    /// owner. At most `job_lookback_secs`, so a job rebuilt after a restart still ages out.
+    pub job_max_age_secs: u64,
+    /// How long the totals of an ended window are still held (late partials still count);
+    /// alert dedup keys of a window are held twice as long after its end, then forgotten.
+    pub ended_window_keep_secs: u64,
     /// Longest wait for the control, alerts, approvals and totals topics to be read to their end
     /// at startup.
     pub restore_timeout_secs: u64,
@@ -92,6 +99,8 @@ impl Default for AlertSettings {
             action_horizon_secs: 900,
             max_actions: 1_000_000,
             job_lookback_secs: 6 * 3600,
+            job_max_age_secs: 6 * 3600,
+            ended_window_keep_secs: 3600,
             restore_timeout_secs: 120,
             effect_queue_capacity: 10_000,
             effect_overflow_limit: 200_000,

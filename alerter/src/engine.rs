@@ -50,6 +50,7 @@ use schemas::{
 use crate::anomaly::{AnomalySettings, Detector};
 use crate::approvals::{approver_names, Book, Offered, ReceivedApproval};
 use crate::evaluate::unit_amount;
+use crate::fired::{forget_after, Fired};
 use crate::notify::{IncidentKind, Notice, NoticeKind, NoticeWindow, Owner};
 use crate::totals::{Applied, TotalsView, WindowKey};
 
@@ -93,8 +94,8 @@ pub struct Engine {
     decisions: HashMap<String, ControlDecision>,
     /// Valid approvals in force.
     approvals: Book,
-    /// Alert dedup keys already raised.
-    fired: HashSet<String>,
+    /// Alert dedup keys already raised, each until its window can no longer produce it again.
+    fired: Fired,
     /// The price catalog: deprecation dates and preview flags for model rules.
     catalog: Arc<pricing::Catalog>,
     /// Models seen in the totals of each policy with model rules: (policy, provider, model).
@@ -109,6 +110,31 @@ pub struct Engine {
     to_follow: BTreeSet<String>,
     /// Policies that have ever held a block or degrade (others have nothing to lift).
     policies_with_blocks: HashSet<String>,
+    /// Issue 13 point 7: a job in flight this long (since its first pending state) without a
+    /// terminal event is dropped from its gauge, with a page.
+    job_max_age: TimeDelta,
+    /// How long the totals of an ended window are still held (and evaluated).
+    ended_window_keep: TimeDelta,
+}
+
+/// Default of [`Engine::with_job_max_age`]: six hours, longer than any provider's async job.
+pub const DEFAULT_JOB_MAX_AGE: TimeDelta = TimeDelta::hours(6);
+
+/// How many entries each of the engine's maps holds ([`Engine::state_sizes`]).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct StateSizes {
+    /// (scope, window) totals.
+    pub totals: usize,
+    /// Decisions held, by control key.
+    pub decisions: usize,
+    /// Alert dedup keys held.
+    pub fired: usize,
+    /// Jobs in flight over every gauge scope.
+    pub jobs_in_flight: usize,
+    /// Gauge scopes with jobs in flight.
+    pub job_scopes: usize,
+    /// Anomaly baselines (policy, scope).
+    pub anomaly_tracks: usize,
 }
 
 /// `ControlDecision::window` of concurrency blocks: a gauge has no window.
@@ -158,7 +184,12 @@ impl JobTracker {
                 .entry((policy.id().to_owned(), scope.clone()))
                 .or_default();
             let moved = if finished {
-                jobs.remove(job_id).is_some()
+                let removed = jobs.remove(job_id).is_some();
+                if jobs.is_empty() {
+                    self.in_flight
+                        .remove(&(policy.id().to_owned(), scope.clone()));
+                }
+                removed
             } else if self.finished.contains(job_id) || jobs.contains_key(job_id) {
                 false
             } else {
@@ -170,6 +201,29 @@ impl JobTracker {
             }
         }
         changed
+    }
+
+    /// Drops the jobs in flight since `max_age` or longer before `now` (their terminal event was
+    /// lost or never comes), and the scopes left empty; returns (policy, scope, job, started),
+    /// sorted.
+    fn age_out(
+        &mut self,
+        now: DateTime<Utc>,
+        max_age: TimeDelta,
+    ) -> Vec<(String, String, String, DateTime<Utc>)> {
+        let mut aged = Vec::new();
+        self.in_flight.retain(|(policy_id, scope), jobs| {
+            jobs.retain(|job_id, started| {
+                let keep = now - *started < max_age;
+                if !keep {
+                    aged.push((policy_id.clone(), scope.clone(), job_id.clone(), *started));
+                }
+                keep
+            });
+            !jobs.is_empty()
+        });
+        aged.sort();
+        aged
     }
 
     fn level(&self, policy_id: &str, scope: &str) -> usize {
@@ -190,7 +244,7 @@ impl Engine {
             totals: TotalsView::new(),
             decisions: HashMap::new(),
             approvals: Book::default(),
-            fired: HashSet::new(),
+            fired: Fired::default(),
             catalog: Arc::new(pricing::Catalog::embedded_sample()),
             observed_models: BTreeSet::new(),
             models_day: None,
@@ -198,7 +252,41 @@ impl Engine {
             jobs: JobTracker::default(),
             to_follow: BTreeSet::new(),
             policies_with_blocks: HashSet::new(),
+            job_max_age: DEFAULT_JOB_MAX_AGE,
+            ended_window_keep: TimeDelta::hours(1),
         }
+    }
+
+    /// Drops a job in flight without a terminal event after `max_age`, with a page (issue 13
+    /// point 7; default [`DEFAULT_JOB_MAX_AGE`]).
+    pub fn with_job_max_age(mut self, max_age: TimeDelta) -> Engine {
+        self.job_max_age = max_age;
+        self
+    }
+
+    /// Keeps (and evaluates) the totals of an ended window this long after its end (default an
+    /// hour); alert dedup keys of a window are kept twice that long.
+    pub fn with_ended_window_keep(mut self, keep: TimeDelta) -> Engine {
+        self.ended_window_keep = keep;
+        self
+    }
+
+    /// How many entries the engine's maps hold (the `alerter_state_entries` gauge).
+    pub fn state_sizes(&self) -> StateSizes {
+        StateSizes {
+            totals: self.totals.len(),
+            decisions: self.decisions.len(),
+            fired: self.fired.len(),
+            jobs_in_flight: self.jobs.in_flight.values().map(HashMap::len).sum(),
+            job_scopes: self.jobs.in_flight.len(),
+            anomaly_tracks: self.detector.len(),
+        }
+    }
+
+    /// Records when the dedup keys of the alerts in `effects` may be forgotten.
+    fn settled(&mut self, effects: Vec<Effect>) -> Vec<Effect> {
+        self.fired.settle(&effects);
+        effects
     }
 
     /// Applies an async job event (read back at startup) without evaluating; see
@@ -219,7 +307,7 @@ impl Engine {
             effects.extend(self.evaluate_gauge(&policy_id, &scope, now));
         }
         effects.extend(self.follow_decisions(now));
-        effects
+        self.settled(effects)
     }
 
     /// Evaluates every gauge scope held (after a restore or a reload).
@@ -390,6 +478,107 @@ impl Engine {
         effects
     }
 
+    /// Issue 13 point 7: jobs in flight for [`Engine::with_job_max_age`] without a terminal
+    /// event leave their gauge (its level drops, which may lift a block), each with a page
+    /// (Slack, and PagerDuty when the policy names a service) naming the job, its scope and its
+    /// owner. The job is forgotten: a late terminal event finds nothing to remove.
+    fn age_out_jobs(&mut self, now: DateTime<Utc>) -> Vec<Effect> {
+        let aged = self.jobs.age_out(now, self.job_max_age);
+        if aged.is_empty() {
+            return Vec::new();
+        }
+        let policies = Arc::clone(&self.policies);
+        let mut effects = Vec::new();
+        let mut changed = BTreeSet::new();
+        for (policy_id, scope_key, job_id, started) in aged {
+            changed.insert((policy_id.clone(), scope_key.clone()));
+            let dedup_key = format!("aged_out/{policy_id}/{job_id}");
+            if !self.fired.insert(dedup_key.clone()) {
+                continue;
+            }
+            let Some(policy) = policies.get(&policy_id) else {
+                continue;
+            };
+            let scope = decode_scope(&scope_key);
+            let mut effect = rule_alert(
+                policy,
+                &scope,
+                "pending_job",
+                format!(
+                    "job {job_id} of {} (owner {}) has had no terminal event since {} ({}s, the most alert.job_max_age_secs allows): it no longer counts toward the {} concurrent jobs of policy {policy_id}; check it with the provider and cancel it if it is still running",
+                    render_scope(&scope),
+                    policy.record().owner.team,
+                    started.to_rfc3339_opts(SecondsFormat::Secs, true),
+                    self.job_max_age.num_seconds(),
+                    policy.hard_cap().normalize(),
+                ),
+                dedup_key,
+                now,
+            );
+            if let Effect::Alert(alert, notice) = &mut effect {
+                alert.kind = AlertKind::PendingJob;
+                alert.severity = Severity::Critical;
+                notice.pagerduty_service = policy.pagerduty_service().map(str::to_owned);
+            }
+            effects.push(effect);
+        }
+        for (policy_id, scope_key) in changed {
+            effects.extend(self.evaluate_gauge(&policy_id, &scope_key, now));
+        }
+        effects
+    }
+
+    /// Issue 13 point 7: an overflow bucket's total (the aggregator's cardinality limit was
+    /// reached for the kind; see `policy::OVERFLOW_VALUE`) raises one alert per (kind, window):
+    /// Slack and a page when the policy names a PagerDuty service, because the bucket's cap
+    /// applies to every value of the folded dimensions.
+    fn overflow_alert(&mut self, key: &WindowKey, now: DateTime<Utc>) -> Vec<Effect> {
+        if !ScopeKey::is_overflow(&key.scope_key) {
+            return Vec::new();
+        }
+        let dedup_key = format!(
+            "overflow/{}/{}/{}/{}",
+            key.scope_kind,
+            key.window_kind,
+            key.window_tz,
+            key.window_start.to_rfc3339_opts(SecondsFormat::Secs, true)
+        );
+        if !self.fired.insert(dedup_key.clone()) {
+            return Vec::new();
+        }
+        let policies = Arc::clone(&self.policies);
+        let policy = key
+            .scope_kind
+            .strip_prefix(POLICY_SCOPE_PREFIX)
+            .and_then(|id| policies.get(id));
+        let scope = group_scope(key);
+        let window_end = self.totals.total(key).map_or(now, |total| total.window_end);
+        let mut effect = rule_alert_parts(
+            policy,
+            &scope,
+            "scope_overflow",
+            format!(
+                "overflow bucket in use for {} in the {} window from {}: the aggregator's aggregate.max_scopes_per_kind was reached, so further values are counted together under {} and a cap on the bucket applies to all of them; raise the limit for this kind or find what mints new ids",
+                key.scope_kind,
+                key.window_kind,
+                key.window_start.to_rfc3339_opts(SecondsFormat::Secs, true),
+                policy::OVERFLOW_VALUE,
+            ),
+            dedup_key,
+            now,
+        );
+        if let Effect::Alert(alert, notice) = &mut effect {
+            alert.kind = AlertKind::Anomaly;
+            alert.severity = Severity::Error;
+            alert.window = key.window_kind.clone();
+            alert.window_start = key.window_start;
+            alert.window_end = window_end;
+            notice.pagerduty_service =
+                policy.and_then(|policy| policy.pagerduty_service().map(str::to_owned));
+        }
+        vec![effect]
+    }
+
     /// Uses `settings` for anomaly baselines.
     pub fn with_anomaly_settings(mut self, settings: AnomalySettings) -> Engine {
         self.detector = Detector::new(settings);
@@ -421,7 +610,8 @@ impl Engine {
 
     /// Restores an alert read back from the alerts topic: it will not be raised again.
     pub fn restore_alert(&mut self, alert: &Alert) {
-        self.fired.insert(alert.dedup_key.clone());
+        self.fired
+            .insert_until(alert.dedup_key.clone(), forget_after(alert));
     }
 
     /// `effects` without the alerts already raised (by dedup key); those kept are marked raised.
@@ -430,7 +620,9 @@ impl Engine {
         effects
             .into_iter()
             .filter(|effect| match effect {
-                Effect::Alert(alert, _) => self.fired.insert(alert.dedup_key.clone()),
+                Effect::Alert(alert, _) => self
+                    .fired
+                    .insert_until(alert.dedup_key.clone(), forget_after(alert)),
                 _ => true,
             })
             .collect()
@@ -485,7 +677,7 @@ impl Engine {
         effects.extend(self.evaluate_gauges(now));
         effects.extend(self.reconcile_models(now));
         effects.extend(self.follow_decisions(now));
-        effects
+        self.settled(effects)
     }
 
     /// Applies a total read during the restore, without evaluating (the view is incomplete until
@@ -504,13 +696,14 @@ impl Engine {
         if self.totals.apply(total) != Applied::Changed {
             return Vec::new();
         }
-        let mut effects = self.evaluate_key(&key, now);
+        let mut effects = self.overflow_alert(&key, now);
+        effects.extend(self.evaluate_key(&key, now));
         effects.extend(self.detect_anomalies(&key, now));
         if self.observe_model(&key) {
             effects.extend(self.reconcile_models(now));
         }
         effects.extend(self.follow_decisions(now));
-        effects
+        self.settled(effects)
     }
 
     /// Anomalies of the current total of a policy scope with an `anomaly` section; each
@@ -799,7 +992,7 @@ impl Engine {
                 effects.extend(self.follow_decisions(now));
             }
         }
-        effects
+        self.settled(effects)
     }
 
     /// Time passes: windows end (allow, resolve), approvals expire (the cap returns).
@@ -844,8 +1037,13 @@ impl Engine {
             effects.extend(self.reconcile_models(now));
         }
         effects.extend(self.stale_jobs(now));
+        effects.extend(self.age_out_jobs(now));
         effects.extend(self.follow_decisions(now));
-        self.totals.evict_ended(now - chrono::TimeDelta::hours(1));
+        let effects = self.settled(effects);
+        // Issue 13 point 7: what closed windows and finished jobs leave behind goes.
+        self.totals.evict_ended(now - self.ended_window_keep);
+        self.fired.prune(now - self.ended_window_keep * 2);
+        self.detector.evict(now);
         effects
     }
 

@@ -32,6 +32,7 @@ pub mod config;
 pub mod control_writer;
 pub mod engine;
 pub mod evaluate;
+pub mod fired;
 pub mod notify;
 pub mod receiver;
 pub mod service;

@@ -106,6 +106,33 @@ pub mod metric {
     pub const EFFECTS_DROPPED: &str = "alerter_effects_dropped_total";
     /// Failed writes (audit, alerts topic) that are being retried, by `target`.
     pub const RETRIES: &str = "alerter_retries_total";
+    /// Entries held by the engine, by `map` (`totals`, `decisions`, `fired`, `jobs_in_flight`,
+    /// `job_scopes`, `anomaly_tracks`), set every tick (gauge; issue 13 point 7: they fall as
+    /// windows close and jobs finish or age out).
+    pub const STATE_ENTRIES: &str = "alerter_state_entries";
+}
+
+/// `secs` as a `TimeDelta` (saturating far beyond any real setting).
+fn secs_delta(secs: u64) -> chrono::TimeDelta {
+    i64::try_from(secs)
+        .ok()
+        .and_then(chrono::TimeDelta::try_seconds)
+        .unwrap_or(chrono::TimeDelta::MAX)
+}
+
+/// Sets the [`metric::STATE_ENTRIES`] gauges.
+fn record_state_sizes(engine: &Engine) {
+    let sizes = engine.state_sizes();
+    for (map, entries) in [
+        ("totals", sizes.totals),
+        ("decisions", sizes.decisions),
+        ("fired", sizes.fired),
+        ("jobs_in_flight", sizes.jobs_in_flight),
+        ("job_scopes", sizes.job_scopes),
+        ("anomaly_tracks", sizes.anomaly_tracks),
+    ] {
+        metrics::gauge!(metric::STATE_ENTRIES, "map" => map).set(entries as f64);
+    }
 }
 
 /// Runs the service on `listener` until `shutdown` (the lifecycle of [`crate::run_with_listener`]).
@@ -266,7 +293,9 @@ async fn run_loop(config: &Config, readiness: &Readiness, shutdown: &Shutdown) -
     let catalog = config.alert.load_catalog().map_err(Error::Config)?;
     let mut engine = Engine::new(Arc::clone(&policies))
         .with_catalog(Arc::new(catalog))
-        .with_anomaly_settings(config.alert.anomaly.clone());
+        .with_anomaly_settings(config.alert.anomaly.clone())
+        .with_job_max_age(secs_delta(config.alert.job_max_age_secs))
+        .with_ended_window_keep(secs_delta(config.alert.ended_window_keep_secs));
     let mut approvals = Vec::new();
     let mut counts = [0usize; 5];
     let mut action_findings = Vec::new();
@@ -434,6 +463,7 @@ async fn run_loop(config: &Config, readiness: &Readiness, shutdown: &Shutdown) -
             }
             _ = tick.tick() => {
                 let effects = engine.tick(Utc::now());
+                record_state_sizes(&engine);
                 executor.execute(effects, None, shutdown).await?;
             }
             _ = reload.tick() => {

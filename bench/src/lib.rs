@@ -12,7 +12,10 @@
 //! - [`process`]: CPU time and peak RSS of processes.
 //! - [`clickhouse_http`]: plain-HTTP ClickHouse queries.
 //! - [`report`]: the medians table.
+//! - [`cardinality`]: issue 13 point 7, peak memory under a million distinct `user_id`s with and
+//!   without `aggregate.max_scopes_per_kind`.
 
+pub mod cardinality;
 pub mod clickhouse_http;
 pub mod contenders;
 pub mod events;

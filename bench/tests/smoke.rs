@@ -49,3 +49,35 @@ fn bench_runs_every_contender_on_a_small_topic() {
         row(label);
     }
 }
+
+/// Issue 13 point 7: the cardinality benchmark runs end to end on a small topic: with a limit of
+/// 100, 2,000 distinct `user_id`s give 100 month totals of their own plus the overflow bucket,
+/// which took the other 1,900 events; without a limit every user has its own total.
+#[test]
+fn cardinality_bench_runs_with_and_without_a_limit() {
+    let bench = PathBuf::from(env!("CARGO_BIN_EXE_bench"));
+    let aggregator = bench.with_file_name("quotaflow-aggregator");
+    let prefix = infra::testkit::unique_name("qfbench_card_smoke");
+    let output = Command::new(&bench)
+        .args(["--drop-topics", "--topic-prefix", &prefix])
+        .arg("--aggregator-bin")
+        .arg(&aggregator)
+        .args(["cardinality", "--users", "2000", "--limits", "100,0"])
+        .output()
+        .expect("running the bench");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        output.status.success(),
+        "bench failed\nstdout:\n{stdout}\nstderr:\n{stderr}"
+    );
+    let row = |limit: &str| {
+        stdout
+            .lines()
+            .find(|line| line.starts_with(&format!("| {limit} | 2000 |")))
+            .unwrap_or_else(|| panic!("no table row for {limit} in\n{stdout}"))
+            .to_owned()
+    };
+    assert!(row("100").ends_with("| 101 | 1900 |"), "{stdout}");
+    assert!(row("none").ends_with("| 2000 | 0 |"), "{stdout}");
+}

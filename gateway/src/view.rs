@@ -15,6 +15,12 @@
 //!   "no `user_id`" bucket stops requests without `user_id` and never those with one (whatever
 //!   its value, the empty string included). An unknown name in `absent` is refused like one in
 //!   the scope.
+//! - **An overflow bucket matches any value** (issue 13 point 7): a scope value of
+//!   [`policy::OVERFLOW_VALUE`] (`user_id=__overflow__`, the aggregator's bucket for the values
+//!   past a kind's cardinality limit) matches every request that carries the dimension, whatever
+//!   its value: the gateway cannot tell a value the aggregator tracks from one it folded into
+//!   the bucket, so the bucket's cap fails closed. Requests without the dimension still only
+//!   match `absent`.
 //! - **Precedence is deterministic**: among matching decisions a block wins over a degrade; among
 //!   decisions of the same action the one with the smallest key wins.
 //!
@@ -28,6 +34,7 @@ use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
 use policy::dimension::Dimension;
+use policy::OVERFLOW_VALUE;
 use schemas::{ControlDecision, DecisionAction};
 
 /// The attributes of one request that decisions are scoped by, borrowed from the request.
@@ -199,7 +206,10 @@ impl ActiveDecision {
             && self
                 .scope
                 .iter()
-                .all(|(dimension, value)| request.value(dimension) == Some(value))
+                .all(|(dimension, value)| match request.value(dimension) {
+                    Some(held) => held == &**value || &**value == OVERFLOW_VALUE,
+                    None => false,
+                })
             && self
                 .absent
                 .iter()
@@ -277,7 +287,8 @@ pub struct DecisionView {
     /// Scoped decisions by their indexed dimension, then by that dimension's value. Few entries
     /// (one per dimension in use), scanned in full by `check`.
     index: Vec<(Dimension, DecisionsByValue)>,
-    /// Decisions with an empty scope: they match every request.
+    /// Decisions with an empty scope, or whose every scope value is an overflow bucket:
+    /// checked against every request.
     unscoped: Vec<Arc<ActiveDecision>>,
 }
 
@@ -323,9 +334,11 @@ impl DecisionView {
                 Err(_) => return ApplyOutcome::UnknownDimension(name.clone()),
             }
         }
+        // An overflow value matches any value, so it cannot be looked up by value.
         let indexed_by = scope
             .iter()
             .enumerate()
+            .filter(|(_, (_, value))| &**value != OVERFLOW_VALUE)
             .min_by_key(|(_, (dimension, _))| selectivity_rank(dimension))
             .map(|(position, _)| position);
         let degrade_to = match decision.action {

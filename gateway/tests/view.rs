@@ -428,3 +428,57 @@ fn absent_dimensions_are_checked_and_lifted_by_key() {
     assert_eq!(view.apply(&lift), ApplyOutcome::Lifted);
     assert_eq!(view.check(&anonymous, now()), Verdict::Allow);
 }
+
+/// Issue 13 point 7: the decision for a policy's overflow bucket (`user_id=__overflow__`, the
+/// aggregator's bucket for values past the kind's cardinality limit) applies to a user the
+/// aggregator does not track, within the rest of the scope, and never to a request without a
+/// `user_id` (those have their own `absent` bucket).
+#[test]
+fn an_overflow_bucket_decision_applies_to_any_value_of_its_dimension() {
+    let mut view = DecisionView::new();
+    let overflow = decision(
+        "per-user-daily",
+        &[("team", "search"), ("user_id", policy::OVERFLOW_VALUE)],
+        DecisionAction::Block,
+        1,
+    );
+    assert_eq!(view.apply(&overflow), ApplyOutcome::Installed);
+    let untracked = RequestAttributes {
+        user_id: Some("user-never-seen-by-this-gateway"),
+        ..search_gpt4o()
+    };
+    assert_eq!(
+        policy_of(&view.check(&untracked, now())),
+        Some("per-user-daily")
+    );
+    let other_team = RequestAttributes {
+        team: "ads",
+        ..untracked
+    };
+    assert_eq!(view.check(&other_team, now()), Verdict::Allow);
+    let no_user = RequestAttributes {
+        user_id: None,
+        ..search_gpt4o()
+    };
+    assert_eq!(view.check(&no_user, now()), Verdict::Allow);
+
+    // Only overflow values in the scope: checked against every request, lifted by an allow.
+    let all_overflow = decision(
+        "per-user-monthly",
+        &[("user_id", policy::OVERFLOW_VALUE)],
+        DecisionAction::Block,
+        1,
+    );
+    view.apply(&all_overflow);
+    assert_eq!(
+        policy_of(&view.check(&other_team, now())),
+        Some("per-user-monthly")
+    );
+    let lift = ControlDecision {
+        action: DecisionAction::Allow,
+        version: 2,
+        ..all_overflow
+    };
+    assert_eq!(view.apply(&lift), ApplyOutcome::Lifted);
+    assert_eq!(view.check(&other_team, now()), Verdict::Allow);
+}

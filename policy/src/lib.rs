@@ -58,6 +58,6 @@ pub use record::{
     Notify, Owner, PolicyRecord, RetryPolicy, Review, ReviewCadence, Route, RuleAction, TimeZone,
     Values, WindowKind, WindowRecord,
 };
-pub use scope::{ScopeKey, GLOBAL_SCOPE};
+pub use scope::{ScopeKey, GLOBAL_SCOPE, OVERFLOW_VALUE};
 pub use source_map::Position;
 pub use unit::Unit;

@@ -205,6 +205,14 @@ impl Policy {
         self.group_by.iter().map(|(dimension, _)| dimension)
     }
 
+    /// The scope of the policy's overflow bucket ([`crate::OVERFLOW_VALUE`]).
+    pub fn overflow_scope_key(&self) -> ScopeKey {
+        ScopeKey::overflow(
+            Arc::clone(&self.id),
+            self.group_by.iter().map(|(_, name)| name.as_str()),
+        )
+    }
+
     /// Whether the event counts toward this policy (environment, route and selector all match).
     pub fn matches(&self, event: &EventDims<'_>) -> bool {
         self.filters

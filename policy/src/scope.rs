@@ -34,6 +34,15 @@ pub struct ScopeKey {
 /// The rendering of the one scope of a policy without `group_by`.
 pub const GLOBAL_SCOPE: &str = "*";
 
+/// Issue 13 point 7: the value of every dimension of a scope kind's **overflow bucket**. The
+/// aggregator keeps its own totals for at most a configured number of distinct values per scope
+/// kind and window (`aggregate.max_scopes_per_kind`); the events of any further value are counted
+/// in this bucket instead (`user_id=__overflow__`, or for a policy every `group_by` dimension set
+/// to it). A control decision whose scope carries this value applies to **any value** of that
+/// dimension (gateways cannot tell a tracked value from a folded one, so the bucket's cap fails
+/// closed), while `absent` still keeps requests lacking the dimension apart.
+pub const OVERFLOW_VALUE: &str = "__overflow__";
+
 impl ScopeKey {
     /// Renders a scope from `(dimension name, value)` pairs in `group_by` order; `None` = the
     /// event lacks that dimension.
@@ -56,6 +65,29 @@ impl ScopeKey {
             key.push_str(GLOBAL_SCOPE);
         }
         ScopeKey { policy_id, key }
+    }
+
+    /// The overflow bucket of a policy (see [`OVERFLOW_VALUE`]): every `group_by` dimension
+    /// set to [`OVERFLOW_VALUE`]; [`GLOBAL_SCOPE`] for a policy without `group_by`.
+    pub fn overflow<'n>(
+        policy_id: Arc<str>,
+        group_by_names: impl IntoIterator<Item = &'n str>,
+    ) -> ScopeKey {
+        ScopeKey::render(
+            policy_id,
+            group_by_names
+                .into_iter()
+                .map(|name| (name, Some(OVERFLOW_VALUE))),
+        )
+    }
+
+    /// Whether a rendered scope is an overflow bucket (a dimension's value is [`OVERFLOW_VALUE`]).
+    pub fn is_overflow(rendered: &str) -> bool {
+        rendered == OVERFLOW_VALUE
+            || rendered.split('|').any(|pair| {
+                pair.split_once('=')
+                    .is_some_and(|(_, value)| value == OVERFLOW_VALUE)
+            })
     }
 
     /// The policy the scope belongs to.
@@ -185,6 +217,28 @@ mod tests {
         assert_eq!(key.absent_dimensions(), vec!["user_id".to_owned()]);
         assert_eq!(key.to_string(), "p/team=s|user_id");
         assert_eq!(ScopeKey::decode("a=%zz"), None);
+    }
+
+    /// Issue 13 point 7: the overflow bucket sets every `group_by` dimension to
+    /// [`OVERFLOW_VALUE`], and only such renderings are overflow buckets.
+    #[test]
+    fn overflow_buckets_render_every_dimension_as_the_overflow_value() {
+        let key = ScopeKey::overflow(Arc::from("p"), ["team", "user_id"]);
+        assert_eq!(key.as_str(), "team=__overflow__|user_id=__overflow__");
+        assert!(ScopeKey::is_overflow(key.as_str()));
+        assert!(ScopeKey::is_overflow(OVERFLOW_VALUE));
+        assert_eq!(
+            ScopeKey::overflow(Arc::from("p"), []).as_str(),
+            GLOBAL_SCOPE
+        );
+        for plain in [
+            "team=search|user_id=u1",
+            "user_id",
+            "*",
+            "user_id=__overflow__x",
+        ] {
+            assert!(!ScopeKey::is_overflow(plain), "{plain}");
+        }
     }
 
     /// Values drawn to hit the separators and escapes.

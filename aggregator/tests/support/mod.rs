@@ -49,6 +49,15 @@ pub fn policies_dir(policies: &str) -> PathBuf {
     dir
 }
 
+/// The `scope_kind` of the totals of policy `id` in `policies` (YAML): `policy:<id>@<definition>`.
+pub fn policy_kind(policies: &str, id: &str) -> String {
+    policy::PolicySet::from_str("policies.yaml", policies)
+        .unwrap()
+        .get(id)
+        .unwrap()
+        .totals_scope_kind()
+}
+
 /// `count` priced events of the demo workload, `spacing_ms` apart from `start`.
 pub fn workload(seed: u64, count: usize, start: DateTime<Utc>, spacing_ms: i64) -> Vec<UsageEvent> {
     let pricer = ingest::pricer::Pricer::from_config(&Default::default()).unwrap();

@@ -6,6 +6,7 @@ use std::path::PathBuf;
 
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand, ValueEnum};
+use quotaflow_bench::cardinality;
 use quotaflow_bench::contenders::aggregator::AggregatorRun;
 use quotaflow_bench::contenders::kafka_engine::KafkaEngineRun;
 use quotaflow_bench::contenders::{self, Contender, Stack};
@@ -63,6 +64,20 @@ struct Args {
 
 #[derive(Debug, Subcommand)]
 enum Command {
+    /// Issue 13 point 7: peak RSS of the aggregator over one event per distinct `user_id`, per
+    /// `aggregate.max_scopes_per_kind` (0 = no limit); docs/benchmarks.md, "Memory under a
+    /// million distinct user ids".
+    Cardinality {
+        /// Distinct `user_id`s (one event each).
+        #[arg(long, default_value_t = 1_000_000)]
+        users: u64,
+        /// Limits to run with, comma-separated (0 = no limit).
+        #[arg(long, value_delimiter = ',', default_values_t = [10_000, 0])]
+        limits: Vec<u64>,
+        /// Partitions of the topic.
+        #[arg(long, default_value_t = 1)]
+        partitions: i32,
+    },
     /// Internal: the do-nothing rdkafka consumer, run as a child process.
     #[command(hide = true)]
     RawConsume {
@@ -97,7 +112,51 @@ fn main() -> Result<()> {
     if let Some(Command::RawConsume { brokers, topic }) = &args.command {
         return contenders::raw::consume(brokers, topic);
     }
+    if let Some(Command::Cardinality {
+        users,
+        limits,
+        partitions,
+    }) = &args.command
+    {
+        let (users, limits, partitions) = (*users, limits.clone(), *partitions);
+        return tokio::runtime::Runtime::new()?
+            .block_on(cardinality_bench(args, users, limits, partitions));
+    }
     tokio::runtime::Runtime::new()?.block_on(bench(args))
+}
+
+/// The cardinality benchmark (see [`quotaflow_bench::cardinality`]).
+async fn cardinality_bench(
+    args: Args,
+    users: u64,
+    limits: Vec<u64>,
+    partitions: i32,
+) -> Result<()> {
+    let stack = Stack::new(&args.brokers, &args.clickhouse);
+    let aggregator_bin = args.aggregator_bin.clone().unwrap_or_else(|| {
+        std::env::current_exe()
+            .unwrap_or_default()
+            .with_file_name("quotaflow-aggregator")
+    });
+    let log_dir = std::env::temp_dir().join("quotaflow-bench");
+    std::fs::create_dir_all(&log_dir)?;
+    let topic = format!("{}-card-{users}-p{partitions}", args.topic_prefix);
+    let layout = cardinality::prefill(&stack, &topic, users, partitions).await?;
+    let mut outcomes = Vec::new();
+    for limit in limits {
+        let outcome = cardinality::run(&stack, &aggregator_bin, &layout, limit, &log_dir).await?;
+        println!("{outcome:?}");
+        outcomes.push(outcome);
+    }
+    let table = cardinality::table(&outcomes);
+    println!("\n## Memory under {users} distinct user ids\n\n{table}");
+    if let Some(path) = &args.output {
+        std::fs::write(path, &table).with_context(|| format!("writing {}", path.display()))?;
+    }
+    if args.drop_topics {
+        topic::delete(&stack.kafka, std::slice::from_ref(&topic)).await?;
+    }
+    Ok(())
 }
 
 async fn bench(args: Args) -> Result<()> {

@@ -52,39 +52,16 @@ pub async fn run(stack: &Stack, run: AggregatorRun<'_>) -> Result<Outcome> {
         .iter()
         .map(|topic| format!("{name}.{topic}"))
         .collect();
-    let mut command = Command::new(run.binary);
-    for (key, _) in std::env::vars() {
-        if key.starts_with(infra::config::ENV_PREFIX) {
-            command.env_remove(key);
-        }
-    }
-    command
-        .env("RUST_LOG", "warn")
-        .env("QUOTAFLOW_KAFKA__BROKERS", &stack.kafka.brokers)
-        .env("QUOTAFLOW_KAFKA__TOPICS__USAGE", &run.layout.topic)
-        .env("QUOTAFLOW_KAFKA__TOPICS__TOTALS", &output_topics[0])
-        .env("QUOTAFLOW_KAFKA__TOPICS__DEAD_LETTER", &output_topics[1])
-        .env("QUOTAFLOW_KAFKA__TOPICS__CONTROL", &output_topics[2])
-        .env("QUOTAFLOW_KAFKA__TOPICS__ALERTS", &output_topics[3])
-        .env("QUOTAFLOW_KAFKA__TOPICS__APPROVALS", &output_topics[4])
-        .env(
-            "QUOTAFLOW_KAFKA__TOPICS__PARTITIONS",
-            run.layout.partitions.len().to_string(),
-        )
-        .env("QUOTAFLOW_CLICKHOUSE__URL", &stack.clickhouse_url)
-        .env("QUOTAFLOW_CLICKHOUSE__DATABASE", &name)
-        .env("QUOTAFLOW_GROUP_ID", &name)
-        .env("QUOTAFLOW_AGGREGATE__POLICIES_DIR", policies_dir())
-        // The mix happened months before the topic was written (`events::event_time_start`);
-        // admission judges age at the Kafka timestamp, so admit it whatever its age.
-        .env(
-            "QUOTAFLOW_VALIDATION__MAX_PAST_AGE",
-            (10 * 365 * 24 * 3600).to_string(),
-        )
-        .env("QUOTAFLOW_HTTP__LISTEN", "127.0.0.1:0")
-        .stdin(Stdio::null())
-        .stdout(std::fs::File::create(&log)?)
-        .stderr(std::fs::File::create(log.with_extension("err.log"))?);
+    let mut command = command(
+        stack,
+        run.binary,
+        &run.layout.topic,
+        run.layout.partitions.len(),
+        &name,
+        &output_topics,
+        &policies_dir(),
+        &log,
+    )?;
 
     let servers_before = stack.server_cpu();
     let spawned = Instant::now();
@@ -113,19 +90,71 @@ pub async fn run(stack: &Stack, run: AggregatorRun<'_>) -> Result<Outcome> {
     Ok(outcome)
 }
 
-async fn measure(
+/// The `quotaflow-aggregator` command reading `usage_topic` (`partitions` partitions) into
+/// database and group `name` and the five `output_topics` (totals, dead letters, control,
+/// alerts, approvals), with the policies of `policies_dir`, logging to `log`; no inherited
+/// `QUOTAFLOW_*` variables. Add settings with more `env` calls.
+#[allow(clippy::too_many_arguments)]
+pub fn command(
     stack: &Stack,
-    run: &AggregatorRun<'_>,
+    binary: &Path,
+    usage_topic: &str,
+    partitions: usize,
     name: &str,
+    output_topics: &[String],
+    policies_dir: &Path,
+    log: &Path,
+) -> Result<Command> {
+    let mut command = Command::new(binary);
+    for (key, _) in std::env::vars() {
+        if key.starts_with(infra::config::ENV_PREFIX) {
+            command.env_remove(key);
+        }
+    }
+    command
+        .env("RUST_LOG", "warn")
+        .env("QUOTAFLOW_KAFKA__BROKERS", &stack.kafka.brokers)
+        .env("QUOTAFLOW_KAFKA__TOPICS__USAGE", usage_topic)
+        .env("QUOTAFLOW_KAFKA__TOPICS__TOTALS", &output_topics[0])
+        .env("QUOTAFLOW_KAFKA__TOPICS__DEAD_LETTER", &output_topics[1])
+        .env("QUOTAFLOW_KAFKA__TOPICS__CONTROL", &output_topics[2])
+        .env("QUOTAFLOW_KAFKA__TOPICS__ALERTS", &output_topics[3])
+        .env("QUOTAFLOW_KAFKA__TOPICS__APPROVALS", &output_topics[4])
+        .env(
+            "QUOTAFLOW_KAFKA__TOPICS__PARTITIONS",
+            partitions.to_string(),
+        )
+        .env("QUOTAFLOW_CLICKHOUSE__URL", &stack.clickhouse_url)
+        .env("QUOTAFLOW_CLICKHOUSE__DATABASE", name)
+        .env("QUOTAFLOW_GROUP_ID", name)
+        .env("QUOTAFLOW_AGGREGATE__POLICIES_DIR", policies_dir)
+        // The mix happened months before the topic was written (`events::event_time_start`);
+        // admission judges age at the Kafka timestamp, so admit it whatever its age.
+        .env(
+            "QUOTAFLOW_VALIDATION__MAX_PAST_AGE",
+            (10 * 365 * 24 * 3600).to_string(),
+        )
+        .env("QUOTAFLOW_HTTP__LISTEN", "127.0.0.1:0")
+        .stdin(Stdio::null())
+        .stdout(std::fs::File::create(log)?)
+        .stderr(std::fs::File::create(log.with_extension("err.log"))?);
+    Ok(command)
+}
+
+/// Waits until every partition's checkpoint of the aggregator run `name` in ClickHouse has
+/// reached `layout`'s end offset (every record counted in `window_partials` and checkpointed).
+pub async fn wait_checkpointed(
+    stack: &Stack,
+    name: &str,
+    layout: &TopicLayout,
     child: &MeasuredChild,
     spawned: Instant,
-    servers_before: super::ServerCpu,
-) -> Result<(Outcome, Option<Duration>)> {
+) -> Result<()> {
     let checkpoints = format!(
         "SELECT partition, next_offset FROM `{name}`.aggregator_checkpoints FINAL \
          WHERE consumer_group = '{name}' FORMAT TSV"
     );
-    let progress = indicatif::ProgressBar::new(run.records);
+    let progress = indicatif::ProgressBar::new(layout.records());
     loop {
         if child.has_exited() {
             bail!("the aggregator stopped before catching up");
@@ -143,15 +172,9 @@ async fn measure(
                 .max()
                 .unwrap_or(0)
         };
-        let done: i64 = run
-            .layout
-            .partitions
-            .iter()
-            .map(|p| next_offset(p.id))
-            .sum();
+        let done: i64 = layout.partitions.iter().map(|p| next_offset(p.id)).sum();
         progress.set_position(done as u64);
-        if run
-            .layout
+        if layout
             .partitions
             .iter()
             .all(|partition| next_offset(partition.id) >= partition.high)
@@ -164,6 +187,18 @@ async fn measure(
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     progress.finish_and_clear();
+    Ok(())
+}
+
+async fn measure(
+    stack: &Stack,
+    run: &AggregatorRun<'_>,
+    name: &str,
+    child: &MeasuredChild,
+    spawned: Instant,
+    servers_before: super::ServerCpu,
+) -> Result<(Outcome, Option<Duration>)> {
+    wait_checkpointed(stack, name, run.layout, child, spawned).await?;
     let wall = spawned.elapsed();
     let servers = stack.server_cpu().since(servers_before);
 

@@ -1,0 +1,234 @@
+//! Issue 13 point 7, "Unbounded state from external cardinality", on the real stack: what the
+//! alerter holds for a window goes when the window closes, a job with no terminal event ages out
+//! with a page, and the aggregator's overflow bucket raises an alert and is capped like any
+//! scope (its block reaches a gateway for a user nobody tracks).
+
+mod support;
+
+use std::time::Duration;
+
+use chrono::{TimeDelta, Utc};
+use gateway::RequestAttributes;
+use infra::testkit;
+use schemas::DecisionAction;
+use support::*;
+
+/// The value of `alerter_state_entries{map="<map>"}` on the alerter's `/metrics`.
+async fn state_entries(base_url: &str, map: &str) -> Option<f64> {
+    let body = reqwest::get(format!("{base_url}/metrics"))
+        .await
+        .ok()?
+        .text()
+        .await
+        .ok()?;
+    let prefix = format!("alerter_state_entries{{map=\"{map}\"}} ");
+    body.lines()
+        .find_map(|line| line.strip_prefix(prefix.as_str()))
+        .and_then(|value| value.trim().parse().ok())
+}
+
+const PER_MINUTE: &str = r#"
+id: t-minute
+description: A small spend cap per API key and minute.
+owner: {team: search, contact: search@example.com}
+unit: cost_usd
+group_by: [api_key_id]
+window: {kind: minute}
+hard_cap: 10
+soft_alerts: [50]
+action: {kind: alert_only}
+"#;
+
+/// Issue 13 point 7: the totals and alert dedup keys of a window are dropped once it has
+/// closed (here one second after its end, `alert.ended_window_keep_secs = 1`); today's main
+/// keeps every dedup key forever.
+#[tokio::test]
+async fn alerter_state_of_a_window_is_dropped_after_it_closes() {
+    let receivers = Receivers::start().await;
+    let mut config = config("alerter_prune", PER_MINUTE, &receivers);
+    config.alert.ended_window_keep_secs = 1;
+    let alerter = start(&config).await;
+    let now = now_s();
+    let minute = now - TimeDelta::seconds(i64::from(now.timestamp() as u32 % 60));
+    produce_totals(
+        &config.kafka,
+        &[policy_total(
+            "t-minute",
+            "api_key_id=k1",
+            minute,
+            minute + TimeDelta::minutes(1),
+            "6",
+            1,
+        )],
+    )
+    .await;
+    wait_receivers(&receivers, "the soft alert", |r| {
+        r.slack_containing("api_key_id=k1") == 1
+    })
+    .await;
+    let base_url = alerter.base_url.clone();
+    testkit::eventually(Duration::from_secs(20), "the alert's key held", || {
+        let base_url = base_url.clone();
+        async move {
+            let fired = state_entries(&base_url, "fired").await?;
+            let totals = state_entries(&base_url, "totals").await?;
+            (fired >= 1.0 && totals >= 1.0).then_some(())
+        }
+    })
+    .await;
+    // The minute ends within 60 s; its state goes 1 s (totals) and 2 s (keys) later.
+    testkit::eventually(
+        Duration::from_secs(90),
+        "the window's state dropped",
+        || {
+            let base_url = base_url.clone();
+            async move {
+                let fired = state_entries(&base_url, "fired").await?;
+                let totals = state_entries(&base_url, "totals").await?;
+                (fired == 0.0 && totals == 0.0).then_some(())
+            }
+        },
+    )
+    .await;
+    assert_eq!(receivers.slack_containing("api_key_id=k1"), 1);
+    alerter.stop().await.unwrap();
+    testkit::drop_database(&config.clickhouse).await.unwrap();
+}
+
+const JOBS: &str = r#"
+id: t-jobs-age
+description: Two video jobs at once per customer.
+owner: {team: media, contact: media@example.com, pagerduty_service: media}
+selector: {modality: video}
+unit: concurrent_jobs
+group_by: [customer_id]
+hard_cap: 1
+action: {kind: block}
+"#;
+
+/// Issue 13 point 7: a job whose terminal event never comes leaves its gauge after
+/// `alert.job_max_age_secs` with a page (PagerDuty and Slack) naming the job, its scope and
+/// owner, and the block it caused is lifted; today's main keeps it (and the block) forever.
+#[tokio::test]
+async fn a_job_without_a_terminal_event_ages_out_with_a_page() {
+    let receivers = Receivers::start().await;
+    let mut config = config("alerter_job_age", JOBS, &receivers);
+    config.alert.job_max_age_secs = 3;
+    let alerter = start(&config).await;
+    let mut event = schemas::fixtures::text_event(&testkit::unique_name("job"), Utc::now());
+    event.modality = schemas::Modality::Video;
+    event.endpoint = "video".to_owned();
+    event.customer_id = Some("c-9".to_owned());
+    event.job_id = Some("job-lost".to_owned());
+    event.job_state = Some(schemas::JobState::Submitted);
+    produce_events(&config.kafka, &[event]).await;
+    let log = wait_control(&config.kafka, "the concurrency block", |log| {
+        !log.is_empty()
+    })
+    .await;
+    assert_eq!(log[0].action, DecisionAction::Block);
+    wait_receivers(&receivers, "the age-out page", |r| {
+        r.slack_containing("job job-lost of customer_id=c-9 (owner media)") == 1
+            && r.pagerduty().iter().any(|page| {
+                page["event_action"] == "trigger"
+                    && page["payload"]["custom_details"]["rule"]
+                        .as_str()
+                        .is_some_and(|text| text.contains("job-lost"))
+            })
+    })
+    .await;
+    let log = wait_control(&config.kafka, "the lift", |log| log.len() == 2).await;
+    assert_eq!(log[1].action, DecisionAction::Allow);
+    let base_url = alerter.base_url.clone();
+    testkit::eventually(Duration::from_secs(10), "no job held", || {
+        let base_url = base_url.clone();
+        async move {
+            let jobs = state_entries(&base_url, "jobs_in_flight").await?;
+            let scopes = state_entries(&base_url, "job_scopes").await?;
+            (jobs == 0.0 && scopes == 0.0).then_some(())
+        }
+    })
+    .await;
+    alerter.stop().await.unwrap();
+    testkit::drop_database(&config.clickhouse).await.unwrap();
+}
+
+const PER_USER: &str = r#"
+id: t-per-user
+description: Daily spend per user.
+owner: {team: growth, contact: growth@example.com, pagerduty_service: growth}
+environment: prod
+unit: cost_usd
+group_by: [user_id]
+window: {kind: day}
+hard_cap: 10
+action: {kind: block}
+"#;
+
+/// Issue 13 point 7: a total of a policy's overflow bucket (`user_id=__overflow__`, the values
+/// past the aggregator's `max_scopes_per_kind`) pages "overflow bucket in use", and over the cap
+/// it is blocked like any scope: a gateway applies the block to a user the aggregator never gave
+/// totals of its own, and not to requests without a `user_id`.
+#[tokio::test]
+async fn an_overflow_bucket_raises_an_alert_and_its_cap_blocks_untracked_users() {
+    let receivers = Receivers::start().await;
+    let config = config("alerter_overflow", PER_USER, &receivers);
+    let alerter = start(&config).await;
+    let gateway = gateway(&config.kafka).await;
+    let now = now_s();
+    let day = now - TimeDelta::seconds(i64::from(now.timestamp() as u32 % 86_400));
+    let overflow = format!("user_id={}", policy::OVERFLOW_VALUE);
+    produce_totals(
+        &config.kafka,
+        &[policy_total(
+            "t-per-user",
+            &overflow,
+            day,
+            day + TimeDelta::days(1),
+            "12",
+            1,
+        )],
+    )
+    .await;
+    wait_receivers(&receivers, "the overflow alert and its page", |r| {
+        r.slack_containing("overflow bucket in use for policy:t-per-user") == 1
+            && r.pagerduty().iter().any(|page| {
+                page["event_action"] == "trigger"
+                    && page.to_string().contains("overflow bucket in use")
+            })
+    })
+    .await;
+    let log = wait_control(&config.kafka, "the overflow bucket's block", |log| {
+        !log.is_empty()
+    })
+    .await;
+    assert_eq!(log[0].action, DecisionAction::Block);
+    assert_eq!(
+        log[0].scope.get("user_id").map(String::as_str),
+        Some(policy::OVERFLOW_VALUE)
+    );
+    let untracked = RequestAttributes {
+        user_id: Some("user-never-counted-alone"),
+        ..request("k1", "prod", "gpt-4o")
+    };
+    testkit::eventually(
+        Duration::from_secs(10),
+        "the untracked user refused",
+        || {
+            let verdict = gateway.check(&untracked);
+            async move { (!verdict.may_proceed()).then_some(()) }
+        },
+    )
+    .await;
+    assert!(gateway
+        .check(&request("k1", "prod", "gpt-4o"))
+        .may_proceed());
+    assert!(gateway
+        .check(&RequestAttributes {
+            user_id: Some("user-never-counted-alone"),
+            ..request("k1", "staging", "gpt-4o")
+        })
+        .may_proceed());
+    alerter.stop().await.unwrap();
+    testkit::drop_database(&config.clickhouse).await.unwrap();
+}
