@@ -300,7 +300,7 @@ async fn restore(
 ) -> Result<Vec<PartitionAggregator>, SinkError> {
     let mut checkpoints = sink.load_checkpoints().await?;
     // Only for its window specs: where the open windows of a close horizon start.
-    let windows = crate::state::TotalsState::new(policies, settings.totals.clone())
+    let windows = crate::state::TotalsState::new(policies, settings.totals)
         .map_err(|error| SinkError::Unrepresentable(error.to_string()))?;
     let mut restored = Vec::with_capacity(partitions.len());
     for &partition in partitions {

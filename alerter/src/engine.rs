@@ -53,6 +53,10 @@ use crate::evaluate::unit_amount;
 use crate::notify::{IncidentKind, Notice, NoticeKind, NoticeWindow, Owner};
 use crate::totals::{Applied, TotalsView, WindowKey};
 
+/// How long after its end a window's total is still held (then [`Engine::tick`] evicts it, and a
+/// restore does not load it).
+pub const ENDED_TOTALS_KEPT: chrono::TimeDelta = chrono::TimeDelta::hours(1);
+
 /// Prefix of the `scope_kind` of a policy's own totals (`policy:<id>`).
 pub const POLICY_SCOPE_PREFIX: &str = "policy:";
 
@@ -413,9 +417,34 @@ impl Engine {
             _ => {
                 self.to_follow.insert(decision.key.clone());
                 self.policies_with_blocks.insert(decision.policy_id.clone());
+                self.observe_blocked_model(&decision);
                 self.decisions.insert(decision.key.clone(), decision);
             }
         }
+    }
+
+    /// A model-rule block held on the control topic counts as the model seen: the totals that
+    /// showed it belong to windows that may have closed (their keys tombstoned), and the block
+    /// must not be lifted because the restore no longer reads them.
+    fn observe_blocked_model(&mut self, decision: &ControlDecision) {
+        if decision.window != MODEL_RULES_WINDOW || decision.action != DecisionAction::Block {
+            return;
+        }
+        let Some(model) = decision.scope.get("model") else {
+            return;
+        };
+        let provider = decision
+            .scope
+            .get("provider")
+            .cloned()
+            .or_else(|| {
+                self.policies
+                    .get(&decision.policy_id)
+                    .and_then(|policy| policy.fixed_dimensions().get("provider").cloned())
+            })
+            .unwrap_or_default();
+        self.observed_models
+            .insert((decision.policy_id.clone(), provider, model.clone()));
     }
 
     /// Restores an alert read back from the alerts topic: it will not be raised again.
@@ -488,13 +517,24 @@ impl Engine {
     }
 
     /// Applies a total read during the restore, without evaluating (the view is incomplete until
-    /// the topic is read to its end; [`Engine::set_policies`] evaluates everything then).
-    pub fn load_total(&mut self, total: WindowTotal) {
+    /// the topic is read to its end; [`Engine::set_policies`] evaluates everything then). A total
+    /// of a window that ended more than [`ENDED_TOTALS_KEPT`] before `now` is not held (the first
+    /// tick would evict it): the restored view holds the live windows, not the topic's history.
+    pub fn load_total(&mut self, total: WindowTotal, now: DateTime<Utc>) {
         let key = WindowKey::of(&total);
-        self.totals.apply(total);
         // Models seen before the restart stay seen: an allow-list block must not be lifted and
         // set again because the process restarted.
         self.observe_model(&key);
+        if total.window_end > now - ENDED_TOTALS_KEPT {
+            self.totals.apply(total);
+        }
+    }
+
+    /// Applies a tombstone of the totals topic (the aggregator closed that window): the
+    /// partial is forgotten. No evaluation: a closed window decides nothing any more (its
+    /// decisions are lifted when it ends, by [`Engine::tick`]).
+    pub fn remove_total(&mut self, key: &schemas::TotalsKey) -> bool {
+        self.totals.remove(key)
     }
 
     /// Applies one record of the totals topic and evaluates the policy it belongs to.
@@ -838,7 +878,7 @@ impl Engine {
         }
         effects.extend(self.stale_jobs(now));
         effects.extend(self.follow_decisions(now));
-        self.totals.evict_ended(now - chrono::TimeDelta::hours(1));
+        self.totals.evict_ended(now - ENDED_TOTALS_KEPT);
         effects
     }
 
