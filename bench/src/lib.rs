@@ -12,6 +12,8 @@
 //! - [`process`]: CPU time and peak RSS of processes.
 //! - [`clickhouse_http`]: plain-HTTP ClickHouse queries.
 //! - [`report`]: the medians table.
+//! - [`restore`]: the restore benchmark (issue 13 point 6): a month of totals history, the
+//!   alerter's restore time and peak RSS.
 
 pub mod clickhouse_http;
 pub mod contenders;
@@ -20,5 +22,6 @@ pub mod prefill;
 pub mod process;
 pub mod recount;
 pub mod report;
+pub mod restore;
 pub mod topic;
 pub mod totals;
