@@ -312,7 +312,8 @@ impl SeedBuilder {
         }
     }
 
-    /// Keeps the requested kinds' changed totals and frees the fresh state's closed windows.
+    /// Keeps the requested kinds' changed totals (taking the flush also frees the fresh state's
+    /// closed windows).
     fn drain(&mut self) {
         self.since_drain = 0;
         for update in self.fresh.take_flush().updates {
@@ -331,7 +332,6 @@ impl SeedBuilder {
             );
             self.kept.insert(key, update);
         }
-        self.fresh.flushed();
     }
 
     /// The seed: the requested definitions' totals of the windows open at the live start.

@@ -46,6 +46,18 @@
 //! (`version <= row version`). Every total thus continues exactly where its row left it. A row
 //! ahead of the checkpoint may have missed the totals topic (the process died between the two
 //! writes), so it is restored dirty: the next flush writes and publishes it again.
+//!
+//! # Tombstones (issue 13 point 6)
+//! [`PartitionAggregator::take_flush`] also drops every window closed at the flush's close
+//! horizon (`watermark - allowed_lateness`) and hands out its (scope, window) in
+//! [`PartitionFlush::closed`]; the pipeline writes a tombstone (null value) for its totals-topic
+//! key after the flush's totals are acknowledged and before the checkpoint, so compaction removes
+//! the key and a reader's restore is bounded by the open windows, not by history. A closed window
+//! takes no event again (events for it are late), so no later record of this partition's run
+//! writes its key again: the tombstone is the key's last record. A replay from an older
+//! checkpoint restores the window as open, may publish its total again, and tombstones it again
+//! when its horizon passes (the same records close it). Only a zombie writer (docs/aggregator.md,
+//! Known limits) can land a total after the tombstone; readers ignore totals of ended windows.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -60,7 +72,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::dedup::Dedup;
 use crate::state::{
-    PendingJobsSnapshot, Restored, StateError, StoredTotal, TotalUpdate, TotalsConfig, TotalsState,
+    ClosedWindow, PendingJobsSnapshot, Restored, StateError, StoredTotal, TotalUpdate,
+    TotalsConfig, TotalsState,
 };
 
 /// The `service` of the aggregator's dead letters.
@@ -181,6 +194,9 @@ pub struct PartitionFlush {
     pub partition: i32,
     /// Every total changed since the last flush, absolute, with its version.
     pub updates: Vec<TotalUpdate>,
+    /// Windows closed at this flush's close horizon, dropped from the state: their keys on the
+    /// totals topic are tombstoned after `updates` are published and before the checkpoint.
+    pub closed: Vec<ClosedWindow>,
     /// Dead letters since the last flush.
     pub dead_letters: Vec<DeadLetter>,
     /// The checkpoint describing the state right after `updates`.
@@ -701,11 +717,14 @@ impl PartitionAggregator {
     }
 
     /// Drains the changed totals, the dead letters and the checkpoint after them. The caller
-    /// writes them (totals, dead letters, then the checkpoint) and then calls
-    /// [`Self::flushed`]; if the write fails it retries the same flush.
+    /// writes them (totals, tombstones, dead letters, then the checkpoint); if the write fails it
+    /// retries the same flush.
     pub fn take_flush(&mut self) -> PartitionFlush {
         self.progressed = false;
         let updates = self.state.drain_dirty();
+        // After the drain nothing is dirty, so every window closed at this checkpoint's close
+        // horizon goes, and its key is tombstoned by this flush, before its checkpoint.
+        let closed = self.state.take_closed();
         // While the records before `next_offset` are still being re-read, the filter is
         // incomplete and its front says nothing: the restored replay start still holds. (A flush
         // can come that early: rows restored ahead of the checkpoint are rewritten at once.)
@@ -718,6 +737,7 @@ impl PartitionAggregator {
         PartitionFlush {
             partition: self.partition,
             updates,
+            closed,
             dead_letters: std::mem::take(&mut self.dead_letters),
             checkpoint: Checkpoint {
                 next_offset: self.next_offset,
@@ -736,11 +756,6 @@ impl PartitionAggregator {
     /// Policy totals changed since the last peek (see `TotalsState::peek_policy_updates`).
     pub fn peek_policy_updates(&mut self) -> Vec<crate::state::TotalUpdate> {
         self.state.peek_policy_updates()
-    }
-
-    /// After a flush is durable: frees closed windows (now written).
-    pub fn flushed(&mut self) -> usize {
-        self.state.evict_closed()
     }
 }
 
@@ -1154,7 +1169,6 @@ mod tests {
                 partition.handle(offset as i64, written(at(59)), None, Some(payload));
                 if offset % 10 == 9 {
                     flushed.push(partition.take_flush());
-                    partition.flushed();
                 }
             }
             flushed.push(partition.take_flush());

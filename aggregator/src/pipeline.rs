@@ -14,7 +14,8 @@
 //! after each flush for lag tooling only.
 //!
 //! # Flush order
-//! Partials (one INSERT), totals topic (every record acknowledged), dead letters (Kafka, then
+//! Partials (one INSERT), totals topic (every record acknowledged), tombstones of the keys of
+//! windows closed at the flush's horizon (every one acknowledged), dead letters (Kafka, then
 //! ClickHouse), checkpoints (one INSERT). A crash anywhere before the checkpoint INSERT leaves
 //! the previous checkpoint in force, and the restart recomputes exactly the same rows and records
 //! (same values, same versions), so what was written twice is the same thing twice.
@@ -56,7 +57,7 @@ const WRITE_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Crash-test hook ([`infra::failpoint`]): `AGGREGATOR_FAILPOINT=<step>:<n>` aborts the process
 /// right after `<step>` of the `n`-th flush attempt, where `<step>` is `partials`, `published`,
-/// `dead_letters` or `checkpoint`.
+/// `tombstoned`, `dead_letters` or `checkpoint`.
 static FAILPOINTS: infra::failpoint::Failpoints =
     infra::failpoint::Failpoints::new("AGGREGATOR_FAILPOINT");
 
@@ -293,11 +294,22 @@ async fn restore(
     partitions: &[i32],
 ) -> Result<Vec<PartitionAggregator>, SinkError> {
     let mut checkpoints = sink.load_checkpoints().await?;
+    // Only for its window specs: where the open windows of a close horizon start.
+    let windows = crate::state::TotalsState::new(policies, settings.totals.clone())
+        .map_err(|error| SinkError::Unrepresentable(error.to_string()))?;
     let mut restored = Vec::with_capacity(partitions.len());
     for &partition in partitions {
         let checkpoint = checkpoints.remove(&partition);
         let stored = match &checkpoint {
-            Some(checkpoint) => sink.load_partials(partition, checkpoint).await?,
+            Some(checkpoint) => {
+                let open_from = checkpoint
+                    .state
+                    .closed_through
+                    .map_or(chrono::DateTime::UNIX_EPOCH, |closed_through| {
+                        windows.open_windows_start(closed_through)
+                    });
+                sink.load_partials(partition, checkpoint, open_from).await?
+            }
             None => Vec::new(),
         };
         let totals = stored
@@ -679,18 +691,15 @@ impl AggregatorLoop {
             }
         }
         let rows: usize = batch.iter().map(|flush| flush.updates.len()).sum();
-        let mut durable = Vec::with_capacity(batch.len());
         for flush in &batch {
             if let Some(next) = self.owned.get_mut(&flush.partition) {
                 *next = Some(flush.checkpoint.next_offset);
-                durable.push(flush.partition);
             }
             for letter in &flush.dead_letters {
                 metrics::counter!(metric::DEAD_LETTERS, "kind" => letter.error_kind.clone())
                     .increment(1);
             }
         }
-        self.workers.flushed(&durable).await?;
         self.resume_if_paused();
         self.commit(CommitMode::Async);
         self.stats
@@ -799,6 +808,14 @@ async fn write_batch(
     FAILPOINTS.reached("partials");
     published?;
     FAILPOINTS.reached("published");
+    // After the totals are acknowledged, so a key's tombstone follows its last total.
+    let tombstones = batch
+        .iter()
+        .map(|flush| sink.publish_tombstones(flush.partition, &flush.closed));
+    for sent in futures::future::join_all(tombstones).await {
+        sent?;
+    }
+    FAILPOINTS.reached("tombstoned");
     let letters: Vec<schemas::DeadLetter> = batch
         .iter()
         .flat_map(|flush| flush.dead_letters.iter().cloned())

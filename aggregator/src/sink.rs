@@ -18,7 +18,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::measures::Measures;
 use crate::partition::{Checkpoint, CheckpointState};
-use crate::state::{StoredTotal, TotalUpdate};
+use crate::state::{ClosedWindow, StoredTotal, TotalUpdate};
 
 /// Why a write or a load failed, and whether to retry.
 #[derive(Debug, thiserror::Error)]
@@ -392,6 +392,46 @@ impl Sink {
         Ok(())
     }
 
+    /// Publishes a tombstone (null value) for the totals-topic key of every window in `closed`
+    /// (input `partition`), so compaction removes the keys of closed windows (see
+    /// [`crate::partition`], Tombstones), and waits for every acknowledgement. Call it after the
+    /// flush's totals are acknowledged: a key's total and its tombstone are then in that order.
+    /// The same scopes as [`Sink::publish_totals`].
+    pub async fn publish_tombstones(
+        &self,
+        partition: i32,
+        closed: &[ClosedWindow],
+    ) -> Result<(), SinkError> {
+        let Some(producer) = &self.producer else {
+            return Ok(());
+        };
+        let keys: Vec<String> = closed
+            .iter()
+            .filter(|window| self.publish_all_scopes || window.scope_kind.starts_with("policy:"))
+            .map(|closed| {
+                WindowTotal::compaction_key_for(
+                    &closed.scope_kind,
+                    &closed.scope_key,
+                    &closed.window.kind().to_string(),
+                    closed.window.time_zone().name(),
+                    &closed.window.start(),
+                    &self.topic,
+                    partition,
+                )
+            })
+            .collect();
+        let sends = keys.iter().map(|key| {
+            producer.send(
+                FutureRecord::<str, [u8]>::to(&self.totals_topic).key(key.as_str()),
+                Duration::from_secs(30),
+            )
+        });
+        for result in futures::future::join_all(sends).await {
+            result.map_err(|(error, _)| SinkError::Kafka(error))?;
+        }
+        Ok(())
+    }
+
     /// Inserts the checkpoints (one row each, one INSERT).
     pub async fn write_checkpoints(
         &self,
@@ -457,11 +497,15 @@ impl Sink {
     }
 
     /// The stored partials of `partition`: per key the newest row (whatever its version, see
-    /// [`crate::partition`]), for windows not closed at `checkpoint`.
+    /// [`crate::partition`]), for windows not closed at `checkpoint`. `open_from` bounds the
+    /// scan: no open window starts before it ([`crate::state::TotalsState::open_windows_start`]),
+    /// and the table is partitioned by the month of `window_start`, so the months before it are
+    /// not read: a restore reads the open windows' months, not the partition's history.
     pub async fn load_partials(
         &self,
         partition: i32,
         checkpoint: &Checkpoint,
+        open_from: DateTime<Utc>,
     ) -> Result<Vec<StoredPartial>, SinkError> {
         let measures: Vec<String> = STORED_MEASURES
             .iter()
@@ -476,6 +520,7 @@ impl Sink {
              {}, max(version) AS newest_version \
              FROM window_partials \
              WHERE source_topic = ? AND source_partition = ? AND toUInt32(window_end) > ? \
+             AND window_start >= toDateTime(?) \
              GROUP BY scope_kind, scope_key, window_kind, window_tz, window_start",
             measures.join(", ")
         );
@@ -485,6 +530,7 @@ impl Sink {
             .bind(&self.topic)
             .bind(partition)
             .bind(closed_through)
+            .bind(seconds(open_from.max(DateTime::UNIX_EPOCH))?)
             .fetch_all::<StoredPartial>()
             .await?)
     }

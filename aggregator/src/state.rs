@@ -180,6 +180,17 @@ impl TotalUpdate {
     }
 }
 
+/// A (scope, window) dropped because it closed: its totals-topic key is tombstoned.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClosedWindow {
+    /// `scope_kind`: a dimension name or `policy:<id>`.
+    pub scope_kind: Arc<str>,
+    /// `scope_key`.
+    pub scope_key: Arc<str>,
+    /// The window.
+    pub window: Window,
+}
+
 /// A stored total to put back into a state ([`TotalsState::restore_total`]): a row of
 /// `window_partials` as the aggregator wrote it.
 #[derive(Debug, Clone, Copy)]
@@ -758,24 +769,39 @@ impl TotalsState {
     /// windows dropped. Walks the whole state: call it per batch, not per event. It frees
     /// memory only: whether an event is late does not depend on when it is called.
     pub fn evict_closed(&mut self) -> usize {
+        self.take_closed().len()
+    }
+
+    /// [`Self::evict_closed`], returning the (scope, window) of every window dropped: the keys
+    /// whose totals-topic records are tombstoned (issue 13 point 6). A window is dropped here at
+    /// most once (a closed window is never re-created), so each key is handed out once per run;
+    /// a replay from an older checkpoint, which restores the window as open, hands it out again.
+    pub fn take_closed(&mut self) -> Vec<ClosedWindow> {
         let Some(watermark) = self.watermark else {
-            return 0;
+            return Vec::new();
         };
         let job_horizon = TimeDelta::from_std(self.config.pending_job_max_age)
             .ok()
             .and_then(|age| watermark.checked_sub_signed(age));
 
         let Some(closed_through) = self.closed_through else {
-            return 0;
+            return Vec::new();
         };
-        let mut dropped = 0;
-        for map in &mut self.scopes {
-            map.retain(|_, state| {
-                let before = state.windows.len();
-                state
-                    .windows
-                    .retain(|slot| slot.dirty || slot.window.end() > closed_through);
-                dropped += before - state.windows.len();
+        let mut closed = Vec::new();
+        for (kind_index, map) in self.scopes.iter_mut().enumerate() {
+            let kind_name = &self.kind_names[kind_index];
+            map.retain(|key, state| {
+                state.windows.retain(|slot| {
+                    let keep = slot.dirty || slot.window.end() > closed_through;
+                    if !keep {
+                        closed.push(ClosedWindow {
+                            scope_kind: Arc::clone(kind_name),
+                            scope_key: Arc::clone(key),
+                            window: slot.window.clone(),
+                        });
+                    }
+                    keep
+                });
                 if state.windows.capacity() > state.windows.len() + 2 {
                     state.windows.shrink_to_fit();
                 }
@@ -790,9 +816,26 @@ impl TotalsState {
                 !state.windows.is_empty() || state.pending_jobs.is_some()
             });
         }
-        self.active_windows -= dropped;
+        self.active_windows -= closed.len();
         self.admitted.retain(|_, (end, _)| *end > closed_through);
-        dropped
+        closed
+    }
+
+    /// The earliest start of a window that is open at close horizon `closed_through` (ends after
+    /// it), over every window spec of the plan: the window of each spec holding `closed_through`
+    /// starts there or later, and so does every later one. A restore reads only stored rows
+    /// starting at or after it (`window_partials` is partitioned by the month of
+    /// `window_start`, so older months are not read at all).
+    pub fn open_windows_start(&self, closed_through: DateTime<Utc>) -> DateTime<Utc> {
+        self.plan
+            .specs()
+            .iter()
+            .map(|spec| {
+                spec.window_of(closed_through)
+                    .map_or(closed_through, |window| window.start())
+            })
+            .min()
+            .unwrap_or(closed_through)
     }
 
     /// Every total changed since the last drain, as absolute values with their version; clears

@@ -62,7 +62,6 @@ enum Command {
     Records(Vec<Record>),
     Flush(oneshot::Sender<Vec<PartitionFlush>>),
     Peek(oneshot::Sender<Vec<(i32, Vec<crate::state::TotalUpdate>)>>),
-    Flushed(Vec<i32>),
     Gauges(oneshot::Sender<Gauges>),
     Reload(Arc<PolicySet>, oneshot::Sender<Vec<BackfillRequest>>),
     Seed(Box<Seed>),
@@ -181,21 +180,6 @@ impl Workers {
             peeked.extend(receiver.await.map_err(|_| WorkerGone)?);
         }
         Ok(peeked)
-    }
-
-    /// Tells the workers the flushes of `partitions` are durable (they evict closed windows).
-    pub async fn flushed(&mut self, partitions: &[i32]) -> Result<(), WorkerGone> {
-        let mut by_worker: BTreeMap<usize, Vec<i32>> = BTreeMap::new();
-        for &partition in partitions {
-            by_worker
-                .entry(partition.unsigned_abs() as usize % self.senders.len())
-                .or_default()
-                .push(partition);
-        }
-        for (worker, partitions) in by_worker {
-            send(&self.senders[worker], Command::Flushed(partitions)).await?;
-        }
-        Ok(())
     }
 
     /// Switches every partition to `policies` (after the records queued before); the seeds the
@@ -367,13 +351,6 @@ fn work(mut receiver: mpsc::Receiver<Command>, stats: Arc<Stats>) {
                     .filter(|(_, updates)| !updates.is_empty())
                     .collect();
                 let _ = reply.send(peeked);
-            }
-            Command::Flushed(flushed) => {
-                for partition in flushed {
-                    if let Some(partition) = partitions.get_mut(&partition) {
-                        partition.flushed();
-                    }
-                }
             }
             Command::Reload(policies, reply) => {
                 let mut requests = Vec::new();

@@ -603,9 +603,34 @@ impl Engine {
             _ => {
                 self.to_follow.insert(decision.key.clone());
                 self.policies_with_blocks.insert(decision.policy_id.clone());
+                self.observe_blocked_model(&decision);
                 self.decisions.insert(decision.key.clone(), decision);
             }
         }
+    }
+
+    /// A model-rule block held on the control topic counts as the model seen: the totals that
+    /// showed it belong to windows that may have closed (their keys tombstoned), and the block
+    /// must not be lifted because the restore no longer reads them.
+    fn observe_blocked_model(&mut self, decision: &ControlDecision) {
+        if decision.window != MODEL_RULES_WINDOW || decision.action != DecisionAction::Block {
+            return;
+        }
+        let Some(model) = decision.scope.get("model") else {
+            return;
+        };
+        let provider = decision
+            .scope
+            .get("provider")
+            .cloned()
+            .or_else(|| {
+                self.policies
+                    .get(&decision.policy_id)
+                    .and_then(|policy| policy.fixed_dimensions().get("provider").cloned())
+            })
+            .unwrap_or_default();
+        self.observed_models
+            .insert((decision.policy_id.clone(), provider, model.clone()));
     }
 
     /// Restores an alert read back from the alerts topic: it will not be raised again.
@@ -681,13 +706,24 @@ impl Engine {
     }
 
     /// Applies a total read during the restore, without evaluating (the view is incomplete until
-    /// the topic is read to its end; [`Engine::set_policies`] evaluates everything then).
-    pub fn load_total(&mut self, total: WindowTotal) {
+    /// the topic is read to its end; [`Engine::set_policies`] evaluates everything then). A total
+    /// of a window that ended more than `alert.ended_window_keep_secs` before `now` is not held (the first
+    /// tick would evict it): the restored view holds the live windows, not the topic's history.
+    pub fn load_total(&mut self, total: WindowTotal, now: DateTime<Utc>) {
         let key = WindowKey::of(&total);
-        self.totals.apply(total);
         // Models seen before the restart stay seen: an allow-list block must not be lifted and
         // set again because the process restarted.
         self.observe_model(&key);
+        if total.window_end > now - self.ended_window_keep {
+            self.totals.apply(total);
+        }
+    }
+
+    /// Applies a tombstone of the totals topic (the aggregator closed that window): the
+    /// partial is forgotten. No evaluation: a closed window decides nothing any more (its
+    /// decisions are lifted when it ends, by [`Engine::tick`]).
+    pub fn remove_total(&mut self, key: &schemas::TotalsKey) -> bool {
+        self.totals.remove(key)
     }
 
     /// Applies one record of the totals topic and evaluates the policy it belongs to.

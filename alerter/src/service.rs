@@ -11,6 +11,10 @@
 //!    evaluation (a half-read total would look lower than it is), then approvals are checked and
 //!    applied (so the first evaluation sees the raises in force), everything is evaluated once,
 //!    time ticked and the per-action findings of the replay kept if they were not raised before.
+//!    Each record is folded into the state as it is read, never buffered, and totals of windows
+//!    that ended over an hour ago are not held, while the aggregator's tombstones (null records)
+//!    remove closed windows' keys: the restore's time and memory follow the live state, not the
+//!    history (issue 13 point 6; `alerter_restore_records`, `alerter_totals_held`).
 //! 3. `/readyz` turns 200 and the totals, approvals and usage topics are followed from the offsets
 //!    the restore stopped at, so nothing is read twice or skipped. No consumer group offsets are
 //!    committed: the state is rebuilt from the topics at every start.
@@ -106,6 +110,13 @@ pub mod metric {
     pub const EFFECTS_DROPPED: &str = "alerter_effects_dropped_total";
     /// Failed writes (audit, alerts topic) that are being retried, by `target`.
     pub const RETRIES: &str = "alerter_retries_total";
+    /// Records the last restore read, by `topic` kind (`control`, `alerts`, `approvals`,
+    /// `totals`, `totals_tombstones`, `usage`) (gauge). Each was folded into the state as it was
+    /// read; none is kept.
+    pub const RESTORE_RECORDS: &str = "alerter_restore_records";
+    /// (scope, window) totals held (gauge; set after the restore and at every tick): the open
+    /// windows, and those ended less than an hour ago, not the totals topic's history.
+    pub const TOTALS_HELD: &str = "alerter_totals_held";
     /// Entries held by the engine, by `map` (`totals`, `decisions`, `fired`, `jobs_in_flight`,
     /// `job_scopes`, `anomaly_tracks`), set every tick (gauge; issue 13 point 7: they fall as
     /// windows close and jobs finish or age out).
@@ -173,13 +184,133 @@ pub async fn run(config: Config, listener: TcpListener, shutdown: Shutdown) -> R
     result
 }
 
-/// What the restore read.
-#[derive(Default)]
-struct Snapshot {
-    records: Vec<(String, Vec<u8>)>,
-    /// Approval records with what their check needs besides the payload.
-    approvals: Vec<RawApproval>,
+/// The state a restore builds. Every record is folded in as it is read and dropped (issue 13
+/// point 6): nothing holds the records, so the restore's memory follows the live state (decisions
+/// in force, open windows' totals, approvals), not the topics' history. Totals of windows that
+/// ended are not even held ([`Engine::load_total`]) and tombstones remove theirs.
+struct Restore {
+    /// The engine, restored without evaluating.
+    engine: Engine,
+    /// Per-action rules, fed the usage lookback.
+    actions: ActionWatch,
+    /// What the per-action rules found in the lookback (raised after the restore, unless raised
+    /// before).
+    action_findings: Vec<Effect>,
+    /// Approvals read, checked and applied after the restore (the first evaluation sees them).
+    approvals: Vec<ReceivedApproval>,
+    /// Decisions and alerts on the topics, audited again after the restore.
+    reaudit: Vec<AuditRow>,
+    /// What was read.
+    counts: RestoreCounts,
+    /// End offsets per (topic, partition) taken when the restore began: the follow starts there.
     ends: HashMap<(String, i32), i64>,
+    /// Topic names.
+    topics: infra::config::TopicsConfig,
+}
+
+/// Records a restore folded, by kind.
+#[derive(Debug, Default, Clone, Copy)]
+struct RestoreCounts {
+    decisions: usize,
+    alerts: usize,
+    approvals: usize,
+    totals: usize,
+    tombstones: usize,
+    usage_events: usize,
+}
+
+impl RestoreCounts {
+    /// Sets the [`metric::RESTORE_RECORDS`] gauges.
+    fn record(&self) {
+        for (topic, count) in [
+            ("control", self.decisions),
+            ("alerts", self.alerts),
+            ("approvals", self.approvals),
+            ("totals", self.totals),
+            ("totals_tombstones", self.tombstones),
+            ("usage", self.usage_events),
+        ] {
+            metrics::gauge!(metric::RESTORE_RECORDS, "topic" => topic).set(count as f64);
+        }
+    }
+}
+
+impl Restore {
+    fn new(engine: Engine, actions: ActionWatch, topics: infra::config::TopicsConfig) -> Restore {
+        Restore {
+            engine,
+            actions,
+            action_findings: Vec::new(),
+            approvals: Vec::new(),
+            reaudit: Vec::new(),
+            counts: RestoreCounts::default(),
+            ends: HashMap::new(),
+            topics,
+        }
+    }
+
+    /// Folds one record read before its partition's end offset.
+    fn fold(&mut self, message: &impl Message) {
+        let topic = message.topic();
+        if topic == self.topics.approvals {
+            if let Some(received) = RawApproval::of(message).and_then(|raw| raw.decode()) {
+                self.approvals.push(received);
+                self.counts.approvals += 1;
+            }
+            return;
+        }
+        if !evaluated(topic, message.key(), &self.topics.totals) {
+            return;
+        }
+        let Some(payload) = message.payload() else {
+            if topic == self.topics.totals {
+                remove_total(&mut self.engine, message.key());
+                self.counts.tombstones += 1;
+            }
+            return;
+        };
+        if topic == self.topics.control {
+            if let Some(decision) = decode::<ControlDecision>("control", payload) {
+                self.reaudit.push(AuditRow::Decision(decision.clone()));
+                self.engine.restore_decision(decision);
+                self.counts.decisions += 1;
+            }
+        } else if topic == self.topics.alerts {
+            if let Some(alert) = decode::<Alert>("alerts", payload) {
+                self.engine.restore_alert(&alert);
+                self.reaudit.push(AuditRow::Alert(alert));
+                self.counts.alerts += 1;
+            }
+        } else if topic == self.topics.usage {
+            if let Some(event) = decode::<schemas::UsageEvent>("usage", payload) {
+                self.engine.load_job_event(&event);
+                self.action_findings.extend(self.actions.observe(
+                    self.engine.policies(),
+                    &event,
+                    Utc::now(),
+                ));
+                self.counts.usage_events += 1;
+            }
+        } else if topic == self.topics.totals {
+            if let Some(total) = decode::<WindowTotal>("totals", payload) {
+                self.engine.load_total(total, Utc::now());
+                self.counts.totals += 1;
+            }
+        }
+    }
+}
+
+/// Applies a tombstone of the totals topic (a record without value) by its key.
+fn remove_total(engine: &mut Engine, key: Option<&[u8]>) {
+    match key
+        .and_then(|key| std::str::from_utf8(key).ok())
+        .and_then(WindowTotal::parse_compaction_key)
+    {
+        Some(key) => {
+            engine.remove_total(&key);
+        }
+        None => warn!("totals tombstone with an unreadable key skipped"),
+    }
 }
 
 /// An approval record as read: payload, key and the broker's append time (if it is that kind).
@@ -246,7 +377,8 @@ async fn run_loop(config: &Config, readiness: &Readiness, shutdown: &Shutdown) -
 
     // Restore.
     let restore_started = Instant::now();
-    let snapshot = {
+    let catalog = Arc::new(config.alert.load_catalog().map_err(Error::Config)?);
+    let restored = {
         let kafka = config.kafka.clone();
         let group = format!("{}-restore", config.group_id);
         let timeout = Duration::from_secs(config.alert.restore_timeout_secs);
@@ -266,21 +398,33 @@ async fn run_loop(config: &Config, readiness: &Readiness, shutdown: &Shutdown) -
             Utc::now() - usage_lookback(config, &policies),
         );
         // Right after the topics are created their leaders may not be elected yet: retry what
-        // can pass, within the restore timeout.
+        // can pass, within the restore timeout. Each attempt folds into a fresh state.
         let deadline = Instant::now() + timeout;
         let mut backoff = Duration::from_millis(200);
         loop {
             let (kafka, group, names, since) =
                 (kafka.clone(), group.clone(), names.clone(), since.clone());
-            let totals = topics.totals.clone();
-            let approvals = topics.approvals.clone();
+            let mut restore = Restore::new(
+                Engine::new(Arc::clone(&policies))
+                    .with_catalog(Arc::clone(&catalog))
+                    .with_anomaly_settings(config.alert.anomaly.clone())
+                    .with_job_max_age(secs_delta(config.alert.job_max_age_secs))
+                    .with_ended_window_keep(secs_delta(config.alert.ended_window_keep_secs)),
+                ActionWatch::new(
+                    chrono::TimeDelta::seconds(
+                        i64::try_from(config.alert.action_horizon_secs).unwrap_or(900),
+                    ),
+                    config.alert.max_actions,
+                ),
+                topics.clone(),
+            );
             let read = tokio::task::spawn_blocking(move || {
-                read_to_end(&kafka, &group, &names, &since, &totals, &approvals, timeout)
+                read_to_end(&kafka, &group, &names, &since, timeout, &mut restore).map(|()| restore)
             })
             .await
             .map_err(|error| Error::Restore(error.to_string()))?;
             match read {
-                Ok(snapshot) => break snapshot,
+                Ok(restore) => break restore,
                 Err(error) if error.is_retryable() && Instant::now() + backoff < deadline => {
                     warn!(%error, "restore failed; retrying");
                     tokio::time::sleep(backoff).await;
@@ -290,57 +434,26 @@ async fn run_loop(config: &Config, readiness: &Readiness, shutdown: &Shutdown) -
             }
         }
     };
-    let catalog = config.alert.load_catalog().map_err(Error::Config)?;
-    let mut engine = Engine::new(Arc::clone(&policies))
-        .with_catalog(Arc::new(catalog))
-        .with_anomaly_settings(config.alert.anomaly.clone())
-        .with_job_max_age(secs_delta(config.alert.job_max_age_secs))
-        .with_ended_window_keep(secs_delta(config.alert.ended_window_keep_secs));
-    let mut approvals = Vec::new();
-    let mut counts = [0usize; 5];
-    let mut action_findings = Vec::new();
-    // Decisions and alerts on the topics, audited again (see below).
-    let mut reaudit = Vec::new();
-    let mut actions = ActionWatch::new(
-        chrono::TimeDelta::seconds(i64::try_from(config.alert.action_horizon_secs).unwrap_or(900)),
-        config.alert.max_actions,
-    );
-    for (topic, payload) in &snapshot.records {
-        if *topic == topics.control {
-            if let Some(decision) = decode::<ControlDecision>("control", payload) {
-                reaudit.push(AuditRow::Decision(decision.clone()));
-                engine.restore_decision(decision);
-                counts[0] += 1;
-            }
-        } else if *topic == topics.alerts {
-            if let Some(alert) = decode::<Alert>("alerts", payload) {
-                engine.restore_alert(&alert);
-                reaudit.push(AuditRow::Alert(alert));
-                counts[1] += 1;
-            }
-        } else if *topic == topics.usage {
-            if let Some(event) = decode::<schemas::UsageEvent>("usage", payload) {
-                engine.load_job_event(&event);
-                action_findings.extend(actions.observe(engine.policies(), &event, Utc::now()));
-                counts[4] += 1;
-            }
-        } else if let Some(total) = decode::<WindowTotal>("totals", payload) {
-            engine.load_total(total);
-            counts[3] += 1;
-        }
-    }
-    for raw in &snapshot.approvals {
-        if let Some(received) = raw.decode() {
-            approvals.push(received);
-            counts[2] += 1;
-        }
-    }
+    let Restore {
+        mut engine,
+        mut actions,
+        action_findings,
+        approvals,
+        reaudit,
+        counts,
+        ends,
+        ..
+    } = restored;
+    counts.record();
+    metrics::gauge!(metric::TOTALS_HELD).set(engine.totals_len() as f64);
     info!(
-        decisions = counts[0],
-        alerts = counts[1],
-        approvals = counts[2],
-        totals = counts[3],
-        usage_events = counts[4],
+        decisions = counts.decisions,
+        alerts = counts.alerts,
+        approvals = counts.approvals,
+        totals = counts.totals,
+        totals_tombstones = counts.tombstones,
+        totals_held = engine.totals_len(),
+        usage_events = counts.usage_events,
         elapsed_ms = restore_started.elapsed().as_millis() as u64,
         "state restored from kafka"
     );
@@ -401,7 +514,7 @@ async fn run_loop(config: &Config, readiness: &Readiness, shutdown: &Shutdown) -
     )
     .create()?;
     let mut assignment = TopicPartitionList::new();
-    for ((topic, partition), end) in &snapshot.ends {
+    for ((topic, partition), end) in &ends {
         if *topic == topics.totals || *topic == topics.approvals || *topic == topics.usage {
             assignment.add_partition_offset(topic, *partition, Offset::Offset(*end))?;
         }
@@ -435,13 +548,16 @@ async fn run_loop(config: &Config, readiness: &Readiness, shutdown: &Shutdown) -
                         continue;
                     }
                 };
-                let Some(payload) = message.payload() else {
-                    continue;
-                };
                 let now = Utc::now();
                 if !evaluated(message.topic(), message.key(), &topics.totals) {
                     continue;
                 }
+                let Some(payload) = message.payload() else {
+                    if message.topic() == topics.totals {
+                        remove_total(&mut engine, message.key());
+                    }
+                    continue;
+                };
                 if message.topic() == topics.totals {
                     if let Some(total) = decode::<WindowTotal>("totals", payload) {
                         let written_at = total.written_at;
@@ -464,6 +580,7 @@ async fn run_loop(config: &Config, readiness: &Readiness, shutdown: &Shutdown) -
             _ = tick.tick() => {
                 let effects = engine.tick(Utc::now());
                 record_state_sizes(&engine);
+                metrics::gauge!(metric::TOTALS_HELD).set(engine.totals_len() as f64);
                 executor.execute(effects, None, shutdown).await?;
             }
             _ = reload.tick() => {
@@ -599,20 +716,19 @@ fn decode<T: schemas::codec::AvroRecord>(topic: &'static str, payload: &[u8]) ->
 }
 
 /// Reads every partition of `topics` from the start (or, for a topic in `since`, from the first
-/// record at or after that time) to the end offsets taken now.
+/// record at or after that time) to the end offsets taken now, folding each record into
+/// `restore` as it comes (none is kept).
 fn read_to_end(
     kafka: &KafkaConfig,
     group: &str,
     topics: &[String],
     since: &HashMap<String, DateTime<Utc>>,
-    totals_topic: &str,
-    approvals_topic: &str,
     timeout: Duration,
-) -> Result<Snapshot> {
+    restore: &mut Restore,
+) -> Result<()> {
     let consumer: BaseConsumer =
         infra::kafka::consumer_config(kafka, "quotaflow-alerter-restore", group).create()?;
     let deadline = Instant::now() + timeout;
-    let mut snapshot = Snapshot::default();
     let mut assignment = TopicPartitionList::new();
     let mut pending: HashMap<(String, i32), i64> = HashMap::new();
     for topic in topics {
@@ -647,7 +763,7 @@ fn read_to_end(
         for partition in partitions {
             let (low, high) =
                 consumer.fetch_watermarks(topic, partition, Duration::from_secs(10))?;
-            snapshot.ends.insert((topic.clone(), partition), high);
+            restore.ends.insert((topic.clone(), partition), high);
             // With a start time, a partition without a record since then has nothing to read.
             let start = match since.get(topic) {
                 None => low,
@@ -660,7 +776,7 @@ fn read_to_end(
         }
     }
     if pending.is_empty() {
-        return Ok(snapshot);
+        return Ok(());
     }
     consumer.assign(&assignment)?;
     while !pending.is_empty() {
@@ -674,14 +790,8 @@ fn read_to_end(
             Some(Ok(message)) => {
                 let key = (message.topic().to_owned(), message.partition());
                 if let Some(end) = pending.get(&key) {
-                    if message.offset() < *end && key.0 == approvals_topic {
-                        snapshot.approvals.extend(RawApproval::of(&message));
-                    } else if message.offset() < *end {
-                        if let Some(payload) = message.payload() {
-                            if evaluated(&key.0, message.key(), totals_topic) {
-                                snapshot.records.push((key.0.clone(), payload.to_vec()));
-                            }
-                        }
+                    if message.offset() < *end {
+                        restore.fold(&message);
                     }
                     if message.offset() + 1 >= *end {
                         pending.remove(&key);
@@ -704,7 +814,7 @@ fn read_to_end(
             }
         }
     }
-    Ok(snapshot)
+    Ok(())
 }
 
 /// Crash hooks for the tests (module docs, [`infra::failpoint`]): the operation counted is a

@@ -11,6 +11,12 @@
 //!
 //! Re-reading the topic from the start (it is compacted: the newest record per key survives) and
 //! applying every record in any order gives the same view. Pure: no IO.
+//!
+//! # Tombstones
+//! The aggregator tombstones (null value) the key of every window closed at its close horizon
+//! (issue 13 point 6), so compaction removes it: [`TotalsView::remove`] forgets that partial. A
+//! closed window never changes again, so nothing is lost; a late record of a zombie writer may
+//! bring the key back, for a window that has ended, which the view evicts like any other.
 
 use std::collections::HashMap;
 
@@ -98,6 +104,29 @@ impl TotalsView {
             add(&mut sum, part);
         }
         Some(sum)
+    }
+
+    /// Forgets the partial of `key` (a tombstone of the totals topic); the (scope, window) goes
+    /// with its last partial. Whether something was held.
+    pub fn remove(&mut self, key: &schemas::TotalsKey) -> bool {
+        let window = WindowKey {
+            scope_kind: key.scope_kind.clone(),
+            scope_key: key.scope_key.clone(),
+            window_kind: key.window_kind.clone(),
+            window_tz: key.window_tz.clone(),
+            window_start: key.window_start,
+        };
+        let Some(partials) = self.windows.get_mut(&window) else {
+            return false;
+        };
+        let removed = partials
+            .by_source
+            .remove(&(key.source_topic.clone(), key.source_partition))
+            .is_some();
+        if partials.by_source.is_empty() {
+            self.windows.remove(&window);
+        }
+        removed
     }
 
     /// How many input partitions contributed to `key`.
@@ -236,6 +265,23 @@ mod tests {
         assert_eq!(forward.total(&key), backward.total(&key));
         // The newest of each partition: versions 27, 28, 29.
         assert_eq!(forward.total(&key).unwrap().requests, (27 + 28 + 29) * 2);
+    }
+
+    #[test]
+    fn a_tombstone_removes_its_partial_only() {
+        let mut view = TotalsView::new();
+        view.apply(partial(0, 1, 1, "1"));
+        view.apply(partial(1, 1, 2, "2"));
+        let tombstone = |partition| {
+            WindowTotal::parse_compaction_key(&partial(partition, 0, 0, "0").compaction_key())
+                .unwrap()
+        };
+        assert!(view.remove(&tombstone(0)));
+        let key = WindowKey::of(&partial(0, 0, 0, "0"));
+        assert_eq!(view.total(&key).unwrap().requests, 2);
+        assert!(!view.remove(&tombstone(0)));
+        assert!(view.remove(&tombstone(1)));
+        assert!(view.is_empty());
     }
 
     #[test]

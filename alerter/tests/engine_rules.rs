@@ -490,7 +490,7 @@ fn a_restored_engine_repeats_no_decision() {
     for decision in first.decisions().values() {
         restored.restore_decision(decision.clone());
     }
-    restored.load_total(over.clone());
+    restored.load_total(over.clone(), now());
     let mut effects = restored.set_policies(Arc::clone(&policies), now());
     effects.extend(restored.tick(now()));
     let mut newer = over;

@@ -14,6 +14,8 @@
 //! - [`report`]: the medians table.
 //! - [`cardinality`]: issue 13 point 7, peak memory under a million distinct `user_id`s with and
 //!   without `aggregate.max_scopes_per_kind`.
+//! - [`restore`]: the restore benchmark (issue 13 point 6): a month of totals history, the
+//!   alerter's restore time and peak RSS.
 
 pub mod cardinality;
 pub mod clickhouse_http;
@@ -23,5 +25,6 @@ pub mod prefill;
 pub mod process;
 pub mod recount;
 pub mod report;
+pub mod restore;
 pub mod topic;
 pub mod totals;

@@ -78,4 +78,4 @@ pub use codec::{decode, encode, AvroRecord, DecodeError, EncodeError};
 pub use control::{ControlDecision, DecisionAction};
 pub use dead_letter::DeadLetter;
 pub use usage_event::{CostSource, ImageTier, JobState, Modality, Status, UsageEvent};
-pub use window_total::WindowTotal;
+pub use window_total::{TotalsKey, WindowTotal};

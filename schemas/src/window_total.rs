@@ -174,6 +174,64 @@ impl WindowTotal {
         key.push_str(&source_partition.to_string());
         key
     }
+
+    /// The parts of a key made by [`WindowTotal::compaction_key_for`]: what a reader needs to
+    /// apply a tombstone (a record with this key and no value), which carries nothing else.
+    /// `None` if `key` is not such a key.
+    pub fn parse_compaction_key(key: &str) -> Option<TotalsKey> {
+        fn unescape(part: &str) -> Option<String> {
+            let mut out = String::with_capacity(part.len());
+            let mut rest = part;
+            while let Some(at) = rest.find('%') {
+                out.push_str(&rest[..at]);
+                let code = rest.get(at + 1..at + 3)?;
+                out.push(match code {
+                    "25" => '%',
+                    "2F" => '/',
+                    _ => return None,
+                });
+                rest = &rest[at + 3..];
+            }
+            out.push_str(rest);
+            Some(out)
+        }
+        let parts: Vec<&str> = key.split('/').collect();
+        let [scope_kind, scope_key, window_kind, window_tz, window_start, source_topic, source_partition] =
+            parts.as_slice()
+        else {
+            return None;
+        };
+        Some(TotalsKey {
+            scope_kind: unescape(scope_kind)?,
+            scope_key: unescape(scope_key)?,
+            window_kind: unescape(window_kind)?,
+            window_tz: unescape(window_tz)?,
+            window_start: DateTime::parse_from_rfc3339(&unescape(window_start)?)
+                .ok()?
+                .with_timezone(&Utc),
+            source_topic: unescape(source_topic)?,
+            source_partition: source_partition.parse().ok()?,
+        })
+    }
+}
+
+/// A totals-topic key's parts ([`WindowTotal::parse_compaction_key`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TotalsKey {
+    /// `scope_kind`.
+    pub scope_kind: String,
+    /// `scope_key`.
+    pub scope_key: String,
+    /// `window_kind`.
+    pub window_kind: String,
+    /// `window_tz`.
+    pub window_tz: String,
+    /// `window_start`.
+    pub window_start: DateTime<Utc>,
+    /// `source_topic`.
+    pub source_topic: String,
+    /// `source_partition`.
+    pub source_partition: i32,
 }
 
 impl AvroRecord for WindowTotal {
@@ -309,6 +367,35 @@ mod tests {
             parts[4],
             partition,
         )
+    }
+
+    #[test]
+    fn compaction_keys_parse_back_into_their_parts() {
+        let window_start = Utc.with_ymd_and_hms(2025, 3, 14, 0, 0, 0).unwrap();
+        let key = WindowTotal::compaction_key_for(
+            "policy:a/b%c",
+            "team=x/y",
+            "campaign:q%2F",
+            "Europe/Paris",
+            &window_start,
+            "usage/topic",
+            -3,
+        );
+        let parsed = WindowTotal::parse_compaction_key(&key).unwrap();
+        assert_eq!(
+            parsed,
+            TotalsKey {
+                scope_kind: "policy:a/b%c".into(),
+                scope_key: "team=x/y".into(),
+                window_kind: "campaign:q%2F".into(),
+                window_tz: "Europe/Paris".into(),
+                window_start,
+                source_topic: "usage/topic".into(),
+                source_partition: -3,
+            }
+        );
+        assert_eq!(WindowTotal::parse_compaction_key("a/b/c"), None);
+        assert_eq!(WindowTotal::parse_compaction_key("a/b/c/d/e/f/x"), None);
     }
 
     #[test]

@@ -78,6 +78,26 @@ enum Command {
         #[arg(long, default_value_t = 1)]
         partitions: i32,
     },
+    /// The restore benchmark (issue 13 point 6, docs/benchmarks.md "Restore"): a month of
+    /// totals history, then the alerter's restore time and peak RSS on it.
+    Restore {
+        /// Team scopes per policy.
+        #[arg(long, default_value_t = 200)]
+        scopes: usize,
+        /// Days of history.
+        #[arg(long, default_value_t = 30)]
+        days: i64,
+        /// Input partitions (a partial per scope, window and partition).
+        #[arg(long, default_value_t = 2)]
+        partitions: i32,
+        /// The `quotaflow-alerter` executable to measure; default: next to this one.
+        #[arg(long)]
+        alerter_bin: Option<PathBuf>,
+        /// Another alerter build to measure on the same topics (e.g. the code before the
+        /// change), labelled `before`.
+        #[arg(long)]
+        before_bin: Option<PathBuf>,
+    },
     /// Internal: the do-nothing rdkafka consumer, run as a child process.
     #[command(hide = true)]
     RawConsume {
@@ -121,6 +141,43 @@ fn main() -> Result<()> {
         let (users, limits, partitions) = (*users, limits.clone(), *partitions);
         return tokio::runtime::Runtime::new()?
             .block_on(cardinality_bench(args, users, limits, partitions));
+    }
+    if let Some(Command::Restore {
+        scopes,
+        days,
+        partitions,
+        alerter_bin,
+        before_bin,
+    }) = &args.command
+    {
+        let history = quotaflow_bench::restore::History {
+            scopes: *scopes,
+            days: *days,
+            partitions: *partitions,
+        };
+        let mut binaries = Vec::new();
+        if let Some(before) = before_bin {
+            binaries.push(("before".to_owned(), before.clone()));
+        }
+        let this = std::env::current_exe()?;
+        binaries.push((
+            "this build".to_owned(),
+            alerter_bin
+                .clone()
+                .unwrap_or_else(|| this.with_file_name("quotaflow-alerter")),
+        ));
+        return tokio::runtime::Runtime::new()?.block_on(async {
+            let stack = Stack::new(&args.brokers, &args.clickhouse);
+            let log_dir = std::env::temp_dir().join("quotaflow-bench");
+            std::fs::create_dir_all(&log_dir)?;
+            let runs = quotaflow_bench::restore::run(&stack, history, &binaries, &log_dir).await?;
+            let table = quotaflow_bench::restore::table(history, &runs);
+            println!("{table}");
+            if let Some(output) = &args.output {
+                std::fs::write(output, &table)?;
+            }
+            Ok(())
+        });
     }
     tokio::runtime::Runtime::new()?.block_on(bench(args))
 }
