@@ -15,7 +15,7 @@ COPY . .
 # step because a cache mount is not part of the image.
 RUN --mount=type=cache,target=/usr/local/cargo/registry \
     --mount=type=cache,target=/src/target \
-    cargo build --release --locked -p ingest -p aggregator -p alerter \
+    cargo build --release --locked -p ingest -p quotaflow-archiver -p aggregator -p alerter \
     && mkdir -p /out \
     && cp target/release/quotaflow-ingest target/release/quotaflow-archiver target/release/quotaflow-aggregator target/release/quotaflow-alerter /out/
 

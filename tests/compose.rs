@@ -31,7 +31,7 @@ const OUR_SERVICES: [OurService; 4] = [
     },
     OurService {
         name: "archiver",
-        krate: "ingest",
+        krate: "archiver",
         binary: "quotaflow-archiver",
         listen_variable: "QUOTAFLOW_ARCHIVE__METRICS_LISTEN",
     },
@@ -174,7 +174,10 @@ fn load_service_config(
     }
     const PASSWORD: &str = "QUOTAFLOW_CLICKHOUSE__PASSWORD";
     match name {
-        "ingest" | "archiver" => with_secrets(variables, |config: &ingest::Config| {
+        "ingest" => with_secrets(variables, |config: &ingest::Config| {
+            vec![(PASSWORD, config.clickhouse.password.expose().to_string())]
+        }),
+        "archiver" => with_secrets(variables, |config: &quotaflow_archiver::Config| {
             vec![(PASSWORD, config.clickhouse.password.expose().to_string())]
         }),
         "aggregator" => with_secrets(variables, |config: &aggregator::Config| {
@@ -469,9 +472,9 @@ fn clickhouse_mounts_the_read_only_analyst_user() {
 fn the_dockerfile_builds_the_binaries_compose_runs() {
     let dockerfile = read_repo_file("Dockerfile");
     assert!(dockerfile.contains("FROM rust:1-bookworm AS builder"));
-    assert!(
-        dockerfile.contains("cargo build --release --locked -p ingest -p aggregator -p alerter")
-    );
+    assert!(dockerfile.contains(
+        "cargo build --release --locked -p ingest -p quotaflow-archiver -p aggregator -p alerter"
+    ));
     assert!(dockerfile.contains("FROM debian:bookworm-slim"));
     let user = dockerfile
         .lines()

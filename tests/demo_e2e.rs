@@ -79,9 +79,18 @@ async fn the_demo_scenarios_end_as_expected_and_replay_reproduces_the_live_decis
         shutdown.clone(),
     ));
     wait_ready("ingest", &ingest_url, &ingest).await;
+    let archive_config = quotaflow_archiver::Config {
+        kafka: ingest_config.kafka.clone(),
+        clickhouse: ingest_config.clickhouse.clone(),
+        validation: ingest_config.validation.clone(),
+        pricing: ingest_config.pricing.clone(),
+        ..quotaflow_archiver::Config::default()
+    };
     let archive_shutdown = shutdown.clone();
     let archive =
-        tokio::spawn(async move { ingest::archive::run(&ingest_config, archive_shutdown).await });
+        tokio::spawn(
+            async move { quotaflow_archiver::run(&archive_config, archive_shutdown).await },
+        );
 
     let mut aggregator_config = aggregator::Config {
         kafka: kafka.clone(),

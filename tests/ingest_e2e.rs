@@ -57,10 +57,18 @@ async fn http_batch_reaches_clickhouse_with_exact_costs() {
         response.status().is_success().then_some(())
     })
     .await;
-    let archive_config = config.clone();
+    let archive_config = quotaflow_archiver::Config {
+        kafka: config.kafka.clone(),
+        clickhouse: config.clickhouse.clone(),
+        validation: config.validation.clone(),
+        pricing: config.pricing.clone(),
+        ..quotaflow_archiver::Config::default()
+    };
     let archive_shutdown = shutdown.clone();
     let archive =
-        tokio::spawn(async move { ingest::archive::run(&archive_config, archive_shutdown).await });
+        tokio::spawn(
+            async move { quotaflow_archiver::run(&archive_config, archive_shutdown).await },
+        );
 
     let now = chrono::Utc::now() - chrono::Duration::minutes(1);
     let at = now.to_rfc3339_opts(chrono::SecondsFormat::Micros, true);

@@ -30,7 +30,13 @@ const PREFIXES: [&str; 3] = ["quotaflow_", "aggregator_", "alerter_"];
 /// suffix (names of topics, groups and databases do not end like metrics).
 fn source_metrics() -> BTreeSet<String> {
     let mut files = Vec::new();
-    for crate_dir in ["ingest/src", "aggregator/src", "alerter/src"] {
+    for crate_dir in [
+        "ingest/src",
+        "recorder/src",
+        "archiver/src",
+        "aggregator/src",
+        "alerter/src",
+    ] {
         rust_files(
             &Path::new(env!("CARGO_MANIFEST_DIR")).join(crate_dir),
             &mut files,
@@ -135,6 +141,10 @@ fn every_setting_of_every_service_is_in_the_configuration_reference() {
     let mut missing = Vec::new();
     for (service, keys) in [
         ("ingest", config_keys(&ingest::Config::default())),
+        (
+            "archiver",
+            config_keys(&quotaflow_archiver::Config::default()),
+        ),
         ("aggregator", config_keys(&aggregator::Config::default())),
         ("alerter", config_keys(&alerter::Config::default())),
     ] {

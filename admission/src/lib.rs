@@ -52,8 +52,8 @@ pub mod dead_letter_kind {
     /// `occurred_at` further ahead of the record's Kafka timestamp than the allowed skew: a
     /// producer clock problem rather than bad data, so it has a kind of its own.
     pub const IN_FUTURE: &str = "in_future";
-    /// Any other validation or pricing rule (`ingest::dead_letter::kind::VALIDATION` is this one).
-    pub const VALIDATION: &str = "validation";
+    /// Any other validation or pricing rule (the shared `schemas::dead_letter::kind::VALIDATION`).
+    pub const VALIDATION: &str = schemas::dead_letter::kind::VALIDATION;
 }
 
 /// Why a record is refused: every violation, in field order.

@@ -322,13 +322,13 @@ impl Aggregation {
         let partitions = layout.partitions.iter().map(|p| p.id).max().unwrap_or(0) + 1;
         // The mix happened months before the topic was written (bench's `event_time_start`):
         // admit it whatever its age, as the benchmarked service does (`QUOTAFLOW_VALIDATION__MAX_PAST_AGE`).
-        let validation = ingest::validation::ValidationConfig {
+        let validation = quotaflow_admission::validation::ValidationConfig {
             max_past_age: std::time::Duration::from_secs(BENCH_MAX_PAST_AGE_SECS),
             ..Default::default()
         };
         let settings = PartitionSettings {
-            admission: ingest::admission::Admission::new(
-                ingest::pricer::Pricer::from_config(&Default::default())?,
+            admission: quotaflow_admission::Admission::new(
+                quotaflow_admission::pricer::Pricer::from_config(&Default::default())?,
                 validation,
             ),
             ..PartitionSettings::default()

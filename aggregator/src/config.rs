@@ -32,13 +32,13 @@ pub struct Config {
     pub aggregate: AggregateConfig,
     /// Limits every usage event must respect, judged at the record's Kafka timestamp: the same
     /// section as ingest's (`[validation]`), and it must hold the same values as the archiver's so
-    /// both refuse the same records (`ingest::admission`).
-    pub validation: ingest::validation::ValidationConfig,
+    /// both refuse the same records (`quotaflow_admission`).
+    pub validation: quotaflow_admission::validation::ValidationConfig,
     /// The price catalog events are priced with (a reported cost wins, else the catalog, else
     /// unpriced; a producer's envelope is recomputed): the same section as ingest's
     /// (`[pricing]`), and it must hold the same values as the archiver's. Default: the catalog
     /// embedded in the `pricing` crate.
-    pub pricing: ingest::pricer::PricingConfig,
+    pub pricing: quotaflow_admission::pricer::PricingConfig,
 }
 
 impl Default for Config {
@@ -49,8 +49,8 @@ impl Default for Config {
             http: HttpConfig::with_port(DEFAULT_HTTP_PORT),
             group_id: "quotaflow-aggregator".to_string(),
             aggregate: AggregateConfig::default(),
-            validation: ingest::validation::ValidationConfig::default(),
-            pricing: ingest::pricer::PricingConfig::default(),
+            validation: quotaflow_admission::validation::ValidationConfig::default(),
+            pricing: quotaflow_admission::pricer::PricingConfig::default(),
         }
     }
 }
@@ -189,7 +189,10 @@ impl AggregateConfig {
     }
 
     /// The per-partition settings these make, admitting records with `admission`.
-    pub fn partition_settings(&self, admission: ingest::admission::Admission) -> PartitionSettings {
+    pub fn partition_settings(
+        &self,
+        admission: quotaflow_admission::Admission,
+    ) -> PartitionSettings {
         let defaults = TotalsConfig::default();
         PartitionSettings {
             totals: TotalsConfig {

@@ -62,7 +62,7 @@
 //! Windows are by event time. A window takes events until the partition's watermark (latest
 //! `occurred_at` seen) is `allowed_lateness` past its end; later events are counted in
 //! `late_events` of the scope's current window and dead-lettered (`late`). Undecodable and empty
-//! records, and events [`ingest::admission`] refuses (the validation and pricing step the raw
+//! records, and events [`quotaflow_admission`] refuses (the validation and pricing step the raw
 //! archive applies too, judged at the record's Kafka timestamp: e.g. `occurred_at` more than
 //! `validation.max_future_skew` ahead of it, kind `in_future`) are dead-lettered and not counted;
 //! admitted events are counted at the cost admission computed (a reported cost wins, else our
@@ -103,7 +103,7 @@ pub enum Error {
     Policies(String),
     /// The price catalog (`[pricing]`) does not load.
     #[error(transparent)]
-    Pricing(#[from] ingest::pricer::PricerError),
+    Pricing(#[from] quotaflow_admission::pricer::PricerError),
     /// Startup (listener, migrations, topics) failed.
     #[error(transparent)]
     Service(#[from] infra::service::ServiceError),
@@ -233,7 +233,7 @@ impl Aggregator {
     ) -> Result<(
         StreamConsumer<pipeline::AggregatorContext>,
         sink::Sink,
-        ingest::dead_letter::DeadLetterWriter,
+        infra::dead_letter::DeadLetterWriter,
         Config,
         Option<pipeline::PolicyReload>,
     )> {
@@ -245,8 +245,8 @@ impl Aggregator {
             }
             None => PolicySet::empty(),
         };
-        let pricer = ingest::pricer::Pricer::from_config(&config.pricing)?;
-        let admission = ingest::admission::Admission::new(pricer, config.validation.clone());
+        let pricer = quotaflow_admission::pricer::Pricer::from_config(&config.pricing)?;
+        let admission = quotaflow_admission::Admission::new(pricer, config.validation.clone());
         infra::service::prepare_pipeline(&config.kafka, &config.clickhouse).await?;
         let topic = config.kafka.topics.usage.clone();
         let producer = if config.aggregate.publish_totals {
@@ -265,7 +265,7 @@ impl Aggregator {
             &topic,
         )
         .with_publish_scopes(config.aggregate.publish_scopes);
-        let dead_letters = ingest::dead_letter::DeadLetterWriter::new(
+        let dead_letters = infra::dead_letter::DeadLetterWriter::new(
             &config.kafka,
             &config.clickhouse,
             "quotaflow-aggregator-dead-letters",

@@ -4,7 +4,7 @@
 //! # One record
 //! In offset order, each record at or after `next_offset` is, exactly one of:
 //! - **dead-lettered** (with the reason): no value, undecodable, refused by
-//!   [`ingest::admission`] (the validation and pricing step the raw archive applies too, so both
+//!   [`quotaflow_admission`] (the validation and pricing step the raw archive applies too, so both
 //!   refuse the same records with the same kind: among them `occurred_at` further ahead of the
 //!   record's Kafka timestamp than `validation.max_future_skew`, kind `in_future`, which would
 //!   otherwise move the watermark and close every window), or a total would overflow;
@@ -64,9 +64,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::{DateTime, TimeDelta, Utc};
-use ingest::admission::Admission;
-use ingest::dead_letter::{self, SourceRecord};
 use policy::PolicySet;
+use quotaflow_admission::Admission;
+use schemas::dead_letter::{self, SourceRecord};
 use schemas::{DeadLetter, UsageEvent};
 use serde::{Deserialize, Serialize};
 
@@ -83,8 +83,8 @@ pub const SERVICE: &str = "aggregator";
 pub mod kind {
     /// A record without a value.
     pub const EMPTY: &str = "empty";
-    /// `occurred_at` too far ahead of the record's Kafka timestamp (from [`ingest::admission`]).
-    pub const IN_FUTURE: &str = ingest::admission::dead_letter_kind::IN_FUTURE;
+    /// `occurred_at` too far ahead of the record's Kafka timestamp (from [`quotaflow_admission`]).
+    pub const IN_FUTURE: &str = quotaflow_admission::dead_letter_kind::IN_FUTURE;
     /// Some of the event's windows had closed.
     pub const LATE: &str = "late";
     /// A total would overflow or lose precision.
@@ -679,7 +679,7 @@ impl PartitionAggregator {
         })
     }
 
-    /// Decodes a record and admits it ([`ingest::admission`], the step the raw archive applies
+    /// Decodes a record and admits it ([`quotaflow_admission`], the step the raw archive applies
     /// too: validated at its Kafka timestamp, priced with our catalog); the dead letter when it
     /// cannot be counted.
     fn admit(
@@ -697,7 +697,7 @@ impl PartitionAggregator {
         }
         let event: UsageEvent = schemas::decode(source.payload)
             .map_err(|error| Box::new(dead_letter::undecodable(source, SERVICE, &error)))?;
-        let record_timestamp = ingest::admission::record_timestamp(timestamp_ms);
+        let record_timestamp = quotaflow_admission::record_timestamp(timestamp_ms);
         self.settings
             .admission
             .admit(event, record_timestamp)

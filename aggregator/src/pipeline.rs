@@ -33,9 +33,9 @@ use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use infra::dead_letter::DeadLetterWriter;
 use infra::external_offsets::{self, lock, Pause};
 use infra::shutdown::Shutdown;
-use ingest::dead_letter::DeadLetterWriter;
 use policy::PolicySet;
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, StreamConsumer};
 use rdkafka::message::BorrowedMessage;
@@ -825,7 +825,7 @@ async fn write_batch(
             .write(&letters)
             .await
             .map_err(|error| match error {
-                ingest::dead_letter::DeadLetterError::ClickHouse(error) => {
+                infra::dead_letter::DeadLetterError::ClickHouse(error) => {
                     SinkError::ClickHouse(error)
                 }
                 other if other.is_retryable() => SinkError::DeadLetter(other.to_string(), true),

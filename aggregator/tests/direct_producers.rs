@@ -29,20 +29,20 @@ enum Fate {
 /// The archiver and the aggregator on the same topics and database.
 struct Readers {
     aggregator_config: aggregator::Config,
-    archive_config: ingest::Config,
+    archive_config: quotaflow_archiver::Config,
     client: clickhouse::Client,
 }
 
 impl Readers {
     async fn new(test: &str) -> Readers {
         let aggregator_config = isolated_config(test);
-        let mut archive_config = ingest::Config {
+        let mut archive_config = quotaflow_archiver::Config {
             kafka: aggregator_config.kafka.clone(),
             clickhouse: aggregator_config.clickhouse.clone(),
             // The same admission rules as the aggregator's: that is the contract.
             validation: aggregator_config.validation.clone(),
             pricing: aggregator_config.pricing.clone(),
-            ..ingest::Config::default()
+            ..quotaflow_archiver::Config::default()
         };
         archive_config.archive.group_id = testkit::unique_name("archive");
         archive_config.archive.batch_max_age_ms = 100;
@@ -89,7 +89,7 @@ impl Readers {
     /// Runs the archiver and the aggregator until both have handled `records` records, then
     /// stops them.
     async fn run_both(&self, records: u64) {
-        let archiver = ingest::archive::Archiver::new(self.archive_config.clone());
+        let archiver = quotaflow_archiver::Archiver::new(self.archive_config.clone());
         let stats = archiver.stats();
         let archive_shutdown = Shutdown::new();
         let archive = tokio::spawn(archiver.run(archive_shutdown.clone()));
@@ -197,7 +197,7 @@ impl Readers {
     /// Every offset's fate in the archive and in the aggregator (kept unless dead-lettered).
     async fn both_fates(&self, offsets: &[i64]) -> Vec<(i64, Fate, Fate)> {
         let archived = self.archived().await;
-        let archive_letters = self.fates(ingest::archive::SERVICE).await;
+        let archive_letters = self.fates(quotaflow_archiver::SERVICE).await;
         let aggregator_letters = self.fates(aggregator::partition::SERVICE).await;
         offsets
             .iter()
@@ -257,7 +257,8 @@ async fn archive_and_aggregator_price_and_refuse_direct_records_alike() {
 
     // What HTTP ingest would have charged for the forged and the plain event (same catalog).
     let pricer =
-        ingest::pricer::Pricer::from_config(&readers.aggregator_config.pricing).expect("catalog");
+        quotaflow_admission::pricer::Pricer::from_config(&readers.aggregator_config.pricing)
+            .expect("catalog");
     let catalog_cost = {
         let mut priced = event("priced");
         pricer.apply(&mut priced).expect("priced");

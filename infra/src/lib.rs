@@ -12,6 +12,8 @@
 //! The runtime itself:
 //! - [`clickhouse`]: the HTTP client built from config, and what a failed call means.
 //! - [`migrations`]: the versioned ClickHouse migrations runner.
+//! - [`dead_letter`]: the writer of dead letters (Kafka topic and ClickHouse `dead_letters`), shared
+//!   by every consumer; the letters themselves are built in `schemas::dead_letter`.
 //! - [`external_offsets`]: helpers for consumers that keep their offsets in their own store.
 //! - [`service`]: the lifecycle every service shares (ops endpoints, startup, readiness, shutdown).
 //! - [`shutdown`]: the cancellation token every `run(config, shutdown)` takes.
@@ -27,6 +29,7 @@
 
 pub mod clickhouse;
 pub mod config;
+pub mod dead_letter;
 pub mod error;
 pub mod external_offsets;
 pub mod failpoint;

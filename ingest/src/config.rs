@@ -26,8 +26,10 @@ pub struct Config {
     pub pricing: crate::pricer::PricingConfig,
     /// In-flight limits of the producer that publishes accepted events.
     pub recorder: crate::recorder::RecorderConfig,
-    /// The raw archive consumer (usage topic → ClickHouse), exactly once.
-    pub archive: crate::archive::ArchiveConfig,
+    /// The archiver's section (`quotaflow-archiver` reads this file too, see its `Config`): not
+    /// used by ingest, accepted by name so the two share one file.
+    #[serde(skip_serializing)]
+    pub archive: Option<serde::de::IgnoredAny>,
 }
 
 impl Default for Config {
@@ -40,7 +42,7 @@ impl Default for Config {
             validation: Default::default(),
             pricing: Default::default(),
             recorder: Default::default(),
-            archive: Default::default(),
+            archive: None,
         }
     }
 }

@@ -9,7 +9,10 @@
 //!   library the API is built on.
 //! - [`admission`] (the `quotaflow-admission` crate, which also holds [`validation`] and
 //!   [`pricer`]): the one validation and pricing step of every reader of the usage topic.
-//! - [`archive`], [`dead_letter`]: the raw archive consumer and dead letters.
+//! - [`dead_letter`]: dead letters (built in `schemas`, written by `infra`, re-exported here).
+//!
+//! The raw archive (usage topic → ClickHouse) is a crate of its own, `quotaflow-archiver`, a
+//! sibling of the aggregator; it reads this service's config file.
 //! - [`run`] / [`run_with_listener`]: start the service and keep it up until shutdown.
 //!
 //! # What runs
@@ -24,7 +27,6 @@
 //! delivery into the usage topic is at least once, never lost after `accepted` (details in [`api`]).
 
 pub mod api;
-pub mod archive;
 pub mod config;
 pub mod dead_letter;
 pub mod error;

@@ -66,14 +66,20 @@ async fn ingest_produces_and_the_archiver_consumes_over_sasl_ssl() {
     assert_eq!(answer.body["accepted"], 1);
 
     // The archiver (its own consumer group) reads the usage topic over SASL_SSL into ClickHouse.
-    let mut archive_config = service.config.clone();
+    let mut archive_config = quotaflow_archiver::Config {
+        kafka: service.config.kafka.clone(),
+        clickhouse: service.config.clickhouse.clone(),
+        validation: service.config.validation.clone(),
+        pricing: service.config.pricing.clone(),
+        ..quotaflow_archiver::Config::default()
+    };
     archive_config.archive.group_id = testkit::unique_name("secure-archive");
     archive_config.archive.batch_max_age_ms = 100;
     let shutdown = Shutdown::new();
     let archiver = tokio::spawn({
         let config = archive_config.clone();
         let shutdown = shutdown.clone();
-        async move { ingest::archive::run(&config, shutdown).await }
+        async move { quotaflow_archiver::run(&config, shutdown).await }
     });
     let client = infra::clickhouse::client(&archive_config.clickhouse);
     let sql = format!(

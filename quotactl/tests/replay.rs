@@ -8,7 +8,7 @@ use std::str::FromStr;
 
 use chrono::{DateTime, TimeDelta, Utc};
 use infra::testkit;
-use ingest::archive::row::{KafkaCoordinates, RawRow};
+use quotaflow_archiver::row::{KafkaCoordinates, RawRow};
 use rust_decimal::Decimal;
 use schemas::UsageEvent;
 use support::{policies_dir, quotactl};

@@ -3,7 +3,7 @@
 //! the binary with the default batch bounds and times it from spawn to every row visible.
 //!
 //! ```text
-//! cargo test --release -p ingest --test archive_throughput -- --ignored --nocapture
+//! cargo test --release -p quotaflow-archiver --test archive_throughput -- --ignored --nocapture
 //! ```
 
 mod archive_support;

@@ -10,7 +10,7 @@ use serde::Deserialize;
 
 use super::batch::{Outcome, Record, Segment};
 use super::row::RawRow;
-use crate::dead_letter::{DeadLetterError, DeadLetterWriter};
+use infra::dead_letter::{DeadLetterError, DeadLetterWriter};
 
 /// The archive's table.
 pub const RAW_TABLE: &str = "usage_events_raw";
@@ -172,7 +172,7 @@ impl Sink {
         let Outcome::Row { payload, key, .. } = &record.outcome else {
             return None;
         };
-        let source = crate::dead_letter::SourceRecord {
+        let source = schemas::dead_letter::SourceRecord {
             topic: &self.topic,
             partition: match &record.outcome {
                 Outcome::Row { row, .. } => row.kafka_partition,
@@ -182,10 +182,10 @@ impl Sink {
             payload,
             key: key.as_deref(),
         };
-        Some(crate::dead_letter::dead_letter(
+        Some(schemas::dead_letter::dead_letter(
             source,
             &self.service,
-            crate::dead_letter::kind::SINK_REJECTED,
+            schemas::dead_letter::kind::SINK_REJECTED,
             reason.to_owned(),
         ))
     }

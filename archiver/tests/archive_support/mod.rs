@@ -5,24 +5,24 @@
 use std::time::Duration;
 
 use infra::shutdown::Shutdown;
-use ingest::archive::{ArchiveStats, Archiver};
-use ingest::pricer::{Pricer, PricingConfig};
-use ingest::recorder::{Recorder, RecorderConfig};
+use quotaflow_admission::pricer::{Pricer, PricingConfig};
+use quotaflow_archiver::{ArchiveStats, Archiver};
+use quotaflow_recorder::{Recorder, RecorderConfig};
 use serde::Deserialize;
 
 /// One test's world: its topics, its database, its config.
 pub struct World {
-    pub config: ingest::Config,
+    pub config: quotaflow_archiver::Config,
     pub client: clickhouse::Client,
 }
 
 impl World {
     /// New topics and a migrated database; the archive section uses `archive` overrides.
     pub async fn new(test: &str) -> World {
-        let mut config = ingest::Config {
+        let mut config = quotaflow_archiver::Config {
             kafka: infra::testkit::kafka_config(test),
             clickhouse: infra::testkit::clickhouse_config(test),
-            ..ingest::Config::default()
+            ..quotaflow_archiver::Config::default()
         };
         config.archive.group_id = infra::testkit::unique_name("archive");
         config.archive.batch_max_age_ms = 100;
@@ -86,7 +86,7 @@ impl World {
 pub struct RunningArchive {
     pub stats: std::sync::Arc<ArchiveStats>,
     pub shutdown: Shutdown,
-    pub task: tokio::task::JoinHandle<Result<(), ingest::archive::ArchiveError>>,
+    pub task: tokio::task::JoinHandle<Result<(), quotaflow_archiver::ArchiveError>>,
 }
 
 impl RunningArchive {

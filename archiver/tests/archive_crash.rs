@@ -139,8 +139,8 @@ async fn kill_9_repeatedly_loses_and_duplicates_nothing() {
     // (partition, offset) → event id, from the recorder's acknowledgements.
     let mut produced: BTreeMap<(i32, i64), String> = BTreeMap::new();
     let mut send =
-        |batch: Vec<ingest::recorder::PreparedEvent>,
-         results: Vec<Result<ingest::recorder::Delivery, ingest::recorder::RecordError>>,
+        |batch: Vec<quotaflow_recorder::PreparedEvent>,
+         results: Vec<Result<quotaflow_recorder::Delivery, quotaflow_recorder::RecordError>>,
          produced: &mut BTreeMap<(i32, i64), String>| {
             for (event, result) in batch.iter().zip(results) {
                 let delivery = result.expect("delivered");

@@ -190,7 +190,7 @@ impl Batch {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::archive::row::{KafkaCoordinates, RawRow};
+    use crate::row::{KafkaCoordinates, RawRow};
     use chrono::{TimeZone, Utc};
 
     fn row(offset: i64, month: u32) -> Record {
@@ -216,7 +216,7 @@ mod tests {
     }
 
     fn dead(offset: i64) -> Record {
-        let source = crate::dead_letter::SourceRecord {
+        let source = schemas::dead_letter::SourceRecord {
             topic: "usage",
             partition: 0,
             offset,
@@ -225,7 +225,7 @@ mod tests {
         };
         Record {
             offset,
-            outcome: Outcome::DeadLetter(Box::new(crate::dead_letter::dead_letter(
+            outcome: Outcome::DeadLetter(Box::new(schemas::dead_letter::dead_letter(
                 source,
                 "ingest",
                 "bad_magic",

@@ -24,8 +24,8 @@ use super::metrics;
 use super::row::{KafkaCoordinates, RawRow};
 use super::sink::{Sink, SinkError};
 use super::{ArchiveConfig, ArchiveError};
-use crate::admission::Admission;
-use crate::dead_letter::{self, SourceRecord};
+use quotaflow_admission::Admission;
+use schemas::dead_letter::{self, SourceRecord};
 
 /// Records processed since start, by outcome: every offset read ends up in exactly one of them
 /// once flushed, which is what the accounting test checks.
@@ -374,8 +374,9 @@ impl ArchiveLoop {
         };
         // Admission (validation and pricing) is judged at the record's Kafka timestamp, not the
         // archive's clock, so a replay weeks later classifies every record exactly as the first
-        // pass did, and exactly as the aggregator does (`crate::admission`).
-        let record_timestamp = crate::admission::record_timestamp(message.timestamp().to_millis());
+        // pass did, and exactly as the aggregator does (`quotaflow_admission`).
+        let record_timestamp =
+            quotaflow_admission::record_timestamp(message.timestamp().to_millis());
         let outcome = match schemas::decode::<UsageEvent>(payload) {
             Err(error) => Outcome::DeadLetter(Box::new(dead_letter::undecodable(
                 source,

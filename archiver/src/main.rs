@@ -1,6 +1,6 @@
-//! `quotaflow-archiver`: the raw archive on its own (usage topic → ClickHouse `usage_events_raw`,
-//! exactly once; see `ingest::archive`). Reads the ingest config, sets up logging, optionally
-//! serves `/metrics`, and runs [`ingest::archive::run`] until SIGINT/SIGTERM.
+//! `quotaflow-archiver`: the raw archive (usage topic → ClickHouse `usage_events_raw`, exactly
+//! once; see the `quotaflow_archiver` crate). Reads the config (the ingest service's file), sets
+//! up logging, optionally serves `/metrics`, and runs the archive until SIGINT/SIGTERM.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -24,7 +24,7 @@ struct Args {
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     infra::telemetry::init_tracing();
-    let config: ingest::Config = infra::config::load(args.config.as_deref())?;
+    let config: quotaflow_archiver::Config = infra::config::load(args.config.as_deref())?;
     let shutdown = infra::shutdown::on_signal();
     let readiness = infra::telemetry::Readiness::default();
     let ops = match args.metrics_listen.or(config.archive.metrics_listen) {
@@ -39,7 +39,7 @@ async fn main() -> anyhow::Result<()> {
         }
         None => None,
     };
-    let result = ingest::archive::Archiver::new(config)
+    let result = quotaflow_archiver::Archiver::new(config)
         .with_readiness(readiness)
         .run(shutdown.clone())
         .await;

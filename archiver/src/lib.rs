@@ -1,4 +1,4 @@
-//! The raw archive: the usage topic → ClickHouse `usage_events_raw`, every valid event exactly once
+//! `quotaflow-archiver`, the raw archive: the usage topic → ClickHouse `usage_events_raw`, every valid event exactly once
 //! as analysts see it, across crashes; every other record → a dead letter.
 //!
 //! - [`row`]: the `usage_events_raw` row of an event, with its Kafka coordinates.
@@ -7,6 +7,10 @@
 //! - `consumer`: the loop (read → classify → batch → flush → advisory commit) and the rebalance
 //!   callback that positions the consumer from ClickHouse.
 //! - [`metrics`]: the metric names and where they are recorded.
+//! - [`config`]: the service's [`Config`], read from the ingest config file.
+//!
+//! A sibling of the aggregator: it depends on the pure cores (`schemas`, `quotaflow-admission`)
+//! and the runtime (`infra`, which also writes its dead letters), never on another service.
 //!
 //! # Guarantees (CONVENTIONS §13)
 //! **Every offset of the usage topic is accounted for exactly once: as a row of
@@ -28,7 +32,7 @@
 //!    written one at a time, in offset order, each with one INSERT. Each segment commits whole or
 //!    not at all, and none starts before the previous one committed: the committed offsets are
 //!    always a prefix. (A unit test checks the invariant for every crash point; the `kill -9`
-//!    test in `ingest/tests/archive_crash.rs` checks it end to end.)
+//!    test in `archiver/tests/archive_crash.rs` checks it end to end.)
 //! 4. Dead letters are produced to the dead-letter topic and acknowledged (`acks=all`) **before**
 //!    their `dead_letters` INSERT, which is what makes them count as processed. A crash between
 //!    the two publishes them again on the next run: the topic is at least once (readers
@@ -59,7 +63,7 @@
 //! only within one table partition (month of `occurred_at`); a re-sent event carries the same
 //! `occurred_at` (it is the same attempt), so its copies always share a partition.
 //!
-//! **Validation and pricing.** Every decoded record goes through [`crate::admission`], the step the
+//! **Validation and pricing.** Every decoded record goes through [`quotaflow_admission`], the step the
 //! aggregator applies too: validated at its Kafka timestamp (not the archive's clock, so replaying
 //! a partition weeks later classifies every record as the first pass did; the resume rule relies
 //! on it) and priced with this service's `[pricing]` catalog, whatever envelope the producer
@@ -86,6 +90,7 @@
 //! return.
 
 pub mod batch;
+pub mod config;
 mod consumer;
 pub mod metrics;
 pub mod row;
@@ -97,9 +102,12 @@ use infra::shutdown::Shutdown;
 use rdkafka::consumer::{Consumer, StreamConsumer};
 use serde::{Deserialize, Serialize};
 
+pub use config::Config;
 pub use consumer::ArchiveStats;
 
 /// `DeadLetter::service` of the records the archive gives up on (and part of its resume rule).
+/// Still `ingest`, where the archive began: the resume offsets of existing deployments are read
+/// from the `dead_letters` rows of this service.
 pub const SERVICE: &str = "ingest";
 
 /// Batching and group settings of the raw archive consumer.
@@ -184,13 +192,13 @@ pub enum ArchiveError {
     Setup(#[source] infra::service::ServiceError),
     /// The price catalog (validation and pricing need it) could not be loaded.
     #[error("cannot load the price catalog")]
-    Catalog(#[source] crate::pricer::PricerError),
+    Catalog(#[source] quotaflow_admission::pricer::PricerError),
     /// The consumer or the dead-letter producer could not be created or subscribed.
     #[error("kafka client setup failed")]
     Kafka(#[source] rdkafka::error::KafkaError),
     /// The dead-letter writer could not be created.
     #[error("dead-letter writer setup failed")]
-    DeadLetters(#[source] crate::dead_letter::DeadLetterError),
+    DeadLetters(#[source] infra::dead_letter::DeadLetterError),
     /// The resume offsets could not be read from ClickHouse within the rebalance deadline.
     #[error("cannot read resume offsets from ClickHouse: {0}")]
     Resume(String),
@@ -212,14 +220,14 @@ impl ArchiveError {
 }
 
 /// Runs the archive until `shutdown` is cancelled (see the module docs for the guarantees).
-pub async fn run(config: &crate::Config, shutdown: Shutdown) -> Result<(), ArchiveError> {
+pub async fn run(config: &Config, shutdown: Shutdown) -> Result<(), ArchiveError> {
     Archiver::new(config.clone()).run(shutdown).await
 }
 
 /// The archive with a handle on its counters (tests compare them with what they produced).
 pub struct Archiver {
-    /// The whole service config: Kafka, ClickHouse, validation, pricing and the archive section.
-    config: crate::Config,
+    /// The service config: Kafka, ClickHouse, validation, pricing and the archive section.
+    config: Config,
     /// Shared with the consumer loop.
     stats: Arc<ArchiveStats>,
     /// Turned ready once the consumer is subscribed (and not ready again when it stops), so a
@@ -229,7 +237,7 @@ pub struct Archiver {
 
 impl Archiver {
     /// An archive for `config`; nothing connects until [`Archiver::run`].
-    pub fn new(config: crate::Config) -> Self {
+    pub fn new(config: Config) -> Self {
         Self {
             config,
             stats: Arc::default(),
@@ -255,11 +263,11 @@ impl Archiver {
         infra::service::prepare_pipeline(&config.kafka, &config.clickhouse)
             .await
             .map_err(ArchiveError::Setup)?;
-        let pricer =
-            crate::pricer::Pricer::from_config(&config.pricing).map_err(ArchiveError::Catalog)?;
+        let pricer = quotaflow_admission::pricer::Pricer::from_config(&config.pricing)
+            .map_err(ArchiveError::Catalog)?;
         let topic = config.kafka.topics.usage.clone();
 
-        let dead_letters = crate::dead_letter::DeadLetterWriter::new(
+        let dead_letters = infra::dead_letter::DeadLetterWriter::new(
             &config.kafka,
             &config.clickhouse,
             "quotaflow-archive-dead-letters",
@@ -296,7 +304,7 @@ impl Archiver {
             Arc::new(consumer),
             sink,
             config.archive.clone(),
-            crate::admission::Admission::new(pricer, config.validation.clone()),
+            quotaflow_admission::Admission::new(pricer, config.validation.clone()),
             topic,
             SERVICE.to_owned(),
             self.stats,

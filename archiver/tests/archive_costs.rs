@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use archive_support::{text_event, World};
 use chrono::{SubsecRound, Utc};
-use ingest::archive::row::{KafkaCoordinates, RawRow};
+use quotaflow_archiver::row::{KafkaCoordinates, RawRow};
 use rust_decimal::Decimal;
 use schemas::{ImageTier, JobState, Modality};
 
