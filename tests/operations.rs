@@ -61,6 +61,10 @@ fn source_metrics() -> BTreeSet<String> {
                     "_windows",
                     "_ids",
                     "_connections",
+                    "_running",
+                    "_records",
+                    "_entries",
+                    "_held",
                 ]
                 .iter()
                 .any(|suffix| piece.ends_with(suffix));

@@ -30,6 +30,14 @@ pub struct Config {
     pub alert: AlertSettings,
     /// Slack and PagerDuty; secrets from the environment.
     pub notify: NotifyConfig,
+    /// Limits every usage event must respect (the alerter reads usage events for per-action
+    /// rules and job gauges): the same section as ingest's and the aggregator's
+    /// (`[validation]`), so a record refused there is ignored here (`quotaflow_admission`).
+    pub validation: quotaflow_admission::validation::ValidationConfig,
+    /// The price catalog usage events are priced with (a reported cost wins, else the catalog,
+    /// else unpriced; a producer's envelope is recomputed, never trusted): the same section as
+    /// the aggregator's (`[pricing]`). Fallback budgets add up these costs.
+    pub pricing: quotaflow_admission::pricer::PricingConfig,
 }
 
 /// Policies and evaluation timing.
@@ -117,6 +125,8 @@ impl Default for Config {
             group_id: "quotaflow-alerter".to_string(),
             alert: AlertSettings::default(),
             notify: NotifyConfig::default(),
+            validation: quotaflow_admission::validation::ValidationConfig::default(),
+            pricing: quotaflow_admission::pricer::PricingConfig::default(),
         }
     }
 }

@@ -114,6 +114,9 @@ pub mod metric {
     /// `totals`, `totals_tombstones`, `usage`) (gauge). Each was folded into the state as it was
     /// read; none is kept.
     pub const RESTORE_RECORDS: &str = "alerter_restore_records";
+    /// Usage records the admission step refused (ignored here; the archiver and the aggregator
+    /// dead-letter them), by dead-letter `kind`.
+    pub const USAGE_REFUSED: &str = "alerter_usage_refused_total";
     /// (scope, window) totals held (gauge; set after the restore and at every tick): the open
     /// windows, and those ended less than an hour ago, not the totals topic's history.
     pub const TOTALS_HELD: &str = "alerter_totals_held";
@@ -189,6 +192,8 @@ pub async fn run(config: Config, listener: TcpListener, shutdown: Shutdown) -> R
 /// in force, open windows' totals, approvals), not the topics' history. Totals of windows that
 /// ended are not even held ([`Engine::load_total`]) and tombstones remove theirs.
 struct Restore {
+    /// The admission step usage records go through.
+    admission: quotaflow_admission::Admission,
     /// The engine, restored without evaluating.
     engine: Engine,
     /// Per-action rules, fed the usage lookback.
@@ -236,8 +241,14 @@ impl RestoreCounts {
 }
 
 impl Restore {
-    fn new(engine: Engine, actions: ActionWatch, topics: infra::config::TopicsConfig) -> Restore {
+    fn new(
+        engine: Engine,
+        actions: ActionWatch,
+        topics: infra::config::TopicsConfig,
+        admission: quotaflow_admission::Admission,
+    ) -> Restore {
         Restore {
+            admission,
             engine,
             actions,
             action_findings: Vec::new(),
@@ -282,7 +293,7 @@ impl Restore {
                 self.counts.alerts += 1;
             }
         } else if topic == self.topics.usage {
-            if let Some(event) = decode::<schemas::UsageEvent>("usage", payload) {
+            if let Some(event) = admit_usage(&self.admission, message, payload) {
                 self.engine.load_job_event(&event);
                 self.action_findings.extend(self.actions.observe(
                     self.engine.policies(),
@@ -378,6 +389,9 @@ async fn run_loop(config: &Config, readiness: &Readiness, shutdown: &Shutdown) -
     // Restore.
     let restore_started = Instant::now();
     let catalog = Arc::new(config.alert.load_catalog().map_err(Error::Config)?);
+    let pricer = quotaflow_admission::pricer::Pricer::from_config(&config.pricing)
+        .map_err(|error| Error::Config(format!("pricing: {error}")))?;
+    let admission = quotaflow_admission::Admission::new(pricer, config.validation.clone());
     let restored = {
         let kafka = config.kafka.clone();
         let group = format!("{}-restore", config.group_id);
@@ -417,6 +431,7 @@ async fn run_loop(config: &Config, readiness: &Readiness, shutdown: &Shutdown) -
                     config.alert.max_actions,
                 ),
                 topics.clone(),
+                admission.clone(),
             );
             let read = tokio::task::spawn_blocking(move || {
                 read_to_end(&kafka, &group, &names, &since, timeout, &mut restore).map(|()| restore)
@@ -565,7 +580,7 @@ async fn run_loop(config: &Config, readiness: &Readiness, shutdown: &Shutdown) -
                         executor.execute(effects, Some(written_at), shutdown).await?;
                     }
                 } else if message.topic() == topics.usage {
-                    if let Some(event) = decode::<schemas::UsageEvent>("usage", payload) {
+                    if let Some(event) = admit_usage(&admission, &message, payload) {
                         let mut effects = engine.take_unfired(actions.observe(engine.policies(), &event, now));
                         if event.job_id.is_some() {
                             effects.extend(engine.on_job_event(&event, now));
@@ -695,6 +710,27 @@ fn reload_policies(config: &Config, current: &Arc<PolicySet>) -> Option<Arc<Poli
         Err(errors) => {
             error!(errors = %errors, "policy reload failed; keeping the previous policies");
             metrics::counter!(metric::RELOADS, "outcome" => "failed").increment(1);
+            None
+        }
+    }
+}
+
+/// A usage record decoded and admitted by the one admission step every reader applies
+/// ([`quotaflow_admission`]): validated at its Kafka timestamp and priced (the producer's
+/// envelope is recomputed, never trusted). A refused record is ignored here (the archiver and the
+/// aggregator dead-letter it) and counted in [`metric::USAGE_REFUSED`].
+fn admit_usage(
+    admission: &quotaflow_admission::Admission,
+    message: &impl Message,
+    payload: &[u8],
+) -> Option<schemas::UsageEvent> {
+    let event = decode::<schemas::UsageEvent>("usage", payload)?;
+    let timestamp = quotaflow_admission::record_timestamp(message.timestamp().to_millis());
+    match admission.admit(event, timestamp) {
+        Ok(event) => Some(event),
+        Err(rejection) => {
+            metrics::counter!(metric::USAGE_REFUSED, "kind" => rejection.dead_letter_kind())
+                .increment(1);
             None
         }
     }
