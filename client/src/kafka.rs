@@ -257,7 +257,13 @@ pub fn pipeline_topics(kafka: &KafkaConfig) -> Vec<TopicSpec> {
                 "message.timestamp.type".to_owned(),
                 "LogAppendTime".to_owned(),
             )],
-            ..spec(&topics.usage, Retention::Time(week), replication.usage)
+            // A month and a day: a policy added or changed mid-month is seeded from this topic
+            // over its whole current window, up to a month (`docs/aggregator.md`, Policy reloads).
+            ..spec(
+                &topics.usage,
+                Retention::Time(Duration::from_secs(32 * 24 * 3600)),
+                replication.usage,
+            )
         },
         spec(
             &topics.dead_letter,

@@ -12,21 +12,26 @@ fn admin(kafka: &KafkaConfig) -> AdminClient<DefaultClientContext> {
     client_config(kafka, "kafka-topics-test").create().unwrap()
 }
 
-/// `min.insync.replicas` of `topic` as the broker reports it.
-async fn min_insync_replicas(kafka: &KafkaConfig, topic: &str) -> String {
+/// `name` of `topic`'s config as the broker reports it; set on the topic, not a broker default.
+async fn topic_setting(kafka: &KafkaConfig, topic: &str, name: &str) -> String {
     let results = admin(kafka)
         .describe_configs(&[ResourceSpecifier::Topic(topic)], &AdminOptions::new())
         .await
         .unwrap();
     let resource = results.into_iter().next().unwrap().unwrap();
     let entry = resource
-        .get("min.insync.replicas")
-        .unwrap_or_else(|| panic!("{topic} has no min.insync.replicas"));
+        .get(name)
+        .unwrap_or_else(|| panic!("{topic} has no {name}"));
     assert!(
         !entry.is_default,
-        "{topic}: min.insync.replicas is the broker default, not set"
+        "{topic}: {name} is the broker default, not set"
     );
     entry.value.clone().unwrap()
+}
+
+/// `min.insync.replicas` of `topic` as the broker reports it.
+async fn min_insync_replicas(kafka: &KafkaConfig, topic: &str) -> String {
+    topic_setting(kafka, topic, "min.insync.replicas").await
 }
 
 /// Replicas of each partition of `topic`.
@@ -72,6 +77,12 @@ async fn topics_are_created_with_the_configured_min_insync_replicas_and_factor()
             topic.name
         );
     }
+    // The usage topic holds a month and a day: a policy added or changed mid-month is seeded
+    // from it over its whole window (issue 13 point 3).
+    assert_eq!(
+        topic_setting(&kafka, &kafka.topics.usage, "retention.ms").await,
+        (32u64 * 24 * 3600 * 1000).to_string()
+    );
     delete(&kafka).await;
 }
 
