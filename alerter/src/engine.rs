@@ -612,8 +612,14 @@ impl Engine {
     /// A model-rule block held on the control topic counts as the model seen: the totals that
     /// showed it belong to windows that may have closed (their keys tombstoned), and the block
     /// must not be lifted because the restore no longer reads them.
+    /// Only allow-list blocks come from what was seen: deprecation and preview blocks are derived
+    /// from the catalog again at every reconcile, and marking their (provider-scoped) model seen
+    /// would add an allow-list block under another key at a restart.
     fn observe_blocked_model(&mut self, decision: &ControlDecision) {
-        if decision.window != MODEL_RULES_WINDOW || decision.action != DecisionAction::Block {
+        if decision.window != MODEL_RULES_WINDOW
+            || decision.action != DecisionAction::Block
+            || decision.unit != NOT_ALLOW_LISTED_UNIT
+        {
             return;
         }
         let Some(model) = decision.scope.get("model") else {
@@ -1526,6 +1532,9 @@ fn decision_alert(
 }
 
 /// What a model issue is called: the decision's unit and a sentence.
+/// `ControlDecision::unit` of a block of a model outside a policy's allow-list.
+const NOT_ALLOW_LISTED_UNIT: &str = "model:not_allow_listed";
+
 fn describe_issue(issue: policy::ModelIssue, model: &str) -> (&'static str, String) {
     match issue {
         policy::ModelIssue::Deprecated { since } => (
@@ -1537,7 +1546,7 @@ fn describe_issue(issue: policy::ModelIssue, model: &str) -> (&'static str, Stri
             format!("model {model} is a preview model (price catalog)"),
         ),
         policy::ModelIssue::NotAllowListed => (
-            "model:not_allow_listed",
+            NOT_ALLOW_LISTED_UNIT,
             format!("model {model} is not on the allow-list"),
         ),
     }
