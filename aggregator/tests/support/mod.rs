@@ -553,6 +553,11 @@ pub async fn crash_after_each_flush_write_then_kill_9(
     midway: &[UsageEvent],
     kills: u64,
 ) {
+    // Small flushes, so that every round has the n-th flush its failpoint names however fast the
+    // machine replays: with 20,000 records per flush, a quick replay could end in two flushes and
+    // the third (`published:3`) never come.
+    let mut crashing = config.clone();
+    crashing.aggregate.flush_max_records = crashing.aggregate.flush_max_records.min(500);
     for (round, failpoint) in [
         "partials:2",
         "published:3",
@@ -562,7 +567,7 @@ pub async fn crash_after_each_flush_write_then_kill_9(
     .into_iter()
     .enumerate()
     {
-        let process = spawn_process_with_failpoint(config, Some(failpoint));
+        let process = spawn_process_with_failpoint(&crashing, Some(failpoint));
         assert!(
             process.wait_aborted(Duration::from_secs(120)).await,
             "{failpoint}: it exited without crashing"
