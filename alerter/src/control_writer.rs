@@ -71,8 +71,14 @@ impl ControlWriter {
         Ok(writer)
     }
 
-    /// Publishes one decision record in a transaction of its own, retrying what may pass.
-    pub async fn publish(&self, key: &str, payload: &[u8], shutdown: &Shutdown) -> Result<()> {
+    /// Publishes one decision record (or, without `payload`, a tombstone of `key`) in a
+    /// transaction of its own, retrying what may pass.
+    pub async fn publish(
+        &self,
+        key: &str,
+        payload: Option<&[u8]>,
+        shutdown: &Shutdown,
+    ) -> Result<()> {
         let mut retries = infra::external_offsets::WRITE_RETRY.attempts();
         loop {
             match self.attempt(key, payload).await {
@@ -97,11 +103,14 @@ impl ControlWriter {
         }
     }
 
-    async fn attempt(&self, key: &str, payload: &[u8]) -> std::result::Result<(), Failure> {
+    async fn attempt(&self, key: &str, payload: Option<&[u8]>) -> std::result::Result<(), Failure> {
         self.producer
             .begin_transaction()
             .map_err(|error| self.classify(error))?;
-        let record = FutureRecord::to(&self.topic).key(key).payload(payload);
+        let mut record = FutureRecord::<str, [u8]>::to(&self.topic).key(key);
+        if let Some(payload) = payload {
+            record = record.payload(payload);
+        }
         if let Err((error, _)) = self.producer.send(record, TRANSACTION_TIMEOUT).await {
             let failure = self.classify(error);
             self.abort().await;

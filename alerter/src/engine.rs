@@ -12,7 +12,8 @@
 //!   raised the limit above the amount, or the policy was removed.
 //!
 //! It compares that with the decision the control topic holds for the key and emits a
-//! [`Effect::Decide`] only when they differ, with `version = held version + 1`. After a crash the
+//! [`Effect::Decide`] only when they differ, with `version = held version + 1` (a key's first
+//! decision: its issue time in milliseconds, see [`Engine::decide`]). After a crash the
 //! service re-reads the control topic before evaluating, so a decision published just before the
 //! crash is found and not published again, and one that was not published is published now:
 //! **exactly one effective decision per key**, whichever side of the publish the crash fell.
@@ -82,6 +83,10 @@ pub enum Effect {
         /// replace the status of the approval in force.
         shadowed: bool,
     },
+    /// Tombstone this control key (issue 13 point 7): its last decision is an allow issued more
+    /// than `2 × ended_window_keep` ago, so nothing is in force and the key is forgotten, here
+    /// and, once compacted, on the control topic and in every gateway.
+    Forget(String),
 }
 
 /// The alerter's state (see the module docs).
@@ -639,6 +644,12 @@ impl Engine {
             .insert((decision.policy_id.clone(), provider, model.clone()));
     }
 
+    /// Applies a tombstone read back from the control topic: the key was forgotten.
+    pub fn forget_decision(&mut self, key: &str) {
+        self.decisions.remove(key);
+        self.to_follow.remove(key);
+    }
+
     /// Restores an alert read back from the alerts topic: it will not be raised again.
     pub fn restore_alert(&mut self, alert: &Alert) {
         self.fired
@@ -1081,6 +1092,7 @@ impl Engine {
         effects.extend(self.stale_jobs(now));
         effects.extend(self.age_out_jobs(now));
         effects.extend(self.follow_decisions(now));
+        effects.extend(self.forget_settled(now));
         let effects = self.settled(effects);
         // Issue 13 point 7: what closed windows and finished jobs leave behind goes.
         self.totals.evict_ended(now - self.ended_window_keep);
@@ -1280,12 +1292,47 @@ impl Engine {
         self.decide(decision)
     }
 
+    /// Whether `decision` is an allow old enough to be forgotten (see [`Effect::Forget`]).
+    fn forgettable(&self, decision: &ControlDecision, now: DateTime<Utc>) -> bool {
+        decision.action == DecisionAction::Allow
+            && decision.issued_at <= now - self.ended_window_keep * 2
+    }
+
+    /// Forgets the allows nothing depends on any more (issue 13 point 7): without this the
+    /// decisions map (and the control topic) keeps one entry per scope ever blocked, a new one
+    /// per `user_id` or API key capped once. An allow is the state of a key without a decision,
+    /// so forgetting it changes nothing a gateway does; a later block of the key starts a new
+    /// version sequence above the old one (see [`Engine::decide`]).
+    fn forget_settled(&mut self, now: DateTime<Utc>) -> Vec<Effect> {
+        let mut keys: Vec<String> = self
+            .decisions
+            .values()
+            .filter(|decision| self.forgettable(decision, now))
+            .map(|decision| decision.key.clone())
+            .collect();
+        keys.sort_unstable();
+        for key in &keys {
+            self.decisions.remove(key);
+            self.to_follow.remove(key);
+        }
+        keys.into_iter().map(Effect::Forget).collect()
+    }
+
     /// Numbers `decision` after the held one and records it as held.
+    ///
+    /// The first decision of a key (none held) is numbered by its issue time in milliseconds
+    /// since the epoch, later ones held + 1: a key forgotten ([`Effect::Forget`]) and blocked
+    /// again hours later starts above every version it had (a key would need millions of
+    /// decisions within those hours to catch up), so its decision ids (`<key>@<version>`), alert
+    /// dedup keys and audit rows never repeat an earlier one.
     fn decide(&mut self, mut decision: ControlDecision) -> Effect {
+        let first = u64::try_from(decision.issued_at.timestamp_millis())
+            .unwrap_or(0)
+            .max(1);
         let version = self
             .decisions
             .get(&decision.key)
-            .map_or(1, |held| held.version + 1);
+            .map_or(first, |held| held.version + 1);
         decision.version = version;
         decision.decision_id = format!("{}@{version}", decision.key);
         self.to_follow.insert(decision.key.clone());
@@ -1307,6 +1354,9 @@ impl Engine {
             .filter_map(|key| self.decisions.get(key))
             .filter(|decision| !self.fired.contains(&decision_alert_key(decision)))
             .filter(|decision| decision.action != DecisionAction::Allow || decision.version > 1)
+            // An old allow read back at a restart (its resolve long sent, its dedup key pruned)
+            // is forgotten, not resolved again.
+            .filter(|decision| !self.forgettable(decision, now))
             .cloned()
             .collect();
         wanted.sort_by(|a, b| a.key.cmp(&b.key));

@@ -84,6 +84,9 @@ use crate::{Config, Error, Result};
 pub mod metric {
     /// Decisions published, by `action`.
     pub const DECISIONS: &str = "alerter_decisions_total";
+    /// Control keys forgotten: tombstones published for allows issued more than
+    /// `2 × alert.ended_window_keep_secs` ago (issue 13 point 7).
+    pub const DECISIONS_FORGOTTEN: &str = "alerter_decisions_forgotten_total";
     /// Alerts raised, by `kind`.
     pub const ALERTS: &str = "alerter_alerts_total";
     /// Notifications, by `service` and `outcome`.
@@ -277,6 +280,11 @@ impl Restore {
             if topic == self.topics.totals {
                 remove_total(&mut self.engine, message.key());
                 self.counts.tombstones += 1;
+            } else if topic == self.topics.control {
+                // A forgotten key (issue 13 point 7): its decisions before this are void.
+                if let Some(key) = message.key().and_then(|key| std::str::from_utf8(key).ok()) {
+                    self.engine.forget_decision(key);
+                }
             }
             return;
         };
@@ -1006,6 +1014,12 @@ impl Executor {
                     );
                     self.audit.push(AuditRow::Decision(decision));
                 }
+                Effect::Forget(key) => {
+                    FAILPOINTS.count();
+                    self.control.publish(&key, None, shutdown).await?;
+                    metrics::counter!(metric::DECISIONS_FORGOTTEN).increment(1);
+                    info!(%key, "decision key forgotten (tombstone published)");
+                }
                 Effect::Alert(alert, notice) => {
                     metrics::counter!(metric::ALERTS, "kind" => alert.kind.as_str()).increment(1);
                     self.notify.push((*alert, *notice));
@@ -1053,7 +1067,7 @@ impl Executor {
         let payload = schemas::codec::encode(decision)
             .map_err(|error| Error::Config(format!("unencodable decision: {error}")))?;
         self.control
-            .publish(&decision.key, &payload, shutdown)
+            .publish(&decision.key, Some(&payload), shutdown)
             .await?;
         FAILPOINTS.reached("after_publish");
         Ok(())

@@ -39,32 +39,44 @@ soft_alerts: [50]
 action: {kind: alert_only}
 "#;
 
+/// Starts an alerter with `policies` (a minute window, `alert.ended_window_keep_secs = 1`) and
+/// publishes `cost` for `api_key_id=k1` in a minute still open when it is evaluated (a loaded
+/// machine may take seconds): the next minute when this one ends within 20 s.
+async fn minute_total_of_k1(
+    test: &str,
+    policies: &str,
+    policy_id: &str,
+    cost: &str,
+) -> (Receivers, alerter::Config, Running) {
+    let receivers = Receivers::start().await;
+    let mut config = config(test, policies, &receivers);
+    config.alert.ended_window_keep_secs = 1;
+    let alerter = start(&config).await;
+    let now = now_s();
+    let second = i64::from(now.timestamp() as u32 % 60);
+    let minute = now - TimeDelta::seconds(second) + TimeDelta::minutes(i64::from(second > 40));
+    produce_totals(
+        &config.kafka,
+        &[policy_total(
+            policy_id,
+            "api_key_id=k1",
+            minute,
+            minute + TimeDelta::minutes(1),
+            cost,
+            1,
+        )],
+    )
+    .await;
+    (receivers, config, alerter)
+}
+
 /// Issue 13 point 7: the totals and alert dedup keys of a window are dropped once it has
 /// closed (here one second after its end, `alert.ended_window_keep_secs = 1`); today's main
 /// keeps every dedup key forever.
 #[tokio::test]
 async fn alerter_state_of_a_window_is_dropped_after_it_closes() {
-    let receivers = Receivers::start().await;
-    let mut config = config("alerter_prune", PER_MINUTE, &receivers);
-    config.alert.ended_window_keep_secs = 1;
-    let alerter = start(&config).await;
-    let now = now_s();
-    let second = i64::from(now.timestamp() as u32 % 60);
-    // A window that is still open when its total is evaluated (a loaded machine may take
-    // seconds): the next minute when this one ends within 20 s.
-    let minute = now - TimeDelta::seconds(second) + TimeDelta::minutes(i64::from(second > 40));
-    produce_totals(
-        &config.kafka,
-        &[policy_total(
-            "t-minute",
-            "api_key_id=k1",
-            minute,
-            minute + TimeDelta::minutes(1),
-            "6",
-            1,
-        )],
-    )
-    .await;
+    let (receivers, config, alerter) =
+        minute_total_of_k1("alerter_prune", PER_MINUTE, "t-minute", "6").await;
     wait_receivers(&receivers, "the soft alert", |r| {
         r.slack_containing("api_key_id=k1") == 1
     })
@@ -233,5 +245,118 @@ async fn an_overflow_bucket_raises_an_alert_and_its_cap_blocks_untracked_users()
         })
         .may_proceed());
     alerter.stop().await.unwrap();
+    testkit::drop_database(&config.clickhouse).await.unwrap();
+}
+
+const BLOCK_PER_MINUTE: &str = r#"
+id: t-minute-block
+description: A spend cap per API key and minute that blocks.
+owner: {team: search, contact: search@example.com}
+unit: cost_usd
+group_by: [api_key_id]
+window: {kind: minute}
+hard_cap: 10
+action: {kind: block}
+"#;
+
+/// Issue 13 point 7, decisions: a block lifted at its window's end is held as an allow for
+/// `2 × alert.ended_window_keep_secs`, then forgotten with a tombstone of its control key (so
+/// compaction removes it from the topic and every gateway drops it); a restart reads the
+/// tombstone and publishes nothing.
+#[tokio::test]
+async fn a_lifted_block_is_forgotten_with_a_control_tombstone() {
+    let (receivers, config, alerter) =
+        minute_total_of_k1("alerter_forget", BLOCK_PER_MINUTE, "t-minute-block", "11").await;
+    let log = wait_control(&config.kafka, "the block", |log| !log.is_empty()).await;
+    let block = log[0].clone();
+    assert_eq!(block.action, DecisionAction::Block);
+    // The minute ends within 80 s: the allow, then 2 s later the tombstone.
+    let records = testkit::eventually(Duration::from_secs(90), "the tombstone", || {
+        let kafka = config.kafka.clone();
+        let block_key = block.key.clone();
+        async move {
+            let records = tokio::task::spawn_blocking(move || control_records(&kafka))
+                .await
+                .unwrap();
+            let k1: Vec<_> = records
+                .into_iter()
+                .filter(|(key, _)| *key == block_key)
+                .collect();
+            (k1.len() == 3).then_some(k1)
+        }
+    })
+    .await;
+    let allow = records[1].1.clone().expect("the allow");
+    assert_eq!(allow.action, DecisionAction::Allow);
+    assert_eq!(allow.version, block.version + 1);
+    assert_eq!(records[2], (block.key.clone(), None));
+    let base_url = alerter.base_url.clone();
+    testkit::eventually(Duration::from_secs(10), "no decision held", || {
+        let base_url = base_url.clone();
+        async move {
+            let held = state_entries(&base_url, "decisions").await?;
+            (held == 0.0).then_some(())
+        }
+    })
+    .await;
+    let body = reqwest::get(format!("{}/metrics", alerter.base_url))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        body.lines()
+            .any(|line| line == "alerter_decisions_forgotten_total 1"),
+        "{body}"
+    );
+    alerter.stop().await.unwrap();
+
+    // A restart reads block, allow and tombstone and holds nothing: an allow held again would be
+    // forgotten again at the first tick (a second tombstone). A new block of k2 shows the
+    // restarted alerter deciding; the gauge (set every tick) then counts k2's block alone.
+    let pages = receivers.pagerduty().len();
+    let alerter = start(&config).await;
+    let now = now_s();
+    produce_totals(
+        &config.kafka,
+        &[policy_total(
+            "t-minute-block",
+            "api_key_id=k2",
+            now - TimeDelta::seconds(1),
+            now + TimeDelta::minutes(1),
+            "11",
+            1,
+        )],
+    )
+    .await;
+    let base_url = alerter.base_url.clone();
+    testkit::eventually(Duration::from_secs(30), "k2 blocked, alone", || {
+        let base_url = base_url.clone();
+        async move {
+            let held = state_entries(&base_url, "decisions").await?;
+            (held == 1.0).then_some(())
+        }
+    })
+    .await;
+    alerter.stop().await.unwrap();
+    let records = control_records(&config.kafka);
+    assert_eq!(records.len(), 4, "{records:?}");
+    // Records of other keys may sit in other partitions: k1's three in order, k2's block.
+    let (k1, others): (Vec<_>, Vec<_>) =
+        records.into_iter().partition(|(key, _)| *key == block.key);
+    assert_eq!(k1.len(), 3, "{k1:?}");
+    let k2 = others[0].1.as_ref().expect("k2's block");
+    assert_eq!(k2.action, DecisionAction::Block);
+    assert_eq!(k2.scope.get("api_key_id").map(String::as_str), Some("k2"));
+    assert!(
+        receivers
+            .pagerduty()
+            .iter()
+            .skip(pages)
+            .all(|page| !page.to_string().contains("api_key_id=k1")),
+        "k1 paged again: {:?}",
+        receivers.pagerduty()
+    );
     testkit::drop_database(&config.clickhouse).await.unwrap();
 }

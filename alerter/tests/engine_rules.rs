@@ -117,6 +117,18 @@ fn alerts(effects: &[Effect]) -> Vec<(AlertKind, Option<u32>)> {
         .collect()
 }
 
+/// The effects that decide or forget this control key.
+fn about<'a>(effects: &'a [Effect], key: &str) -> Vec<&'a Effect> {
+    effects
+        .iter()
+        .filter(|effect| match effect {
+            Effect::Decide(decision) => decision.key == key,
+            Effect::Forget(forgotten) => forgotten == key,
+            Effect::Alert(..) | Effect::ApprovalDecided { .. } => false,
+        })
+        .collect()
+}
+
 fn decisions(effects: &[Effect]) -> Vec<(DecisionAction, Option<String>)> {
     effects
         .iter()
@@ -499,6 +511,129 @@ fn a_restored_engine_repeats_no_decision() {
     assert!(
         decisions(&effects).is_empty(),
         "the restored engine decided again: {effects:?}"
+    );
+}
+
+/// Issue 13 point 7: a key's allow is forgotten (a tombstone) two `ended_window_keep`s after it
+/// was issued, so the decisions held do not grow with every scope ever blocked; the key blocked
+/// again later is numbered above every version it had, and a restart that reads the tombstone
+/// holds nothing for it. Today's main keeps one decision per key forever.
+#[test]
+fn an_old_allow_is_forgotten_and_its_key_starts_above_its_old_versions() {
+    let policies = examples();
+    let policy = policies.get("staging-cost-per-key-daily").unwrap();
+    let mut engine = engine(Arc::clone(&policies)).with_ended_window_keep(TimeDelta::hours(1));
+    engine.set_policies(Arc::clone(&policies), now());
+    // Other example rules (model allow-lists, deprecations) hold decisions of their own.
+    let held_before = engine.state_sizes().decisions;
+    let blocked = engine.on_total(
+        total_at(policy, "api_key_id=k-forget", Decimal::from(30), 1),
+        now(),
+    );
+    let block = match blocked
+        .iter()
+        .find(|effect| matches!(effect, Effect::Decide(_)))
+    {
+        Some(Effect::Decide(decision)) => decision.clone(),
+        _ => panic!("no block: {blocked:?}"),
+    };
+    assert_eq!(block.action, DecisionAction::Block);
+    assert_eq!(
+        block.version,
+        u64::try_from(now().timestamp_millis()).unwrap(),
+        "a key's first version is its issue time in ms"
+    );
+    // The window (now ± 1 h) ends: the block is lifted (version + 1) and stays held a while.
+    let ended = now() + TimeDelta::hours(1);
+    let lifted = engine.tick(ended);
+    assert_eq!(decisions(&lifted), vec![(DecisionAction::Allow, None)]);
+    let allow = engine.decision(&block.key).unwrap().clone();
+    assert_eq!(allow.version, block.version + 1);
+    let still = engine.tick(ended + TimeDelta::minutes(119));
+    assert!(
+        !still
+            .iter()
+            .any(|effect| matches!(effect, Effect::Forget(_))),
+        "forgotten too early: {still:?}"
+    );
+    assert!(engine.decision(&block.key).is_some());
+    // Two hours after the allow: forgotten, with a tombstone of its key.
+    let forgotten = engine.tick(ended + TimeDelta::hours(2));
+    assert_eq!(
+        forgotten
+            .iter()
+            .filter_map(|effect| match effect {
+                Effect::Forget(key) => Some(key.clone()),
+                _ => None,
+            })
+            .collect::<Vec<_>>(),
+        vec![block.key.clone()]
+    );
+    assert!(engine.decision(&block.key).is_none());
+    assert_eq!(engine.state_sizes().decisions, held_before);
+    assert!(
+        about(&engine.tick(ended + TimeDelta::hours(3)), &block.key).is_empty(),
+        "forgotten twice"
+    );
+
+    // A restart reads the allow, then its tombstone: nothing held, nothing decided or resolved.
+    let mut restored =
+        self::engine(Arc::clone(&policies)).with_ended_window_keep(TimeDelta::hours(1));
+    restored.restore_decision(allow.clone());
+    restored.forget_decision(&block.key);
+    let later = ended + TimeDelta::hours(3);
+    let mut effects = restored.set_policies(Arc::clone(&policies), later);
+    effects.extend(restored.tick(later));
+    assert!(
+        about(&effects, &block.key).is_empty(),
+        "the restart acted: {effects:?}"
+    );
+    assert!(restored.decision(&block.key).is_none());
+
+    // An old allow read back without its tombstone (the crash came first) is forgotten again,
+    // not resolved again.
+    let mut crashed =
+        self::engine(Arc::clone(&policies)).with_ended_window_keep(TimeDelta::hours(1));
+    crashed.restore_decision(allow.clone());
+    let mut effects = crashed.set_policies(Arc::clone(&policies), later);
+    effects.extend(crashed.tick(later));
+    assert_eq!(
+        about(&effects, &block.key),
+        vec![&Effect::Forget(block.key.clone())]
+    );
+
+    // The key over its cap again in a later window: a new block above every old version.
+    let next_day = now() + TimeDelta::days(1);
+    let again = engine.on_total(
+        total_around(
+            policy,
+            "api_key_id=k-forget",
+            Decimal::from(30),
+            1,
+            next_day,
+        ),
+        next_day,
+    );
+    let reblock = match again
+        .iter()
+        .find(|effect| matches!(effect, Effect::Decide(_)))
+    {
+        Some(Effect::Decide(decision)) => decision.clone(),
+        _ => panic!("no block the next day: {again:?}"),
+    };
+    assert_eq!(reblock.key, block.key);
+    assert!(
+        reblock.version > allow.version,
+        "{} after {}",
+        reblock.version,
+        allow.version
+    );
+    assert_ne!(reblock.decision_id, block.decision_id);
+    assert!(
+        again.iter().any(
+            |effect| matches!(effect, Effect::Alert(alert, _) if alert.kind == AlertKind::HardCap)
+        ),
+        "the new block pages: {again:?}"
     );
 }
 

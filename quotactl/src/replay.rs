@@ -289,6 +289,10 @@ impl Replayer {
                         window: decision.window,
                     });
                 }
+                // The view forgets like a gateway does on the tombstone.
+                Effect::Forget(key) => {
+                    self.view.remove(&key);
+                }
                 Effect::Alert(alert, _) => {
                     self.report.alerts.push(ReplayedAlert {
                         at,

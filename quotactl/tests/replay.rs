@@ -168,17 +168,19 @@ async fn replay_blocks_at_the_crossing_stops_what_follows_and_applies_approvals(
     let (k1, k2) = (key_of("api_key_id=k1"), key_of("api_key_id=k2"));
     let decision =
         |key: &str, action: &str, version: u64| (key.to_owned(), action.to_owned(), version);
+    let millis = |minute: i64| u64::try_from(at(minute).timestamp_millis()).unwrap();
     assert_eq!(
         decisions,
         vec![
             // 0.4, 0.8, 1.2 ≥ 1: blocked at minute 2; minutes 3 and 4 are refused.
-            decision(&k1, "block", 1),
+            // A key's first version is its issue time in ms, then one more per decision.
+            decision(&k1, "block", millis(2)),
             // The approval (2 USD) lifts it: 1.2 < 2.
-            decision(&k1, "allow", 2),
+            decision(&k1, "allow", millis(2) + 1),
             // 1.6, 2.0 ≥ 2: blocked again at minute 6; 7, 8, 9 are refused.
-            decision(&k1, "block", 3),
+            decision(&k1, "block", millis(2) + 2),
             // k2: 0.1 a minute reaches 1.0 exactly at minute 9.
-            decision(&k2, "block", 1),
+            decision(&k2, "block", millis(9)),
         ],
         "{report:#}"
     );

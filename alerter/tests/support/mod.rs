@@ -402,9 +402,18 @@ pub async fn produce_totals(kafka: &KafkaConfig, totals: &[WindowTotal]) {
     }
 }
 
-/// Every record of the control topic, in offset order per partition (the log, not compacted
-/// away yet: the active segment is never compacted).
+/// Every decision of the control topic, in offset order per partition (the log, not compacted
+/// away yet: the active segment is never compacted); tombstones are left out.
 pub fn control_log(kafka: &KafkaConfig) -> Vec<ControlDecision> {
+    control_records(kafka)
+        .into_iter()
+        .filter_map(|(_, decision)| decision)
+        .collect()
+}
+
+/// Every record of the control topic as (key, decision), `None` for a tombstone, in offset
+/// order per partition.
+pub fn control_records(kafka: &KafkaConfig) -> Vec<(String, Option<ControlDecision>)> {
     let consumer: BaseConsumer = infra::kafka::consumer_config(
         kafka,
         "alerter-test-reader",
@@ -435,9 +444,13 @@ pub fn control_log(kafka: &KafkaConfig) -> Vec<ControlDecision> {
     while !ends.is_empty() && std::time::Instant::now() < deadline {
         match consumer.poll(Duration::from_millis(100)) {
             Some(Ok(message)) => {
-                if let Some(payload) = message.payload() {
-                    decisions.push(schemas::codec::decode::<ControlDecision>(payload).unwrap());
-                }
+                let key = String::from_utf8_lossy(message.key().unwrap_or_default()).into_owned();
+                decisions.push((
+                    key,
+                    message
+                        .payload()
+                        .map(|payload| schemas::codec::decode::<ControlDecision>(payload).unwrap()),
+                ));
                 if ends
                     .get(&message.partition())
                     .is_some_and(|end| message.offset() + 1 >= *end)
