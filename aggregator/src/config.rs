@@ -5,8 +5,8 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use infra::config::{ClickHouseConfig, HttpConfig, KafkaConfig};
+use quotaflow_windows::LatenessPolicy;
 use serde::{Deserialize, Serialize};
-use windows::LatenessPolicy;
 
 use crate::partition::PartitionSettings;
 use crate::state::{TotalsConfig, DEFAULT_ALLOWED_LATENESS_SECS};

@@ -4,12 +4,12 @@
 //! compacted totals topic the alerter follows.
 //!
 //! - [`config`]: the service's [`Config`].
-//! - [`measures`]: [`measures::Measures`], the totals' measures and one event's exact contribution.
-//! - [`scopes`]: which (scope kind, scope key) totals an event counts under, and in which window specs.
+//! - [`measures`], [`scopes`], [`state`], [`dedup`]: the pure core, from [`quotaflow_totals`]:
+//!   an event's measures and exact contribution, the scopes and windows it counts in, the
+//!   in-memory windowed totals (apply, dirty set, drain, eviction) and the per-partition
+//!   duplicate filter.
 //! - [`backfill`]: seeding a new policy definition (after a reload) with the events before it
 //!   counted live, re-read from the usage topic.
-//! - [`state`]: [`state::TotalsState`], in-memory windowed totals: apply, dirty set, drain, eviction.
-//! - [`dedup`]: the per-partition duplicate filter by `event_id`.
 //! - [`partition`]: [`partition::PartitionAggregator`], one input partition: record → outcome,
 //!   flush and checkpoint, restore.
 //! - [`sink`]: ClickHouse partials and checkpoints, totals topic.
@@ -70,14 +70,14 @@
 
 pub mod backfill;
 pub mod config;
-pub mod dedup;
-pub mod measures;
 pub mod partition;
 pub mod pipeline;
-pub mod scopes;
 pub mod sink;
-pub mod state;
 pub mod workers;
+
+// The pure core (measures, scopes, duplicate filter, totals state) is its own crate, shared
+// with the alerter and quotactl; re-exported under the paths the aggregator's modules use.
+pub use quotaflow_totals::{dedup, measures, scopes, state};
 
 use std::sync::Arc;
 use std::time::Duration;

@@ -27,9 +27,9 @@
 
 use std::collections::{HashMap, VecDeque};
 
-use aggregator::measures::Measures;
 use chrono::{DateTime, TimeDelta, Utc};
 use policy::Policy;
+use quotaflow_totals::measures::Measures;
 use rust_decimal::Decimal;
 use schemas::WindowTotal;
 use serde::{Deserialize, Serialize};

@@ -18,9 +18,9 @@
 
 use std::collections::{BTreeMap, HashSet};
 
-use aggregator::measures::Measures;
 use chrono::{DateTime, Utc};
 use policy::{ActionKind, Policy, Unit};
+use quotaflow_totals::measures::Measures;
 use rust_decimal::Decimal;
 use schemas::WindowTotal;
 

@@ -1,8 +1,8 @@
-//! The benchmark's event mix: the demo's workload (`demo::workload`), priced by ingest's pricer,
-//! with event time advancing 1 ms per event and a seeded share of duplicate records.
+//! The benchmark's event mix: the demo's workload (`quotaflow_workload`), priced by the
+//! admission pricer as ingest prices it, with event time advancing 1 ms per event and a seeded share of duplicate records.
 //!
 //! # The mix
-//! - **Fleet and traffic:** `demo::workload::Workload` with seed [`SEED`]: 4 teams, 7 API keys,
+//! - **Fleet and traffic:** `quotaflow_workload::Workload` with seed [`SEED`]: 4 teams, 7 API keys,
 //!   39 users, 7 customers (about 400 single-dimension scopes); text chat completions with
 //!   retries and fallbacks, image generations (four tiers), async video jobs (submitted, running,
 //!   succeeded/failed), audio and embeddings. Fail-open pricing leaves an unknown model's cost
@@ -23,7 +23,7 @@ use std::collections::VecDeque;
 
 use anyhow::Result;
 use chrono::{DateTime, TimeDelta, TimeZone, Utc};
-use demo::workload::Workload;
+use quotaflow_workload::Workload;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use rust_decimal::Decimal;
@@ -77,7 +77,7 @@ pub struct EventMix {
     /// Original events generated so far (the next one's time slot).
     originals: u64,
     /// Prices events as ingest does.
-    pricer: ingest::pricer::Pricer,
+    pricer: quotaflow_admission::pricer::Pricer,
 }
 
 impl EventMix {
@@ -90,7 +90,7 @@ impl EventMix {
             duplicate_share,
             recent: VecDeque::with_capacity(DUPLICATE_WINDOW),
             originals: 0,
-            pricer: ingest::pricer::Pricer::from_config(&Default::default())?,
+            pricer: quotaflow_admission::pricer::Pricer::from_config(&Default::default())?,
         })
     }
 

@@ -6,4 +6,5 @@
 pub mod keys;
 pub mod run;
 pub mod scenario;
-pub mod workload;
+/// The workload generator (its own crate, shared with tests and benchmarks).
+pub use quotaflow_workload as workload;

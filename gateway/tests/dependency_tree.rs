@@ -104,3 +104,31 @@ fn the_service_runtime_is_what_the_check_looks_for() {
         );
     }
 }
+
+/// The service crates (each a binary with its own stack). None links another: what two services
+/// share is a pure core (`quotaflow-admission`, `quotaflow-totals`, `policy`, `schemas`, ...) or
+/// a library (`gateway`, `quotaflow-recorder`), never another service's runtime.
+const SERVICES: [&str; 4] = ["ingest", "quotaflow-archiver", "aggregator", "alerter"];
+
+#[test]
+fn no_service_links_another_service() {
+    let mut violations = Vec::new();
+    for package in SERVICES {
+        let tree = cargo_tree(package, &["--prefix", "none"]);
+        let names = crate_names(&tree);
+        assert_eq!(names.first(), Some(&package), "{tree}");
+        // The tree was really read: every service links the service runtime.
+        assert!(names.contains(&"infra"), "{package}: {tree}");
+        for other in SERVICES.iter().filter(|other| **other != package) {
+            if names.contains(other) {
+                let path = cargo_tree(package, &["--invert", other, "--depth", "8"]);
+                violations.push(format!("{package} links {other} through:\n{path}"));
+            }
+        }
+    }
+    assert!(
+        violations.is_empty(),
+        "a service depends on another service; move what they share into a pure crate:\n\n{}",
+        violations.join("\n")
+    );
+}

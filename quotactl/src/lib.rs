@@ -12,9 +12,9 @@
 
 pub mod replay;
 
-use aggregator::measures::Measures;
 use chrono::{DateTime, TimeDelta, Utc};
 use policy::PolicySet;
+use quotaflow_totals::measures::Measures;
 use rust_decimal::Decimal;
 use serde::{Deserialize, Serialize};
 

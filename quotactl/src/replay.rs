@@ -29,7 +29,6 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use aggregator::state::{TotalsConfig, TotalsState};
 use alerter::anomaly::AnomalySettings;
 use alerter::approvals::ReceivedApproval;
 use alerter::engine::{Effect, Engine};
@@ -37,6 +36,7 @@ use chrono::{DateTime, TimeDelta, Utc};
 use gateway::{DecisionView, RequestAttributes, Verdict};
 use policy::PolicySet;
 use quotaflow_archiver::row::RawRow;
+use quotaflow_totals::state::{TotalsConfig, TotalsState};
 use rust_decimal::Decimal;
 use schemas::{Approval, DecisionAction, UsageEvent};
 use serde::{Deserialize, Serialize};
@@ -234,7 +234,7 @@ impl Replayer {
             effects.extend(self.engine.on_job_event(event, now));
         }
         for update in self.state.peek_policy_updates() {
-            let total = aggregator::sink::window_total(&update, "replay", 0, now);
+            let total = quotaflow_totals::record::window_total(&update, "replay", 0, now);
             effects.extend(self.engine.on_total(total, now));
         }
         self.carry_out(effects, now);

@@ -1,13 +1,13 @@
 //! Cost of finding an event's window: uncached (`WindowSpec::window_of`, time zone look-ups every
 //! time) and through a `WindowCache` on a stream of events 10 ms apart (nearly all hits).
 //!
-//! `cargo bench -p windows --bench window_of`
+//! `cargo bench -p quotaflow-windows --bench window_of`
 
 use std::hint::black_box;
 
 use chrono::{DateTime, TimeDelta, Utc};
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
-use windows::{CampaignId, WindowCache, WindowKind, WindowSpec};
+use quotaflow_windows::{CampaignId, WindowCache, WindowKind, WindowSpec};
 
 const EVENTS: usize = 10_000;
 

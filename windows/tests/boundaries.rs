@@ -3,7 +3,7 @@
 
 use chrono::{DateTime, TimeDelta, Utc};
 use chrono_tz::Tz;
-use windows::{CampaignId, WindowKind, WindowSpec};
+use quotaflow_windows::{CampaignId, WindowKind, WindowSpec};
 
 fn at(text: &str) -> DateTime<Utc> {
     text.parse().unwrap_or_else(|e| panic!("{text}: {e}"))
@@ -28,7 +28,12 @@ fn expect(kind: WindowKind, zone: &str, instant: &str, id: &str, start: &str, en
 }
 
 /// Every window of `kind` from the one containing `from` up to `until`, following `next()`.
-fn windows_between(kind: WindowKind, zone: &str, from: &str, until: &str) -> Vec<windows::Window> {
+fn windows_between(
+    kind: WindowKind,
+    zone: &str,
+    from: &str,
+    until: &str,
+) -> Vec<quotaflow_windows::Window> {
     let mut window = spec(kind, zone).window_of(at(from)).unwrap();
     let mut all = Vec::new();
     while window.start() < at(until) {

@@ -2,13 +2,13 @@
 //! hour window of the days that are not 24 hours long: walked with `next()`, each checked to be
 //! found again from its first and last instant, with ids unique per zone and kind.
 //!
-//! Slow in a debug build: `cargo test -p windows --release --test exhaustive -- --ignored`.
+//! Slow in a debug build: `cargo test -p quotaflow-windows --release --test exhaustive -- --ignored`.
 
 use std::collections::HashSet;
 
 use chrono::{DateTime, TimeDelta, Utc};
 use chrono_tz::{Tz, TZ_VARIANTS};
-use windows::{Window, WindowKind, WindowSpec};
+use quotaflow_windows::{Window, WindowKind, WindowSpec};
 
 fn walk(kind: WindowKind, zone: Tz, from: DateTime<Utc>, until: DateTime<Utc>) -> Vec<Window> {
     let spec = WindowSpec::calendar(kind, zone).unwrap();

@@ -4,7 +4,7 @@
 use chrono::{DateTime, TimeDelta, Utc};
 use chrono_tz::{Tz, TZ_VARIANTS};
 use proptest::prelude::*;
-use windows::{Window, WindowCache, WindowKind, WindowSpec};
+use quotaflow_windows::{Window, WindowCache, WindowKind, WindowSpec};
 
 const FIRST_SECOND: i64 = -5_364_662_400; // 1800-01-01
 const LAST_SECOND: i64 = 7_258_118_400; // 2200-01-01

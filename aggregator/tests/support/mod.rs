@@ -61,7 +61,8 @@ pub fn policy_kind(policies: &str, id: &str) -> String {
 /// `count` priced events of the demo workload, `spacing_ms` apart from `start`.
 pub fn workload(seed: u64, count: usize, start: DateTime<Utc>, spacing_ms: i64) -> Vec<UsageEvent> {
     let pricer = quotaflow_admission::pricer::Pricer::from_config(&Default::default()).unwrap();
-    let mut generator = demo::workload::Workload::new(seed, &format!("t{seed}"), "aggregator-test");
+    let mut generator =
+        quotaflow_workload::Workload::new(seed, &format!("t{seed}"), "aggregator-test");
     (0..count)
         .map(|index| {
             let mut event =

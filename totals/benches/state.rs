@@ -12,16 +12,16 @@
 //! state, divided by its (scope, window) totals) and printed once; `approximate_bytes` is shown
 //! beside it.
 //!
-//! `cargo bench -p aggregator --bench state`
+//! `cargo bench -p quotaflow-totals --bench state`
 
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::hint::black_box;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
-use aggregator::state::{TotalsConfig, TotalsState};
 use chrono::{TimeDelta, TimeZone, Utc};
 use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughput};
 use policy::PolicySet;
+use quotaflow_totals::state::{TotalsConfig, TotalsState};
 use rust_decimal::Decimal;
 use schemas::fixtures::text_event;
 use schemas::UsageEvent;

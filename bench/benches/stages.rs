@@ -34,8 +34,8 @@
 //! `benches/state.rs` measures bytes per total on a wider one.
 //!
 //! ```sh
-//! cargo bench -p aggregator --bench stages -- --events 200000     # quick
-//! cargo bench -p aggregator --bench stages -- --events 10000000   # the issue's figure
+//! cargo bench -p quotaflow-bench --bench stages -- --events 200000     # quick
+//! cargo bench -p quotaflow-bench --bench stages -- --events 10000000   # the issue's figure
 //! ```
 //!
 //! Kafka and ClickHouse come from the aggregator config (`--config`, else defaults and
