@@ -84,6 +84,10 @@ fn assert_refused_as_readonly(result: Result<String, String>, what: &str) {
 }
 
 #[tokio::test]
+#[cfg_attr(
+    not(feature = "live"),
+    ignore = "needs the local stack (dev/stack up); run with --features live"
+)]
 async fn the_analyst_cannot_lift_its_limits_or_write_and_the_documented_queries_run() {
     let clickhouse = testkit::clickhouse_config("analyst_limits");
     infra::migrations::migrate(&clickhouse)

@@ -45,6 +45,10 @@ async fn listener() -> (tokio::net::TcpListener, String) {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+#[cfg_attr(
+    not(feature = "live"),
+    ignore = "needs the local stack (dev/stack up); run with --features live"
+)]
 async fn the_demo_scenarios_end_as_expected_and_replay_reproduces_the_live_decisions() {
     let kafka = testkit::kafka_config("demo_e2e");
     let clickhouse = testkit::clickhouse_config("demo_e2e");

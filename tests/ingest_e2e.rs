@@ -31,6 +31,10 @@ fn event(event_id: &str, occurred_at: &str, route: Value) -> Value {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(
+    not(feature = "live"),
+    ignore = "needs the local stack (dev/stack up); run with --features live"
+)]
 async fn http_batch_reaches_clickhouse_with_exact_costs() {
     let mut config = ingest::Config {
         kafka: infra::testkit::kafka_config("e2e"),

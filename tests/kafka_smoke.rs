@@ -41,6 +41,10 @@ fn sample_event() -> UsageEvent {
 }
 
 #[tokio::test]
+#[cfg_attr(
+    not(feature = "live"),
+    ignore = "needs the local stack (dev/stack up); run with --features live"
+)]
 async fn usage_event_round_trips_through_the_real_broker() {
     let kafka = infra::testkit::kafka_config("smoke");
     let topic = kafka.topics.usage.clone();

@@ -109,6 +109,10 @@ fn run_sql_check(engine: &str) {
 }
 
 #[test]
+#[cfg_attr(
+    not(feature = "live"),
+    ignore = "needs the local stack (dev/stack up); run with --features live"
+)]
 fn migrations_and_queries_run_on_clickhouse_18_16() {
     run_sql_check("http");
 }

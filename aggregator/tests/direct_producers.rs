@@ -233,6 +233,10 @@ fn usd(text: &str) -> Decimal {
 /// readers admit each record with one step: the reported cost wins, the envelope is recomputed
 /// from the catalog, and the invalid records are dead-lettered by both with the same kind.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(
+    not(feature = "live"),
+    ignore = "needs the local stack (dev/stack up); run with --features live"
+)]
 async fn archive_and_aggregator_price_and_refuse_direct_records_alike() {
     let readers = Readers::new("agg_direct").await;
     let now = Utc::now().trunc_subsecs(3) - TimeDelta::minutes(1);
@@ -327,6 +331,10 @@ async fn archive_and_aggregator_price_and_refuse_direct_records_alike() {
 /// from their windows. The usage topic now takes the broker's append time, the record is refused
 /// by both readers (`in_future`), and the honest events are counted in their own windows.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(
+    not(feature = "live"),
+    ignore = "needs the local stack (dev/stack up); run with --features live"
+)]
 async fn a_record_from_a_fast_clock_is_refused_by_both_and_moves_no_watermark() {
     let readers = Readers::new("agg_fast_clock").await;
     let now = Utc::now().trunc_subsecs(3);

@@ -44,6 +44,10 @@ async fn check_exact(config: &aggregator::Config, events: &[UsageEvent]) {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(
+    not(feature = "live"),
+    ignore = "needs the local stack (dev/stack up); run with --features live"
+)]
 async fn totals_equal_a_recount_of_100k_mixed_events_with_duplicates() {
     let config = isolated_config("agg_exact");
     let events = events_with_duplicates(1, 100_000);
@@ -79,6 +83,10 @@ async fn totals_equal_a_recount_of_100k_mixed_events_with_duplicates() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(
+    not(feature = "live"),
+    ignore = "needs the local stack (dev/stack up); run with --features live"
+)]
 async fn kill_9_at_any_moment_repeatedly_loses_and_duplicates_nothing() {
     let mut config = isolated_config("agg_kill");
     // Flush constantly so that random kills land mid-flush as often as between flushes.
@@ -104,6 +112,10 @@ async fn kill_9_at_any_moment_repeatedly_loses_and_duplicates_nothing() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(
+    not(feature = "live"),
+    ignore = "needs the local stack (dev/stack up); run with --features live"
+)]
 async fn instances_joining_and_leaving_mid_stream_lose_and_duplicate_nothing() {
     let config = isolated_config("agg_rebalance");
     let events = events_with_duplicates(3, 60_000);
@@ -163,6 +175,10 @@ async fn instances_joining_and_leaving_mid_stream_lose_and_duplicate_nothing() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(
+    not(feature = "live"),
+    ignore = "needs the local stack (dev/stack up); run with --features live"
+)]
 async fn a_clickhouse_outage_reads_ahead_then_pauses_and_it_catches_up_afterwards() {
     let mut config = isolated_config("agg_outage");
     // Reading goes on through an outage (enforcement does not wait for ClickHouse), up to this

@@ -75,6 +75,10 @@ async fn check_never_counted_twice(config: &aggregator::Config, resent: &Resent)
 /// now refused (dead-lettered as too late to deduplicate, only in `late_events`); copies within
 /// the horizon are still recognized; totals equal the recount of distinct events.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(
+    not(feature = "live"),
+    ignore = "needs the local stack (dev/stack up); run with --features live"
+)]
 async fn copies_resent_18_to_36_minutes_later_are_never_counted_twice() {
     let config = isolated_config("agg_late_dup");
     // 24,000 events 150 ms apart: one hour; 18–36 min is 7,200–14,400 events back.
@@ -98,6 +102,10 @@ async fn copies_resent_18_to_36_minutes_later_are_never_counted_twice() {
 /// counted in `aggregator_dedup_evicted_early_total`, the effective horizon is a gauge, and a
 /// copy older than what the filter still remembers is refused, never counted twice.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(
+    not(feature = "live"),
+    ignore = "needs the local stack (dev/stack up); run with --features live"
+)]
 async fn ids_forgotten_early_by_the_cap_are_never_counted_twice() {
     let mut config = isolated_config("agg_dedup_cap");
     // 300 ids per partition (3 partitions) is about 90 s of this stream; the horizon is 15 min.
@@ -136,6 +144,10 @@ async fn ids_forgotten_early_by_the_cap_are_never_counted_twice() {
 /// across crashes after each write of a flush and `kill -9` at staggered moments: the refusals
 /// (which depend on the filter's floor, kept in the checkpoint) are the same on every replay.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(
+    not(feature = "live"),
+    ignore = "needs the local stack (dev/stack up); run with --features live"
+)]
 async fn kill_9_with_late_copies_in_the_stream_counts_each_event_once() {
     let mut config = isolated_config("agg_late_kill");
     config.aggregate.flush_interval_ms = 20;
@@ -159,6 +171,10 @@ async fn kill_9_with_late_copies_in_the_stream_counts_each_event_once() {
 /// documented procedure), records written after the change about events before it are refused
 /// unless their partition's filter recognizes them; events after the change are counted.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(
+    not(feature = "live"),
+    ignore = "needs the local stack (dev/stack up); run with --features live"
+)]
 async fn copies_moved_by_added_partitions_are_never_counted_twice() {
     let mut config = isolated_config("agg_dedup_repartition");
     let start_at = Utc.with_ymd_and_hms(2026, 10, 31, 23, 0, 0).unwrap();

@@ -67,6 +67,10 @@ fn published_policy(config: &aggregator::Config) -> PolicySums {
 /// sent during the outage reaches the totals topic (what the alerter blocks on) while flushes
 /// keep failing and reading never pauses; afterwards ClickHouse holds the exact totals.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(
+    not(feature = "live"),
+    ignore = "needs the local stack (dev/stack up); run with --features live"
+)]
 async fn policy_totals_keep_flowing_while_clickhouse_is_down() {
     let mut config = isolated_config("agg_ch_down");
     config.aggregate.policies_dir = Some(policies_dir(POLICY));

@@ -232,6 +232,10 @@ async fn wait_for_day(
 /// a broken edit keeps the last good set and is counted in
 /// `aggregator_policy_reloads_total{outcome="failed"}`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(
+    not(feature = "live"),
+    ignore = "needs the local stack (dev/stack up); run with --features live"
+)]
 async fn policy_edits_are_enforced_over_the_whole_current_window() {
     let scenario = Scenario::new("policy_reload");
     let config = &scenario.config;
@@ -314,6 +318,10 @@ async fn policy_edits_are_enforced_over_the_whole_current_window() {
 /// definitions end equal to the recount of the whole day, and the old definition keeps exactly
 /// the events it counted before the edit.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(
+    not(feature = "live"),
+    ignore = "needs the local stack (dev/stack up); run with --features live"
+)]
 async fn policy_edits_survive_kill_9() {
     let mut scenario = Scenario::new("policy_reload_kill");
     scenario.config.aggregate.flush_interval_ms = 20;

@@ -33,6 +33,10 @@ const POLICY: &str = r#"
 const PROBE_DEADLINE: Duration = Duration::from_millis(1_000);
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(
+    not(feature = "live"),
+    ignore = "needs the local stack (dev/stack up); run with --features live"
+)]
 async fn sparse_probes_are_published_without_waiting_for_a_long_poll() {
     let mut config = isolated_config("sparse");
     let totals_reader = follow_totals(&config.kafka);

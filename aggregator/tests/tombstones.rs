@@ -112,6 +112,10 @@ fn last_records(kafka: &infra::config::KafkaConfig) -> BTreeMap<String, Option<W
 /// checkpoint (the replay re-publishes totals, then tombstones them again). Fails on a build
 /// that never tombstones.
 #[tokio::test]
+#[cfg_attr(
+    not(feature = "live"),
+    ignore = "needs the local stack (dev/stack up); run with --features live"
+)]
 async fn closed_windows_keys_are_tombstoned_on_the_totals_topic() {
     let mut config = isolated_config("agg_tombstones");
     config.kafka.topics.partitions = 2;

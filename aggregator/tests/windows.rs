@@ -98,6 +98,10 @@ fn row(
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(
+    not(feature = "live"),
+    ignore = "needs the local stack (dev/stack up); run with --features live"
+)]
 async fn windows_follow_calendar_boundaries_policy_time_zones_and_lateness() {
     let mut config = isolated_config("agg_windows");
     // One partition: the watermark (and so lateness) is per partition.

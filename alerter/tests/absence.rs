@@ -37,6 +37,10 @@ fn as_user<'a>(user_id: Option<&'a str>) -> RequestAttributes<'a> {
 /// (`absent: [user_id]`, its own compaction key), and so does its audit row's key. A user over the
 /// cap is blocked alone, apart from the anonymous bucket.
 #[tokio::test]
+#[cfg_attr(
+    not(feature = "live"),
+    ignore = "needs the local stack (dev/stack up); run with --features live"
+)]
 async fn the_no_user_bucket_at_its_cap_blocks_only_requests_without_user_id() {
     let receivers = Receivers::start().await;
     let config = config("alerter_absence", PER_USER, &receivers);

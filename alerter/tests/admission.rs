@@ -45,6 +45,10 @@ fn fallback(action: &str, envelope: &str, reported: Option<&str>) -> schemas::Us
 /// reported cost is 0.60 USD breaks it (a reported cost wins). Before, the alerter summed the
 /// envelope: the first paged and the second did not.
 #[tokio::test]
+#[cfg_attr(
+    not(feature = "live"),
+    ignore = "needs the local stack (dev/stack up); run with --features live"
+)]
 async fn fallback_budgets_add_up_admitted_costs_not_producer_envelopes() {
     let receivers = Receivers::start().await;
     let config = config("alerter_admission", FALLBACK_BUDGET, &receivers);

@@ -69,6 +69,10 @@ async fn publish(config: &alerter::Config, approval: &schemas::Approval) {
 }
 
 #[tokio::test]
+#[cfg_attr(
+    not(feature = "live"),
+    ignore = "needs the local stack (dev/stack up); run with --features live"
+)]
 async fn only_a_signed_approval_within_the_rules_lifts_a_block_and_each_bad_one_is_audited_with_its_reason(
 ) {
     let receivers = Receivers::start().await;
@@ -277,6 +281,10 @@ fn approvals_log(kafka: &infra::config::KafkaConfig) -> Vec<(i64, String, bool)>
 /// anything, so it publishes no decision and sends no page or Slack message the uninterrupted run
 /// would not have (it used to block the raised scope, page, then allow it again).
 #[tokio::test]
+#[cfg_attr(
+    not(feature = "live"),
+    ignore = "needs the local stack (dev/stack up); run with --features live"
+)]
 async fn a_later_rejected_record_never_erases_a_valid_raise_even_after_compaction_and_a_restart() {
     let receivers = Receivers::start().await;
     let config = config("approvals_compaction", &policy("t-kept"), &receivers);
@@ -393,6 +401,10 @@ async fn a_later_rejected_record_never_erases_a_valid_raise_even_after_compactio
 }
 
 #[tokio::test]
+#[cfg_attr(
+    not(feature = "live"),
+    ignore = "needs the local stack (dev/stack up); run with --features live"
+)]
 async fn an_expired_raise_is_audited_and_tombstoned_and_a_restart_does_not_apply_it_again() {
     let receivers = Receivers::start().await;
     let config = config("approvals_expiry", &policy("t-expiring"), &receivers);
@@ -457,6 +469,10 @@ async fn an_expired_raise_is_audited_and_tombstoned_and_a_restart_does_not_apply
 }
 
 #[tokio::test]
+#[cfg_attr(
+    not(feature = "live"),
+    ignore = "needs the local stack (dev/stack up); run with --features live"
+)]
 async fn on_a_topic_with_writer_timestamps_even_a_signed_approval_is_rejected() {
     // An approvals topic created before approvals were signed: CreateTime, the writer's clock.
     let receivers = Receivers::start().await;

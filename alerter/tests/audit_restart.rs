@@ -27,6 +27,10 @@ async fn wait_audited(clickhouse: &ClickHouseConfig, decision_id: &str, what: &s
 /// Issue 13, point 9 (kill -9): the alerter dies right after publishing a block, before its audit
 /// row is written; the restarted alerter re-audits the decision from the control topic.
 #[tokio::test]
+#[cfg_attr(
+    not(feature = "live"),
+    ignore = "needs the local stack (dev/stack up); run with --features live"
+)]
 async fn a_decision_published_before_a_kill_9_is_audited_after_the_restart() {
     let receivers = Receivers::start().await;
     let config = config("alerter_reaudit", CAP_PER_KEY, &receivers);
@@ -51,6 +55,10 @@ async fn a_decision_published_before_a_kill_9_is_audited_after_the_restart() {
 /// Issue 13, point 9 (clean shutdown): a block's audit row still waiting for ClickHouse when
 /// SIGTERM arrives is written during the shutdown drain, before the process exits.
 #[tokio::test]
+#[cfg_attr(
+    not(feature = "live"),
+    ignore = "needs the local stack (dev/stack up); run with --features live"
+)]
 async fn an_audit_row_waiting_at_sigterm_is_written_before_exit() {
     let receivers = Receivers::start().await;
     let mut config = config("alerter_drain", CAP_PER_KEY, &receivers);

@@ -74,6 +74,10 @@ async fn minute_total_of_k1(
 /// closed (here one second after its end, `alert.ended_window_keep_secs = 1`); today's main
 /// keeps every dedup key forever.
 #[tokio::test]
+#[cfg_attr(
+    not(feature = "live"),
+    ignore = "needs the local stack (dev/stack up); run with --features live"
+)]
 async fn alerter_state_of_a_window_is_dropped_after_it_closes() {
     let (receivers, config, alerter) =
         minute_total_of_k1("alerter_prune", PER_MINUTE, "t-minute", "6").await;
@@ -125,6 +129,10 @@ action: {kind: block}
 /// `alert.job_max_age_secs` with a page (PagerDuty and Slack) naming the job, its scope and
 /// owner, and the block it caused is lifted; today's main keeps it (and the block) forever.
 #[tokio::test]
+#[cfg_attr(
+    not(feature = "live"),
+    ignore = "needs the local stack (dev/stack up); run with --features live"
+)]
 async fn a_job_without_a_terminal_event_ages_out_with_a_page() {
     let receivers = Receivers::start().await;
     let mut config = config("alerter_job_age", JOBS, &receivers);
@@ -185,6 +193,10 @@ action: {kind: block}
 /// it is blocked like any scope: a gateway applies the block to a user the aggregator never gave
 /// totals of its own, and not to requests without a `user_id`.
 #[tokio::test]
+#[cfg_attr(
+    not(feature = "live"),
+    ignore = "needs the local stack (dev/stack up); run with --features live"
+)]
 async fn an_overflow_bucket_raises_an_alert_and_its_cap_blocks_untracked_users() {
     let receivers = Receivers::start().await;
     let config = config("alerter_overflow", PER_USER, &receivers);
@@ -264,6 +276,10 @@ action: {kind: block}
 /// compaction removes it from the topic and every gateway drops it); a restart reads the
 /// tombstone and publishes nothing.
 #[tokio::test]
+#[cfg_attr(
+    not(feature = "live"),
+    ignore = "needs the local stack (dev/stack up); run with --features live"
+)]
 async fn a_lifted_block_is_forgotten_with_a_control_tombstone() {
     let (receivers, config, alerter) =
         minute_total_of_k1("alerter_forget", BLOCK_PER_MINUTE, "t-minute-block", "11").await;

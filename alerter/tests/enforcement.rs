@@ -52,6 +52,10 @@ async fn audit_count(config: &alerter::Config, sql: &str) -> u64 {
 }
 
 #[tokio::test]
+#[cfg_attr(
+    not(feature = "live"),
+    ignore = "needs the local stack (dev/stack up); run with --features live"
+)]
 async fn ladder_fires_once_each_cap_blocks_restart_repeats_nothing_and_reset_allows() {
     let receivers = Receivers::start().await;
     let config = config("alerter_ladder", KEY_DAILY, &receivers);
@@ -205,6 +209,10 @@ async fn ladder_fires_once_each_cap_blocks_restart_repeats_nothing_and_reset_all
 }
 
 #[tokio::test]
+#[cfg_attr(
+    not(feature = "live"),
+    ignore = "needs the local stack (dev/stack up); run with --features live"
+)]
 async fn approval_lifts_a_block_until_it_expires_and_bad_approvals_are_rejected() {
     let receivers = Receivers::start().await;
     let config = config("alerter_approval", &with_approval(), &receivers);
@@ -346,6 +354,10 @@ async fn approval_lifts_a_block_until_it_expires_and_bad_approvals_are_rejected(
 }
 
 #[tokio::test]
+#[cfg_attr(
+    not(feature = "live"),
+    ignore = "needs the local stack (dev/stack up); run with --features live"
+)]
 async fn a_crash_before_or_after_publishing_leaves_one_decision_and_one_page() {
     for (round, failpoint) in [
         "before_publish:1",

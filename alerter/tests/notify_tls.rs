@@ -252,6 +252,10 @@ action: {kind: block}
 "#;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(
+    not(feature = "live"),
+    ignore = "needs the local stack (dev/stack up); run with --features live"
+)]
 async fn the_alerter_keeps_notifications_an_untrusted_receiver_refused_and_delivers_them_once_trusted(
 ) {
     let logs = Logs::global();

@@ -28,6 +28,10 @@ async fn count(config: &infra::config::ClickHouseConfig, sql: &str) -> u64 {
 /// while ClickHouse is down; once ClickHouse is back, every decision and alert is in the audit
 /// tables and every notification reached Slack and PagerDuty.
 #[tokio::test]
+#[cfg_attr(
+    not(feature = "live"),
+    ignore = "needs the local stack (dev/stack up); run with --features live"
+)]
 async fn a_block_goes_out_while_clickhouse_is_down_and_slack_is_slow_and_every_effect_follows() {
     let logs = logs::Logs::global();
     let receivers = Receivers::start_slow_slack(Duration::from_millis(500)).await;
@@ -131,6 +135,10 @@ async fn a_block_goes_out_while_clickhouse_is_down_and_slack_is_slow_and_every_e
 /// answers after 2 s each; the PagerDuty pages of the same alerts all arrive while most Slack
 /// messages are still waiting, and the Slack messages follow.
 #[tokio::test]
+#[cfg_attr(
+    not(feature = "live"),
+    ignore = "needs the local stack (dev/stack up); run with --features live"
+)]
 async fn a_slow_slack_webhook_does_not_hold_back_pagerduty() {
     let receivers = Receivers::start_slow_slack(Duration::from_secs(2)).await;
     let config = config("alerter_slow_slack", CAP_PER_KEY, &receivers);

@@ -23,6 +23,10 @@ action: {kind: block}
 "#;
 
 #[tokio::test]
+#[cfg_attr(
+    not(feature = "live"),
+    ignore = "needs the local stack (dev/stack up); run with --features live"
+)]
 async fn events_over_the_cap_make_the_gateway_refuse_the_key() {
     let receivers = Receivers::start().await;
     let config = config("alerter_pipeline", CAP, &receivers);

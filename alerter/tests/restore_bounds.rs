@@ -73,6 +73,10 @@ async fn metric(base_url: &str, name: &str) -> Option<u64> {
 /// the open totals decide (the key over its cap is blocked). Fails on a build that buffers every
 /// record and loads ended windows (it holds the month) or ignores tombstones.
 #[tokio::test]
+#[cfg_attr(
+    not(feature = "live"),
+    ignore = "needs the local stack (dev/stack up); run with --features live"
+)]
 async fn restore_holds_the_open_windows_not_the_history() {
     let receivers = Receivers::start().await;
     let mut config = config("alerter_restore_bounds", CAP_PER_KEY, &receivers);

@@ -42,6 +42,10 @@ fn attributes<'a>(
 }
 
 #[tokio::test]
+#[cfg_attr(
+    not(feature = "live"),
+    ignore = "needs the local stack (dev/stack up); run with --features live"
+)]
 async fn a_deprecated_model_is_blocked_in_production_and_an_unlisted_one_once_seen() {
     let receivers = Receivers::start().await;
     let config = config("alerter_models", MODELS, &receivers);
@@ -144,6 +148,10 @@ anomaly: {min_volume: 0, z_threshold: 4}
 "#;
 
 #[tokio::test]
+#[cfg_attr(
+    not(feature = "live"),
+    ignore = "needs the local stack (dev/stack up); run with --features live"
+)]
 async fn a_fallback_storm_blocks_the_fallback_route_and_is_an_anomaly() {
     let receivers = Receivers::start().await;
     let config = config("alerter_fallback", FALLBACK, &receivers);
@@ -286,6 +294,10 @@ retry_policy:
 "#;
 
 #[tokio::test]
+#[cfg_attr(
+    not(feature = "live"),
+    ignore = "needs the local stack (dev/stack up); run with --features live"
+)]
 async fn a_retry_of_a_quota_error_and_too_many_attempts_are_flagged() {
     let receivers = Receivers::start().await;
     let config = config("alerter_retries", RETRIES, &receivers);
@@ -350,6 +362,10 @@ async fn a_retry_of_a_quota_error_and_too_many_attempts_are_flagged() {
 }
 
 #[tokio::test]
+#[cfg_attr(
+    not(feature = "live"),
+    ignore = "needs the local stack (dev/stack up); run with --features live"
+)]
 async fn policies_reload_without_restart_and_a_broken_edit_keeps_the_last_good_set() {
     let receivers = Receivers::start().await;
     let generous = r#"
@@ -419,6 +435,10 @@ action: {kind: block}
 "#;
 
 #[tokio::test]
+#[cfg_attr(
+    not(feature = "live"),
+    ignore = "needs the local stack (dev/stack up); run with --features live"
+)]
 async fn a_concurrency_cap_blocks_new_jobs_until_one_finishes_and_survives_a_restart() {
     let receivers = Receivers::start().await;
     let config = config("alerter_jobs", JOBS, &receivers);
@@ -527,6 +547,10 @@ model_rules:
 /// only once production traffic to it had shown in the totals; rows without a prefix were
 /// blocked at start. No traffic is sent here at all.
 #[tokio::test]
+#[cfg_attr(
+    not(feature = "live"),
+    ignore = "needs the local stack (dev/stack up); run with --features live"
+)]
 async fn deprecated_rows_with_a_provider_prefix_are_blocked_before_any_traffic() {
     let receivers = Receivers::start().await;
     let config = config("alerter_lifecycle", LIFECYCLE, &receivers);

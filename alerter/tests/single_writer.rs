@@ -25,6 +25,10 @@ action: {kind: block}
 "#;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(
+    not(feature = "live"),
+    ignore = "needs the local stack (dev/stack up); run with --features live"
+)]
 async fn a_second_alerter_fences_the_first_and_the_control_topic_has_one_decision_stream() {
     let receivers = Receivers::start().await;
     let config = config("alerter_one_writer", KEY_DAILY, &receivers);

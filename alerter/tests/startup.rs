@@ -23,6 +23,10 @@ fn isolated_config() -> Config {
 }
 
 #[tokio::test]
+#[cfg_attr(
+    not(feature = "live"),
+    ignore = "needs the local stack (dev/stack up); run with --features live"
+)]
 async fn starts_serves_ops_endpoints_and_shuts_down() {
     let config = isolated_config();
     let run = |listener, shutdown| alerter::run_with_listener(config.clone(), listener, shutdown);
@@ -35,6 +39,10 @@ async fn starts_serves_ops_endpoints_and_shuts_down() {
 }
 
 #[tokio::test]
+#[cfg_attr(
+    not(feature = "live"),
+    ignore = "needs the local stack (dev/stack up); run with --features live"
+)]
 async fn is_not_ready_while_starting_and_stops_promptly_when_cancelled() {
     let mut config = isolated_config();
     config.kafka.brokers = service_startup::UNREACHABLE_BROKERS.to_string();
@@ -47,6 +55,10 @@ async fn is_not_ready_while_starting_and_stops_promptly_when_cancelled() {
 }
 
 #[tokio::test]
+#[cfg_attr(
+    not(feature = "live"),
+    ignore = "needs the local stack (dev/stack up); run with --features live"
+)]
 async fn an_unreadable_notify_ca_file_stops_the_start_with_a_config_error() {
     let mut config = isolated_config();
     let missing = std::env::temp_dir().join(format!("{}.pem", testkit::unique_name("no_ca")));

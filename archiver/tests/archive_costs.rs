@@ -11,6 +11,10 @@ use rust_decimal::Decimal;
 use schemas::{ImageTier, JobState, Modality};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(
+    not(feature = "live"),
+    ignore = "needs the local stack (dev/stack up); run with --features live"
+)]
 async fn archived_rows_carry_exact_costs_and_every_field() {
     let world = World::new("archive_costs").await;
     let recorder = world.recorder();

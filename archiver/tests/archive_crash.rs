@@ -121,6 +121,10 @@ fn spawn_archiver(config: &std::path::Path, log: &std::path::Path) -> Archiver {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(
+    not(feature = "live"),
+    ignore = "needs the local stack (dev/stack up); run with --features live"
+)]
 async fn kill_9_repeatedly_loses_and_duplicates_nothing() {
     let mut world = World::new("archive_crash").await;
     // Events over the last 40 days span two months, so batches are split by table partition.

@@ -18,6 +18,10 @@ use schemas::{ControlDecision, DeadLetter, DecisionAction};
 type BadRecord = (Option<Vec<u8>>, Option<&'static str>, &'static str);
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(
+    not(feature = "live"),
+    ignore = "needs the local stack (dev/stack up); run with --features live"
+)]
 async fn every_bad_record_is_dead_lettered_and_the_archive_keeps_going() {
     let world = World::new("archive_dead_letters").await;
     let topic = world.config.kafka.topics.usage.clone();

@@ -9,6 +9,10 @@ use archive_support::{text_event, World};
 use chrono::{SubsecRound, Utc};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(
+    not(feature = "live"),
+    ignore = "needs the local stack (dev/stack up); run with --features live"
+)]
 async fn resent_event_ids_show_once_in_the_view() {
     let world = World::new("archive_duplicates").await;
     let recorder = world.recorder();

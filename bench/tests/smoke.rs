@@ -10,6 +10,10 @@ use std::path::PathBuf;
 use std::process::Command;
 
 #[test]
+#[cfg_attr(
+    not(feature = "live"),
+    ignore = "needs the local stack (dev/stack up); run with --features live"
+)]
 fn bench_runs_every_contender_on_a_small_topic() {
     let bench = PathBuf::from(env!("CARGO_BIN_EXE_bench"));
     let aggregator = bench.with_file_name("quotaflow-aggregator");
@@ -54,6 +58,10 @@ fn bench_runs_every_contender_on_a_small_topic() {
 /// 100, 2,000 distinct `user_id`s give 100 month totals of their own plus the overflow bucket,
 /// which took the other 1,900 events; without a limit every user has its own total.
 #[test]
+#[cfg_attr(
+    not(feature = "live"),
+    ignore = "needs the local stack (dev/stack up); run with --features live"
+)]
 fn cardinality_bench_runs_with_and_without_a_limit() {
     let bench = PathBuf::from(env!("CARGO_BIN_EXE_bench"));
     let aggregator = bench.with_file_name("quotaflow-aggregator");

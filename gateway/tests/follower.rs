@@ -104,6 +104,10 @@ fn gateway_config(kafka: KafkaConfig, failure_mode: FailureMode) -> GatewayConfi
 }
 
 #[tokio::test]
+#[cfg_attr(
+    not(feature = "live"),
+    ignore = "needs the local stack (dev/stack up); run with --features live"
+)]
 async fn starts_from_the_compacted_state_then_follows_blocks_and_allows() {
     let kafka = kafka_config("gateway");
     let (topic, producer) = control_topic(&kafka, 3, "gateway-test").await;
@@ -190,6 +194,10 @@ async fn starts_from_the_compacted_state_then_follows_blocks_and_allows() {
 }
 
 #[tokio::test]
+#[cfg_attr(
+    not(feature = "live"),
+    ignore = "needs the local stack (dev/stack up); run with --features live"
+)]
 async fn unreachable_brokers_fail_closed_or_open_by_configuration() {
     let mut kafka = kafka_config("gateway_down");
     kafka.brokers = "127.0.0.1:1".to_string();
@@ -213,6 +221,10 @@ async fn unreachable_brokers_fail_closed_or_open_by_configuration() {
 }
 
 #[test]
+#[cfg_attr(
+    not(feature = "live"),
+    ignore = "needs the local stack (dev/stack up); run with --features live"
+)]
 fn config_rejects_a_staleness_a_quiet_topic_cannot_meet() {
     let mut config = gateway_config(kafka_config("gateway_config"), FailureMode::Open);
     config
@@ -245,6 +257,10 @@ fn config_rejects_a_staleness_shorter_than_two_probes() {
 /// long-poll fetch (made long here, 1.5 s, three times the probe's timeout, so a follower that waits for the broker is caught), and
 /// decisions waited behind it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(
+    not(feature = "live"),
+    ignore = "needs the local stack (dev/stack up); run with --features live"
+)]
 async fn a_quiet_topic_stays_fresh_and_the_next_decision_applies_at_once() {
     let mut kafka = kafka_config("gateway_quiet");
     kafka
@@ -306,6 +322,10 @@ async fn a_quiet_topic_stays_fresh_and_the_next_decision_applies_at_once() {
 }
 
 #[tokio::test]
+#[cfg_attr(
+    not(feature = "live"),
+    ignore = "needs the local stack (dev/stack up); run with --features live"
+)]
 async fn follows_decisions_over_sasl_ssl() {
     // The SASL_SSL listener of `dev/stack up --secure`: the gateway's consumer gets
     // `[kafka.security]` like every other client.

@@ -37,12 +37,40 @@ pub fn unique_name(prefix: &str) -> String {
     )
 }
 
-/// Kafka config for a test: the local broker and topic names no other test uses.
+/// Fails the calling test at once, saying what to do, when nothing listens at `address`
+/// (`host:port`): a test of the live stack run without it would otherwise wait out its deadlines
+/// and fail with a timeout that names no cause. Live tests are behind each crate's `live` feature
+/// (`dev/test` enables it after `dev/stack up`).
+pub fn require_listener(what: &str, address: &str) {
+    use std::net::{TcpStream, ToSocketAddrs};
+    let reachable = address.to_socket_addrs().is_ok_and(|mut addresses| {
+        addresses.any(|socket| TcpStream::connect_timeout(&socket, Duration::from_secs(2)).is_ok())
+    });
+    assert!(
+        reachable,
+        "this test needs the local stack: nothing listens for {what} at {address}; start it with \
+         `dev/stack up` (or run `dev/test`, which does), or leave out the `live` feature"
+    );
+}
+
+/// The `host:port` of the first broker or of an `http://host:port` URL.
+fn listener_address(address: &str) -> &str {
+    let address = address.split(',').next().unwrap_or(address);
+    let address = address
+        .trim_start_matches("http://")
+        .trim_start_matches("https://");
+    address.split('/').next().unwrap_or(address)
+}
+
+/// Kafka config for a test: the local broker and topic names no other test uses. Fails the test
+/// at once when no broker listens there ([`require_listener`]).
 pub fn kafka_config(test: &str) -> KafkaConfig {
     let run = unique_name(test);
+    let brokers =
+        std::env::var("QUOTAFLOW_TEST_KAFKA").unwrap_or_else(|_| "127.0.0.1:9092".to_string());
+    require_listener("Kafka", listener_address(&brokers));
     KafkaConfig {
-        brokers: std::env::var("QUOTAFLOW_TEST_KAFKA")
-            .unwrap_or_else(|_| "127.0.0.1:9092".to_string()),
+        brokers,
         topics: TopicsConfig {
             usage: format!("{run}.usage"),
             dead_letter: format!("{run}.deadletter"),
@@ -58,11 +86,14 @@ pub fn kafka_config(test: &str) -> KafkaConfig {
 }
 
 /// ClickHouse config for a test: the local server and a database no other test uses
-/// (created by the migrations; drop it with [`drop_database`]).
+/// (created by the migrations; drop it with [`drop_database`]). Fails the test at once when no
+/// server listens there ([`require_listener`]).
 pub fn clickhouse_config(test: &str) -> ClickHouseConfig {
+    let url = std::env::var("QUOTAFLOW_TEST_CLICKHOUSE")
+        .unwrap_or_else(|_| "http://127.0.0.1:8123".to_string());
+    require_listener("ClickHouse", listener_address(&url));
     ClickHouseConfig {
-        url: std::env::var("QUOTAFLOW_TEST_CLICKHOUSE")
-            .unwrap_or_else(|_| "http://127.0.0.1:8123".to_string()),
+        url,
         database: unique_name(&format!("t_{test}")),
         ..ClickHouseConfig::default()
     }

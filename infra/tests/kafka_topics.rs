@@ -57,6 +57,10 @@ async fn delete(kafka: &KafkaConfig) {
 }
 
 #[tokio::test]
+#[cfg_attr(
+    not(feature = "live"),
+    ignore = "needs the local stack (dev/stack up); run with --features live"
+)]
 async fn topics_are_created_with_the_configured_min_insync_replicas_and_factor() {
     let kafka = infra::testkit::kafka_config("replication");
     ensure_topics(&kafka, &pipeline_topics(&kafka))
@@ -87,6 +91,10 @@ async fn topics_are_created_with_the_configured_min_insync_replicas_and_factor()
 }
 
 #[tokio::test]
+#[cfg_attr(
+    not(feature = "live"),
+    ignore = "needs the local stack (dev/stack up); run with --features live"
+)]
 async fn a_factor_the_cluster_cannot_hold_is_refused_by_the_broker_naming_the_topic() {
     // A single-node stack: three replicas cannot be placed, which proves the factor reaches the
     // broker instead of a hard-coded 1.

@@ -90,6 +90,10 @@ fn expected_migrations() -> Vec<(u32, String)> {
 }
 
 #[tokio::test]
+#[cfg_attr(
+    not(feature = "live"),
+    ignore = "needs the local stack (dev/stack up); run with --features live"
+)]
 async fn migrating_twice_gives_the_same_schema_and_one_record_per_migration() {
     with_fresh_database("migr", migrating_twice).await;
 }
@@ -107,6 +111,10 @@ async fn migrating_twice(config: ClickHouseConfig) {
 
 /// The three services each migrate at startup, possibly at the same moment.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(
+    not(feature = "live"),
+    ignore = "needs the local stack (dev/stack up); run with --features live"
+)]
 async fn three_services_migrating_at_once_all_succeed() {
     with_fresh_database("migr_concurrent", migrating_concurrently).await;
 }
@@ -144,6 +152,10 @@ struct EventSummary {
 }
 
 #[tokio::test]
+#[cfg_attr(
+    not(feature = "live"),
+    ignore = "needs the local stack (dev/stack up); run with --features live"
+)]
 async fn the_usage_view_shows_a_duplicate_once_and_sums_decimals_exactly() {
     with_fresh_database("migr_view", usage_view_deduplicates).await;
 }

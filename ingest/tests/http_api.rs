@@ -65,6 +65,10 @@ fn assert_all_accepted(answer: &Answer, count: usize) {
 }
 
 #[tokio::test]
+#[cfg_attr(
+    not(feature = "live"),
+    ignore = "needs the local stack (dev/stack up); run with --features live"
+)]
 async fn json_batch_and_single_object_are_acknowledged_and_consumed_back_priced() {
     let service = Service::start("http_json", |_| {}).await;
     let sent: Vec<UsageEvent> = (0..5)
@@ -97,6 +101,10 @@ async fn json_batch_and_single_object_are_acknowledged_and_consumed_back_priced(
 }
 
 #[tokio::test]
+#[cfg_attr(
+    not(feature = "live"),
+    ignore = "needs the local stack (dev/stack up); run with --features live"
+)]
 async fn ndjson_lines_are_events_and_blank_lines_are_skipped() {
     let service = Service::start("http_ndjson", |_| {}).await;
     let sent: Vec<UsageEvent> = (0..3)
@@ -116,6 +124,10 @@ async fn ndjson_lines_are_events_and_blank_lines_are_skipped() {
 }
 
 #[tokio::test]
+#[cfg_attr(
+    not(feature = "live"),
+    ignore = "needs the local stack (dev/stack up); run with --features live"
+)]
 async fn avro_single_record_and_length_prefixed_batch_are_acknowledged() {
     let service = Service::start("http_avro", |_| {}).await;
     let sent: Vec<UsageEvent> = (0..4)
@@ -159,6 +171,10 @@ fn outcome_shape(answer: &Answer) -> Value {
 }
 
 #[tokio::test]
+#[cfg_attr(
+    not(feature = "live"),
+    ignore = "needs the local stack (dev/stack up); run with --features live"
+)]
 async fn partial_acceptance_is_identical_for_json_and_avro() {
     let service = Service::start("http_partial", |_| {}).await;
     let batch = |format: &str| {
@@ -229,6 +245,10 @@ async fn partial_acceptance_is_identical_for_json_and_avro() {
 }
 
 #[tokio::test]
+#[cfg_attr(
+    not(feature = "live"),
+    ignore = "needs the local stack (dev/stack up); run with --features live"
+)]
 async fn unauthenticated_requests_get_401_and_writing_as_another_producer_403() {
     // One partition: records are totally ordered, so "nothing before the good event" is checkable.
     let service = Service::start("http_auth", |config| config.kafka.topics.partitions = 1).await;
@@ -297,6 +317,10 @@ async fn unauthenticated_requests_get_401_and_writing_as_another_producer_403() 
 }
 
 #[tokio::test]
+#[cfg_attr(
+    not(feature = "live"),
+    ignore = "needs the local stack (dev/stack up); run with --features live"
+)]
 async fn oversized_bodies_and_batches_get_413_and_unknown_media_types_415() {
     let service = Service::start("http_limits", |config| {
         config.api.max_body_bytes = 16 * 1024;
@@ -355,6 +379,10 @@ async fn oversized_bodies_and_batches_get_413_and_unknown_media_types_415() {
 }
 
 #[tokio::test]
+#[cfg_attr(
+    not(feature = "live"),
+    ignore = "needs the local stack (dev/stack up); run with --features live"
+)]
 async fn malformed_json_events_get_422_with_the_field_and_kind_of_each_error() {
     let service = Service::start("http_json_errors", |_| {}).await;
     let base = event_json(&event(PRODUCER_EU, &unique_id("bad")));
@@ -478,6 +506,10 @@ fn single_error(answer: &Answer, index: usize) -> (String, String, String) {
 }
 
 #[tokio::test]
+#[cfg_attr(
+    not(feature = "live"),
+    ignore = "needs the local stack (dev/stack up); run with --features live"
+)]
 async fn inputs_that_got_misleading_messages_get_ones_that_say_what_is_wrong() {
     let service = Service::start("http_clear_messages", |_| {}).await;
     let base = event_json(&event(PRODUCER_EU, &unique_id("clear")));
@@ -570,6 +602,10 @@ async fn inputs_that_got_misleading_messages_get_ones_that_say_what_is_wrong() {
 }
 
 #[tokio::test]
+#[cfg_attr(
+    not(feature = "live"),
+    ignore = "needs the local stack (dev/stack up); run with --features live"
+)]
 async fn control_characters_in_ids_scopes_and_labels_get_422_naming_the_field() {
     let service = Service::start("http_control_characters", |_| {}).await;
     let base = event_json(&event(PRODUCER_EU, &unique_id("control")));
@@ -622,6 +658,10 @@ async fn control_characters_in_ids_scopes_and_labels_get_422_naming_the_field() 
 }
 
 #[tokio::test]
+#[cfg_attr(
+    not(feature = "live"),
+    ignore = "needs the local stack (dev/stack up); run with --features live"
+)]
 async fn bad_avro_records_get_per_event_errors_and_broken_framing_422() {
     let service = Service::start("http_avro_errors", |_| {}).await;
     let good = schemas::encode(&event(PRODUCER_EU, &unique_id("avro-good"))).unwrap();
@@ -695,6 +735,10 @@ async fn serve_with_dead_broker(test: &str) -> (String, Shutdown) {
 }
 
 #[tokio::test]
+#[cfg_attr(
+    not(feature = "live"),
+    ignore = "needs the local stack (dev/stack up); run with --features live"
+)]
 async fn unreachable_kafka_gives_503_with_retry_after_and_the_unknown_events() {
     let (base_url, shutdown) = serve_with_dead_broker("http_dead_broker").await;
     let client = reqwest::Client::builder()

@@ -98,6 +98,10 @@ async fn api_alone(router: axum::Router) -> (String, Shutdown) {
 }
 
 #[tokio::test]
+#[cfg_attr(
+    not(feature = "live"),
+    ignore = "needs the local stack (dev/stack up); run with --features live"
+)]
 async fn responses_match_the_openapi_document() {
     let document = document();
     let service = Service::start("http_openapi", |config| config.api.max_batch_events = 3).await;
@@ -184,6 +188,10 @@ async fn responses_match_the_openapi_document() {
 }
 
 #[tokio::test]
+#[cfg_attr(
+    not(feature = "live"),
+    ignore = "needs the local stack (dev/stack up); run with --features live"
+)]
 async fn unavailable_answers_match_the_openapi_document() {
     let document = document();
     let config = ApiConfig {

@@ -105,6 +105,10 @@ async fn closed_at(seen: &Watched) -> Option<Instant> {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+#[cfg_attr(
+    not(feature = "live"),
+    ignore = "needs the local stack (dev/stack up); run with --features live"
+)]
 async fn slow_clients_cannot_stall_a_valid_request_and_are_closed_at_the_deadlines() {
     const PERMITS: usize = 2;
     let service = Service::start("http_slow_clients", |config| {
@@ -193,6 +197,10 @@ async fn slow_clients_cannot_stall_a_valid_request_and_are_closed_at_the_deadlin
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+#[cfg_attr(
+    not(feature = "live"),
+    ignore = "needs the local stack (dev/stack up); run with --features live"
+)]
 async fn a_connection_over_the_limit_waits_until_the_server_closes_one() {
     let service = Service::start("http_connection_limit", |config| {
         config.api.max_connections = 1;
@@ -254,6 +262,10 @@ async fn gauge(service: &Service, name: &str) -> Option<f64> {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+#[cfg_attr(
+    not(feature = "live"),
+    ignore = "needs the local stack (dev/stack up); run with --features live"
+)]
 async fn bodies_past_the_memory_budget_get_503_with_retry_after() {
     const BUDGET: usize = 4096;
     let service = Service::start("http_body_budget", |config| {

@@ -51,6 +51,10 @@ fn error_chain(error: &dyn std::error::Error) -> String {
 }
 
 #[tokio::test]
+#[cfg_attr(
+    not(feature = "live"),
+    ignore = "needs the local stack (dev/stack up); run with --features live"
+)]
 async fn ingest_produces_and_the_archiver_consumes_over_sasl_ssl() {
     let logs = testkit::capture_logs();
     let listener = SecureListener::from_env();
@@ -168,6 +172,10 @@ async fn start_fails(test: &str, kafka: infra::config::KafkaConfig) -> String {
 }
 
 #[tokio::test]
+#[cfg_attr(
+    not(feature = "live"),
+    ignore = "needs the local stack (dev/stack up); run with --features live"
+)]
 async fn a_wrong_password_fails_at_start_naming_authentication() {
     let logs = testkit::capture_logs();
     let wrong_password = "wrong-pa55word-4c1d";
@@ -182,6 +190,10 @@ async fn a_wrong_password_fails_at_start_naming_authentication() {
 }
 
 #[tokio::test]
+#[cfg_attr(
+    not(feature = "live"),
+    ignore = "needs the local stack (dev/stack up); run with --features live"
+)]
 async fn an_untrusted_ca_fails_at_start_naming_certificate_verification() {
     let logs = testkit::capture_logs();
     let directory = std::env::temp_dir().join(testkit::unique_name("untrusted-ca"));

@@ -161,6 +161,10 @@ async fn records_in_topic(kafka: &KafkaConfig) -> i64 {
 }
 
 #[tokio::test]
+#[cfg_attr(
+    not(feature = "live"),
+    ignore = "needs the local stack (dev/stack up); run with --features live"
+)]
 async fn records_priced_and_reported_events_and_reads_them_back() {
     let kafka = kafka_with_usage_topic("recorder_roundtrip").await;
     let recorder = recorder(&kafka);
@@ -230,6 +234,10 @@ async fn records_priced_and_reported_events_and_reads_them_back() {
 }
 
 #[tokio::test]
+#[cfg_attr(
+    not(feature = "live"),
+    ignore = "needs the local stack (dev/stack up); run with --features live"
+)]
 async fn the_same_event_id_always_lands_in_the_same_partition() {
     let kafka = kafka_with_usage_topic("recorder_same_key").await;
     let recorder = recorder(&kafka);
@@ -260,6 +268,10 @@ async fn the_same_event_id_always_lands_in_the_same_partition() {
 }
 
 #[tokio::test]
+#[cfg_attr(
+    not(feature = "live"),
+    ignore = "needs the local stack (dev/stack up); run with --features live"
+)]
 async fn every_event_of_a_job_is_keyed_by_its_job_id_and_lands_in_one_partition() {
     let kafka = kafka_with_usage_topic("recorder_job_key").await;
     let recorder = recorder(&kafka);
@@ -298,6 +310,10 @@ async fn every_event_of_a_job_is_keyed_by_its_job_id_and_lands_in_one_partition(
 }
 
 #[tokio::test]
+#[cfg_attr(
+    not(feature = "live"),
+    ignore = "needs the local stack (dev/stack up); run with --features live"
+)]
 async fn unknown_models_are_unpriced_when_failing_open_and_rejected_when_failing_closed() {
     let kafka = kafka_with_usage_topic("recorder_unpriced").await;
     let mut unknown = text_event("evt-unknown");
@@ -346,6 +362,10 @@ async fn unknown_models_are_unpriced_when_failing_open_and_rejected_when_failing
 }
 
 #[tokio::test]
+#[cfg_attr(
+    not(feature = "live"),
+    ignore = "needs the local stack (dev/stack up); run with --features live"
+)]
 async fn invalid_events_are_rejected_with_their_field_paths_and_never_produced() {
     let kafka = kafka_with_usage_topic("recorder_invalid").await;
     let recorder = recorder(&kafka);
@@ -381,6 +401,10 @@ async fn invalid_events_are_rejected_with_their_field_paths_and_never_produced()
 }
 
 #[tokio::test]
+#[cfg_attr(
+    not(feature = "live"),
+    ignore = "needs the local stack (dev/stack up); run with --features live"
+)]
 async fn an_unreachable_broker_is_a_retryable_error_within_the_delivery_timeout() {
     let mut kafka = testkit::kafka_config("recorder_broker_down");
     kafka.brokers = "127.0.0.1:1".to_owned();
@@ -448,6 +472,10 @@ fn batch(prefix: &str, count: usize) -> Vec<UsageEvent> {
 }
 
 #[tokio::test]
+#[cfg_attr(
+    not(feature = "live"),
+    ignore = "needs the local stack (dev/stack up); run with --features live"
+)]
 async fn send_all_pipelines_two_thousand_events_with_contiguous_offsets() {
     let kafka = kafka_with_usage_topic("recorder_send_all").await;
     let recorder = recorder(&kafka);
@@ -474,6 +502,10 @@ async fn send_all_pipelines_two_thousand_events_with_contiguous_offsets() {
 }
 
 #[tokio::test]
+#[cfg_attr(
+    not(feature = "live"),
+    ignore = "needs the local stack (dev/stack up); run with --features live"
+)]
 async fn a_tiny_in_flight_bound_still_delivers_everything() {
     let kafka = kafka_with_usage_topic("recorder_tiny_bound").await;
     // Smaller than one record: every record takes the whole bound and goes alone.
@@ -519,6 +551,10 @@ async fn a_tiny_in_flight_bound_still_delivers_everything() {
 }
 
 #[tokio::test]
+#[cfg_attr(
+    not(feature = "live"),
+    ignore = "needs the local stack (dev/stack up); run with --features live"
+)]
 async fn a_cancelled_send_keeps_its_bytes_counted_until_the_delivery_report() {
     let mut kafka = testkit::kafka_config("recorder_cancelled");
     kafka.brokers = "127.0.0.1:1".to_owned();

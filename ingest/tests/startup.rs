@@ -19,6 +19,10 @@ fn isolated_config() -> Config {
 }
 
 #[tokio::test]
+#[cfg_attr(
+    not(feature = "live"),
+    ignore = "needs the local stack (dev/stack up); run with --features live"
+)]
 async fn starts_serves_ops_endpoints_and_shuts_down() {
     let config = isolated_config();
     let run = |listener, shutdown| ingest::run_with_listener(config.clone(), listener, shutdown);
@@ -31,6 +35,10 @@ async fn starts_serves_ops_endpoints_and_shuts_down() {
 }
 
 #[tokio::test]
+#[cfg_attr(
+    not(feature = "live"),
+    ignore = "needs the local stack (dev/stack up); run with --features live"
+)]
 async fn is_not_ready_while_starting_and_stops_promptly_when_cancelled() {
     let mut config = isolated_config();
     config.kafka.brokers = service_startup::UNREACHABLE_BROKERS.to_string();

@@ -85,6 +85,10 @@ async fn seeded(test: &str) -> (alerter::Config, clickhouse::Client) {
 }
 
 #[tokio::test]
+#[cfg_attr(
+    not(feature = "live"),
+    ignore = "needs the local stack (dev/stack up); run with --features live"
+)]
 async fn status_ranks_scopes_by_percent_of_cap_with_burn_rate_and_projection() {
     let (config, client) = seeded("quotactl_status").await;
     let policies = policy::PolicySet::load_dir(&config.alert.policies_dir).unwrap();
@@ -112,6 +116,10 @@ async fn status_ranks_scopes_by_percent_of_cap_with_burn_rate_and_projection() {
 }
 
 #[tokio::test]
+#[cfg_attr(
+    not(feature = "live"),
+    ignore = "needs the local stack (dev/stack up); run with --features live"
+)]
 async fn decisions_in_force_leave_out_lifted_keys_and_history_lists_all() {
     let (config, client) = seeded("quotactl_decisions").await;
     let in_force = quotactl::decisions(&client, false, 100).await.unwrap();
@@ -183,6 +191,10 @@ fn approvals_on(kafka: &infra::config::KafkaConfig) -> Vec<schemas::Approval> {
 }
 
 #[tokio::test]
+#[cfg_attr(
+    not(feature = "live"),
+    ignore = "needs the local stack (dev/stack up); run with --features live"
+)]
 async fn approve_writes_a_checked_raise_and_refuses_one_outside_the_policy() {
     let mut config = alerter::Config {
         kafka: testkit::kafka_config("quotactl_approve"),
@@ -276,6 +288,10 @@ async fn approve_writes_a_checked_raise_and_refuses_one_outside_the_policy() {
 }
 
 #[tokio::test]
+#[cfg_attr(
+    not(feature = "live"),
+    ignore = "needs the local stack (dev/stack up); run with --features live"
+)]
 async fn the_binary_prints_json_and_fails_a_broken_policy_directory() {
     let (config, _client) = seeded("quotactl_binary").await;
     let output = quotactl(&config, &["status", "--json"]);
@@ -305,6 +321,10 @@ async fn the_binary_prints_json_and_fails_a_broken_policy_directory() {
 /// Issue 13, point 2: the bucket of events without `user_id` shows as `no user_id`, apart from
 /// the users' scopes (it rendered as `(all)`, as if it were the whole policy).
 #[tokio::test]
+#[cfg_attr(
+    not(feature = "live"),
+    ignore = "needs the local stack (dev/stack up); run with --features live"
+)]
 async fn status_names_the_bucket_without_a_dimension() {
     let config = config_for("quotactl_absent", &POLICY.replace("api_key_id", "user_id"));
     infra::migrations::migrate(&config.clickhouse)

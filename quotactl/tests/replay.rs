@@ -108,6 +108,10 @@ async fn history(test: &str, events: &[UsageEvent], approval_at: DateTime<Utc>) 
 }
 
 #[tokio::test]
+#[cfg_attr(
+    not(feature = "live"),
+    ignore = "needs the local stack (dev/stack up); run with --features live"
+)]
 async fn replay_blocks_at_the_crossing_stops_what_follows_and_applies_approvals() {
     // One event a minute: k1 spends 0.4 USD each time, k2 0.1 USD.
     // Yesterday 10:00 UTC: inside one UTC day whatever the time the test runs.
