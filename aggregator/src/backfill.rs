@@ -124,7 +124,11 @@ impl Backfiller {
         let spawned = std::thread::Builder::new()
             .name(format!("aggregator-backfill-{}", request.partition))
             .spawn(move || {
-                let mut delay = Duration::from_millis(200);
+                let mut retry = infra::retry::Backoff::new(
+                    Duration::from_millis(200),
+                    Duration::from_secs(10),
+                )
+                .attempts();
                 while !backfiller.stopped.load(Ordering::Acquire) {
                     match backfiller.seed(&request, &policies) {
                         Ok(seed) => {
@@ -138,8 +142,7 @@ impl Backfiller {
                             metrics::counter!(metric::POLICY_BACKFILLS, "outcome" => "failed")
                                 .increment(1);
                             warn!(partition = request.partition, %error, "policy backfill failed; retrying");
-                            std::thread::sleep(delay);
-                            delay = (delay * 2).min(Duration::from_secs(10));
+                            std::thread::sleep(retry.next_delay());
                         }
                     }
                 }

@@ -143,7 +143,9 @@ fn lookup_blocking(
         runtime.block_on(async {
             let client = infra::clickhouse::client(&clickhouse);
             let deadline = Instant::now() + Duration::from_secs(60);
-            let mut backoff = Duration::from_millis(200);
+            let mut retry =
+                infra::retry::Backoff::new(Duration::from_millis(200), Duration::from_secs(5))
+                    .attempts();
             loop {
                 // One attempt may not hang the rebalance (a connection that never answers).
                 let attempt = tokio::time::timeout(
@@ -153,12 +155,12 @@ fn lookup_blocking(
                 .await
                 .map_err(|_| "timed out after 15 s".to_owned())
                 .and_then(|result| result.map_err(|error| error.to_string()));
+                let delay = retry.next_delay();
                 match attempt {
                     Ok(offsets) => return Ok(offsets),
-                    Err(error) if Instant::now() + backoff < deadline => {
+                    Err(error) if Instant::now() + delay < deadline => {
                         warn!(%error, "resume offsets lookup failed; retrying");
-                        tokio::time::sleep(backoff).await;
-                        backoff = (backoff * 2).min(Duration::from_secs(5));
+                        tokio::time::sleep(delay).await;
                     }
                     Err(error) => return Err(error),
                 }

@@ -249,7 +249,8 @@ pub(super) async fn write_until_done<T>(
     if rows.is_empty() {
         return;
     }
-    let mut backoff = Duration::from_millis(200);
+    let mut retry =
+        infra::retry::Backoff::new(Duration::from_millis(200), Duration::from_secs(10)).attempts();
     loop {
         match write_rows(client, table, rows).await {
             Ok(()) => {
@@ -262,8 +263,7 @@ pub(super) async fn write_until_done<T>(
                 let failures = AUDIT_FAILURES.fetch_add(1, Ordering::Relaxed) + 1;
                 warn!(%error, table, failures, "audit write failed; retrying");
                 metrics::counter!(metric::RETRIES, "target" => "clickhouse").increment(1);
-                tokio::time::sleep(backoff).await;
-                backoff = (backoff * 2).min(Duration::from_secs(10));
+                tokio::time::sleep(retry.next_delay()).await;
             }
         }
     }

@@ -235,7 +235,8 @@ pub(super) async fn produce_until_delivered(
     payload: &[u8],
     shutdown: &Shutdown,
 ) -> Result<()> {
-    let mut backoff = Duration::from_millis(100);
+    let mut retry =
+        infra::retry::Backoff::new(Duration::from_millis(100), Duration::from_secs(5)).attempts();
     loop {
         let record = FutureRecord::to(topic).key(key).payload(payload);
         match producer.send(record, Duration::from_secs(30)).await {
@@ -245,9 +246,8 @@ pub(super) async fn produce_until_delivered(
                 metrics::counter!(metric::RETRIES, "target" => "kafka").increment(1);
                 tokio::select! {
                     () = shutdown.cancelled() => return Err(Error::Kafka(error)),
-                    () = tokio::time::sleep(backoff) => {}
+                    () = tokio::time::sleep(retry.next_delay()) => {}
                 }
-                backoff = (backoff * 2).min(Duration::from_secs(5));
             }
             Err((error, _)) => return Err(Error::Kafka(error)),
         }
