@@ -522,6 +522,10 @@ impl PartitionAggregator {
     }
 
     /// Handles the record at `offset` (see the module docs). `timestamp_ms` is its Kafka timestamp.
+    ///
+    /// Long by design: one record's whole path (decode, admission, duplicate filter, lateness,
+    /// state, dead letter) in one place, so the exactly-once argument of the module docs can be
+    /// checked against it top to bottom.
     pub fn handle(
         &mut self,
         offset: i64,

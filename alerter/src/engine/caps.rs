@@ -18,25 +18,10 @@ impl Engine {
             // An ended window changes nothing any more (its block, if any, is lifted by `tick`).
             return Vec::new();
         }
-        let mut effects = Vec::new();
         let observed = unit_amount(&total, policy.unit());
         let cap = policy.hard_cap();
         let scope = group_scope(key);
-        let mut thresholds = policy.record().soft_alerts.clone();
-        thresholds.sort_unstable();
-        for threshold in thresholds {
-            let reached = cap * Decimal::from(threshold) / Decimal::ONE_HUNDRED;
-            if observed < reached {
-                break;
-            }
-            let dedup_key = window_alert_key("soft", policy.id(), key, &threshold.to_string());
-            if !self.fired.contains(&dedup_key) {
-                self.fired.insert(dedup_key.clone());
-                effects.push(
-                    self.soft_alert(policy, key, &total, threshold, observed, dedup_key, now),
-                );
-            }
-        }
+        let mut effects = self.soft_thresholds(policy, key, &total, observed, now);
         let approved = self.approvals.in_force(policy.id(), &scope, now).cloned();
         let limit = approved
             .as_ref()
@@ -58,22 +43,13 @@ impl Engine {
             (true, ActionKind::Block | ActionKind::Degrade) => {
                 if in_force.is_none() {
                     let (action, degrade_to) = cap_action(policy);
-                    let verb = match &degrade_to {
-                        Some(target) => format!("degraded to {target}"),
-                        None => "blocked".to_string(),
-                    };
-                    let reason = format!(
-                        "{} reached {} {} of {} {} (policy {}, {} window from {}); {verb} until {}{}",
-                        render_scope_absent(&scope, &absent),
-                        observed.normalize(),
-                        policy.unit(),
-                        limit.normalize(),
-                        policy.unit(),
-                        policy.id(),
-                        key.window_kind,
-                        key.window_start.to_rfc3339_opts(SecondsFormat::Secs, true),
-                        total.window_end.to_rfc3339_opts(SecondsFormat::Secs, true),
-                        approval_hint(policy, &scope),
+                    let reason = cap_reason(
+                        policy,
+                        key,
+                        &total,
+                        (&scope, &absent),
+                        (observed, limit),
+                        degrade_to.as_deref(),
                     );
                     let decision = ControlDecision {
                         decision_id: String::new(),
@@ -107,27 +83,8 @@ impl Engine {
             }
             (false, _) => {
                 if let Some(held) = in_force.cloned() {
-                    let reason = match &approved {
-                        Some(approval) => format!(
-                            "{} approved a raise to {} until {} ({}); {} is at {} {}",
-                            approval.approved_by,
-                            approval.new_limit.normalize(),
-                            approval
-                                .valid_until
-                                .to_rfc3339_opts(SecondsFormat::Secs, true),
-                            approval.reason,
-                            render_scope(&scope),
-                            observed.normalize(),
-                            policy.unit()
-                        ),
-                        None => format!(
-                            "{} is at {} {}, under the limit {} again",
-                            render_scope(&scope),
-                            observed.normalize(),
-                            policy.unit(),
-                            limit.normalize()
-                        ),
-                    };
+                    let reason =
+                        under_limit_reason(policy, &scope, approved.as_ref(), observed, limit);
                     let mut lifted = self.lift(&held, reason, now);
                     if let Effect::Decide(decision) = &mut lifted {
                         decision.observed = observed;
@@ -139,6 +96,35 @@ impl Engine {
                     }
                     effects.push(lifted);
                 }
+            }
+        }
+        effects
+    }
+
+    /// The soft alerts of `policy`'s thresholds that `observed` reached in `key`'s window and
+    /// that did not fire yet, lowest first.
+    fn soft_thresholds(
+        &mut self,
+        policy: &Policy,
+        key: &WindowKey,
+        total: &WindowTotal,
+        observed: Decimal,
+        now: DateTime<Utc>,
+    ) -> Vec<Effect> {
+        let cap = policy.hard_cap();
+        let mut thresholds = policy.record().soft_alerts.clone();
+        thresholds.sort_unstable();
+        let mut effects = Vec::new();
+        for threshold in thresholds {
+            let reached = cap * Decimal::from(threshold) / Decimal::ONE_HUNDRED;
+            if observed < reached {
+                break;
+            }
+            let dedup_key = window_alert_key("soft", policy.id(), key, &threshold.to_string());
+            if !self.fired.contains(&dedup_key) {
+                self.fired.insert(dedup_key.clone());
+                effects
+                    .push(self.soft_alert(policy, key, total, threshold, observed, dedup_key, now));
             }
         }
         effects

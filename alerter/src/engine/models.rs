@@ -42,24 +42,8 @@ impl Engine {
                 continue;
             }
             // Candidates: every catalog row as a request may name it, and what this policy's
-            // totals showed. Pricing finds a row by the request's model, else by
-            // `provider/model` (`Catalog::lookup`), so a row `p/m` is reached by the model `p/m`
-            // and by provider `p` with model `m`: both are candidates from the start, before any
-            // traffic. The provider is the first segment, as in LiteLLM's names
-            // (`bedrock/us-east-1/x`: provider `bedrock`, model `us-east-1/x`).
-            let mut candidates: BTreeSet<(String, String, bool)> = BTreeSet::new();
-            for entry in catalog.models() {
-                candidates.insert((String::new(), entry.name.clone(), false));
-                if let Some((provider, model)) = entry.name.split_once('/') {
-                    candidates.insert((provider.to_owned(), model.to_owned(), false));
-                }
-            }
-            candidates.extend(
-                self.observed_models
-                    .iter()
-                    .filter(|(policy_id, _, _)| policy_id == policy.id())
-                    .map(|(_, provider, model)| (provider.clone(), model.clone(), true)),
-            );
+            // totals showed ([`Self::model_candidates`]).
+            let candidates = self.model_candidates(policy.id(), &catalog);
             let fixed_provider = policy.fixed_dimensions().get("provider").cloned();
             for (provider, model, observed) in candidates {
                 let entry = catalog.lookup(&provider, &model);
@@ -98,46 +82,8 @@ impl Engine {
                         if issue == policy::ModelIssue::NotAllowListed && !observed {
                             continue;
                         }
-                        let mut scope = policy.fixed_dimensions();
-                        scope.insert("model".to_owned(), model.clone());
-                        // The allow-list judges the model name whatever the provider.
-                        if let Some(provider) =
-                            via_provider.filter(|_| issue != policy::ModelIssue::NotAllowListed)
-                        {
-                            scope.insert("provider".to_owned(), provider);
-                        }
-                        // Its own key space, apart from the policy's quota decisions.
-                        let key = ControlDecision::compaction_key(
-                            &format!("{}#{MODEL_RULES_WINDOW}", policy.id()),
-                            &scope,
-                        );
-                        let (unit, what) = describe_issue(issue, &model);
-                        desired.insert(
-                            key.clone(),
-                            ControlDecision {
-                                decision_id: String::new(),
-                                key,
-                                policy_id: policy.id().to_owned(),
-                                reason: format!(
-                                    "{what}: policy {} blocks it for {}",
-                                    policy.id(),
-                                    render_scope(&policy.fixed_dimensions())
-                                ),
-                                scope,
-                                action: DecisionAction::Block,
-                                degrade_to: None,
-                                unit: unit.to_owned(),
-                                observed: Decimal::ONE,
-                                limit: Decimal::ZERO,
-                                window: MODEL_RULES_WINDOW.to_owned(),
-                                window_start: DateTime::<Utc>::UNIX_EPOCH,
-                                window_end: model_rules_end(),
-                                issued_at: now,
-                                expires_at: None,
-                                version: 0,
-                                absent: Vec::new(),
-                            },
-                        );
+                        let decision = model_block(policy, &model, via_provider, issue, now);
+                        desired.insert(decision.key.clone(), decision);
                     }
                     policy::ModelVerdict::Alert(issue) if observed => {
                         let dedup_key = format!("model/{}/{provider}/{model}", policy.id());
@@ -159,7 +105,47 @@ impl Engine {
                 }
             }
         }
-        for (key, decision) in &desired {
+        effects.extend(self.enforce_model_blocks(&desired, now));
+        effects
+    }
+
+    /// The catalog rows a request may name (as `model`, or as provider `p` and model `m` for a
+    /// row `p/m`) and the (provider, model) pairs `policy_id`'s totals showed (`true`).
+    ///
+    /// Pricing finds a row by the request's model, else by `provider/model`
+    /// (`Catalog::lookup`), so a row `p/m` is reached by the model `p/m` and by provider `p`
+    /// with model `m`: both are candidates from the start, before any traffic. The provider is
+    /// the first segment, as in LiteLLM's names (`bedrock/us-east-1/x`: provider `bedrock`,
+    /// model `us-east-1/x`).
+    fn model_candidates(
+        &self,
+        policy_id: &str,
+        catalog: &pricing::Catalog,
+    ) -> BTreeSet<(String, String, bool)> {
+        let mut candidates: BTreeSet<(String, String, bool)> = BTreeSet::new();
+        for entry in catalog.models() {
+            candidates.insert((String::new(), entry.name.clone(), false));
+            if let Some((provider, model)) = entry.name.split_once('/') {
+                candidates.insert((provider.to_owned(), model.to_owned(), false));
+            }
+        }
+        candidates.extend(
+            self.observed_models
+                .iter()
+                .filter(|(policy, _, _)| policy == policy_id)
+                .map(|(_, provider, model)| (provider.clone(), model.clone(), true)),
+        );
+        candidates
+    }
+
+    /// Decides the `desired` model-rule blocks not held yet and lifts held ones no longer desired.
+    fn enforce_model_blocks(
+        &mut self,
+        desired: &BTreeMap<String, ControlDecision>,
+        now: DateTime<Utc>,
+    ) -> Vec<Effect> {
+        let mut effects = Vec::new();
+        for (key, decision) in desired {
             let held_block = self
                 .decisions
                 .get(key)
@@ -187,5 +173,49 @@ impl Engine {
             effects.push(self.lift(&held, reason, now));
         }
         effects
+    }
+}
+
+/// The block of `model` by `policy`'s model rules, for `issue`: scoped to the policy's fixed
+/// dimensions and the model (and the provider when the catalog row was found through it), in
+/// its own key space apart from the policy's quota decisions.
+fn model_block(
+    policy: &Policy,
+    model: &str,
+    via_provider: Option<String>,
+    issue: policy::ModelIssue,
+    now: DateTime<Utc>,
+) -> ControlDecision {
+    let mut scope = policy.fixed_dimensions();
+    scope.insert("model".to_owned(), model.to_owned());
+    // The allow-list judges the model name whatever the provider.
+    if let Some(provider) = via_provider.filter(|_| issue != policy::ModelIssue::NotAllowListed) {
+        scope.insert("provider".to_owned(), provider);
+    }
+    let key =
+        ControlDecision::compaction_key(&format!("{}#{MODEL_RULES_WINDOW}", policy.id()), &scope);
+    let (unit, what) = describe_issue(issue, model);
+    ControlDecision {
+        decision_id: String::new(),
+        key,
+        policy_id: policy.id().to_owned(),
+        reason: format!(
+            "{what}: policy {} blocks it for {}",
+            policy.id(),
+            render_scope(&policy.fixed_dimensions())
+        ),
+        scope,
+        action: DecisionAction::Block,
+        degrade_to: None,
+        unit: unit.to_owned(),
+        observed: Decimal::ONE,
+        limit: Decimal::ZERO,
+        window: MODEL_RULES_WINDOW.to_owned(),
+        window_start: DateTime::<Utc>::UNIX_EPOCH,
+        window_end: model_rules_end(),
+        issued_at: now,
+        expires_at: None,
+        version: 0,
+        absent: Vec::new(),
     }
 }

@@ -419,3 +419,64 @@ pub(super) fn alert_id(dedup_key: &str) -> String {
     use sha2::{Digest, Sha256};
     hex::encode(&Sha256::digest(dedup_key.as_bytes())[..16])
 }
+
+/// The reason of a cap's block or degrade decision: who reached what of which limit, in which
+/// window, until when, and how to ask for a raise.
+pub(super) fn cap_reason(
+    policy: &Policy,
+    key: &WindowKey,
+    total: &WindowTotal,
+    (scope, absent): (&BTreeMap<String, String>, &[String]),
+    (observed, limit): (Decimal, Decimal),
+    degrade_to: Option<&str>,
+) -> String {
+    let verb = match degrade_to {
+        Some(target) => format!("degraded to {target}"),
+        None => "blocked".to_string(),
+    };
+    format!(
+        "{} reached {} {} of {} {} (policy {}, {} window from {}); {verb} until {}{}",
+        render_scope_absent(scope, absent),
+        observed.normalize(),
+        policy.unit(),
+        limit.normalize(),
+        policy.unit(),
+        policy.id(),
+        key.window_kind,
+        key.window_start.to_rfc3339_opts(SecondsFormat::Secs, true),
+        total.window_end.to_rfc3339_opts(SecondsFormat::Secs, true),
+        approval_hint(policy, scope),
+    )
+}
+
+/// The reason of the allow that lifts a cap: the approval that raised the limit, or the amount
+/// back under it.
+pub(super) fn under_limit_reason(
+    policy: &Policy,
+    scope: &BTreeMap<String, String>,
+    approved: Option<&schemas::Approval>,
+    observed: Decimal,
+    limit: Decimal,
+) -> String {
+    match approved {
+        Some(approval) => format!(
+            "{} approved a raise to {} until {} ({}); {} is at {} {}",
+            approval.approved_by,
+            approval.new_limit.normalize(),
+            approval
+                .valid_until
+                .to_rfc3339_opts(SecondsFormat::Secs, true),
+            approval.reason,
+            render_scope(scope),
+            observed.normalize(),
+            policy.unit()
+        ),
+        None => format!(
+            "{} is at {} {}, under the limit {} again",
+            render_scope(scope),
+            observed.normalize(),
+            policy.unit(),
+            limit.normalize()
+        ),
+    }
+}

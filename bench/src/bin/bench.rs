@@ -216,6 +216,8 @@ async fn cardinality_bench(
     Ok(())
 }
 
+// Long by design: the benchmark is one sequential script (fill, then each contender in turn,
+// then the report), read top to bottom as the procedure docs/benchmarks.md describes.
 async fn bench(args: Args) -> Result<()> {
     let stack = Stack::new(&args.brokers, &args.clickhouse);
     let this = std::env::current_exe()?;
