@@ -76,7 +76,7 @@ pub struct AggregateConfig {
     /// How often `policies_dir` is checked for changes (as the alerter's
     /// `alert.reload_interval_ms`): a change that loads is applied without a restart (new or
     /// changed definitions are seeded from the usage topic before their totals are published),
-    /// one that does not is logged, counted (`aggregator_policy_reloads_total{outcome="failed"}`)
+    /// one that does not is logged, counted (`quotaflow_aggregator_policy_reloads_total{outcome="failed"}`)
     /// and the last good set stays. 0 = load once at startup.
     pub reload_interval_ms: u64,
     /// Flush (write totals, publish them, checkpoint) at least this often while events arrive.
@@ -96,7 +96,7 @@ pub struct AggregateConfig {
     pub dedup_horizon_secs: u64,
     /// Most event ids remembered per partition. Reaching it forgets the oldest early: events
     /// older than the oldest remembered one are then refused as too late to deduplicate
-    /// (`aggregator_dedup_evicted_early_total`, `aggregator_dedup_horizon_seconds`).
+    /// (`quotaflow_aggregator_dedup_evicted_early_total`, `quotaflow_aggregator_dedup_horizon_seconds`).
     pub dedup_max_ids: usize,
     /// When the usage topic's partition count last changed (RFC 3339), once every producer
     /// writes with the new count. Adding partitions moves keys, so a copy written after it may
@@ -110,7 +110,7 @@ pub struct AggregateConfig {
     /// Issue 13 point 7: distinct values with their own totals per scope kind, partition and
     /// window (the UTC month for a dimension, the policy's window for a policy); the events of
     /// further values are counted under the kind's overflow bucket `__overflow__` (still capped
-    /// by policies, `aggregator_scope_overflows_total`, and an alert from the alerter). Bounds
+    /// by policies, `quotaflow_aggregator_scope_overflows_total`, and an alert from the alerter). Bounds
     /// the memory one kind can take whatever the number of distinct `user_id`s. 0: no limit.
     pub max_scopes_per_kind: usize,
     /// Per-kind overrides of `max_scopes_per_kind`, by `scope_kind`: a dimension name

@@ -465,6 +465,11 @@ impl PartitionAggregator {
         self.partition
     }
 
+    /// The topic the partition is of.
+    pub fn topic(&self) -> &str {
+        &self.topic
+    }
+
     /// Where reading must start: the duplicate filter's replay start.
     pub fn read_from(&self) -> i64 {
         self.replay_from

@@ -66,48 +66,48 @@ static FAILPOINTS: infra::failpoint::Failpoints =
 pub mod metric {
     /// Records read, by `outcome` (counted, late, duplicate, too_late, dead_lettered, remembered,
     /// stale).
-    pub const RECORDS: &str = "aggregator_records_total";
+    pub const RECORDS: &str = "quotaflow_aggregator_records_total";
     /// Dead letters written, by `kind`.
-    pub const DEAD_LETTERS: &str = "aggregator_dead_letters_total";
+    pub const DEAD_LETTERS: &str = "quotaflow_aggregator_dead_letters_total";
     /// Flushes completed.
-    pub const FLUSHES: &str = "aggregator_flushes_total";
+    pub const FLUSHES: &str = "quotaflow_aggregator_flushes_total";
     /// Flush attempts that failed, by `retryable`.
-    pub const FLUSH_FAILURES: &str = "aggregator_flush_failures_total";
+    pub const FLUSH_FAILURES: &str = "quotaflow_aggregator_flush_failures_total";
     /// Seconds a flush took (all attempts).
-    pub const FLUSH_SECONDS: &str = "aggregator_flush_seconds";
+    pub const FLUSH_SECONDS: &str = "quotaflow_aggregator_flush_seconds";
     /// Total rows (partials) per flush.
-    pub const FLUSH_ROWS: &str = "aggregator_flush_rows";
+    pub const FLUSH_ROWS: &str = "quotaflow_aggregator_flush_rows";
     /// Records behind the partition's end, by `partition`.
-    pub const LAG: &str = "aggregator_consumer_lag";
+    pub const LAG: &str = "quotaflow_aggregator_consumer_lag";
     /// (scope, window) totals held in memory.
-    pub const ACTIVE_WINDOWS: &str = "aggregator_active_windows";
+    pub const ACTIVE_WINDOWS: &str = "quotaflow_aggregator_active_windows";
     /// Approximate bytes of state (totals and duplicate filters).
-    pub const STATE_BYTES: &str = "aggregator_state_bytes";
+    pub const STATE_BYTES: &str = "quotaflow_aggregator_state_bytes";
     /// Event ids in the duplicate filters.
-    pub const DEDUP_IDS: &str = "aggregator_dedup_ids";
+    pub const DEDUP_IDS: &str = "quotaflow_aggregator_dedup_ids";
     /// How far behind the watermark copies are still recognized, by `partition`: the duplicate
     /// horizon, or less once `dedup_max_ids` forced ids out early. Older events are refused.
-    pub const DEDUP_HORIZON_SECONDS: &str = "aggregator_dedup_horizon_seconds";
+    pub const DEDUP_HORIZON_SECONDS: &str = "quotaflow_aggregator_dedup_horizon_seconds";
     /// Ids the `dedup_max_ids` cap forced out of a duplicate filter before the horizon.
-    pub const DEDUP_EVICTED_EARLY: &str = "aggregator_dedup_evicted_early_total";
+    pub const DEDUP_EVICTED_EARLY: &str = "quotaflow_aggregator_dedup_evicted_early_total";
     /// Issue 13 point 7: scopes of events counted under an overflow bucket (a kind's
     /// `max_scopes_per_kind` was reached in a window).
-    pub const SCOPE_OVERFLOWS: &str = "aggregator_scope_overflows_total";
+    pub const SCOPE_OVERFLOWS: &str = "quotaflow_aggregator_scope_overflows_total";
     /// 1 while reading is paused because a flush is being retried.
-    pub const PAUSED: &str = "aggregator_paused";
+    pub const PAUSED: &str = "quotaflow_aggregator_paused";
     /// Partitions owned.
-    pub const PARTITIONS: &str = "aggregator_partitions";
+    pub const PARTITIONS: &str = "quotaflow_aggregator_partitions";
     /// Policy directory reloads, by `outcome`: `applied` (the set changed and loads), `failed`
     /// (it does not load, or a window cannot be represented: the last good set stays).
-    pub const POLICY_RELOADS: &str = "aggregator_policy_reloads_total";
+    pub const POLICY_RELOADS: &str = "quotaflow_aggregator_policy_reloads_total";
     /// 1 while the policy directory does not load (the last good set is in force), else 0.
-    pub const POLICY_RELOAD_FAILING: &str = "aggregator_policy_reload_failing";
+    pub const POLICY_RELOAD_FAILING: &str = "quotaflow_aggregator_policy_reload_failing";
     /// Backfills of new policy definitions, by `outcome` (`completed`, `failed`: retried).
-    pub const POLICY_BACKFILLS: &str = "aggregator_policy_backfills_total";
+    pub const POLICY_BACKFILLS: &str = "quotaflow_aggregator_policy_backfills_total";
     /// Backfills running (definitions counted but held back until seeded).
-    pub const POLICY_BACKFILLS_RUNNING: &str = "aggregator_policy_backfills_running";
+    pub const POLICY_BACKFILLS_RUNNING: &str = "quotaflow_aggregator_policy_backfills_running";
     /// Records re-read from the usage topic by backfills.
-    pub const POLICY_BACKFILL_RECORDS: &str = "aggregator_policy_backfill_records_total";
+    pub const POLICY_BACKFILL_RECORDS: &str = "quotaflow_aggregator_policy_backfill_records_total";
 }
 
 /// Statistics since start, readable by tests and benchmarks.
@@ -360,7 +360,7 @@ impl AggregatorLoop {
 
     /// Loads the policy directory; when it changed and loads, switches every partition to it and
     /// starts the backfills of the new definitions. A directory that does not load keeps the
-    /// last good set (logged, `aggregator_policy_reloads_total{outcome="failed"}`).
+    /// last good set (logged, `quotaflow_aggregator_policy_reloads_total{outcome="failed"}`).
     async fn reload_policies(&mut self) -> Result<(), Error> {
         let Some(reload) = &mut self.reload else {
             return Ok(());

@@ -293,18 +293,37 @@ impl Counts {
 
 fn work(mut receiver: mpsc::Receiver<Command>, stats: Arc<Stats>) {
     let mut partitions: BTreeMap<i32, PartitionAggregator> = BTreeMap::new();
+    // One span per partition (`aggregate_partition{topic, partition}`), entered while its records
+    // are handled, so every log line of a record names its partition. Entered once per run of
+    // records of the same partition, not per record: the hot path stays cheap.
+    let mut spans: BTreeMap<i32, tracing::Span> = BTreeMap::new();
     let mut counts = Counts::default();
     let mut since_publish = 0u32;
     while let Some(command) = receiver.blocking_recv() {
         match command {
             Command::Assign(partition) => {
+                let span = tracing::info_span!(
+                    "aggregate_partition",
+                    topic = %partition.topic(),
+                    partition = partition.partition()
+                );
+                spans.insert(partition.partition(), span);
                 partitions.insert(partition.partition(), *partition);
             }
             Command::Revoke(partition) => {
                 partitions.remove(&partition);
+                spans.remove(&partition);
             }
             Command::Records(records) => {
+                let mut entered: Option<(i32, tracing::span::Entered<'_>)> = None;
                 for record in records {
+                    if entered.as_ref().map(|(partition, _)| *partition) != Some(record.partition) {
+                        // Leave the previous partition's span before entering the next one.
+                        drop(entered.take());
+                        entered = spans
+                            .get(&record.partition)
+                            .map(|span| (record.partition, span.enter()));
+                    }
                     let outcome = match partitions.get_mut(&record.partition) {
                         Some(partition) => partition.handle(
                             record.offset,

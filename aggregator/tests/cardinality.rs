@@ -2,7 +2,7 @@
 //! `aggregate.max_scopes_per_kind` distinct values of a kind in a window, the events of further
 //! values are counted under the kind's overflow bucket `__overflow__` — exactly, written to
 //! ClickHouse and published like any total, so policies cap it — and counted in
-//! `aggregator_scope_overflows_total`.
+//! `quotaflow_aggregator_scope_overflows_total`.
 
 mod support;
 
@@ -112,7 +112,7 @@ async fn values_past_the_limit_are_counted_exactly_in_a_capped_overflow_bucket()
         async move {
             let body = reqwest::get(&url).await.ok()?.text().await.ok()?;
             body.lines()
-                .any(|line| line == "aggregator_scope_overflows_total 30")
+                .any(|line| line == "quotaflow_aggregator_scope_overflows_total 30")
                 .then_some(())
         }
     })

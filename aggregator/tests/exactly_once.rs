@@ -75,7 +75,7 @@ async fn totals_equal_a_recount_of_100k_mixed_events_with_duplicates() {
     );
     let metrics = metrics_text(&running).await;
     assert!(
-        metrics.contains("aggregator_records_total{outcome=\"duplicate\"}"),
+        metrics.contains("quotaflow_aggregator_records_total{outcome=\"duplicate\"}"),
         "{metrics}"
     );
     running.stop().await.unwrap();
@@ -214,7 +214,9 @@ async fn a_clickhouse_outage_reads_ahead_then_pauses_and_it_catches_up_afterward
             .text()
             .await
             .ok()?;
-        metrics.contains("aggregator_paused 1").then_some(())
+        metrics
+            .contains("quotaflow_aggregator_paused 1")
+            .then_some(())
     })
     .await;
     let failures = running

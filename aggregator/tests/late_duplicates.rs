@@ -90,7 +90,7 @@ async fn copies_resent_18_to_36_minutes_later_are_never_counted_twice() {
     check_never_counted_twice(&config, &resent).await;
     let metrics = metrics_text(&running).await;
     assert!(
-        metrics.contains("aggregator_records_total{outcome=\"too_late\"}"),
+        metrics.contains("quotaflow_aggregator_records_total{outcome=\"too_late\"}"),
         "{metrics}"
     );
     running.stop().await.unwrap();
@@ -99,7 +99,7 @@ async fn copies_resent_18_to_36_minutes_later_are_never_counted_twice() {
 
 /// Issue 13, point 1: with a small `dedup_max_ids` the filter forgets ids long before the
 /// horizon, silently; a copy of such an id was counted again. Now every id forgotten early is
-/// counted in `aggregator_dedup_evicted_early_total`, the effective horizon is a gauge, and a
+/// counted in `quotaflow_aggregator_dedup_evicted_early_total`, the effective horizon is a gauge, and a
 /// copy older than what the filter still remembers is refused, never counted twice.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[cfg_attr(
@@ -124,16 +124,19 @@ async fn ids_forgotten_early_by_the_cap_are_never_counted_twice() {
             let metrics = metrics_text(&running).await;
             let evicted: f64 = metrics
                 .lines()
-                .find_map(|line| line.strip_prefix("aggregator_dedup_evicted_early_total "))
+                .find_map(|line| {
+                    line.strip_prefix("quotaflow_aggregator_dedup_evicted_early_total ")
+                })
                 .and_then(|value| value.trim().parse().ok())
                 .unwrap_or(0.0);
-            (evicted > 0.0 && metrics.contains("aggregator_dedup_horizon_seconds{partition="))
-                .then_some(metrics)
+            (evicted > 0.0
+                && metrics.contains("quotaflow_aggregator_dedup_horizon_seconds{partition="))
+            .then_some(metrics)
         },
     )
     .await;
     assert!(
-        metrics.contains("aggregator_records_total{outcome=\"duplicate\"}"),
+        metrics.contains("quotaflow_aggregator_records_total{outcome=\"duplicate\"}"),
         "near copies are recognized: {metrics}"
     );
     running.stop().await.unwrap();

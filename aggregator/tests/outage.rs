@@ -127,7 +127,7 @@ async fn policy_totals_keep_flowing_while_clickhouse_is_down() {
     assert!(failures >= 1, "no flush failed while ClickHouse was down");
     let metrics = metrics_text(&running).await;
     assert!(
-        !metrics.contains("aggregator_paused 1"),
+        !metrics.contains("quotaflow_aggregator_paused 1"),
         "reading paused although the read-ahead was not spent:\n{metrics}"
     );
 

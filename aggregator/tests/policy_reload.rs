@@ -230,7 +230,7 @@ async fn wait_for_day(
 /// whole current day window (events before the edit included, rebuilt from the usage topic)
 /// before their totals are written; the old definition's totals never grow after the change;
 /// a broken edit keeps the last good set and is counted in
-/// `aggregator_policy_reloads_total{outcome="failed"}`.
+/// `quotaflow_aggregator_policy_reloads_total{outcome="failed"}`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[cfg_attr(
     not(feature = "live"),
@@ -293,8 +293,8 @@ async fn policy_edits_are_enforced_over_the_whole_current_window() {
     .await;
     let metrics = metrics_text(&running).await;
     assert!(
-        metrics.contains("aggregator_policy_reloads_total{outcome=\"failed\"}")
-            && metrics.contains("aggregator_policy_reload_failing 1"),
+        metrics.contains("quotaflow_aggregator_policy_reloads_total{outcome=\"failed\"}")
+            && metrics.contains("quotaflow_aggregator_policy_reload_failing 1"),
         "{metrics}"
     );
     let fourth = workload(34, 1_000, hour(7), 1_000);

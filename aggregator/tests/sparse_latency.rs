@@ -88,7 +88,7 @@ async fn sparse_probes_are_published_without_waiting_for_a_long_poll() {
             .unwrap();
         let lags: Vec<&str> = metrics
             .lines()
-            .filter(|line| line.starts_with("aggregator_consumer_lag{"))
+            .filter(|line| line.starts_with("quotaflow_aggregator_consumer_lag{"))
             .collect();
         if lags.len() == config.kafka.topics.partitions as usize
             && lags.iter().all(|line| line.ends_with(" 0"))

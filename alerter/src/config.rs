@@ -81,7 +81,7 @@ pub struct AlertSettings {
     /// Most effects (audit rows, notifications) kept per queue in the overflow buffer while the
     /// queue is full, e.g. while ClickHouse is down. Far above any realistic backlog (a
     /// decision or alert is about 1 KB); beyond it the newest effect is dropped, logged and
-    /// counted (`alerter_effects_dropped_total`) so decisions still go out.
+    /// counted (`quotaflow_alerter_effects_dropped_total`) so decisions still go out.
     pub effect_overflow_limit: usize,
 }
 

@@ -285,7 +285,7 @@ impl Engine {
         self
     }
 
-    /// How many entries the engine's maps hold (the `alerter_state_entries` gauge).
+    /// How many entries the engine's maps hold (the `quotaflow_alerter_state_entries` gauge).
     pub fn state_sizes(&self) -> StateSizes {
         StateSizes {
             totals: self.totals.len(),

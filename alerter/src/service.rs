@@ -14,7 +14,7 @@
 //!    Each record is folded into the state as it is read, never buffered, and totals of windows
 //!    that ended over an hour ago are not held, while the aggregator's tombstones (null records)
 //!    remove closed windows' keys: the restore's time and memory follow the live state, not the
-//!    history (issue 13 point 6; `alerter_restore_records`, `alerter_totals_held`).
+//!    history (issue 13 point 6; `quotaflow_alerter_restore_records`, `quotaflow_alerter_totals_held`).
 //! 3. `/readyz` turns 200 and the totals, approvals and usage topics are followed from the offsets
 //!    the restore stopped at, so nothing is read twice or skipped. No consumer group offsets are
 //!    committed: the state is rebuilt from the topics at every start.
@@ -95,50 +95,50 @@ use effects::*;
 /// Metric names.
 pub mod metric {
     /// Decisions published, by `action`.
-    pub const DECISIONS: &str = "alerter_decisions_total";
+    pub const DECISIONS: &str = "quotaflow_alerter_decisions_total";
     /// Control keys forgotten: tombstones published for allows issued more than
     /// `2 × alert.ended_window_keep_secs` ago (issue 13 point 7).
-    pub const DECISIONS_FORGOTTEN: &str = "alerter_decisions_forgotten_total";
+    pub const DECISIONS_FORGOTTEN: &str = "quotaflow_alerter_decisions_forgotten_total";
     /// Alerts raised, by `kind`.
-    pub const ALERTS: &str = "alerter_alerts_total";
+    pub const ALERTS: &str = "quotaflow_alerter_alerts_total";
     /// Notifications, by `service` and `outcome`.
-    pub const NOTIFICATIONS: &str = "alerter_notifications_total";
+    pub const NOTIFICATIONS: &str = "quotaflow_alerter_notifications_total";
     /// Failed notification attempts (each retry counts), by `service` and `reason` (`tls`,
     /// `transport`, `unavailable`, `rate_limited`, `rejected`, ...; see
     /// [`crate::notify::NotifyError::reason`]).
-    pub const NOTIFY_FAILURES: &str = "alerter_notify_failures_total";
+    pub const NOTIFY_FAILURES: &str = "quotaflow_alerter_notify_failures_total";
     /// Records read, by `topic` kind and `outcome`.
-    pub const RECORDS: &str = "alerter_records_total";
+    pub const RECORDS: &str = "quotaflow_alerter_records_total";
     /// Policy reloads, by `outcome`.
-    pub const RELOADS: &str = "alerter_policy_reloads_total";
+    pub const RELOADS: &str = "quotaflow_alerter_policy_reloads_total";
     /// Approvals, by `status`.
-    pub const APPROVALS: &str = "alerter_approvals_total";
+    pub const APPROVALS: &str = "quotaflow_alerter_approvals_total";
     /// Seconds from a total's write by the aggregator to the decision it caused being published.
-    pub const DECISION_LAG: &str = "alerter_decision_lag_seconds";
+    pub const DECISION_LAG: &str = "quotaflow_alerter_decision_lag_seconds";
     /// Audit rows written, by `table`.
-    pub const AUDIT_ROWS: &str = "alerter_audit_rows_total";
+    pub const AUDIT_ROWS: &str = "quotaflow_alerter_audit_rows_total";
     /// Effects (audit rows, notifications) waiting in the executor's overflow buffer for room in
     /// their queue, by `queue` (gauge).
-    pub const EFFECT_OVERFLOW: &str = "alerter_effect_overflow_rows";
+    pub const EFFECT_OVERFLOW: &str = "quotaflow_alerter_effect_overflow_rows";
     /// Effects dropped because the overflow buffer held `alert.effect_overflow_limit`, by
     /// `queue`.
-    pub const EFFECTS_DROPPED: &str = "alerter_effects_dropped_total";
+    pub const EFFECTS_DROPPED: &str = "quotaflow_alerter_effects_dropped_total";
     /// Failed writes (audit, alerts topic) that are being retried, by `target`.
-    pub const RETRIES: &str = "alerter_retries_total";
+    pub const RETRIES: &str = "quotaflow_alerter_retries_total";
     /// Records the last restore read, by `topic` kind (`control`, `alerts`, `approvals`,
     /// `totals`, `totals_tombstones`, `usage`) (gauge). Each was folded into the state as it was
     /// read; none is kept.
-    pub const RESTORE_RECORDS: &str = "alerter_restore_records";
+    pub const RESTORE_RECORDS: &str = "quotaflow_alerter_restore_records";
     /// Usage records the admission step refused (ignored here; the archiver and the aggregator
     /// dead-letter them), by dead-letter `kind`.
-    pub const USAGE_REFUSED: &str = "alerter_usage_refused_total";
+    pub const USAGE_REFUSED: &str = "quotaflow_alerter_usage_refused_total";
     /// (scope, window) totals held (gauge; set after the restore and at every tick): the open
     /// windows, and those ended less than an hour ago, not the totals topic's history.
-    pub const TOTALS_HELD: &str = "alerter_totals_held";
+    pub const TOTALS_HELD: &str = "quotaflow_alerter_totals_held";
     /// Entries held by the engine, by `map` (`totals`, `decisions`, `fired`, `jobs_in_flight`,
     /// `job_scopes`, `anomaly_tracks`), set every tick (gauge; issue 13 point 7: they fall as
     /// windows close and jobs finish or age out).
-    pub const STATE_ENTRIES: &str = "alerter_state_entries";
+    pub const STATE_ENTRIES: &str = "quotaflow_alerter_state_entries";
 }
 
 /// `secs` as a `TimeDelta` (saturating far beyond any real setting).

@@ -13,7 +13,7 @@ use infra::testkit;
 use schemas::DecisionAction;
 use support::*;
 
-/// The value of `alerter_state_entries{map="<map>"}` on the alerter's `/metrics`.
+/// The value of `quotaflow_alerter_state_entries{map="<map>"}` on the alerter's `/metrics`.
 async fn state_entries(base_url: &str, map: &str) -> Option<f64> {
     let body = reqwest::get(format!("{base_url}/metrics"))
         .await
@@ -21,7 +21,7 @@ async fn state_entries(base_url: &str, map: &str) -> Option<f64> {
         .text()
         .await
         .ok()?;
-    let prefix = format!("alerter_state_entries{{map=\"{map}\"}} ");
+    let prefix = format!("quotaflow_alerter_state_entries{{map=\"{map}\"}} ");
     body.lines()
         .find_map(|line| line.strip_prefix(prefix.as_str()))
         .and_then(|value| value.trim().parse().ok())
@@ -323,7 +323,7 @@ async fn a_lifted_block_is_forgotten_with_a_control_tombstone() {
         .unwrap();
     assert!(
         body.lines()
-            .any(|line| line == "alerter_decisions_forgotten_total 1"),
+            .any(|line| line == "quotaflow_alerter_decisions_forgotten_total 1"),
         "{body}"
     );
     alerter.stop().await.unwrap();

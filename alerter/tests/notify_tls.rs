@@ -120,7 +120,7 @@ fn counter(name: &str, labels: &[(&str, &str)]) -> u64 {
 
 fn notify_failures(service: &str, reason: &str) -> u64 {
     counter(
-        "alerter_notify_failures_total",
+        "quotaflow_alerter_notify_failures_total",
         &[("service", service), ("reason", reason)],
     )
 }
@@ -274,7 +274,7 @@ async fn the_alerter_keeps_notifications_an_untrusted_receiver_refused_and_deliv
     };
     let kept_pages = || {
         counter(
-            "alerter_notifications_total",
+            "quotaflow_alerter_notifications_total",
             &[("service", "pagerduty"), ("outcome", "pending")],
         )
     };

@@ -126,7 +126,7 @@ async fn restore_holds_the_open_windows_not_the_history() {
     assert_eq!(
         metric(
             &alerter.base_url,
-            "alerter_restore_records{topic=\"totals\"}"
+            "quotaflow_alerter_restore_records{topic=\"totals\"}"
         )
         .await,
         Some(read as u64),
@@ -135,14 +135,14 @@ async fn restore_holds_the_open_windows_not_the_history() {
     assert_eq!(
         metric(
             &alerter.base_url,
-            "alerter_restore_records{topic=\"totals_tombstones\"}"
+            "quotaflow_alerter_restore_records{topic=\"totals_tombstones\"}"
         )
         .await,
         Some(tombstoned.len() as u64 + 1)
     );
     // Only today's windows are held: not the month, and not the tombstoned key.
     assert_eq!(
-        metric(&alerter.base_url, "alerter_totals_held").await,
+        metric(&alerter.base_url, "quotaflow_alerter_totals_held").await,
         Some(KEYS as u64),
         "the restored state holds the open windows only"
     );
@@ -173,7 +173,7 @@ async fn restore_holds_the_open_windows_not_the_history() {
         || {
             let base_url = base_url.clone();
             async move {
-                (metric(&base_url, "alerter_totals_held").await == Some(KEYS as u64 - 5))
+                (metric(&base_url, "quotaflow_alerter_totals_held").await == Some(KEYS as u64 - 5))
                     .then_some(())
             }
         },

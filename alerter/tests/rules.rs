@@ -404,7 +404,7 @@ action: {kind: block}
         let url = reload_metric.clone();
         async move {
             let body = reqwest::get(&url).await.ok()?.text().await.ok()?;
-            body.contains("alerter_policy_reloads_total{outcome=\"failed\"}")
+            body.contains("quotaflow_alerter_policy_reloads_total{outcome=\"failed\"}")
                 .then_some(())
         }
     })

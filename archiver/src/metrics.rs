@@ -5,17 +5,17 @@
 use std::time::Duration;
 
 /// Rows inserted into `usage_events_raw`.
-pub const ROWS_WRITTEN: &str = "quotaflow_archive_rows_written_total";
+pub const ROWS_WRITTEN: &str = "quotaflow_archiver_rows_written_total";
 /// Wall time of one flush (every partition of a batch, retries included).
-pub const FLUSH_DURATION: &str = "quotaflow_archive_flush_duration_seconds";
+pub const FLUSH_DURATION: &str = "quotaflow_archiver_flush_duration_seconds";
 /// Records (rows and dead letters) per flush.
-pub const FLUSH_ROWS: &str = "quotaflow_archive_flush_rows";
+pub const FLUSH_ROWS: &str = "quotaflow_archiver_flush_rows";
 /// Dead letters written, by kind.
-pub const DEAD_LETTERS: &str = "quotaflow_archive_dead_letters_total";
+pub const DEAD_LETTERS: &str = "quotaflow_archiver_dead_letters_total";
 /// High watermark minus the next offset to archive, per partition.
-pub const CONSUMER_LAG: &str = "quotaflow_archive_consumer_lag";
+pub const CONSUMER_LAG: &str = "quotaflow_archiver_consumer_lag";
 /// Failed writes that will be retried (ClickHouse or Kafka unavailable).
-pub const RETRIES: &str = "quotaflow_archive_write_retries_total";
+pub const RETRIES: &str = "quotaflow_archiver_write_retries_total";
 
 pub fn rows_written(rows: usize) {
     metrics::counter!(ROWS_WRITTEN).increment(rows as u64);

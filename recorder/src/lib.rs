@@ -59,6 +59,19 @@
 //! `encode`), `quotaflow_ingest_produce_errors_total`, and the gauge
 //! `quotaflow_ingest_in_flight_bytes`.
 
+/// The library's metric names (docs/operations.md): under `quotaflow_ingest_`, the service the
+/// library was cut from and the one that embeds it first.
+pub mod metric {
+    /// Bytes of records handed to Kafka and not acknowledged yet (gauge).
+    pub const IN_FLIGHT_BYTES: &str = "quotaflow_ingest_in_flight_bytes";
+    /// Events refused before sending, by `kind` (counter).
+    pub const EVENTS_REJECTED: &str = "quotaflow_ingest_events_rejected_total";
+    /// Events acknowledged by Kafka (counter).
+    pub const EVENTS_PRODUCED: &str = "quotaflow_ingest_events_produced_total";
+    /// Events whose delivery failed (counter).
+    pub const PRODUCE_ERRORS: &str = "quotaflow_ingest_produce_errors_total";
+}
+
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -291,7 +304,7 @@ impl Recorder {
                 in_flight: Arc::new(Semaphore::new(max_in_flight_permits as usize)),
                 max_in_flight_permits,
                 in_flight_bytes: AtomicU64::new(0),
-                in_flight_gauge: metrics::gauge!("quotaflow_ingest_in_flight_bytes"),
+                in_flight_gauge: metrics::gauge!(metric::IN_FLIGHT_BYTES),
                 delivery_timeout: Duration::from_millis(config.delivery_timeout_ms),
             }),
         })
@@ -373,8 +386,7 @@ impl Recorder {
                     Rejected::Encode(_) => "encode",
                 };
                 // Kinds come from the fixed set in `validation::kind`, so the label stays bounded.
-                metrics::counter!("quotaflow_ingest_events_rejected_total", "kind" => kind.to_owned())
-                    .increment(1);
+                metrics::counter!(metric::EVENTS_REJECTED, "kind" => kind.to_owned()).increment(1);
                 debug!(event_id = %event.event_id, kind, "event rejected");
                 Err(rejected)
             }
@@ -458,9 +470,9 @@ impl Recorder {
             .collect();
         let produced = results.iter().filter(|result| result.is_ok()).count();
         let failed = count - produced;
-        metrics::counter!("quotaflow_ingest_events_produced_total").increment(produced as u64);
+        metrics::counter!(metric::EVENTS_PRODUCED).increment(produced as u64);
         if failed > 0 {
-            metrics::counter!("quotaflow_ingest_produce_errors_total").increment(failed as u64);
+            metrics::counter!(metric::PRODUCE_ERRORS).increment(failed as u64);
             let first_error = results.iter().find_map(|result| result.as_ref().err());
             warn!(
                 topic = %inner.topic,

@@ -4,7 +4,7 @@
 //! (each Slack channel's webhook, PagerDuty) on its own worker, so a slow or failing webhook holds
 //! back only its own notifications; the redelivery capacity is per destination.
 //!
-//! Every notice sent or kept is counted in `alerter_notifications_total{service, outcome}`:
+//! Every notice sent or kept is counted in `quotaflow_alerter_notifications_total{service, outcome}`:
 //! `sent`, `pending` (failed a round, kept for the next), `failed` (refused, not retried),
 //! `unrouted` (no webhook or routing key for it), `dropped` (pushed out of a full queue).
 

@@ -52,10 +52,10 @@
 //! with rustls, the built-in webpki roots plus the optional [`NotifyConfig::ca_file`]. A receiver
 //! whose certificate does not verify fails with [`NotifyError::Tls`], which is retried like any
 //! transport failure (a certificate being rotated may verify on the next attempt) and counted
-//! per attempt in `alerter_notify_failures_total{service, reason="tls"}`.
+//! per attempt in `quotaflow_alerter_notify_failures_total{service, reason="tls"}`.
 //!
 //! # Metrics
-//! Every failed attempt increments `alerter_notify_failures_total` with `service` (`slack`,
+//! Every failed attempt increments `quotaflow_alerter_notify_failures_total` with `service` (`slack`,
 //! `pagerduty`) and a bounded `reason` ([`NotifyError::reason`]), so a receiver that keeps failing
 //! shows up before its attempts run out.
 

@@ -14,7 +14,7 @@
 //! The body is serialized once and the same bytes are sent on every attempt, so a PagerDuty
 //! `dedup_key` cannot change between retries.
 //!
-//! Every failed attempt is counted in `alerter_notify_failures_total{service, reason}` and logged
+//! Every failed attempt is counted in `quotaflow_alerter_notify_failures_total{service, reason}` and logged
 //! (`warn`) with its error.
 //!
 //! Nothing here logs or returns the URL: errors are built from the status, the reqwest error without

@@ -17,8 +17,8 @@ pub(super) const SHUTDOWN_GRACE: Duration = Duration::from_secs(25);
 /// holds anything, new items go behind it. The buffer is moved into the queue as room appears,
 /// at every [`Outbox::push`] and [`Outbox::drain`] (the executor drains at every `execute`,
 /// which the tick timer calls every `alert.tick_interval_ms`). Its length is the gauge
-/// `alerter_effect_overflow_rows{queue}`. At `alert.effect_overflow_limit` items the newest is
-/// dropped, logged and counted (`alerter_effects_dropped_total{queue}`): memory stays bounded
+/// `quotaflow_alerter_effect_overflow_rows{queue}`. At `alert.effect_overflow_limit` items the newest is
+/// dropped, logged and counted (`quotaflow_alerter_effects_dropped_total{queue}`): memory stays bounded
 /// and decisions still go out. At shutdown [`Outbox::flush`] waits for room (the caller bounds
 /// the wait).
 pub(super) struct Outbox<T> {

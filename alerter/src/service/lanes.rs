@@ -94,7 +94,7 @@ pub(super) enum LaneDelivery {
 /// One worker per destination, each with its own [`Dispatcher`] (and so its own redelivery
 /// queue, `notify.redelivery.capacity` per destination) behind a queue of at most
 /// `alert.effect_overflow_limit` deliveries. Handing a delivery over never waits: on a full
-/// queue it is dropped, logged and counted (`alerter_effects_dropped_total{queue="notify_lane"}`).
+/// queue it is dropped, logged and counted (`quotaflow_alerter_effects_dropped_total{queue="notify_lane"}`).
 pub(super) struct Lanes {
     pub(super) config: NotifyConfig,
     pub(super) http: reqwest::Client,

@@ -16,11 +16,20 @@ use std::time::Instant;
 use axum::extract::Request;
 use axum::middleware::Next;
 use axum::response::Response;
+use tracing::Instrument;
 
-/// Middleware recording the status and duration of every request it wraps.
+/// Middleware recording the status and duration of every request it wraps, each in its own
+/// span (`http_request{method, path, status}`), so every log line of a request is attributable.
 pub async fn track_requests(request: Request, next: Next) -> Response {
     let started = Instant::now();
-    let response = next.run(request).await;
+    let span = tracing::info_span!(
+        "http_request",
+        method = %request.method(),
+        path = %request.uri().path(),
+        status = tracing::field::Empty,
+    );
+    let response = next.run(request).instrument(span.clone()).await;
+    span.record("status", response.status().as_u16());
     metrics::counter!(
         "quotaflow_ingest_http_requests_total",
         "status" => response.status().as_str().to_owned()
