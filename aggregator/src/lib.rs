@@ -175,26 +175,18 @@ impl Aggregator {
         Arc::clone(&self.stats)
     }
 
-    /// Runs until `shutdown` (see [`run_with_listener`]).
+    /// Runs until `shutdown` (see [`run_with_listener`]), on the worker lifecycle
+    /// ([`infra::service::run_worker`]): a shutdown during setup stops at once; once running, the
+    /// loop flushes before it returns.
     pub async fn run(self, listener: TcpListener, shutdown: Shutdown) -> Result<()> {
-        let readiness = Readiness::default();
-        let listen = listener
-            .local_addr()
-            .map_err(infra::service::ServiceError::Http)?;
-        let stop_http = shutdown.child_token();
-        let http = tokio::spawn(infra::telemetry::serve(
-            listener,
-            infra::telemetry::ops_router(readiness.clone()),
-            stop_http.clone(),
-        ));
-        info!(%listen, "aggregator starting");
-        // Shutdown during setup stops at once; once running, the loop flushes before it returns.
-        let result = self.run_loop(&readiness, shutdown).await;
-        readiness.set_ready(false);
-        stop_http.cancel();
-        let _ = http.await;
-        info!("aggregator stopped");
-        result
+        let stop = shutdown.clone();
+        infra::service::run_worker(
+            "aggregator",
+            Some(listener),
+            &stop,
+            |readiness| async move { self.run_loop(&readiness, shutdown).await },
+        )
+        .await
     }
 
     async fn run_loop(self, readiness: &Readiness, shutdown: Shutdown) -> Result<()> {

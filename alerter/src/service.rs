@@ -164,42 +164,29 @@ fn record_state_sizes(engine: &Engine) {
     }
 }
 
-/// Runs the service on `listener` until `shutdown` (the lifecycle of [`crate::run_with_listener`]).
+/// Runs the service on `listener` until `shutdown` (the lifecycle of [`crate::run_with_listener`]),
+/// on the worker lifecycle ([`infra::service::run_worker`]).
 pub async fn run(config: Config, listener: TcpListener, shutdown: Shutdown) -> Result<()> {
-    let readiness = Readiness::default();
-    let listen = listener
-        .local_addr()
-        .map_err(infra::service::ServiceError::Http)?;
-    let stop_http = shutdown.child_token();
-    let http = tokio::spawn(infra::telemetry::serve(
-        listener,
-        infra::telemetry::ops_router(readiness.clone()),
-        stop_http.clone(),
-    ));
-    info!(%listen, "alerter starting");
-    let work = run_loop(&config, &readiness, &shutdown);
-    tokio::pin!(work);
-    let result = tokio::select! {
-        result = &mut work => result,
-        // Once running, the loop stops at its next turn and lets its queued notifications and
-        // audit rows out (bounded); dropping it would lose them. A start still under way (not
-        // ready: nothing decided yet) is dropped at once.
-        () = shutdown.cancelled() => if readiness.is_ready() {
-            tokio::time::timeout(SHUTDOWN_GRACE, &mut work)
-                .await
-                .unwrap_or(Ok(()))
-        } else {
-            Ok(())
-        },
-    };
-    readiness.set_ready(false);
-    stop_http.cancel();
-    let _ = http.await;
-    match &result {
-        Ok(()) => info!("alerter stopped"),
-        Err(error) => error!(%error, retryable = error.is_retryable(), "alerter failed"),
-    }
-    result
+    let stop = shutdown.clone();
+    infra::service::run_worker("alerter", Some(listener), &stop, |readiness| async move {
+        let work = run_loop(&config, &readiness, &shutdown);
+        tokio::pin!(work);
+        let result = tokio::select! {
+            result = &mut work => result,
+            // Once running, the loop stops at its next turn and lets its queued notifications
+            // and audit rows out (bounded); dropping it would lose them. A start still under
+            // way (not ready: nothing decided yet) is dropped at once.
+            () = shutdown.cancelled() => if readiness.is_ready() {
+                tokio::time::timeout(SHUTDOWN_GRACE, &mut work)
+                    .await
+                    .unwrap_or(Ok(()))
+            } else {
+                Ok(())
+            },
+        };
+        result
+    })
+    .await
 }
 
 async fn run_loop(config: &Config, readiness: &Readiness, shutdown: &Shutdown) -> Result<()> {

@@ -189,7 +189,7 @@ pub enum ArchiveError {
     Config(String),
     /// Migrations or topic creation failed at start.
     #[error("archive setup failed")]
-    Setup(#[source] infra::service::ServiceError),
+    Setup(#[from] infra::service::ServiceError),
     /// The price catalog (validation and pricing need it) could not be loaded.
     #[error("cannot load the price catalog")]
     Catalog(#[source] quotaflow_admission::pricer::PricerError),

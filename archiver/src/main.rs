@@ -26,27 +26,16 @@ async fn main() -> anyhow::Result<()> {
     infra::telemetry::init_tracing();
     let config: quotaflow_archiver::Config = infra::config::load(args.config.as_deref())?;
     let shutdown = infra::shutdown::on_signal();
-    let readiness = infra::telemetry::Readiness::default();
-    let ops = match args.metrics_listen.or(config.archive.metrics_listen) {
-        Some(address) => {
-            let listener = infra::service::bind(address).await?;
-            let router = infra::telemetry::ops_router(readiness.clone());
-            Some(tokio::spawn(infra::telemetry::serve(
-                listener,
-                router,
-                shutdown.clone(),
-            )))
-        }
+    let listener = match args.metrics_listen.or(config.archive.metrics_listen) {
+        Some(address) => Some(infra::service::bind(address).await?),
         None => None,
     };
-    let result = quotaflow_archiver::Archiver::new(config)
-        .with_readiness(readiness)
-        .run(shutdown.clone())
-        .await;
-    shutdown.cancel();
-    if let Some(ops) = ops {
-        ops.await??;
-    }
+    let result = infra::service::run_worker("archiver", listener, &shutdown, |readiness| {
+        quotaflow_archiver::Archiver::new(config)
+            .with_readiness(readiness)
+            .run(shutdown.clone())
+    })
+    .await;
     result?;
     Ok(())
 }

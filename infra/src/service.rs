@@ -8,6 +8,13 @@
 //! 3. On success the service's `on_ready` hook runs, `/readyz` turns 200, and it waits for shutdown.
 //! 4. On shutdown (or a failed start): report not ready, stop the HTTP server (in-flight requests
 //!    finish), and return what `start` produced so the caller can flush it.
+//!
+//! Two entry points share it. [`serve_until_shutdown`] is for a service whose work is serving
+//! requests (ingest): its `start` returns what the requests need, and the service waits for
+//! shutdown. [`run_worker`] is for a service whose work is one loop that owns its queues (the
+//! archiver, the aggregator, the alerter): the loop gets the [`Readiness`] to set once it is set
+//! up, sees `shutdown` itself, and returns only after draining what it holds, so the shutdown
+//! drains by construction; then readiness goes back to false and the ops server stops.
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -140,4 +147,49 @@ where
     let started = started?;
     served.map_err(ServiceError::Http)?;
     Ok(started)
+}
+
+/// The worker lifecycle (module docs): serves the ops routes on `listener` (none: no ops server)
+/// from the start, runs `work` with the readiness it must set once set up, and when `work` has
+/// returned (after `shutdown`, drained, or failed) reports not ready and stops the ops server.
+/// `name` is the service's name in the start and stop log lines.
+pub async fn run_worker<E, Work, Fut>(
+    name: &'static str,
+    listener: Option<TcpListener>,
+    shutdown: &Shutdown,
+    work: Work,
+) -> Result<(), E>
+where
+    Work: FnOnce(Readiness) -> Fut,
+    Fut: Future<Output = Result<(), E>>,
+    E: From<ServiceError> + std::fmt::Display,
+{
+    let readiness = Readiness::default();
+    let stop_http = shutdown.child_token();
+    let http = match listener {
+        Some(listener) => {
+            let listen = listener.local_addr().map_err(ServiceError::Http)?;
+            info!(service = name, %listen, "service starting");
+            Some(tokio::spawn(serve(
+                listener,
+                ops_router(readiness.clone()),
+                stop_http.clone(),
+            )))
+        }
+        None => {
+            info!(service = name, "service starting (no ops listener)");
+            None
+        }
+    };
+    let result = work(readiness.clone()).await;
+    readiness.set_ready(false);
+    stop_http.cancel();
+    if let Some(http) = http {
+        let _ = http.await;
+    }
+    match &result {
+        Ok(()) => info!(service = name, "service stopped"),
+        Err(error) => tracing::error!(service = name, %error, "service failed"),
+    }
+    result
 }
