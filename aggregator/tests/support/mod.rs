@@ -546,9 +546,14 @@ impl Drop for Process {
 }
 
 /// Crashes the aggregator (the binary, `config`) right after each write of a flush in turn
-/// (partials written but not published; published but no checkpoint; ...), producing `midway`
-/// after the second crash, then `kill -9`s it `kills` times at staggered moments after a flush.
-/// The caller starts the last process and checks the totals.
+/// (partials written but not published; published but no checkpoint; ...) while `midway` trickles
+/// in (20 events every 100 ms, the rest at once when the crash rounds are over), then `kill -9`s
+/// it `kills` times at staggered moments after a flush. The caller starts the last process and
+/// checks the totals.
+///
+/// The trickle is what makes every round reach the n-th flush its failpoint names: a replay of
+/// a backlog alone can be read so fast that two flushes cover it all, and the process then idles
+/// with its failpoint never reached.
 pub async fn crash_after_each_flush_write_then_kill_9(
     config: &Config,
     midway: &[UsageEvent],
@@ -559,24 +564,39 @@ pub async fn crash_after_each_flush_write_then_kill_9(
     // the third (`published:3`) never come.
     let mut crashing = config.clone();
     crashing.aggregate.flush_max_records = crashing.aggregate.flush_max_records.min(500);
-    for (round, failpoint) in [
+    let trickling = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let trickle = {
+        let (kafka, midway, trickling) = (
+            config.kafka.clone(),
+            midway.to_vec(),
+            std::sync::Arc::clone(&trickling),
+        );
+        tokio::spawn(async move {
+            let mut chunks = midway.chunks(20);
+            while trickling.load(std::sync::atomic::Ordering::Acquire) {
+                let Some(chunk) = chunks.next() else { break };
+                produce(&kafka, chunk).await;
+                // Pacing the traffic, not waiting for anything.
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            let rest: Vec<UsageEvent> = chunks.flatten().cloned().collect();
+            produce(&kafka, &rest).await;
+        })
+    };
+    for failpoint in [
         "partials:2",
         "published:3",
         "dead_letters:1",
         "checkpoint:2",
-    ]
-    .into_iter()
-    .enumerate()
-    {
+    ] {
         let process = spawn_process_with_failpoint(&crashing, Some(failpoint));
         assert!(
             process.wait_aborted(Duration::from_secs(120)).await,
             "{failpoint}: it exited without crashing"
         );
-        if round == 1 {
-            produce(&config.kafka, midway).await;
-        }
     }
+    trickling.store(false, std::sync::atomic::Ordering::Release);
+    trickle.await.unwrap();
     for round in 0..kills {
         let mut process = spawn_process(config);
         let before = partial_rows(&config.clickhouse).await;
