@@ -100,7 +100,7 @@ pub enum Error {
     Config(String),
     /// The policy files do not load.
     #[error("cannot load policies: {0}")]
-    Policies(String),
+    Policies(#[source] policy::LoadErrors),
     /// The price catalog (`[pricing]`) does not load.
     #[error(transparent)]
     Pricing(#[from] quotaflow_admission::pricer::PricerError),
@@ -110,9 +110,13 @@ pub enum Error {
     /// A Kafka client could not be created or subscribed.
     #[error("kafka client: {0}")]
     Kafka(#[from] rdkafka::error::KafkaError),
-    /// Partitions could not be restored from ClickHouse.
+    /// Partitions could not be restored from ClickHouse (the reason, reported by the consumer's
+    /// rebalance callback on librdkafka's thread).
     #[error("cannot restore partitions: {0}")]
     Restore(String),
+    /// The dead-letter writer could not be created.
+    #[error("cannot create the dead-letter writer")]
+    DeadLetters(#[source] infra::dead_letter::DeadLetterError),
     /// A flush failed with an error retrying cannot fix.
     #[error("flush failed: {0}")]
     Sink(#[from] sink::SinkError),
@@ -129,6 +133,7 @@ impl Error {
             Error::Pricing(error) => error.is_retryable(),
             Error::Service(error) => error.is_retryable(),
             Error::Kafka(_) | Error::Restore(_) => true,
+            Error::DeadLetters(error) => error.is_retryable(),
             Error::Sink(error) => error.is_retryable(),
             Error::Worker(_) => true,
         }
@@ -233,7 +238,7 @@ impl Aggregator {
         config.aggregate.validate().map_err(Error::Config)?;
         let policies = match &config.aggregate.policies_dir {
             Some(dir) => {
-                PolicySet::load_dir(dir).map_err(|errors| Error::Policies(errors.to_string()))?
+                PolicySet::load_dir(dir).map_err(Error::Policies)?
             }
             None => PolicySet::empty(),
         };
@@ -262,7 +267,7 @@ impl Aggregator {
             &config.clickhouse,
             "quotaflow-aggregator-dead-letters",
         )
-        .map_err(|error| Error::Restore(error.to_string()))?;
+        .map_err(Error::DeadLetters)?;
         let settings = config.aggregate.partition_settings(admission);
         let policies = Arc::new(policies);
         let reload = config.aggregate.policies_dir.as_ref().map(|dir| {

@@ -48,12 +48,19 @@ pub use config::Config;
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum Error {
-    /// A setting is invalid.
+    /// A setting is invalid (the notification settings and their HTTPS client included, e.g. an
+    /// unreadable `notify.ca_file`); the source says which.
     #[error("invalid alerter configuration: {0}")]
-    Config(String),
+    Config(#[source] Box<dyn std::error::Error + Send + Sync>),
     /// The policy directory does not load.
     #[error("cannot load policies: {0}")]
-    Policies(String),
+    Policies(#[source] policy::LoadErrors),
+    /// The price catalog (`[pricing]`) does not load.
+    #[error("pricing: {0}")]
+    Pricing(#[source] quotaflow_admission::pricer::PricerError),
+    /// The restore's reading task stopped (a bug: it panicked).
+    #[error("the restore task stopped: {0}")]
+    RestoreTask(#[source] tokio::task::JoinError),
     /// Startup (listener, migrations, topics) failed.
     #[error(transparent)]
     Service(#[from] infra::service::ServiceError),
@@ -74,6 +81,8 @@ impl Error {
     pub fn is_retryable(&self) -> bool {
         match self {
             Error::Config(_) | Error::Policies(_) => false,
+            Error::Pricing(error) => error.is_retryable(),
+            Error::RestoreTask(_) => true,
             Error::Service(error) => error.is_retryable(),
             Error::Kafka(error) => infra::kafka::error_is_retryable(error),
             Error::Restore(_) => true,

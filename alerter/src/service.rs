@@ -193,12 +193,12 @@ async fn run_loop(config: &Config, readiness: &Readiness, shutdown: &Shutdown) -
     config
         .notify
         .validate()
-        .map_err(|error| Error::Config(error.to_string()))?;
+        .map_err(|error| Error::Config(error.into()))?;
     // Built before anything else, so an unreadable `notify.ca_file` stops the start.
     let webhook_client = config
         .notify
         .http_client()
-        .map_err(|error| Error::Config(error.to_string()))?;
+        .map_err(|error| Error::Config(error.into()))?;
     infra::service::prepare_pipeline(&config.kafka, &config.clickhouse).await?;
     warn_unless_broker_time(&config.kafka).await;
     // Before the restore: fencing an older writer first means the control topic the restore
@@ -206,7 +206,7 @@ async fn run_loop(config: &Config, readiness: &Readiness, shutdown: &Shutdown) -
     let control = ControlWriter::open(&config.kafka, &config.group_id).await?;
     let policies = Arc::new(
         PolicySet::load_dir(&config.alert.policies_dir)
-            .map_err(|errors| Error::Policies(errors.to_string()))?,
+            .map_err(Error::Policies)?,
     );
     info!(policies = policies.len(), dir = %config.alert.policies_dir.display(), "policies loaded");
     // No linger: a decision is one record and every millisecond counts.
@@ -215,7 +215,7 @@ async fn run_loop(config: &Config, readiness: &Readiness, shutdown: &Shutdown) -
             .set("linger.ms", "0")
             .create()?;
     let pricer = quotaflow_admission::pricer::Pricer::from_config(&config.pricing)
-        .map_err(|error| Error::Config(format!("pricing: {error}")))?;
+        .map_err(Error::Pricing)?;
     let admission = quotaflow_admission::Admission::new(pricer, config.validation.clone());
 
     let restored = restore_state(config, &policies, &admission).await?;
@@ -281,7 +281,7 @@ async fn restore_state(
 ) -> Result<Restore> {
     let restore_started = Instant::now();
     let topics = &config.kafka.topics;
-    let catalog = Arc::new(config.alert.load_catalog().map_err(Error::Config)?);
+    let catalog = Arc::new(config.alert.load_catalog().map_err(|error| Error::Config(error.into()))?);
     let kafka = config.kafka.clone();
     let group = format!("{}-restore", config.group_id);
     let timeout = Duration::from_secs(config.alert.restore_timeout_secs);
@@ -324,7 +324,7 @@ async fn restore_state(
             read_to_end(&kafka, &group, &names, &since, timeout, &mut restore).map(|()| restore)
         })
         .await
-        .map_err(|error| Error::Restore(error.to_string()))?;
+        .map_err(Error::RestoreTask)?;
         let delay = retry.next_delay();
         match read {
             Ok(restore) => break restore,

@@ -208,7 +208,7 @@ impl Executor {
         FAILPOINTS.count();
         FAILPOINTS.reached("before_publish");
         let payload = schemas::codec::encode(decision)
-            .map_err(|error| Error::Config(format!("unencodable decision: {error}")))?;
+            .map_err(|error| Error::Config(Box::new(error)))?;
         self.control
             .publish(&decision.key, Some(&payload), shutdown)
             .await?;
