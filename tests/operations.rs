@@ -24,7 +24,13 @@ fn rust_files(dir: &Path, out: &mut Vec<std::path::PathBuf>) {
     }
 }
 
-const PREFIXES: [&str; 3] = ["quotaflow_", "aggregator_", "alerter_"];
+/// One per service: the naming rule `quotaflow_<service>_…` (docs/operations.md).
+const PREFIXES: [&str; 4] = [
+    "quotaflow_ingest_",
+    "quotaflow_archiver_",
+    "quotaflow_aggregator_",
+    "quotaflow_alerter_",
+];
 
 /// Metric names in the services' sources: string literals with a metric prefix and a metric-ish
 /// suffix (names of topics, groups and databases do not end like metrics).

@@ -237,9 +237,7 @@ impl Aggregator {
         let config = self.config;
         config.aggregate.validate().map_err(Error::Config)?;
         let policies = match &config.aggregate.policies_dir {
-            Some(dir) => {
-                PolicySet::load_dir(dir).map_err(Error::Policies)?
-            }
+            Some(dir) => PolicySet::load_dir(dir).map_err(Error::Policies)?,
             None => PolicySet::empty(),
         };
         let pricer = quotaflow_admission::pricer::Pricer::from_config(&config.pricing)?;

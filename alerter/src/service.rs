@@ -204,10 +204,8 @@ async fn run_loop(config: &Config, readiness: &Readiness, shutdown: &Shutdown) -
     // Before the restore: fencing an older writer first means the control topic the restore
     // reads holds everything that writer could still commit.
     let control = ControlWriter::open(&config.kafka, &config.group_id).await?;
-    let policies = Arc::new(
-        PolicySet::load_dir(&config.alert.policies_dir)
-            .map_err(Error::Policies)?,
-    );
+    let policies =
+        Arc::new(PolicySet::load_dir(&config.alert.policies_dir).map_err(Error::Policies)?);
     info!(policies = policies.len(), dir = %config.alert.policies_dir.display(), "policies loaded");
     // No linger: a decision is one record and every millisecond counts.
     let producer: FutureProducer =
@@ -281,7 +279,12 @@ async fn restore_state(
 ) -> Result<Restore> {
     let restore_started = Instant::now();
     let topics = &config.kafka.topics;
-    let catalog = Arc::new(config.alert.load_catalog().map_err(|error| Error::Config(error.into()))?);
+    let catalog = Arc::new(
+        config
+            .alert
+            .load_catalog()
+            .map_err(|error| Error::Config(error.into()))?,
+    );
     let kafka = config.kafka.clone();
     let group = format!("{}-restore", config.group_id);
     let timeout = Duration::from_secs(config.alert.restore_timeout_secs);

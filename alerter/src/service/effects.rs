@@ -207,8 +207,8 @@ impl Executor {
     ) -> Result<()> {
         FAILPOINTS.count();
         FAILPOINTS.reached("before_publish");
-        let payload = schemas::codec::encode(decision)
-            .map_err(|error| Error::Config(Box::new(error)))?;
+        let payload =
+            schemas::codec::encode(decision).map_err(|error| Error::Config(Box::new(error)))?;
         self.control
             .publish(&decision.key, Some(&payload), shutdown)
             .await?;
