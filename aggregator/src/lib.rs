@@ -288,13 +288,13 @@ impl Aggregator {
                 failing: None,
             }
         });
-        let context = pipeline::AggregatorContext::new(&topic, sink.clone(), policies, settings);
+        let context = pipeline::context(&topic, sink.clone(), policies, settings);
         let mut client_config =
             infra::kafka::consumer_config(&config.kafka, "quotaflow-aggregator", &config.group_id);
         client_config.set("partition.assignment.strategy", "cooperative-sticky");
         client_config.set("queued.max.messages.kbytes", "65536");
         // The lag gauge reads the end offsets librdkafka already has from its fetch responses
-        // (its statistics), never asks the broker: see `AggregatorContext::stats`.
+        // (its statistics), never asks the broker: see `AggregatorStore::on_statistics`.
         client_config.set("statistics.interval.ms", "2000");
         let consumer: StreamConsumer<pipeline::AggregatorContext> =
             client_config.create_with_context(context)?;

@@ -30,27 +30,26 @@
 //! still counted (they only make the next flush larger). A non-retryable error stops the service.
 
 use std::collections::BTreeMap;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use infra::dead_letter::DeadLetterWriter;
 use infra::external_offsets::{self, lock, Pause};
 use infra::shutdown::Shutdown;
 use policy::PolicySet;
-use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, StreamConsumer};
+use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
 use rdkafka::message::BorrowedMessage;
-use rdkafka::types::RDKafkaRespErr;
-use rdkafka::{ClientContext, Message, Offset, TopicPartitionList};
+use rdkafka::Message;
 use tracing::{debug, error, info, warn};
 
-use crate::partition::{PartitionAggregator, PartitionFlush, PartitionSettings};
+use crate::partition::PartitionFlush;
 use crate::sink::{Sink, SinkError};
 use crate::workers::{Record, Workers};
 use crate::Error;
 
 mod rebalance;
-pub use rebalance::AggregatorContext;
-use rebalance::*;
+use infra::external_offsets::AssignmentChange;
+pub use rebalance::{context, AggregatorContext, AggregatorStore};
 
 /// How long one flush attempt may take before it is abandoned and retried (a server that accepts
 /// connections but does not answer must not stop the loop from polling).
@@ -304,17 +303,18 @@ impl AggregatorLoop {
     }
 
     async fn apply_assignment_changes(&mut self) -> Result<(), Error> {
-        let context = self.consumer.context();
-        if let Some(error) = lock(&context.fatal).take() {
-            return Err(Error::Restore(error));
-        }
-        let changes = std::mem::take(&mut *lock(&context.changes));
+        let store = self.consumer.context().store();
+        let changes = self
+            .consumer
+            .context()
+            .take_changes()
+            .map_err(Error::Restore)?;
         for change in changes {
             match change {
-                AssignmentChange::Assigned(assigned, restored_with) => {
+                AssignmentChange::Assigned((assigned, restored_with)) => {
                     for mut partition in assigned {
                         let mut requests = partition.backfills();
-                        let current = Arc::clone(&lock(&context.policies));
+                        let current = Arc::clone(&lock(&store.policies));
                         if !Arc::ptr_eq(&current, &restored_with) {
                             // A reload came between the restore and now.
                             match partition.reload(&current) {
@@ -398,7 +398,7 @@ impl AggregatorLoop {
         }
         let loaded = Arc::new(loaded);
         reload.current = Arc::clone(&loaded);
-        *lock(&self.consumer.context().policies) = Arc::clone(&loaded);
+        *lock(&self.consumer.context().store().policies) = Arc::clone(&loaded);
         let requests = self.workers.reload(Arc::clone(&loaded)).await?;
         info!(
             policies = loaded.len(),
@@ -700,7 +700,7 @@ impl AggregatorLoop {
             metrics::gauge!(metric::DEDUP_HORIZON_SECONDS, "partition" => partition.to_string())
                 .set(seconds);
         }
-        let high_watermarks = lock(&self.consumer.context().high_watermarks).clone();
+        let high_watermarks = lock(&self.consumer.context().store().high_watermarks).clone();
         for (&partition, next) in &self.owned {
             if let (Some(next), Some(high)) = (next, high_watermarks.get(&partition)) {
                 metrics::gauge!(metric::LAG, "partition" => partition.to_string())

@@ -6,16 +6,15 @@
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
 use infra::config::ClickHouseConfig;
-use infra::external_offsets::{self, lock, Pause};
+use infra::external_offsets::{self, Pause};
 use infra::shutdown::Shutdown;
-use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, StreamConsumer};
-use rdkafka::types::RDKafkaRespErr;
-use rdkafka::{ClientContext, Message, Offset, TopicPartitionList};
+use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
+use rdkafka::Message;
 use schemas::UsageEvent;
 use tracing::{debug, info, info_span, warn, Instrument};
 
@@ -24,6 +23,7 @@ use super::metrics;
 use super::row::{KafkaCoordinates, RawRow};
 use super::sink::{Sink, SinkError};
 use super::{ArchiveConfig, ArchiveError};
+use infra::external_offsets::AssignmentChange;
 use quotaflow_admission::Admission;
 use schemas::dead_letter::{self, SourceRecord};
 
@@ -46,129 +46,57 @@ impl ArchiveStats {
     }
 }
 
-/// A change of assignment seen by the rebalance callback, applied by the loop after `recv()`.
-#[derive(Debug)]
-enum AssignmentChange {
-    /// Partitions assigned, with the offset each starts at (`None`: from the beginning).
-    Assigned(Vec<(i32, Option<i64>)>),
-    /// Partitions revoked.
-    Revoked(Vec<i32>),
-}
+/// The archiver's rebalance callback: [`infra::external_offsets::StoreRebalance`] over the
+/// archived offsets in ClickHouse.
+pub(super) type ArchiveContext = infra::external_offsets::StoreRebalance<ArchiveStore>;
 
-/// Rebalance callback: looks the resume offsets up in ClickHouse and assigns at exactly those
-/// offsets (librdkafka's external offset store pattern), ignoring the committed Kafka offsets.
-pub(super) struct ArchiveContext {
-    /// Source topic.
-    topic: String,
-    /// Where to look resume offsets up (a fresh client per lookup, see [`lookup_blocking`]).
+/// Where the archiver's partitions resume: the offsets archived in ClickHouse (rows and dead
+/// letters of `service`); a partition with none starts at the beginning.
+pub(super) struct ArchiveStore {
+    /// Where to look resume offsets up (a fresh client per lookup).
     clickhouse: ClickHouseConfig,
     /// Dead-letter service name, part of the resume rule.
     service: String,
-    /// Changes not yet applied by the loop.
-    changes: Mutex<Vec<AssignmentChange>>,
-    /// A failure the loop must stop on (resume offsets unavailable).
-    fatal: Mutex<Option<String>>,
 }
 
-impl ClientContext for ArchiveContext {}
+impl infra::external_offsets::PartitionStore for ArchiveStore {
+    /// Each assigned partition with the offset it starts at (`None`: from the beginning).
+    type Restored = infra::external_offsets::StartOffsets;
 
-impl ConsumerContext for ArchiveContext {
-    fn rebalance(
+    /// Reads the resume offsets (retried for up to 60 s, well within `max.poll.interval.ms`).
+    fn restore(
         &self,
-        base_consumer: &BaseConsumer<Self>,
-        err: RDKafkaRespErr,
-        tpl: &mut TopicPartitionList,
-    ) {
-        let partitions: Vec<i32> = tpl
-            .elements_for_topic(&self.topic)
+        topic: &str,
+        partitions: &[i32],
+    ) -> Result<(infra::external_offsets::StartOffsets, Self::Restored), String> {
+        let (clickhouse, topic, service) = (
+            self.clickhouse.clone(),
+            topic.to_owned(),
+            self.service.clone(),
+        );
+        let offsets = infra::external_offsets::block_on_retrying(
+            "resume offsets lookup",
+            Duration::from_secs(60),
+            Duration::from_secs(15),
+            infra::retry::Backoff::new(Duration::from_millis(200), Duration::from_secs(5)),
+            |_: &String| true,
+            move || {
+                let (clickhouse, topic, service) =
+                    (clickhouse.clone(), topic.clone(), service.clone());
+                async move {
+                    let client = infra::clickhouse::client(&clickhouse);
+                    super::sink::resume_offsets(&client, &topic, &service)
+                        .await
+                        .map_err(|error| error.to_string())
+                }
+            },
+        )?;
+        let assigned: Vec<(i32, Option<i64>)> = partitions
             .iter()
-            .map(|element| element.partition())
+            .map(|&partition| (partition, offsets.get(&partition).copied()))
             .collect();
-        match err {
-            RDKafkaRespErr::RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS => {
-                let offsets = match lookup_blocking(&self.clickhouse, &self.topic, &self.service) {
-                    Ok(offsets) => offsets,
-                    Err(error) => {
-                        warn!(topic = %self.topic, %error, "cannot read resume offsets; stopping");
-                        *lock(&self.fatal) = Some(error);
-                        return;
-                    }
-                };
-                let mut assigned = Vec::with_capacity(partitions.len());
-                for &partition in &partitions {
-                    let next = offsets.get(&partition).copied();
-                    let offset = next.map_or(Offset::Beginning, Offset::Offset);
-                    if let Err(error) = tpl.set_partition_offset(&self.topic, partition, offset) {
-                        *lock(&self.fatal) = Some(error.to_string());
-                        return;
-                    }
-                    assigned.push((partition, next));
-                }
-                info!(topic = %self.topic, ?assigned, "partitions assigned at archived offsets");
-                if let Err(error) = external_offsets::assign(base_consumer, tpl) {
-                    *lock(&self.fatal) = Some(format!("assign failed: {error}"));
-                    return;
-                }
-                lock(&self.changes).push(AssignmentChange::Assigned(assigned));
-            }
-            RDKafkaRespErr::RD_KAFKA_RESP_ERR__REVOKE_PARTITIONS => {
-                info!(topic = %self.topic, ?partitions, "partitions revoked");
-                lock(&self.changes).push(AssignmentChange::Revoked(partitions));
-                if let Err(error) = external_offsets::unassign(base_consumer, tpl) {
-                    warn!(%error, "unassign failed");
-                }
-            }
-            other => warn!(error = ?other, "rebalance error"),
-        }
+        Ok((assigned.clone(), assigned))
     }
-}
-
-/// Reads the resume offsets from a callback that must not return before it has them. It runs on
-/// its own thread with its own runtime and client: the callback blocks the thread that polls the
-/// consumer, which may be the only thread of the caller's runtime. Retried for up to 60 s, well
-/// within `max.poll.interval.ms`.
-fn lookup_blocking(
-    clickhouse: &ClickHouseConfig,
-    topic: &str,
-    service: &str,
-) -> Result<BTreeMap<i32, i64>, String> {
-    let clickhouse = clickhouse.clone();
-    let topic = topic.to_owned();
-    let service = service.to_owned();
-    std::thread::spawn(move || {
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .map_err(|error| error.to_string())?;
-        runtime.block_on(async {
-            let client = infra::clickhouse::client(&clickhouse);
-            let deadline = Instant::now() + Duration::from_secs(60);
-            let mut retry =
-                infra::retry::Backoff::new(Duration::from_millis(200), Duration::from_secs(5))
-                    .attempts();
-            loop {
-                // One attempt may not hang the rebalance (a connection that never answers).
-                let attempt = tokio::time::timeout(
-                    Duration::from_secs(15),
-                    super::sink::resume_offsets(&client, &topic, &service),
-                )
-                .await
-                .map_err(|_| "timed out after 15 s".to_owned())
-                .and_then(|result| result.map_err(|error| error.to_string()));
-                let delay = retry.next_delay();
-                match attempt {
-                    Ok(offsets) => return Ok(offsets),
-                    Err(error) if Instant::now() + delay < deadline => {
-                        warn!(%error, "resume offsets lookup failed; retrying");
-                        tokio::time::sleep(delay).await;
-                    }
-                    Err(error) => return Err(error),
-                }
-            }
-        })
-    })
-    .join()
-    .map_err(|_| "resume lookup thread panicked".to_owned())?
 }
 
 /// Per-partition state of the loop.
@@ -217,13 +145,13 @@ impl ArchiveLoop {
         clickhouse: &ClickHouseConfig,
         service: &str,
     ) -> ArchiveContext {
-        ArchiveContext {
-            topic: topic.to_owned(),
-            clickhouse: clickhouse.clone(),
-            service: service.to_owned(),
-            changes: Mutex::new(Vec::new()),
-            fatal: Mutex::new(None),
-        }
+        infra::external_offsets::StoreRebalance::new(
+            topic,
+            ArchiveStore {
+                clickhouse: clickhouse.clone(),
+                service: service.to_owned(),
+            },
+        )
     }
 
     pub(super) fn new(
@@ -310,11 +238,11 @@ impl ArchiveLoop {
     }
 
     fn apply_assignment_changes(&mut self) -> Result<(), ArchiveError> {
-        let context = self.consumer.context();
-        if let Some(error) = lock(&context.fatal).take() {
-            return Err(ArchiveError::Resume(error));
-        }
-        let changes = std::mem::take(&mut *lock(&context.changes));
+        let changes = self
+            .consumer
+            .context()
+            .take_changes()
+            .map_err(ArchiveError::Resume)?;
         for change in changes {
             match change {
                 AssignmentChange::Assigned(assigned) => {

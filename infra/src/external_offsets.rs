@@ -138,3 +138,177 @@ pub fn commit_advisory<X: ConsumerContext, C: Consumer<X>>(
         debug!(%error, "advisory commit failed");
     }
 }
+
+/// Each assigned partition with the offset it starts at (`None`: the beginning of the partition).
+pub type StartOffsets = Vec<(i32, Option<i64>)>;
+
+/// Where a consumer's partitions resume: the store that also holds its output (the aggregator's
+/// checkpoints and partials, the archiver's rows). [`StoreRebalance`] asks it in the rebalance
+/// callback, before the partitions are assigned.
+pub trait PartitionStore: Send + Sync + 'static {
+    /// What the consumer's loop needs of one assignment (e.g. the restored processors).
+    type Restored: Send + 'static;
+
+    /// Restores `partitions` of `topic`: the offset each starts at (`None`: the beginning of the
+    /// partition) and what the loop needs. Blocking: it runs on the thread that polls the
+    /// consumer (see [`block_on_retrying`] to reach an async store from there). An error stops
+    /// the consumer's loop.
+    fn restore(
+        &self,
+        topic: &str,
+        partitions: &[i32],
+    ) -> Result<(StartOffsets, Self::Restored), String>;
+
+    /// librdkafka's statistics (when `statistics.interval.ms` is set). Nothing by default.
+    fn on_statistics(&self, _statistics: &rdkafka::Statistics) {}
+}
+
+/// A change of assignment seen by the rebalance callback, applied by the loop after `recv()`.
+#[derive(Debug)]
+pub enum AssignmentChange<R> {
+    /// Partitions assigned at the offsets their store gave, with what the store restored.
+    Assigned(R),
+    /// Partitions revoked.
+    Revoked(Vec<i32>),
+}
+
+/// The one rebalance callback of the consumers that keep their offsets in their store: on
+/// assignment it restores the partitions from the [`PartitionStore`] and assigns them at exactly
+/// the offsets it gave (the committed Kafka offsets are ignored); on revocation it gives them
+/// up. Either way the loop learns of it through [`StoreRebalance::take_changes`]; a failed restore
+/// is handed to the loop, which must stop.
+pub struct StoreRebalance<S: PartitionStore> {
+    topic: String,
+    store: S,
+    changes: Mutex<Vec<AssignmentChange<S::Restored>>>,
+    fatal: Mutex<Option<String>>,
+}
+
+impl<S: PartitionStore> StoreRebalance<S> {
+    /// The callback for `topic`, restoring from `store`.
+    pub fn new(topic: &str, store: S) -> Self {
+        Self {
+            topic: topic.to_owned(),
+            store,
+            changes: Mutex::new(Vec::new()),
+            fatal: Mutex::new(None),
+        }
+    }
+
+    /// The store.
+    pub fn store(&self) -> &S {
+        &self.store
+    }
+
+    /// The changes since the last call, oldest first, or the failure the loop must stop on.
+    pub fn take_changes(&self) -> Result<Vec<AssignmentChange<S::Restored>>, String> {
+        if let Some(error) = lock(&self.fatal).take() {
+            return Err(error);
+        }
+        Ok(std::mem::take(&mut *lock(&self.changes)))
+    }
+
+    fn fail(&self, error: String) {
+        warn!(topic = %self.topic, %error, "cannot restore assigned partitions; stopping");
+        *lock(&self.fatal) = Some(error);
+    }
+}
+
+impl<S: PartitionStore> rdkafka::ClientContext for StoreRebalance<S> {
+    fn stats(&self, statistics: rdkafka::Statistics) {
+        self.store.on_statistics(&statistics);
+    }
+}
+
+impl<S: PartitionStore> ConsumerContext for StoreRebalance<S> {
+    fn rebalance(
+        &self,
+        base_consumer: &BaseConsumer<Self>,
+        err: rdkafka::types::RDKafkaRespErr,
+        tpl: &mut TopicPartitionList,
+    ) {
+        use rdkafka::types::RDKafkaRespErr;
+        let partitions: Vec<i32> = tpl
+            .elements_for_topic(&self.topic)
+            .iter()
+            .map(|element| element.partition())
+            .collect();
+        match err {
+            RDKafkaRespErr::RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS => {
+                let (offsets, restored) = match self.store.restore(&self.topic, &partitions) {
+                    Ok(restored) => restored,
+                    Err(error) => return self.fail(error),
+                };
+                for &(partition, next) in &offsets {
+                    let offset = next.map_or(Offset::Beginning, Offset::Offset);
+                    if let Err(error) = tpl.set_partition_offset(&self.topic, partition, offset) {
+                        return self.fail(error.to_string());
+                    }
+                }
+                info!(topic = %self.topic, ?offsets, "partitions assigned at their stored offsets");
+                if let Err(error) = assign(base_consumer, tpl) {
+                    return self.fail(format!("assign failed: {error}"));
+                }
+                lock(&self.changes).push(AssignmentChange::Assigned(restored));
+            }
+            RDKafkaRespErr::RD_KAFKA_RESP_ERR__REVOKE_PARTITIONS => {
+                info!(topic = %self.topic, ?partitions, "partitions revoked");
+                lock(&self.changes).push(AssignmentChange::Revoked(partitions));
+                if let Err(error) = unassign(base_consumer, tpl) {
+                    warn!(%error, "unassign failed");
+                }
+            }
+            other => warn!(error = ?other, "rebalance error"),
+        }
+    }
+}
+
+/// Runs `attempt` from a callback that must not return before it has an answer (a rebalance
+/// callback blocks the thread polling the consumer, which may be the caller runtime's only one):
+/// on a thread of its own with its own runtime, each attempt bounded by `attempt_timeout`,
+/// retried with `retry` while `retryable` says so, for up to `deadline` (keep it well within
+/// `max.poll.interval.ms`). `what` names the work in the retry log line.
+pub fn block_on_retrying<T, E, F, Fut>(
+    what: &'static str,
+    deadline: Duration,
+    attempt_timeout: Duration,
+    retry: quotaflow_client::retry::Backoff,
+    retryable: fn(&E) -> bool,
+    mut attempt: F,
+) -> Result<T, String>
+where
+    T: Send + 'static,
+    E: std::fmt::Display + 'static,
+    F: FnMut() -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = Result<T, E>>,
+{
+    std::thread::spawn(move || {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(|error| error.to_string())?;
+        runtime.block_on(async {
+            let deadline = std::time::Instant::now() + deadline;
+            let mut retry = retry.attempts();
+            loop {
+                // One attempt may not hang the rebalance: a connection that accepts but never
+                // answers would otherwise block it past every deadline.
+                let result = match tokio::time::timeout(attempt_timeout, attempt()).await {
+                    Ok(Ok(value)) => return Ok(value),
+                    Ok(Err(error)) => (retryable(&error), error.to_string()),
+                    Err(_) => (true, format!("timed out after {attempt_timeout:?}")),
+                };
+                let delay = retry.next_delay();
+                match result {
+                    (true, error) if std::time::Instant::now() + delay < deadline => {
+                        warn!(%error, "{what} failed; retrying");
+                        tokio::time::sleep(delay).await;
+                    }
+                    (_, error) => return Err(error),
+                }
+            }
+        })
+    })
+    .join()
+    .map_err(|_| format!("{what}: its thread panicked"))?
+}
