@@ -15,13 +15,23 @@ use support::*;
 
 /// The value of `quotaflow_alerter_state_entries{map="<map>"}` on the alerter's `/metrics`.
 async fn state_entries(base_url: &str, map: &str) -> Option<f64> {
+    metric(
+        base_url,
+        &format!("quotaflow_alerter_state_entries{{map=\"{map}\"}}"),
+    )
+    .await
+}
+
+/// The value of the series `series` (name and labels as `/metrics` prints them) on the
+/// alerter's `/metrics`.
+async fn metric(base_url: &str, series: &str) -> Option<f64> {
     let body = reqwest::get(format!("{base_url}/metrics"))
         .await
         .ok()?
         .text()
         .await
         .ok()?;
-    let prefix = format!("quotaflow_alerter_state_entries{{map=\"{map}\"}} ");
+    let prefix = format!("{series} ");
     body.lines()
         .find_map(|line| line.strip_prefix(prefix.as_str()))
         .and_then(|value| value.trim().parse().ok())
@@ -315,16 +325,13 @@ async fn a_lifted_block_is_forgotten_with_a_control_tombstone() {
         }
     })
     .await;
-    let body = reqwest::get(format!("{}/metrics", alerter.base_url))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    assert!(
-        body.lines()
-            .any(|line| line == "quotaflow_alerter_decisions_forgotten_total 1"),
-        "{body}"
+    assert_eq!(
+        metric(
+            &alerter.base_url,
+            "quotaflow_alerter_decisions_forgotten_total"
+        )
+        .await,
+        Some(1.0)
     );
     alerter.stop().await.unwrap();
 

@@ -84,7 +84,6 @@ impl Engine {
             .iter()
             .filter_map(|key| self.decisions.get(key))
             .filter(|decision| !self.fired.contains(&decision_alert_key(decision)))
-            .filter(|decision| decision.action != DecisionAction::Allow || decision.version > 1)
             // An old allow read back at a restart (its resolve long sent, its dedup key pruned)
             // is forgotten, not resolved again.
             .filter(|decision| !self.forgettable(decision, now))
