@@ -1,5 +1,9 @@
 //! The consumer loop: assignment (resume from ClickHouse), read, count, flush, back off.
 //!
+//! [`AggregatorLoop`] is a [`CheckpointedStage`]: the loop around it (read, flush by size or
+//! interval, back-off, chores, the bounded final flush, the advisory commit) is
+//! [`infra::checkpointed`]'s, shared with the archiver.
+//!
 //! One task owns the consumer and every [`PartitionAggregator`]. Flushes run inline between
 //! `recv()` calls, and rebalance callbacks run inside `recv()`, so a partition is never revoked
 //! while its flush is being written, except while a failed write is being retried (revocations are
@@ -33,8 +37,9 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use infra::checkpointed::{self, CheckpointedStage, FlushEnd};
 use infra::dead_letter::DeadLetterWriter;
-use infra::external_offsets::{self, lock, Pause};
+use infra::external_offsets::{lock, Pause};
 use infra::shutdown::Shutdown;
 use policy::PolicySet;
 use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
@@ -135,6 +140,8 @@ pub struct AggregatorLoop {
     dead_letters: DeadLetterWriter,
     topic: String,
     flush_interval: Duration,
+    /// When the next timed flush is due (a flush interval after the last flush began).
+    next_flush: tokio::time::Instant,
     flush_max_records: usize,
     /// The per-record work, on threads of its own ([`crate::workers`]).
     workers: Workers,
@@ -170,6 +177,7 @@ impl AggregatorLoop {
             dead_letters,
             topic: topic.to_owned(),
             flush_interval,
+            next_flush: tokio::time::Instant::now() + flush_interval,
             flush_max_records,
             workers: Workers::start(workers, Arc::clone(&stats)),
             owned: BTreeMap::new(),
@@ -220,86 +228,14 @@ impl AggregatorLoop {
     }
 
     /// Runs until `shutdown`, then flushes what was read (bounded to 30 s of retries) and
-    /// commits (advisory).
+    /// commits (advisory): [`infra::checkpointed::run`].
     pub async fn run(mut self, shutdown: Shutdown) -> Result<(), Error> {
-        let result = self.run_until_shutdown(&shutdown).await;
-        let result = match result {
-            Ok(()) => {
-                info!(topic = %self.topic, "aggregator stopping: final flush");
-                let final_flush = Shutdown::new();
-                let stop_retrying = final_flush.clone();
-                let timer = tokio::spawn(async move {
-                    tokio::time::sleep(Duration::from_secs(30)).await;
-                    stop_retrying.cancel();
-                });
-                let result = self.flush(&final_flush).await;
-                timer.abort();
-                self.commit(CommitMode::Sync);
-                result.map(|_| ())
-            }
-            Err(error) => Err(error),
-        };
+        let result = checkpointed::run(&mut self, &shutdown).await;
         if let Some(reload) = &self.reload {
             reload.backfiller.stop();
         }
         self.workers.stop();
         result
-    }
-
-    async fn run_until_shutdown(&mut self, shutdown: &Shutdown) -> Result<(), Error> {
-        let consumer = Arc::clone(&self.consumer);
-        let mut flush_tick = tokio::time::interval(self.flush_interval);
-        flush_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        let mut gauge_tick = tokio::time::interval(Duration::from_secs(2));
-        gauge_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        let early = self.publish_interval;
-        let mut publish_tick = tokio::time::interval(early.unwrap_or(Duration::from_secs(3600)));
-        publish_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        let reload_interval = self.reload.as_ref().and_then(|reload| reload.interval);
-        let mut reload_tick =
-            tokio::time::interval(reload_interval.unwrap_or(Duration::from_secs(3600)));
-        reload_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        reload_tick.tick().await;
-        let mut seeds = self.reload.as_mut().and_then(|reload| reload.seeds.take());
-        loop {
-            self.apply_assignment_changes().await?;
-            let keep_going = tokio::select! {
-                biased;
-                () = shutdown.cancelled() => false,
-                _ = flush_tick.tick() => self.flush(shutdown).await?,
-                message = consumer.recv() => {
-                    self.apply_assignment_changes().await?;
-                    match message {
-                        Ok(message) => self.accept(&message).await?,
-                        Err(error) => warn!(%error, "kafka consumer error"),
-                    }
-                    if self.records_since_flush >= self.flush_max_records {
-                        self.flush(shutdown).await?
-                    } else {
-                        true
-                    }
-                }
-                _ = gauge_tick.tick() => {
-                    self.record_gauges().await?;
-                    true
-                }
-                _ = publish_tick.tick(), if early.is_some() => {
-                    self.publish_early().await?;
-                    true
-                }
-                _ = reload_tick.tick(), if reload_interval.is_some() => {
-                    self.reload_policies().await?;
-                    true
-                }
-                Some(seed) = next_seed(&mut seeds) => {
-                    self.workers.seed(seed).await?;
-                    true
-                }
-            };
-            if !keep_going {
-                return Ok(());
-            }
-        }
     }
 
     async fn apply_assignment_changes(&mut self) -> Result<(), Error> {
@@ -440,13 +376,14 @@ impl AggregatorLoop {
         Ok(())
     }
 
-    /// Writes what changed (see the module docs); `Ok(false)` when shutdown interrupted a retried
-    /// write (the rest is recomputed by the next run).
-    async fn flush(&mut self, shutdown: &Shutdown) -> Result<bool, Error> {
+    /// Writes what changed (see the module docs); [`FlushEnd::Abandoned`] when shutdown
+    /// interrupted a retried write (the rest is recomputed by the next run).
+    async fn write_flush(&mut self, shutdown: &Shutdown) -> Result<FlushEnd, Error> {
         self.records_since_flush = 0;
+        self.next_flush = tokio::time::Instant::now() + self.flush_interval;
         let mut batch: Vec<PartitionFlush> = self.workers.flush().await?;
         if batch.is_empty() {
-            return Ok(true);
+            return Ok(FlushEnd::Done);
         }
         let started = Instant::now();
         let mut attempt = 0u32;
@@ -466,8 +403,8 @@ impl AggregatorLoop {
                         read_ahead = self.read_ahead_while_failing,
                         "flush failed; retrying, still counting and publishing until the read-ahead is spent"
                     );
-                    if !self.back_off(attempt, shutdown).await? {
-                        return Ok(false);
+                    if !checkpointed::back_off(self, attempt, shutdown).await? {
+                        return Ok(FlushEnd::Abandoned);
                     }
                     // Revoked partitions' parts are dropped: their new owner resumes from the
                     // last checkpoint.
@@ -490,8 +427,8 @@ impl AggregatorLoop {
                     .increment(1);
             }
         }
-        self.resume_if_paused();
-        self.commit(CommitMode::Async);
+        checkpointed::resume_if_paused(self);
+        checkpointed::commit(self, CommitMode::Async);
         self.stats
             .flushes
             .fetch_add(1, std::sync::atomic::Ordering::Release);
@@ -504,7 +441,7 @@ impl AggregatorLoop {
             elapsed_ms = started.elapsed().as_millis() as u64,
             "flushed"
         );
-        Ok(true)
+        Ok(FlushEnd::Done)
     }
 
     /// One attempt at writing `batch` (with [`WRITE_TIMEOUT`]), while the loop keeps reading:
@@ -518,28 +455,8 @@ impl AggregatorLoop {
         let sink = self.sink.clone();
         let dead_letters = self.dead_letters.clone();
         let write = tokio::time::timeout(WRITE_TIMEOUT, write_batch(&sink, &dead_letters, batch));
-        tokio::pin!(write);
-        let consumer = Arc::clone(&self.consumer);
-        let early = self.publish_interval;
-        let mut publish_tick = tokio::time::interval(early.unwrap_or(Duration::from_secs(3600)));
-        publish_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        publish_tick.tick().await;
-        loop {
-            tokio::select! {
-                biased;
-                written = &mut write => {
-                    return Ok(written.unwrap_or(Err(SinkError::Timeout(WRITE_TIMEOUT))));
-                }
-                _ = publish_tick.tick(), if early.is_some() => self.publish_early().await?,
-                message = consumer.recv(), if !self.pause.is_paused() => {
-                    self.apply_assignment_changes().await?;
-                    match message {
-                        Ok(message) => self.accept(&message).await?,
-                        Err(error) => warn!(%error, "kafka consumer error"),
-                    }
-                }
-            }
-        }
+        let written = checkpointed::while_writing(self, write).await?;
+        Ok(written.unwrap_or(Err(SinkError::Timeout(WRITE_TIMEOUT))))
     }
 }
 
@@ -557,16 +474,6 @@ pub struct PolicyReload {
     pub seeds: Option<tokio::sync::mpsc::Receiver<crate::partition::Seed>>,
     /// The errors of the directory while it does not load (logged once).
     pub failing: Option<String>,
-}
-
-/// The next seed, or never when there is no receiver.
-async fn next_seed(
-    seeds: &mut Option<tokio::sync::mpsc::Receiver<crate::partition::Seed>>,
-) -> Option<crate::partition::Seed> {
-    match seeds {
-        Some(receiver) => receiver.recv().await,
-        None => std::future::pending().await,
-    }
 }
 
 /// One attempt at writing `batch`, in the order of the module docs.
@@ -632,65 +539,102 @@ async fn write_batch(
     Ok(())
 }
 
-impl AggregatorLoop {
-    /// Waits before retrying a flush. Reading goes on (records counted, policy totals published
-    /// early) until `read_ahead_while_failing` records were read since the flush began; then the
-    /// assignment is paused, while the consumer is still polled (rebalances,
-    /// `max.poll.interval.ms`). Returns `false` if shutdown was requested.
-    async fn back_off(&mut self, attempt: u32, shutdown: &Shutdown) -> Result<bool, Error> {
-        let delay = external_offsets::retry_delay(attempt);
-        self.pause_if_read_ahead_spent();
-        let consumer = Arc::clone(&self.consumer);
-        let until = tokio::time::Instant::now() + delay;
-        let early = self.publish_interval;
-        let mut publish_tick = tokio::time::interval(early.unwrap_or(Duration::from_secs(3600)));
-        publish_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        loop {
-            tokio::select! {
-                biased;
-                () = shutdown.cancelled() => return Ok(false),
-                () = tokio::time::sleep_until(until) => return Ok(true),
-                _ = publish_tick.tick(), if early.is_some() => self.publish_early().await?,
-                message = consumer.recv() => {
-                    self.apply_assignment_changes().await?;
-                    // Already fetched when paused: counted now, written by the next flush.
-                    if let Ok(message) = message {
-                        self.accept(&message).await?;
-                    }
-                    self.pause_if_read_ahead_spent();
-                }
-            }
-        }
+/// The aggregator's chores, by index in [`CheckpointedStage::chores`].
+const CHORE_GAUGES: usize = 0;
+const CHORE_PUBLISH: usize = 1;
+const CHORE_RELOAD: usize = 2;
+/// The period of a chore that is off (never due in practice).
+const OFF: Duration = Duration::from_secs(365 * 24 * 3600);
+
+impl CheckpointedStage for AggregatorLoop {
+    type Context = AggregatorContext;
+    type Error = Error;
+    type Inbox = crate::partition::Seed;
+
+    fn consumer(&self) -> Arc<StreamConsumer<AggregatorContext>> {
+        Arc::clone(&self.consumer)
     }
 
-    /// Pauses reading once a failing flush has let `read_ahead_while_failing` records in.
-    fn pause_if_read_ahead_spent(&mut self) {
-        if self.records_since_flush >= self.read_ahead_while_failing {
-            self.pause_all();
-        }
+    fn topic(&self) -> &str {
+        &self.topic
     }
 
-    fn pause_all(&mut self) {
-        if self.pause.pause_all(&*self.consumer, &self.topic) {
-            metrics::gauge!(metric::PAUSED).set(1.0);
-        }
+    async fn apply_assignment_changes(&mut self) -> Result<(), Error> {
+        AggregatorLoop::apply_assignment_changes(self).await
     }
 
-    fn resume_if_paused(&mut self) {
-        if self.pause.resume(&*self.consumer, &self.topic) {
-            metrics::gauge!(metric::PAUSED).set(0.0);
-        }
+    async fn accept(&mut self, message: &BorrowedMessage<'_>) -> Result<(), Error> {
+        AggregatorLoop::accept(self, message).await
     }
 
-    /// Advisory: committed offsets show progress to Kafka tooling; resuming never reads them.
-    fn commit(&self, mode: CommitMode) {
-        let offsets = self
-            .owned
+    fn flush_due(&self) -> bool {
+        self.records_since_flush >= self.flush_max_records
+    }
+
+    fn flush_deadline(&self) -> Option<tokio::time::Instant> {
+        Some(self.next_flush)
+    }
+
+    async fn flush(&mut self, shutdown: &Shutdown) -> Result<FlushEnd, Error> {
+        self.write_flush(shutdown).await
+    }
+
+    fn durable_offsets(&self) -> Vec<(i32, i64)> {
+        self.owned
             .iter()
-            .filter_map(|(&partition, next)| next.map(|next| (partition, next)));
-        external_offsets::commit_advisory(&*self.consumer, &self.topic, offsets, mode);
+            .filter_map(|(&partition, next)| next.map(|next| (partition, next)))
+            .collect()
     }
 
+    fn pause_state(&mut self) -> &mut Pause {
+        &mut self.pause
+    }
+
+    /// Counting and publishing go on through a failing flush until the read-ahead is spent.
+    fn read_ahead_spent(&self) -> bool {
+        self.records_since_flush >= self.read_ahead_while_failing
+    }
+
+    fn paused_changed(&self, paused: bool) {
+        metrics::gauge!(metric::PAUSED).set(if paused { 1.0 } else { 0.0 });
+    }
+
+    fn chores(&self) -> Vec<Duration> {
+        let reload = self.reload.as_ref().and_then(|reload| reload.interval);
+        let mut chores = vec![OFF; 3];
+        chores[CHORE_GAUGES] = Duration::from_secs(2);
+        chores[CHORE_PUBLISH] = self.publish_interval.unwrap_or(OFF);
+        chores[CHORE_RELOAD] = reload.unwrap_or(OFF);
+        chores
+    }
+
+    async fn chore(&mut self, index: usize) -> Result<(), Error> {
+        match index {
+            CHORE_GAUGES => self.record_gauges().await,
+            CHORE_PUBLISH => self.publish_early().await,
+            CHORE_RELOAD => self.reload_policies().await,
+            _ => Ok(()),
+        }
+    }
+
+    fn chore_while_writing(&self) -> Option<Duration> {
+        self.publish_interval
+    }
+
+    async fn run_chore_while_writing(&mut self) -> Result<(), Error> {
+        self.publish_early().await
+    }
+
+    fn take_inbox(&mut self) -> Option<tokio::sync::mpsc::Receiver<crate::partition::Seed>> {
+        self.reload.as_mut().and_then(|reload| reload.seeds.take())
+    }
+
+    async fn on_inbox(&mut self, seed: crate::partition::Seed) -> Result<(), Error> {
+        Ok(self.workers.seed(seed).await?)
+    }
+}
+
+impl AggregatorLoop {
     async fn record_gauges(&mut self) -> Result<(), Error> {
         let gauges = self.workers.gauges().await?;
         metrics::gauge!(metric::ACTIVE_WINDOWS).set(gauges.active_windows as f64);

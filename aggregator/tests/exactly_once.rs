@@ -7,7 +7,7 @@ mod support;
 use std::time::Duration;
 
 use chrono::{TimeZone, Utc};
-use infra::testkit::{self, FaultProxy};
+use infra::testkit;
 use schemas::UsageEvent;
 use support::*;
 
@@ -186,18 +186,7 @@ async fn a_clickhouse_outage_reads_ahead_then_pauses_and_it_catches_up_afterward
     const READ_AHEAD: usize = 5_000;
     config.aggregate.read_ahead_while_failing = READ_AHEAD;
     // Migrate directly, then point the aggregator at ClickHouse through a proxy we can cut.
-    infra::migrations::migrate(&config.clickhouse)
-        .await
-        .unwrap();
-    let upstream: std::net::SocketAddr = config
-        .clickhouse
-        .url
-        .trim_start_matches("http://")
-        .parse()
-        .unwrap();
-    let proxy = FaultProxy::start(upstream).await.unwrap();
-    let direct = config.clickhouse.clone();
-    config.clickhouse.url = format!("http://{}", proxy.addr());
+    let (proxy, direct) = clickhouse_behind_proxy(&mut config).await;
 
     let events = events_with_duplicates(4, 40_000);
     let running = start(&config).await;

@@ -10,7 +10,7 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use infra::testkit::{self, FaultProxy};
+use infra::testkit;
 use rust_decimal::Decimal;
 use schemas::UsageEvent;
 use support::*;
@@ -75,18 +75,7 @@ async fn policy_totals_keep_flowing_while_clickhouse_is_down() {
     let mut config = isolated_config("agg_ch_down");
     config.aggregate.policies_dir = Some(policies_dir(POLICY));
     config.aggregate.publish_scopes = aggregator::config::PublishScopes::Policies;
-    infra::migrations::migrate(&config.clickhouse)
-        .await
-        .unwrap();
-    let upstream: std::net::SocketAddr = config
-        .clickhouse
-        .url
-        .trim_start_matches("http://")
-        .parse()
-        .unwrap();
-    let proxy = FaultProxy::start(upstream).await.unwrap();
-    let direct = config.clickhouse.clone();
-    config.clickhouse.url = format!("http://{}", proxy.addr());
+    let (proxy, direct) = clickhouse_behind_proxy(&mut config).await;
 
     let start_at: DateTime<Utc> = Utc::now() - chrono::TimeDelta::minutes(5);
     let events = workload(21, 6_000, start_at, 10);

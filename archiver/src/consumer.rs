@@ -1,5 +1,8 @@
 //! The consumer loop: read, classify, batch, flush segment by segment, advisory commit.
 //!
+//! [`ArchiveLoop`] is a [`CheckpointedStage`]; the loop around it is [`infra::checkpointed`]'s,
+//! shared with the aggregator.
+//!
 //! One task owns the consumer, the batch and the sink. Flushes run inline: rebalance callbacks
 //! run inside `recv()`, so a partition is never revoked while one of its INSERTs is in flight,
 //! except while a write is being retried, where revocations are applied between attempts.
@@ -10,13 +13,15 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
+use infra::checkpointed::{self, CheckpointedStage, FlushEnd};
 use infra::config::ClickHouseConfig;
-use infra::external_offsets::{self, Pause};
+use infra::external_offsets::Pause;
 use infra::shutdown::Shutdown;
 use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
+use rdkafka::message::BorrowedMessage;
 use rdkafka::Message;
 use schemas::UsageEvent;
-use tracing::{debug, info, info_span, warn, Instrument};
+use tracing::{debug, info_span, warn, Instrument};
 
 use super::batch::{segments, Batch, Outcome, Record, Segment};
 use super::metrics;
@@ -131,14 +136,6 @@ pub(super) struct ArchiveLoop {
     last_version_us: i64,
 }
 
-/// How a flush ended.
-enum FlushEnd {
-    /// Everything written (or dropped because its partition was revoked).
-    Done,
-    /// Shutdown requested while a write was being retried: the rest is left for the next run.
-    Abandoned,
-}
-
 impl ArchiveLoop {
     pub(super) fn new_context(
         topic: &str,
@@ -178,63 +175,10 @@ impl ArchiveLoop {
         }
     }
 
-    /// Runs until `shutdown`; then stops reading, flushes, commits (advisory) and returns.
+    /// Runs until `shutdown`; then stops reading, flushes, commits (advisory) and returns
+    /// ([`infra::checkpointed::run`]).
     pub(super) async fn run(mut self, shutdown: Shutdown) -> Result<(), ArchiveError> {
-        let max_age = Duration::from_millis(self.config.batch_max_age_ms);
-        let mut lag_tick = tokio::time::interval(Duration::from_secs(5));
-        lag_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        let mut abandoned = false;
-        let consumer = Arc::clone(&self.consumer);
-        loop {
-            self.apply_assignment_changes()?;
-            let deadline = self
-                .batch
-                .deadline(max_age)
-                .map(tokio::time::Instant::from_std);
-            let end = tokio::select! {
-                biased;
-                () = shutdown.cancelled() => break,
-                () = sleep_until(deadline) => self.flush(&shutdown).await?,
-                message = consumer.recv() => {
-                    self.apply_assignment_changes()?;
-                    match message {
-                        Ok(message) => self.accept(&message),
-                        Err(error) => warn!(%error, "kafka consumer error"),
-                    }
-                    if self.batch.is_full(self.config.batch_max_rows, self.config.batch_max_bytes) {
-                        self.flush(&shutdown).await?
-                    } else {
-                        FlushEnd::Done
-                    }
-                }
-                _ = lag_tick.tick() => {
-                    self.record_lag().await;
-                    FlushEnd::Done
-                }
-            };
-            if let FlushEnd::Abandoned = end {
-                abandoned = true;
-                break;
-            }
-        }
-        // Shutdown order: intake has stopped; flush what was read, then the advisory commit.
-        // A shutdown that interrupted a retried write leaves the rest for the next run, which
-        // resumes from ClickHouse anyway.
-        info!(topic = %self.topic, buffered = self.batch.records, abandoned, "archive stopping");
-        if !abandoned {
-            // The caller's token is cancelled by now; the final flush gets its own, bounded.
-            let final_flush = Shutdown::new();
-            let stop_retrying = final_flush.clone();
-            let timer = tokio::spawn(async move {
-                tokio::time::sleep(Duration::from_secs(30)).await;
-                stop_retrying.cancel();
-            });
-            self.flush(&final_flush).await?;
-            timer.abort();
-        }
-        self.commit(CommitMode::Sync);
-        info!(topic = %self.topic, "archive stopped");
-        Ok(())
+        checkpointed::run(&mut self, &shutdown).await
     }
 
     fn apply_assignment_changes(&mut self) -> Result<(), ArchiveError> {
@@ -367,10 +311,10 @@ impl ArchiveLoop {
                 return Ok(FlushEnd::Abandoned);
             }
         }
-        self.resume_if_paused();
+        checkpointed::resume_if_paused(self);
         self.stats.flushes.fetch_add(1, Ordering::AcqRel);
         metrics::flushed(records, started.elapsed());
-        self.commit(CommitMode::Async);
+        checkpointed::commit(self, CommitMode::Async);
         Ok(FlushEnd::Done)
     }
 
@@ -400,7 +344,7 @@ impl ArchiveLoop {
                     metrics::retry();
                     warn!(partition, attempt, %error, "write failed; retrying");
                     pending.push_front(segment);
-                    if !self.back_off(attempt, shutdown).await? {
+                    if !checkpointed::back_off(self, attempt, shutdown).await? {
                         return Ok(FlushEnd::Abandoned);
                     }
                     // The failed INSERT may have committed before its answer was lost: skip
@@ -470,50 +414,6 @@ impl ArchiveLoop {
         }
     }
 
-    /// Waits before retrying a write, with the assignment paused so nothing more is buffered,
-    /// while still polling the consumer (rebalances, `max.poll.interval.ms`). Returns `false` if
-    /// shutdown was requested.
-    async fn back_off(&mut self, attempt: u32, shutdown: &Shutdown) -> Result<bool, ArchiveError> {
-        let delay = external_offsets::retry_delay(attempt);
-        self.pause_all();
-        let consumer = Arc::clone(&self.consumer);
-        let until = tokio::time::Instant::now() + delay;
-        loop {
-            tokio::select! {
-                biased;
-                () = shutdown.cancelled() => return Ok(false),
-                () = tokio::time::sleep_until(until) => return Ok(true),
-                message = consumer.recv() => {
-                    self.apply_assignment_changes()?;
-                    self.pause_all();
-                    // Pausing purges what librdkafka had fetched; a record that was already on its
-                    // way is still accounted for (it only adds to the next batch).
-                    if let Ok(message) = message {
-                        self.accept(&message);
-                    }
-                }
-            }
-        }
-    }
-
-    fn pause_all(&mut self) {
-        self.pause.pause_all(&*self.consumer, &self.topic);
-    }
-
-    fn resume_if_paused(&mut self) {
-        self.pause.resume(&*self.consumer, &self.topic);
-    }
-
-    /// Advisory: the group's committed offsets show progress to Kafka tooling; the archive itself
-    /// never reads them back.
-    fn commit(&self, mode: CommitMode) {
-        let offsets = self
-            .partitions
-            .iter()
-            .filter_map(|(&partition, state)| state.next_to_write.map(|next| (partition, next)));
-        external_offsets::commit_advisory(&*self.consumer, &self.topic, offsets, mode);
-    }
-
     async fn record_lag(&self) {
         let partitions: Vec<(i32, Option<i64>)> = self
             .partitions
@@ -535,9 +435,61 @@ impl ArchiveLoop {
     }
 }
 
-async fn sleep_until(deadline: Option<tokio::time::Instant>) {
-    match deadline {
-        Some(deadline) => tokio::time::sleep_until(deadline).await,
-        None => std::future::pending().await,
+impl CheckpointedStage for ArchiveLoop {
+    type Context = ArchiveContext;
+    type Error = ArchiveError;
+    type Inbox = ();
+
+    fn consumer(&self) -> Arc<StreamConsumer<ArchiveContext>> {
+        Arc::clone(&self.consumer)
+    }
+
+    fn topic(&self) -> &str {
+        &self.topic
+    }
+
+    async fn apply_assignment_changes(&mut self) -> Result<(), ArchiveError> {
+        ArchiveLoop::apply_assignment_changes(self)
+    }
+
+    async fn accept(&mut self, message: &BorrowedMessage<'_>) -> Result<(), ArchiveError> {
+        ArchiveLoop::accept(self, message);
+        Ok(())
+    }
+
+    fn flush_due(&self) -> bool {
+        self.batch
+            .is_full(self.config.batch_max_rows, self.config.batch_max_bytes)
+    }
+
+    fn flush_deadline(&self) -> Option<tokio::time::Instant> {
+        self.batch
+            .deadline(Duration::from_millis(self.config.batch_max_age_ms))
+            .map(tokio::time::Instant::from_std)
+    }
+
+    async fn flush(&mut self, shutdown: &Shutdown) -> Result<FlushEnd, ArchiveError> {
+        ArchiveLoop::flush(self, shutdown).await
+    }
+
+    fn durable_offsets(&self) -> Vec<(i32, i64)> {
+        self.partitions
+            .iter()
+            .filter_map(|(&partition, state)| state.next_to_write.map(|next| (partition, next)))
+            .collect()
+    }
+
+    fn pause_state(&mut self) -> &mut Pause {
+        &mut self.pause
+    }
+
+    /// The consumer lag, every 5 s.
+    fn chores(&self) -> Vec<Duration> {
+        vec![Duration::from_secs(5)]
+    }
+
+    async fn chore(&mut self, _index: usize) -> Result<(), ArchiveError> {
+        self.record_lag().await;
+        Ok(())
     }
 }

@@ -14,7 +14,8 @@
 //! - [`migrations`]: the versioned ClickHouse migrations runner.
 //! - [`dead_letter`]: the writer of dead letters (Kafka topic and ClickHouse `dead_letters`), shared
 //!   by every consumer; the letters themselves are built in `schemas::dead_letter`.
-//! - [`external_offsets`]: helpers for consumers that keep their offsets in their own store.
+//! - [`external_offsets`]: helpers for consumers that keep their offsets in their own store, and
+//!   [`checkpointed`]: the one loop those consumers run on.
 //! - [`service`]: the lifecycle every service shares (ops endpoints, startup, readiness, shutdown).
 //! - [`shutdown`]: the cancellation token every `run(config, shutdown)` takes.
 //! - [`telemetry`]: `tracing` setup and the Prometheus `/metrics`, `/healthz`, `/readyz` endpoints.
@@ -27,6 +28,7 @@
 //! library) depends on `quotaflow-client` alone, not on this crate: it would otherwise link axum,
 //! the ClickHouse client, the Prometheus exporter and figment.
 
+pub mod checkpointed;
 pub mod clickhouse;
 pub mod config;
 pub mod dead_letter;

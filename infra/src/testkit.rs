@@ -135,3 +135,19 @@ where
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
+
+/// Puts `clickhouse` behind a [`FaultProxy`] the test can take down: `clickhouse` then points at
+/// the proxy; returns the proxy and the direct settings (to check tables while it is down).
+pub async fn clickhouse_behind_proxy(
+    clickhouse: &mut ClickHouseConfig,
+) -> std::io::Result<(FaultProxy, ClickHouseConfig)> {
+    let upstream: std::net::SocketAddr = clickhouse
+        .url
+        .trim_start_matches("http://")
+        .parse()
+        .map_err(|error| std::io::Error::new(std::io::ErrorKind::InvalidInput, error))?;
+    let proxy = FaultProxy::start(upstream).await?;
+    let direct = clickhouse.clone();
+    clickhouse.url = format!("http://{}", proxy.addr());
+    Ok((proxy, direct))
+}

@@ -644,3 +644,16 @@ pub async fn dead_letter_kinds(config: &ClickHouseConfig) -> BTreeMap<String, u6
         .map(|row| (row.error_kind, row.letters))
         .collect()
 }
+
+/// Migrates `config`'s database directly, then points `config` at ClickHouse through a proxy the
+/// test can cut; returns the proxy and the direct ClickHouse settings.
+pub async fn clickhouse_behind_proxy(
+    config: &mut Config,
+) -> (testkit::FaultProxy, ClickHouseConfig) {
+    infra::migrations::migrate(&config.clickhouse)
+        .await
+        .unwrap();
+    testkit::clickhouse_behind_proxy(&mut config.clickhouse)
+        .await
+        .unwrap()
+}

@@ -190,16 +190,9 @@ pub fn over_cap(key: &str) -> WindowTotal {
 pub async fn clickhouse_behind_proxy(
     config: &mut Config,
 ) -> (testkit::FaultProxy, infra::config::ClickHouseConfig) {
-    let upstream: std::net::SocketAddr = config
-        .clickhouse
-        .url
-        .trim_start_matches("http://")
-        .parse()
-        .unwrap();
-    let proxy = testkit::FaultProxy::start(upstream).await.unwrap();
-    let direct = config.clickhouse.clone();
-    config.clickhouse.url = format!("http://{}", proxy.addr());
-    (proxy, direct)
+    testkit::clickhouse_behind_proxy(&mut config.clickhouse)
+        .await
+        .unwrap()
 }
 
 /// An in-process alerter.
