@@ -84,18 +84,58 @@ pub enum Outcome {
     Refused(String),
 }
 
+/// Why `approve` or `keygen` could not do its work. A refusal by the alerter's checks is not an
+/// error ([`Outcome::Refused`]). No message quotes a key.
+#[derive(Debug, thiserror::Error)]
+pub enum ApproveError {
+    /// An argument or a key text the command cannot use; the message says which and why.
+    #[error("{0}")]
+    Invalid(String),
+    /// A key file could not be created, written or read.
+    #[error("{what} {}: {source}", path.display())]
+    KeyFile {
+        /// What failed (`cannot create`, `cannot write`, `cannot read the key file`).
+        what: &'static str,
+        /// The file.
+        path: PathBuf,
+        /// The IO error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// A key file's content is not a private key.
+    #[error("key file {}: {source}", path.display())]
+    KeyFileContent {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong with it.
+        #[source]
+        source: Box<ApproveError>,
+    },
+    /// The policy directory does not load.
+    #[error("policies do not load: {0}")]
+    Policies(policy::LoadErrors),
+    /// The approval cannot be encoded (to sign or to write it).
+    #[error("approval not encodable: {0}")]
+    Encode(#[source] schemas::codec::EncodeError),
+    /// The approvals topic refused the record or was unreachable.
+    #[error("approvals topic: {0}")]
+    Kafka(#[source] rdkafka::error::KafkaError),
+}
+
 /// The whole command: parse, sign, check against `config`'s policy directory, write.
-pub async fn run(config: &Config, args: &ApproveArgs) -> Result<Outcome, String> {
+pub async fn run(config: &Config, args: &ApproveArgs) -> Result<Outcome, ApproveError> {
     let scope = parse_scope(&args.scope)?;
     let limit: Decimal = args
         .limit
         .parse()
-        .map_err(|error| format!("--limit {:?}: {error}", args.limit))?;
+        .map_err(|error| ApproveError::Invalid(format!("--limit {:?}: {error}", args.limit)))?;
     let key = match &args.key_file {
         Some(path) => read_private_key_file(path)?,
         None => {
             let text = std::env::var(KEY_ENV).map_err(|_| {
-                format!("no signing key: pass --key-file or set {KEY_ENV} (make one with `keygen`)")
+                ApproveError::Invalid(format!(
+                    "no signing key: pass --key-file or set {KEY_ENV} (make one with `keygen`)"
+                ))
             })?;
             parse_private_key(&Secret::new(text))?
         }
@@ -113,8 +153,8 @@ pub async fn run(config: &Config, args: &ApproveArgs) -> Result<Outcome, String>
         ),
         &key,
     )?;
-    let policies = PolicySet::load_dir(&config.alert.policies_dir)
-        .map_err(|errors| format!("policies do not load: {errors}"))?;
+    let policies =
+        PolicySet::load_dir(&config.alert.policies_dir).map_err(ApproveError::Policies)?;
     if let Err(refusal) = check(&policies, &approval, now) {
         return Ok(Outcome::Refused(refusal));
     }
@@ -124,7 +164,7 @@ pub async fn run(config: &Config, args: &ApproveArgs) -> Result<Outcome, String>
 
 /// Makes a key pair: writes the private key to `args.out` (a new file, mode 0600) and returns
 /// the public key as a policy takes it.
-pub fn keygen(args: &KeygenArgs) -> Result<ApproverKey, String> {
+pub fn keygen(args: &KeygenArgs) -> Result<ApproverKey, ApproveError> {
     let mut seed = [0u8; 32];
     rand::Rng::fill(&mut rand::rng(), &mut seed[..]);
     let key = SigningKey::from_bytes(&seed);
@@ -134,7 +174,7 @@ pub fn keygen(args: &KeygenArgs) -> Result<ApproverKey, String> {
 }
 
 /// [`keygen`], and what to tell its user: where the private key is, and the policy line.
-pub fn keygen_report(args: &KeygenArgs) -> Result<String, String> {
+pub fn keygen_report(args: &KeygenArgs) -> Result<String, ApproveError> {
     let public_key = keygen(args)?;
     Ok(format!(
         "private key written to {} (mode 0600; keep it secret)\npublic key: {public_key}\n\
@@ -145,26 +185,36 @@ pub fn keygen_report(args: &KeygenArgs) -> Result<String, String> {
 }
 
 /// Writes `key` to a new file at `path`, readable by its owner only.
-pub fn write_private_key_file(path: &Path, key: &SigningKey) -> Result<(), String> {
+pub fn write_private_key_file(path: &Path, key: &SigningKey) -> Result<(), ApproveError> {
     use std::io::Write as _;
     let mut options = std::fs::OpenOptions::new();
     options.write(true).create_new(true);
     #[cfg(unix)]
     std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
-    let mut file = options
-        .open(path)
-        .map_err(|error| format!("cannot create {}: {error}", path.display()))?;
+    let mut file = options.open(path).map_err(|source| ApproveError::KeyFile {
+        what: "cannot create",
+        path: path.to_owned(),
+        source,
+    })?;
     let encoded = base64::engine::general_purpose::STANDARD.encode(key.to_bytes());
-    writeln!(file, "{PRIVATE_KEY_PREFIX}{encoded}")
-        .map_err(|error| format!("cannot write {}: {error}", path.display()))
+    writeln!(file, "{PRIVATE_KEY_PREFIX}{encoded}").map_err(|source| ApproveError::KeyFile {
+        what: "cannot write",
+        path: path.to_owned(),
+        source,
+    })
 }
 
 /// Reads a private key file (see [`parse_private_key`]).
-pub fn read_private_key_file(path: &Path) -> Result<SigningKey, String> {
-    let text = std::fs::read_to_string(path)
-        .map_err(|error| format!("cannot read the key file {}: {error}", path.display()))?;
-    parse_private_key(&Secret::new(text))
-        .map_err(|error| format!("key file {}: {error}", path.display()))
+pub fn read_private_key_file(path: &Path) -> Result<SigningKey, ApproveError> {
+    let text = std::fs::read_to_string(path).map_err(|source| ApproveError::KeyFile {
+        what: "cannot read the key file",
+        path: path.to_owned(),
+        source,
+    })?;
+    parse_private_key(&Secret::new(text)).map_err(|source| ApproveError::KeyFileContent {
+        path: path.to_owned(),
+        source: Box::new(source),
+    })
 }
 
 /// DER prefix of an Ed25519 private key in PKCS#8 (RFC 8410), before the 32-byte seed: what
@@ -175,7 +225,11 @@ const PKCS8_ED25519_PREFIX: [u8; 16] = [
 
 /// A private key written `ed25519-private:<base64 seed>` (`keygen`) or as an OpenSSL PKCS#8 PEM.
 /// Errors never quote the key.
-pub fn parse_private_key(text: &Secret) -> Result<SigningKey, String> {
+pub fn parse_private_key(text: &Secret) -> Result<SigningKey, ApproveError> {
+    parse_private_key_text(text).map_err(ApproveError::Invalid)
+}
+
+fn parse_private_key_text(text: &Secret) -> Result<SigningKey, String> {
     let text = text.expose().trim();
     let seed = if let Some(encoded) = text.strip_prefix(PRIVATE_KEY_PREFIX) {
         base64::engine::general_purpose::STANDARD
@@ -205,16 +259,18 @@ pub fn parse_private_key(text: &Secret) -> Result<SigningKey, String> {
 }
 
 /// `approval` with its signature by `key`.
-pub fn sign(mut approval: Approval, key: &SigningKey) -> Result<Approval, String> {
-    let signed = approval
-        .signed_bytes()
-        .map_err(|error| format!("approval not encodable: {error}"))?;
+pub fn sign(mut approval: Approval, key: &SigningKey) -> Result<Approval, ApproveError> {
+    let signed = approval.signed_bytes().map_err(ApproveError::Encode)?;
     approval.signature = key.sign(&signed).to_bytes().to_vec();
     Ok(approval)
 }
 
 /// Parses `team=search, model=gpt-4o` (or `team=search,model=gpt-4o`); empty = the global scope.
-pub fn parse_scope(text: &str) -> Result<BTreeMap<String, String>, String> {
+pub fn parse_scope(text: &str) -> Result<BTreeMap<String, String>, ApproveError> {
+    parse_scope_text(text).map_err(ApproveError::Invalid)
+}
+
+fn parse_scope_text(text: &str) -> Result<BTreeMap<String, String>, String> {
     let mut scope = BTreeMap::new();
     for pair in text
         .split(',')
@@ -274,17 +330,21 @@ pub fn check(policies: &PolicySet, approval: &Approval, now: DateTime<Utc>) -> R
 }
 
 /// Writes `approval` to the approvals topic and waits for the broker's acknowledgement.
-pub async fn publish(kafka: &KafkaConfig, approval: &Approval) -> Result<(), String> {
-    let payload = schemas::codec::encode(approval).map_err(|error| error.to_string())?;
+pub async fn publish(kafka: &KafkaConfig, approval: &Approval) -> Result<(), ApproveError> {
+    let payload = schemas::codec::encode(approval).map_err(ApproveError::Encode)?;
     publish_record(kafka, &approval.approval_id, &payload).await
 }
 
 /// Writes `payload` to the approvals topic under `key` and waits for the broker's acknowledgement
 /// (the tests use it to write records the command would not: forged, unsigned, mis-keyed).
-pub async fn publish_record(kafka: &KafkaConfig, key: &str, payload: &[u8]) -> Result<(), String> {
+pub async fn publish_record(
+    kafka: &KafkaConfig,
+    key: &str,
+    payload: &[u8],
+) -> Result<(), ApproveError> {
     let producer: FutureProducer = infra::kafka::producer_config(kafka, "quotaflow-approve")
         .create()
-        .map_err(|error| error.to_string())?;
+        .map_err(ApproveError::Kafka)?;
     producer
         .send(
             FutureRecord::to(&kafka.topics.approvals)
@@ -294,7 +354,7 @@ pub async fn publish_record(kafka: &KafkaConfig, key: &str, payload: &[u8]) -> R
         )
         .await
         .map(|_| ())
-        .map_err(|(error, _)| error.to_string())
+        .map_err(|(error, _)| ApproveError::Kafka(error))
 }
 
 #[cfg(test)]
@@ -349,9 +409,13 @@ mod tests {
             "d75a980182b10ab7d54bfed3c964073a0ee172f3daa62325af021a68f707511a"
         );
         let secret = "ed25519-private:c2VjcmV0LXRvby1zaG9ydA==";
-        let error = parse_private_key(&Secret::new(secret)).unwrap_err();
+        let error = parse_private_key(&Secret::new(secret))
+            .unwrap_err()
+            .to_string();
         assert!(!error.contains("c2VjcmV0"), "{error}");
-        let error = parse_private_key(&Secret::new("hunter2")).unwrap_err();
+        let error = parse_private_key(&Secret::new("hunter2"))
+            .unwrap_err()
+            .to_string();
         assert!(!error.contains("hunter2"), "{error}");
     }
 }

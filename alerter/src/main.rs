@@ -70,10 +70,7 @@ async fn main() -> anyhow::Result<ExitCode> {
             })
         }
         Command::Keygen(keygen) => Ok(print_keygen(&keygen)),
-        Command::Approve(args) => match alerter::approve::run(&config, &args)
-            .await
-            .map_err(anyhow::Error::msg)?
-        {
+        Command::Approve(args) => match alerter::approve::run(&config, &args).await? {
             alerter::approve::Outcome::Refused(reason) => {
                 eprintln!("approval refused: {reason}");
                 Ok(ExitCode::FAILURE)

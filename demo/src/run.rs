@@ -377,10 +377,7 @@ async fn approve(
         by: crate::keys::APPROVER.to_owned(),
         key_file: Some(key_file.to_path_buf()),
     };
-    match alerter::approve::run(config, &args)
-        .await
-        .map_err(anyhow::Error::msg)?
-    {
+    match alerter::approve::run(config, &args).await? {
         alerter::approve::Outcome::Written(approval) => {
             progress.println(format!(
                 "alice approved {} USD for {} until {} ({})",

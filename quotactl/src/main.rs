@@ -87,10 +87,7 @@ async fn main() -> anyhow::Result<ExitCode> {
     let args = Args::parse();
     if let Command::Keygen(keygen) = &args.command {
         // No config needed: a key pair is made offline.
-        println!(
-            "{}",
-            alerter::approve::keygen_report(keygen).map_err(anyhow::Error::msg)?
-        );
+        println!("{}", alerter::approve::keygen_report(keygen)?);
         return Ok(ExitCode::SUCCESS);
     }
     let config: alerter::Config = infra::config::load(args.config.as_deref())?;
@@ -195,10 +192,7 @@ async fn main() -> anyhow::Result<ExitCode> {
             }
         }
         Command::Keygen(_) => {} // handled before the config is loaded
-        Command::Approve(approve) => match alerter::approve::run(&config, &approve)
-            .await
-            .map_err(anyhow::Error::msg)?
-        {
+        Command::Approve(approve) => match alerter::approve::run(&config, &approve).await? {
             alerter::approve::Outcome::Refused(reason) => {
                 eprintln!("approval refused: {reason}");
                 return Ok(ExitCode::FAILURE);
