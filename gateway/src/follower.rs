@@ -392,6 +392,7 @@ impl Gateway {
                 ),
                 policy_id: Arc::from("gateway.fail_closed"),
                 key: Arc::from(""),
+                until: None,
             },
         };
         Ok(Gateway {

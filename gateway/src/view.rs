@@ -131,6 +131,9 @@ pub enum Verdict {
         policy_id: Arc<str>,
         /// Compaction key of the decision (empty for the gateway's own fail-closed verdict).
         key: Arc<str>,
+        /// When the block ends unless lifted earlier (its `expires_at`, else the end of its
+        /// window): what a `Retry-After` says. `None`: not known (until superseded).
+        until: Option<DateTime<Utc>>,
     },
     /// Let the request go, routed to `to` instead.
     Degrade {
@@ -142,6 +145,8 @@ pub enum Verdict {
         policy_id: Arc<str>,
         /// Compaction key of the decision.
         key: Arc<str>,
+        /// When the degrade ends unless lifted earlier (as for [`Verdict::Block`]).
+        until: Option<DateTime<Utc>>,
     },
 }
 
@@ -194,6 +199,8 @@ struct ActiveDecision {
     indexed_by: Option<usize>,
     /// `expires_at` in microseconds since the epoch; `i64::MAX` when it never expires.
     expires_at_micros: i64,
+    /// When it ends unless lifted: `expires_at`, else the end of its window (`None`: unknown).
+    until: Option<DateTime<Utc>>,
 }
 
 impl ActiveDecision {
@@ -231,14 +238,26 @@ impl ActiveDecision {
                 reason: self.reason.clone(),
                 policy_id: self.policy_id.clone(),
                 key: self.key.clone(),
+                until: self.until,
             },
             Some(to) => Verdict::Degrade {
                 to: to.clone(),
                 reason: self.reason.clone(),
                 policy_id: self.policy_id.clone(),
                 key: self.key.clone(),
+                until: self.until,
             },
         }
+    }
+}
+
+/// When a decision ends unless lifted: its `expires_at`, else the end of its window when that is
+/// a real window (after its start; a gauge's window, e.g. concurrent jobs, has none).
+fn decision_until(decision: &ControlDecision) -> Option<DateTime<Utc>> {
+    let window_end = (decision.window_end > decision.window_start).then_some(decision.window_end);
+    match (decision.expires_at, window_end) {
+        (Some(expires_at), Some(end)) => Some(expires_at.min(end)),
+        (expires_at, end) => expires_at.or(end),
     }
 }
 
@@ -358,6 +377,7 @@ impl DecisionView {
             expires_at_micros: decision
                 .expires_at
                 .map_or(i64::MAX, |expires_at| expires_at.timestamp_micros()),
+            until: decision_until(decision),
         });
         self.index_decision(&active);
         self.active.insert(active.key.clone(), active);

@@ -108,7 +108,13 @@ fn the_service_runtime_is_what_the_check_looks_for() {
 /// The service crates (each a binary with its own stack). None links another: what two services
 /// share is a pure core (`quotaflow-admission`, `quotaflow-totals`, `policy`, `schemas`, ...) or
 /// a library (`gateway`, `quotaflow-recorder`), never another service's runtime.
-const SERVICES: [&str; 4] = ["ingest", "quotaflow-archiver", "aggregator", "alerter"];
+const SERVICES: [&str; 5] = [
+    "ingest",
+    "quotaflow-archiver",
+    "aggregator",
+    "alerter",
+    "quotaflow-decide",
+];
 
 #[test]
 fn no_service_links_another_service() {

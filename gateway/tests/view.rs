@@ -482,3 +482,33 @@ fn an_overflow_bucket_decision_applies_to_any_value_of_its_dimension() {
     assert_eq!(view.apply(&lift), ApplyOutcome::Lifted);
     assert_eq!(view.check(&other_team, now()), Verdict::Allow);
 }
+
+/// What a `Retry-After` is made of: the decision's `expires_at`, else the end of its window; a
+/// window without an end after its start (a gauge's) gives none.
+#[test]
+fn a_verdict_says_until_when_its_decision_holds() {
+    let until = |decision: &ControlDecision| {
+        let mut view = DecisionView::new();
+        view.apply(decision);
+        match view.check(&search_gpt4o(), now()) {
+            Verdict::Block { until, .. } | Verdict::Degrade { until, .. } => until,
+            Verdict::Allow => panic!("{} should match", decision.key),
+        }
+    };
+    let mut by_window = decision("day", &[("team", "search")], DecisionAction::Block, 1);
+    by_window.expires_at = None;
+    assert_eq!(until(&by_window), Some(now() + Duration::hours(12)));
+
+    let mut expiring = by_window.clone();
+    expiring.expires_at = Some(now() + Duration::hours(1));
+    assert_eq!(until(&expiring), Some(now() + Duration::hours(1)));
+    let mut late_expiry = by_window.clone();
+    late_expiry.expires_at = Some(now() + Duration::days(3));
+    assert_eq!(until(&late_expiry), Some(now() + Duration::hours(12)));
+
+    let mut gauge = decision("jobs", &[("team", "search")], DecisionAction::Degrade, 1);
+    gauge.expires_at = None;
+    gauge.window_start = DateTime::UNIX_EPOCH;
+    gauge.window_end = DateTime::UNIX_EPOCH;
+    assert_eq!(until(&gauge), None);
+}

@@ -1,0 +1,176 @@
+//! A request's attributes as the sidecar receives them: `x-quotaflow-*` headers (forward-auth,
+//! ext_authz) or a JSON object (`POST /v1/check`), owned, and lent to the gateway crate as a
+//! [`RequestAttributes`].
+//!
+//! | header | attribute |
+//! |---|---|
+//! | `x-quotaflow-api-key` | `api_key_id` |
+//! | `x-quotaflow-team` | `team` |
+//! | `x-quotaflow-user` | `user_id` (absent: no user) |
+//! | `x-quotaflow-customer` | `customer_id` (absent: no customer) |
+//! | `x-quotaflow-workflow` | `workflow` |
+//! | `x-quotaflow-environment` | `environment` |
+//! | `x-quotaflow-provider` | `provider` |
+//! | `x-quotaflow-model` | `model` |
+//! | `x-quotaflow-endpoint` | `endpoint` |
+//! | `x-quotaflow-modality` | `modality` |
+//! | `x-quotaflow-label-<name>` | label `<name>` |
+//!
+//! Header names are case-insensitive; a header given twice keeps its first value.
+
+use std::collections::BTreeMap;
+
+use gateway::RequestAttributes;
+use serde::{Deserialize, Serialize};
+
+/// The prefix of every attribute header.
+pub const HEADER_PREFIX: &str = "x-quotaflow-";
+/// The prefix of label headers.
+pub const LABEL_PREFIX: &str = "x-quotaflow-label-";
+
+/// A request's attributes, owned.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Attributes {
+    /// `api_key_id`.
+    #[serde(default)]
+    pub api_key_id: String,
+    /// `team`.
+    #[serde(default)]
+    pub team: String,
+    /// `user_id`, when the request has one.
+    #[serde(default)]
+    pub user_id: Option<String>,
+    /// `customer_id`, when the request has one.
+    #[serde(default)]
+    pub customer_id: Option<String>,
+    /// `workflow`.
+    #[serde(default)]
+    pub workflow: String,
+    /// `environment`.
+    #[serde(default)]
+    pub environment: String,
+    /// `provider`.
+    #[serde(default)]
+    pub provider: String,
+    /// `model`.
+    #[serde(default)]
+    pub model: String,
+    /// `endpoint`.
+    #[serde(default)]
+    pub endpoint: String,
+    /// `modality` (text, image, video, audio, embedding, batch).
+    #[serde(default)]
+    pub modality: String,
+    /// Free labels, matched by scope dimensions `labels.<name>`.
+    #[serde(default)]
+    pub labels: BTreeMap<String, String>,
+}
+
+impl Attributes {
+    /// The attributes in `headers` (name, value) pairs; names in any case.
+    pub fn from_headers<'h>(headers: impl IntoIterator<Item = (&'h str, &'h str)>) -> Attributes {
+        let mut attributes = Attributes::default();
+        for (name, value) in headers {
+            if name.len() <= HEADER_PREFIX.len()
+                || !name[..HEADER_PREFIX.len()].eq_ignore_ascii_case(HEADER_PREFIX)
+            {
+                continue;
+            }
+            let name = name[HEADER_PREFIX.len()..].to_ascii_lowercase();
+            let value = value.trim();
+            let field = match name.as_str() {
+                "api-key" => &mut attributes.api_key_id,
+                "team" => &mut attributes.team,
+                "workflow" => &mut attributes.workflow,
+                "environment" => &mut attributes.environment,
+                "provider" => &mut attributes.provider,
+                "model" => &mut attributes.model,
+                "endpoint" => &mut attributes.endpoint,
+                "modality" => &mut attributes.modality,
+                "user" => {
+                    attributes.user_id.get_or_insert_with(|| value.to_owned());
+                    continue;
+                }
+                "customer" => {
+                    attributes
+                        .customer_id
+                        .get_or_insert_with(|| value.to_owned());
+                    continue;
+                }
+                other => {
+                    if let Some(label) = other.strip_prefix("label-") {
+                        if !label.is_empty() {
+                            attributes
+                                .labels
+                                .entry(label.to_owned())
+                                .or_insert_with(|| value.to_owned());
+                        }
+                    }
+                    continue;
+                }
+            };
+            if field.is_empty() {
+                value.clone_into(field);
+            }
+        }
+        attributes
+    }
+
+    /// Runs `check` on these attributes lent as [`RequestAttributes`].
+    pub fn with<R>(&self, check: impl FnOnce(&RequestAttributes<'_>) -> R) -> R {
+        let labels: Vec<(&str, &str)> = self
+            .labels
+            .iter()
+            .map(|(name, value)| (name.as_str(), value.as_str()))
+            .collect();
+        check(&RequestAttributes {
+            api_key_id: &self.api_key_id,
+            team: &self.team,
+            user_id: self.user_id.as_deref(),
+            customer_id: self.customer_id.as_deref(),
+            workflow: &self.workflow,
+            environment: &self.environment,
+            provider: &self.provider,
+            model: &self.model,
+            endpoint: &self.endpoint,
+            modality: &self.modality,
+            labels: &labels,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn headers_in_any_case_fill_the_attributes_and_the_first_value_wins() {
+        let attributes = Attributes::from_headers([
+            ("X-QuotaFlow-Api-Key", " key-1 "),
+            ("x-quotaflow-team", "search"),
+            ("x-quotaflow-team", "other"),
+            ("x-quotaflow-user", "alice"),
+            ("x-quotaflow-label-feature", "summaries"),
+            ("x-quotaflow-label-", "ignored"),
+            ("x-quotaflow-unknown", "ignored"),
+            ("authorization", "Bearer secret"),
+            ("x-quotaflow-", "ignored"),
+        ]);
+        assert_eq!(
+            attributes,
+            Attributes {
+                api_key_id: "key-1".into(),
+                team: "search".into(),
+                user_id: Some("alice".into()),
+                labels: [("feature".to_owned(), "summaries".to_owned())].into(),
+                ..Attributes::default()
+            }
+        );
+        attributes.with(|request| {
+            assert_eq!(request.api_key_id, "key-1");
+            assert_eq!(request.customer_id, None);
+            assert_eq!(request.labels, &[("feature", "summaries")]);
+        });
+    }
+}

@@ -1,0 +1,96 @@
+//! The sidecar's settings: a TOML file and `QUOTAFLOW_*` environment variables
+//! (`infra::config::load`), every section with `deny_unknown_fields`.
+
+use std::net::SocketAddr;
+
+use gateway::GatewayConfig;
+use infra::config::HttpConfig;
+use serde::{Deserialize, Serialize};
+
+/// Everything the sidecar needs.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// The control topic to follow and what to answer while it cannot be trusted
+    /// (`failure_mode`, `max_staleness_ms`).
+    pub gateway: GatewayConfig,
+    /// Forward-auth, the JSON API and `/metrics`, `/healthz`, `/readyz`.
+    pub http: HttpConfig,
+    /// Envoy ext_authz over gRPC.
+    pub grpc: GrpcConfig,
+    /// How answers look.
+    pub answers: AnswerConfig,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            gateway: GatewayConfig {
+                client_id: "quotaflow-decide".to_owned(),
+                ..GatewayConfig::default()
+            },
+            http: HttpConfig::with_port(8181),
+            grpc: GrpcConfig::default(),
+            answers: AnswerConfig::default(),
+        }
+    }
+}
+
+impl Config {
+    /// Checks what would make answers wrong rather than fail.
+    pub fn validate(&self) -> Result<(), String> {
+        self.gateway.validate().map_err(|error| error.to_string())?;
+        self.answers.validate()
+    }
+}
+
+/// The ext_authz listener.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct GrpcConfig {
+    /// Address to bind; absent: no gRPC listener.
+    pub listen: Option<SocketAddr>,
+}
+
+impl Default for GrpcConfig {
+    fn default() -> Self {
+        Self {
+            listen: Some(SocketAddr::from(([127, 0, 0, 1], 9191))),
+        }
+    }
+}
+
+/// How refusals are answered.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AnswerConfig {
+    /// HTTP status of a refusal (forward-auth and ext_authz): 429 by default; 403 behind NGINX,
+    /// whose `auth_request` turns anything but 2xx, 401 and 403 into a 500.
+    pub deny_status: u16,
+    /// Whether a request without `x-quotaflow-api-key` (or `api_key_id` in JSON) is refused
+    /// (`true`, the default: a misconfigured gateway must not bypass every key's quota) or
+    /// checked with an empty key.
+    pub require_api_key: bool,
+}
+
+impl Default for AnswerConfig {
+    fn default() -> Self {
+        Self {
+            deny_status: 429,
+            require_api_key: true,
+        }
+    }
+}
+
+impl AnswerConfig {
+    /// A refusal must look like one to every gateway: a 4xx or 5xx status.
+    pub fn validate(&self) -> Result<(), String> {
+        if !(400..=599).contains(&self.deny_status) {
+            return Err(format!(
+                "answers.deny_status {} is not an error status (400-599)",
+                self.deny_status
+            ));
+        }
+        Ok(())
+    }
+}

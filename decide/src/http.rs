@@ -1,0 +1,122 @@
+//! The HTTP surfaces: forward-auth (`/v1/authz`, any method, any path below it) and the JSON API
+//! (`POST /v1/check`). See the crate docs for what each answers.
+
+use std::sync::Arc;
+
+use axum::body::Bytes;
+use axum::extract::State;
+use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{any, post};
+use axum::{Json, Router};
+
+use crate::answer::Answer;
+use crate::attributes::Attributes;
+use crate::config::AnswerConfig;
+use crate::Checker;
+
+/// What every handler shares.
+#[derive(Clone)]
+pub(crate) struct Decider {
+    checker: Arc<dyn Checker>,
+    settings: Arc<AnswerConfig>,
+}
+
+impl Decider {
+    pub(crate) fn new(checker: Arc<dyn Checker>, settings: Arc<AnswerConfig>) -> Self {
+        Self { checker, settings }
+    }
+
+    /// The answer for `attributes`, counted under `surface`. A request without an API key is
+    /// refused when `answers.require_api_key` says so.
+    pub(crate) fn decide(&self, attributes: &Attributes, surface: &'static str) -> Answer {
+        let now = chrono::Utc::now();
+        let answer = if self.settings.require_api_key && attributes.api_key_id.is_empty() {
+            Answer {
+                decision: "block",
+                allowed: false,
+                policy_id: Some("decide.missing_api_key".to_owned()),
+                reason: Some(
+                    "the request names no API key (x-quotaflow-api-key); the sidecar \
+                     refuses requests it cannot hold to a key's quota (answers.require_api_key)"
+                        .to_owned(),
+                ),
+                degrade_to: None,
+                until: None,
+                retry_after_seconds: None,
+            }
+        } else {
+            let verdict = attributes.with(|request| self.checker.check(request));
+            Answer::of(&verdict, now)
+        };
+        crate::metrics::checked(surface, answer.decision);
+        answer
+    }
+
+    pub(crate) fn deny_status(&self) -> u16 {
+        self.settings.deny_status
+    }
+}
+
+/// The sidecar's routes (the ops routes are added by the service lifecycle).
+pub fn routes(checker: Arc<impl Checker>, settings: Arc<AnswerConfig>) -> Router {
+    let decider = Decider::new(checker, settings);
+    Router::new()
+        .route("/v1/authz", any(forward_auth))
+        .route("/v1/authz/{*rest}", any(forward_auth))
+        .route("/v1/check", post(check))
+        .with_state(decider)
+}
+
+/// Forward-auth: attributes from `x-quotaflow-*` headers; 200 to let the request go (allowed or
+/// degraded), the deny status to refuse, with the answer's headers either way.
+async fn forward_auth(State(decider): State<Decider>, headers: HeaderMap) -> Response {
+    let attributes = Attributes::from_headers(
+        headers
+            .iter()
+            .filter_map(|(name, value)| Some((name.as_str(), value.to_str().ok()?))),
+    );
+    let answer = decider.decide(&attributes, "forward_auth");
+    let status = if answer.allowed {
+        StatusCode::OK
+    } else {
+        StatusCode::from_u16(decider.deny_status()).unwrap_or(StatusCode::TOO_MANY_REQUESTS)
+    };
+    let mut response = if answer.allowed {
+        status.into_response()
+    } else {
+        (status, Json(answer.error_body())).into_response()
+    };
+    for (name, value) in answer.headers() {
+        if let Ok(value) = HeaderValue::from_str(&value) {
+            response
+                .headers_mut()
+                .insert(HeaderName::from_static(name), value);
+        }
+    }
+    response
+}
+
+/// The JSON API: the attributes as a JSON object, the [`Answer`] as one. Malformed JSON, an
+/// unknown field or (with `answers.require_api_key`) a missing `api_key_id` is a 400 saying so.
+async fn check(State(decider): State<Decider>, body: Bytes) -> Response {
+    let attributes: Attributes = match serde_json::from_slice(&body) {
+        Ok(attributes) => attributes,
+        Err(error) => return invalid(format!("the body is not a check request: {error}")),
+    };
+    if decider.settings.require_api_key && attributes.api_key_id.is_empty() {
+        return invalid("api_key_id is missing or empty".to_owned());
+    }
+    Json(decider.decide(&attributes, "check")).into_response()
+}
+
+fn invalid(message: String) -> Response {
+    crate::metrics::invalid("check");
+    (
+        StatusCode::BAD_REQUEST,
+        Json(serde_json::json!({
+            "error": {"type": "invalid_request", "message": message}
+        })),
+    )
+        .into_response()
+}

@@ -1,0 +1,202 @@
+//! `quotaflow-decide`, the decision sidecar: any gateway asks it "may this request go?" and it
+//! answers from the control topic, through the [`gateway`] crate (no ClickHouse, no network call
+//! on the request path: one in-memory [`gateway::DecisionView`] lookup).
+//!
+//! Three ways to ask, one answer ([`answer::Answer`]):
+//! - **Envoy external authorization v3 over gRPC** ([`ext_authz`]): Envoy, Envoy Gateway, Istio,
+//!   Contour. A denial carries the configured status (429 by default) and headers; a degrade
+//!   lets the request go with `x-quotaflow-degrade-to` added for the router.
+//! - **HTTP forward-auth** (`/v1/authz`, any method, any path below it; [`http`]): NGINX
+//!   `auth_request`, Traefik ForwardAuth, a Kong plugin, a LiteLLM pre-call hook. The request's
+//!   attributes come in `x-quotaflow-*` headers ([`attributes`]); 200 allows, the configured deny
+//!   status (429, or 403 for NGINX, whose `auth_request` accepts only 2xx, 401 and 403) refuses.
+//! - **A JSON API** `POST /v1/check` for applications: the attributes as a JSON object, the answer
+//!   as a JSON object (always 200 when the request is well formed).
+//!
+//! Every refusal says `Retry-After` (seconds until the block's `expires_at` or its window's end),
+//! `x-quotaflow-policy` and `x-quotaflow-reason`. While the gateway's view is not caught up with
+//! the control topic, or the topic has been unreachable for longer than
+//! `gateway.max_staleness_ms`, answers follow `gateway.failure_mode` (open: allow; closed: refuse
+//! with policy `gateway.fail_closed`). `/readyz` is 200 once the view has caught up.
+//!
+//! # Delivery guarantee
+//! The sidecar keeps no state of its own: it answers from the newest decisions it has read, so a
+//! decision is obeyed as soon as the follower reads it (tens of milliseconds after the alerter
+//! publishes it, measured in `docs/benchmarks.md`), and a restarted sidecar answers again once it
+//! has re-read the compacted topic.
+
+pub mod answer;
+pub mod attributes;
+pub mod config;
+pub mod ext_authz;
+pub mod http;
+pub mod metrics;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use gateway::{Gateway, RequestAttributes, Verdict};
+use infra::shutdown::Shutdown;
+use tokio::net::TcpListener;
+use tracing::info;
+
+pub use config::Config;
+
+/// What answers a check: the [`Gateway`] (the control topic's decisions), or anything else that
+/// can (a fixed view in tests).
+pub trait Checker: Send + Sync + 'static {
+    /// What to do with `request` now.
+    fn check(&self, request: &RequestAttributes<'_>) -> Verdict;
+    /// Whether answers come from caught-up decisions (for `/readyz`).
+    fn is_ready(&self) -> bool;
+}
+
+impl Checker for Gateway {
+    fn check(&self, request: &RequestAttributes<'_>) -> Verdict {
+        Gateway::check(self, request)
+    }
+
+    fn is_ready(&self) -> bool {
+        Gateway::is_ready(self)
+    }
+}
+
+/// A fixed set of decisions, checked at the wall clock: for tests and for trying a gateway's
+/// configuration without Kafka.
+#[derive(Debug, Default)]
+pub struct FixedView(pub std::sync::RwLock<gateway::DecisionView>);
+
+impl Checker for FixedView {
+    fn check(&self, request: &RequestAttributes<'_>) -> Verdict {
+        self.0
+            .read()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .check(request, chrono::Utc::now())
+    }
+
+    fn is_ready(&self) -> bool {
+        true
+    }
+}
+
+/// Why the sidecar stopped or could not start; says whether retrying can help.
+#[derive(Debug, thiserror::Error)]
+pub enum DecideError {
+    /// The settings are invalid.
+    #[error("invalid config: {0}")]
+    Config(String),
+    /// The gateway client could not start (its settings, or Kafka).
+    #[error("gateway: {0}")]
+    Gateway(#[from] gateway::GatewayError),
+    /// A listener could not be bound or served.
+    #[error("{what}: {source}")]
+    Listener {
+        /// Which listener.
+        what: &'static str,
+        /// The IO error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The gRPC server failed.
+    #[error("ext_authz gRPC server: {0}")]
+    Grpc(#[from] tonic::transport::Error),
+    /// The HTTP server or the lifecycle failed.
+    #[error(transparent)]
+    Service(#[from] infra::service::ServiceError),
+}
+
+impl DecideError {
+    /// Whether starting again later may succeed.
+    pub fn is_retryable(&self) -> bool {
+        match self {
+            DecideError::Config(_) => false,
+            DecideError::Gateway(error) => error.is_retryable(),
+            DecideError::Listener { .. } | DecideError::Grpc(_) => true,
+            DecideError::Service(error) => error.is_retryable(),
+        }
+    }
+}
+
+/// Runs the sidecar with `config` until `shutdown`: binds its listeners, follows the control topic.
+pub async fn run(config: Config, shutdown: Shutdown) -> Result<(), DecideError> {
+    let http = infra::service::bind(config.http.listen).await?;
+    let grpc = match config.grpc.listen {
+        Some(address) => {
+            Some(
+                TcpListener::bind(address)
+                    .await
+                    .map_err(|source| DecideError::Listener {
+                        what: "ext_authz gRPC listener",
+                        source,
+                    })?,
+            )
+        }
+        None => None,
+    };
+    config.validate().map_err(DecideError::Config)?;
+    let gateway = Gateway::start(config.gateway.clone())?;
+    serve(Arc::new(gateway), &config, http, grpc, shutdown).await
+}
+
+/// Serves checks answered by `checker` on `http` (forward-auth, the JSON API and the ops routes)
+/// and `grpc` (ext_authz) until `shutdown`; ready once `checker` is.
+pub async fn serve<C: Checker>(
+    checker: Arc<C>,
+    config: &Config,
+    http: TcpListener,
+    grpc: Option<TcpListener>,
+    shutdown: Shutdown,
+) -> Result<(), DecideError> {
+    config.validate().map_err(DecideError::Config)?;
+    let settings = Arc::new(config.answers.clone());
+    // Its own token, so that a failed HTTP side can stop it without cancelling the caller's.
+    let stop_grpc = shutdown.child_token();
+    let grpc = match grpc {
+        Some(listener) => {
+            let address = listener
+                .local_addr()
+                .map_err(|source| DecideError::Listener {
+                    what: "ext_authz gRPC listener",
+                    source,
+                })?;
+            info!(%address, "ext_authz gRPC listening");
+            let service = ext_authz::ExtAuthz::new(Arc::clone(&checker), Arc::clone(&settings));
+            Some(tokio::spawn(ext_authz::serve(
+                service,
+                listener,
+                stop_grpc.clone(),
+            )))
+        }
+        None => None,
+    };
+    let routes = http::routes(Arc::clone(&checker), settings);
+    let ready = Arc::clone(&checker);
+    let served = infra::service::serve_until_shutdown(
+        http,
+        routes,
+        shutdown.clone(),
+        async move {
+            // Ready once the view has caught up; until then answers follow the failure mode.
+            while !ready.is_ready() {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            Ok::<(), DecideError>(())
+        },
+        |()| info!("caught up with the control topic"),
+    )
+    .await;
+    // A failed HTTP side stops the gRPC side too.
+    stop_grpc.cancel();
+    if let Some(grpc) = grpc {
+        match grpc.await {
+            Ok(result) => result?,
+            Err(join) => {
+                return Err(DecideError::Listener {
+                    what: "ext_authz gRPC task",
+                    source: std::io::Error::other(join.to_string()),
+                })
+            }
+        }
+    }
+    served.map(|_| ())
+}

@@ -1,0 +1,17 @@
+//! The sidecar's Prometheus metrics (`quotaflow_decide_…`).
+
+/// Checks answered, by `surface` (`ext_authz`, `forward_auth`, `check`) and `decision` (`allow`,
+/// `block`, `degrade`).
+pub const CHECKS: &str = "quotaflow_decide_checks_total";
+/// Requests refused before any check because they were malformed (the JSON API), by `surface`.
+pub const INVALID: &str = "quotaflow_decide_invalid_requests_total";
+
+/// Counts one answered check.
+pub fn checked(surface: &'static str, decision: &'static str) {
+    metrics::counter!(CHECKS, "surface" => surface, "decision" => decision).increment(1);
+}
+
+/// Counts one malformed request.
+pub fn invalid(surface: &'static str) {
+    metrics::counter!(INVALID, "surface" => surface).increment(1);
+}

@@ -1,0 +1,351 @@
+//! The sidecar's three surfaces (forward-auth, the JSON API, Envoy ext_authz over gRPC) answer
+//! the same verdicts with the documented statuses, headers and bodies. In-process, on a fixed
+//! decision view: no Kafka needed (the live test follows a real control topic).
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::{DateTime, TimeDelta, Utc};
+use envoy_types::pb::envoy::service::auth::v3::attribute_context::{HttpRequest, Request};
+use envoy_types::pb::envoy::service::auth::v3::authorization_client::AuthorizationClient;
+use envoy_types::pb::envoy::service::auth::v3::check_response::HttpResponse;
+use envoy_types::pb::envoy::service::auth::v3::{AttributeContext, CheckRequest};
+use infra::shutdown::Shutdown;
+use quotaflow_decide::{Config, FixedView};
+use schemas::{ControlDecision, DecisionAction};
+
+/// gRPC status codes (google.rpc.Code).
+const OK: i32 = 0;
+const PERMISSION_DENIED: i32 = 7;
+const RESOURCE_EXHAUSTED: i32 = 8;
+
+fn decision(
+    policy_id: &str,
+    team: &str,
+    action: DecisionAction,
+    until: DateTime<Utc>,
+) -> ControlDecision {
+    let scope: BTreeMap<String, String> = [("team".to_owned(), team.to_owned())].into();
+    ControlDecision {
+        action,
+        degrade_to: (action == DecisionAction::Degrade).then(|| "gpt-4o-mini".to_owned()),
+        reason: format!("team {team} spent its daily budget"),
+        window_start: until - TimeDelta::days(1),
+        window_end: until,
+        expires_at: None,
+        ..schemas::fixtures::block_decision(policy_id, scope, Vec::new(), Utc::now())
+    }
+}
+
+/// A sidecar on a fixed view: `search` blocked for an hour, `ads` degraded.
+struct Sidecar {
+    http: String,
+    grpc: String,
+    shutdown: Shutdown,
+    task: tokio::task::JoinHandle<Result<(), quotaflow_decide::DecideError>>,
+}
+
+impl Sidecar {
+    async fn start(deny_status: u16) -> Sidecar {
+        let view = FixedView::default();
+        let in_an_hour = Utc::now() + TimeDelta::hours(1);
+        {
+            let mut held = view.0.write().unwrap();
+            held.apply(&decision(
+                "team-daily",
+                "search",
+                DecisionAction::Block,
+                in_an_hour,
+            ));
+            held.apply(&decision(
+                "premium",
+                "ads",
+                DecisionAction::Degrade,
+                in_an_hour,
+            ));
+        }
+        let mut config = Config::default();
+        config.answers.deny_status = deny_status;
+        let http = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let grpc = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let (http_address, grpc_address) = (http.local_addr().unwrap(), grpc.local_addr().unwrap());
+        let shutdown = Shutdown::new();
+        let task = tokio::spawn({
+            let shutdown = shutdown.clone();
+            async move {
+                quotaflow_decide::serve(Arc::new(view), &config, http, Some(grpc), shutdown).await
+            }
+        });
+        let sidecar = Sidecar {
+            http: format!("http://{http_address}"),
+            grpc: format!("http://{grpc_address}"),
+            shutdown,
+            task,
+        };
+        let ready = format!("{}/readyz", sidecar.http);
+        infra::testkit::eventually(
+            Duration::from_secs(10),
+            "the sidecar to be ready",
+            || async {
+                let status = reqwest::get(&ready).await.ok()?.status();
+                status.is_success().then_some(())
+            },
+        )
+        .await;
+        sidecar
+    }
+
+    async fn forward_auth(&self, headers: &[(&str, &str)]) -> reqwest::Response {
+        let mut request =
+            reqwest::Client::new().get(format!("{}/v1/authz/v1/chat/completions", self.http));
+        for (name, value) in headers {
+            request = request.header(*name, *value);
+        }
+        request.send().await.unwrap()
+    }
+
+    async fn ext_authz(
+        &self,
+        headers: &[(&str, &str)],
+    ) -> envoy_types::pb::envoy::service::auth::v3::CheckResponse {
+        let mut client = AuthorizationClient::connect(self.grpc.clone())
+            .await
+            .unwrap();
+        let headers: HashMap<String, String> = headers
+            .iter()
+            .map(|(name, value)| (name.to_string(), value.to_string()))
+            .collect();
+        let request = CheckRequest {
+            attributes: Some(AttributeContext {
+                request: Some(Request {
+                    http: Some(HttpRequest {
+                        method: "POST".into(),
+                        path: "/v1/chat/completions".into(),
+                        headers,
+                        ..Default::default()
+                    }),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }),
+        };
+        client.check(request).await.unwrap().into_inner()
+    }
+
+    async fn stop(self) {
+        self.shutdown.cancel();
+        self.task.await.unwrap().unwrap();
+    }
+}
+
+fn header<'r>(response: &'r reqwest::Response, name: &str) -> Option<&'r str> {
+    response
+        .headers()
+        .get(name)
+        .and_then(|value| value.to_str().ok())
+}
+
+#[tokio::test]
+async fn forward_auth_refuses_a_blocked_scope_with_retry_after_and_lets_others_go() {
+    let sidecar = Sidecar::start(429).await;
+
+    let blocked = sidecar
+        .forward_auth(&[
+            ("x-quotaflow-api-key", "k1"),
+            ("X-Quotaflow-Team", "search"),
+        ])
+        .await;
+    assert_eq!(blocked.status(), 429);
+    assert_eq!(header(&blocked, "x-quotaflow-decision"), Some("block"));
+    assert_eq!(header(&blocked, "x-quotaflow-policy"), Some("team-daily"));
+    assert_eq!(
+        header(&blocked, "x-quotaflow-reason"),
+        Some("team search spent its daily budget")
+    );
+    let retry_after: u64 = header(&blocked, "retry-after").unwrap().parse().unwrap();
+    assert!((3590..=3600).contains(&retry_after), "{retry_after}");
+    let body: serde_json::Value = blocked.json().await.unwrap();
+    assert_eq!(body["error"]["type"], "quota_exceeded");
+    assert_eq!(body["error"]["code"], "team-daily");
+
+    let degraded = sidecar
+        .forward_auth(&[("x-quotaflow-api-key", "k1"), ("x-quotaflow-team", "ads")])
+        .await;
+    assert_eq!(degraded.status(), 200);
+    assert_eq!(header(&degraded, "x-quotaflow-decision"), Some("degrade"));
+    assert_eq!(
+        header(&degraded, "x-quotaflow-degrade-to"),
+        Some("gpt-4o-mini")
+    );
+    assert_eq!(header(&degraded, "retry-after"), None);
+
+    let allowed = sidecar
+        .forward_auth(&[
+            ("x-quotaflow-api-key", "k1"),
+            ("x-quotaflow-team", "billing"),
+        ])
+        .await;
+    assert_eq!(allowed.status(), 200);
+    assert_eq!(header(&allowed, "x-quotaflow-decision"), Some("allow"));
+    assert_eq!(header(&allowed, "x-quotaflow-policy"), None);
+
+    // No key: refused, saying why (a misconfigured gateway must not bypass every quota).
+    let keyless = sidecar
+        .forward_auth(&[("x-quotaflow-team", "billing")])
+        .await;
+    assert_eq!(keyless.status(), 429);
+    assert_eq!(
+        header(&keyless, "x-quotaflow-policy"),
+        Some("decide.missing_api_key")
+    );
+
+    let metrics = reqwest::get(format!("{}/metrics", sidecar.http))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains("quotaflow_decide_checks_total"),
+        "{metrics}"
+    );
+    sidecar.stop().await;
+}
+
+#[tokio::test]
+async fn the_json_api_answers_in_the_body_and_refuses_malformed_requests() {
+    let sidecar = Sidecar::start(429).await;
+    let client = reqwest::Client::new();
+    let check = |body: serde_json::Value| {
+        client
+            .post(format!("{}/v1/check", sidecar.http))
+            .json(&body)
+            .send()
+    };
+
+    let answer =
+        check(serde_json::json!({"api_key_id": "k1", "team": "search", "model": "gpt-4o"}))
+            .await
+            .unwrap();
+    assert_eq!(answer.status(), 200);
+    let answer: serde_json::Value = answer.json().await.unwrap();
+    assert_eq!(answer["decision"], "block");
+    assert_eq!(answer["allowed"], false);
+    assert_eq!(answer["policy_id"], "team-daily");
+    assert!(answer["retry_after_seconds"].as_u64().unwrap() > 3500);
+
+    let answer: serde_json::Value = check(serde_json::json!({"api_key_id": "k1", "team": "ads"}))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(answer["decision"], "degrade");
+    assert_eq!(answer["degrade_to"], "gpt-4o-mini");
+
+    let unknown = check(serde_json::json!({"api_key_id": "k1", "teem": "search"}))
+        .await
+        .unwrap();
+    assert_eq!(unknown.status(), 400);
+    let error: serde_json::Value = unknown.json().await.unwrap();
+    assert!(
+        error["error"]["message"].as_str().unwrap().contains("teem"),
+        "{error}"
+    );
+    let keyless = check(serde_json::json!({"team": "search"})).await.unwrap();
+    assert_eq!(keyless.status(), 400);
+    sidecar.stop().await;
+}
+
+#[tokio::test]
+async fn ext_authz_denies_with_the_http_response_envoy_sends_and_marks_a_degrade() {
+    let sidecar = Sidecar::start(429).await;
+
+    let blocked = sidecar
+        .ext_authz(&[
+            ("x-quotaflow-api-key", "k1"),
+            ("x-quotaflow-team", "search"),
+        ])
+        .await;
+    assert_eq!(blocked.status.as_ref().unwrap().code, RESOURCE_EXHAUSTED);
+    let Some(HttpResponse::DeniedResponse(denied)) = blocked.http_response else {
+        panic!("a refusal carries a denied response: {blocked:?}");
+    };
+    assert_eq!(denied.status.unwrap().code, 429);
+    let headers: HashMap<String, String> = denied
+        .headers
+        .iter()
+        .filter_map(|option| option.header.as_ref())
+        .map(|header| (header.key.clone(), header.value.clone()))
+        .collect();
+    assert_eq!(headers["x-quotaflow-policy"], "team-daily");
+    assert!(headers["retry-after"].parse::<u64>().unwrap() > 3500);
+    assert!(denied.body.contains("quota_exceeded"), "{}", denied.body);
+
+    let degraded = sidecar
+        .ext_authz(&[
+            ("x-quotaflow-api-key", "k1"),
+            ("x-quotaflow-team", "ads"),
+            ("x-quotaflow-degrade-to", "forged"),
+        ])
+        .await;
+    assert_eq!(degraded.status.as_ref().unwrap().code, OK);
+    let Some(HttpResponse::OkResponse(ok)) = degraded.http_response else {
+        panic!("a degrade is an ok response: {degraded:?}");
+    };
+    let added: Vec<(String, String, i32)> = ok
+        .headers
+        .iter()
+        .filter_map(|option| {
+            let header = option.header.as_ref()?;
+            Some((
+                header.key.clone(),
+                header.value.clone(),
+                option.append_action,
+            ))
+        })
+        .collect();
+    assert!(
+        added
+            .iter()
+            .any(|(key, value, action)| key == "x-quotaflow-degrade-to"
+            && value == "gpt-4o-mini"
+            // OVERWRITE_IF_EXISTS_OR_ADD: a client's own header cannot survive.
+            && *action == 2),
+        "{added:?}"
+    );
+
+    let allowed = sidecar
+        .ext_authz(&[
+            ("x-quotaflow-api-key", "k1"),
+            ("x-quotaflow-team", "billing"),
+        ])
+        .await;
+    assert_eq!(allowed.status.as_ref().unwrap().code, OK);
+    sidecar.stop().await;
+}
+
+#[tokio::test]
+async fn a_deny_status_of_403_serves_nginx_on_both_surfaces() {
+    let sidecar = Sidecar::start(403).await;
+    let blocked = sidecar
+        .forward_auth(&[
+            ("x-quotaflow-api-key", "k1"),
+            ("x-quotaflow-team", "search"),
+        ])
+        .await;
+    assert_eq!(blocked.status(), 403);
+    let blocked = sidecar
+        .ext_authz(&[
+            ("x-quotaflow-api-key", "k1"),
+            ("x-quotaflow-team", "search"),
+        ])
+        .await;
+    assert_eq!(blocked.status.as_ref().unwrap().code, PERMISSION_DENIED);
+    let Some(HttpResponse::DeniedResponse(denied)) = blocked.http_response else {
+        panic!("{blocked:?}");
+    };
+    assert_eq!(denied.status.unwrap().code, 403);
+    sidecar.stop().await;
+}
