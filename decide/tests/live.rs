@@ -11,21 +11,13 @@ use gateway::{FailureMode, Gateway, GatewayConfig};
 use infra::kafka::{ensure_topics, producer_config, Retention, TopicSpec};
 use infra::shutdown::Shutdown;
 use infra::testkit::{eventually, kafka_config, unique_name};
-use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::producer::FutureProducer;
 use schemas::{ControlDecision, DecisionAction};
 
 const DEADLINE: Duration = Duration::from_secs(30);
 
 async fn publish(producer: &FutureProducer, topic: &str, decision: &ControlDecision) {
-    let payload = schemas::encode(decision).expect("encodable decision");
-    producer
-        .send(
-            FutureRecord::to(topic).key(&decision.key).payload(&payload),
-            Duration::from_secs(10),
-        )
-        .await
-        .map_err(|(error, _)| error)
-        .expect("delivered");
+    infra::testkit::publish_decision(producer, topic, decision).await;
 }
 
 /// The status and `retry-after` forward-auth answers for team `search`.

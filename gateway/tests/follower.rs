@@ -50,15 +50,7 @@ fn request(team: &str) -> RequestAttributes<'_> {
 }
 
 async fn publish(producer: &FutureProducer, topic: &str, decision: &ControlDecision) {
-    let payload = schemas::encode(decision).expect("encodable decision");
-    producer
-        .send(
-            FutureRecord::to(topic).key(&decision.key).payload(&payload),
-            Duration::from_secs(10),
-        )
-        .await
-        .map_err(|(error, _)| error)
-        .expect("delivered");
+    infra::testkit::publish_decision(producer, topic, decision).await;
 }
 
 async fn publish_tombstone(producer: &FutureProducer, topic: &str, key: &str) {

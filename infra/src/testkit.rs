@@ -151,3 +151,22 @@ pub async fn clickhouse_behind_proxy(
     clickhouse.url = format!("http://{}", proxy.addr());
     Ok((proxy, direct))
 }
+
+/// Publishes `decision` on the control `topic` under its key and waits for the acknowledgement.
+pub async fn publish_decision(
+    producer: &rdkafka::producer::FutureProducer,
+    topic: &str,
+    decision: &schemas::ControlDecision,
+) {
+    let payload = schemas::encode(decision).expect("encodable decision");
+    producer
+        .send(
+            rdkafka::producer::FutureRecord::to(topic)
+                .key(&decision.key)
+                .payload(&payload),
+            Duration::from_secs(10),
+        )
+        .await
+        .map_err(|(error, _)| error)
+        .expect("delivered");
+}

@@ -1,0 +1,239 @@
+//! A real NGINX (Debian's package, installed by `dev/setup`) with `auth_request` in front of a
+//! local mock provider, configured by `deploy/gateways/nginx.conf` as shipped, every request
+//! checked by the sidecar: allowed requests reach the provider, a blocked scope gets a 429 with
+//! the sidecar's `Retry-After` and policy and never reaches the provider, a degrade reaches it
+//! naming the cheaper model (a client's forged header replaced).
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use axum::http::HeaderMap;
+use axum::routing::post;
+use axum::{Json, Router};
+use chrono::{TimeDelta, Utc};
+use infra::shutdown::Shutdown;
+use quotaflow_decide::{Config, FixedView};
+use schemas::{ControlDecision, DecisionAction};
+
+const DEADLINE: Duration = Duration::from_secs(20);
+
+/// The shipped configuration.
+const NGINX_CONF: &str = include_str!("../../deploy/gateways/nginx.conf");
+
+/// What the mock provider saw: one entry per request, the degrade header it carried.
+type Seen = Arc<Mutex<Vec<Option<String>>>>;
+
+async fn mock_provider() -> (SocketAddr, Seen) {
+    let seen: Seen = Arc::default();
+    let app = Router::new().route(
+        "/v1/chat/completions",
+        post({
+            let seen = Arc::clone(&seen);
+            move |headers: HeaderMap| async move {
+                let degrade_to = headers
+                    .get("x-quotaflow-degrade-to")
+                    .and_then(|value| value.to_str().ok())
+                    .filter(|value| !value.is_empty())
+                    .map(str::to_owned);
+                seen.lock().unwrap().push(degrade_to);
+                Json(serde_json::json!({"object": "chat.completion", "choices": []}))
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let address = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    (address, seen)
+}
+
+fn decision(team: &str, action: DecisionAction) -> ControlDecision {
+    let now = Utc::now();
+    ControlDecision {
+        action,
+        degrade_to: (action == DecisionAction::Degrade).then(|| "gpt-4o-mini".to_owned()),
+        reason: format!("team {team} spent its daily budget"),
+        window_start: now - TimeDelta::hours(1),
+        window_end: now + TimeDelta::minutes(30),
+        ..schemas::fixtures::block_decision(
+            "team-daily",
+            [("team".to_owned(), team.to_owned())].into(),
+            Vec::new(),
+            now,
+        )
+    }
+}
+
+/// NGINX in the foreground, stopped when dropped.
+struct Nginx(Child);
+
+impl Nginx {
+    fn start(
+        prefix: &Path,
+        listen: SocketAddr,
+        sidecar: SocketAddr,
+        upstream: SocketAddr,
+    ) -> Nginx {
+        let conf = NGINX_CONF
+            .replace("{{PREFIX}}", &prefix.display().to_string())
+            .replace("{{LISTEN}}", &listen.to_string())
+            .replace("{{SIDECAR}}", &sidecar.to_string())
+            .replace("{{UPSTREAM}}", &upstream.to_string());
+        let path = prefix.join("nginx.conf");
+        std::fs::write(&path, conf).unwrap();
+        let child = Command::new(nginx_binary())
+            .arg("-p")
+            .arg(prefix)
+            .arg("-e")
+            .arg(prefix.join("error.log"))
+            .arg("-c")
+            .arg(&path)
+            .args(["-g", "daemon off; master_process off;"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("nginx starts (installed by dev/setup)");
+        Nginx(child)
+    }
+}
+
+impl Drop for Nginx {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn nginx_binary() -> String {
+    ["/usr/sbin/nginx", "/usr/local/sbin/nginx"]
+        .into_iter()
+        .find(|path| Path::new(path).exists())
+        .unwrap_or("nginx")
+        .to_owned()
+}
+
+fn free_port() -> SocketAddr {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(
+    not(feature = "live"),
+    ignore = "needs nginx (dev/setup installs it); run with --features live"
+)]
+async fn nginx_auth_request_obeys_the_sidecar() {
+    let (upstream, seen) = mock_provider().await;
+    let view = FixedView::default();
+    view.0
+        .write()
+        .unwrap()
+        .apply(&decision("search", DecisionAction::Block));
+    let mut degrade = decision("ads", DecisionAction::Degrade);
+    degrade.policy_id = "premium".to_owned();
+    degrade.key = ControlDecision::compaction_key("premium", &degrade.scope);
+    view.0.write().unwrap().apply(&degrade);
+    let mut config = Config::default();
+    config.answers.deny_status = 403;
+    let sidecar_listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let sidecar = sidecar_listener.local_addr().unwrap();
+    let shutdown = Shutdown::new();
+    let served = tokio::spawn({
+        let shutdown = shutdown.clone();
+        async move {
+            quotaflow_decide::serve(Arc::new(view), &config, sidecar_listener, None, shutdown).await
+        }
+    });
+
+    let prefix = std::env::temp_dir().join(infra::testkit::unique_name("nginx"));
+    std::fs::create_dir_all(&prefix).unwrap();
+    let listen = free_port();
+    let _nginx = Nginx::start(&prefix, listen, sidecar, upstream);
+    let url = format!("http://{listen}/v1/chat/completions");
+    let client = reqwest::Client::new();
+    let call = |team: &'static str| {
+        client
+            .post(&url)
+            .header("x-api-key", "k1")
+            .header("x-team", team)
+            // Forged: NGINX replaces it with the sidecar's answer.
+            .header("x-quotaflow-degrade-to", "gpt-5-pro")
+            .json(&serde_json::json!({"model": "gpt-4o", "messages": []}))
+            .send()
+    };
+    let allowed = infra::testkit::eventually(DEADLINE, "nginx to serve", || async {
+        call("billing").await.ok()
+    })
+    .await;
+    assert_eq!(
+        allowed.status(),
+        200,
+        "{:?}",
+        std::fs::read_to_string(prefix.join("error.log"))
+    );
+    assert_eq!(seen.lock().unwrap().as_slice(), &[None]);
+
+    let refused = call("search").await.unwrap();
+    assert_eq!(refused.status(), 429);
+    let header = |name: &str| {
+        refused
+            .headers()
+            .get(name)
+            .and_then(|value| value.to_str().ok())
+            .map(str::to_owned)
+    };
+    assert_eq!(header("x-quotaflow-policy").as_deref(), Some("team-daily"));
+    assert_eq!(
+        header("x-quotaflow-reason").as_deref(),
+        Some("team search spent its daily budget")
+    );
+    let retry_after: u64 = header("retry-after").unwrap().parse().unwrap();
+    assert!((1790..=1800).contains(&retry_after), "{retry_after}");
+    let body: serde_json::Value = refused.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "team-daily");
+    assert_eq!(
+        seen.lock().unwrap().len(),
+        1,
+        "a refused request reached the provider"
+    );
+
+    let degraded = call("ads").await.unwrap();
+    assert_eq!(degraded.status(), 200);
+    assert_eq!(
+        seen.lock().unwrap().last().cloned().flatten().as_deref(),
+        Some("gpt-4o-mini")
+    );
+
+    shutdown.cancel();
+    served.await.unwrap().unwrap();
+    let _ = std::fs::remove_dir_all(&prefix);
+}
+
+/// `docs/gateways.md` shows the tested configuration, not a copy that drifted: the part between
+/// the markers of `deploy/gateways/nginx.conf`, dedented, stands in the doc as it is.
+#[test]
+fn the_documented_nginx_configuration_is_the_tested_one() {
+    let doc = include_str!("../../docs/gateways.md");
+    let start = NGINX_CONF
+        .find("# --- quotaflow: copy from here ---\n")
+        .unwrap();
+    let end = NGINX_CONF
+        .find("        # --- quotaflow: to here ---")
+        .unwrap();
+    let part = &NGINX_CONF[start..end];
+    let part: String = part
+        .lines()
+        .skip(1)
+        .map(|line| line.strip_prefix("        ").unwrap_or(line))
+        .map(|line| format!("{line}\n"))
+        .collect();
+    assert!(part.contains("auth_request /_quotaflow_check;"), "{part}");
+    assert!(
+        doc.contains(part.trim_end()),
+        "docs/gateways.md does not show deploy/gateways/nginx.conf's part as it is:\n{part}"
+    );
+}
