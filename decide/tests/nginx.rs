@@ -13,10 +13,10 @@ use std::time::Duration;
 use axum::http::HeaderMap;
 use axum::routing::post;
 use axum::{Json, Router};
-use chrono::{TimeDelta, Utc};
-use infra::shutdown::Shutdown;
-use quotaflow_decide::{Config, FixedView};
-use schemas::{ControlDecision, DecisionAction};
+use schemas::DecisionAction;
+use support::{free_port, team_decision, FixedSidecar};
+
+mod support;
 
 const DEADLINE: Duration = Duration::from_secs(20);
 
@@ -47,23 +47,6 @@ async fn mock_provider() -> (SocketAddr, Seen) {
     let address = listener.local_addr().unwrap();
     tokio::spawn(async move { axum::serve(listener, app).await });
     (address, seen)
-}
-
-fn decision(team: &str, action: DecisionAction) -> ControlDecision {
-    let now = Utc::now();
-    ControlDecision {
-        action,
-        degrade_to: (action == DecisionAction::Degrade).then(|| "gpt-4o-mini".to_owned()),
-        reason: format!("team {team} spent its daily budget"),
-        window_start: now - TimeDelta::hours(1),
-        window_end: now + TimeDelta::minutes(30),
-        ..schemas::fixtures::block_decision(
-            "team-daily",
-            [("team".to_owned(), team.to_owned())].into(),
-            Vec::new(),
-            now,
-        )
-    }
 }
 
 /// NGINX in the foreground, stopped when dropped.
@@ -114,13 +97,6 @@ fn nginx_binary() -> String {
         .to_owned()
 }
 
-fn free_port() -> SocketAddr {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[cfg_attr(
     not(feature = "live"),
@@ -128,31 +104,19 @@ fn free_port() -> SocketAddr {
 )]
 async fn nginx_auth_request_obeys_the_sidecar() {
     let (upstream, seen) = mock_provider().await;
-    let view = FixedView::default();
-    view.0
-        .write()
-        .unwrap()
-        .apply(&decision("search", DecisionAction::Block));
-    let mut degrade = decision("ads", DecisionAction::Degrade);
-    degrade.policy_id = "premium".to_owned();
-    degrade.key = ControlDecision::compaction_key("premium", &degrade.scope);
-    view.0.write().unwrap().apply(&degrade);
-    let mut config = Config::default();
-    config.answers.deny_status = 403;
-    let sidecar_listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let sidecar = sidecar_listener.local_addr().unwrap();
-    let shutdown = Shutdown::new();
-    let served = tokio::spawn({
-        let shutdown = shutdown.clone();
-        async move {
-            quotaflow_decide::serve(Arc::new(view), &config, sidecar_listener, None, shutdown).await
-        }
-    });
+    let sidecar = FixedSidecar::start(
+        403,
+        &[
+            team_decision("team-daily", "search", DecisionAction::Block, 30),
+            team_decision("premium", "ads", DecisionAction::Degrade, 30),
+        ],
+    )
+    .await;
 
     let prefix = std::env::temp_dir().join(infra::testkit::unique_name("nginx"));
     std::fs::create_dir_all(&prefix).unwrap();
     let listen = free_port();
-    let _nginx = Nginx::start(&prefix, listen, sidecar, upstream);
+    let _nginx = Nginx::start(&prefix, listen, sidecar.address, upstream);
     let url = format!("http://{listen}/v1/chat/completions");
     let client = reqwest::Client::new();
     let call = |team: &'static str| {
@@ -208,8 +172,7 @@ async fn nginx_auth_request_obeys_the_sidecar() {
         Some("gpt-4o-mini")
     );
 
-    shutdown.cancel();
-    served.await.unwrap().unwrap();
+    sidecar.stop().await;
     let _ = std::fs::remove_dir_all(&prefix);
 }
 

@@ -1,0 +1,101 @@
+//! Shared by the sidecar's tests behind real gateways: a sidecar on a fixed decision view, and the
+//! decisions they use.
+#![allow(dead_code)]
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::{TimeDelta, Utc};
+use infra::shutdown::Shutdown;
+use quotaflow_decide::{Config, DecideError, FixedView};
+use schemas::{ControlDecision, DecisionAction};
+
+/// A decision of policy `policy_id` for `team` whose window ends in `minutes`; a degrade goes to
+/// `gpt-4o-mini`.
+pub fn team_decision(
+    policy_id: &str,
+    team: &str,
+    action: DecisionAction,
+    minutes: i64,
+) -> ControlDecision {
+    let now = Utc::now();
+    ControlDecision {
+        action,
+        degrade_to: (action == DecisionAction::Degrade).then(|| "gpt-4o-mini".to_owned()),
+        reason: format!("team {team} spent its daily budget"),
+        window_start: now - TimeDelta::hours(1),
+        window_end: now + TimeDelta::minutes(minutes),
+        ..schemas::fixtures::block_decision(
+            policy_id,
+            [("team".to_owned(), team.to_owned())].into(),
+            Vec::new(),
+            now,
+        )
+    }
+}
+
+/// A sidecar (HTTP only) answering from `decisions`, refusing with `deny_status`.
+pub struct FixedSidecar {
+    pub address: SocketAddr,
+    shutdown: Shutdown,
+    task: tokio::task::JoinHandle<Result<(), DecideError>>,
+}
+
+impl FixedSidecar {
+    pub async fn start(deny_status: u16, decisions: &[ControlDecision]) -> FixedSidecar {
+        let view = FixedView::default();
+        for decision in decisions {
+            view.0.write().unwrap().apply(decision);
+        }
+        let mut config = Config::default();
+        config.answers.deny_status = deny_status;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let address = listener.local_addr().unwrap();
+        let shutdown = Shutdown::new();
+        let task = tokio::spawn({
+            let shutdown = shutdown.clone();
+            async move {
+                quotaflow_decide::serve(Arc::new(view), &config, listener, None, shutdown).await
+            }
+        });
+        infra::testkit::eventually(
+            Duration::from_secs(10),
+            "the sidecar to be ready",
+            || async {
+                let status = reqwest::get(format!("http://{address}/readyz"))
+                    .await
+                    .ok()?
+                    .status();
+                status.is_success().then_some(())
+            },
+        )
+        .await;
+        FixedSidecar {
+            address,
+            shutdown,
+            task,
+        }
+    }
+
+    pub async fn stop(self) {
+        self.shutdown.cancel();
+        self.task.await.unwrap().unwrap();
+    }
+}
+
+/// A free port on 127.0.0.1 for a server this test starts.
+pub fn free_port() -> SocketAddr {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+}
+
+/// The workspace's root folder.
+pub fn workspace() -> std::path::PathBuf {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap()
+        .to_owned()
+}
