@@ -138,6 +138,22 @@ pub async fn run(config: Config, shutdown: Shutdown) -> Result<(), DecideError> 
     serve(Arc::new(gateway), &config, http, grpc, shutdown).await
 }
 
+/// The HTTP server: axum's, with Nagle off on every connection (a check's answer is one small
+/// write; coalescing it with the next costs a delayed-ACK round).
+async fn serve_http(
+    listener: TcpListener,
+    router: axum::Router,
+    stop: Shutdown,
+) -> std::io::Result<()> {
+    use axum::serve::ListenerExt;
+    let listener = listener.tap_io(|connection| {
+        let _ = connection.set_nodelay(true);
+    });
+    axum::serve(listener, router)
+        .with_graceful_shutdown(async move { stop.cancelled().await })
+        .await
+}
+
 /// Serves checks answered by `checker` on `http` (forward-auth, the JSON API and the ops routes)
 /// and `grpc` (ext_authz) until `shutdown`; ready once `checker` is.
 pub async fn serve<C: Checker>(
@@ -171,7 +187,7 @@ pub async fn serve<C: Checker>(
     };
     let routes = http::routes(Arc::clone(&checker), settings);
     let ready = Arc::clone(&checker);
-    let served = infra::service::serve_until_shutdown(
+    let served = infra::service::serve_until_shutdown_with(
         http,
         routes,
         shutdown.clone(),
@@ -183,6 +199,7 @@ pub async fn serve<C: Checker>(
             Ok::<(), DecideError>(())
         },
         |()| info!("caught up with the control topic"),
+        serve_http,
     )
     .await;
     // A failed HTTP side stops the gRPC side too.
