@@ -8,6 +8,7 @@
 //! | `x-quotaflow-reason` | block, degrade | the reason, printable ASCII (other characters as `?`) |
 //! | `x-quotaflow-degrade-to` | degrade | the model or route to use instead |
 //! | `retry-after` | block, when known | whole seconds until the block's `expires_at` or window end, at least 1 |
+//! | `x-quotaflow-rule` | refused by an admission rule | the rule (`max_input_tokens` …); retrying the same request will not help |
 
 use chrono::{DateTime, Utc};
 use gateway::Verdict;
@@ -23,6 +24,8 @@ pub const REASON: &str = "x-quotaflow-reason";
 pub const DEGRADE_TO: &str = "x-quotaflow-degrade-to";
 /// Header: seconds until a block ends.
 pub const RETRY_AFTER: &str = "retry-after";
+/// Header: the admission rule that refused the request.
+pub const RULE: &str = "x-quotaflow-rule";
 
 /// What the sidecar answers for one request.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -46,9 +49,28 @@ pub struct Answer {
     /// Whole seconds until then, at least 1 (block; when known).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub retry_after_seconds: Option<u64>,
+    /// The admission rule that refused the request (`max_input_tokens` …): retrying the same
+    /// request will not help.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rule: Option<String>,
 }
 
 impl Answer {
+    /// A refusal by the sidecar itself (a missing key, an admission rule): no `Retry-After`, as
+    /// the same request would be refused again.
+    pub fn refused(policy_id: &str, rule: Option<&str>, reason: String) -> Answer {
+        Answer {
+            decision: "block",
+            allowed: false,
+            policy_id: Some(policy_id.to_owned()),
+            reason: Some(reason),
+            degrade_to: None,
+            until: None,
+            retry_after_seconds: None,
+            rule: rule.map(str::to_owned),
+        }
+    }
+
     /// The answer for `verdict` at `now`.
     pub fn of(verdict: &Verdict, now: DateTime<Utc>) -> Answer {
         match verdict {
@@ -60,6 +82,7 @@ impl Answer {
                 degrade_to: None,
                 until: None,
                 retry_after_seconds: None,
+                rule: None,
             },
             Verdict::Block {
                 reason,
@@ -74,6 +97,7 @@ impl Answer {
                 degrade_to: None,
                 until: *until,
                 retry_after_seconds: until.map(|until| seconds_until(until, now)),
+                rule: None,
             },
             Verdict::Degrade {
                 to,
@@ -89,6 +113,7 @@ impl Answer {
                 degrade_to: Some(to.to_string()),
                 until: *until,
                 retry_after_seconds: None,
+                rule: None,
             },
         }
     }
@@ -108,6 +133,9 @@ impl Answer {
         if let Some(seconds) = self.retry_after_seconds {
             headers.push((RETRY_AFTER, seconds.to_string()));
         }
+        if let Some(rule) = &self.rule {
+            headers.push((RULE, rule.clone()));
+        }
         headers
     }
 
@@ -116,7 +144,7 @@ impl Answer {
     pub fn error_body(&self) -> serde_json::Value {
         serde_json::json!({
             "error": {
-                "type": "quota_exceeded",
+                "type": if self.rule.is_some() { "request_not_admitted" } else { "quota_exceeded" },
                 "code": self.policy_id,
                 "message": self.reason,
                 "retry_after_seconds": self.retry_after_seconds,

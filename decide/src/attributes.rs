@@ -16,11 +16,26 @@
 //! | `x-quotaflow-modality` | `modality` |
 //! | `x-quotaflow-label-<name>` | label `<name>` |
 //!
-//! Header names are case-insensitive; a header given twice keeps its first value.
+//! and what the request declares about itself, for the policies' admission rules
+//! (`policy::admission`):
+//!
+//! | header | JSON field | |
+//! |---|---|---|
+//! | `x-quotaflow-input-tokens` | `input_tokens` | prompt and context, in tokens |
+//! | `x-quotaflow-max-output-tokens` | `max_output_tokens` | the output limit asked for |
+//! | `x-quotaflow-image-tier` | `image_tier` | `draft`, `preview`, `edit`, `final` |
+//! | `x-quotaflow-video-seconds` | `video_seconds` | whole seconds |
+//! | `x-quotaflow-video-resolution` | `video_resolution` | `720p`, `1080p`, `4k`, `1280x720` |
+//!
+//! Header names are case-insensitive; a header given twice keeps its first value. A declared
+//! value that does not parse is kept as a problem ([`Attributes::invalid`]): the request is
+//! refused saying so, never checked as if it had declared nothing.
 
 use std::collections::BTreeMap;
 
 use gateway::RequestAttributes;
+use policy::admission::{Declared, Resolution};
+use schemas::ImageTier;
 use serde::{Deserialize, Serialize};
 
 /// The prefix of every attribute header.
@@ -65,6 +80,25 @@ pub struct Attributes {
     /// Free labels, matched by scope dimensions `labels.<name>`.
     #[serde(default)]
     pub labels: BTreeMap<String, String>,
+    /// Declared input tokens (prompt and context).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub input_tokens: Option<u64>,
+    /// Declared output limit (`max_tokens`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_output_tokens: Option<u64>,
+    /// Declared image quality tier.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image_tier: Option<ImageTier>,
+    /// Declared video length in seconds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub video_seconds: Option<u64>,
+    /// Declared video resolution.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub video_resolution: Option<Resolution>,
+    /// Declared values in headers that did not parse, as messages (never in JSON: a JSON
+    /// request with a bad value is refused as a whole).
+    #[serde(skip)]
+    pub invalid: Vec<String>,
 }
 
 impl Attributes {
@@ -98,6 +132,51 @@ impl Attributes {
                         .get_or_insert_with(|| value.to_owned());
                     continue;
                 }
+                "input-tokens" => {
+                    declare(
+                        &mut attributes.input_tokens,
+                        &name,
+                        value,
+                        &mut attributes.invalid,
+                    );
+                    continue;
+                }
+                "max-output-tokens" => {
+                    declare(
+                        &mut attributes.max_output_tokens,
+                        &name,
+                        value,
+                        &mut attributes.invalid,
+                    );
+                    continue;
+                }
+                "image-tier" => {
+                    declare(
+                        &mut attributes.image_tier,
+                        &name,
+                        value,
+                        &mut attributes.invalid,
+                    );
+                    continue;
+                }
+                "video-seconds" => {
+                    declare(
+                        &mut attributes.video_seconds,
+                        &name,
+                        value,
+                        &mut attributes.invalid,
+                    );
+                    continue;
+                }
+                "video-resolution" => {
+                    declare(
+                        &mut attributes.video_resolution,
+                        &name,
+                        value,
+                        &mut attributes.invalid,
+                    );
+                    continue;
+                }
                 other => {
                     if let Some(label) = other.strip_prefix("label-") {
                         if !label.is_empty() {
@@ -115,6 +194,17 @@ impl Attributes {
             }
         }
         attributes
+    }
+
+    /// What the request declares, for the admission rules.
+    pub fn declared(&self) -> Declared {
+        Declared {
+            input_tokens: self.input_tokens,
+            max_output_tokens: self.max_output_tokens,
+            image_tier: self.image_tier,
+            video_seconds: self.video_seconds,
+            video_resolution: self.video_resolution,
+        }
     }
 
     /// Runs `check` on these attributes lent as [`RequestAttributes`].
@@ -137,6 +227,23 @@ impl Attributes {
             modality: &self.modality,
             labels: &labels,
         })
+    }
+}
+
+/// Parses a declared header value into `field` (the first value wins); a value that does not
+/// parse becomes a problem.
+fn declare<T: std::str::FromStr>(
+    field: &mut Option<T>,
+    name: &str,
+    value: &str,
+    invalid: &mut Vec<String>,
+) {
+    if field.is_some() {
+        return;
+    }
+    match value.parse() {
+        Ok(parsed) => *field = Some(parsed),
+        Err(_) => invalid.push(format!("{HEADER_PREFIX}{name}: {value:?} does not parse")),
     }
 }
 
@@ -166,6 +273,20 @@ mod tests {
                 labels: [("feature".to_owned(), "summaries".to_owned())].into(),
                 ..Attributes::default()
             }
+        );
+        let declared = Attributes::from_headers([
+            ("x-quotaflow-input-tokens", "50000"),
+            ("x-quotaflow-image-tier", "final"),
+            ("x-quotaflow-video-resolution", "1080p"),
+            ("x-quotaflow-video-seconds", "ten"),
+        ]);
+        assert_eq!(declared.input_tokens, Some(50_000));
+        assert_eq!(declared.image_tier, Some(ImageTier::Final));
+        assert_eq!(declared.video_resolution, Some(Resolution(1080)));
+        assert_eq!(declared.video_seconds, None);
+        assert_eq!(
+            declared.invalid,
+            vec!["x-quotaflow-video-seconds: \"ten\" does not parse".to_owned()]
         );
         attributes.with(|request| {
             assert_eq!(request.api_key_id, "key-1");

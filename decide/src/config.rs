@@ -20,6 +20,9 @@ pub struct Config {
     pub grpc: GrpcConfig,
     /// How answers look.
     pub answers: AnswerConfig,
+    /// The policy directory whose admission rules (`admission:`) are checked before the
+    /// decisions; absent: none. Read at start.
+    pub policies_dir: Option<std::path::PathBuf>,
 }
 
 impl Default for Config {
@@ -32,6 +35,7 @@ impl Default for Config {
             http: HttpConfig::with_port(8181),
             grpc: GrpcConfig::default(),
             answers: AnswerConfig::default(),
+            policies_dir: None,
         }
     }
 }

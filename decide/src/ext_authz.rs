@@ -17,6 +17,7 @@ use envoy_types::ext_authz::v3::pb::{
 use envoy_types::ext_authz::v3::{
     CheckRequestExt, CheckResponseExt, DeniedHttpResponseBuilder, OkHttpResponseBuilder,
 };
+use gateway::Admission;
 use infra::shutdown::Shutdown;
 use tokio::net::TcpListener;
 use tonic::{Request, Response, Status};
@@ -33,10 +34,14 @@ pub struct ExtAuthz {
 }
 
 impl ExtAuthz {
-    /// A service answering with `checker`, refusals shaped by `settings`.
-    pub fn new(checker: Arc<impl Checker>, settings: Arc<AnswerConfig>) -> Self {
+    /// A service answering with `checker` after `admission`, refusals shaped by `settings`.
+    pub fn new(
+        checker: Arc<impl Checker>,
+        settings: Arc<AnswerConfig>,
+        admission: Arc<Admission>,
+    ) -> Self {
         Self {
-            decider: Decider::new(checker, settings),
+            decider: Decider::new(checker, settings, admission),
         }
     }
 

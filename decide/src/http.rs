@@ -10,6 +10,8 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{any, post};
 use axum::{Json, Router};
 
+use gateway::Admission;
+
 use crate::answer::Answer;
 use crate::attributes::Attributes;
 use crate::config::AnswerConfig;
@@ -20,34 +22,60 @@ use crate::Checker;
 pub(crate) struct Decider {
     checker: Arc<dyn Checker>,
     settings: Arc<AnswerConfig>,
+    admission: Arc<Admission>,
 }
 
 impl Decider {
-    pub(crate) fn new(checker: Arc<dyn Checker>, settings: Arc<AnswerConfig>) -> Self {
-        Self { checker, settings }
+    pub(crate) fn new(
+        checker: Arc<dyn Checker>,
+        settings: Arc<AnswerConfig>,
+        admission: Arc<Admission>,
+    ) -> Self {
+        Self {
+            checker,
+            settings,
+            admission,
+        }
     }
 
-    /// The answer for `attributes`, counted under `surface`. A request without an API key is
-    /// refused when `answers.require_api_key` says so.
+    /// The answer for `attributes`, counted under `surface`: refused when it names no API key
+    /// (`answers.require_api_key`), declares a value that does not parse or breaks an admission
+    /// rule; else the decisions' verdict.
     pub(crate) fn decide(&self, attributes: &Attributes, surface: &'static str) -> Answer {
         let now = chrono::Utc::now();
         let answer = if self.settings.require_api_key && attributes.api_key_id.is_empty() {
-            Answer {
-                decision: "block",
-                allowed: false,
-                policy_id: Some("decide.missing_api_key".to_owned()),
-                reason: Some(
-                    "the request names no API key (x-quotaflow-api-key); the sidecar \
-                     refuses requests it cannot hold to a key's quota (answers.require_api_key)"
-                        .to_owned(),
+            Answer::refused(
+                "decide.missing_api_key",
+                None,
+                "the request names no API key (x-quotaflow-api-key); the sidecar refuses \
+                 requests it cannot hold to a key's quota (answers.require_api_key)"
+                    .to_owned(),
+            )
+        } else if !attributes.invalid.is_empty() {
+            Answer::refused(
+                "decide.invalid_request",
+                None,
+                format!(
+                    "the request declares values that do not parse: {}",
+                    attributes.invalid.join("; ")
                 ),
-                degrade_to: None,
-                until: None,
-                retry_after_seconds: None,
-            }
+            )
         } else {
-            let verdict = attributes.with(|request| self.checker.check(request));
-            Answer::of(&verdict, now)
+            let declared = attributes.declared();
+            match attributes.with(|request| self.admission.check(request, &declared)) {
+                Some(refusal) => {
+                    crate::metrics::admission_refused(&refusal.policy_id, refusal.refusal.rule);
+                    Answer::refused(
+                        &refusal.policy_id,
+                        Some(refusal.refusal.rule),
+                        refusal.reason(),
+                    )
+                }
+                None => {
+                    let verdict = attributes.with(|request| self.checker.check(request));
+                    Answer::of(&verdict, now)
+                }
+            }
         };
         crate::metrics::checked(surface, answer.decision);
         answer
@@ -59,8 +87,12 @@ impl Decider {
 }
 
 /// The sidecar's routes (the ops routes are added by the service lifecycle).
-pub fn routes(checker: Arc<impl Checker>, settings: Arc<AnswerConfig>) -> Router {
-    let decider = Decider::new(checker, settings);
+pub fn routes(
+    checker: Arc<impl Checker>,
+    settings: Arc<AnswerConfig>,
+    admission: Arc<Admission>,
+) -> Router {
+    let decider = Decider::new(checker, settings, admission);
     Router::new()
         .route("/v1/authz", any(forward_auth))
         .route("/v1/authz/{*rest}", any(forward_auth))

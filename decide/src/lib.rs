@@ -13,7 +13,12 @@
 //! - **A JSON API** `POST /v1/check` for applications: the attributes as a JSON object, the answer
 //!   as a JSON object (always 200 when the request is well formed).
 //!
-//! Every refusal says `Retry-After` (seconds until the block's `expires_at` or its window's end),
+//! Before the decisions, the request meets the **admission rules** of the policies in
+//! `policies_dir` (`policy::admission`): a request declaring more than a rule allows (context
+//! size, output limit, image tier, video length or resolution; `x-quotaflow-input-tokens` …) is
+//! refused naming the policy and the rule (`x-quotaflow-rule`), before any money is spent.
+//!
+//! Every refusal by a decision says `Retry-After` (seconds until the block's `expires_at` or its window's end),
 //! `x-quotaflow-policy` and `x-quotaflow-reason`. While the gateway's view is not caught up with
 //! the control topic, or the topic has been unreachable for longer than
 //! `gateway.max_staleness_ms`, answers follow `gateway.failure_mode` (open: allow; closed: refuse
@@ -100,6 +105,9 @@ pub enum DecideError {
     /// The gRPC server failed.
     #[error("ext_authz gRPC server: {0}")]
     Grpc(#[from] tonic::transport::Error),
+    /// The policy directory does not load.
+    #[error("policies_dir does not load: {0}")]
+    Policies(policy::LoadErrors),
     /// The HTTP server or the lifecycle failed.
     #[error(transparent)]
     Service(#[from] infra::service::ServiceError),
@@ -109,7 +117,7 @@ impl DecideError {
     /// Whether starting again later may succeed.
     pub fn is_retryable(&self) -> bool {
         match self {
-            DecideError::Config(_) => false,
+            DecideError::Config(_) | DecideError::Policies(_) => false,
             DecideError::Gateway(error) => error.is_retryable(),
             DecideError::Listener { .. } | DecideError::Grpc(_) => true,
             DecideError::Service(error) => error.is_retryable(),
@@ -165,6 +173,12 @@ pub async fn serve<C: Checker>(
 ) -> Result<(), DecideError> {
     config.validate().map_err(DecideError::Config)?;
     let settings = Arc::new(config.answers.clone());
+    let admission = Arc::new(match &config.policies_dir {
+        Some(dir) => gateway::Admission::new(
+            &policy::PolicySet::load_dir(dir).map_err(DecideError::Policies)?,
+        ),
+        None => gateway::Admission::default(),
+    });
     // Its own token, so that a failed HTTP side can stop it without cancelling the caller's.
     let stop_grpc = shutdown.child_token();
     let grpc = match grpc {
@@ -176,7 +190,11 @@ pub async fn serve<C: Checker>(
                     source,
                 })?;
             info!(%address, "ext_authz gRPC listening");
-            let service = ext_authz::ExtAuthz::new(Arc::clone(&checker), Arc::clone(&settings));
+            let service = ext_authz::ExtAuthz::new(
+                Arc::clone(&checker),
+                Arc::clone(&settings),
+                Arc::clone(&admission),
+            );
             Some(tokio::spawn(ext_authz::serve(
                 service,
                 listener,
@@ -185,7 +203,7 @@ pub async fn serve<C: Checker>(
         }
         None => None,
     };
-    let routes = http::routes(Arc::clone(&checker), settings);
+    let routes = http::routes(Arc::clone(&checker), settings, admission);
     let ready = Arc::clone(&checker);
     let served = infra::service::serve_until_shutdown_with(
         http,

@@ -15,3 +15,12 @@ pub fn checked(surface: &'static str, decision: &'static str) {
 pub fn invalid(surface: &'static str) {
     metrics::counter!(INVALID, "surface" => surface).increment(1);
 }
+
+/// Requests refused by an admission rule, by `policy` and `rule`.
+pub const ADMISSION_REFUSED: &str = "quotaflow_decide_admission_refused_total";
+
+/// Counts one request refused by an admission rule.
+pub fn admission_refused(policy: &str, rule: &'static str) {
+    metrics::counter!(ADMISSION_REFUSED, "policy" => policy.to_owned(), "rule" => rule)
+        .increment(1);
+}

@@ -136,6 +136,30 @@ async fn a_litellm_pre_call_hook_obeys_the_sidecar() {
     let body: serde_json::Value = degraded.json().await.unwrap();
     assert_eq!(answer(&body), "answer from gpt-4o-mini", "{body}");
 
+    // An admission rule refuses a call asking for more output than its workflow may, before
+    // any model answers.
+    let oversized = client
+        .post(format!("{base}/chat/completions"))
+        .bearer_auth(MASTER_KEY)
+        .header("x-quotaflow-team", "billing")
+        .header("x-quotaflow-workflow", "summaries")
+        .json(&serde_json::json!({
+            "model": "gpt-4o",
+            "max_tokens": 16000,
+            "messages": [{"role": "user", "content": "summarize everything"}]
+        }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(oversized.status(), 400);
+    assert_eq!(
+        oversized.headers().get("x-quotaflow-rule").unwrap(),
+        "max_output_tokens"
+    );
+    let body = oversized.text().await.unwrap();
+    assert!(body.contains("request_not_admitted"), "{body}");
+    assert!(!body.contains("answer from"), "{body}");
+
     // The sidecar gone: the hook fails closed.
     sidecar.stop().await;
     let unchecked = call("billing").await.unwrap();

@@ -165,6 +165,32 @@ async fn nginx_auth_request_obeys_the_sidecar() {
         "a refused request reached the provider"
     );
 
+    // An admission rule refuses an oversized request before the provider sees it.
+    let oversized = client
+        .post(&url)
+        .header("x-api-key", "k1")
+        .header("x-team", "billing")
+        .header("x-workflow", "summaries")
+        .header("x-quotaflow-input-tokens", "50000")
+        .json(&serde_json::json!({"model": "gpt-4o", "messages": []}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(oversized.status(), 429);
+    assert_eq!(
+        oversized.headers().get("x-quotaflow-rule").unwrap(),
+        "max_input_tokens"
+    );
+    assert_eq!(
+        oversized.headers().get("x-quotaflow-policy").unwrap(),
+        "summaries-context"
+    );
+    assert_eq!(
+        seen.lock().unwrap().len(),
+        1,
+        "an oversized request reached the provider"
+    );
+
     let degraded = call("ads").await.unwrap();
     assert_eq!(degraded.status(), 200);
     assert_eq!(

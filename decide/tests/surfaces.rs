@@ -14,6 +14,9 @@ use envoy_types::pb::envoy::service::auth::v3::{AttributeContext, CheckRequest};
 use infra::shutdown::Shutdown;
 use quotaflow_decide::{Config, FixedView};
 use schemas::{ControlDecision, DecisionAction};
+use support::SUMMARIES_POLICY;
+
+mod support;
 
 /// gRPC status codes (google.rpc.Code).
 const OK: i32 = 0;
@@ -67,6 +70,10 @@ impl Sidecar {
         }
         let mut config = Config::default();
         config.answers.deny_status = deny_status;
+        let policies = std::env::temp_dir().join(infra::testkit::unique_name("decide_policies"));
+        std::fs::create_dir_all(&policies).unwrap();
+        std::fs::write(policies.join("summaries.yaml"), SUMMARIES_POLICY).unwrap();
+        config.policies_dir = Some(policies);
         let http = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let grpc = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let (http_address, grpc_address) = (http.local_addr().unwrap(), grpc.local_addr().unwrap());
@@ -347,5 +354,90 @@ async fn a_deny_status_of_403_serves_nginx_on_both_surfaces() {
         panic!("{blocked:?}");
     };
     assert_eq!(denied.status.unwrap().code, 403);
+    sidecar.stop().await;
+}
+
+#[tokio::test]
+async fn a_request_declaring_more_than_its_policy_admits_is_refused_on_every_surface() {
+    let sidecar = Sidecar::start(429).await;
+    let oversized = [
+        ("x-quotaflow-api-key", "k1"),
+        ("x-quotaflow-team", "billing"),
+        ("x-quotaflow-workflow", "summaries"),
+        ("x-quotaflow-input-tokens", "50000"),
+    ];
+
+    let refused = sidecar.forward_auth(&oversized).await;
+    assert_eq!(refused.status(), 429);
+    assert_eq!(
+        header(&refused, "x-quotaflow-rule"),
+        Some("max_input_tokens")
+    );
+    assert_eq!(
+        header(&refused, "x-quotaflow-policy"),
+        Some("summaries-context")
+    );
+    assert_eq!(
+        header(&refused, "retry-after"),
+        None,
+        "retrying will not help"
+    );
+    let body: serde_json::Value = refused.json().await.unwrap();
+    assert_eq!(body["error"]["type"], "request_not_admitted");
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .ends_with("over the limit of 32000. use summaries-lite for long documents"),
+        "{body}"
+    );
+
+    // Within the limit, or another workflow: allowed.
+    let fits = sidecar
+        .forward_auth(&[
+            ("x-quotaflow-api-key", "k1"),
+            ("x-quotaflow-workflow", "summaries"),
+            ("x-quotaflow-input-tokens", "32000"),
+        ])
+        .await;
+    assert_eq!(fits.status(), 200);
+    let elsewhere = sidecar
+        .forward_auth(&[
+            ("x-quotaflow-api-key", "k1"),
+            ("x-quotaflow-workflow", "chat"),
+            ("x-quotaflow-input-tokens", "50000"),
+        ])
+        .await;
+    assert_eq!(elsewhere.status(), 200);
+    // A declared value that does not parse is refused, not taken as undeclared.
+    let garbled = sidecar
+        .forward_auth(&[
+            ("x-quotaflow-api-key", "k1"),
+            ("x-quotaflow-workflow", "summaries"),
+            ("x-quotaflow-input-tokens", "lots"),
+        ])
+        .await;
+    assert_eq!(garbled.status(), 429);
+    assert_eq!(
+        header(&garbled, "x-quotaflow-policy"),
+        Some("decide.invalid_request")
+    );
+
+    let answer: serde_json::Value = reqwest::Client::new()
+        .post(format!("{}/v1/check", sidecar.http))
+        .json(&serde_json::json!({
+            "api_key_id": "k1", "workflow": "summaries", "input_tokens": 50000
+        }))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(answer["decision"], "block");
+    assert_eq!(answer["rule"], "max_input_tokens");
+
+    let denied = sidecar.ext_authz(&oversized).await;
+    assert_eq!(denied.status.as_ref().unwrap().code, RESOURCE_EXHAUSTED);
     sidecar.stop().await;
 }

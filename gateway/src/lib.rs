@@ -5,6 +5,8 @@
 //! - [`follower`]: [`Gateway`] and its [`ControlFollower`] thread, which reads the compacted control
 //!   topic from the beginning into a shared view and applies the [`FailureMode`] while the view is
 //!   not trustworthy (not caught up yet, or the topic unreachable for too long).
+//! - [`admission`]: [`Admission`], the policies' request-time admission rules (context size,
+//!   output limit, image tiers, video length and resolution) checked before a request is sent.
 //! - [`error`]: [`GatewayError`], with `is_retryable`.
 //!
 //! It depends on the lean client layer (`quotaflow-client`: Kafka settings, retry rules), never on
@@ -24,10 +26,12 @@
 //! gateway.shutdown();
 //! ```
 
+pub mod admission;
 pub mod error;
 pub mod follower;
 pub mod view;
 
+pub use admission::{Admission, AdmissionRefusal};
 pub use error::GatewayError;
 pub use follower::{ControlFollower, FailureMode, Gateway, GatewayConfig};
 pub use view::{ApplyOutcome, DecisionView, RequestAttributes, Verdict};

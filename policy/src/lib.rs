@@ -31,6 +31,7 @@
 //! - Matching allocates nothing; globs and selectors are compiled at load.
 //! - Two different scopes of a policy never render to the same [`ScopeKey`].
 
+pub mod admission;
 pub mod amount;
 pub mod approver;
 pub mod dimension;

@@ -213,6 +213,11 @@ impl Policy {
         )
     }
 
+    /// The policy's request-time admission rules, if it has any.
+    pub fn admission(&self) -> Option<&crate::admission::AdmissionRules> {
+        self.record.admission.as_ref()
+    }
+
     /// Whether the event counts toward this policy (environment, route and selector all match).
     pub fn matches(&self, event: &EventDims<'_>) -> bool {
         self.filters

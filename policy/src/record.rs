@@ -83,6 +83,10 @@ pub struct PolicyRecord {
     /// When the policy is next reviewed by its owner; absent = no review scheduled.
     #[serde(default)]
     pub review: Option<Review>,
+    /// Request-time admission rules, checked by gateways before a request is sent, from what
+    /// the request declares ([`crate::admission`]); absent = none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub admission: Option<crate::admission::AdmissionRules>,
 }
 
 /// The default soft alert thresholds.

@@ -424,6 +424,11 @@ fn check_optional_sections(record: &PolicyRecord, at: &Locator<'_>, errors: &mut
             ));
         }
     }
+    if let Some(admission) = &record.admission {
+        for (field, problem) in admission.problems() {
+            errors.push(at.error(&["admission", field], problem));
+        }
+    }
     if let Some(anomaly) = &record.anomaly {
         if anomaly.z_threshold <= Decimal::ZERO {
             errors.push(at.error(

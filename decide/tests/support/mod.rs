@@ -35,7 +35,24 @@ pub fn team_decision(
     }
 }
 
-/// A sidecar (HTTP only) answering from `decisions`, refusing with `deny_status`.
+/// A policy with admission rules: the `summaries` workflow's approved context size and output.
+pub const SUMMARIES_POLICY: &str = r#"
+id: summaries-context
+owner: {team: ml, contact: ml@example.com}
+description: the summaries workflow's approved context size and output
+unit: cost_usd
+selector: {workflow: summaries}
+window: {kind: day}
+hard_cap: 100
+action: {kind: block}
+admission:
+  max_input_tokens: 32000
+  max_output_tokens: 4096
+  hint: "use summaries-lite for long documents"
+"#;
+
+/// A sidecar (HTTP only) answering from `decisions` after the admission rules of
+/// [`SUMMARIES_POLICY`], refusing with `deny_status`.
 pub struct FixedSidecar {
     pub address: SocketAddr,
     shutdown: Shutdown,
@@ -50,6 +67,10 @@ impl FixedSidecar {
         }
         let mut config = Config::default();
         config.answers.deny_status = deny_status;
+        let policies = std::env::temp_dir().join(infra::testkit::unique_name("decide_policies"));
+        std::fs::create_dir_all(&policies).unwrap();
+        std::fs::write(policies.join("summaries.yaml"), SUMMARIES_POLICY).unwrap();
+        config.policies_dir = Some(policies);
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let address = listener.local_addr().unwrap();
         let shutdown = Shutdown::new();

@@ -14,13 +14,17 @@ Settings (environment):
   workflow, environment, user, customer) from the caller's x-quotaflow-* headers. Only behind an
   authenticating front that sets them; a client that can name its own team can name another's.
 
-A block is answered with a 429, the sidecar's Retry-After and policy, and an OpenAI-style error;
-a degrade rewrites the call's model to the cheaper one before LiteLLM routes it.
+The hook declares the call's input tokens (litellm.token_counter over its messages) and its
+max_tokens, so the policies' admission rules can refuse it before any provider is called (a 400
+naming the policy and the rule). A block is answered with a 429, the sidecar's Retry-After and
+policy, and an OpenAI-style error; a degrade rewrites the call's model to the cheaper one before
+LiteLLM routes it.
 """
 
 import os
 
 import httpx
+import litellm
 from fastapi import HTTPException
 from litellm.integrations.custom_logger import CustomLogger
 
@@ -52,6 +56,12 @@ class QuotaflowHook(CustomLogger):
         }
         if key.user_id:
             check["user_id"] = key.user_id
+        # What the call declares, for the policies' admission rules.
+        max_output = data.get("max_completion_tokens") or data.get("max_tokens")
+        if max_output is not None:
+            check["max_output_tokens"] = int(max_output)
+        if data.get("messages"):
+            check["input_tokens"] = litellm.token_counter(model=check["model"], messages=data["messages"])
         if TRUST_CLIENT_HEADERS:
             headers = (data.get("proxy_server_request") or {}).get("headers") or {}
             for header, value in headers.items():
@@ -73,6 +83,20 @@ class QuotaflowHook(CustomLogger):
             raise HTTPException(
                 status_code=503,
                 detail={"error": {"type": "quota_unavailable", "message": f"quota check failed: {error}"}},
+            )
+        if answer["decision"] == "block" and answer.get("rule"):
+            # Refused by an admission rule: the same call will never pass, so no 429.
+            raise HTTPException(
+                status_code=400,
+                detail={
+                    "error": {
+                        "type": "request_not_admitted",
+                        "code": answer.get("policy_id"),
+                        "rule": answer["rule"],
+                        "message": answer.get("reason"),
+                    }
+                },
+                headers={"x-quotaflow-policy": answer.get("policy_id") or "", "x-quotaflow-rule": answer["rule"]},
             )
         if answer["decision"] == "block":
             headers = {"x-quotaflow-policy": answer.get("policy_id") or ""}
