@@ -5,7 +5,8 @@
 //!
 //! Every scenario must end with its expected outcome: the runaway staging loop is cut off and its
 //! soft ladder fires once per threshold, its page is triggered and resolved by the approval, the
-//! approval lifts the block and the raised cap blocks again, the fallback storm blocks the fallback
+//! approval lifts the block and the raised cap blocks again (the loop calls through a real NGINX
+//! asking the decision sidecar, which also refuses its one oversized context at admission), the fallback storm blocks the fallback
 //! route only, the deprecated model is refused in prod, the aggregator's totals equal a recount,
 //! and `quotactl replay` reproduces, on this run's history, every decision the live alerter made.
 //! The overshoot of the loop is a measured figure (it depends on the machine's speed), reported
@@ -121,7 +122,7 @@ async fn the_demo_scenarios_end_as_expected_and_replay_reproduces_the_live_decis
         group_id: testkit::unique_name("demo_e2e_alerter"),
         ..alerter::Config::default()
     };
-    alerter_config.alert.policies_dir = policies;
+    alerter_config.alert.policies_dir = policies.clone();
     alerter_config.alert.catalog_path = Some(catalog.clone());
     alerter_config.notify.slack.fallback_webhook =
         Some(Secret::new(format!("{receiver_url}/slack")));
@@ -134,6 +135,21 @@ async fn the_demo_scenarios_end_as_expected_and_replay_reproduces_the_live_decis
         shutdown.clone(),
     ));
     wait_ready("alerter", &alerter_url, &alerter).await;
+
+    // The decision sidecar the demo's NGINX asks about the loop's calls, as dev/demo runs it.
+    let mut decide_config = quotaflow_decide::Config::default();
+    decide_config.gateway.kafka = kafka.clone();
+    decide_config.gateway.failure_mode = gateway::FailureMode::Closed;
+    decide_config.grpc.listen = None;
+    decide_config.answers.deny_status = 403;
+    decide_config.policies_dir = Some(policies);
+    let (decide_listener, decide_url) = listener().await;
+    let decide = tokio::spawn(quotaflow_decide::run_with_listener(
+        decide_config,
+        decide_listener,
+        shutdown.clone(),
+    ));
+    wait_ready("decide", &decide_url, &decide).await;
 
     let args = demo::run::Args::parse_from([
         "quotaflow-demo",
@@ -156,6 +172,8 @@ async fn the_demo_scenarios_end_as_expected_and_replay_reproduces_the_live_decis
         &receiver_url,
         "--approver-key-file",
         approver_key.to_str().unwrap(),
+        "--sidecar",
+        decide_url.trim_start_matches("http://"),
     ]);
     let outcomes = demo::run::run(&args, &alerter_config)
         .await
@@ -165,6 +183,7 @@ async fn the_demo_scenarios_end_as_expected_and_replay_reproduces_the_live_decis
         names,
         [
             "runaway loop cut off",
+            "oversized context refused",
             "soft-alert ladder",
             "hard cap paged",
             "approval lifted block",
@@ -188,6 +207,7 @@ async fn the_demo_scenarios_end_as_expected_and_replay_reproduces_the_live_decis
     stopped("ingest", ingest).await;
     stopped("aggregator", aggregator).await;
     stopped("alerter", alerter).await;
+    stopped("decide", decide).await;
     let _ = tokio::time::timeout(Duration::from_secs(30), archive).await;
     testkit::drop_database(&clickhouse).await.unwrap();
 }

@@ -98,3 +98,21 @@ impl AnswerConfig {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use super::*;
+
+    #[test]
+    fn example_config_file_loads_and_is_valid() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../config/decide.toml");
+        let config: Config = infra::config::load(Some(&path)).expect("config/decide.toml loads");
+        assert_eq!(config.http.listen.port(), 8181);
+        assert_eq!(config.gateway.kafka.topics.control, "quota.control.v1");
+        assert_eq!(config.gateway.failure_mode, gateway::FailureMode::Closed);
+        assert_eq!(config.answers.deny_status, 403);
+        config.validate().unwrap();
+    }
+}

@@ -36,6 +36,7 @@ pub mod config;
 pub mod ext_authz;
 pub mod http;
 pub mod metrics;
+pub mod nginx;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -128,6 +129,16 @@ impl DecideError {
 /// Runs the sidecar with `config` until `shutdown`: binds its listeners, follows the control topic.
 pub async fn run(config: Config, shutdown: Shutdown) -> Result<(), DecideError> {
     let http = infra::service::bind(config.http.listen).await?;
+    run_with_listener(config, http, shutdown).await
+}
+
+/// [`run`] on an HTTP listener the caller bound (tests and embedders bind port 0); the gRPC
+/// listener, if any, is bound from the config.
+pub async fn run_with_listener(
+    config: Config,
+    http: TcpListener,
+    shutdown: Shutdown,
+) -> Result<(), DecideError> {
     let grpc = match config.grpc.listen {
         Some(address) => {
             Some(

@@ -5,8 +5,6 @@
 //! naming the cheaper model (a client's forged header replaced).
 
 use std::net::SocketAddr;
-use std::path::Path;
-use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -20,8 +18,7 @@ mod support;
 
 const DEADLINE: Duration = Duration::from_secs(20);
 
-/// The shipped configuration.
-const NGINX_CONF: &str = include_str!("../../deploy/gateways/nginx.conf");
+use quotaflow_decide::nginx::{Nginx, SHIPPED_CONF as NGINX_CONF};
 
 /// What the mock provider saw: one entry per request, the degrade header it carried.
 type Seen = Arc<Mutex<Vec<Option<String>>>>;
@@ -49,54 +46,6 @@ async fn mock_provider() -> (SocketAddr, Seen) {
     (address, seen)
 }
 
-/// NGINX in the foreground, stopped when dropped.
-struct Nginx(Child);
-
-impl Nginx {
-    fn start(
-        prefix: &Path,
-        listen: SocketAddr,
-        sidecar: SocketAddr,
-        upstream: SocketAddr,
-    ) -> Nginx {
-        let conf = NGINX_CONF
-            .replace("{{PREFIX}}", &prefix.display().to_string())
-            .replace("{{LISTEN}}", &listen.to_string())
-            .replace("{{SIDECAR}}", &sidecar.to_string())
-            .replace("{{UPSTREAM}}", &upstream.to_string());
-        let path = prefix.join("nginx.conf");
-        std::fs::write(&path, conf).unwrap();
-        let child = Command::new(nginx_binary())
-            .arg("-p")
-            .arg(prefix)
-            .arg("-e")
-            .arg(prefix.join("error.log"))
-            .arg("-c")
-            .arg(&path)
-            .args(["-g", "daemon off; master_process off;"])
-            .stdout(Stdio::null())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("nginx starts (installed by dev/setup)");
-        Nginx(child)
-    }
-}
-
-impl Drop for Nginx {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn nginx_binary() -> String {
-    ["/usr/sbin/nginx", "/usr/local/sbin/nginx"]
-        .into_iter()
-        .find(|path| Path::new(path).exists())
-        .unwrap_or("nginx")
-        .to_owned()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[cfg_attr(
     not(feature = "live"),
@@ -116,7 +65,14 @@ async fn nginx_auth_request_obeys_the_sidecar() {
     let prefix = std::env::temp_dir().join(infra::testkit::unique_name("nginx"));
     std::fs::create_dir_all(&prefix).unwrap();
     let listen = free_port();
-    let _nginx = Nginx::start(&prefix, listen, sidecar.address, upstream);
+    let _nginx = Nginx::start(
+        NGINX_CONF,
+        &prefix,
+        listen,
+        &sidecar.address.to_string(),
+        &upstream.to_string(),
+    )
+    .expect("nginx starts (installed by dev/setup)");
     let url = format!("http://{listen}/v1/chat/completions");
     let client = reqwest::Client::new();
     let call = |team: &'static str| {
@@ -133,12 +89,7 @@ async fn nginx_auth_request_obeys_the_sidecar() {
         call("billing").await.ok()
     })
     .await;
-    assert_eq!(
-        allowed.status(),
-        200,
-        "{:?}",
-        std::fs::read_to_string(prefix.join("error.log"))
-    );
+    assert_eq!(allowed.status(), 200, "{:?}", _nginx.error_log());
     assert_eq!(seen.lock().unwrap().as_slice(), &[None]);
 
     let refused = call("search").await.unwrap();

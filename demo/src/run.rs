@@ -23,7 +23,9 @@ use indicatif::{ProgressBar, ProgressStyle};
 use rust_decimal::Decimal;
 use serde_json::Value;
 
+mod front;
 mod outcomes;
+use front::{FrontAnswer, NginxFront};
 use outcomes::*;
 
 /// Runs the scripted demo against running services.
@@ -71,6 +73,11 @@ pub struct Args {
     /// Delete the topics of earlier demo runs (`quotaflow.demo.*` other than this run's).
     #[arg(long)]
     pub delete_old_topics: bool,
+    /// The decision sidecar's HTTP listener (`quotaflow-decide`, following this run's control
+    /// topic with the demo policies and `answers.deny_status = 403`): the runaway loop's calls go
+    /// through an NGINX the demo starts in front of ingest, which asks it about each.
+    #[arg(long, default_value = "127.0.0.1:8181")]
+    pub sidecar: String,
     /// Analyst queries whose results the summary shows.
     #[arg(long, default_value = "schemas/sql/queries")]
     pub queries_dir: PathBuf,
@@ -108,6 +115,10 @@ struct Gatekeeping {
     loop_allowed_after_approval: Option<DateTime<Utc>>,
     approved_at: Option<DateTime<Utc>>,
     approval: Option<String>,
+    /// What NGINX answered the loop's first refused call: its `Retry-After`.
+    loop_retry_after: Option<String>,
+    /// The oversized call's refusal at admission: the rule and the reason.
+    admission_refusal: Option<(Option<String>, String)>,
     accepted: u64,
     rejected: u64,
 }
@@ -157,6 +168,12 @@ pub async fn run(args: &Args, alerter_config: &alerter::Config) -> Result<Vec<Ou
         }
     }
     let gateway = start_gateway(alerter_config).await?;
+    wait_for_sidecar(&http, &args.sidecar).await?;
+    let front = NginxFront::start(&args.sidecar, &args.ingest_url, &run_id).await?;
+    println!(
+        "the runaway loop calls through nginx at {} (deploy/gateways/nginx.conf), which asks the decision sidecar at {}",
+        front.url, args.sidecar
+    );
     let mut gatekeeping = Gatekeeping::default();
     let scenario = Scenario::new(
         args.seed,
@@ -171,11 +188,13 @@ pub async fn run(args: &Args, alerter_config: &alerter::Config) -> Result<Vec<Ou
         alerter_config,
         &http,
         &gateway,
+        &front,
         scenario,
         &mut gatekeeping,
     )
     .await?;
     gateway.shutdown();
+    drop(front);
     print_gatekeeping(&gatekeeping);
     if gatekeeping.accepted == 0 {
         bail!("ingest accepted no events");
@@ -225,6 +244,83 @@ async fn start_gateway(config: &alerter::Config) -> Result<gateway::Gateway> {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     Ok(gateway)
+}
+
+/// Waits until the sidecar has caught up with the control topic (`/readyz`).
+async fn wait_for_sidecar(http: &reqwest::Client, sidecar: &str) -> Result<()> {
+    let url = format!("http://{sidecar}/readyz");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        if let Ok(response) = http.get(&url).send().await {
+            if response.status().is_success() {
+                return Ok(());
+            }
+        }
+        if Instant::now() > deadline {
+            bail!("the decision sidecar at {sidecar} was not ready in 30 s");
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Sends a call of the loop's agent through NGINX (which asks the sidecar) and tallies the answer.
+async fn through_front(
+    front: &NginxFront,
+    http: &reqwest::Client,
+    args: &Args,
+    request: &scenario::Request,
+    gatekeeping: &mut Gatekeeping,
+    now: DateTime<Utc>,
+) -> Result<()> {
+    let answer = front
+        .call(
+            http,
+            args.token.expose(),
+            &request.event,
+            scenario::LOOP_MAX_OUTPUT_TOKENS,
+        )
+        .await?;
+    let actor = request.actor;
+    let tally = gatekeeping.tally.entry(actor).or_default();
+    tally.generated += 1;
+    match answer {
+        FrontAnswer::Sent { accepted, rejected } => {
+            tally.sent += 1;
+            gatekeeping.accepted += accepted;
+            gatekeeping.rejected += rejected;
+            if actor == Actor::RunawayLoop
+                && gatekeeping.approved_at.is_some()
+                && gatekeeping.loop_allowed_after_approval.is_none()
+            {
+                gatekeeping.loop_allowed_after_approval = Some(now);
+            }
+        }
+        FrontAnswer::Refused {
+            policy,
+            reason,
+            rule,
+            retry_after,
+        } => {
+            tally.refused += 1;
+            if actor == Actor::OversizedContext {
+                gatekeeping.admission_refusal = Some((rule.clone(), reason.clone()));
+            }
+            if actor == Actor::RunawayLoop && gatekeeping.loop_first_refused.is_none() {
+                gatekeeping.loop_first_refused = Some(now);
+                gatekeeping.loop_retry_after = retry_after;
+            }
+            let key = match &rule {
+                Some(rule) => format!("{policy} (admission rule {rule})"),
+                None => policy,
+            };
+            gatekeeping
+                .refused_by_policy
+                .entry(key)
+                .or_insert((0, reason))
+                .0 += 1;
+        }
+    }
+    Ok(())
 }
 
 /// Asks the gateway about `request`: `false` if it is refused; a degrade changes the model.
@@ -291,6 +387,7 @@ async fn run_workload(
     alerter_config: &alerter::Config,
     http: &reqwest::Client,
     gateway: &gateway::Gateway,
+    front: &NginxFront,
     mut scenario: Scenario,
     gatekeeping: &mut Gatekeeping,
 ) -> Result<()> {
@@ -315,10 +412,16 @@ async fn run_workload(
         }
         let now = Utc::now();
         let mut batch = Vec::new();
+        let mut behind_nginx = Vec::new();
         for mut request in scenario.tick(elapsed, TICK, now) {
-            if obey(gateway, &mut request, gatekeeping, now) {
+            if matches!(request.actor, Actor::RunawayLoop | Actor::OversizedContext) {
+                behind_nginx.push(request);
+            } else if obey(gateway, &mut request, gatekeeping, now) {
                 batch.push(request.event);
             }
+        }
+        for request in &behind_nginx {
+            through_front(front, http, args, request, gatekeeping, now).await?;
         }
         if !batch.is_empty() {
             let response = post_with_retry(http, args, &batch).await?;
@@ -394,7 +497,9 @@ async fn approve(
 }
 
 fn print_gatekeeping(gatekeeping: &Gatekeeping) {
-    println!("\n== the simulated gateway obeyed the control topic ==");
+    println!(
+        "\n== the gateways obeyed the control topic (RunawayLoop and OversizedContext through nginx and the decision sidecar, the rest in-process) =="
+    );
     for (actor, tally) in &gatekeeping.tally {
         println!(
             "{:<14} {:>7} requests: {:>7} sent ({} degraded), {:>6} refused",

@@ -6,7 +6,8 @@
 //! - all along: the background fleet (several teams, keys and environments; text with cache hits,
 //!   images by tier, async video jobs, audio, embeddings, batch; some retries and fallbacks), and
 //!   a legacy client that keeps calling a model the price catalog marks deprecated, in prod;
-//! - from 10 %: a runaway agent loop on a staging key, [`LOOP_RATE`] calls a second;
+//! - from 10 %: a runaway agent loop on a staging key, [`LOOP_RATE`] calls a second, and once
+//!   a call of its agent whose context is above the workflow's approved size;
 //! - from 55 % to 85 %: a fallback storm: the support bots' primary route fails and every
 //!   action falls back to the other provider, [`STORM_RATE`] actions a second.
 //!
@@ -28,8 +29,11 @@ pub enum Actor {
     Background,
     /// A client still calling a deprecated model in prod.
     Legacy,
-    /// The runaway agent loop in staging.
+    /// The runaway agent loop in staging (through NGINX and the decision sidecar).
     RunawayLoop,
+    /// One call of the loop's agent with a context above its workflow's approved size (through
+    /// NGINX and the sidecar, refused at admission).
+    OversizedContext,
     /// The support bots' primary attempts during the storm.
     StormPrimary,
     /// The support bots' fallback attempts during the storm.
@@ -51,6 +55,13 @@ pub const LOOP_RATE: f64 = 40.0;
 pub const STORM_RATE: f64 = 25.0;
 /// The legacy client's calls per second.
 pub const LEGACY_RATE: f64 = 2.0;
+/// The context size the agent's workflow is approved for (the `admission:` section of
+/// `demo/policies/staging_agent_cap.yaml`).
+pub const LOOP_CONTEXT_LIMIT: u64 = 100_000;
+/// The context the oversized call declares.
+pub const OVERSIZED_INPUT_TOKENS: u64 = 180_000;
+/// The max output tokens every loop call declares.
+pub const LOOP_MAX_OUTPUT_TOKENS: u64 = 1_024;
 /// The staging key the runaway loop uses.
 pub const LOOP_KEY: &str = "key_agent_staging";
 /// The support workflow the storm hits.
@@ -75,6 +86,7 @@ pub struct Scenario {
     /// Fractional requests owed per actor (rates are not multiples of the tick).
     owed: [f64; 4],
     sequence: u64,
+    oversized_sent: bool,
 }
 
 impl Scenario {
@@ -99,6 +111,7 @@ impl Scenario {
             rate: rate as f64,
             owed: [0.0; 4],
             sequence: 0,
+            oversized_sent: false,
         }
     }
 
@@ -130,6 +143,16 @@ impl Scenario {
             });
         }
         if fraction >= LOOP_FROM {
+            if !self.oversized_sent {
+                // Once, as the loop starts: the agent pastes a whole corpus into its context.
+                self.oversized_sent = true;
+                let mut event = self.agent_call(now);
+                event.input_tokens = OVERSIZED_INPUT_TOKENS;
+                requests.push(Request {
+                    actor: Actor::OversizedContext,
+                    event,
+                });
+            }
             for _ in 0..self.due(2, LOOP_RATE * seconds) {
                 let event = self.agent_call(now);
                 requests.push(Request {

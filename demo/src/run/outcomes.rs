@@ -12,6 +12,7 @@ pub(super) async fn outcomes(
 ) -> Result<Vec<Outcome>> {
     let mut outcomes = Vec::new();
     outcomes.push(runaway_outcome(clickhouse, gatekeeping).await?);
+    outcomes.push(admission_outcome(clickhouse, gatekeeping).await?);
     outcomes.extend(notification_outcomes(captured));
     outcomes.push(approval_outcome(clickhouse, gatekeeping).await?);
     outcomes.extend(rule_outcomes(clickhouse, gatekeeping).await?);
@@ -79,12 +80,14 @@ pub(super) async fn runaway_outcome(
                 "runaway loop cut off",
                 over_events <= bound_events,
                 format!(
-                    "staging key {} crossed its {} USD cap; the gateway refused it {:.0} ms after the crossing call; \
+                    "staging key {} crossed its {} USD cap; nginx, asking the decision sidecar, refused it {:.0} ms after the crossing call \
+                     (429, Retry-After {} s); \
                      spend stopped at {} USD: {} calls ({} USD) got through after the crossing, bound {} calls \
                      ({} calls/s x {} ms: the enforcement p99 goal + one gateway tick)",
                     scenario::LOOP_KEY,
                     cap,
                     latency_ms,
+                    gatekeeping.loop_retry_after.as_deref().unwrap_or("missing"),
                     spent.normalize(),
                     over_events,
                     over_usd.round_dp(4).normalize(),
@@ -109,6 +112,45 @@ pub(super) async fn runaway_outcome(
             ),
         ),
     })
+}
+
+/// The oversized call: refused by the sidecar's admission rule before it reached ingest.
+pub(super) async fn admission_outcome(
+    clickhouse: &ClickHouse,
+    gatekeeping: &Gatekeeping,
+) -> Result<Outcome> {
+    let oversized = gatekeeping
+        .tally
+        .get(&Actor::OversizedContext)
+        .cloned()
+        .unwrap_or_default();
+    let archived = clickhouse
+        .rows(&format!(
+            "SELECT toString(count()) AS n FROM usage_events WHERE api_key_id = '{}' AND input_tokens > {}",
+            scenario::LOOP_KEY,
+            scenario::LOOP_CONTEXT_LIMIT
+        ))
+        .await?;
+    let archived = archived.first().map_or("?", |row| field(row, "n"));
+    let (rule, reason) = gatekeeping
+        .admission_refusal
+        .clone()
+        .unwrap_or((None, "not refused".to_owned()));
+    Ok(outcome(
+        "oversized context refused",
+        oversized.generated == 1
+            && oversized.refused == 1
+            && rule.as_deref() == Some("max_input_tokens")
+            && archived == "0",
+        format!(
+            "a {} token context from the agent loop (approved: {}) got 429 from nginx, rule {}, before ingest saw it ({} archived): {}",
+            scenario::OVERSIZED_INPUT_TOKENS,
+            scenario::LOOP_CONTEXT_LIMIT,
+            rule.as_deref().unwrap_or("none"),
+            archived,
+            reason
+        ),
+    ))
 }
 
 /// The notifications of the loop's key: the soft-alert ladder in Slack (each threshold once)
