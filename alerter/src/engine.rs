@@ -485,6 +485,7 @@ impl Engine {
             );
             effects.push(self.lift(&held, reason, now));
         }
+        effects.extend(self.reshadow(now));
         effects.extend(self.reevaluate_all(now));
         effects.extend(self.evaluate_gauges(now));
         effects.extend(self.reconcile_models(now));
@@ -689,5 +690,111 @@ action: {{kind: block}}
         let mut engine = Engine::new(current);
         assert_eq!(blocks(&engine.on_total(over_cap(&old_kind), now)), 0);
         assert_eq!(blocks(&engine.on_total(over_cap(&current_kind), now)), 1);
+    }
+}
+
+#[cfg(test)]
+mod shadow_tests {
+    use super::*;
+    use chrono::TimeZone;
+
+    fn policies(shadow: bool) -> Arc<PolicySet> {
+        let text = format!(
+            r#"
+id: search-daily
+owner: {{team: search, contact: s@example.com, pagerduty_service: search-oncall}}
+description: cost per team per day
+unit: cost_usd
+group_by: [team]
+window: {{kind: day}}
+hard_cap: 100
+action: {{kind: block}}
+shadow: {shadow}
+"#
+        );
+        Arc::new(PolicySet::from_str("p.yaml", &text).unwrap())
+    }
+
+    fn decisions(effects: &[Effect]) -> Vec<&ControlDecision> {
+        effects
+            .iter()
+            .filter_map(|effect| match effect {
+                Effect::Decide(decision) => Some(decision),
+                _ => None,
+            })
+            .collect()
+    }
+
+    fn notices(effects: &[Effect]) -> Vec<&crate::notify::Notice> {
+        effects
+            .iter()
+            .filter_map(|effect| match effect {
+                Effect::Alert(_, notice) => Some(&**notice),
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// Issue 15 point 4: a policy in shadow mode decides as its enforced self would, marked
+    /// shadow (never enforced), says so in Slack without paging; switching shadow off re-issues
+    /// the block enforced (a new version) and pages; on again, it is a dry run again.
+    #[test]
+    fn a_shadow_policy_decides_without_enforcing_or_paging_until_switched_off() {
+        let shadow = policies(true);
+        let kind = shadow.get("search-daily").unwrap().totals_scope_kind();
+        let start = Utc.with_ymd_and_hms(2026, 3, 9, 0, 0, 0).unwrap();
+        let now = start + TimeDelta::hours(12);
+        let total = WindowTotal {
+            cost_usd: Decimal::from(150),
+            ..schemas::fixtures::empty_day_total(&kind, "team=search", start)
+        };
+        let mut engine = Engine::new(shadow);
+        let effects = engine.on_total(total, now);
+        let decided = decisions(&effects);
+        assert_eq!(decided.len(), 1);
+        assert!(decided[0].shadow);
+        assert_eq!(decided[0].action, DecisionAction::Block);
+        assert_eq!(decided[0].audit_action(), "would_block");
+        let shadow_version = decided[0].version;
+        let page = notices(&effects)
+            .into_iter()
+            .find(|notice| matches!(notice.kind, NoticeKind::Rule { .. }))
+            .expect("a Slack notice of the dry run");
+        assert_eq!(page.pagerduty_service, None, "a dry run never pages");
+        let NoticeKind::Rule { text } = &page.kind else {
+            unreachable!()
+        };
+        assert!(
+            text.contains("Shadow mode") && text.contains("would block"),
+            "{text}"
+        );
+        assert!(
+            !notices(&effects)
+                .iter()
+                .any(|notice| notice.kind == NoticeKind::HardCap),
+            "no hard-cap page for a dry run"
+        );
+
+        // Enforced from the reload on: the same block, a new version, paged.
+        let effects = engine.set_policies(policies(false), now + TimeDelta::minutes(1));
+        let decided = decisions(&effects);
+        assert_eq!(decided.len(), 1, "{effects:?}");
+        assert!(!decided[0].shadow);
+        assert_eq!(decided[0].action, DecisionAction::Block);
+        assert!(decided[0].version > shadow_version);
+        assert!(notices(&effects).iter().any(|notice| {
+            notice.kind == NoticeKind::HardCap
+                && notice.pagerduty_service.as_deref() == Some("search-oncall")
+        }));
+
+        // A reload that changes nothing re-issues nothing.
+        let effects = engine.set_policies(policies(false), now + TimeDelta::minutes(2));
+        assert!(decisions(&effects).is_empty());
+
+        // Back to a dry run.
+        let effects = engine.set_policies(policies(true), now + TimeDelta::minutes(3));
+        let decided = decisions(&effects);
+        assert_eq!(decided.len(), 1);
+        assert!(decided[0].shadow);
     }
 }

@@ -96,6 +96,9 @@ use effects::*;
 pub mod metric {
     /// Decisions published, by `action`.
     pub const DECISIONS: &str = "quotaflow_alerter_decisions_total";
+    /// Decisions of policies in shadow mode (published, never enforced), by `policy_id` and
+    /// `action` (`would_block`, `would_degrade`); also counted in [`DECISIONS`].
+    pub const SHADOW_DECISIONS: &str = "quotaflow_alerter_shadow_decisions_total";
     /// Control keys forgotten: tombstones published for allows issued more than
     /// `2 × alert.ended_window_keep_secs` ago (issue 13 point 7).
     pub const DECISIONS_FORGOTTEN: &str = "quotaflow_alerter_decisions_forgotten_total";

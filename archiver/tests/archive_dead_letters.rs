@@ -49,6 +49,7 @@ async fn every_bad_record_is_dead_lettered_and_the_archive_keeps_going() {
         expires_at: None,
         version: 1,
         absent: Vec::new(),
+        shadow: false,
     };
     let mut unknown_fingerprint = valid("unknown-fp");
     unknown_fingerprint[2..10].copy_from_slice(&[1, 2, 3, 4, 5, 6, 7, 8]);

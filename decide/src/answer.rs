@@ -9,6 +9,8 @@
 //! | `x-quotaflow-degrade-to` | degrade | the model or route to use instead |
 //! | `retry-after` | block, when known | whole seconds until the block's `expires_at` or window end, at least 1 |
 //! | `x-quotaflow-rule` | refused by an admission rule | the rule (`max_input_tokens` …); retrying the same request will not help |
+//! | `x-quotaflow-shadow-decision` | a policy in shadow mode would refuse or degrade the request | `would_block` or `would_degrade` (not enforced) |
+//! | `x-quotaflow-shadow-policy` | with it | that policy's id |
 
 use chrono::{DateTime, Utc};
 use gateway::Verdict;
@@ -26,6 +28,10 @@ pub const DEGRADE_TO: &str = "x-quotaflow-degrade-to";
 pub const RETRY_AFTER: &str = "retry-after";
 /// Header: the admission rule that refused the request.
 pub const RULE: &str = "x-quotaflow-rule";
+/// Header: what a policy in shadow mode would do with the request (never enforced).
+pub const SHADOW_DECISION: &str = "x-quotaflow-shadow-decision";
+/// Header: the policy in shadow mode.
+pub const SHADOW_POLICY: &str = "x-quotaflow-shadow-policy";
 
 /// What the sidecar answers for one request.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -53,6 +59,13 @@ pub struct Answer {
     /// request will not help.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub rule: Option<String>,
+    /// What a policy in shadow mode would do (`would_block`, `would_degrade`): a dry run, not
+    /// enforced. Set on allowed and degraded answers only.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub shadow_decision: Option<&'static str>,
+    /// The policy in shadow mode.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub shadow_policy_id: Option<String>,
 }
 
 impl Answer {
@@ -68,6 +81,8 @@ impl Answer {
             until: None,
             retry_after_seconds: None,
             rule: rule.map(str::to_owned),
+            shadow_decision: None,
+            shadow_policy_id: None,
         }
     }
 
@@ -83,6 +98,8 @@ impl Answer {
                 until: None,
                 retry_after_seconds: None,
                 rule: None,
+                shadow_decision: None,
+                shadow_policy_id: None,
             },
             Verdict::Block {
                 reason,
@@ -98,6 +115,8 @@ impl Answer {
                 until: *until,
                 retry_after_seconds: until.map(|until| seconds_until(until, now)),
                 rule: None,
+                shadow_decision: None,
+                shadow_policy_id: None,
             },
             Verdict::Degrade {
                 to,
@@ -114,8 +133,25 @@ impl Answer {
                 until: *until,
                 retry_after_seconds: None,
                 rule: None,
+                shadow_decision: None,
+                shadow_policy_id: None,
             },
         }
+    }
+
+    /// Adds what a policy in shadow mode would do (`shadow`, from
+    /// [`crate::Checker::check_shadow`]) to an answer that lets the request go.
+    pub fn with_shadow(mut self, shadow: &Verdict) -> Answer {
+        let (would, policy_id) = match shadow {
+            Verdict::Allow => return self,
+            Verdict::Block { policy_id, .. } => ("would_block", policy_id),
+            Verdict::Degrade { policy_id, .. } => ("would_degrade", policy_id),
+        };
+        if self.allowed {
+            self.shadow_decision = Some(would);
+            self.shadow_policy_id = Some(policy_id.to_string());
+        }
+        self
     }
 
     /// The answer's headers (see the module docs), names in lower case.
@@ -135,6 +171,10 @@ impl Answer {
         }
         if let Some(rule) = &self.rule {
             headers.push((RULE, rule.clone()));
+        }
+        if let (Some(would), Some(policy_id)) = (self.shadow_decision, &self.shadow_policy_id) {
+            headers.push((SHADOW_DECISION, would.to_owned()));
+            headers.push((SHADOW_POLICY, header_safe(policy_id)));
         }
         headers
     }

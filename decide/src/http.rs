@@ -10,7 +10,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{any, post};
 use axum::{Json, Router};
 
-use gateway::Admission;
+use gateway::{Admission, Verdict};
 
 use crate::answer::Answer;
 use crate::attributes::Attributes;
@@ -72,8 +72,22 @@ impl Decider {
                     )
                 }
                 None => {
-                    let verdict = attributes.with(|request| self.checker.check(request));
-                    Answer::of(&verdict, now)
+                    let (verdict, shadow) = attributes.with(|request| {
+                        let verdict = self.checker.check(request);
+                        let shadow = if verdict.may_proceed() {
+                            self.checker.check_shadow(request)
+                        } else {
+                            Verdict::Allow
+                        };
+                        (verdict, shadow)
+                    });
+                    let answer = Answer::of(&verdict, now).with_shadow(&shadow);
+                    if let (Some(would), Some(policy_id)) =
+                        (answer.shadow_decision, &answer.shadow_policy_id)
+                    {
+                        crate::metrics::shadowed(policy_id, would);
+                    }
+                    answer
                 }
             }
         };

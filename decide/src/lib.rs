@@ -55,6 +55,10 @@ pub trait Checker: Send + Sync + 'static {
     fn check(&self, request: &RequestAttributes<'_>) -> Verdict;
     /// Whether answers come from caught-up decisions (for `/readyz`).
     fn is_ready(&self) -> bool;
+    /// What policies in shadow mode would do with `request` (never enforced); none by default.
+    fn check_shadow(&self, _request: &RequestAttributes<'_>) -> Verdict {
+        Verdict::Allow
+    }
 }
 
 impl Checker for Gateway {
@@ -64,6 +68,10 @@ impl Checker for Gateway {
 
     fn is_ready(&self) -> bool {
         Gateway::is_ready(self)
+    }
+
+    fn check_shadow(&self, request: &RequestAttributes<'_>) -> Verdict {
+        Gateway::check_shadow(self, request)
     }
 }
 
@@ -82,6 +90,13 @@ impl Checker for FixedView {
 
     fn is_ready(&self) -> bool {
         true
+    }
+
+    fn check_shadow(&self, request: &RequestAttributes<'_>) -> Verdict {
+        self.0
+            .read()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .check_shadow(request, chrono::Utc::now())
     }
 }
 

@@ -24,3 +24,12 @@ pub fn admission_refused(policy: &str, rule: &'static str) {
     metrics::counter!(ADMISSION_REFUSED, "policy" => policy.to_owned(), "rule" => rule)
         .increment(1);
 }
+
+/// Requests a policy in shadow mode would have refused or degraded (let go: a dry run), by
+/// `policy` and `decision` (`would_block`, `would_degrade`).
+pub const SHADOW: &str = "quotaflow_decide_shadow_total";
+
+/// Counts one request a policy in shadow mode would have refused or degraded.
+pub fn shadowed(policy: &str, decision: &'static str) {
+    metrics::counter!(SHADOW, "policy" => policy.to_owned(), "decision" => decision).increment(1);
+}

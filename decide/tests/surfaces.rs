@@ -67,6 +67,16 @@ impl Sidecar {
                 DecisionAction::Degrade,
                 in_an_hour,
             ));
+            // A policy in shadow mode (a dry run) that would block `research`.
+            held.apply(&ControlDecision {
+                shadow: true,
+                ..decision(
+                    "research-dry-run",
+                    "research",
+                    DecisionAction::Block,
+                    in_an_hour,
+                )
+            });
         }
         let mut config = Config::default();
         config.answers.deny_status = deny_status;
@@ -439,5 +449,68 @@ async fn a_request_declaring_more_than_its_policy_admits_is_refused_on_every_sur
 
     let denied = sidecar.ext_authz(&oversized).await;
     assert_eq!(denied.status.as_ref().unwrap().code, RESOURCE_EXHAUSTED);
+    sidecar.stop().await;
+}
+
+/// Issue 15 point 4: a policy in shadow mode never refuses; the answer says what it would have
+/// done (header and JSON), and `quotaflow_decide_shadow_total` counts it.
+#[tokio::test]
+async fn a_shadow_decision_lets_the_request_go_and_says_what_it_would_do() {
+    let sidecar = Sidecar::start(429).await;
+    let allowed = sidecar
+        .forward_auth(&[
+            ("x-quotaflow-api-key", "k1"),
+            ("x-quotaflow-team", "research"),
+        ])
+        .await;
+    assert_eq!(allowed.status(), 200);
+    assert_eq!(header(&allowed, "x-quotaflow-decision"), Some("allow"));
+    assert_eq!(
+        header(&allowed, "x-quotaflow-shadow-decision"),
+        Some("would_block")
+    );
+    assert_eq!(
+        header(&allowed, "x-quotaflow-shadow-policy"),
+        Some("research-dry-run")
+    );
+    assert_eq!(header(&allowed, "retry-after"), None);
+
+    let answer: serde_json::Value = reqwest::Client::new()
+        .post(format!("{}/v1/check", sidecar.http))
+        .json(&serde_json::json!({"api_key_id": "k1", "team": "research"}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(answer["allowed"], true);
+    assert_eq!(answer["shadow_decision"], "would_block");
+    assert_eq!(answer["shadow_policy_id"], "research-dry-run");
+
+    // Other teams carry no shadow word.
+    let other = sidecar
+        .forward_auth(&[
+            ("x-quotaflow-api-key", "k1"),
+            ("x-quotaflow-team", "billing"),
+        ])
+        .await;
+    assert_eq!(other.status(), 200);
+    assert_eq!(header(&other, "x-quotaflow-shadow-decision"), None);
+
+    let metrics = reqwest::get(format!("{}/metrics", sidecar.http))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics
+            .lines()
+            .any(|line| line.starts_with("quotaflow_decide_shadow_total")
+                && line.contains("policy=\"research-dry-run\"")
+                && line.contains("decision=\"would_block\"")),
+        "{metrics}"
+    );
     sidecar.stop().await;
 }

@@ -421,6 +421,16 @@ impl Gateway {
             .check(request, now)
     }
 
+    /// What the decisions of policies in shadow mode would do with a request now: never
+    /// enforced; for dry-run headers, logs and metrics (the sidecar counts them).
+    pub fn check_shadow(&self, request: &RequestAttributes<'_>) -> Verdict {
+        self.shared
+            .view
+            .read()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .check_shadow(request, Utc::now())
+    }
+
     /// Whether the view has caught up with the control topic as it was at start.
     pub fn is_ready(&self) -> bool {
         self.shared.ready.load(Ordering::Acquire)

@@ -170,6 +170,9 @@ impl Verdict {
 pub enum ApplyOutcome {
     /// A block or degrade is now in force for the key.
     Installed,
+    /// A block or degrade of a policy in shadow mode: held apart, never enforced (see
+    /// [`DecisionView::check_shadow`]); whatever the key held is lifted.
+    Shadowed,
     /// An allow: whatever the key held is lifted.
     Lifted,
     /// The version is not higher than the one held for the key; nothing changed.
@@ -309,6 +312,10 @@ pub struct DecisionView {
     /// Decisions with an empty scope, or whose every scope value is an overflow bucket:
     /// checked against every request.
     unscoped: Vec<Arc<ActiveDecision>>,
+    /// The blocks and degrades of policies in shadow mode (`ControlDecision::shadow`), kept
+    /// apart: [`DecisionView::check`] never sees them, [`DecisionView::check_shadow`] tells what
+    /// they would do. `None` until the first one arrives (no cost without shadow policies).
+    shadow: Option<Box<DecisionView>>,
 }
 
 impl DecisionView {
@@ -327,6 +334,11 @@ impl DecisionView {
         self.active.is_empty()
     }
 
+    /// Number of shadow blocks and degrades held (never enforced).
+    pub fn shadow_len(&self) -> usize {
+        self.shadow.as_ref().map_or(0, |shadow| shadow.len())
+    }
+
     /// Applies a decision if its version is higher than the one held for its key.
     pub fn apply(&mut self, decision: &ControlDecision) -> ApplyOutcome {
         if let Some(&held) = self.versions.get(&decision.key) {
@@ -336,9 +348,24 @@ impl DecisionView {
         }
         self.versions.insert(decision.key.clone(), decision.version);
         self.unindex(&decision.key);
+        if let Some(shadow) = &mut self.shadow {
+            shadow.unindex(&decision.key);
+        }
         if decision.action == DecisionAction::Allow {
             return ApplyOutcome::Lifted;
         }
+        if decision.shadow {
+            let shadow = self.shadow.get_or_insert_with(Box::default);
+            return match shadow.install(decision) {
+                ApplyOutcome::Installed => ApplyOutcome::Shadowed,
+                other => other,
+            };
+        }
+        self.install(decision)
+    }
+
+    /// Compiles and indexes a block or degrade (its version already accepted).
+    fn install(&mut self, decision: &ControlDecision) -> ApplyOutcome {
         let mut scope = Vec::with_capacity(decision.scope.len());
         for (name, value) in &decision.scope {
             match Dimension::from_str(name) {
@@ -386,7 +413,11 @@ impl DecisionView {
 
     /// Forgets a key entirely (a tombstone on the control topic). Returns whether it was known.
     pub fn remove(&mut self, key: &str) -> bool {
-        let was_active = self.unindex(key);
+        let was_shadow = self
+            .shadow
+            .as_mut()
+            .is_some_and(|shadow| shadow.unindex(key));
+        let was_active = self.unindex(key) || was_shadow;
         self.versions.remove(key).is_some() || was_active
     }
 
@@ -408,6 +439,14 @@ impl DecisionView {
             }
         }
         winner.map_or(Verdict::Allow, ActiveDecision::verdict)
+    }
+
+    /// What the shadow decisions (policies in shadow mode) would do with a request at `now`,
+    /// with the same matching and precedence as [`DecisionView::check`]; never enforced.
+    pub fn check_shadow(&self, request: &RequestAttributes<'_>, now: DateTime<Utc>) -> Verdict {
+        self.shadow
+            .as_ref()
+            .map_or(Verdict::Allow, |shadow| shadow.check(request, now))
     }
 
     fn index_decision(&mut self, active: &Arc<ActiveDecision>) {

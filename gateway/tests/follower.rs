@@ -37,6 +37,7 @@ fn decision(team: &str, action: DecisionAction, version: u64) -> ControlDecision
         expires_at: None,
         version,
         absent: Vec::new(),
+        shadow: false,
     }
 }
 

@@ -512,3 +512,80 @@ fn a_verdict_says_until_when_its_decision_holds() {
     gauge.window_end = DateTime::UNIX_EPOCH;
     assert_eq!(until(&gauge), None);
 }
+
+/// Issue 15 point 4: a decision of a policy in shadow mode is never enforced; `check_shadow`
+/// tells what it would do. Its key's later enforced version enforces (and leaves the shadow
+/// view), an allow lifts either, a tombstone forgets it.
+#[test]
+fn shadow_decisions_are_never_enforced_and_switch_cleanly() {
+    let mut view = DecisionView::new();
+    let shadow = ControlDecision {
+        shadow: true,
+        ..decision(
+            "team-daily",
+            &[("team", "search")],
+            DecisionAction::Block,
+            1,
+        )
+    };
+    assert_eq!(view.apply(&shadow), ApplyOutcome::Shadowed);
+    assert_eq!(view.check(&search_gpt4o(), now()), Verdict::Allow);
+    assert!(matches!(
+        view.check_shadow(&search_gpt4o(), now()),
+        Verdict::Block { ref policy_id, .. } if &**policy_id == "team-daily"
+    ));
+    assert_eq!((view.len(), view.shadow_len()), (0, 1));
+
+    // The policy is enforced from version 2 on.
+    let enforced = decision(
+        "team-daily",
+        &[("team", "search")],
+        DecisionAction::Block,
+        2,
+    );
+    assert_eq!(view.apply(&enforced), ApplyOutcome::Installed);
+    assert!(!view.check(&search_gpt4o(), now()).may_proceed());
+    assert_eq!(view.check_shadow(&search_gpt4o(), now()), Verdict::Allow);
+    assert_eq!((view.len(), view.shadow_len()), (1, 0));
+
+    // A dry run again, then lifted.
+    let again = ControlDecision {
+        shadow: true,
+        ..decision(
+            "team-daily",
+            &[("team", "search")],
+            DecisionAction::Degrade,
+            3,
+        )
+    };
+    assert_eq!(view.apply(&again), ApplyOutcome::Shadowed);
+    assert_eq!(view.check(&search_gpt4o(), now()), Verdict::Allow);
+    assert!(matches!(
+        view.check_shadow(&search_gpt4o(), now()),
+        Verdict::Degrade { .. }
+    ));
+    // An older enforced version cannot come back.
+    assert_eq!(view.apply(&enforced), ApplyOutcome::Stale);
+    let lift = decision(
+        "team-daily",
+        &[("team", "search")],
+        DecisionAction::Allow,
+        4,
+    );
+    assert_eq!(view.apply(&lift), ApplyOutcome::Lifted);
+    assert_eq!(view.check_shadow(&search_gpt4o(), now()), Verdict::Allow);
+    assert_eq!((view.len(), view.shadow_len()), (0, 0));
+
+    let forgotten = ControlDecision {
+        shadow: true,
+        ..decision(
+            "team-daily",
+            &[("team", "search")],
+            DecisionAction::Block,
+            5,
+        )
+    };
+    view.apply(&forgotten);
+    assert!(view.remove(&forgotten.key));
+    assert_eq!(view.check_shadow(&search_gpt4o(), now()), Verdict::Allow);
+}

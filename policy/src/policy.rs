@@ -213,6 +213,11 @@ impl Policy {
         )
     }
 
+    /// Whether the policy runs in shadow mode (a dry run: decided, audited, never enforced).
+    pub fn is_shadow(&self) -> bool {
+        self.record.shadow
+    }
+
     /// The policy's request-time admission rules, if it has any.
     pub fn admission(&self) -> Option<&crate::admission::AdmissionRules> {
         self.record.admission.as_ref()
@@ -378,6 +383,11 @@ action: {{kind: alert_only}}
         assert_eq!(base.len(), 8);
         assert_eq!(base, definition(&policy("search", "250.00")));
         assert_ne!(base, definition(&policy("ads", "100")));
+        assert_eq!(
+            base,
+            definition(&format!("{}shadow: true\n", policy("search", "100"))),
+            "a dry run counts what its enforced self counts"
+        );
         let set = PolicySet::from_str("p.yaml", &policy("search", "100")).unwrap();
         let kind = format!("policy:daily@{base}");
         assert_eq!(set.get("daily").unwrap().totals_scope_kind(), kind);

@@ -87,6 +87,13 @@ pub struct PolicyRecord {
     /// the request declares ([`crate::admission`]); absent = none.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub admission: Option<crate::admission::AdmissionRules>,
+    /// Shadow mode, a dry run of the policy (`false` by default): its decisions are published
+    /// and audited as what they would do (`would_block`, `would_degrade`), counted, and never
+    /// enforced by gateways; its alerts go to Slack, marked, and never page. Turning it off
+    /// keeps the totals counted so far (it is not part of the definition) and enforces a
+    /// would-be block from then on.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub shadow: bool,
 }
 
 /// The default soft alert thresholds.

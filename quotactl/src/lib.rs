@@ -61,6 +61,12 @@ pub struct ScopeStatus {
     pub burn_per_hour: Decimal,
     /// When the cap is reached at that rate, if inside the window (and not reached yet).
     pub projected_cap_at: Option<DateTime<Utc>>,
+    /// What is left under the cap (0 once reached), exact.
+    #[serde(with = "schemas::money::json")]
+    pub remaining: Decimal,
+    /// Whether the policy runs in shadow mode (a dry run: its blocks are `would_block`, never
+    /// enforced).
+    pub shadow: bool,
 }
 
 /// A row of `window_totals_current` (the columns a policy unit can read).
@@ -214,6 +220,8 @@ pub async fn status(
             percent_of_cap,
             burn_per_hour,
             projected_cap_at,
+            remaining: (cap - amount).max(Decimal::ZERO).normalize(),
+            shadow: policy.is_shadow(),
         });
     }
     statuses.sort_by(|a, b| {
@@ -242,8 +250,9 @@ pub struct DecisionRow {
     pub issued_at_us: u64,
 }
 
-/// The decisions in force (the newest per key, when it is not `allow`), or with `history` every
-/// decision, newest first (at most `limit`).
+/// The decisions in force (the newest per key, when it is not `allow`; a policy in shadow mode's
+/// show as `would_block` / `would_degrade`, never enforced), or with `history` every decision,
+/// newest first (at most `limit`).
 pub async fn decisions(
     client: &clickhouse::Client,
     history: bool,
@@ -270,9 +279,14 @@ pub fn status_table(statuses: &[ScopeStatus]) -> String {
         "policy", "scope", "% cap", "amount", "cap", "per hour", "cap reached at"
     );
     for status in statuses {
+        let policy = if status.shadow {
+            format!("{} (shadow)", status.policy_id)
+        } else {
+            status.policy_id.clone()
+        };
         out.push_str(&format!(
             "{:<32} {:<40} {:>8} {:>16} {:>16} {:>14}  {}\n",
-            status.policy_id,
+            policy,
             status.scope,
             status.percent_of_cap.to_string(),
             format!("{} {}", status.amount.round_dp(4).normalize(), status.unit),
@@ -290,14 +304,14 @@ pub fn status_table(statuses: &[ScopeStatus]) -> String {
 /// A plain-text table of `decisions`.
 pub fn decisions_table(decisions: &[DecisionRow]) -> String {
     let mut out = format!(
-        "{:<20} {:<8} {:>4}  {:<60} {}\n",
+        "{:<20} {:<13} {:>4}  {:<60} {}\n",
         "issued", "action", "v", "key", "reason"
     );
     for decision in decisions {
         let issued = DateTime::<Utc>::from_timestamp_micros(decision.issued_at_us as i64)
             .map_or_else(String::new, |at| at.format("%Y-%m-%d %H:%M:%S").to_string());
         out.push_str(&format!(
-            "{:<20} {:<8} {:>4}  {:<60} {}\n",
+            "{:<20} {:<13} {:>4}  {:<60} {}\n",
             issued, decision.action, decision.version, decision.key, decision.reason
         ));
     }

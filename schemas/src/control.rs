@@ -71,9 +71,25 @@ pub struct ControlDecision {
     /// (and for every v1 record). Added in schema v2.
     #[serde(default)]
     pub absent: Vec<String>,
+    /// A decision of a policy in shadow mode (`shadow: true`, a dry run): published and audited
+    /// as what it would do (`action`), never enforced. On the wire (schema v3) its `action` is
+    /// `allow` and `shadow_action` carries the real one, so that a gateway reading an older
+    /// schema does not enforce it either. Added in schema v3.
+    #[serde(default)]
+    pub shadow: bool,
 }
 
 impl ControlDecision {
+    /// The action as audited and shown to people: `allow`, `block`, `degrade`, or for a shadow
+    /// decision `would_block`, `would_degrade`.
+    pub fn audit_action(&self) -> &'static str {
+        match (self.shadow, self.action) {
+            (true, DecisionAction::Block) => "would_block",
+            (true, DecisionAction::Degrade) => "would_degrade",
+            (_, action) => action.as_str(),
+        }
+    }
+
     /// The compaction key for a policy and scope: `policy_id` then `dimension=value` pairs in
     /// dimension order, `/`-separated, with `%`, `/` and `=` percent-escaped so distinct scopes
     /// never collide. For a scope with absent dimensions, see
@@ -126,14 +142,22 @@ impl ControlDecision {
 
 impl AvroRecord for ControlDecision {
     const RECORD_NAME: &'static str = "dev.quotaflow.ControlDecision";
-    const FINGERPRINT: [u8; 8] = [0xED, 0x2C, 0xCF, 0x36, 0x0E, 0x92, 0xAF, 0x88];
+    const FINGERPRINT: [u8; 8] = [0x6A, 0x25, 0x2D, 0x01, 0xB3, 0xB0, 0xDE, 0xD1];
 
     fn write_datum<W: DatumWriter>(&self, writer: &mut W) -> Result<(), EncodeError> {
         writer.write_string("decision_id", &self.decision_id);
         writer.write_string("key", &self.key);
         writer.write_string("policy_id", &self.policy_id);
         writer.write_string_map("scope", &self.scope);
-        writer.write_enum("action", self.action);
+        // A shadow decision is an allow to every reader; `shadow_action` says what it would do.
+        writer.write_enum(
+            "action",
+            if self.shadow {
+                DecisionAction::Allow
+            } else {
+                self.action
+            },
+        );
         writer.write_optional_string("degrade_to", self.degrade_to.as_deref());
         writer.write_string("reason", &self.reason);
         writer.write_string("unit", &self.unit);
@@ -146,11 +170,12 @@ impl AvroRecord for ControlDecision {
         writer.write_optional_timestamp("expires_at", self.expires_at.as_ref())?;
         writer.write_count_long("version", self.version)?;
         writer.write_string_array("absent", &self.absent);
+        writer.write_optional_string("shadow_action", self.shadow.then(|| self.action.as_str()));
         Ok(())
     }
 
     fn read_datum<R: DatumReader>(reader: &mut R) -> Result<Self, DecodeError> {
-        Ok(ControlDecision {
+        let mut decision = ControlDecision {
             decision_id: reader.read_string("decision_id")?,
             key: reader.read_string("key")?,
             policy_id: reader.read_string("policy_id")?,
@@ -168,10 +193,32 @@ impl AvroRecord for ControlDecision {
             expires_at: reader.read_optional_timestamp("expires_at")?,
             version: reader.read_count_long("version")?,
             absent: reader.read_string_array("absent")?,
-        })
+            shadow: false,
+        };
+        if let Some(would) = reader.read_optional_string("shadow_action")? {
+            decision.action = match would.as_str() {
+                "block" => DecisionAction::Block,
+                "degrade" => DecisionAction::Degrade,
+                _ => {
+                    return Err(DecodeError::invalid(
+                        "shadow_action",
+                        format!("{would:?} is not block or degrade"),
+                    ))
+                }
+            };
+            decision.shadow = true;
+        }
+        Ok(decision)
     }
 
     fn check_invariants(&self) -> Result<(), InvariantViolation> {
+        if self.shadow && self.action == DecisionAction::Allow {
+            return Err(InvariantViolation {
+                field: "shadow_action",
+                reason: "a shadow decision says what it would block or degrade; an allow is never shadow"
+                    .to_owned(),
+            });
+        }
         if self.action == DecisionAction::Degrade && self.degrade_to.is_none() {
             return Err(InvariantViolation {
                 field: "degrade_to",
@@ -258,6 +305,7 @@ mod tests {
             expires_at: None,
             version: 1,
             absent: absent.iter().map(|name| name.to_string()).collect(),
+            shadow: false,
         };
         assert!(decision(&["team"], &["customer_id", "user_id"])
             .check_invariants()

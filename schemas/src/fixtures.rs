@@ -132,5 +132,6 @@ pub fn block_decision(
         expires_at: None,
         version: 1,
         absent,
+        shadow: false,
     }
 }

@@ -181,10 +181,14 @@ fn encode_as_older<T: AvroRecord>(
 
 /// The v1 `ControlDecision` schema (before `absent`).
 fn decision_v1() -> &'static registry::RegisteredSchema {
+    decision_schema(1)
+}
+
+fn decision_schema(version: u32) -> &'static registry::RegisteredSchema {
     ControlDecision::writer_schemas()
         .into_iter()
-        .find(|schema| schema.file.version == 1)
-        .expect("decision v1 is registered")
+        .find(|schema| schema.file.version == version)
+        .expect("the decision version is registered")
 }
 
 /// Issue 13, point 2: a decision published before `absent` existed (v1, still on the compacted
@@ -194,10 +198,10 @@ fn v1_decision_decodes_with_absent_empty() {
     let mut decision = common::sample_control_decision();
     decision.absent.clear();
     decision.key = ControlDecision::compaction_key(&decision.policy_id, &decision.scope);
-    let bytes = encode_as_older(&decision, decision_v1(), &["absent"]);
+    let bytes = encode_as_older(&decision, decision_v1(), &["absent", "shadow_action"]);
     assert_ne!(&bytes[2..10], &ControlDecision::FINGERPRINT);
 
-    let decoded: ControlDecision = codec::decode(&bytes).expect("v1 resolves to v2");
+    let decoded: ControlDecision = codec::decode(&bytes).expect("v1 resolves to v3");
     assert_eq!(decoded.absent, Vec::<String>::new());
     assert_eq!(decoded, decision);
     assert_eq!(
@@ -220,4 +224,103 @@ fn decision_v2_is_v1_plus_absent() {
     assert_eq!(added.len(), 1);
     assert_eq!(added[0]["name"], "absent");
     assert_eq!(added[0]["default"], serde_json::json!([]));
+}
+
+/// Issue 15, point 4: a decision published before shadow mode existed (v2) decodes as enforced.
+#[test]
+fn v2_decision_decodes_as_enforced() {
+    let decision = common::sample_control_decision();
+    let bytes = encode_as_older(&decision, decision_schema(2), &["shadow_action"]);
+    assert_ne!(&bytes[2..10], &ControlDecision::FINGERPRINT);
+    let decoded: ControlDecision = codec::decode(&bytes).expect("v2 resolves to v3");
+    assert!(!decoded.shadow);
+    assert_eq!(decoded, decision);
+}
+
+/// Issue 15, point 4: a gateway still reading with the v2 schema sees a shadow decision as an
+/// allow (it never enforces a dry run); the current reader sees what it would do.
+#[test]
+fn a_reader_of_v2_sees_a_shadow_decision_as_an_allow() {
+    let decision = ControlDecision {
+        shadow: true,
+        action: schemas::DecisionAction::Block,
+        degrade_to: None,
+        ..common::sample_control_decision()
+    };
+    let bytes = codec::encode(&decision).expect("valid shadow decision");
+    // What is on the wire, read with the writer's schema (apache-avro cannot resolve these
+    // decimals against another schema, and need not: an older reader keeps `action` as written
+    // and skips the field it does not know, by Avro's resolution rules).
+    let current = decision_schema(3);
+    let mut datum = &bytes[10..];
+    let read = apache_avro::from_avro_datum(&current.schema, &mut datum, None)
+        .expect("v3 data reads with its schema");
+    let Value::Record(fields) = read else {
+        panic!("a record");
+    };
+    let field = |wanted: &str| {
+        fields
+            .iter()
+            .find(|(name, _)| name == wanted)
+            .map(|(_, value)| value.clone())
+    };
+    assert_eq!(field("action"), Some(Value::Enum(0, "allow".to_owned())));
+    assert_eq!(
+        field("shadow_action"),
+        Some(Value::Union(1, Box::new(Value::String("block".to_owned()))))
+    );
+    // The v2 schema has every field the record has but shadow_action, unchanged.
+    let v2_names: Vec<String> =
+        serde_json::from_str::<serde_json::Value>(registry::CONTROL_DECISION_V2_AVSC).unwrap()
+            ["fields"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|field| field["name"].as_str().unwrap().to_owned())
+            .collect();
+    assert!(!v2_names.contains(&"shadow_action".to_owned()));
+    assert!(v2_names.contains(&"action".to_owned()));
+    let decoded: ControlDecision = codec::decode(&bytes).unwrap();
+    assert_eq!(decoded, decision);
+}
+
+/// Issue 15, point 4: v3 is v2 plus `shadow_action` (defaulted to null), nothing else changed.
+#[test]
+fn decision_v3_is_v2_plus_shadow_action() {
+    let fields = |json: &str| -> Vec<serde_json::Value> {
+        let schema: serde_json::Value = serde_json::from_str(json).expect("valid JSON");
+        schema["fields"].as_array().expect("fields").clone()
+    };
+    let v2_fields = fields(registry::CONTROL_DECISION_V2_AVSC);
+    let v3_fields = fields(registry::CONTROL_DECISION_V3_AVSC);
+    assert_eq!(&v3_fields[..v2_fields.len()], &v2_fields[..]);
+    let added = &v3_fields[v2_fields.len()..];
+    assert_eq!(added.len(), 1);
+    assert_eq!(added[0]["name"], "shadow_action");
+    assert_eq!(added[0]["default"], serde_json::Value::Null);
+}
+
+/// A `shadow_action` other than block or degrade (another writer's mistake) is a decode error
+/// naming the field, never an enforced or silently dropped decision.
+#[test]
+fn an_unknown_shadow_action_is_refused() {
+    let decision = ControlDecision {
+        shadow: true,
+        ..common::sample_control_decision()
+    };
+    let Value::Record(mut fields) = codec::to_avro_value(&decision).unwrap() else {
+        panic!("a record");
+    };
+    for (name, value) in &mut fields {
+        if name == "shadow_action" {
+            *value = Value::Union(1, Box::new(Value::String("allow".to_owned())));
+        }
+    }
+    let current = decision_schema(3);
+    let datum = apache_avro::to_avro_datum(&current.schema, Value::Record(fields)).unwrap();
+    let mut bytes = vec![0xC3, 0x01];
+    bytes.extend_from_slice(&current.fingerprint);
+    bytes.extend_from_slice(&datum);
+    let error = codec::decode::<ControlDecision>(&bytes).unwrap_err();
+    assert!(error.to_string().contains("shadow_action"), "{error}");
 }

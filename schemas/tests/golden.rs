@@ -38,15 +38,43 @@ fn usage_event_v2_golden_bytes() {
     assert_eq!(codec::decode::<UsageEvent>(&golden), Ok(event));
 }
 
-const DECISION_GOLDEN_PATH: &str = concat!(
+const DECISION_V2_GOLDEN_PATH: &str = concat!(
     env!("CARGO_MANIFEST_DIR"),
     "/tests/golden/control_decision_v2.hex"
 );
 
-/// Issue 13, point 2: the v2 decision (with `absent`) is pinned byte for byte.
+const DECISION_GOLDEN_PATH: &str = concat!(
+    env!("CARGO_MANIFEST_DIR"),
+    "/tests/golden/control_decision_v3.hex"
+);
+
+/// Issue 13, point 2: the v2 decision (with `absent`), pinned byte for byte when v2 was current,
+/// still decodes to the same decision (not shadow).
 #[test]
-fn control_decision_v2_golden_bytes() {
+fn control_decision_v2_golden_bytes_still_decode() {
     let decision = common::sample_control_decision();
+    let golden = hex::decode(
+        std::fs::read_to_string(DECISION_V2_GOLDEN_PATH)
+            .expect("golden file exists")
+            .trim(),
+    )
+    .expect("golden file is hex");
+    assert_ne!(&golden[2..10], &ControlDecision::FINGERPRINT);
+    assert!(
+        golden.ends_with(b"\x02\x0euser_id\x00"),
+        "absent is the last v2 field: one block of one string, then the end"
+    );
+    assert_eq!(codec::decode::<ControlDecision>(&golden), Ok(decision));
+}
+
+/// Issue 15, point 4: the v3 decision of a policy in shadow mode is pinned byte for byte: its
+/// action on the wire is `allow` and `shadow_action` is the last field.
+#[test]
+fn control_decision_v3_golden_bytes() {
+    let decision = ControlDecision {
+        shadow: true,
+        ..common::sample_control_decision()
+    };
     let bytes = codec::encode(&decision).expect("valid decision");
     let actual_hex = hex::encode(&bytes);
     if std::env::var_os("UPDATE_GOLDEN").is_some() {
@@ -61,10 +89,16 @@ fn control_decision_v2_golden_bytes() {
     let golden = hex::decode(golden_hex.trim()).expect("golden file is hex");
     assert_eq!(&golden[2..10], &ControlDecision::FINGERPRINT);
     assert!(
-        golden.ends_with(b"\x02\x0euser_id\x00"),
-        "absent is the last field: one block of one string, then the end"
+        golden.ends_with(b"\x02\x0euser_id\x00\x02\x0edegrade"),
+        "absent, then shadow_action: the union's string branch, \"degrade\""
     );
-    assert_eq!(codec::decode::<ControlDecision>(&golden), Ok(decision));
+    assert_eq!(
+        codec::decode::<ControlDecision>(&golden),
+        Ok(decision.clone())
+    );
+    // Not shadow: shadow_action is null, the last byte.
+    let enforced = codec::encode(&common::sample_control_decision()).unwrap();
+    assert!(enforced.ends_with(b"\x02\x0euser_id\x00\x00"));
 }
 
 #[test]

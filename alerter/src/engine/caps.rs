@@ -69,6 +69,7 @@ impl Engine {
                         expires_at: Some(total.window_end),
                         version: 0,
                         absent,
+                        shadow: false,
                     };
                     effects.push(self.decide(decision));
                 }

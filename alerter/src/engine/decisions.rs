@@ -23,6 +23,34 @@ impl Engine {
         self.decide(decision)
     }
 
+    /// Re-issues every block or degrade whose policy's shadow mode was switched (a reload): a
+    /// dry run turned off enforces the block it would have made, from now on; one turned on
+    /// stops enforcing it. Same scope, window and reason, a new version.
+    pub(super) fn reshadow(&mut self, now: DateTime<Utc>) -> Vec<Effect> {
+        let mut switched: Vec<ControlDecision> = self
+            .decisions
+            .values()
+            .filter(|decision| {
+                decision.action != DecisionAction::Allow
+                    && self
+                        .policies
+                        .get(&decision.policy_id)
+                        .is_some_and(|policy| policy.is_shadow() != decision.shadow)
+            })
+            .cloned()
+            .collect();
+        switched.sort_by(|a, b| a.key.cmp(&b.key));
+        switched
+            .into_iter()
+            .map(|held| {
+                self.decide(ControlDecision {
+                    issued_at: now,
+                    ..held
+                })
+            })
+            .collect()
+    }
+
     /// Whether `decision` is an allow old enough to be forgotten (see [`Effect::Forget`]).
     pub(super) fn forgettable(&self, decision: &ControlDecision, now: DateTime<Utc>) -> bool {
         decision.action == DecisionAction::Allow
@@ -56,7 +84,15 @@ impl Engine {
     /// again hours later starts above every version it had (a key would need millions of
     /// decisions within those hours to catch up), so its decision ids (`<key>@<version>`), alert
     /// dedup keys and audit rows never repeat an earlier one.
+    ///
+    /// A block or degrade of a policy in shadow mode is marked `shadow` here, the one place every
+    /// decision passes: gateways never enforce it; an allow is never shadow.
     pub(super) fn decide(&mut self, mut decision: ControlDecision) -> Effect {
+        decision.shadow = decision.action != DecisionAction::Allow
+            && self
+                .policies
+                .get(&decision.policy_id)
+                .is_some_and(|policy| policy.is_shadow());
         let first = u64::try_from(decision.issued_at.timestamp_millis())
             .unwrap_or(0)
             .max(1);

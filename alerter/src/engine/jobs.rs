@@ -114,6 +114,7 @@ impl Engine {
                     expires_at: None,
                     version: 0,
                     absent,
+                    shadow: false,
                 }));
             }
             (false, _, Some(held)) => {

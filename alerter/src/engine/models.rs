@@ -217,5 +217,6 @@ fn model_block(
         expires_at: None,
         version: 0,
         absent: Vec::new(),
+        shadow: false,
     }
 }

@@ -16,6 +16,51 @@ pub(super) fn decision_alert(
     now: DateTime<Utc>,
 ) -> Effect {
     let lifting = decision.action == DecisionAction::Allow;
+    let Effect::Alert(mut alert, mut notice) =
+        enforced_decision_alert(policy, decision, dedup_key, now)
+    else {
+        unreachable!("decision alerts are alerts")
+    };
+    if decision.shadow {
+        // A dry run: said in Slack, never paged, nothing to approve.
+        let text = shadow_text(decision);
+        alert.severity = Severity::Warning;
+        alert.message = text.clone();
+        notice.kind = NoticeKind::Rule { text };
+        notice.approval_command = None;
+        notice.pagerduty_service = None;
+    } else if lifting && policy.is_some_and(Policy::is_shadow) {
+        // The end of a would-be block: nothing was paged, nothing to resolve there.
+        notice.pagerduty_service = None;
+    }
+    Effect::Alert(alert, notice)
+}
+
+/// What a shadow decision says: what the policy would do, that it did not, how to enforce it.
+fn shadow_text(decision: &ControlDecision) -> String {
+    let would = match decision.action {
+        DecisionAction::Degrade => format!(
+            "would degrade to {}",
+            decision.degrade_to.as_deref().unwrap_or("a cheaper model")
+        ),
+        _ => "would block".to_owned(),
+    };
+    format!(
+        "Shadow mode (a dry run, not enforced): policy {} {would} {}: {} Gateways let this traffic through; set `shadow: false` in the policy to enforce it.",
+        decision.policy_id,
+        render_scope(&decision.scope),
+        decision.reason
+    )
+}
+
+/// [`decision_alert`] of an enforced decision.
+fn enforced_decision_alert(
+    policy: Option<&Policy>,
+    decision: &ControlDecision,
+    dedup_key: String,
+    now: DateTime<Utc>,
+) -> Effect {
+    let lifting = decision.action == DecisionAction::Allow;
     if decision.window == MODEL_RULES_WINDOW {
         let (kind, notice_kind) = if lifting {
             (

@@ -178,13 +178,14 @@ pub(super) async fn audit_task(client: clickhouse::Client, mut queue: mpsc::Rece
                 None => open = false,
                 Some(AuditRow::Decision(d)) => {
                     let (scope_keys, scope_values) = split_scope(&d.scope);
+                    let action = d.audit_action().to_owned();
                     decisions.push(DecisionRow {
                         decision_id: d.decision_id,
                         key: d.key,
                         policy_id: d.policy_id,
                         scope_keys,
                         scope_values,
-                        action: d.action.as_str().to_owned(),
+                        action,
                         degrade_to: d.degrade_to,
                         reason: d.reason,
                         unit: d.unit,

@@ -144,9 +144,17 @@ impl Executor {
                     }
                     metrics::counter!(metric::DECISIONS, "action" => decision.action.as_str())
                         .increment(1);
+                    if decision.shadow {
+                        metrics::counter!(
+                            metric::SHADOW_DECISIONS,
+                            "policy_id" => decision.policy_id.clone(),
+                            "action" => decision.audit_action()
+                        )
+                        .increment(1);
+                    }
                     info!(
                         key = %decision.key,
-                        action = decision.action.as_str(),
+                        action = decision.audit_action(),
                         version = decision.version,
                         reason = %decision.reason,
                         "decision published"

@@ -18,9 +18,11 @@ pub const USAGE_EVENT_V1_AVSC: &str = include_str!("../../avro/usage_event.v1.av
 pub const USAGE_EVENT_V2_AVSC: &str = include_str!("../../avro/usage_event.v2.avsc");
 /// `control_decision.v1.avsc`: the first published `ControlDecision`.
 pub const CONTROL_DECISION_V1_AVSC: &str = include_str!("../../avro/control_decision.v1.avsc");
-/// `control_decision.v2.avsc`: the current `ControlDecision`, v1 + `absent` (dimensions the
-/// scope's requests lack).
+/// `control_decision.v2.avsc`: v1 + `absent` (dimensions the scope's requests lack).
 pub const CONTROL_DECISION_V2_AVSC: &str = include_str!("../../avro/control_decision.v2.avsc");
+/// `control_decision.v3.avsc`: the current `ControlDecision`, v2 + `shadow_action` (what a
+/// policy in shadow mode would do).
+pub const CONTROL_DECISION_V3_AVSC: &str = include_str!("../../avro/control_decision.v3.avsc");
 /// `alert.v1.avsc`: the current `Alert`.
 pub const ALERT_V1_AVSC: &str = include_str!("../../avro/alert.v1.avsc");
 /// `approval.v1.avsc`: the first `Approval`, unsigned.
@@ -70,6 +72,12 @@ pub const SCHEMA_FILES: &[SchemaFile] = &[
         version: 2,
         file_name: "control_decision.v2.avsc",
         json: CONTROL_DECISION_V2_AVSC,
+    },
+    SchemaFile {
+        record_name: "dev.quotaflow.ControlDecision",
+        version: 3,
+        file_name: "control_decision.v3.avsc",
+        json: CONTROL_DECISION_V3_AVSC,
     },
     SchemaFile {
         record_name: "dev.quotaflow.Alert",

@@ -89,6 +89,7 @@ pub fn sample_control_decision() -> ControlDecision {
         expires_at: Some(at("2025-03-15T00:00:00Z")),
         version: 7,
         absent,
+        shadow: false,
     }
 }
 
@@ -307,12 +308,15 @@ prop_compose! {
         (window_start, window_end) in window(),
         (issued_at, expires_at, version) in (timestamp(), proptest::option::of(timestamp()), 0_u64..=i64::MAX as u64),
         absent in proptest::collection::btree_set(text(), 0..3),
+        shadow in any::<bool>(),
     ) -> ControlDecision {
         // Sorted, unique and disjoint from the scope, as the invariant requires.
         let absent = absent.into_iter().filter(|name| !scope.contains_key(name)).collect();
         ControlDecision {
             decision_id, key, policy_id, scope, action, degrade_to, reason, unit, observed, limit,
             window: window_kind, window_start, window_end, issued_at, expires_at, version, absent,
+            // An allow is never shadow (the invariant).
+            shadow: shadow && action != DecisionAction::Allow,
         }
     }
 }
