@@ -36,7 +36,7 @@ pub mod fired;
 pub mod notify;
 pub mod receiver;
 pub mod service;
-pub mod totals;
+pub use quotaflow_totals::view as totals;
 
 use infra::shutdown::Shutdown;
 use tokio::net::TcpListener;

@@ -59,6 +59,11 @@ pub trait Checker: Send + Sync + 'static {
     fn check_shadow(&self, _request: &RequestAttributes<'_>) -> Verdict {
         Verdict::Allow
     }
+    /// The block or degrade in force for a control-topic key, and whether it is a shadow one
+    /// (for `GET /v1/scopes`); none by default.
+    fn in_force(&self, _key: &str) -> Option<(Verdict, bool)> {
+        None
+    }
 }
 
 impl Checker for Gateway {
@@ -72,6 +77,10 @@ impl Checker for Gateway {
 
     fn check_shadow(&self, request: &RequestAttributes<'_>) -> Verdict {
         Gateway::check_shadow(self, request)
+    }
+
+    fn in_force(&self, key: &str) -> Option<(Verdict, bool)> {
+        Gateway::in_force(self, key)
     }
 }
 
@@ -97,6 +106,13 @@ impl Checker for FixedView {
             .read()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
             .check_shadow(request, chrono::Utc::now())
+    }
+
+    fn in_force(&self, key: &str) -> Option<(Verdict, bool)> {
+        self.0
+            .read()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .in_force(key, chrono::Utc::now())
     }
 }
 

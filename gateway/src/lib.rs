@@ -2,7 +2,8 @@
 //!
 //! - [`view`]: [`DecisionView`], the decisions in force and the per-request [`DecisionView::check`]
 //!   (pure, allocation-free, well under a microsecond).
-//! - [`follower`]: [`Gateway`] and its [`ControlFollower`] thread, which reads the compacted control
+//! - [`follow`]: following a compacted topic from its beginning on a thread (control, totals).
+//! - [`follower`]: [`Gateway`] and its follower of the control topic, which reads the compacted control
 //!   topic from the beginning into a shared view and applies the [`FailureMode`] while the view is
 //!   not trustworthy (not caught up yet, or the topic unreachable for too long).
 //! - [`admission`]: [`Admission`], the policies' request-time admission rules (context size,
@@ -28,10 +29,11 @@
 
 pub mod admission;
 pub mod error;
+pub mod follow;
 pub mod follower;
 pub mod view;
 
 pub use admission::{Admission, AdmissionRefusal};
 pub use error::GatewayError;
-pub use follower::{ControlFollower, FailureMode, Gateway, GatewayConfig};
+pub use follower::{ControlApplier, FailureMode, Gateway, GatewayConfig};
 pub use view::{ApplyOutcome, DecisionView, RequestAttributes, Verdict};

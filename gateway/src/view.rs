@@ -441,6 +441,22 @@ impl DecisionView {
         winner.map_or(Verdict::Allow, ActiveDecision::verdict)
     }
 
+    /// The block or degrade held for the control-topic `key` and not expired at `now`, and
+    /// whether it is a shadow one (never enforced); `None` when the key is allowed.
+    pub fn in_force(&self, key: &str, now: DateTime<Utc>) -> Option<(Verdict, bool)> {
+        let now_micros = now.timestamp_micros();
+        let live = |active: &Arc<ActiveDecision>| active.expires_at_micros > now_micros;
+        if let Some(active) = self.active.get(key).filter(|active| live(active)) {
+            return Some((active.verdict(), false));
+        }
+        let shadow = self.shadow.as_ref()?;
+        shadow
+            .active
+            .get(key)
+            .filter(|active| live(active))
+            .map(|active| (active.verdict(), true))
+    }
+
     /// What the shadow decisions (policies in shadow mode) would do with a request at `now`,
     /// with the same matching and precedence as [`DecisionView::check`]; never enforced.
     pub fn check_shadow(&self, request: &RequestAttributes<'_>, now: DateTime<Utc>) -> Verdict {

@@ -241,6 +241,56 @@ impl Policy {
             .collect()
     }
 
+    /// The scope a decision about `scope` (a group-by scope, absent dimensions left out)
+    /// enforces: it plus the policy's single-valued filters, so gateways stop only the traffic
+    /// the policy counts. A fallback-spend policy with a `route.fallback_route`
+    /// (`provider/model`) blocks that route only.
+    pub fn enforcement_scope(
+        &self,
+        scope: &std::collections::BTreeMap<String, String>,
+    ) -> std::collections::BTreeMap<String, String> {
+        let mut enforced = self.fixed_dimensions();
+        if self.unit() == Unit::FallbackCostUsd {
+            if let Some((provider, model)) = self
+                .record
+                .route
+                .fallback_route
+                .as_deref()
+                .and_then(|route| route.split_once('/'))
+            {
+                enforced.insert("provider".to_owned(), provider.to_owned());
+                enforced.insert("model".to_owned(), model.to_owned());
+            }
+        }
+        enforced.extend(
+            scope
+                .iter()
+                .map(|(name, value)| (name.clone(), value.clone())),
+        );
+        enforced
+    }
+
+    /// The `group_by` dimensions the events of `scope_key` lack (not named by `enforcement`),
+    /// for `ControlDecision::absent`: a decision for the bucket without `user_id` applies only
+    /// to requests without `user_id`, so no decision scope drops a `group_by` dimension.
+    pub fn enforcement_absent(
+        enforcement: &std::collections::BTreeMap<String, String>,
+        scope_key: &str,
+    ) -> Vec<String> {
+        ScopeKey::absent_of(scope_key)
+            .into_iter()
+            .filter(|dimension| !enforcement.contains_key(dimension))
+            .collect()
+    }
+
+    /// The control-topic key of this policy's decisions about the scope rendered `scope_key`
+    /// (what the alerter publishes them under, what gateways look them up by).
+    pub fn control_key(&self, scope_key: &str) -> String {
+        let enforcement = self.enforcement_scope(&ScopeKey::present_of(scope_key));
+        let absent = Policy::enforcement_absent(&enforcement, scope_key);
+        schemas::ControlDecision::compaction_key_with_absent(&self.id, &enforcement, &absent)
+    }
+
     /// The scope the event counts toward, or `None` when it does not match the policy.
     pub fn scope_key(&self, event: &EventDims<'_>) -> Option<ScopeKey> {
         if !self.matches(event) {

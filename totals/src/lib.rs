@@ -12,6 +12,9 @@
 //!   eviction.
 //! - [`dedup`]: the per-partition duplicate filter by `event_id`.
 //! - [`record`]: the totals-topic record of a drained total.
+//! - [`view`]: [`view::TotalsView`], the totals as a reader of the totals topic sees them
+//!   (partials by source partition, highest version each, summed): the alerter's and the
+//!   decision sidecar's.
 
 pub mod dedup;
 #[doc(hidden)]
@@ -20,3 +23,4 @@ pub mod measures;
 pub mod record;
 pub mod scopes;
 pub mod state;
+pub mod view;

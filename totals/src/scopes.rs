@@ -325,8 +325,8 @@ impl ScopePlan {
     }
 }
 
-/// A policy's compiled window as a [`WindowSpec`].
-fn policy_spec(window: &policy::Window) -> Result<WindowSpec, WindowError> {
+/// A policy's compiled window as a [`WindowSpec`] (what its totals are kept in).
+pub fn policy_spec(window: &policy::Window) -> Result<WindowSpec, WindowError> {
     use policy::WindowKind as PolicyKind;
     let kind = match window.kind {
         PolicyKind::Minute => WindowKind::Minute,

@@ -405,35 +405,13 @@ pub fn enforcement_scope(
     policy: &Policy,
     scope: &BTreeMap<String, String>,
 ) -> BTreeMap<String, String> {
-    let mut enforced = policy.fixed_dimensions();
-    if policy.unit() == Unit::FallbackCostUsd {
-        if let Some((provider, model)) = policy
-            .record()
-            .route
-            .fallback_route
-            .as_deref()
-            .and_then(|route| route.split_once('/'))
-        {
-            enforced.insert("provider".to_owned(), provider.to_owned());
-            enforced.insert("model".to_owned(), model.to_owned());
-        }
-    }
-    enforced.extend(
-        scope
-            .iter()
-            .map(|(name, value)| (name.clone(), value.clone())),
-    );
-    enforced
+    policy.enforcement_scope(scope)
 }
 
 /// The `group_by` dimensions the events of `scope_key` lack (not named by `enforcement`), for
-/// `ControlDecision::absent`: a decision for the bucket without `user_id` applies only to
-/// requests without `user_id`, so no decision scope drops a `group_by` dimension.
+/// `ControlDecision::absent` ([`Policy::enforcement_absent`]).
 pub fn enforcement_absent(enforcement: &BTreeMap<String, String>, scope_key: &str) -> Vec<String> {
-    ScopeKey::absent_of(scope_key)
-        .into_iter()
-        .filter(|dimension| !enforcement.contains_key(dimension))
-        .collect()
+    Policy::enforcement_absent(enforcement, scope_key)
 }
 
 /// [`render_scope`] followed by the absent dimensions: `team=search, no user_id`; `no user_id`

@@ -1,4 +1,4 @@
-//! [`TotalsView`]: the alerter's view of the aggregator's window totals, built from the compacted
+//! [`TotalsView`]: a reader's view (the alerter's, the decision sidecar's) of the aggregator's window totals, built from the compacted
 //! totals topic (`kafka.topics.totals`, Avro [`WindowTotal`] records).
 //!
 //! # The reading rule
