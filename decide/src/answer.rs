@@ -11,6 +11,10 @@
 //! | `x-quotaflow-rule` | refused by an admission rule | the rule (`max_input_tokens` …); retrying the same request will not help |
 //! | `x-quotaflow-shadow-decision` | a policy in shadow mode would refuse or degrade the request | `would_block` or `would_degrade` (not enforced) |
 //! | `x-quotaflow-shadow-policy` | with it | that policy's id |
+//! | `ratelimit-limit` | the sidecar follows the totals and a windowed policy counts the request | the tightest quota's limit, an exact decimal in its unit |
+//! | `ratelimit-remaining` | with it | what is left of it (0 once reached) |
+//! | `ratelimit-reset` | with it | whole seconds until its window ends |
+//! | `x-quotaflow-quota-policy`, `x-quotaflow-quota-unit` | with it | which policy, in which unit (`cost_usd` …) |
 
 use chrono::{DateTime, Utc};
 use gateway::Verdict;
@@ -66,6 +70,10 @@ pub struct Answer {
     /// The policy in shadow mode.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub shadow_policy_id: Option<String>,
+    /// The request's tightest quota (least share of its limit left), when the sidecar follows
+    /// the totals (`RateLimit-*` headers).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub quota: Option<crate::scopes::ScopeQuota>,
 }
 
 impl Answer {
@@ -83,6 +91,7 @@ impl Answer {
             rule: rule.map(str::to_owned),
             shadow_decision: None,
             shadow_policy_id: None,
+            quota: None,
         }
     }
 
@@ -100,6 +109,7 @@ impl Answer {
                 rule: None,
                 shadow_decision: None,
                 shadow_policy_id: None,
+                quota: None,
             },
             Verdict::Block {
                 reason,
@@ -117,6 +127,7 @@ impl Answer {
                 rule: None,
                 shadow_decision: None,
                 shadow_policy_id: None,
+                quota: None,
             },
             Verdict::Degrade {
                 to,
@@ -135,6 +146,7 @@ impl Answer {
                 rule: None,
                 shadow_decision: None,
                 shadow_policy_id: None,
+                quota: None,
             },
         }
     }
@@ -151,6 +163,12 @@ impl Answer {
             self.shadow_decision = Some(would);
             self.shadow_policy_id = Some(policy_id.to_string());
         }
+        self
+    }
+
+    /// Adds the request's tightest quota (its `RateLimit-*` headers).
+    pub fn with_quota(mut self, quota: Option<crate::scopes::ScopeQuota>) -> Answer {
+        self.quota = quota;
         self
     }
 
@@ -175,6 +193,9 @@ impl Answer {
         if let (Some(would), Some(policy_id)) = (self.shadow_decision, &self.shadow_policy_id) {
             headers.push((SHADOW_DECISION, would.to_owned()));
             headers.push((SHADOW_POLICY, header_safe(policy_id)));
+        }
+        if let Some(quota) = &self.quota {
+            headers.extend(crate::scopes::ratelimit_headers(quota));
         }
         headers
     }

@@ -196,6 +196,41 @@ impl Attributes {
         attributes
     }
 
+    /// Sets the scope attributes named by query parameters (`GET /v1/scopes`): the JSON API's
+    /// names (`api_key_id`, `team`, `user_id`, `customer_id`, `workflow`, `environment`,
+    /// `provider`, `model`, `endpoint`, `modality`) and `label.<name>`; a parameter overrides
+    /// a header. Any other name is an error naming it.
+    pub fn set_from_query(&mut self, query: &[(String, String)]) -> Result<(), String> {
+        for (name, value) in query {
+            let value = value.trim().to_owned();
+            match name.as_str() {
+                "api_key_id" => self.api_key_id = value,
+                "team" => self.team = value,
+                "workflow" => self.workflow = value,
+                "environment" => self.environment = value,
+                "provider" => self.provider = value,
+                "model" => self.model = value,
+                "endpoint" => self.endpoint = value,
+                "modality" => self.modality = value,
+                "user_id" => self.user_id = Some(value),
+                "customer_id" => self.customer_id = Some(value),
+                other => match other.strip_prefix("label.") {
+                    Some(label) if !label.is_empty() => {
+                        self.labels.insert(label.to_owned(), value);
+                    }
+                    _ => {
+                        return Err(format!(
+                            "unknown query parameter {other:?}: use api_key_id, team, user_id, \
+                             customer_id, workflow, environment, provider, model, endpoint, \
+                             modality or label.<name>"
+                        ))
+                    }
+                },
+            }
+        }
+        Ok(())
+    }
+
     /// What the request declares, for the admission rules.
     pub fn declared(&self) -> Declared {
         Declared {

@@ -20,6 +20,8 @@ pub struct Config {
     pub grpc: GrpcConfig,
     /// How answers look.
     pub answers: AnswerConfig,
+    /// Remaining-quota answers (`GET /v1/scopes`, `RateLimit-*` headers).
+    pub remaining: RemainingConfig,
     /// The policy directory whose admission rules (`admission:`) are checked before the
     /// decisions; absent: none. Read at start.
     pub policies_dir: Option<std::path::PathBuf>,
@@ -35,6 +37,7 @@ impl Default for Config {
             http: HttpConfig::with_port(8181),
             grpc: GrpcConfig::default(),
             answers: AnswerConfig::default(),
+            remaining: RemainingConfig::default(),
             policies_dir: None,
         }
     }
@@ -75,6 +78,9 @@ pub struct AnswerConfig {
     /// (`true`, the default: a misconfigured gateway must not bypass every key's quota) or
     /// checked with an empty key.
     pub require_api_key: bool,
+    /// Whether answers carry the tightest quota of the request as `RateLimit-Limit`,
+    /// `-Remaining` and `-Reset` headers (and `quota` in JSON); needs `remaining.follow_totals`.
+    pub ratelimit_headers: bool,
 }
 
 impl Default for AnswerConfig {
@@ -82,6 +88,25 @@ impl Default for AnswerConfig {
         Self {
             deny_status: 429,
             require_api_key: true,
+            ratelimit_headers: true,
+        }
+    }
+}
+
+/// Where remaining quota comes from.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RemainingConfig {
+    /// Follow the aggregator's totals topic (`gateway.kafka.topics.totals`) for the spend of
+    /// the `policies_dir` policies' scopes (`true` by default; without policies nothing is
+    /// followed).
+    pub follow_totals: bool,
+}
+
+impl Default for RemainingConfig {
+    fn default() -> Self {
+        Self {
+            follow_totals: true,
         }
     }
 }

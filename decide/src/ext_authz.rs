@@ -17,7 +17,6 @@ use envoy_types::ext_authz::v3::pb::{
 use envoy_types::ext_authz::v3::{
     CheckRequestExt, CheckResponseExt, DeniedHttpResponseBuilder, OkHttpResponseBuilder,
 };
-use gateway::Admission;
 use infra::shutdown::Shutdown;
 use tokio::net::TcpListener;
 use tonic::{Request, Response, Status};
@@ -34,14 +33,15 @@ pub struct ExtAuthz {
 }
 
 impl ExtAuthz {
-    /// A service answering with `checker` after `admission`, refusals shaped by `settings`.
+    /// A service answering with `checker` after the admission rules of `rules`, refusals shaped
+    /// by `settings`.
     pub fn new(
         checker: Arc<impl Checker>,
         settings: Arc<AnswerConfig>,
-        admission: Arc<Admission>,
+        rules: Arc<crate::Rules>,
     ) -> Self {
         Self {
-            decider: Decider::new(checker, settings, admission),
+            decider: Decider::new(checker, settings, rules),
         }
     }
 

@@ -4,37 +4,37 @@
 use std::sync::Arc;
 
 use axum::body::Bytes;
-use axum::extract::State;
+use axum::extract::{Query, State};
 use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{any, post};
+use axum::routing::{any, get, post};
 use axum::{Json, Router};
 
-use gateway::{Admission, Verdict};
+use gateway::Verdict;
 
 use crate::answer::Answer;
 use crate::attributes::Attributes;
 use crate::config::AnswerConfig;
-use crate::Checker;
+use crate::{Checker, Rules};
 
 /// What every handler shares.
 #[derive(Clone)]
 pub(crate) struct Decider {
     checker: Arc<dyn Checker>,
     settings: Arc<AnswerConfig>,
-    admission: Arc<Admission>,
+    rules: Arc<Rules>,
 }
 
 impl Decider {
     pub(crate) fn new(
         checker: Arc<dyn Checker>,
         settings: Arc<AnswerConfig>,
-        admission: Arc<Admission>,
+        rules: Arc<Rules>,
     ) -> Self {
         Self {
             checker,
             settings,
-            admission,
+            rules,
         }
     }
 
@@ -62,7 +62,7 @@ impl Decider {
             )
         } else {
             let declared = attributes.declared();
-            match attributes.with(|request| self.admission.check(request, &declared)) {
+            match attributes.with(|request| self.rules.admission.check(request, &declared)) {
                 Some(refusal) => {
                     crate::metrics::admission_refused(&refusal.policy_id, refusal.refusal.rule);
                     Answer::refused(
@@ -91,8 +91,33 @@ impl Decider {
                 }
             }
         };
+        let answer = if self.settings.ratelimit_headers && self.rules.scopes.is_ready() {
+            let tightest = attributes.with(|request| {
+                self.rules
+                    .scopes
+                    .quotas(request, self.checker.as_ref(), now)
+                    .into_iter()
+                    .next()
+            });
+            answer.with_quota(tightest)
+        } else {
+            answer
+        };
         crate::metrics::checked(surface, answer.decision);
         answer
+    }
+
+    /// Every quota of the request `attributes` describe (`GET /v1/scopes`).
+    pub(crate) fn scopes(&self, attributes: &Attributes) -> serde_json::Value {
+        let quotas = attributes.with(|request| {
+            self.rules
+                .scopes
+                .quotas(request, self.checker.as_ref(), chrono::Utc::now())
+        });
+        serde_json::json!({
+            "ready": self.rules.scopes.is_ready(),
+            "scopes": quotas,
+        })
     }
 
     pub(crate) fn deny_status(&self) -> u16 {
@@ -104,14 +129,33 @@ impl Decider {
 pub fn routes(
     checker: Arc<impl Checker>,
     settings: Arc<AnswerConfig>,
-    admission: Arc<Admission>,
+    rules: Arc<Rules>,
 ) -> Router {
-    let decider = Decider::new(checker, settings, admission);
+    let decider = Decider::new(checker, settings, rules);
     Router::new()
         .route("/v1/authz", any(forward_auth))
         .route("/v1/authz/{*rest}", any(forward_auth))
         .route("/v1/check", post(check))
+        .route("/v1/scopes", get(scopes))
         .with_state(decider)
+}
+
+/// Remaining quota: the attributes from `x-quotaflow-*` headers, overridden by query
+/// parameters of the JSON API's names (`?api_key_id=k1&team=search`, `label.<name>=…`).
+async fn scopes(
+    State(decider): State<Decider>,
+    headers: HeaderMap,
+    Query(query): Query<Vec<(String, String)>>,
+) -> Response {
+    let mut attributes = Attributes::from_headers(
+        headers
+            .iter()
+            .filter_map(|(name, value)| Some((name.as_str(), value.to_str().ok()?))),
+    );
+    if let Err(message) = attributes.set_from_query(&query) {
+        return invalid(message);
+    }
+    Json(decider.scopes(&attributes)).into_response()
 }
 
 /// Forward-auth: attributes from `x-quotaflow-*` headers; 200 to let the request go (allowed or

@@ -37,6 +37,7 @@ pub mod ext_authz;
 pub mod http;
 pub mod metrics;
 pub mod nginx;
+pub mod scopes;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -61,7 +62,7 @@ pub trait Checker: Send + Sync + 'static {
     }
     /// The block or degrade in force for a control-topic key, and whether it is a shadow one
     /// (for `GET /v1/scopes`); none by default.
-    fn in_force(&self, _key: &str) -> Option<(Verdict, bool)> {
+    fn in_force(&self, _key: &str) -> Option<gateway::InForce> {
         None
     }
 }
@@ -79,7 +80,7 @@ impl Checker for Gateway {
         Gateway::check_shadow(self, request)
     }
 
-    fn in_force(&self, key: &str) -> Option<(Verdict, bool)> {
+    fn in_force(&self, key: &str) -> Option<gateway::InForce> {
         Gateway::in_force(self, key)
     }
 }
@@ -108,11 +109,43 @@ impl Checker for FixedView {
             .check_shadow(request, chrono::Utc::now())
     }
 
-    fn in_force(&self, key: &str) -> Option<(Verdict, bool)> {
+    fn in_force(&self, key: &str) -> Option<gateway::InForce> {
         self.0
             .read()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
             .in_force(key, chrono::Utc::now())
+    }
+}
+
+/// What the sidecar reads from the policies: their admission rules, and their windows and caps
+/// with the totals for the remaining-quota answers ([`scopes::Scopes`]).
+pub struct Rules {
+    /// Checked before the decisions.
+    pub admission: gateway::Admission,
+    /// Spent, limit and remaining per policy scope.
+    pub scopes: scopes::Scopes,
+}
+
+impl Rules {
+    /// The rules of `config.policies_dir` (none without one), following the totals topic when
+    /// `config.remaining.follow_totals` and a policy has a window.
+    pub fn load(config: &Config) -> Result<Rules, DecideError> {
+        let policies = match &config.policies_dir {
+            Some(dir) => policy::PolicySet::load_dir(dir).map_err(DecideError::Policies)?,
+            None => policy::PolicySet::empty(),
+        };
+        let mut scopes = scopes::Scopes::new(&policies);
+        if config.remaining.follow_totals && !scopes.is_empty() {
+            scopes = scopes.follow(
+                &config.gateway.kafka,
+                &config.gateway.client_id,
+                Duration::from_millis(config.gateway.probe_interval_ms),
+            )?;
+        }
+        Ok(Rules {
+            admission: gateway::Admission::new(&policies),
+            scopes,
+        })
     }
 }
 
@@ -215,12 +248,7 @@ pub async fn serve<C: Checker>(
 ) -> Result<(), DecideError> {
     config.validate().map_err(DecideError::Config)?;
     let settings = Arc::new(config.answers.clone());
-    let admission = Arc::new(match &config.policies_dir {
-        Some(dir) => gateway::Admission::new(
-            &policy::PolicySet::load_dir(dir).map_err(DecideError::Policies)?,
-        ),
-        None => gateway::Admission::default(),
-    });
+    let rules = Arc::new(Rules::load(config)?);
     // Its own token, so that a failed HTTP side can stop it without cancelling the caller's.
     let stop_grpc = shutdown.child_token();
     let grpc = match grpc {
@@ -235,7 +263,7 @@ pub async fn serve<C: Checker>(
             let service = ext_authz::ExtAuthz::new(
                 Arc::clone(&checker),
                 Arc::clone(&settings),
-                Arc::clone(&admission),
+                Arc::clone(&rules),
             );
             Some(tokio::spawn(ext_authz::serve(
                 service,
@@ -245,7 +273,7 @@ pub async fn serve<C: Checker>(
         }
         None => None,
     };
-    let routes = http::routes(Arc::clone(&checker), settings, admission);
+    let routes = http::routes(Arc::clone(&checker), settings, rules);
     let ready = Arc::clone(&checker);
     let served = infra::service::serve_until_shutdown_with(
         http,

@@ -37,31 +37,39 @@ async fn forward_auth(http: &str) -> Option<(u16, Option<String>)> {
     Some((response.status().as_u16(), retry_after))
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[cfg_attr(
-    not(feature = "live"),
-    ignore = "needs the local stack (dev/stack up); run with --features live"
-)]
-async fn a_published_block_refuses_with_its_retry_after_and_an_allow_lifts_it() {
-    let kafka = kafka_config("decide_live");
+/// Compacted topics of `kafka` with `partitions` each, and a producer.
+async fn topics_and_producer(
+    kafka: &infra::config::KafkaConfig,
+    names: &[&String],
+    partitions: i32,
+) -> FutureProducer {
     infra::testkit::require_listener("Kafka", &kafka.brokers);
-    let topic = kafka.topics.control.clone();
-    ensure_topics(
-        &kafka,
-        &[TopicSpec {
-            name: topic.clone(),
-            partitions: 1,
+    let specs: Vec<TopicSpec> = names
+        .iter()
+        .map(|name| TopicSpec {
+            name: (*name).clone(),
+            partitions,
             retention: Retention::Compacted,
             replication: Default::default(),
             extra_config: Vec::new(),
-        }],
-    )
-    .await
-    .expect("topic created");
-    let producer: FutureProducer = producer_config(&kafka, "decide-live-test")
+        })
+        .collect();
+    ensure_topics(kafka, &specs).await.expect("topics created");
+    producer_config(kafka, "decide-live-test")
         .create()
-        .expect("producer");
+        .expect("producer")
+}
 
+/// The sidecar on a gateway following `kafka`'s control topic (fail closed), served with
+/// `config` until the returned shutdown; its base URL.
+async fn start_sidecar(
+    kafka: &infra::config::KafkaConfig,
+    config: quotaflow_decide::Config,
+) -> (
+    String,
+    Shutdown,
+    tokio::task::JoinHandle<Result<(), quotaflow_decide::DecideError>>,
+) {
     let gateway = Gateway::start(GatewayConfig {
         kafka: kafka.clone(),
         client_id: unique_name("decide"),
@@ -70,7 +78,6 @@ async fn a_published_block_refuses_with_its_retry_after_and_an_allow_lifts_it() 
         probe_interval_ms: 500,
     })
     .expect("gateway started");
-    let config = quotaflow_decide::Config::default();
     let http = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let http_url = format!("http://{}", http.local_addr().unwrap());
     let shutdown = Shutdown::new();
@@ -78,6 +85,20 @@ async fn a_published_block_refuses_with_its_retry_after_and_an_allow_lifts_it() 
         let shutdown = shutdown.clone();
         async move { quotaflow_decide::serve(Arc::new(gateway), &config, http, None, shutdown).await }
     });
+    (http_url, shutdown, task)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(
+    not(feature = "live"),
+    ignore = "needs the local stack (dev/stack up); run with --features live"
+)]
+async fn a_published_block_refuses_with_its_retry_after_and_an_allow_lifts_it() {
+    let kafka = kafka_config("decide_live");
+    let topic = kafka.topics.control.clone();
+    let producer = topics_and_producer(&kafka, &[&topic], 1).await;
+    let (http_url, shutdown, task) =
+        start_sidecar(&kafka, quotaflow_decide::Config::default()).await;
     eventually(DEADLINE, "the sidecar to catch up (readyz)", || async {
         let status = reqwest::get(format!("{http_url}/readyz"))
             .await
@@ -126,6 +147,176 @@ async fn a_published_block_refuses_with_its_retry_after_and_an_allow_lifts_it() 
             .filter(|(status, _)| *status == 200)
     })
     .await;
+
+    shutdown.cancel();
+    task.await.unwrap().unwrap();
+}
+
+/// 10 USD per API key and UTC day.
+const KEY_DAILY: &str = r#"
+id: key-daily
+owner: {team: search, contact: search@example.com}
+description: 10 USD per API key and UTC day
+unit: cost_usd
+group_by: [api_key_id]
+window: {kind: day}
+hard_cap: 10
+action: {kind: block}
+"#;
+
+fn money(value: &serde_json::Value) -> String {
+    value
+        .as_str()
+        .map_or_else(|| value.to_string(), str::to_owned)
+}
+
+/// Issue 15 points 1 and 2: the sidecar follows the totals topic; `GET /v1/scopes` answers what
+/// a key spent today (the partials of two input partitions summed), its limit, what remains and
+/// when it resets, with the decision in force and its raised limit; every check carries the
+/// tightest quota as `RateLimit-*` headers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(
+    not(feature = "live"),
+    ignore = "needs the local stack (dev/stack up); run with --features live"
+)]
+async fn remaining_quota_comes_from_the_totals_and_control_topics() {
+    let kafka = kafka_config("decide_scopes");
+    let producer =
+        topics_and_producer(&kafka, &[&kafka.topics.control, &kafka.topics.totals], 2).await;
+    let policies_dir = std::env::temp_dir().join(unique_name("decide_scopes_policies"));
+    std::fs::create_dir_all(&policies_dir).unwrap();
+    std::fs::write(policies_dir.join("key-daily.yaml"), KEY_DAILY).unwrap();
+    let policies = policy::PolicySet::load_dir(&policies_dir).unwrap();
+    let policy = policies.get("key-daily").unwrap();
+
+    // k1 spent 5 + 2.5 today, counted from two input partitions.
+    let now = Utc::now();
+    let today = now.date_naive().and_hms_opt(0, 0, 0).unwrap().and_utc();
+    for (partition, cost) in [(0, "5"), (1, "2.5")] {
+        let total = schemas::WindowTotal {
+            source_partition: partition,
+            cost_usd: cost.parse().unwrap(),
+            version: 1,
+            written_at: now,
+            ..schemas::fixtures::empty_day_total(
+                &policy.totals_scope_kind(),
+                "api_key_id=k1",
+                today,
+            )
+        };
+        let payload = schemas::encode(&total).unwrap();
+        producer
+            .send(
+                rdkafka::producer::FutureRecord::to(&kafka.topics.totals)
+                    .key(&total.compaction_key())
+                    .payload(&payload),
+                Duration::from_secs(10),
+            )
+            .await
+            .map_err(|(error, _)| error)
+            .expect("delivered");
+    }
+    // k2 is blocked at 12 USD, a raise approved over its 10.
+    let block = ControlDecision {
+        key: policy.control_key("api_key_id=k2"),
+        decision_id: unique_name("decision"),
+        reason: "api_key_id=k2 reached 12 cost_usd of 12".to_owned(),
+        limit: "12".parse().unwrap(),
+        window_start: today,
+        window_end: today + TimeDelta::days(1),
+        expires_at: Some(today + TimeDelta::days(1)),
+        version: 1,
+        ..schemas::fixtures::block_decision(
+            "key-daily",
+            BTreeMap::from([("api_key_id".to_owned(), "k2".to_owned())]),
+            Vec::new(),
+            now,
+        )
+    };
+    assert_eq!(block.key, "key-daily/api_key_id=k2");
+    publish(&producer, &kafka.topics.control, &block).await;
+
+    let mut config = quotaflow_decide::Config::default();
+    config.gateway.kafka = kafka.clone();
+    config.gateway.probe_interval_ms = 500;
+    config.policies_dir = Some(policies_dir);
+    let (http_url, shutdown, task) = start_sidecar(&kafka, config).await;
+    let client = reqwest::Client::new();
+    let scopes = |query: &'static str| {
+        let client = client.clone();
+        let url = format!("{http_url}/v1/scopes?{query}");
+        async move {
+            client
+                .get(url)
+                .send()
+                .await
+                .ok()?
+                .json::<serde_json::Value>()
+                .await
+                .ok()
+        }
+    };
+    let answer = eventually(DEADLINE, "k1's spend in the sidecar", || async {
+        scopes("api_key_id=k1").await.filter(|answer| {
+            answer["ready"] == true && money(&answer["scopes"][0]["spent"]) == "7.5"
+        })
+    })
+    .await;
+    let quota = &answer["scopes"][0];
+    assert_eq!(answer["scopes"].as_array().unwrap().len(), 1, "{answer}");
+    assert_eq!(quota["policy_id"], "key-daily");
+    assert_eq!(quota["scope"], "api_key_id=k1");
+    assert_eq!(quota["unit"], "cost_usd");
+    assert_eq!(money(&quota["cap"]), "10");
+    assert_eq!(money(&quota["limit"]), "10");
+    assert_eq!(money(&quota["remaining"]), "2.5");
+    let resets_at: chrono::DateTime<Utc> =
+        serde_json::from_value(quota["resets_at"].clone()).unwrap();
+    assert_eq!(resets_at, today + TimeDelta::days(1));
+    let reset_seconds = quota["reset_seconds"].as_u64().unwrap();
+    assert!((1..=86_400).contains(&reset_seconds), "{reset_seconds}");
+    assert!(quota.get("decision").is_none(), "{quota}");
+
+    // The same quota on every check, as RateLimit headers.
+    let checked = eventually(DEADLINE, "the sidecar to be ready", || async {
+        let response = client
+            .get(format!("{http_url}/v1/authz"))
+            .header("x-quotaflow-api-key", "k1")
+            .send()
+            .await
+            .ok()?;
+        (response.status() == 200 && response.headers().contains_key("ratelimit-remaining"))
+            .then_some(response)
+    })
+    .await;
+    let header = |name: &str| checked.headers()[name].to_str().unwrap().to_owned();
+    assert_eq!(header("ratelimit-limit"), "10");
+    assert_eq!(header("ratelimit-remaining"), "2.5");
+    assert_eq!(header("x-quotaflow-quota-policy"), "key-daily");
+    assert_eq!(header("x-quotaflow-quota-unit"), "cost_usd");
+    let reset: u64 = header("ratelimit-reset").parse().unwrap();
+    assert!((1..=86_400).contains(&reset));
+
+    // k2: the block in force, at the raised limit.
+    let answer = eventually(DEADLINE, "k2's block in the sidecar", || async {
+        scopes("api_key_id=k2")
+            .await
+            .filter(|answer| answer["scopes"][0]["decision"]["action"] == "block")
+    })
+    .await;
+    let quota = &answer["scopes"][0];
+    assert_eq!(money(&quota["limit"]), "12");
+    assert_eq!(money(&quota["spent"]), "0");
+    assert!(quota["decision"]["reason"]
+        .as_str()
+        .unwrap()
+        .contains("reached 12"));
+
+    // A request no policy counts has no quota; a misspelled parameter is an error.
+    let answer = scopes("teem=search").await;
+    assert!(answer.is_some_and(|answer| answer["error"]["message"]
+        .as_str()
+        .is_some_and(|message| message.contains("teem"))));
 
     shutdown.cancel();
     task.await.unwrap().unwrap();

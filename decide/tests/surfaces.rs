@@ -84,6 +84,8 @@ impl Sidecar {
         std::fs::create_dir_all(&policies).unwrap();
         std::fs::write(policies.join("summaries.yaml"), SUMMARIES_POLICY).unwrap();
         config.policies_dir = Some(policies);
+        // A fixed view: no totals topic to follow (quotas read as untouched).
+        config.remaining.follow_totals = false;
         let http = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let grpc = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let (http_address, grpc_address) = (http.local_addr().unwrap(), grpc.local_addr().unwrap());
@@ -512,5 +514,52 @@ async fn a_shadow_decision_lets_the_request_go_and_says_what_it_would_do() {
                 && line.contains("decision=\"would_block\"")),
         "{metrics}"
     );
+    sidecar.stop().await;
+}
+
+/// Issue 15 point 1: a request a windowed policy counts carries its quota as `RateLimit-*`
+/// headers (here nothing spent: a fixed view follows no totals) and in JSON; one no policy
+/// counts carries none.
+#[tokio::test]
+async fn answers_carry_the_tightest_quota_as_ratelimit_headers() {
+    let sidecar = Sidecar::start(429).await;
+    let counted = sidecar
+        .forward_auth(&[
+            ("x-quotaflow-api-key", "k1"),
+            ("x-quotaflow-workflow", "summaries"),
+        ])
+        .await;
+    assert_eq!(counted.status(), 200);
+    assert_eq!(header(&counted, "ratelimit-limit"), Some("100"));
+    assert_eq!(header(&counted, "ratelimit-remaining"), Some("100"));
+    assert_eq!(
+        header(&counted, "x-quotaflow-quota-policy"),
+        Some("summaries-context")
+    );
+    assert_eq!(header(&counted, "x-quotaflow-quota-unit"), Some("cost_usd"));
+    let reset: u64 = header(&counted, "ratelimit-reset")
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!((1..=86_400).contains(&reset), "{reset}");
+
+    let answer: serde_json::Value = reqwest::Client::new()
+        .post(format!("{}/v1/check", sidecar.http))
+        .json(&serde_json::json!({"api_key_id": "k1", "workflow": "summaries"}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(answer["quota"]["policy_id"], "summaries-context");
+
+    let uncounted = sidecar
+        .forward_auth(&[
+            ("x-quotaflow-api-key", "k1"),
+            ("x-quotaflow-team", "billing"),
+        ])
+        .await;
+    assert_eq!(header(&uncounted, "ratelimit-limit"), None);
     sidecar.stop().await;
 }

@@ -195,6 +195,7 @@ pub async fn run(args: &Args, alerter_config: &alerter::Config) -> Result<Vec<Ou
     .await?;
     gateway.shutdown();
     drop(front);
+    print_remaining_quota(&http, &args.sidecar).await;
     print_gatekeeping(&gatekeeping);
     if gatekeeping.accepted == 0 {
         bail!("ingest accepted no events");
@@ -244,6 +245,41 @@ async fn start_gateway(config: &alerter::Config) -> Result<gateway::Gateway> {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     Ok(gateway)
+}
+
+/// What the sidecar answers about the loop's key (`GET /v1/scopes`): spent, limit, remaining,
+/// reset and the decision in force, per policy that counts its calls.
+async fn print_remaining_quota(http: &reqwest::Client, sidecar: &str) {
+    let url = format!(
+        "http://{sidecar}/v1/scopes?api_key_id={}&team=search&workflow=agent-loop&environment=staging",
+        scenario::LOOP_KEY
+    );
+    println!(
+        "\n== the decision sidecar's remaining quota for {} (GET /v1/scopes) ==",
+        scenario::LOOP_KEY
+    );
+    let answer: Value = match http.get(&url).send().await {
+        Ok(response) => response.json().await.unwrap_or(Value::Null),
+        Err(error) => {
+            println!("not answered: {error}");
+            return;
+        }
+    };
+    for quota in answer["scopes"].as_array().into_iter().flatten() {
+        println!(
+            "{:<26} {:<28} spent {} of {} {} ({} left), resets in {} s{}",
+            field(quota, "policy_id"),
+            field(quota, "scope"),
+            field(quota, "spent"),
+            field(quota, "limit"),
+            field(quota, "unit"),
+            field(quota, "remaining"),
+            quota["reset_seconds"],
+            quota["decision"]["action"]
+                .as_str()
+                .map_or_else(String::new, |action| format!("; {action} in force"))
+        );
+    }
 }
 
 /// Waits until the sidecar has caught up with the control topic (`/readyz`).

@@ -75,35 +75,47 @@ impl Admission {
         if self.policies.is_empty() || declared.is_empty() {
             return None;
         }
-        let labels: BTreeMap<String, String> = request
-            .labels
-            .iter()
-            .map(|(name, value)| ((*name).to_owned(), (*value).to_owned()))
-            .collect();
-        let event = EventDims {
-            api_key_id: request.api_key_id,
-            team: request.team,
-            user_id: request.user_id,
-            customer_id: request.customer_id,
-            workflow: request.workflow,
-            environment: request.environment,
-            provider: request.provider,
-            model: request.model,
-            endpoint: request.endpoint,
-            modality: Modality::from_str(request.modality).unwrap_or(Modality::Text),
-            labels: &labels,
-        };
-        self.policies.iter().find_map(|policy| {
-            let rules = policy.admission()?;
-            if !policy.matches(&event) {
-                return None;
-            }
-            let refusal = rules.check(declared).err()?;
-            Some(AdmissionRefusal {
-                policy_id: Arc::from(policy.id()),
-                refusal,
-                hint: rules.hint.clone(),
+        with_event_dims(request, |event| {
+            self.policies.iter().find_map(|policy| {
+                let rules = policy.admission()?;
+                if !policy.matches(event) {
+                    return None;
+                }
+                let refusal = rules.check(declared).err()?;
+                Some(AdmissionRefusal {
+                    policy_id: Arc::from(policy.id()),
+                    refusal,
+                    hint: rules.hint.clone(),
+                })
             })
         })
     }
+}
+
+/// Lends `request` as the policy crate's [`EventDims`] (what policies match and scope events by)
+/// to `f`: the labels are copied into the map `EventDims` reads; an unknown modality reads as
+/// text.
+pub fn with_event_dims<R>(
+    request: &RequestAttributes<'_>,
+    f: impl FnOnce(&EventDims<'_>) -> R,
+) -> R {
+    let labels: BTreeMap<String, String> = request
+        .labels
+        .iter()
+        .map(|(name, value)| ((*name).to_owned(), (*value).to_owned()))
+        .collect();
+    let event = EventDims {
+        api_key_id: request.api_key_id,
+        team: request.team,
+        user_id: request.user_id,
+        customer_id: request.customer_id,
+        workflow: request.workflow,
+        environment: request.environment,
+        provider: request.provider,
+        model: request.model,
+        endpoint: request.endpoint,
+        modality: Modality::from_str(request.modality).unwrap_or(Modality::Text),
+        labels: &labels,
+    };
+    f(&event)
 }

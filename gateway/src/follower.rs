@@ -242,7 +242,7 @@ impl Gateway {
 
     /// The block or degrade in force for the control-topic `key` now, and whether it is a
     /// shadow one; `None` when the key is allowed (see [`crate::DecisionView::in_force`]).
-    pub fn in_force(&self, key: &str) -> Option<(Verdict, bool)> {
+    pub fn in_force(&self, key: &str) -> Option<crate::view::InForce> {
         self.read_view().in_force(key, Utc::now())
     }
 

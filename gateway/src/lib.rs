@@ -36,4 +36,4 @@ pub mod view;
 pub use admission::{Admission, AdmissionRefusal};
 pub use error::GatewayError;
 pub use follower::{ControlApplier, FailureMode, Gateway, GatewayConfig};
-pub use view::{ApplyOutcome, DecisionView, RequestAttributes, Verdict};
+pub use view::{ApplyOutcome, DecisionView, InForce, RequestAttributes, Verdict};

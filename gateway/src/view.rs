@@ -165,6 +165,17 @@ impl Verdict {
     }
 }
 
+/// A block or degrade held for a key ([`DecisionView::in_force`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InForce {
+    /// What it does to a request it matches.
+    pub verdict: Verdict,
+    /// A decision of a policy in shadow mode: never enforced.
+    pub shadow: bool,
+    /// The limit it was decided against (the cap, or a raised limit under an approval).
+    pub limit: rust_decimal::Decimal,
+}
+
 /// What [`DecisionView::apply`] did with a decision.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ApplyOutcome {
@@ -200,6 +211,8 @@ struct ActiveDecision {
     absent: Vec<Dimension>,
     /// Position in `scope` of the dimension it is indexed by; `None` for an empty scope.
     indexed_by: Option<usize>,
+    /// The limit it was decided against ([`InForce::limit`]).
+    limit: rust_decimal::Decimal,
     /// `expires_at` in microseconds since the epoch; `i64::MAX` when it never expires.
     expires_at_micros: i64,
     /// When it ends unless lifted: `expires_at`, else the end of its window (`None`: unknown).
@@ -401,6 +414,7 @@ impl DecisionView {
             scope,
             absent,
             indexed_by,
+            limit: decision.limit,
             expires_at_micros: decision
                 .expires_at
                 .map_or(i64::MAX, |expires_at| expires_at.timestamp_micros()),
@@ -441,20 +455,25 @@ impl DecisionView {
         winner.map_or(Verdict::Allow, ActiveDecision::verdict)
     }
 
-    /// The block or degrade held for the control-topic `key` and not expired at `now`, and
-    /// whether it is a shadow one (never enforced); `None` when the key is allowed.
-    pub fn in_force(&self, key: &str, now: DateTime<Utc>) -> Option<(Verdict, bool)> {
+    /// The block or degrade held for the control-topic `key` and not expired at `now`; `None`
+    /// when the key is allowed.
+    pub fn in_force(&self, key: &str, now: DateTime<Utc>) -> Option<InForce> {
         let now_micros = now.timestamp_micros();
-        let live = |active: &Arc<ActiveDecision>| active.expires_at_micros > now_micros;
-        if let Some(active) = self.active.get(key).filter(|active| live(active)) {
-            return Some((active.verdict(), false));
+        let live = |active: &&Arc<ActiveDecision>| active.expires_at_micros > now_micros;
+        let in_force = |active: &Arc<ActiveDecision>, shadow: bool| InForce {
+            verdict: active.verdict(),
+            shadow,
+            limit: active.limit,
+        };
+        if let Some(active) = self.active.get(key).filter(live) {
+            return Some(in_force(active, false));
         }
         let shadow = self.shadow.as_ref()?;
         shadow
             .active
             .get(key)
-            .filter(|active| live(active))
-            .map(|active| (active.verdict(), true))
+            .filter(live)
+            .map(|active| in_force(active, true))
     }
 
     /// What the shadow decisions (policies in shadow mode) would do with a request at `now`,

@@ -71,6 +71,8 @@ impl FixedSidecar {
         std::fs::create_dir_all(&policies).unwrap();
         std::fs::write(policies.join("summaries.yaml"), SUMMARIES_POLICY).unwrap();
         config.policies_dir = Some(policies);
+        // A fixed view: no totals topic to follow (quotas read as untouched).
+        config.remaining.follow_totals = false;
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let address = listener.local_addr().unwrap();
         let shutdown = Shutdown::new();
