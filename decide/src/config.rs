@@ -23,8 +23,12 @@ pub struct Config {
     /// Remaining-quota answers (`GET /v1/scopes`, `RateLimit-*` headers).
     pub remaining: RemainingConfig,
     /// The policy directory whose admission rules (`admission:`) are checked before the
-    /// decisions; absent: none. Read at start.
+    /// decisions, and whose windows and caps answer remaining quota; absent: none. Read at
+    /// start.
     pub policies_dir: Option<std::path::PathBuf>,
+    /// The price catalog (LiteLLM's JSON format) that prices a request's declared maximum for
+    /// the `admission.estimated_cost` rule; required when a policy has that rule.
+    pub catalog_path: Option<std::path::PathBuf>,
 }
 
 impl Default for Config {
@@ -39,6 +43,7 @@ impl Default for Config {
             answers: AnswerConfig::default(),
             remaining: RemainingConfig::default(),
             policies_dir: None,
+            catalog_path: None,
         }
     }
 }

@@ -91,15 +91,27 @@ impl Decider {
                 }
             }
         };
-        let answer = if self.settings.ratelimit_headers && self.rules.scopes.is_ready() {
-            let tightest = attributes.with(|request| {
+        let estimating = self
+            .rules
+            .estimated_cost
+            .as_ref()
+            .filter(|_| answer.allowed);
+        let wants_quotas = self.settings.ratelimit_headers || estimating.is_some();
+        let answer = if wants_quotas && self.rules.scopes.is_ready() {
+            let quotas = attributes.with(|request| {
                 self.rules
                     .scopes
                     .quotas(request, self.checker.as_ref(), now)
-                    .into_iter()
-                    .next()
             });
-            answer.with_quota(tightest)
+            let refusal = estimating.and_then(|(policies, catalog)| {
+                estimated_cost_refusal(attributes, &quotas, policies, catalog)
+            });
+            let answer = refusal.unwrap_or(answer);
+            if self.settings.ratelimit_headers {
+                answer.with_quota(quotas.into_iter().next())
+            } else {
+                answer
+            }
         } else {
             answer
         };
@@ -123,6 +135,48 @@ impl Decider {
     pub(crate) fn deny_status(&self) -> u16 {
         self.settings.deny_status
     }
+}
+
+/// The refusal of the `admission.estimated_cost` rule: the first of `quotas` (tightest first)
+/// of a policy with the rule whose remaining headroom is below the request's declared maximum
+/// cost. It says when the headroom resets (`Retry-After`): a smaller request may go now, this
+/// one then.
+fn estimated_cost_refusal(
+    attributes: &Attributes,
+    quotas: &[crate::scopes::ScopeQuota],
+    policies: &std::collections::HashMap<String, Option<String>>,
+    catalog: &pricing::Catalog,
+) -> Option<Answer> {
+    let counted: Vec<&crate::scopes::ScopeQuota> = quotas
+        .iter()
+        .filter(|quota| policies.contains_key(&quota.policy_id) && !quota.shadow)
+        .collect();
+    if counted.is_empty() {
+        return None;
+    }
+    let estimate = attributes.estimated_cost(catalog)?;
+    counted.into_iter().find_map(|quota| {
+        let refusal = policy::admission::estimated_cost_refusal(estimate, quota.remaining)?;
+        crate::metrics::admission_refused(&quota.policy_id, refusal.rule);
+        let mut reason = format!(
+            "policy {} refuses this request before it is sent: {} (model {}), more than the {} left to {} in this {} window until {}",
+            quota.policy_id,
+            refusal.declared,
+            attributes.model,
+            refusal.limit,
+            quota.scope,
+            quota.window,
+            quota.resets_at.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+        );
+        if let Some(hint) = policies.get(&quota.policy_id).cloned().flatten() {
+            reason.push_str(". ");
+            reason.push_str(&hint);
+        }
+        let mut answer = Answer::refused(&quota.policy_id, Some(refusal.rule), reason);
+        answer.until = Some(quota.resets_at);
+        answer.retry_after_seconds = Some(quota.reset_seconds);
+        Some(answer)
+    })
 }
 
 /// The sidecar's routes (the ops routes are added by the service lifecycle).

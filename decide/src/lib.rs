@@ -117,6 +117,9 @@ impl Checker for FixedView {
     }
 }
 
+/// The ids of the policies with `admission.estimated_cost`, with their `admission.hint`.
+pub type EstimatingPolicies = std::collections::HashMap<String, Option<String>>;
+
 /// What the sidecar reads from the policies: their admission rules, and their windows and caps
 /// with the totals for the remaining-quota answers ([`scopes::Scopes`]).
 pub struct Rules {
@@ -124,6 +127,10 @@ pub struct Rules {
     pub admission: gateway::Admission,
     /// Spent, limit and remaining per policy scope.
     pub scopes: scopes::Scopes,
+    /// The policies with `admission.estimated_cost`, and the catalog that prices a request's
+    /// declared maximum for them.
+    /// Keyed by policy id, with the policy's `admission.hint`.
+    pub estimated_cost: Option<(EstimatingPolicies, Arc<pricing::Catalog>)>,
 }
 
 impl Rules {
@@ -133,6 +140,34 @@ impl Rules {
         let policies = match &config.policies_dir {
             Some(dir) => policy::PolicySet::load_dir(dir).map_err(DecideError::Policies)?,
             None => policy::PolicySet::empty(),
+        };
+        let estimating: EstimatingPolicies = policies
+            .policies()
+            .iter()
+            .filter_map(|policy| {
+                let rules = policy.admission().filter(|rules| rules.estimated_cost)?;
+                Some((policy.id().to_owned(), rules.hint.clone()))
+            })
+            .collect();
+        let estimated_cost = if estimating.is_empty() {
+            None
+        } else {
+            let Some(path) = &config.catalog_path else {
+                return Err(DecideError::Config(format!(
+                    "policies {} have admission.estimated_cost: set catalog_path to the price catalog",
+                    estimating.keys().cloned().collect::<Vec<_>>().join(", ")
+                )));
+            };
+            if !config.remaining.follow_totals {
+                return Err(DecideError::Config(
+                    "admission.estimated_cost compares with what is left: it needs remaining.follow_totals"
+                        .to_owned(),
+                ));
+            }
+            let catalog = pricing::Catalog::load_path(path, None).map_err(|error| {
+                DecideError::Config(format!("catalog_path {}: {error}", path.display()))
+            })?;
+            Some((estimating, Arc::new(catalog)))
         };
         let mut scopes = scopes::Scopes::new(&policies);
         if config.remaining.follow_totals && !scopes.is_empty() {
@@ -145,6 +180,7 @@ impl Rules {
         Ok(Rules {
             admission: gateway::Admission::new(&policies),
             scopes,
+            estimated_cost,
         })
     }
 }
@@ -304,4 +340,39 @@ pub async fn serve<C: Checker>(
         }
     }
     served.map(|_| ())
+}
+
+#[cfg(test)]
+mod rules_tests {
+    use super::*;
+
+    const ESTIMATING: &str = r#"
+id: key-daily
+owner: {team: search, contact: s@example.com}
+description: 10 USD per key and day
+unit: cost_usd
+group_by: [api_key_id]
+window: {kind: day}
+hard_cap: 10
+action: {kind: block}
+admission: {estimated_cost: true}
+"#;
+
+    #[test]
+    fn an_estimated_cost_rule_without_a_catalog_or_totals_is_a_config_error() {
+        let dir = std::env::temp_dir().join(infra::testkit::unique_name("decide_rules"));
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("p.yaml"), ESTIMATING).unwrap();
+        let mut config = Config {
+            policies_dir: Some(dir),
+            ..Config::default()
+        };
+        config.remaining.follow_totals = false;
+        let error = Rules::load(&config).err().expect("refused").to_string();
+        assert!(error.contains("catalog_path"), "{error}");
+        config.catalog_path =
+            Some(std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../demo/catalog.json"));
+        let error = Rules::load(&config).err().expect("refused").to_string();
+        assert!(error.contains("remaining.follow_totals"), "{error}");
+    }
 }

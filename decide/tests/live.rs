@@ -162,6 +162,9 @@ group_by: [api_key_id]
 window: {kind: day}
 hard_cap: 10
 action: {kind: block}
+admission:
+  estimated_cost: true
+  hint: "ask for less output, or for a raise"
 "#;
 
 fn money(value: &serde_json::Value) -> String {
@@ -189,10 +192,10 @@ async fn remaining_quota_comes_from_the_totals_and_control_topics() {
     let policies = policy::PolicySet::load_dir(&policies_dir).unwrap();
     let policy = policies.get("key-daily").unwrap();
 
-    // k1 spent 5 + 2.5 today, counted from two input partitions.
+    // k1 spent 5 + 2.5 today, counted from two input partitions; k3 spent 9.9.
     let now = Utc::now();
     let today = now.date_naive().and_hms_opt(0, 0, 0).unwrap().and_utc();
-    for (partition, cost) in [(0, "5"), (1, "2.5")] {
+    for (key, partition, cost) in [("k1", 0, "5"), ("k1", 1, "2.5"), ("k3", 0, "9.9")] {
         let total = schemas::WindowTotal {
             source_partition: partition,
             cost_usd: cost.parse().unwrap(),
@@ -200,7 +203,7 @@ async fn remaining_quota_comes_from_the_totals_and_control_topics() {
             written_at: now,
             ..schemas::fixtures::empty_day_total(
                 &policy.totals_scope_kind(),
-                "api_key_id=k1",
+                &format!("api_key_id={key}"),
                 today,
             )
         };
@@ -240,6 +243,8 @@ async fn remaining_quota_comes_from_the_totals_and_control_topics() {
     config.gateway.kafka = kafka.clone();
     config.gateway.probe_interval_ms = 500;
     config.policies_dir = Some(policies_dir);
+    config.catalog_path =
+        Some(std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../demo/catalog.json"));
     let (http_url, shutdown, task) = start_sidecar(&kafka, config).await;
     let client = reqwest::Client::new();
     let scopes = |query: &'static str| {
@@ -311,6 +316,43 @@ async fn remaining_quota_comes_from_the_totals_and_control_topics() {
         .as_str()
         .unwrap()
         .contains("reached 12"));
+
+    // Issue 15 point 3, admission.estimated_cost: k3 has 0.1 USD left. gpt-4o at 2.5 and 10
+    // USD per million input and output tokens: 10k in + 500 out may cost 0.03 and goes; 50k in
+    // + 1k out may cost 0.135 and is refused before it is sent, until the window resets.
+    let ask = |input: &'static str, output: &'static str| {
+        client
+            .get(format!("{http_url}/v1/authz"))
+            .header("x-quotaflow-api-key", "k3")
+            .header("x-quotaflow-provider", "openai")
+            .header("x-quotaflow-model", "gpt-4o")
+            .header("x-quotaflow-endpoint", "chat_completions")
+            .header("x-quotaflow-modality", "text")
+            .header("x-quotaflow-input-tokens", input)
+            .header("x-quotaflow-max-output-tokens", output)
+            .send()
+    };
+    eventually(DEADLINE, "k3's spend in the sidecar", || async {
+        scopes("api_key_id=k3")
+            .await
+            .filter(|answer| money(&answer["scopes"][0]["remaining"]) == "0.1")
+    })
+    .await;
+    assert_eq!(ask("10000", "500").await.unwrap().status(), 200);
+    let refused = ask("50000", "1000").await.unwrap();
+    assert_eq!(refused.status(), 429);
+    let header = |name: &str| refused.headers()[name].to_str().unwrap().to_owned();
+    assert_eq!(header("x-quotaflow-rule"), "estimated_cost");
+    assert_eq!(header("x-quotaflow-policy"), "key-daily");
+    let reason = header("x-quotaflow-reason");
+    assert!(
+        reason.contains("up to 0.135 USD")
+            && reason.contains("0.1 USD left")
+            && reason.contains("ask for less output"),
+        "{reason}"
+    );
+    let retry_after: u64 = header("retry-after").parse().unwrap();
+    assert!((1..=86_400).contains(&retry_after));
 
     // A request no policy counts has no quota; a misspelled parameter is an error.
     let answer = scopes("teem=search").await;

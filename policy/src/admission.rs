@@ -10,6 +10,7 @@
 //!   image_tiers: [draft, preview]    # previews never run on a final-quality route
 //!   max_video_seconds: 8
 //!   max_video_resolution: 720p       # the shorter side: 480p, 720p, 1080p, 2160p (or 4k)
+//!   estimated_cost: true             # refuse what may cost more than the scope has left
 //!   hint: "use the summaries-lite workflow, or ask #ml-platform for an approved raise"
 //! ```
 //!
@@ -41,6 +42,12 @@ pub struct AdmissionRules {
     /// Highest video resolution a request may ask for.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_video_resolution: Option<Resolution>,
+    /// Refuse a request whose estimated maximum cost (declared input tokens and max output
+    /// tokens, image tier, video seconds and resolution, priced from the catalog) exceeds what
+    /// its scope has left under the policy's limit (`cost_usd` policies; checked by the
+    /// decision sidecar, which follows the totals).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub estimated_cost: bool,
     /// What a refusal tells the user to do instead (a cheaper route, an upgrade path).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub hint: Option<String>,
@@ -67,6 +74,19 @@ impl Declared {
     pub fn is_empty(&self) -> bool {
         *self == Declared::default()
     }
+}
+
+/// The estimated-cost rule's refusal: the request may cost `estimate`, more than the `remaining`
+/// of the scope's `limit`.
+pub fn estimated_cost_refusal(
+    estimate: rust_decimal::Decimal,
+    remaining: rust_decimal::Decimal,
+) -> Option<Refusal> {
+    (estimate > remaining).then(|| Refusal {
+        rule: "estimated_cost",
+        limit: format!("{} USD left", remaining.normalize()),
+        declared: format!("up to {} USD", estimate.normalize()),
+    })
 }
 
 /// Why a request is refused: the rule, its limit and what was declared.
@@ -235,6 +255,7 @@ mod tests {
             image_tiers: Some(vec![ImageTier::Draft, ImageTier::Preview]),
             max_video_seconds: Some(8),
             max_video_resolution: Some(Resolution(720)),
+            estimated_cost: false,
             hint: None,
         }
     }
@@ -369,6 +390,33 @@ admission:
         assert!(
             resolution.contains("not a video resolution"),
             "{resolution}"
+        );
+    }
+
+    #[test]
+    fn the_estimated_cost_rule_refuses_more_than_is_left_and_needs_a_cost_unit() {
+        let dec = |text: &str| text.parse::<rust_decimal::Decimal>().unwrap();
+        assert_eq!(super::estimated_cost_refusal(dec("0.1"), dec("0.1")), None);
+        let refusal = super::estimated_cost_refusal(dec("0.135"), dec("0.100")).unwrap();
+        assert_eq!(
+            refusal.to_string(),
+            "estimated_cost asked for up to 0.135 USD, over the limit of 0.1 USD left"
+        );
+        let set = PolicySet::from_str("p.yaml", &policy("  estimated_cost: true")).unwrap();
+        assert!(
+            set.get("summaries")
+                .unwrap()
+                .admission()
+                .unwrap()
+                .estimated_cost
+        );
+        let requests = policy("  estimated_cost: true").replace("unit: cost_usd", "unit: requests");
+        let error = PolicySet::from_str("p.yaml", &requests)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            error.contains("admission.estimated_cost") && error.contains("not requests"),
+            "{error}"
         );
     }
 }

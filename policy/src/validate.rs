@@ -428,6 +428,15 @@ fn check_optional_sections(record: &PolicyRecord, at: &Locator<'_>, errors: &mut
         for (field, problem) in admission.problems() {
             errors.push(at.error(&["admission", field], problem));
         }
+        if admission.estimated_cost && record.unit != crate::Unit::CostUsd {
+            errors.push(at.error(
+                &["admission", "estimated_cost"],
+                format!(
+                    "admission.estimated_cost compares a cost with what is left, so the policy's unit must be cost_usd, not {}",
+                    record.unit
+                ),
+            ));
+        }
     }
     if let Some(anomaly) = &record.anomaly {
         if anomaly.z_threshold <= Decimal::ZERO {
