@@ -5,12 +5,15 @@
 //!   cap, with the burn rate over the window so far and the projected time the cap is reached
 //!   (from ClickHouse `window_totals_current` and the policy files; exact decimals).
 //! - [`decisions`]: the decisions in force (the newest per key is not `allow`), or the history.
+//! - [`scopes::scopes`]: the remaining quota of the scopes a request names, with the decision
+//!   and the approved raise in force: the decision sidecar's `GET /v1/scopes`, from ClickHouse.
 //! - `policy check` and `approve` are the alerter's own ([`alerter::approve`]).
 //!
 //! Every command prints a table, or JSON with `--json`. Reads only: the approvals topic is the one
 //! thing written (by `approve`).
 
 pub mod replay;
+pub mod scopes;
 
 use chrono::{DateTime, TimeDelta, Utc};
 use policy::PolicySet;
@@ -67,6 +70,9 @@ pub struct ScopeStatus {
     /// Whether the policy runs in shadow mode (a dry run: its blocks are `would_block`, never
     /// enforced).
     pub shadow: bool,
+    /// The scope as the totals key it (`api_key_id=k1`, with absent dimensions).
+    #[serde(skip)]
+    pub scope_key: String,
 }
 
 /// A row of `window_totals_current` (the columns a policy unit can read).
@@ -222,6 +228,7 @@ pub async fn status(
             projected_cap_at,
             remaining: (cap - amount).max(Decimal::ZERO).normalize(),
             shadow: policy.is_shadow(),
+            scope_key: row.scope_key.clone(),
         });
     }
     statuses.sort_by(|a, b| {

@@ -32,6 +32,14 @@ enum Command {
         #[arg(long)]
         policy: Option<String>,
     },
+    /// The remaining quota of the scopes a request names (`api_key_id=k1 team=search`; none:
+    /// every scope): spent, limit, remaining, reset, the decision and the raise in force (the
+    /// decision sidecar's `GET /v1/scopes`, from ClickHouse).
+    Scopes {
+        /// `dimension=value` pairs the scopes must have.
+        #[arg(value_parser = parse_pair)]
+        filter: Vec<(String, String)>,
+    },
     /// Decisions in force (default) or their history.
     Decisions {
         /// Every decision, newest first.
@@ -102,6 +110,17 @@ async fn main() -> anyhow::Result<ExitCode> {
                 println!("{}", serde_json::to_string_pretty(&statuses)?);
             } else {
                 print!("{}", quotactl::status_table(&statuses));
+            }
+        }
+        Command::Scopes { filter } => {
+            let policies = policy::PolicySet::load_dir(&config.alert.policies_dir)
+                .map_err(|errors| anyhow::anyhow!("policies do not load: {errors}"))?;
+            let filter = filter.into_iter().collect();
+            let quotas = quotactl::scopes::scopes(&client, &policies, &filter, Utc::now()).await?;
+            if args.json {
+                println!("{}", serde_json::to_string_pretty(&quotas)?);
+            } else {
+                print!("{}", quotactl::scopes::table(&quotas));
             }
         }
         Command::Decisions { history, limit } => {
@@ -207,4 +226,12 @@ async fn main() -> anyhow::Result<ExitCode> {
         },
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// `dimension=value`.
+fn parse_pair(text: &str) -> Result<(String, String), String> {
+    text.split_once('=')
+        .filter(|(name, _)| !name.is_empty())
+        .map(|(name, value)| (name.to_owned(), value.to_owned()))
+        .ok_or_else(|| format!("{text:?} is not dimension=value (api_key_id=k1)"))
 }

@@ -347,3 +347,90 @@ async fn status_names_the_bucket_without_a_dimension() {
     assert_eq!(scopes, ["no user_id", "user_id=u1"], "{statuses:?}");
     testkit::drop_database(&config.clickhouse).await.unwrap();
 }
+
+/// Issue 15 point 2: `quotactl scopes` answers what the sidecar's `GET /v1/scopes` does, from
+/// ClickHouse: spent (partials summed), the limit in force (an applied raise), what remains, the
+/// reset, the decision in force.
+#[tokio::test]
+#[cfg_attr(
+    not(feature = "live"),
+    ignore = "needs the local stack (dev/stack up); run with --features live"
+)]
+async fn scopes_answer_the_remaining_quota_with_the_decision_and_raise_in_force() {
+    let (config, client) = seeded("quotactl_scopes").await;
+    let now = Utc::now();
+    let day = now.timestamp() - now.timestamp().rem_euclid(86_400);
+    client
+        .query(&format!(
+            "INSERT INTO decisions (decision_id, key, policy_id, scope_keys, scope_values, action, degrade_to, \
+             reason, unit, observed, limit_value, window_kind, window_start, window_end, issued_at, issued_at_us, \
+             expires_at, version) VALUES ('t-status/api_key_id=k1@1', 't-status/api_key_id=k1', 't-status', \
+             ['api_key_id'], ['k1'], 'block', NULL, 'k1 reached its cap', 'cost_usd', 10, 10, 'day', {day}, {}, \
+             {day}, {}, NULL, 1)",
+            day + 86_400,
+            day * 1_000_000
+        ))
+        .execute()
+        .await
+        .unwrap();
+    client
+        .query(&format!(
+            "INSERT INTO approvals (approval_id, policy_id, scope_keys, scope_values, new_limit, valid_until, \
+             reason, approved_by, requested_at, status, decided_at) VALUES \
+             ('ap1', 't-status', ['api_key_id'], ['k2'], 20, {}, 'launch week', 'alice', {day}, 'applied', {day}), \
+             ('ap0', 't-status', ['api_key_id'], ['k2'], 50, {}, 'expired raise', 'bob', {day}, 'applied', {day})",
+            now.timestamp() + 3_600,
+            now.timestamp() - 60,
+        ))
+        .execute()
+        .await
+        .unwrap();
+    let policies = policy::PolicySet::load_dir(&config.alert.policies_dir).unwrap();
+    let filter = |pairs: &[(&str, &str)]| {
+        pairs
+            .iter()
+            .map(|(name, value)| (name.to_string(), value.to_string()))
+            .collect()
+    };
+    let k1 = quotactl::scopes::scopes(&client, &policies, &filter(&[("api_key_id", "k1")]), now)
+        .await
+        .unwrap();
+    assert_eq!(k1.len(), 1, "{k1:?}");
+    assert_eq!(k1[0].spent, "7.5".parse::<Decimal>().unwrap());
+    assert_eq!(k1[0].limit, Decimal::from(10));
+    assert_eq!(k1[0].remaining, "2.5".parse::<Decimal>().unwrap());
+    assert_eq!(k1[0].decision.as_ref().unwrap().action, "block");
+    assert!(k1[0].approval.is_none());
+    assert_eq!(k1[0].resets_at.timestamp(), day + 86_400);
+
+    let k2 = quotactl::scopes::scopes(&client, &policies, &filter(&[("api_key_id", "k2")]), now)
+        .await
+        .unwrap();
+    assert_eq!(
+        k2[0].limit,
+        Decimal::from(20),
+        "the expired raise is not in force"
+    );
+    assert_eq!(k2[0].remaining, Decimal::from(18));
+    assert_eq!(k2[0].approval.as_ref().unwrap().approved_by, "alice");
+    assert!(k2[0].decision.is_none());
+
+    let all = quotactl::scopes::scopes(&client, &policies, &filter(&[]), now)
+        .await
+        .unwrap();
+    assert_eq!(
+        all.iter()
+            .map(|quota| quota.scope.as_str())
+            .collect::<Vec<_>>(),
+        ["api_key_id=k1", "api_key_id=k2"],
+        "tightest first"
+    );
+    assert!(quotactl::scopes::table(&all).contains("raise to 20 by alice"));
+    assert!(
+        quotactl::scopes::scopes(&client, &policies, &filter(&[("team", "ads")]), now)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    testkit::drop_database(&config.clickhouse).await.unwrap();
+}
