@@ -73,7 +73,7 @@ pub struct Answer {
     /// The request's tightest quota (least share of its limit left), when the sidecar follows
     /// the totals (`RateLimit-*` headers).
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub quota: Option<crate::scopes::ScopeQuota>,
+    pub quota: Option<schemas::quota::ScopeQuota>,
 }
 
 impl Answer {
@@ -167,7 +167,7 @@ impl Answer {
     }
 
     /// Adds the request's tightest quota (its `RateLimit-*` headers).
-    pub fn with_quota(mut self, quota: Option<crate::scopes::ScopeQuota>) -> Answer {
+    pub fn with_quota(mut self, quota: Option<schemas::quota::ScopeQuota>) -> Answer {
         self.quota = quota;
         self
     }

@@ -143,11 +143,11 @@ impl Decider {
 /// one then.
 fn estimated_cost_refusal(
     attributes: &Attributes,
-    quotas: &[crate::scopes::ScopeQuota],
+    quotas: &[schemas::quota::ScopeQuota],
     policies: &std::collections::HashMap<String, Option<String>>,
     catalog: &pricing::Catalog,
 ) -> Option<Answer> {
-    let counted: Vec<&crate::scopes::ScopeQuota> = quotas
+    let counted: Vec<&schemas::quota::ScopeQuota> = quotas
         .iter()
         .filter(|quota| policies.contains_key(&quota.policy_id) && !quota.shadow)
         .collect();

@@ -34,62 +34,11 @@ use quotaflow_totals::view::{TotalsView, WindowKey};
 use quotaflow_windows::WindowSpec;
 use rdkafka::message::{BorrowedMessage, Message};
 use rust_decimal::Decimal;
+use schemas::quota::{DecisionInForce, ScopeQuota};
 use schemas::WindowTotal;
-use serde::Serialize;
 use tracing::warn;
 
 use crate::Checker;
-
-/// One policy scope's quota, as `GET /v1/scopes` answers it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct ScopeQuota {
-    /// The policy.
-    pub policy_id: String,
-    /// Whether the policy runs in shadow mode (its decisions are never enforced).
-    pub shadow: bool,
-    /// The request's scope under the policy (`api_key_id=k1`; `(all)` for a global scope).
-    pub scope: String,
-    /// What is counted (`cost_usd`, `requests` …).
-    pub unit: String,
-    /// The window kind (`day`, `campaign:<name>` …).
-    pub window: String,
-    /// Start of the current window.
-    pub window_start: DateTime<Utc>,
-    /// When the window ends and the quota resets.
-    pub resets_at: DateTime<Utc>,
-    /// Whole seconds until then (at least 1).
-    pub reset_seconds: u64,
-    /// Spent in the window, exact.
-    #[serde(with = "schemas::money::json")]
-    pub spent: Decimal,
-    /// The policy's cap.
-    #[serde(with = "schemas::money::json")]
-    pub cap: Decimal,
-    /// The limit in force: the cap, or the raised limit of a decision made under an approval.
-    #[serde(with = "schemas::money::json")]
-    pub limit: Decimal,
-    /// `limit - spent`, at least 0.
-    #[serde(with = "schemas::money::json")]
-    pub remaining: Decimal,
-    /// The block or degrade in force for the scope, if any.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub decision: Option<DecisionInForce>,
-}
-
-/// A decision in force, as [`ScopeQuota::decision`] shows it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct DecisionInForce {
-    /// `block`, `degrade`, or for a policy in shadow mode `would_block`, `would_degrade`.
-    pub action: &'static str,
-    /// Why.
-    pub reason: String,
-    /// The model to use instead (degrade).
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub degrade_to: Option<String>,
-    /// When it ends unless lifted earlier.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub until: Option<DateTime<Utc>>,
-}
 
 /// The windowed counter policies and the totals of their current windows.
 pub struct Scopes {
@@ -221,24 +170,12 @@ impl Scopes {
                     limit: limit.normalize(),
                     remaining: (limit - spent).max(Decimal::ZERO).normalize(),
                     decision: in_force.map(|in_force| decision(&in_force.verdict, in_force.shadow)),
+                    approval: None,
                 })
             })
             .collect();
-        quotas.sort_by(|a, b| {
-            share_left(a)
-                .cmp(&share_left(b))
-                .then_with(|| a.policy_id.cmp(&b.policy_id))
-        });
+        ScopeQuota::sort_tightest_first(&mut quotas);
         quotas
-    }
-}
-
-/// The share of its limit a quota has left (0 when the limit is 0).
-fn share_left(quota: &ScopeQuota) -> Decimal {
-    if quota.limit.is_zero() {
-        Decimal::ZERO
-    } else {
-        quota.remaining / quota.limit
     }
 }
 
@@ -264,19 +201,19 @@ fn decision(verdict: &Verdict, shadow: bool) -> DecisionInForce {
         Verdict::Degrade {
             to, reason, until, ..
         } => DecisionInForce {
-            action: if shadow { "would_degrade" } else { "degrade" },
+            action: if shadow { "would_degrade" } else { "degrade" }.to_owned(),
             reason: reason.to_string(),
             degrade_to: Some(to.to_string()),
             until: *until,
         },
         Verdict::Block { reason, until, .. } => DecisionInForce {
-            action: if shadow { "would_block" } else { "block" },
+            action: if shadow { "would_block" } else { "block" }.to_owned(),
             reason: reason.to_string(),
             degrade_to: None,
             until: *until,
         },
         Verdict::Allow => DecisionInForce {
-            action: "allow",
+            action: "allow".to_owned(),
             reason: String::new(),
             degrade_to: None,
             until: None,

@@ -9,71 +9,10 @@ use std::collections::BTreeMap;
 use chrono::{DateTime, Utc};
 use policy::{PolicySet, ScopeKey};
 use rust_decimal::Decimal;
-use serde::{Deserialize, Serialize};
+use schemas::quota::{ApprovalInForce, DecisionInForce, ScopeQuota};
+use serde::Deserialize;
 
 use crate::Error;
-
-/// One policy scope's quota.
-#[derive(Debug, Clone, PartialEq, Serialize)]
-pub struct ScopeQuota {
-    /// The policy.
-    pub policy_id: String,
-    /// Whether the policy runs in shadow mode.
-    pub shadow: bool,
-    /// The scope (`api_key_id=k1`).
-    pub scope: String,
-    /// What is counted.
-    pub unit: String,
-    /// The window kind.
-    pub window: String,
-    /// Start of the current window.
-    pub window_start: DateTime<Utc>,
-    /// When it ends and the quota resets.
-    pub resets_at: DateTime<Utc>,
-    /// Whole seconds until then (at least 1).
-    pub reset_seconds: u64,
-    /// Spent in the window, exact.
-    #[serde(with = "schemas::money::json")]
-    pub spent: Decimal,
-    /// The policy's cap.
-    #[serde(with = "schemas::money::json")]
-    pub cap: Decimal,
-    /// The limit in force: the cap, or an approved raise in force.
-    #[serde(with = "schemas::money::json")]
-    pub limit: Decimal,
-    /// `limit - spent`, at least 0.
-    #[serde(with = "schemas::money::json")]
-    pub remaining: Decimal,
-    /// The decision in force for the scope (its newest, when not `allow`).
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub decision: Option<DecisionInForce>,
-    /// The approved raise in force for the scope.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub approval: Option<ApprovalInForce>,
-}
-
-/// A decision in force.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct DecisionInForce {
-    /// `block`, `degrade`, `would_block`, `would_degrade`.
-    pub action: String,
-    /// Why.
-    pub reason: String,
-}
-
-/// An applied approval still valid.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct ApprovalInForce {
-    /// Its id.
-    pub approval_id: String,
-    /// The raised limit.
-    #[serde(with = "schemas::money::json")]
-    pub new_limit: Decimal,
-    /// Until when.
-    pub valid_until: DateTime<Utc>,
-    /// Who approved it.
-    pub approved_by: String,
-}
 
 #[derive(Debug, clickhouse::Row, Deserialize)]
 struct ApprovalRow {
@@ -158,6 +97,8 @@ pub async fn scopes(
                 .map(|decision| DecisionInForce {
                     action: decision.action.clone(),
                     reason: decision.reason.clone(),
+                    degrade_to: None,
+                    until: None,
                 });
             Some(ScopeQuota {
                 policy_id: status.policy_id,
@@ -179,19 +120,7 @@ pub async fn scopes(
             })
         })
         .collect();
-    let share_left = |quota: &ScopeQuota| {
-        if quota.limit.is_zero() {
-            Decimal::ZERO
-        } else {
-            quota.remaining / quota.limit
-        }
-    };
-    quotas.sort_by(|a, b| {
-        share_left(a)
-            .cmp(&share_left(b))
-            .then_with(|| a.policy_id.cmp(&b.policy_id))
-            .then_with(|| a.scope.cmp(&b.scope))
-    });
+    ScopeQuota::sort_tightest_first(&mut quotas);
     Ok(quotas)
 }
 

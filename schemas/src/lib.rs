@@ -67,6 +67,7 @@ pub mod ddl;
 pub mod dead_letter;
 pub mod fixtures;
 pub mod money;
+pub mod quota;
 pub mod time;
 pub mod usage_event;
 pub mod window_total;
