@@ -29,6 +29,9 @@ pub struct Config {
     /// The price catalog (LiteLLM's JSON format) that prices a request's declared maximum for
     /// the `admission.estimated_cost` rule; required when a policy has that rule.
     pub catalog_path: Option<std::path::PathBuf>,
+    /// How often the policy directory is read again (an edit applies once its totals are read;
+    /// a directory that no longer loads keeps the rules in force).
+    pub reload_interval_ms: u64,
 }
 
 impl Default for Config {
@@ -44,6 +47,7 @@ impl Default for Config {
             remaining: RemainingConfig::default(),
             policies_dir: None,
             catalog_path: None,
+            reload_interval_ms: 5_000,
         }
     }
 }

@@ -38,7 +38,7 @@ impl ExtAuthz {
     pub fn new(
         checker: Arc<impl Checker>,
         settings: Arc<AnswerConfig>,
-        rules: Arc<crate::Rules>,
+        rules: crate::SharedRules,
     ) -> Self {
         Self {
             decider: Decider::new(checker, settings, rules),

@@ -15,21 +15,21 @@ use gateway::Verdict;
 use crate::answer::Answer;
 use crate::attributes::Attributes;
 use crate::config::AnswerConfig;
-use crate::{Checker, Rules};
+use crate::{Checker, SharedRules};
 
 /// What every handler shares.
 #[derive(Clone)]
 pub(crate) struct Decider {
     checker: Arc<dyn Checker>,
     settings: Arc<AnswerConfig>,
-    rules: Arc<Rules>,
+    rules: SharedRules,
 }
 
 impl Decider {
     pub(crate) fn new(
         checker: Arc<dyn Checker>,
         settings: Arc<AnswerConfig>,
-        rules: Arc<Rules>,
+        rules: SharedRules,
     ) -> Self {
         Self {
             checker,
@@ -43,6 +43,7 @@ impl Decider {
     /// rule; else the decisions' verdict.
     pub(crate) fn decide(&self, attributes: &Attributes, surface: &'static str) -> Answer {
         let now = chrono::Utc::now();
+        let rules = self.rules.current();
         let answer = if self.settings.require_api_key && attributes.api_key_id.is_empty() {
             Answer::refused(
                 "decide.missing_api_key",
@@ -62,7 +63,7 @@ impl Decider {
             )
         } else {
             let declared = attributes.declared();
-            match attributes.with(|request| self.rules.admission.check(request, &declared)) {
+            match attributes.with(|request| rules.admission.check(request, &declared)) {
                 Some(refusal) => {
                     crate::metrics::admission_refused(&refusal.policy_id, refusal.refusal.rule);
                     Answer::refused(
@@ -91,18 +92,11 @@ impl Decider {
                 }
             }
         };
-        let estimating = self
-            .rules
-            .estimated_cost
-            .as_ref()
-            .filter(|_| answer.allowed);
+        let estimating = rules.estimated_cost.as_ref().filter(|_| answer.allowed);
         let wants_quotas = self.settings.ratelimit_headers || estimating.is_some();
-        let answer = if wants_quotas && self.rules.scopes.is_ready() {
-            let quotas = attributes.with(|request| {
-                self.rules
-                    .scopes
-                    .quotas(request, self.checker.as_ref(), now)
-            });
+        let answer = if wants_quotas && rules.scopes.is_ready() {
+            let quotas =
+                attributes.with(|request| rules.scopes.quotas(request, self.checker.as_ref(), now));
             let refusal = estimating.and_then(|(policies, catalog)| {
                 estimated_cost_refusal(attributes, &quotas, policies, catalog)
             });
@@ -121,13 +115,14 @@ impl Decider {
 
     /// Every quota of the request `attributes` describe (`GET /v1/scopes`).
     pub(crate) fn scopes(&self, attributes: &Attributes) -> serde_json::Value {
+        let rules = self.rules.current();
         let quotas = attributes.with(|request| {
-            self.rules
+            rules
                 .scopes
                 .quotas(request, self.checker.as_ref(), chrono::Utc::now())
         });
         serde_json::json!({
-            "ready": self.rules.scopes.is_ready(),
+            "ready": rules.scopes.is_ready(),
             "scopes": quotas,
         })
     }
@@ -183,7 +178,7 @@ fn estimated_cost_refusal(
 pub fn routes(
     checker: Arc<impl Checker>,
     settings: Arc<AnswerConfig>,
-    rules: Arc<Rules>,
+    rules: SharedRules,
 ) -> Router {
     let decider = Decider::new(checker, settings, rules);
     Router::new()

@@ -123,6 +123,9 @@ pub type EstimatingPolicies = std::collections::HashMap<String, Option<String>>;
 /// What the sidecar reads from the policies: their admission rules, and their windows and caps
 /// with the totals for the remaining-quota answers ([`scopes::Scopes`]).
 pub struct Rules {
+    /// The policy directory's fingerprint (empty without one): a reload that finds the same one
+    /// changes nothing.
+    pub fingerprint: String,
     /// Checked before the decisions.
     pub admission: gateway::Admission,
     /// Spent, limit and remaining per policy scope.
@@ -178,10 +181,88 @@ impl Rules {
             )?;
         }
         Ok(Rules {
+            fingerprint: policies.fingerprint().to_owned(),
             admission: gateway::Admission::new(&policies),
             scopes,
             estimated_cost,
         })
+    }
+}
+
+/// The rules in force, swapped whole when the policy directory changes
+/// ([`reload_policies`]); every check reads the current ones.
+#[derive(Clone)]
+pub struct SharedRules(Arc<std::sync::RwLock<Arc<Rules>>>);
+
+impl SharedRules {
+    /// `rules` in force.
+    pub fn new(rules: Rules) -> SharedRules {
+        SharedRules(Arc::new(std::sync::RwLock::new(Arc::new(rules))))
+    }
+
+    /// The rules in force now.
+    pub fn current(&self) -> Arc<Rules> {
+        Arc::clone(
+            &self
+                .0
+                .read()
+                .unwrap_or_else(|poisoned| poisoned.into_inner()),
+        )
+    }
+
+    fn replace(&self, rules: Rules) {
+        *self
+            .0
+            .write()
+            .unwrap_or_else(|poisoned| poisoned.into_inner()) = Arc::new(rules);
+    }
+}
+
+/// Reads `config.policies_dir` again every `reload_interval_ms` until `shutdown`; when its
+/// fingerprint changed, builds the new rules, waits (up to a minute) until their totals are read
+/// so that no check runs on an empty view, and puts them in force. A directory that does not
+/// load, or rules that do not start, keep the rules in force (logged, counted in
+/// `quotaflow_decide_policy_reloads_total{outcome}`).
+pub async fn reload_policies(config: Config, shared: SharedRules, shutdown: Shutdown) {
+    let Some(dir) = config.policies_dir.clone() else {
+        return;
+    };
+    let mut interval =
+        tokio::time::interval(Duration::from_millis(config.reload_interval_ms.max(100)));
+    interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    interval.tick().await;
+    loop {
+        tokio::select! {
+            () = shutdown.cancelled() => return,
+            _ = interval.tick() => {}
+        }
+        match policy::PolicySet::load_dir(&dir) {
+            Ok(loaded) if loaded.fingerprint() == shared.current().fingerprint => continue,
+            Ok(_) => {}
+            Err(errors) => {
+                tracing::error!(%errors, "policy reload failed; keeping the rules in force");
+                metrics::reloaded("failed");
+                continue;
+            }
+        }
+        let rules = match Rules::load(&config) {
+            Ok(rules) => rules,
+            Err(error) => {
+                tracing::error!(%error, "policy reload failed; keeping the rules in force");
+                metrics::reloaded("failed");
+                continue;
+            }
+        };
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+        while !rules.scopes.is_ready() && tokio::time::Instant::now() < deadline {
+            tokio::select! {
+                () = shutdown.cancelled() => return,
+                () = tokio::time::sleep(Duration::from_millis(50)) => {}
+            }
+        }
+        info!(fingerprint = %rules.fingerprint, totals_ready = rules.scopes.is_ready(), "policies reloaded");
+        shared.replace(rules);
+        metrics::reloaded("applied");
     }
 }
 
@@ -284,7 +365,12 @@ pub async fn serve<C: Checker>(
 ) -> Result<(), DecideError> {
     config.validate().map_err(DecideError::Config)?;
     let settings = Arc::new(config.answers.clone());
-    let rules = Arc::new(Rules::load(config)?);
+    let rules = SharedRules::new(Rules::load(config)?);
+    tokio::spawn(reload_policies(
+        config.clone(),
+        rules.clone(),
+        shutdown.clone(),
+    ));
     // Its own token, so that a failed HTTP side can stop it without cancelling the caller's.
     let stop_grpc = shutdown.child_token();
     let grpc = match grpc {
@@ -299,7 +385,7 @@ pub async fn serve<C: Checker>(
             let service = ext_authz::ExtAuthz::new(
                 Arc::clone(&checker),
                 Arc::clone(&settings),
-                Arc::clone(&rules),
+                rules.clone(),
             );
             Some(tokio::spawn(ext_authz::serve(
                 service,

@@ -33,3 +33,11 @@ pub const SHADOW: &str = "quotaflow_decide_shadow_total";
 pub fn shadowed(policy: &str, decision: &'static str) {
     metrics::counter!(SHADOW, "policy" => policy.to_owned(), "decision" => decision).increment(1);
 }
+
+/// Policy directory reloads, by `outcome` (`applied`, `failed`: the rules in force are kept).
+pub const RELOADS: &str = "quotaflow_decide_policy_reloads_total";
+
+/// Counts one reload.
+pub fn reloaded(outcome: &'static str) {
+    metrics::counter!(RELOADS, "outcome" => outcome).increment(1);
+}

@@ -55,6 +55,8 @@ admission:
 /// [`SUMMARIES_POLICY`], refusing with `deny_status`.
 pub struct FixedSidecar {
     pub address: SocketAddr,
+    /// The policy directory it reads (every 100 ms).
+    pub policies: std::path::PathBuf,
     shutdown: Shutdown,
     task: tokio::task::JoinHandle<Result<(), DecideError>>,
 }
@@ -70,7 +72,8 @@ impl FixedSidecar {
         let policies = std::env::temp_dir().join(infra::testkit::unique_name("decide_policies"));
         std::fs::create_dir_all(&policies).unwrap();
         std::fs::write(policies.join("summaries.yaml"), SUMMARIES_POLICY).unwrap();
-        config.policies_dir = Some(policies);
+        config.policies_dir = Some(policies.clone());
+        config.reload_interval_ms = 100;
         // A fixed view: no totals topic to follow (quotas read as untouched).
         config.remaining.follow_totals = false;
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -96,6 +99,7 @@ impl FixedSidecar {
         .await;
         FixedSidecar {
             address,
+            policies,
             shutdown,
             task,
         }
