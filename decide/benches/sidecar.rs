@@ -15,9 +15,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use chrono::{TimeDelta, Utc};
-use envoy_types::pb::envoy::service::auth::v3::attribute_context::{HttpRequest, Request};
 use envoy_types::pb::envoy::service::auth::v3::authorization_client::AuthorizationClient;
-use envoy_types::pb::envoy::service::auth::v3::{AttributeContext, CheckRequest};
 use gateway::RequestAttributes;
 use infra::shutdown::Shutdown;
 use quotaflow_decide::{Checker, Config, FixedView};
@@ -139,20 +137,11 @@ impl Client {
                     .into_iter()
                     .map(|(name, value)| (name.to_owned(), value))
                     .collect();
-                let request = CheckRequest {
-                    attributes: Some(AttributeContext {
-                        request: Some(Request {
-                            http: Some(HttpRequest {
-                                method: "POST".into(),
-                                path: "/v1/chat/completions".into(),
-                                headers,
-                                ..Default::default()
-                            }),
-                            ..Default::default()
-                        }),
-                        ..Default::default()
-                    }),
-                };
+                let request = quotaflow_decide::ext_authz::check_request(
+                    "POST",
+                    "/v1/chat/completions",
+                    headers,
+                );
                 client.check(request).await.expect("answered");
             }
         }

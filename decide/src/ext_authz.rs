@@ -120,3 +120,28 @@ pub async fn serve(
         .await?;
     Ok(())
 }
+
+/// The `CheckRequest` Envoy sends for an HTTP request to `path` with `headers` (names in lower
+/// case, as Envoy gives them): what the sidecar's tests and benchmark send as a client.
+pub fn check_request(
+    method: &str,
+    path: &str,
+    headers: std::collections::HashMap<String, String>,
+) -> CheckRequest {
+    use envoy_types::pb::envoy::service::auth::v3::attribute_context::{HttpRequest, Request};
+    use envoy_types::pb::envoy::service::auth::v3::AttributeContext;
+    CheckRequest {
+        attributes: Some(AttributeContext {
+            request: Some(Request {
+                http: Some(HttpRequest {
+                    method: method.into(),
+                    path: path.into(),
+                    headers,
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }),
+    }
+}

@@ -3,18 +3,11 @@
 //! decision view: no Kafka needed (the live test follows a real control topic).
 
 use std::collections::{BTreeMap, HashMap};
-use std::sync::Arc;
-use std::time::Duration;
 
 use chrono::{DateTime, TimeDelta, Utc};
-use envoy_types::pb::envoy::service::auth::v3::attribute_context::{HttpRequest, Request};
-use envoy_types::pb::envoy::service::auth::v3::authorization_client::AuthorizationClient;
 use envoy_types::pb::envoy::service::auth::v3::check_response::HttpResponse;
-use envoy_types::pb::envoy::service::auth::v3::{AttributeContext, CheckRequest};
-use infra::shutdown::Shutdown;
-use quotaflow_decide::{Config, FixedView};
 use schemas::{ControlDecision, DecisionAction};
-use support::SUMMARIES_POLICY;
+use support::FixedSidecar;
 
 mod support;
 
@@ -41,120 +34,30 @@ fn decision(
     }
 }
 
-/// A sidecar on a fixed view: `search` blocked for an hour, `ads` degraded.
-struct Sidecar {
-    http: String,
-    grpc: String,
-    shutdown: Shutdown,
-    task: tokio::task::JoinHandle<Result<(), quotaflow_decide::DecideError>>,
-}
+/// A sidecar on a fixed view: `search` blocked for an hour, `ads` degraded, `research` would be
+/// blocked by a policy in shadow mode; the admission rules of [`support::SUMMARIES_POLICY`].
+struct Sidecar;
 
 impl Sidecar {
-    async fn start(deny_status: u16) -> Sidecar {
-        let view = FixedView::default();
+    async fn start(deny_status: u16) -> FixedSidecar {
         let in_an_hour = Utc::now() + TimeDelta::hours(1);
-        {
-            let mut held = view.0.write().unwrap();
-            held.apply(&decision(
-                "team-daily",
-                "search",
-                DecisionAction::Block,
-                in_an_hour,
-            ));
-            held.apply(&decision(
-                "premium",
-                "ads",
-                DecisionAction::Degrade,
-                in_an_hour,
-            ));
-            // A policy in shadow mode (a dry run) that would block `research`.
-            held.apply(&ControlDecision {
-                shadow: true,
-                ..decision(
-                    "research-dry-run",
-                    "research",
-                    DecisionAction::Block,
-                    in_an_hour,
-                )
-            });
-        }
-        let mut config = Config::default();
-        config.answers.deny_status = deny_status;
-        let policies = std::env::temp_dir().join(infra::testkit::unique_name("decide_policies"));
-        std::fs::create_dir_all(&policies).unwrap();
-        std::fs::write(policies.join("summaries.yaml"), SUMMARIES_POLICY).unwrap();
-        config.policies_dir = Some(policies);
-        // A fixed view: no totals topic to follow (quotas read as untouched).
-        config.remaining.follow_totals = false;
-        let http = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let grpc = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let (http_address, grpc_address) = (http.local_addr().unwrap(), grpc.local_addr().unwrap());
-        let shutdown = Shutdown::new();
-        let task = tokio::spawn({
-            let shutdown = shutdown.clone();
-            async move {
-                quotaflow_decide::serve(Arc::new(view), &config, http, Some(grpc), shutdown).await
-            }
-        });
-        let sidecar = Sidecar {
-            http: format!("http://{http_address}"),
-            grpc: format!("http://{grpc_address}"),
-            shutdown,
-            task,
-        };
-        let ready = format!("{}/readyz", sidecar.http);
-        infra::testkit::eventually(
-            Duration::from_secs(10),
-            "the sidecar to be ready",
-            || async {
-                let status = reqwest::get(&ready).await.ok()?.status();
-                status.is_success().then_some(())
-            },
+        FixedSidecar::start(
+            deny_status,
+            &[
+                decision("team-daily", "search", DecisionAction::Block, in_an_hour),
+                decision("premium", "ads", DecisionAction::Degrade, in_an_hour),
+                ControlDecision {
+                    shadow: true,
+                    ..decision(
+                        "research-dry-run",
+                        "research",
+                        DecisionAction::Block,
+                        in_an_hour,
+                    )
+                },
+            ],
         )
-        .await;
-        sidecar
-    }
-
-    async fn forward_auth(&self, headers: &[(&str, &str)]) -> reqwest::Response {
-        let mut request =
-            reqwest::Client::new().get(format!("{}/v1/authz/v1/chat/completions", self.http));
-        for (name, value) in headers {
-            request = request.header(*name, *value);
-        }
-        request.send().await.unwrap()
-    }
-
-    async fn ext_authz(
-        &self,
-        headers: &[(&str, &str)],
-    ) -> envoy_types::pb::envoy::service::auth::v3::CheckResponse {
-        let mut client = AuthorizationClient::connect(self.grpc.clone())
-            .await
-            .unwrap();
-        let headers: HashMap<String, String> = headers
-            .iter()
-            .map(|(name, value)| (name.to_string(), value.to_string()))
-            .collect();
-        let request = CheckRequest {
-            attributes: Some(AttributeContext {
-                request: Some(Request {
-                    http: Some(HttpRequest {
-                        method: "POST".into(),
-                        path: "/v1/chat/completions".into(),
-                        headers,
-                        ..Default::default()
-                    }),
-                    ..Default::default()
-                }),
-                ..Default::default()
-            }),
-        };
-        client.check(request).await.unwrap().into_inner()
-    }
-
-    async fn stop(self) {
-        self.shutdown.cancel();
-        self.task.await.unwrap().unwrap();
+        .await
     }
 }
 

@@ -54,7 +54,12 @@ admission:
 /// A sidecar (HTTP only) answering from `decisions` after the admission rules of
 /// [`SUMMARIES_POLICY`], refusing with `deny_status`.
 pub struct FixedSidecar {
+    /// Forward-auth, the JSON API and the ops routes.
     pub address: SocketAddr,
+    /// `http://` + [`FixedSidecar::address`].
+    pub http: String,
+    /// Envoy ext_authz, as a tonic endpoint (`http://host:port`).
+    pub grpc: String,
     /// The policy directory it reads (every 100 ms).
     pub policies: std::path::PathBuf,
     shutdown: Shutdown,
@@ -78,11 +83,14 @@ impl FixedSidecar {
         config.remaining.follow_totals = false;
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let address = listener.local_addr().unwrap();
+        let grpc = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let grpc_address = grpc.local_addr().unwrap();
         let shutdown = Shutdown::new();
         let task = tokio::spawn({
             let shutdown = shutdown.clone();
             async move {
-                quotaflow_decide::serve(Arc::new(view), &config, listener, None, shutdown).await
+                quotaflow_decide::serve(Arc::new(view), &config, listener, Some(grpc), shutdown)
+                    .await
             }
         });
         infra::testkit::eventually(
@@ -99,10 +107,40 @@ impl FixedSidecar {
         .await;
         FixedSidecar {
             address,
+            http: format!("http://{address}"),
+            grpc: format!("http://{grpc_address}"),
             policies,
             shutdown,
             task,
         }
+    }
+
+    /// A forward-auth check (`GET /v1/authz/v1/chat/completions`) with `headers`.
+    pub async fn forward_auth(&self, headers: &[(&str, &str)]) -> reqwest::Response {
+        let mut request =
+            reqwest::Client::new().get(format!("{}/v1/authz/v1/chat/completions", self.http));
+        for (name, value) in headers {
+            request = request.header(*name, *value);
+        }
+        request.send().await.unwrap()
+    }
+
+    /// An ext_authz check of `POST /v1/chat/completions` with `headers`.
+    pub async fn ext_authz(
+        &self,
+        headers: &[(&str, &str)],
+    ) -> envoy_types::pb::envoy::service::auth::v3::CheckResponse {
+        use envoy_types::pb::envoy::service::auth::v3::authorization_client::AuthorizationClient;
+        let mut client = AuthorizationClient::connect(self.grpc.clone())
+            .await
+            .unwrap();
+        let headers = headers
+            .iter()
+            .map(|(name, value)| (name.to_string(), value.to_string()))
+            .collect();
+        let request =
+            quotaflow_decide::ext_authz::check_request("POST", "/v1/chat/completions", headers);
+        client.check(request).await.unwrap().into_inner()
     }
 
     pub async fn stop(self) {
