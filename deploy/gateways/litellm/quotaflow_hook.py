@@ -42,6 +42,29 @@ _HEADER_ATTRIBUTES = {
 }
 
 
+def _refusal(answer: dict) -> HTTPException:
+    """The client's error for a refusal: 429 with Retry-After when waiting helps (a block, or an
+    estimated cost over what is left until the window resets); 400 for an admission rule the same
+    call will never pass (a context or output over the approved size)."""
+    rule = answer.get("rule")
+    retry_after = answer.get("retry_after_seconds")
+    headers = {"x-quotaflow-policy": answer.get("policy_id") or ""}
+    if rule:
+        headers["x-quotaflow-rule"] = rule
+    if retry_after is not None:
+        headers["Retry-After"] = str(retry_after)
+    error = {
+        "type": "request_not_admitted" if rule else "quota_exceeded",
+        "code": answer.get("policy_id"),
+        "message": answer.get("reason"),
+        "retry_after_seconds": retry_after,
+    }
+    if rule:
+        error["rule"] = rule
+    status = 429 if retry_after is not None or not rule else 400
+    return HTTPException(status_code=status, detail={"error": error}, headers=headers)
+
+
 class QuotaflowHook(CustomLogger):
     def __init__(self):
         super().__init__()
@@ -84,36 +107,8 @@ class QuotaflowHook(CustomLogger):
                 status_code=503,
                 detail={"error": {"type": "quota_unavailable", "message": f"quota check failed: {error}"}},
             )
-        if answer["decision"] == "block" and answer.get("rule"):
-            # Refused by an admission rule: the same call will never pass, so no 429.
-            raise HTTPException(
-                status_code=400,
-                detail={
-                    "error": {
-                        "type": "request_not_admitted",
-                        "code": answer.get("policy_id"),
-                        "rule": answer["rule"],
-                        "message": answer.get("reason"),
-                    }
-                },
-                headers={"x-quotaflow-policy": answer.get("policy_id") or "", "x-quotaflow-rule": answer["rule"]},
-            )
         if answer["decision"] == "block":
-            headers = {"x-quotaflow-policy": answer.get("policy_id") or ""}
-            if answer.get("retry_after_seconds") is not None:
-                headers["Retry-After"] = str(answer["retry_after_seconds"])
-            raise HTTPException(
-                status_code=429,
-                detail={
-                    "error": {
-                        "type": "quota_exceeded",
-                        "code": answer.get("policy_id"),
-                        "message": answer.get("reason"),
-                        "retry_after_seconds": answer.get("retry_after_seconds"),
-                    }
-                },
-                headers=headers,
-            )
+            raise _refusal(answer)
         if answer["decision"] == "degrade" and answer.get("degrade_to"):
             data["model"] = answer["degrade_to"]
         return data
