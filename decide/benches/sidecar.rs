@@ -2,7 +2,12 @@
 //! ext_authz (gRPC), with 100,000 decisions in force, against the in-process check
 //! (docs/benchmarks.md, "Decision sidecar").
 //!
-//! `cargo bench -p quotaflow-decide --bench sidecar [-- --rate 10000 --seconds 5]`
+//! `cargo bench -p quotaflow-decide --bench sidecar [-- --rate 10000 --seconds 5]
+//! [--policies 20] [--quota-headers 1]`
+//!
+//! In process it also times the remaining-quota answer every check carries as `RateLimit-*`
+//! headers (`Scopes::tightest`) with `--policies` windowed policies matching every request;
+//! `--quota-headers 1` serves the surfaces with those policies, so every answer carries them.
 //!
 //! Open loop: requests are sent on a fixed schedule (`--rate` per second for `--seconds`) without
 //! waiting for answers, each timed from its send, so a stalled server shows up in the tail
@@ -60,6 +65,23 @@ fn view() -> FixedView {
         assert_eq!(held.len(), DECISIONS);
     }
     view
+}
+
+/// Windowed policies the remaining-quota answers evaluate per check (`--policies`): spend per
+/// API key, per team and per user, in prod and everywhere, by day, hour and month.
+fn policy_texts(count: usize) -> Vec<String> {
+    (0..count)
+        .map(|index| {
+            let group_by = ["api_key_id", "team", "user_id"][index % 3];
+            let window = ["day", "hour", "month"][index % 3];
+            let environment = if index % 2 == 0 { "environment: prod\n" } else { "" };
+            format!(
+                "id: quota-{index}\nowner: {{team: t, contact: t@example.com}}\ndescription: bench\n\
+                 {environment}unit: cost_usd\ngroup_by: [{group_by}]\nwindow: {{kind: {window}}}\n\
+                 hard_cap: 100\naction: {{kind: block}}\n"
+            )
+        })
+        .collect()
 }
 
 /// The headers of request `index`: every fourth names a blocked key, the rest allowed ones.
@@ -241,11 +263,79 @@ fn main() {
         }
         print("in-process DecisionView::check", &summarize(latencies, started.elapsed()));
 
+        // In-process: the remaining-quota answer (RateLimit headers) of every check, with
+        // `--policies` windowed policies and a total for every scope the requests name.
+        let policy_count = arg("--policies", 20) as usize;
+        let policies_dir = std::env::temp_dir().join(format!("decide-bench-{}", std::process::id()));
+        std::fs::create_dir_all(&policies_dir).unwrap();
+        for (index, text) in policy_texts(policy_count).into_iter().enumerate() {
+            std::fs::write(policies_dir.join(format!("quota-{index}.yaml")), text).unwrap();
+        }
+        let policies = policy::PolicySet::load_dir(&policies_dir).unwrap();
+        let scopes = quotaflow_decide::scopes::Scopes::new(&policies);
+        let now = Utc::now();
+        for index in 0..20_000 {
+            let headers = headers(index);
+            let values = [&headers[0].1, &headers[1].1, &headers[4].1];
+            for policy in policies.policies() {
+                let dimension = policy.record().group_by[0].clone();
+                let value = match dimension.as_str() {
+                    "api_key_id" => values[0],
+                    "team" => values[1],
+                    _ => values[2],
+                };
+                let spec = quotaflow_totals::scopes::policy_spec(policy.window().unwrap()).unwrap();
+                let window = spec.window_of(now).unwrap();
+                scopes.apply(schemas::WindowTotal {
+                    window_kind: window.kind().to_string(),
+                    window_start: window.start(),
+                    window_end: window.end(),
+                    cost_usd: rust_decimal::Decimal::new(125, 2),
+                    ..schemas::fixtures::empty_day_total(
+                        &policy.totals_scope_kind(),
+                        &format!("{dimension}={value}"),
+                        window.start(),
+                    )
+                });
+            }
+        }
+        let mut latencies = Vec::with_capacity(200_000);
+        let started = Instant::now();
+        let mut answered = 0usize;
+        for index in 0..200_000 {
+            let headers = headers(index % 20_000);
+            let sent = Instant::now();
+            let quota = scopes.tightest(
+                &RequestAttributes {
+                    api_key_id: &headers[0].1,
+                    team: &headers[1].1,
+                    model: &headers[2].1,
+                    environment: &headers[3].1,
+                    user_id: Some(&headers[4].1),
+                    ..Default::default()
+                },
+                view.as_ref(),
+                now,
+            );
+            latencies.push(sent.elapsed());
+            answered += usize::from(quota.is_some());
+        }
+        print(
+            &format!("in-process Scopes::tightest ({policy_count} policies)"),
+            &summarize(latencies, started.elapsed()),
+        );
+        assert_eq!(answered, 200_000, "every check matched its policies");
+
         let http = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let grpc = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let (http_address, grpc_address) = (http.local_addr().unwrap(), grpc.local_addr().unwrap());
         let shutdown = Shutdown::new();
-        let config = Config::default();
+        let mut config = Config::default();
+        if arg("--quota-headers", 0) == 1 {
+            // Every answer carries its tightest quota (the policies above, no totals topic).
+            config.policies_dir = Some(policies_dir.clone());
+            config.remaining.follow_totals = false;
+        }
         let served = tokio::spawn({
             let (view, shutdown) = (Arc::clone(&view), shutdown.clone());
             async move { quotaflow_decide::serve(view, &config, http, Some(grpc), shutdown).await }

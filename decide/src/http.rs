@@ -95,14 +95,16 @@ impl Decider {
         let estimating = rules.estimated_cost.as_ref().filter(|_| answer.allowed);
         let wants_quotas = self.settings.ratelimit_headers || estimating.is_some();
         let answer = if wants_quotas && rules.scopes.is_ready() {
-            let quotas =
-                attributes.with(|request| rules.scopes.quotas(request, self.checker.as_ref(), now));
             let refusal = estimating.and_then(|(policies, catalog)| {
+                let quotas = attributes
+                    .with(|request| rules.scopes.quotas(request, self.checker.as_ref(), now));
                 estimated_cost_refusal(attributes, &quotas, policies, catalog)
             });
             let answer = refusal.unwrap_or(answer);
             if self.settings.ratelimit_headers {
-                answer.with_quota(quotas.into_iter().next())
+                let tightest = attributes
+                    .with(|request| rules.scopes.tightest(request, self.checker.as_ref(), now));
+                answer.with_quota(tightest)
             } else {
                 answer
             }

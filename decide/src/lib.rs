@@ -65,6 +65,10 @@ pub trait Checker: Send + Sync + 'static {
     fn in_force(&self, _key: &str) -> Option<gateway::InForce> {
         None
     }
+    /// Whether any decision of `policy_id` is held (else [`Checker::in_force`] is not asked).
+    fn has_decisions_of(&self, _policy_id: &str) -> bool {
+        true
+    }
 }
 
 impl Checker for Gateway {
@@ -82,6 +86,10 @@ impl Checker for Gateway {
 
     fn in_force(&self, key: &str) -> Option<gateway::InForce> {
         Gateway::in_force(self, key)
+    }
+
+    fn has_decisions_of(&self, policy_id: &str) -> bool {
+        Gateway::has_decisions_of(self, policy_id)
     }
 }
 
@@ -114,6 +122,13 @@ impl Checker for FixedView {
             .read()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
             .in_force(key, chrono::Utc::now())
+    }
+
+    fn has_decisions_of(&self, policy_id: &str) -> bool {
+        self.0
+            .read()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .has_decisions_of(policy_id)
     }
 }
 

@@ -20,7 +20,7 @@
 //!   has not produced one yet is not known here (the alerter, which validates approvals, has it).
 //! - Ended windows are evicted every minute, so memory holds the policies' live windows.
 
-use std::collections::HashSet;
+use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
@@ -40,29 +40,142 @@ use tracing::warn;
 
 use crate::Checker;
 
+/// One windowed policy, with what its lookups need precomputed.
+struct Counted {
+    policy: Policy,
+    spec: WindowSpec,
+    /// The policy's current window, recomputed when `now` leaves it.
+    window: RwLock<Option<quotaflow_windows::Window>>,
+}
+
+impl Counted {
+    fn window_at(&self, now: DateTime<Utc>) -> Option<quotaflow_windows::Window> {
+        let held = self
+            .window
+            .read()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .clone();
+        if let Some(window) = held.filter(|window| window.start() <= now && now < window.end()) {
+            return Some(window);
+        }
+        let window = self.spec.window_of(now)?;
+        *self
+            .window
+            .write()
+            .unwrap_or_else(|poisoned| poisoned.into_inner()) = Some(window.clone());
+        Some(window)
+    }
+}
+
+/// What the policies' scopes spent, by (policy, window start), then by scope key: the sum of
+/// the partials the [`TotalsView`] holds, in the policy's unit, kept current as totals arrive
+/// (a lookup per check allocates nothing).
+#[derive(Default)]
+struct Spent {
+    /// The partials, highest version per source (the reading rule).
+    totals: TotalsView,
+    /// Policy index → window start (epoch seconds) → scope key → amount.
+    amounts: FastMap<(usize, i64), WindowAmounts>,
+}
+
+/// A map hashed with foldhash (looked up on every check; SipHash's flooding resistance is not
+/// needed for keys the aggregator wrote).
+type FastMap<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
+
+/// One policy window's end and its scopes' amounts.
+type WindowAmounts = (DateTime<Utc>, FastMap<String, Decimal>);
+
 /// The windowed counter policies and the totals of their current windows.
 pub struct Scopes {
-    policies: Vec<(Policy, WindowSpec)>,
-    totals: Arc<RwLock<TotalsView>>,
+    policies: Vec<Counted>,
+    /// `policy:<id>@<definition>` → index in `policies`.
+    kinds: HashMap<String, usize>,
+    spent: Arc<RwLock<Spent>>,
     following: Option<Following>,
+}
+
+/// A policy scope counted for a request, before it is rendered.
+struct Candidate<'s> {
+    counted: &'s Counted,
+    scope_key: ScopeKey,
+    window: quotaflow_windows::Window,
+    spent: Decimal,
+    limit: Decimal,
+    /// `limit - spent`, at least 0.
+    remaining: Decimal,
+    in_force: Option<gateway::InForce>,
+}
+
+impl Candidate<'_> {
+    /// Tighter first: less of its limit left (`remaining / limit`, compared by cross
+    /// multiplication, no division), then by policy id.
+    fn tighter(&self, other: &Candidate<'_>) -> std::cmp::Ordering {
+        let share = |candidate: &Candidate<'_>, by: &Candidate<'_>| {
+            if candidate.limit.is_zero() {
+                Decimal::ZERO
+            } else {
+                candidate
+                    .remaining
+                    .checked_mul(by.limit)
+                    .unwrap_or(Decimal::MAX)
+            }
+        };
+        share(self, other)
+            .cmp(&share(other, self))
+            .then_with(|| self.counted.policy.id().cmp(other.counted.policy.id()))
+    }
+
+    fn render(self, now: DateTime<Utc>) -> ScopeQuota {
+        let policy = &self.counted.policy;
+        ScopeQuota {
+            policy_id: policy.id().to_owned(),
+            shadow: policy.is_shadow(),
+            scope: render(&self.scope_key),
+            unit: policy.unit().to_string(),
+            window: self.window.kind().to_string(),
+            window_start: self.window.start(),
+            resets_at: self.window.end(),
+            reset_seconds: u64::try_from((self.window.end() - now).num_seconds())
+                .unwrap_or(0)
+                .max(1),
+            spent: self.spent.normalize(),
+            cap: policy.hard_cap().normalize(),
+            limit: self.limit.normalize(),
+            remaining: self.remaining.normalize(),
+            decision: self
+                .in_force
+                .map(|in_force| decision(&in_force.verdict, in_force.shadow)),
+            approval: None,
+        }
+    }
 }
 
 impl Scopes {
     /// The windowed counter policies of `policies`, with an empty totals view (tests fill it
     /// with [`Scopes::apply`]; [`Scopes::follow`] follows the totals topic).
     pub fn new(policies: &PolicySet) -> Scopes {
-        let mut counted: Vec<(Policy, WindowSpec)> = policies
+        let mut counted: Vec<Counted> = policies
             .policies()
             .iter()
             .filter_map(|policy| {
                 let spec = quotaflow_totals::scopes::policy_spec(policy.window()?).ok()?;
-                Some((policy.clone(), spec))
+                Some(Counted {
+                    policy: policy.clone(),
+                    spec,
+                    window: RwLock::default(),
+                })
             })
             .collect();
-        counted.sort_by(|a, b| a.0.id().cmp(b.0.id()));
+        counted.sort_by(|a, b| a.policy.id().cmp(b.policy.id()));
+        let kinds = counted
+            .iter()
+            .enumerate()
+            .map(|(index, counted)| (counted.policy.totals_scope_kind(), index))
+            .collect();
         Scopes {
             policies: counted,
-            totals: Arc::default(),
+            kinds,
+            spent: Arc::default(),
             following: None,
         }
     }
@@ -74,14 +187,14 @@ impl Scopes {
         client_id: &str,
         probe_interval: Duration,
     ) -> Result<Scopes, gateway::GatewayError> {
-        let kinds = self
-            .policies
-            .iter()
-            .map(|(policy, _)| policy.totals_scope_kind())
-            .collect();
         let applier = TotalsApplier {
-            totals: self.totals.clone(),
-            kinds,
+            spent: self.spent.clone(),
+            kinds: self.kinds.clone(),
+            units: self
+                .policies
+                .iter()
+                .map(|counted| counted.policy.unit())
+                .collect(),
             applied: 0,
         };
         self.following = Some(Following::start(
@@ -107,9 +220,14 @@ impl Scopes {
         self.policies.is_empty()
     }
 
-    /// Applies one total (tests; the follower applies what it reads).
+    /// Applies one total (tests and benchmarks; the follower applies what it reads).
     pub fn apply(&self, total: WindowTotal) {
-        write(&self.totals).apply(total);
+        let units: Vec<policy::Unit> = self
+            .policies
+            .iter()
+            .map(|counted| counted.policy.unit())
+            .collect();
+        write(&self.spent).apply(total, &self.kinds, &units);
     }
 
     /// The quota of every policy that counts `request`, at `now`, tightest first (least
@@ -120,62 +238,156 @@ impl Scopes {
         checker: &dyn Checker,
         now: DateTime<Utc>,
     ) -> Vec<ScopeQuota> {
+        let mut candidates = self.candidates(request, checker, now);
+        candidates.sort_by(Candidate::tighter);
+        candidates
+            .into_iter()
+            .map(|candidate| candidate.render(now))
+            .collect()
+    }
+
+    /// The tightest quota of `request` (what its `RateLimit-*` headers say), rendering only it.
+    pub fn tightest(
+        &self,
+        request: &RequestAttributes<'_>,
+        checker: &dyn Checker,
+        now: DateTime<Utc>,
+    ) -> Option<ScopeQuota> {
+        self.candidates(request, checker, now)
+            .into_iter()
+            .min_by(Candidate::tighter)
+            .map(|candidate| candidate.render(now))
+    }
+
+    fn candidates(
+        &self,
+        request: &RequestAttributes<'_>,
+        checker: &dyn Checker,
+        now: DateTime<Utc>,
+    ) -> Vec<Candidate<'_>> {
         if self.policies.is_empty() {
             return Vec::new();
         }
-        let matched: Vec<(&Policy, &WindowSpec, ScopeKey)> =
+        let matched: Vec<(usize, ScopeKey)> =
             gateway::admission::with_event_dims(request, |event| {
                 self.policies
                     .iter()
-                    .filter_map(|(policy, spec)| Some((policy, spec, policy.scope_key(event)?)))
+                    .enumerate()
+                    .filter_map(|(index, counted)| Some((index, counted.policy.scope_key(event)?)))
                     .collect()
             });
-        let totals = self
-            .totals
+        let spent = self
+            .spent
             .read()
             .unwrap_or_else(|poisoned| poisoned.into_inner());
-        let mut quotas: Vec<ScopeQuota> = matched
+        matched
             .into_iter()
-            .filter_map(|(policy, spec, scope_key)| {
-                let window = spec.window_of(now)?;
-                let key = WindowKey {
-                    scope_kind: policy.totals_scope_kind(),
-                    scope_key: scope_key.as_str().to_owned(),
-                    window_kind: window.kind().to_string(),
-                    window_tz: window.time_zone().name().to_owned(),
-                    window_start: window.start(),
-                };
-                let spent = totals.total(&key).map_or(Decimal::ZERO, |total| {
-                    Measures::from(&total).unit_amount(policy.unit())
-                });
-                let in_force = checker.in_force(&policy.control_key(scope_key.as_str()));
+            .filter_map(|(index, scope_key)| {
+                let counted = &self.policies[index];
+                let window = counted.window_at(now)?;
+                let amount = spent
+                    .amounts
+                    .get(&(index, window.start().timestamp()))
+                    .and_then(|(_, by_scope)| by_scope.get(scope_key.as_str()))
+                    .copied()
+                    .unwrap_or(Decimal::ZERO);
+                let policy = &counted.policy;
+                let in_force = checker
+                    .has_decisions_of(policy.id())
+                    .then(|| checker.in_force(&policy.control_key(scope_key.as_str())))
+                    .flatten();
                 let cap = policy.hard_cap();
                 let limit = in_force
                     .as_ref()
                     .map_or(cap, |in_force| in_force.limit.max(cap));
-                let reset_seconds = u64::try_from((window.end() - now).num_seconds())
-                    .unwrap_or(0)
-                    .max(1);
-                Some(ScopeQuota {
-                    policy_id: policy.id().to_owned(),
-                    shadow: policy.is_shadow(),
-                    scope: render(&scope_key),
-                    unit: policy.unit().to_string(),
-                    window: window.kind().to_string(),
-                    window_start: window.start(),
-                    resets_at: window.end(),
-                    reset_seconds,
-                    spent: spent.normalize(),
-                    cap: cap.normalize(),
-                    limit: limit.normalize(),
-                    remaining: (limit - spent).max(Decimal::ZERO).normalize(),
-                    decision: in_force.map(|in_force| decision(&in_force.verdict, in_force.shadow)),
-                    approval: None,
+                Some(Candidate {
+                    counted,
+                    scope_key,
+                    window,
+                    spent: amount,
+                    limit,
+                    remaining: (limit - amount).max(Decimal::ZERO),
+                    in_force,
                 })
             })
-            .collect();
-        ScopeQuota::sort_tightest_first(&mut quotas);
-        quotas
+            .collect()
+    }
+}
+
+impl Spent {
+    /// Applies one record of a policy's totals and brings its scope's amount up to date.
+    fn apply(
+        &mut self,
+        total: WindowTotal,
+        kinds: &HashMap<String, usize>,
+        units: &[policy::Unit],
+    ) {
+        let Some(&index) = kinds.get(&total.scope_kind) else {
+            return;
+        };
+        let key = WindowKey::of(&total);
+        let window_end = total.window_end;
+        if self.totals.apply(total) == quotaflow_totals::view::Applied::Stale {
+            return;
+        }
+        self.refresh(index, &key, window_end, units[index]);
+    }
+
+    /// Forgets a partial (a tombstone) and brings its scope's amount up to date.
+    fn remove(
+        &mut self,
+        key: &schemas::TotalsKey,
+        kinds: &HashMap<String, usize>,
+        units: &[policy::Unit],
+    ) {
+        let Some(&index) = kinds.get(&key.scope_kind) else {
+            return;
+        };
+        if !self.totals.remove(key) {
+            return;
+        }
+        let window = WindowKey {
+            scope_kind: key.scope_kind.clone(),
+            scope_key: key.scope_key.clone(),
+            window_kind: key.window_kind.clone(),
+            window_tz: key.window_tz.clone(),
+            window_start: key.window_start,
+        };
+        let window_end = self
+            .amounts
+            .get(&(index, key.window_start.timestamp()))
+            .map_or(key.window_start, |(end, _)| *end);
+        self.refresh(index, &window, window_end, units[index]);
+    }
+
+    fn refresh(
+        &mut self,
+        index: usize,
+        key: &WindowKey,
+        window_end: DateTime<Utc>,
+        unit: policy::Unit,
+    ) {
+        let (_, by_scope) = self
+            .amounts
+            .entry((index, key.window_start.timestamp()))
+            .or_insert_with(|| (window_end, FastMap::default()));
+        match self.totals.total(key) {
+            Some(total) => {
+                by_scope.insert(
+                    key.scope_key.clone(),
+                    Measures::from(&total).unit_amount(unit),
+                );
+            }
+            None => {
+                by_scope.remove(&key.scope_key);
+            }
+        }
+    }
+
+    /// Drops every window that ended at or before `before`.
+    fn evict_ended(&mut self, before: DateTime<Utc>) {
+        self.totals.evict_ended(before);
+        self.amounts.retain(|_, (end, _)| *end > before);
     }
 }
 
@@ -221,18 +433,20 @@ fn decision(verdict: &Verdict, shadow: bool) -> DecisionInForce {
     }
 }
 
-fn write(totals: &RwLock<TotalsView>) -> std::sync::RwLockWriteGuard<'_, TotalsView> {
-    totals
+fn write(spent: &RwLock<Spent>) -> std::sync::RwLockWriteGuard<'_, Spent> {
+    spent
         .write()
         .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 /// Applies the totals of the policies' current definitions (on the follower's thread), and
-/// evicts ended windows every minute.
+/// evicts ended windows every 4,096 records.
 struct TotalsApplier {
-    totals: Arc<RwLock<TotalsView>>,
-    /// `policy:<id>@<definition>` of every windowed policy.
-    kinds: HashSet<String>,
+    spent: Arc<RwLock<Spent>>,
+    /// `policy:<id>@<definition>` → policy index.
+    kinds: HashMap<String, usize>,
+    /// Each policy's unit.
+    units: Vec<policy::Unit>,
     applied: u64,
 }
 
@@ -240,23 +454,20 @@ impl Apply for TotalsApplier {
     fn apply(&mut self, topic: &str, message: &BorrowedMessage<'_>) {
         self.applied += 1;
         if self.applied.is_multiple_of(4096) {
-            write(&self.totals).evict_ended(Utc::now() - chrono::TimeDelta::minutes(1));
+            write(&self.spent).evict_ended(Utc::now() - chrono::TimeDelta::minutes(1));
         }
         let Some(payload) = message.payload() else {
             let key = message
                 .key()
                 .and_then(|key| std::str::from_utf8(key).ok())
                 .and_then(WindowTotal::parse_compaction_key);
-            if let Some(key) = key.filter(|key| self.kinds.contains(&key.scope_kind)) {
-                write(&self.totals).remove(&key);
+            if let Some(key) = key {
+                write(&self.spent).remove(&key, &self.kinds, &self.units);
             }
             return;
         };
         match schemas::decode::<WindowTotal>(payload) {
-            Ok(total) if self.kinds.contains(&total.scope_kind) => {
-                write(&self.totals).apply(total);
-            }
-            Ok(_) => {}
+            Ok(total) => write(&self.spent).apply(total, &self.kinds, &self.units),
             Err(error) => warn!(
                 %topic,
                 partition = message.partition(),
@@ -268,9 +479,10 @@ impl Apply for TotalsApplier {
     }
 
     fn entries(&self) -> usize {
-        self.totals
+        self.spent
             .read()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .totals
             .len()
     }
 }

@@ -246,6 +246,12 @@ impl Gateway {
         self.read_view().in_force(key, Utc::now())
     }
 
+    /// Whether a block or degrade of `policy_id` is held (see
+    /// [`crate::DecisionView::has_decisions_of`]).
+    pub fn has_decisions_of(&self, policy_id: &str) -> bool {
+        self.read_view().has_decisions_of(policy_id)
+    }
+
     /// Whether the view has caught up with the control topic as it was at start.
     pub fn is_ready(&self) -> bool {
         self.following.health().is_ready()

@@ -329,6 +329,8 @@ pub struct DecisionView {
     /// apart: [`DecisionView::check`] never sees them, [`DecisionView::check_shadow`] tells what
     /// they would do. `None` until the first one arrives (no cost without shadow policies).
     shadow: Option<Box<DecisionView>>,
+    /// Blocks and degrades held per policy (shadow ones in the shadow view's own count).
+    per_policy: HashMap<Arc<str>, usize>,
 }
 
 impl DecisionView {
@@ -345,6 +347,16 @@ impl DecisionView {
     /// Whether no block or degrade is held.
     pub fn is_empty(&self) -> bool {
         self.active.is_empty()
+    }
+
+    /// Whether a block or degrade of `policy_id` is held (shadow ones included): a reader that
+    /// looks decisions up by key ([`DecisionView::in_force`]) skips policies without any.
+    pub fn has_decisions_of(&self, policy_id: &str) -> bool {
+        self.per_policy.contains_key(policy_id)
+            || self
+                .shadow
+                .as_ref()
+                .is_some_and(|shadow| shadow.per_policy.contains_key(policy_id))
     }
 
     /// Number of shadow blocks and degrades held (never enforced).
@@ -421,6 +433,7 @@ impl DecisionView {
             until: decision_until(decision),
         });
         self.index_decision(&active);
+        *self.per_policy.entry(active.policy_id.clone()).or_default() += 1;
         self.active.insert(active.key.clone(), active);
         ApplyOutcome::Installed
     }
@@ -508,6 +521,12 @@ impl DecisionView {
         let Some(active) = self.active.remove(key) else {
             return false;
         };
+        if let Some(count) = self.per_policy.get_mut(&active.policy_id) {
+            *count -= 1;
+            if *count == 0 {
+                self.per_policy.remove(&active.policy_id);
+            }
+        }
         let Some(position) = active.indexed_by else {
             self.unscoped
                 .retain(|candidate| !Arc::ptr_eq(candidate, &active));
