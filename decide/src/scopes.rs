@@ -346,13 +346,7 @@ impl Spent {
         if !self.totals.remove(key) {
             return;
         }
-        let window = WindowKey {
-            scope_kind: key.scope_kind.clone(),
-            scope_key: key.scope_key.clone(),
-            window_kind: key.window_kind.clone(),
-            window_tz: key.window_tz.clone(),
-            window_start: key.window_start,
-        };
+        let window = WindowKey::of_key(key);
         let window_end = self
             .amounts
             .get(&(index, key.window_start.timestamp()))

@@ -39,6 +39,17 @@ pub struct WindowKey {
 }
 
 impl WindowKey {
+    /// The (scope, window) of a totals-topic key (a tombstone's).
+    pub fn of_key(key: &schemas::TotalsKey) -> WindowKey {
+        WindowKey {
+            scope_kind: key.scope_kind.clone(),
+            scope_key: key.scope_key.clone(),
+            window_kind: key.window_kind.clone(),
+            window_tz: key.window_tz.clone(),
+            window_start: key.window_start,
+        }
+    }
+
     /// The key of `total`.
     pub fn of(total: &WindowTotal) -> WindowKey {
         WindowKey {
@@ -109,13 +120,7 @@ impl TotalsView {
     /// Forgets the partial of `key` (a tombstone of the totals topic); the (scope, window) goes
     /// with its last partial. Whether something was held.
     pub fn remove(&mut self, key: &schemas::TotalsKey) -> bool {
-        let window = WindowKey {
-            scope_kind: key.scope_kind.clone(),
-            scope_key: key.scope_key.clone(),
-            window_kind: key.window_kind.clone(),
-            window_tz: key.window_tz.clone(),
-            window_start: key.window_start,
-        };
+        let window = WindowKey::of_key(key);
         let Some(partials) = self.windows.get_mut(&window) else {
             return false;
         };
