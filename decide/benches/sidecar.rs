@@ -272,7 +272,7 @@ fn main() {
             std::fs::write(policies_dir.join(format!("quota-{index}.yaml")), text).unwrap();
         }
         let policies = policy::PolicySet::load_dir(&policies_dir).unwrap();
-        let scopes = quotaflow_decide::scopes::Scopes::new(&policies);
+        let scopes = gateway::Scopes::new(&policies);
         let now = Utc::now();
         for index in 0..20_000 {
             let headers = headers(index);

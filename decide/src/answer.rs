@@ -195,7 +195,7 @@ impl Answer {
             headers.push((SHADOW_POLICY, header_safe(policy_id)));
         }
         if let Some(quota) = &self.quota {
-            headers.extend(crate::scopes::ratelimit_headers(quota));
+            headers.extend(ratelimit_headers(quota));
         }
         headers
     }
@@ -212,6 +212,19 @@ impl Answer {
             }
         })
     }
+}
+
+/// The `RateLimit-*` headers of the tightest quota (see `docs/gateways.md`): `ratelimit-limit`,
+/// `ratelimit-remaining` (exact decimals in the policy's unit), `ratelimit-reset` (seconds), and
+/// `x-quotaflow-quota-policy` / `x-quotaflow-quota-unit` naming them.
+pub fn ratelimit_headers(quota: &schemas::quota::ScopeQuota) -> [(&'static str, String); 5] {
+    [
+        ("ratelimit-limit", quota.limit.to_string()),
+        ("ratelimit-remaining", quota.remaining.to_string()),
+        ("ratelimit-reset", quota.reset_seconds.to_string()),
+        ("x-quotaflow-quota-policy", header_safe(&quota.policy_id)),
+        ("x-quotaflow-quota-unit", quota.unit.clone()),
+    ]
 }
 
 /// Whole seconds from `now` until `until`, rounded up, at least 1 (a client must wait).

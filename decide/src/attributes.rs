@@ -242,37 +242,6 @@ impl Attributes {
         }
     }
 
-    /// The request's maximum cost as it declares it (input tokens and max output tokens, an
-    /// image of the declared tier, video seconds and resolution), priced from `catalog` for its
-    /// provider, model, endpoint and modality; `None` when it declares none of these or the
-    /// catalog cannot price it (an unknown model, a missing price).
-    pub fn estimated_cost(&self, catalog: &pricing::Catalog) -> Option<rust_decimal::Decimal> {
-        if self.declared().is_empty() {
-            return None;
-        }
-        let count =
-            |value: Option<u64>| value.map_or(0, |value| i64::try_from(value).unwrap_or(i64::MAX));
-        let input = pricing::PricingInput {
-            model: self.model.clone(),
-            provider: self.provider.clone(),
-            endpoint: self.endpoint.clone(),
-            modality: self.modality.clone(),
-            input_tokens: count(self.input_tokens),
-            output_tokens: count(self.max_output_tokens),
-            images: i32::from(self.image_tier.is_some()),
-            image_tier: self.image_tier.map(|tier| tier.as_str().to_owned()),
-            video_duration_ms: count(self.video_seconds).saturating_mul(1000),
-            video_resolution: self
-                .video_resolution
-                .map(|resolution| resolution.to_string()),
-            ..pricing::PricingInput::default()
-        };
-        match catalog.price(&input) {
-            pricing::PriceOutcome::Priced { cost_usd, .. } => Some(cost_usd),
-            pricing::PriceOutcome::Unpriced { .. } => None,
-        }
-    }
-
     /// Runs `check` on these attributes lent as [`RequestAttributes`].
     pub fn with<R>(&self, check: impl FnOnce(&RequestAttributes<'_>) -> R) -> R {
         let labels: Vec<(&str, &str)> = self

@@ -96,9 +96,23 @@ impl Decider {
         let wants_quotas = self.settings.ratelimit_headers || estimating.is_some();
         let answer = if wants_quotas && rules.scopes.is_ready() {
             let refusal = estimating.and_then(|(policies, catalog)| {
-                let quotas = attributes
-                    .with(|request| rules.scopes.quotas(request, self.checker.as_ref(), now));
-                estimated_cost_refusal(attributes, &quotas, policies, catalog)
+                let declared = attributes.declared();
+                let (quota, refusal) = attributes.with(|request| {
+                    rules.scopes.estimated_cost_refusal(
+                        request,
+                        &declared,
+                        policies,
+                        catalog,
+                        self.checker.as_ref(),
+                        now,
+                    )
+                })?;
+                Some(estimated_cost_answer(
+                    attributes,
+                    &quota,
+                    &refusal,
+                    policies.get(&quota.policy_id).cloned().flatten(),
+                ))
             });
             let answer = refusal.unwrap_or(answer);
             if self.settings.ratelimit_headers {
@@ -134,46 +148,34 @@ impl Decider {
     }
 }
 
-/// The refusal of the `admission.estimated_cost` rule: the first of `quotas` (tightest first)
-/// of a policy with the rule whose remaining headroom is below the request's declared maximum
-/// cost. It says when the headroom resets (`Retry-After`): a smaller request may go now, this
-/// one then.
-fn estimated_cost_refusal(
+/// The answer refusing a request by the `admission.estimated_cost` rule: the policy, the
+/// estimate against what is left, the hint, and `Retry-After` until the window resets (a smaller
+/// request may go now, this one then).
+fn estimated_cost_answer(
     attributes: &Attributes,
-    quotas: &[schemas::quota::ScopeQuota],
-    policies: &std::collections::HashMap<String, Option<String>>,
-    catalog: &pricing::Catalog,
-) -> Option<Answer> {
-    let counted: Vec<&schemas::quota::ScopeQuota> = quotas
-        .iter()
-        .filter(|quota| policies.contains_key(&quota.policy_id) && !quota.shadow)
-        .collect();
-    if counted.is_empty() {
-        return None;
+    quota: &schemas::quota::ScopeQuota,
+    refusal: &policy::admission::Refusal,
+    hint: Option<String>,
+) -> Answer {
+    crate::metrics::admission_refused(&quota.policy_id, refusal.rule);
+    let mut reason = format!(
+        "policy {} refuses this request before it is sent: {} (model {}), more than the {} left to {} in this {} window until {}",
+        quota.policy_id,
+        refusal.declared,
+        attributes.model,
+        refusal.limit,
+        quota.scope,
+        quota.window,
+        quota.resets_at.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+    );
+    if let Some(hint) = hint {
+        reason.push_str(". ");
+        reason.push_str(&hint);
     }
-    let estimate = attributes.estimated_cost(catalog)?;
-    counted.into_iter().find_map(|quota| {
-        let refusal = policy::admission::estimated_cost_refusal(estimate, quota.remaining)?;
-        crate::metrics::admission_refused(&quota.policy_id, refusal.rule);
-        let mut reason = format!(
-            "policy {} refuses this request before it is sent: {} (model {}), more than the {} left to {} in this {} window until {}",
-            quota.policy_id,
-            refusal.declared,
-            attributes.model,
-            refusal.limit,
-            quota.scope,
-            quota.window,
-            quota.resets_at.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
-        );
-        if let Some(hint) = policies.get(&quota.policy_id).cloned().flatten() {
-            reason.push_str(". ");
-            reason.push_str(&hint);
-        }
-        let mut answer = Answer::refused(&quota.policy_id, Some(refusal.rule), reason);
-        answer.until = Some(quota.resets_at);
-        answer.retry_after_seconds = Some(quota.reset_seconds);
-        Some(answer)
-    })
+    let mut answer = Answer::refused(&quota.policy_id, Some(refusal.rule), reason);
+    answer.until = Some(quota.resets_at);
+    answer.retry_after_seconds = Some(quota.reset_seconds);
+    answer
 }
 
 /// The sidecar's routes (the ops routes are added by the service lifecycle).

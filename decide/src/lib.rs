@@ -37,7 +37,6 @@ pub mod ext_authz;
 pub mod http;
 pub mod metrics;
 pub mod nginx;
-pub mod scopes;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -51,7 +50,7 @@ pub use config::Config;
 
 /// What answers a check: the [`Gateway`] (the control topic's decisions), or anything else that
 /// can (a fixed view in tests).
-pub trait Checker: Send + Sync + 'static {
+pub trait Checker: gateway::DecisionLookup + Send + Sync + 'static {
     /// What to do with `request` now.
     fn check(&self, request: &RequestAttributes<'_>) -> Verdict;
     /// Whether answers come from caught-up decisions (for `/readyz`).
@@ -59,15 +58,6 @@ pub trait Checker: Send + Sync + 'static {
     /// What policies in shadow mode would do with `request` (never enforced); none by default.
     fn check_shadow(&self, _request: &RequestAttributes<'_>) -> Verdict {
         Verdict::Allow
-    }
-    /// The block or degrade in force for a control-topic key, and whether it is a shadow one
-    /// (for `GET /v1/scopes`); none by default.
-    fn in_force(&self, _key: &str) -> Option<gateway::InForce> {
-        None
-    }
-    /// Whether any decision of `policy_id` is held (else [`Checker::in_force`] is not asked).
-    fn has_decisions_of(&self, _policy_id: &str) -> bool {
-        true
     }
 }
 
@@ -83,20 +73,22 @@ impl Checker for Gateway {
     fn check_shadow(&self, request: &RequestAttributes<'_>) -> Verdict {
         Gateway::check_shadow(self, request)
     }
-
-    fn in_force(&self, key: &str) -> Option<gateway::InForce> {
-        Gateway::in_force(self, key)
-    }
-
-    fn has_decisions_of(&self, policy_id: &str) -> bool {
-        Gateway::has_decisions_of(self, policy_id)
-    }
 }
 
 /// A fixed set of decisions, checked at the wall clock: for tests and for trying a gateway's
 /// configuration without Kafka.
 #[derive(Debug, Default)]
 pub struct FixedView(pub std::sync::RwLock<gateway::DecisionView>);
+
+impl gateway::DecisionLookup for FixedView {
+    fn in_force(&self, key: &str) -> Option<gateway::InForce> {
+        self.0.in_force(key)
+    }
+
+    fn has_decisions_of(&self, policy_id: &str) -> bool {
+        self.0.has_decisions_of(policy_id)
+    }
+}
 
 impl Checker for FixedView {
     fn check(&self, request: &RequestAttributes<'_>) -> Verdict {
@@ -116,27 +108,13 @@ impl Checker for FixedView {
             .unwrap_or_else(|poisoned| poisoned.into_inner())
             .check_shadow(request, chrono::Utc::now())
     }
-
-    fn in_force(&self, key: &str) -> Option<gateway::InForce> {
-        self.0
-            .read()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
-            .in_force(key, chrono::Utc::now())
-    }
-
-    fn has_decisions_of(&self, policy_id: &str) -> bool {
-        self.0
-            .read()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
-            .has_decisions_of(policy_id)
-    }
 }
 
 /// The ids of the policies with `admission.estimated_cost`, with their `admission.hint`.
 pub type EstimatingPolicies = std::collections::HashMap<String, Option<String>>;
 
 /// What the sidecar reads from the policies: their admission rules, and their windows and caps
-/// with the totals for the remaining-quota answers ([`scopes::Scopes`]).
+/// with the totals for the remaining-quota answers ([`gateway::Scopes`]).
 pub struct Rules {
     /// The policy directory's fingerprint (empty without one): a reload that finds the same one
     /// changes nothing.
@@ -144,7 +122,7 @@ pub struct Rules {
     /// Checked before the decisions.
     pub admission: gateway::Admission,
     /// Spent, limit and remaining per policy scope.
-    pub scopes: scopes::Scopes,
+    pub scopes: gateway::Scopes,
     /// The policies with `admission.estimated_cost`, and the catalog that prices a request's
     /// declared maximum for them.
     /// Keyed by policy id, with the policy's `admission.hint`.
@@ -187,7 +165,7 @@ impl Rules {
             })?;
             Some((estimating, Arc::new(catalog)))
         };
-        let mut scopes = scopes::Scopes::new(&policies);
+        let mut scopes = gateway::Scopes::new(&policies);
         if config.remaining.follow_totals && !scopes.is_empty() {
             scopes = scopes.follow(
                 &config.gateway.kafka,

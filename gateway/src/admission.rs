@@ -119,3 +119,38 @@ pub fn with_event_dims<R>(
     };
     f(&event)
 }
+
+/// A request's maximum cost as it declares it (input tokens and max output tokens, an image of
+/// the declared tier, video seconds and resolution), priced from `catalog` for its provider,
+/// model, endpoint and modality, exactly as the event will be priced; `None` when it declares
+/// none of these or the catalog cannot price it (an unknown model, a missing price).
+pub fn estimated_cost(
+    catalog: &pricing::Catalog,
+    request: &RequestAttributes<'_>,
+    declared: &Declared,
+) -> Option<rust_decimal::Decimal> {
+    if declared.is_empty() {
+        return None;
+    }
+    let count =
+        |value: Option<u64>| value.map_or(0, |value| i64::try_from(value).unwrap_or(i64::MAX));
+    let input = pricing::PricingInput {
+        model: request.model.to_owned(),
+        provider: request.provider.to_owned(),
+        endpoint: request.endpoint.to_owned(),
+        modality: request.modality.to_owned(),
+        input_tokens: count(declared.input_tokens),
+        output_tokens: count(declared.max_output_tokens),
+        images: i32::from(declared.image_tier.is_some()),
+        image_tier: declared.image_tier.map(|tier| tier.as_str().to_owned()),
+        video_duration_ms: count(declared.video_seconds).saturating_mul(1000),
+        video_resolution: declared
+            .video_resolution
+            .map(|resolution| resolution.to_string()),
+        ..pricing::PricingInput::default()
+    };
+    match catalog.price(&input) {
+        pricing::PriceOutcome::Priced { cost_usd, .. } => Some(cost_usd),
+        pricing::PriceOutcome::Unpriced { .. } => None,
+    }
+}

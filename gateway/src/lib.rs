@@ -31,9 +31,11 @@ pub mod admission;
 pub mod error;
 pub mod follow;
 pub mod follower;
+pub mod scopes;
 pub mod view;
 
 pub use admission::{Admission, AdmissionRefusal};
 pub use error::GatewayError;
 pub use follower::{ControlApplier, FailureMode, Gateway, GatewayConfig};
+pub use scopes::{DecisionLookup, Scopes};
 pub use view::{ApplyOutcome, DecisionView, InForce, RequestAttributes, Verdict};

@@ -1,6 +1,8 @@
 //! Remaining quota: what a request's scopes have spent, their limit, what remains, when it resets
-//! and the decision in force, per policy that counts the request. `GET /v1/scopes` answers it, and
-//! every check carries the tightest one as `RateLimit-*` headers.
+//! and the decision in force, per policy that counts the request ([`Scopes`]). The decision
+//! sidecar answers `GET /v1/scopes` with it and carries the tightest one on every check as
+//! `RateLimit-*` headers; an embedding gateway asks [`Scopes::tightest`] in process, and checks
+//! the `admission.estimated_cost` rule with [`Scopes::estimated_cost_refusal`].
 //!
 //! The totals come from the aggregator's totals topic, followed from its beginning like the
 //! control topic ([`gateway::follow`]): the per-partition partials of each policy's own totals
@@ -24,9 +26,9 @@ use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
+use crate::follow::{Apply, Following};
+use crate::{DecisionView, Gateway, InForce, RequestAttributes, Verdict};
 use chrono::{DateTime, Utc};
-use gateway::follow::{Apply, Following};
-use gateway::{RequestAttributes, Verdict};
 use policy::{Policy, PolicySet, ScopeKey};
 use quotaflow_client::config::KafkaConfig;
 use quotaflow_totals::measures::Measures;
@@ -38,7 +40,38 @@ use schemas::quota::{DecisionInForce, ScopeQuota};
 use schemas::WindowTotal;
 use tracing::warn;
 
-use crate::Checker;
+/// Where the decision in force for a scope is looked up: the [`Gateway`]'s view, or a fixed
+/// one.
+pub trait DecisionLookup {
+    /// The block or degrade in force for a control-topic key; `None` when the key is allowed.
+    fn in_force(&self, key: &str) -> Option<InForce>;
+    /// Whether any block or degrade of `policy_id` is held (else `in_force` is not asked).
+    fn has_decisions_of(&self, policy_id: &str) -> bool;
+}
+
+impl DecisionLookup for Gateway {
+    fn in_force(&self, key: &str) -> Option<InForce> {
+        Gateway::in_force(self, key)
+    }
+
+    fn has_decisions_of(&self, policy_id: &str) -> bool {
+        Gateway::has_decisions_of(self, policy_id)
+    }
+}
+
+impl DecisionLookup for RwLock<DecisionView> {
+    fn in_force(&self, key: &str) -> Option<InForce> {
+        self.read()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .in_force(key, Utc::now())
+    }
+
+    fn has_decisions_of(&self, policy_id: &str) -> bool {
+        self.read()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .has_decisions_of(policy_id)
+    }
+}
 
 /// One windowed policy, with what its lookups need precomputed.
 struct Counted {
@@ -103,7 +136,7 @@ struct Candidate<'s> {
     limit: Decimal,
     /// `limit - spent`, at least 0.
     remaining: Decimal,
-    in_force: Option<gateway::InForce>,
+    in_force: Option<InForce>,
 }
 
 impl Candidate<'_> {
@@ -186,7 +219,7 @@ impl Scopes {
         kafka: &KafkaConfig,
         client_id: &str,
         probe_interval: Duration,
-    ) -> Result<Scopes, gateway::GatewayError> {
+    ) -> Result<Scopes, crate::GatewayError> {
         let applier = TotalsApplier {
             spent: self.spent.clone(),
             kinds: self.kinds.clone(),
@@ -235,7 +268,7 @@ impl Scopes {
     pub fn quotas(
         &self,
         request: &RequestAttributes<'_>,
-        checker: &dyn Checker,
+        checker: &dyn DecisionLookup,
         now: DateTime<Utc>,
     ) -> Vec<ScopeQuota> {
         let mut candidates = self.candidates(request, checker, now);
@@ -250,7 +283,7 @@ impl Scopes {
     pub fn tightest(
         &self,
         request: &RequestAttributes<'_>,
-        checker: &dyn Checker,
+        checker: &dyn DecisionLookup,
         now: DateTime<Utc>,
     ) -> Option<ScopeQuota> {
         self.candidates(request, checker, now)
@@ -259,23 +292,54 @@ impl Scopes {
             .map(|candidate| candidate.render(now))
     }
 
+    /// The `admission.estimated_cost` rule: the first quota (tightest first) of a policy in
+    /// `policies` (enforced, not shadow) whose remaining headroom is below `request`'s declared
+    /// maximum cost, priced from `catalog`; that quota and the refusal. `None` when the request
+    /// fits, declares nothing, or cannot be priced.
+    pub fn estimated_cost_refusal(
+        &self,
+        request: &RequestAttributes<'_>,
+        declared: &policy::admission::Declared,
+        policies: &std::collections::HashMap<String, Option<String>>,
+        catalog: &pricing::Catalog,
+        checker: &dyn DecisionLookup,
+        now: DateTime<Utc>,
+    ) -> Option<(ScopeQuota, policy::admission::Refusal)> {
+        let mut candidates: Vec<Candidate<'_>> = self
+            .candidates(request, checker, now)
+            .into_iter()
+            .filter(|candidate| {
+                policies.contains_key(candidate.counted.policy.id())
+                    && !candidate.counted.policy.is_shadow()
+            })
+            .collect();
+        if candidates.is_empty() {
+            return None;
+        }
+        let estimate = crate::admission::estimated_cost(catalog, request, declared)?;
+        candidates.sort_by(Candidate::tighter);
+        candidates.into_iter().find_map(|candidate| {
+            let refusal = policy::admission::estimated_cost_refusal(estimate, candidate.remaining)?;
+            Some((candidate.render(now), refusal))
+        })
+    }
+
     fn candidates(
         &self,
         request: &RequestAttributes<'_>,
-        checker: &dyn Checker,
+        checker: &dyn DecisionLookup,
         now: DateTime<Utc>,
     ) -> Vec<Candidate<'_>> {
         if self.policies.is_empty() {
             return Vec::new();
         }
-        let matched: Vec<(usize, ScopeKey)> =
-            gateway::admission::with_event_dims(request, |event| {
-                self.policies
-                    .iter()
-                    .enumerate()
-                    .filter_map(|(index, counted)| Some((index, counted.policy.scope_key(event)?)))
-                    .collect()
-            });
+        let matched: Vec<(usize, ScopeKey)> = crate::admission::with_event_dims(request, |event| {
+            self.policies
+                .iter()
+                .enumerate()
+                .filter_map(|(index, counted)| Some((index, counted.policy.scope_key(event)?)))
+                .collect()
+        });
         let spent = self
             .spent
             .read()
@@ -479,20 +543,4 @@ impl Apply for TotalsApplier {
             .totals
             .len()
     }
-}
-
-/// The `RateLimit-*` headers of the tightest quota (see `docs/gateways.md`): `ratelimit-limit`,
-/// `ratelimit-remaining` (exact decimals in the policy's unit), `ratelimit-reset` (seconds), and
-/// `x-quotaflow-quota-policy` / `x-quotaflow-quota-unit` naming them.
-pub fn ratelimit_headers(quota: &ScopeQuota) -> [(&'static str, String); 5] {
-    [
-        ("ratelimit-limit", quota.limit.to_string()),
-        ("ratelimit-remaining", quota.remaining.to_string()),
-        ("ratelimit-reset", quota.reset_seconds.to_string()),
-        (
-            "x-quotaflow-quota-policy",
-            crate::answer::header_safe(&quota.policy_id),
-        ),
-        ("x-quotaflow-quota-unit", quota.unit.clone()),
-    ]
 }
