@@ -22,7 +22,7 @@ struct OurService {
     listen_variable: &'static str,
 }
 
-const OUR_SERVICES: [OurService; 4] = [
+const OUR_SERVICES: [OurService; 5] = [
     OurService {
         name: "ingest",
         krate: "ingest",
@@ -45,6 +45,12 @@ const OUR_SERVICES: [OurService; 4] = [
         name: "alerter",
         krate: "alerter",
         binary: "quotaflow-alerter",
+        listen_variable: "QUOTAFLOW_HTTP__LISTEN",
+    },
+    OurService {
+        name: "decide",
+        krate: "decide",
+        binary: "quotaflow-decide",
         listen_variable: "QUOTAFLOW_HTTP__LISTEN",
     },
 ];
@@ -202,12 +208,18 @@ fn load_service_config(
                 ),
             ]
         }),
+        "decide" => with_secrets(variables, |config: &quotaflow_decide::Config| {
+            vec![(
+                "QUOTAFLOW_GATEWAY__KAFKA__SECURITY__PASSWORD",
+                config.gateway.kafka.security.password.expose().to_string(),
+            )]
+        }),
         other => panic!("no Config for service {other}"),
     }
 }
 
 #[test]
-fn compose_defines_the_six_services() {
+fn compose_defines_the_seven_services() {
     let compose = compose();
     let mut names: Vec<String> = compose["services"]
         .as_mapping()
@@ -223,6 +235,7 @@ fn compose_defines_the_six_services() {
             "alerter",
             "archiver",
             "clickhouse",
+            "decide",
             "ingest",
             "kafka"
         ]
@@ -297,7 +310,13 @@ fn our_services_build_from_the_dockerfile_are_healthchecked_and_wait_for_healthy
             "{name} healthcheck {healthcheck:?} should probe {readyz}"
         );
 
-        for dependency in ["kafka", "clickhouse"] {
+        // The sidecar reads Kafka only.
+        let dependencies: &[&str] = if name == "decide" {
+            &["kafka"]
+        } else {
+            &["kafka", "clickhouse"]
+        };
+        for dependency in dependencies {
             assert_eq!(
                 string(&service["depends_on"][dependency]["condition"]),
                 "service_healthy",
@@ -379,6 +398,12 @@ fn every_quotaflow_variable_is_a_field_of_the_service_config_with_that_value() {
                 .map(str::to_string)
                 .unwrap_or_else(|| field.to_string());
             assert_eq!(&loaded, value, "{name}: {variable}");
+        }
+        if name == "decide" {
+            // The sidecar reads Kafka only (under `gateway`), never ClickHouse.
+            assert_eq!(config["gateway"]["kafka"]["brokers"], "kafka:9092");
+            assert!(config.get("clickhouse").is_none());
+            continue;
         }
         assert_eq!(config["kafka"]["brokers"], "kafka:9092", "{name}");
         assert_eq!(
@@ -473,7 +498,7 @@ fn the_dockerfile_builds_the_binaries_compose_runs() {
     let dockerfile = read_repo_file("Dockerfile");
     assert!(dockerfile.contains("FROM rust:1-bookworm AS builder"));
     assert!(dockerfile.contains(
-        "cargo build --release --locked -p ingest -p quotaflow-archiver -p aggregator -p alerter"
+        "cargo build --release --locked -p ingest -p quotaflow-archiver -p aggregator -p alerter -p quotaflow-decide"
     ));
     assert!(dockerfile.contains("FROM debian:bookworm-slim"));
     let user = dockerfile
@@ -535,20 +560,27 @@ fn the_commented_secure_kafka_example_loads_into_every_service() {
     );
     let compose = compose();
     for OurService { name, .. } in OUR_SERVICES {
+        // The sidecar's Kafka settings sit under `gateway` (its compose comment says so).
+        let (prefix, kafka): (&str, fn(&serde_json::Value) -> &serde_json::Value) =
+            if name == "decide" {
+                ("QUOTAFLOW_GATEWAY__KAFKA__", |config| &config["gateway"]["kafka"])
+            } else {
+                ("QUOTAFLOW_KAFKA__", |config| &config["kafka"])
+            };
         let mut variables = quotaflow_environment(service(&compose, name));
-        variables.extend(example.clone());
+        variables.extend(example.iter().map(|(variable, value)| {
+            (
+                variable.replacen("QUOTAFLOW_KAFKA__", prefix, 1),
+                value.clone(),
+            )
+        }));
         let (config, _) = load_service_config(name, &variables)
             .unwrap_or_else(|error| panic!("{name} with the secure example: {error}"));
+        let kafka = kafka(&config);
+        assert_eq!(kafka["security"]["protocol"], "sasl_ssl", "{name}");
+        assert_eq!(kafka["security"]["password"], "<redacted>", "{name}");
         assert_eq!(
-            config["kafka"]["security"]["protocol"], "sasl_ssl",
-            "{name}"
-        );
-        assert_eq!(
-            config["kafka"]["security"]["password"], "<redacted>",
-            "{name}"
-        );
-        assert_eq!(
-            config["kafka"]["topics"]["replication"]["usage"]["factor"], 3,
+            kafka["topics"]["replication"]["usage"]["factor"], 3,
             "{name}"
         );
     }
