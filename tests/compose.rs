@@ -563,7 +563,9 @@ fn the_commented_secure_kafka_example_loads_into_every_service() {
         // The sidecar's Kafka settings sit under `gateway` (its compose comment says so).
         let (prefix, kafka): (&str, fn(&serde_json::Value) -> &serde_json::Value) =
             if name == "decide" {
-                ("QUOTAFLOW_GATEWAY__KAFKA__", |config| &config["gateway"]["kafka"])
+                ("QUOTAFLOW_GATEWAY__KAFKA__", |config| {
+                    &config["gateway"]["kafka"]
+                })
             } else {
                 ("QUOTAFLOW_KAFKA__", |config| &config["kafka"])
             };
