@@ -172,5 +172,30 @@ fn bench_apply(criterion: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, bench_apply);
+/// The duplicate filter (issue 16 point 3): one id remembered per event, the oldest forgotten
+/// once `max_ids` are held (steady state), ids shaped like real ones.
+fn bench_dedup(criterion: &mut Criterion) {
+    let ids: Vec<String> = (0..200_000)
+        .map(|index| format!("evt_01J9Z6X4W8K2M5N7P3Q1{index:08}"))
+        .collect();
+    let at = chrono::Utc::now();
+    let mut dedup =
+        quotaflow_totals::dedup::Dedup::new(std::time::Duration::from_secs(900), 100_000);
+    for (offset, id) in ids.iter().enumerate() {
+        dedup.insert(id, at, offset as i64);
+    }
+    let mut offset = ids.len() as i64;
+    let mut group = criterion.benchmark_group("dedup");
+    group.throughput(Throughput::Elements(1));
+    group.bench_function("insert", |bencher| {
+        bencher.iter(|| {
+            let id = &ids[offset as usize % ids.len()];
+            offset += 1;
+            black_box(dedup.insert(black_box(id), at, offset))
+        })
+    });
+    group.finish();
+}
+
+criterion_group!(benches, bench_apply, bench_dedup);
 criterion_main!(benches);
