@@ -142,6 +142,28 @@ async fn nginx_auth_request_obeys_the_sidecar() {
         "an oversized request reached the provider"
     );
 
+    // The tightest quota of a counted request reaches the client (summaries-context: 100 USD a
+    // day, nothing spent on a fixed view); an uncounted one carries none.
+    assert!(allowed.headers().get("ratelimit-limit").is_none());
+    let counted = client
+        .post(&url)
+        .header("x-api-key", "k1")
+        .header("x-team", "billing")
+        .header("x-workflow", "summaries")
+        .json(&serde_json::json!({"model": "gpt-4o", "messages": []}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(counted.status(), 200);
+    assert_eq!(counted.headers()["ratelimit-limit"], "100");
+    assert_eq!(counted.headers()["ratelimit-remaining"], "100");
+    let reset: u64 = counted.headers()["ratelimit-reset"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!((1..=86_400).contains(&reset));
+
     let degraded = call("ads").await.unwrap();
     assert_eq!(degraded.status(), 200);
     assert_eq!(
