@@ -66,6 +66,13 @@ fn benches(criterion: &mut Criterion) {
     group.bench_function("decode/fast", |bencher| {
         bencher.iter(|| codec::decode::<UsageEvent>(black_box(&bytes)).unwrap())
     });
+    group.bench_function("decode/borrowed", |bencher| {
+        bencher.iter(|| {
+            schemas::UsageEventRef::decode_current(black_box(&bytes))
+                .unwrap()
+                .unwrap()
+        })
+    });
 
     let v1 = registry::versions(UsageEvent::RECORD_NAME)
         .find(|schema| schema.file.version == 1)

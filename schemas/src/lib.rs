@@ -70,6 +70,7 @@ pub mod money;
 pub mod quota;
 pub mod time;
 pub mod usage_event;
+pub mod usage_event_ref;
 pub mod window_total;
 
 pub use alert::{Alert, AlertKind, Severity};
@@ -79,4 +80,5 @@ pub use codec::{decode, encode, AvroRecord, DecodeError, EncodeError};
 pub use control::{ControlDecision, DecisionAction};
 pub use dead_letter::DeadLetter;
 pub use usage_event::{CostSource, ImageTier, JobState, Modality, Status, UsageEvent};
+pub use usage_event_ref::UsageEventRef;
 pub use window_total::{TotalsKey, WindowTotal};

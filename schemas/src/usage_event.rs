@@ -247,7 +247,7 @@ pub fn partition_key(event: &UsageEvent) -> &str {
     event.job_id.as_deref().unwrap_or(&event.event_id)
 }
 
-fn http_status_from_wire(code: Option<i32>) -> Result<Option<u16>, DecodeError> {
+pub(crate) fn http_status_from_wire(code: Option<i32>) -> Result<Option<u16>, DecodeError> {
     code.map(|code| {
         u16::try_from(code).map_err(|_| DecodeError::InvalidValue {
             field: "http_status",
@@ -350,23 +350,32 @@ impl AvroRecord for UsageEvent {
     }
 
     fn check_invariants(&self) -> Result<(), InvariantViolation> {
-        if self.attempt == 0 {
-            return Err(InvariantViolation {
-                field: "attempt",
-                reason: "attempt starts at 1 (the primary attempt)".to_owned(),
-            });
-        }
-        if self.cached_input_tokens > self.input_tokens {
-            return Err(InvariantViolation {
-                field: "cached_input_tokens",
-                reason: format!(
-                    "{} cached input tokens exceed {} input tokens (input must include cached)",
-                    self.cached_input_tokens, self.input_tokens
-                ),
-            });
-        }
-        Ok(())
+        check_counts(self.attempt, self.cached_input_tokens, self.input_tokens)
     }
+}
+
+/// The contract's checks across fields of a usage event (owned or borrowed): `attempt` starts at
+/// 1, and input tokens include the cached ones.
+pub(crate) fn check_counts(
+    attempt: u32,
+    cached_input_tokens: u64,
+    input_tokens: u64,
+) -> Result<(), InvariantViolation> {
+    if attempt == 0 {
+        return Err(InvariantViolation {
+            field: "attempt",
+            reason: "attempt starts at 1 (the primary attempt)".to_owned(),
+        });
+    }
+    if cached_input_tokens > input_tokens {
+        return Err(InvariantViolation {
+            field: "cached_input_tokens",
+            reason: format!(
+                "{cached_input_tokens} cached input tokens exceed {input_tokens} input tokens (input must include cached)"
+            ),
+        });
+    }
+    Ok(())
 }
 
 #[cfg(test)]

@@ -57,12 +57,61 @@ impl<'a> BinaryReader<'a> {
             .map_err(|_| DecodeError::malformed(field, format!("negative length {length}")))
     }
 
+    /// Reads a string, borrowed from the input.
     #[inline]
-    fn read_str(&mut self, field: &'static str) -> Result<&'a str, DecodeError> {
+    pub(crate) fn read_str(&mut self, field: &'static str) -> Result<&'a str, DecodeError> {
         let length = self.read_length(field)?;
         let bytes = self.take(field, length)?;
         std::str::from_utf8(bytes)
             .map_err(|error| DecodeError::malformed(field, format!("invalid UTF-8: {error}")))
+    }
+}
+
+impl<'a> BinaryReader<'a> {
+    /// Reads `["null", "string"]`, borrowed from the input.
+    #[inline]
+    pub(crate) fn read_optional_str(
+        &mut self,
+        field: &'static str,
+    ) -> Result<Option<&'a str>, DecodeError> {
+        if self.read_union_branch(field)? {
+            self.read_str(field).map(Some)
+        } else {
+            Ok(None)
+        }
+    }
+
+    /// Reads a string map as (key, value) pairs borrowed from the input, in wire order.
+    pub(crate) fn read_str_pairs(
+        &mut self,
+        field: &'static str,
+    ) -> Result<Vec<(&'a str, &'a str)>, DecodeError> {
+        let mut pairs = Vec::new();
+        self.for_each_str_pair(field, |key, value| pairs.push((key, value)))?;
+        Ok(pairs)
+    }
+
+    /// Calls `each` with every (key, value) of a string map, borrowed, in wire order.
+    fn for_each_str_pair(
+        &mut self,
+        field: &'static str,
+        mut each: impl FnMut(&'a str, &'a str),
+    ) -> Result<(), DecodeError> {
+        loop {
+            let count = self.read_long(field)?;
+            if count == 0 {
+                return Ok(());
+            }
+            if count < 0 {
+                // A negative count is followed by the block's size in bytes (for skipping).
+                self.read_long(field)?;
+            }
+            for _ in 0..count.unsigned_abs() {
+                let key = self.read_str(field)?;
+                let value = self.read_str(field)?;
+                each(key, value);
+            }
+        }
     }
 }
 
@@ -155,22 +204,12 @@ impl DatumReader for BinaryReader<'_> {
         &mut self,
         field: &'static str,
     ) -> Result<BTreeMap<String, String>, DecodeError> {
+        // A key written twice keeps its last value.
         let mut map = BTreeMap::new();
-        loop {
-            let count = self.read_long(field)?;
-            if count == 0 {
-                return Ok(map);
-            }
-            if count < 0 {
-                // A negative count is followed by the block's size in bytes (for skipping).
-                self.read_long(field)?;
-            }
-            for _ in 0..count.unsigned_abs() {
-                let key = self.read_string(field)?;
-                let value = self.read_string(field)?;
-                map.insert(key, value);
-            }
-        }
+        self.for_each_str_pair(field, |key, value| {
+            map.insert(key.to_owned(), value.to_owned());
+        })?;
+        Ok(map)
     }
 
     fn read_string_array(&mut self, field: &'static str) -> Result<Vec<String>, DecodeError> {

@@ -142,7 +142,7 @@ pub fn peek_fingerprint(bytes: &[u8]) -> Result<[u8; 8], DecodeError> {
     single_object::split(bytes).map(|(fingerprint, _)| fingerprint)
 }
 
-fn writer_schema_of<T: AvroRecord>(
+pub(crate) fn writer_schema_of<T: AvroRecord>(
     fingerprint: &[u8; 8],
 ) -> Result<&'static registry::RegisteredSchema, DecodeError> {
     match registry::by_fingerprint(fingerprint) {
