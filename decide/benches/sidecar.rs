@@ -3,7 +3,7 @@
 //! (docs/benchmarks.md, "Decision sidecar").
 //!
 //! `cargo bench -p quotaflow-decide --bench sidecar [-- --rate 10000 --seconds 5]
-//! [--policies 20] [--quota-headers 1]`
+//! [--policies 20] [--quota-headers 1] [--grpc-channels 2]`
 //!
 //! In process it also times the remaining-quota answer every check carries as `RateLimit-*`
 //! headers (`Scopes::tightest`) with `--policies` windowed policies matching every request;
@@ -140,7 +140,9 @@ fn print(what: &str, summary: &Summary) {
 #[derive(Clone)]
 enum Client {
     Http(reqwest::Client, String),
-    Grpc(AuthorizationClient<tonic::transport::Channel>),
+    /// One HTTP/2 connection per channel; checks go round-robin (Envoy keeps a connection per
+    /// worker thread to the ext_authz cluster).
+    Grpc(Vec<AuthorizationClient<tonic::transport::Channel>>),
 }
 
 impl Client {
@@ -154,7 +156,9 @@ impl Client {
                 let response = request.send().await.expect("answered");
                 assert!(response.status() == 200 || response.status() == 429);
             }
-            Client::Grpc(client) => {
+            Client::Grpc(channels) => {
+                let count = channels.len();
+                let client = &mut channels[index % count];
                 let headers: HashMap<String, String> = headers(index)
                     .into_iter()
                     .map(|(name, value)| (name.to_owned(), value))
@@ -326,9 +330,19 @@ fn main() {
         );
         assert_eq!(answered, 200_000, "every check matched its policies");
 
-        let http = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let grpc = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        // The sidecar on a runtime of its own (its own worker threads, as its own process would
+        // have), the load generator on this one; both share the machine's cores.
+        let http = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let grpc = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        http.set_nonblocking(true).unwrap();
+        grpc.set_nonblocking(true).unwrap();
         let (http_address, grpc_address) = (http.local_addr().unwrap(), grpc.local_addr().unwrap());
+        let server_runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .thread_name("sidecar")
+            .enable_all()
+            .build()
+            .unwrap();
         let shutdown = Shutdown::new();
         let mut config = Config::default();
         if arg("--quota-headers", 0) == 1 {
@@ -336,9 +350,13 @@ fn main() {
             config.policies_dir = Some(policies_dir.clone());
             config.remaining.follow_totals = false;
         }
-        let served = tokio::spawn({
+        let served = server_runtime.spawn({
             let (view, shutdown) = (Arc::clone(&view), shutdown.clone());
-            async move { quotaflow_decide::serve(view, &config, http, Some(grpc), shutdown).await }
+            async move {
+                let http = tokio::net::TcpListener::from_std(http).unwrap();
+                let grpc = tokio::net::TcpListener::from_std(grpc).unwrap();
+                quotaflow_decide::serve(view, &config, http, Some(grpc), shutdown).await
+            }
         });
         let http_client = Client::Http(
             reqwest::Client::builder()
@@ -347,11 +365,15 @@ fn main() {
                 .unwrap(),
             format!("http://{http_address}/v1/authz"),
         );
-        let grpc_client = Client::Grpc(
-            AuthorizationClient::connect(format!("http://{grpc_address}"))
-                .await
-                .unwrap(),
-        );
+        let mut channels = Vec::new();
+        for _ in 0..arg("--grpc-channels", 2).max(1) {
+            channels.push(
+                AuthorizationClient::connect(format!("http://{grpc_address}"))
+                    .await
+                    .unwrap(),
+            );
+        }
+        let grpc_client = Client::Grpc(channels);
         for (name, client) in [("HTTP forward-auth", &http_client), ("gRPC ext_authz", &grpc_client)] {
             // Warm up connections.
             closed_loop(client, 64, 1).await;
@@ -360,5 +382,6 @@ fn main() {
         }
         shutdown.cancel();
         served.await.unwrap().unwrap();
+        server_runtime.shutdown_background();
     });
 }
