@@ -145,31 +145,52 @@ enum Client {
     Grpc(Vec<AuthorizationClient<tonic::transport::Channel>>),
 }
 
+/// A check ready to send (built before its latency is timed: a gateway has the request at hand).
+/// One per check, moved once: the variants' sizes do not matter.
+#[allow(clippy::large_enum_variant)]
+enum Prepared {
+    Http(reqwest::RequestBuilder),
+    Grpc(envoy_types::pb::envoy::service::auth::v3::CheckRequest),
+}
+
 impl Client {
-    async fn check(&mut self, index: usize) {
+    fn prepare(&self, index: usize) -> Prepared {
         match self {
             Client::Http(client, url) => {
                 let mut request = client.get(url.as_str());
                 for (name, value) in headers(index) {
                     request = request.header(name, value);
                 }
-                let response = request.send().await.expect("answered");
-                assert!(response.status() == 200 || response.status() == 429);
+                Prepared::Http(request)
             }
-            Client::Grpc(channels) => {
-                let count = channels.len();
-                let client = &mut channels[index % count];
+            Client::Grpc(_) => {
                 let headers: HashMap<String, String> = headers(index)
                     .into_iter()
                     .map(|(name, value)| (name.to_owned(), value))
                     .collect();
-                let request = quotaflow_decide::ext_authz::check_request(
+                Prepared::Grpc(quotaflow_decide::ext_authz::check_request(
                     "POST",
                     "/v1/chat/completions",
                     headers,
-                );
-                client.check(request).await.expect("answered");
+                ))
             }
+        }
+    }
+
+    async fn send(&mut self, index: usize, prepared: Prepared) {
+        match (self, prepared) {
+            (Client::Http(..), Prepared::Http(request)) => {
+                let response = request.send().await.expect("answered");
+                assert!(response.status() == 200 || response.status() == 429);
+            }
+            (Client::Grpc(channels), Prepared::Grpc(request)) => {
+                let count = channels.len();
+                channels[index % count]
+                    .check(request)
+                    .await
+                    .expect("answered");
+            }
+            _ => unreachable!("prepared by the same client"),
         }
     }
 }
@@ -186,9 +207,10 @@ async fn open_loop(client: &Client, rate: u64, seconds: u64) -> Summary {
         }
         let mut client = client.clone();
         tasks.push(tokio::spawn(async move {
+            let prepared = client.prepare(index);
             // Timed from the send: the timer that paces the schedule ticks per millisecond.
             let sent = Instant::now();
-            client.check(index).await;
+            client.send(index, prepared).await;
             sent.elapsed()
         }));
     }
@@ -209,8 +231,9 @@ async fn closed_loop(client: &Client, in_flight: usize, seconds: u64) -> Summary
             let mut latencies = Vec::new();
             let mut index = worker;
             while Instant::now() < until {
+                let prepared = client.prepare(index);
                 let sent = Instant::now();
-                client.check(index).await;
+                client.send(index, prepared).await;
                 latencies.push(sent.elapsed());
                 index += in_flight;
             }
