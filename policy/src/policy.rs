@@ -299,6 +299,21 @@ impl Policy {
         Some(self.scope_key_unchecked(event))
     }
 
+    /// [`Self::scope_key`] rendered into `key` (reused, see [`ScopeKey::render_into`]);
+    /// `false` (and `key` untouched) when the event does not match.
+    pub fn scope_key_into(&self, event: &EventDims<'_>, key: &mut String) -> bool {
+        if !self.matches(event) {
+            return false;
+        }
+        ScopeKey::render_into(
+            self.group_by
+                .iter()
+                .map(|(dimension, name)| (name.as_str(), event.get(dimension))),
+            key,
+        );
+        true
+    }
+
     /// The scope of an event already known to match.
     pub fn scope_key_unchecked(&self, event: &EventDims<'_>) -> ScopeKey {
         ScopeKey::render(

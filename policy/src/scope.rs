@@ -51,20 +51,30 @@ impl ScopeKey {
         pairs: impl IntoIterator<Item = (&'v str, Option<&'v str>)>,
     ) -> ScopeKey {
         let mut key = String::new();
+        Self::render_into(pairs, &mut key);
+        ScopeKey { policy_id, key }
+    }
+
+    /// The rendering of [`Self::render`] written into `key` (cleared first), so a hot path can
+    /// reuse one buffer instead of allocating a key per event.
+    pub fn render_into<'v>(
+        pairs: impl IntoIterator<Item = (&'v str, Option<&'v str>)>,
+        key: &mut String,
+    ) {
+        key.clear();
         for (index, (name, value)) in pairs.into_iter().enumerate() {
             if index > 0 {
                 key.push('|');
             }
-            escape_into(name, &mut key);
+            escape_into(name, key);
             if let Some(value) = value {
                 key.push('=');
-                escape_into(value, &mut key);
+                escape_into(value, key);
             }
         }
         if key.is_empty() {
             key.push_str(GLOBAL_SCOPE);
         }
-        ScopeKey { policy_id, key }
     }
 
     /// The overflow bucket of a policy (see [`OVERFLOW_VALUE`]): every `group_by` dimension
@@ -157,6 +167,10 @@ impl fmt::Display for ScopeKey {
 
 /// Appends `text` with `%`, `|` and `=` percent-escaped.
 fn escape_into(text: &str, out: &mut String) {
+    if !text.bytes().any(|byte| matches!(byte, b'%' | b'|' | b'=')) {
+        out.push_str(text); // the common case: nothing to escape
+        return;
+    }
     for character in text.chars() {
         match character {
             '%' => out.push_str("%25"),

@@ -149,6 +149,13 @@ fn route_globs_and_per_key_scopes() {
     let scope = tpm.scope_key(&EventDims::from_event(&mini)).unwrap();
     assert_eq!(scope.as_str(), "api_key_id=key-1|model=gpt-4o-mini");
     assert_eq!(scope.policy_id(), "openai-tpm-per-key");
+    // The reused-buffer rendering (the aggregator's hot path) renders the same key, and leaves
+    // the buffer alone for an event the policy does not count.
+    let mut buffer = String::from("left over from the previous event");
+    assert!(tpm.scope_key_into(&EventDims::from_event(&mini), &mut buffer));
+    assert_eq!(buffer, scope.as_str());
+    assert!(!rpm.scope_key_into(&EventDims::from_event(&staging), &mut buffer));
+    assert_eq!(buffer, scope.as_str());
     assert_eq!(Unit::TotalTokens.measure(&mini), Decimal::from(1_100));
     let mut image = mini.clone();
     image.modality = Modality::Image;

@@ -5,8 +5,11 @@
 //! totals per event. 20,000 events spread over one minute across 200 keys, 20 teams, 5,000 users,
 //! 300 customers, 10 workflows, 3 providers, 8 models and 4 endpoints.
 //!
-//! - `apply/steady`: every scope and window exists (the common case in a running aggregator).
-//! - `apply/cold`: a fresh state takes the 20,000 events (scope and window creation included).
+//! - `apply/steady`: every scope and window exists (the common case in a running aggregator);
+//!   peeks and drains at the aggregator's cadence included. `apply/steady_checked`: the same
+//!   with the fast path off (every total added with checked decimal arithmetic).
+//! - `apply/cold`: a fresh state takes the 20,000 events (scope and window creation included)
+//!   and drains them.
 //!
 //! Resident bytes are measured with a counting global allocator (live bytes after building the
 //! state, divided by its (scope, window) totals) and printed once; `approximate_bytes` is shown
@@ -123,8 +126,13 @@ fn report_bytes(events: &[UsageEvent]) {
     let mut state = new_state();
     for (version, event) in events.iter().enumerate() {
         state.apply(event, version as u64 + 1).expect("apply");
+        if (version as u64 + 1).is_multiple_of(EVENTS_PER_PEEK) {
+            drop(state.peek_policy_updates());
+        }
     }
     drop(state.drain_dirty());
+    // The aggregator evicts after each flush, which also trims the pending deltas' room.
+    state.evict_closed();
     let resident = LIVE_BYTES.load(Ordering::Relaxed) - before;
     let windows = state.active_windows();
     println!(
@@ -135,25 +143,47 @@ fn report_bytes(events: &[UsageEvent]) {
     );
 }
 
+/// Events between two peeks of the policy totals: the aggregator peeks every 20 ms
+/// (`publish_interval_ms`), about 4,000 events at 200k events/s.
+const EVENTS_PER_PEEK: u64 = 4_000;
+
+/// Events between two drains: a flush every 500 ms at 200k events/s.
+const EVENTS_PER_DRAIN: u64 = 100_000;
+
 fn bench_apply(criterion: &mut Criterion) {
     let events = events();
     report_bytes(&events);
     let mut group = criterion.benchmark_group("apply");
 
-    let mut state = new_state();
-    for (version, event) in events.iter().enumerate() {
-        state.apply(event, version as u64 + 1).expect("apply");
+    // `steady`: the fast path (one delta per scope and windows, folded into the totals at each
+    // peek and drain); `steady_checked`: every event added to each of its 52 totals with
+    // checked decimal arithmetic (the path before issue 16 point 1, still taken by late
+    // events and replays). Both peek and drain at the aggregator's cadence, which the time
+    // per event includes.
+    for (name, fast_path) in [("steady", true), ("steady_checked", false)] {
+        let mut state = new_state();
+        state.set_fast_path(fast_path);
+        for (version, event) in events.iter().enumerate() {
+            state.apply(event, version as u64 + 1).expect("apply");
+        }
+        drop(state.drain_dirty());
+        let mut version = events.len() as u64;
+        group.throughput(Throughput::Elements(1));
+        group.bench_function(name, |bencher| {
+            bencher.iter(|| {
+                let event = &events[version as usize % events.len()];
+                version += 1;
+                let outcome = state.apply(black_box(event), version).expect("apply");
+                if version.is_multiple_of(EVENTS_PER_PEEK) {
+                    black_box(state.peek_policy_updates());
+                }
+                if version.is_multiple_of(EVENTS_PER_DRAIN) {
+                    black_box(state.drain_dirty());
+                }
+                black_box(outcome)
+            })
+        });
     }
-    drop(state.drain_dirty());
-    let mut version = events.len() as u64;
-    group.throughput(Throughput::Elements(1));
-    group.bench_function("steady", |bencher| {
-        bencher.iter(|| {
-            let event = &events[version as usize % events.len()];
-            version += 1;
-            black_box(state.apply(black_box(event), version).expect("apply"))
-        })
-    });
 
     group.throughput(Throughput::Elements(events.len() as u64));
     group.sample_size(10);
@@ -164,6 +194,7 @@ fn bench_apply(criterion: &mut Criterion) {
                 for (version, event) in events.iter().enumerate() {
                     state.apply(event, version as u64 + 1).expect("apply");
                 }
+                state.drain_dirty();
                 state
             },
             BatchSize::PerIteration,

@@ -473,6 +473,159 @@ impl From<&schemas::WindowTotal> for Measures {
     }
 }
 
+/// Powers of ten up to [`MONEY_SCALE_MAX`].
+const POW10: [i128; MONEY_SCALE_MAX as usize + 1] = {
+    let mut table = [1i128; MONEY_SCALE_MAX as usize + 1];
+    let mut index = 1;
+    while index < table.len() {
+        table[index] = table[index - 1] * 10;
+        index += 1;
+    }
+    table
+};
+
+/// The largest mantissa of a `Decimal` (96 bits).
+const MANTISSA_MAX: i128 = (1 << 96) - 1;
+
+/// Money of a [`Delta`] must stay at or below this (10²⁰ USD, far above any real total) so its
+/// units of 10⁻¹² fit an `i128` with room: `Delta` adds without checks.
+pub const DELTA_MONEY_MAX: Decimal = Decimal::from_parts(0x6310_0000, 0x6bc7_5e2d, 0x5, false, 0);
+
+/// A sum of event contributions for the aggregator's hot path ([`crate::state`]): the counters
+/// of [`Measures`], and money as `i128` units of 10⁻¹² with the largest scale seen, so adding
+/// is plain integer arithmetic (no `Decimal` normalisation) and the sum converts back to exactly
+/// the `Decimal` that adding the same contributions to [`Measures`] one by one gives (same
+/// value, same scale).
+///
+/// Additions wrap: the caller proves they cannot overflow (the totals state's upper bound of
+/// every total, which every delta is part of, and [`DELTA_MONEY_MAX`]).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Delta {
+    counters: [u64; DELTA_COUNTERS],
+    jobs_in_flight: i64,
+    cost_units: i128,
+    fallback_cost_units: i128,
+    cost_scale: u8,
+    fallback_cost_scale: u8,
+}
+
+/// Counters of a [`Delta`]: every `u64` of [`Measures`].
+const DELTA_COUNTERS: usize = 23;
+
+macro_rules! delta_counters {
+    ($mac:ident) => {
+        $mac!(
+            0 requests,
+            1 billable_attempts,
+            2 input_tokens,
+            3 output_tokens,
+            4 cached_input_tokens,
+            5 cache_write_tokens,
+            6 images_draft,
+            7 images_preview,
+            8 images_edit,
+            9 images_final,
+            10 images_untiered,
+            11 video_jobs,
+            12 video_ms,
+            13 audio_ms,
+            14 embedding_tokens,
+            15 unpriced_events,
+            16 retries,
+            17 fallback_attempts,
+            18 accepted_outputs,
+            19 errors_4xx,
+            20 errors_5xx,
+            21 errors_other,
+            22 late_events
+        )
+    };
+}
+
+impl Delta {
+    /// `measures` as a delta; `None` when an amount has a scale above [`MONEY_SCALE_MAX`] or is
+    /// above [`DELTA_MONEY_MAX`] in absolute value (such an event takes the checked path).
+    pub fn of(measures: &Measures) -> Option<Delta> {
+        let units = |amount: Decimal| -> Option<(i128, u8)> {
+            let scale = amount.scale();
+            if scale > MONEY_SCALE_MAX || amount.abs() > DELTA_MONEY_MAX {
+                return None;
+            }
+            Some((
+                amount.mantissa() * POW10[(MONEY_SCALE_MAX - scale) as usize],
+                scale as u8,
+            ))
+        };
+        let (cost_units, cost_scale) = units(measures.cost_usd)?;
+        let (fallback_cost_units, fallback_cost_scale) = units(measures.fallback_cost_usd)?;
+        // Names every field: a measure added to `Measures` must be added here too.
+        macro_rules! every_field {
+            ($($index:literal $field:ident),*) => {
+                let Measures { $( $field: _, )* cost_usd: _, fallback_cost_usd: _, jobs_in_flight: _ } =
+                    measures;
+            };
+        }
+        delta_counters!(every_field);
+        let mut counters = [0; DELTA_COUNTERS];
+        macro_rules! copy {
+            ($($index:literal $field:ident),*) => { $( counters[$index] = measures.$field; )* };
+        }
+        delta_counters!(copy);
+        Some(Delta {
+            counters,
+            jobs_in_flight: measures.jobs_in_flight,
+            cost_units,
+            fallback_cost_units,
+            cost_scale,
+            fallback_cost_scale,
+        })
+    }
+
+    /// Adds `other`, wrapping (see the type's docs).
+    #[inline]
+    pub fn add(&mut self, other: &Delta) {
+        for (sum, addend) in self.counters.iter_mut().zip(&other.counters) {
+            *sum = sum.wrapping_add(*addend);
+        }
+        self.jobs_in_flight = self.jobs_in_flight.wrapping_add(other.jobs_in_flight);
+        self.cost_units = self.cost_units.wrapping_add(other.cost_units);
+        self.fallback_cost_units = self
+            .fallback_cost_units
+            .wrapping_add(other.fallback_cost_units);
+        self.cost_scale = self.cost_scale.max(other.cost_scale);
+        self.fallback_cost_scale = self.fallback_cost_scale.max(other.fallback_cost_scale);
+    }
+
+    /// The delta as [`Measures`]: exactly the sum of its contributions added one by one, scale
+    /// included; an error only if an amount does not fit a `Decimal` at its scale.
+    pub fn to_measures(&self) -> Result<Measures, MeasureError> {
+        let money = |units: i128, scale: u8, measure: &'static str| {
+            // Exact: every contribution was a multiple of 10^(12 - its scale) units, and the
+            // largest scale is `scale`.
+            let mantissa = units / POW10[(MONEY_SCALE_MAX - u32::from(scale)) as usize];
+            if mantissa.abs() > MANTISSA_MAX {
+                return Err(MeasureError::Overflow { measure });
+            }
+            Ok(Decimal::from_i128_with_scale(mantissa, u32::from(scale)))
+        };
+        let mut measures = Measures {
+            cost_usd: money(self.cost_units, self.cost_scale, "cost_usd")?,
+            fallback_cost_usd: money(
+                self.fallback_cost_units,
+                self.fallback_cost_scale,
+                "fallback_cost_usd",
+            )?,
+            jobs_in_flight: self.jobs_in_flight,
+            ..Measures::ZERO
+        };
+        macro_rules! copy {
+            ($($index:literal $field:ident),*) => { $( measures.$field = self.counters[$index]; )* };
+        }
+        delta_counters!(copy);
+        Ok(measures)
+    }
+}
+
 /// `left + right` for money, exact at scale ≤ [`MONEY_SCALE_MAX`]. `rust_decimal` reduces the
 /// scale (rounding) when a sum outgrows 96 bits; that is reported as an overflow.
 fn money_sum(
@@ -494,16 +647,6 @@ fn money_sum(
     }
     // Otherwise in integers at the common scale: exact, and no fast path can drop the scale
     // (rust_decimal returns the other operand unchanged when one is zero).
-    const POW10: [i128; MONEY_SCALE_MAX as usize + 1] = {
-        let mut table = [1i128; MONEY_SCALE_MAX as usize + 1];
-        let mut index = 1;
-        while index < table.len() {
-            table[index] = table[index - 1] * 10;
-            index += 1;
-        }
-        table
-    };
-    const MANTISSA_MAX: i128 = (1 << 96) - 1;
     let at_scale = |value: Decimal| {
         value
             .mantissa()

@@ -325,6 +325,43 @@ impl ScopePlan {
     }
 }
 
+/// The matching policies' rendered scope keys of one event, in buffers reused from event to
+/// event ([`ScopePlan::policy_keys_into`]): the hot path's allocation-free
+/// [`ScopePlan::scopes_of`] for policies.
+#[derive(Debug, Default)]
+pub struct PolicyKeys {
+    /// One buffer per policy of the plan (grown on first use, then reused).
+    keys: Vec<String>,
+    /// Indices of the matching policies, in id order.
+    matching: Vec<usize>,
+}
+
+impl PolicyKeys {
+    /// `(policy index, rendered key)` of every matching policy, in id order.
+    pub fn iter(&self) -> impl Iterator<Item = (usize, &str)> {
+        self.matching
+            .iter()
+            .map(|index| (*index, self.keys[*index].as_str()))
+    }
+}
+
+impl ScopePlan {
+    /// Renders the scope key of every policy `dims` matches into `keys` (reusing its buffers):
+    /// the same keys, in the same order, as the policy scopes of [`Self::scopes_of`]. A policy
+    /// `i` is counted in spec `UTC_CALENDAR_KINDS.len() + i`.
+    pub fn policy_keys_into(&self, dims: &EventDims<'_>, keys: &mut PolicyKeys) {
+        if keys.keys.len() < self.policies.len() {
+            keys.keys.resize_with(self.policies.len(), String::new);
+        }
+        keys.matching.clear();
+        for (index, scope) in self.policies.iter().enumerate() {
+            if scope.policy.scope_key_into(dims, &mut keys.keys[index]) {
+                keys.matching.push(index);
+            }
+        }
+    }
+}
+
 /// A policy's compiled window as a [`WindowSpec`] (what its totals are kept in).
 pub fn policy_spec(window: &policy::Window) -> Result<WindowSpec, WindowError> {
     use policy::WindowKind as PolicyKind;

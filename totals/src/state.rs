@@ -57,10 +57,29 @@
 //! before the window's end among the scope's pending jobs, as of when the row is drained; rows of
 //! windows the finishing event did not touch keep their earlier value.
 //!
+//! # The fast path (issue 16 point 1)
+//! An event lands in up to 52 (scope, window) totals. When every window of the event is open,
+//! its version is above every total's (no replayed event) and its amounts fit a [`Delta`] under
+//! the upper bound (money as `i128` units of 10⁻¹², see [`crate::measures::Delta`]),
+//! [`TotalsState::apply`] adds the contribution **once per scope** to a pending delta bound to
+//! the event's windows, instead of once per window with checked decimal arithmetic. Events of
+//! the scope with the same windows (the same *epoch*: the windows change at most once a minute
+//! per partition) add to the same delta. A delta is folded into its windows' totals (each
+//! slot: `add`, version raised to the delta's, dirty) when the scope's next event has other
+//! windows, and for every scope before anything reads, reorders or checks totals: a peek, a
+//! drain, an eviction, a restore, a seed, a replan, or an event taking the checked path that
+//! needs per-total versions or the overflow check. Sums are associative and the version of a
+//! total is the highest applied either way, so every total, version and money scale handed
+//! out is the one the checked path gives: `the_fast_path_equals_the_checked_path` compares
+//! the two on random streams with late events, overflow buckets, replays and jobs. Late
+//! events, refused events, replays and sums near the overflow bound take the checked path.
+//!
 //! # Allocation on the hot path
-//! A hit (existing scope and window) allocates only the rendered key of each matching policy
-//! ([`crate::scopes`]). A new scope allocates its key (`Arc<str>`) and window vector; a new
-//! window may grow that vector; a `submitted` job event allocates its id once.
+//! A hit (existing scope and window) allocates nothing: policy scope keys are rendered into
+//! reused buffers ([`crate::scopes::PolicyKeys`]) and pending deltas live in a vector reused from
+//! fold to fold (trimmed at eviction to twice the recent need). A new scope allocates its key
+//! (`Arc<str>`) and window vector; a new window may grow that vector; a `submitted` job event
+//! allocates its id once.
 
 use std::collections::{BTreeMap, HashMap};
 
@@ -82,7 +101,7 @@ use policy::PolicySet;
 use quotaflow_windows::{LatenessPolicy, Window, WindowCache};
 use schemas::{JobState, UsageEvent};
 
-use crate::measures::{MeasureError, Measures};
+use crate::measures::{Delta, MeasureError, Measures, DELTA_MONEY_MAX};
 use crate::scopes::{PolicyWindowError, ScopeKind, ScopePlan, SingleDimension};
 
 /// Lateness and the bounds of the state that are not set by the watermark.
@@ -199,15 +218,66 @@ struct ScopeState {
     windows: Vec<WindowSlot>,
     /// Pending jobs, only for scopes that ever saw an async job.
     pending_jobs: Option<Box<PendingJobs>>,
+    /// Index in [`TotalsState::deltas`] of the scope's delta not yet added to its slots
+    /// ([`NO_DELTA`]: none).
+    delta: u32,
 }
+
+/// [`ScopeState::delta`] when the scope has none.
+const NO_DELTA: u32 = u32::MAX;
+
+/// Contributions of events on the fast path of [`TotalsState::apply`], not yet added to the
+/// scope's slots: every event of the scope since with the same windows (the same
+/// [`TotalsState::epoch`]) adds here once instead of to each of its windows' totals. Added to
+/// the slots by [`TotalsState::fold_deltas`] before anything reads a slot, and when the scope's
+/// next event has other windows.
+#[derive(Debug, Clone)]
+struct PendingDelta {
+    /// The scope's kind map.
+    kind_index: usize,
+    /// The scope key.
+    key: Arc<str>,
+    /// Indices in the scope's `windows` of the slots the delta goes to (slots are only
+    /// appended between folds, so indices hold).
+    slots: [u16; MAX_SPECS_PER_SCOPE],
+    /// Slots used in `slots`.
+    slot_count: u8,
+    /// The [`TotalsState::epoch`] of the windows `slots` are of.
+    epoch: u64,
+    /// The highest version in the delta.
+    version: u64,
+    /// The sum.
+    delta: Delta,
+}
+
+/// One event on the fast path of [`TotalsState::apply`].
+struct FastEvent<'e> {
+    event: &'e UsageEvent,
+    version: u64,
+    delta: &'e Delta,
+    /// The event's job id, made once for all its scopes.
+    job_id: Option<Arc<str>>,
+    outcome: ApplyOutcome,
+    /// Slots created.
+    created: usize,
+}
+
+/// The most window specs one scope is counted in (a single dimension's UTC calendar windows).
+const MAX_SPECS_PER_SCOPE: usize = UTC_CALENDAR_KINDS_LEN;
 
 impl ScopeState {
     /// The slot of `window` (of spec `spec_index`), created empty if missing.
     fn slot(&mut self, spec_index: u32, window: &Window, created: &mut usize) -> &mut WindowSlot {
+        let index = self.slot_index(spec_index, window, created);
+        &mut self.windows[index]
+    }
+
+    /// The index of [`Self::slot`].
+    fn slot_index(&mut self, spec_index: u32, window: &Window, created: &mut usize) -> usize {
         let found = self.windows.iter().rposition(|slot| {
             slot.spec_index == spec_index && slot.window.start() == window.start()
         });
-        let index = match found {
+        match found {
             Some(index) => index,
             None => {
                 *created += 1;
@@ -224,8 +294,7 @@ impl ScopeState {
                 });
                 self.windows.len() - 1
             }
-        };
-        &mut self.windows[index]
+        }
     }
 
     /// The existing slot of `window`, if any.
@@ -295,6 +364,24 @@ pub struct TotalsState {
     admitted: HashMap<(usize, DateTime<Utc>), (DateTime<Utc>, usize)>,
     /// Scopes counted under an overflow bucket since [`TotalsState::take_scopes_overflowed`].
     scopes_overflowed: u64,
+    /// Deltas of the fast path not yet added to their slots ([`PendingDelta`]).
+    deltas: Vec<PendingDelta>,
+    /// Changes whenever an event's windows (any spec's) differ from the previous event's: two
+    /// events of the same epoch land in the same windows.
+    epoch: u64,
+    /// [`Self::fold`] failures (a broken invariant; 0).
+    fold_errors: u64,
+    /// The most deltas pending at a fold since the last eviction: the vector keeps about
+    /// this much room (see [`Self::take_closed`]), not what one burst needed.
+    deltas_high_water: usize,
+    /// Scratch: the event's policy scope keys (buffers reused from event to event).
+    policy_keys: crate::scopes::PolicyKeys,
+    /// Whether [`Self::apply`] may take its fast path (off only to compare against the checked
+    /// path in tests and benches).
+    fast_path: bool,
+    /// The highest version applied, restored or seeded: an event above it cannot be in any
+    /// total yet, so it needs no per-total version check (the fast path).
+    max_version: u64,
 }
 
 /// Where an event's scope is counted.
@@ -388,6 +475,13 @@ impl TotalsState {
             admission_specs,
             admitted: HashMap::new(),
             scopes_overflowed: 0,
+            deltas: Vec::new(),
+            epoch: 0,
+            max_version: 0,
+            fold_errors: 0,
+            deltas_high_water: 0,
+            fast_path: true,
+            policy_keys: Default::default(),
             event_windows: vec![None; caches.len()],
             watermark_windows: caches.clone(),
             caches,
@@ -440,17 +534,50 @@ impl TotalsState {
         refused: bool,
     ) -> Result<ApplyOutcome, StateError> {
         let contribution = Measures::of_event(event);
+        let mut moved = false;
+        let mut all_open = true;
         for (window, cache) in self.event_windows.iter_mut().zip(&mut self.caches) {
-            *window = cache.window_of(event.occurred_at).cloned();
+            let new = cache.window_of(event.occurred_at);
+            if window.as_ref().map(Window::start) != new.map(Window::start) {
+                *window = new.cloned();
+                moved = true;
+            }
+            if let Some(window) = window {
+                all_open &= self.closed_through.is_none_or(|at| window.end() > at);
+            }
+        }
+        if moved {
+            self.epoch += 1;
         }
         let step = bound_step(&contribution);
-        let next_bound = match self.upper_bound.map(|bound| bound.checked_sum(&step)) {
+        let bound = self.upper_bound.map(|bound| bound.checked_sum(&step));
+        if let Some(Ok(next_bound)) = &bound {
+            if self.fast_path && !refused && all_open && version > self.max_version {
+                if let Some(delta) = Delta::of(&contribution).filter(|_| {
+                    next_bound.cost_usd <= DELTA_MONEY_MAX
+                        && next_bound.fallback_cost_usd <= DELTA_MONEY_MAX
+                }) {
+                    let next_bound = *next_bound;
+                    let outcome = self.apply_fast(event, version, &delta)?;
+                    self.upper_bound = Some(next_bound);
+                    self.max_version = version;
+                    self.advance_watermark(event.occurred_at);
+                    return Ok(outcome);
+                }
+            }
+        }
+        if version <= self.max_version || !matches!(bound, Some(Ok(_))) {
+            // Per-total version checks or a read of the totals follow: every delta in its slots.
+            self.fold_deltas()?;
+        }
+        let next_bound = match bound {
             Some(Ok(bound)) => Some(bound),
             _ => {
                 self.check_fits(event, &step, refused)?;
                 None
             }
         };
+        self.max_version = self.max_version.max(version);
 
         let closed_through = self.closed_through;
         let is_closed = |window: &Window| closed_through.is_some_and(|at| window.end() <= at);
@@ -461,48 +588,25 @@ impl TotalsState {
         let mut job_id: Option<Arc<str>> = None;
         let mut outcome = ApplyOutcome::default();
         let mut created = 0;
-        for scope in self.plan.scopes_of(event) {
-            let kind_index = map_index(scope.kind);
-            let admission = self.landing_window(self.admission_specs[kind_index], refused);
-            let key = match self.route(kind_index, scope.key.as_str(), admission.as_ref()) {
-                Route::Own { admit } => {
-                    if let (true, Some(window)) = (admit, &admission) {
-                        self.admitted
-                            .entry((kind_index, window.start()))
-                            .or_insert((window.end(), 0))
-                            .1 += 1;
-                    }
-                    scope.key.as_str()
-                }
-                Route::Overflow => {
-                    outcome.scopes_overflowed += 1;
-                    self.scopes_overflowed += 1;
-                    &*self.overflow_keys[kind_index]
-                }
+        self.for_each_scope(event, |this, kind_index, key, spec_indices| {
+            let admission = this.landing_window(this.admission_specs[kind_index], refused);
+            let overflow = this.route_and_admit(kind_index, key, admission.as_ref(), &mut outcome);
+            let key = if overflow {
+                &*this.overflow_keys[kind_index]
+            } else {
+                key
             };
-            let map = &mut self.scopes[kind_index];
-            let state = match map.get_mut(key) {
-                Some(state) => state,
-                None => {
-                    let key: Arc<str> = Arc::from(key);
-                    map.entry(Arc::clone(&key)).or_insert(ScopeState {
-                        key,
-                        dirty: false,
-                        windows: Vec::new(),
-                        pending_jobs: None,
-                    })
-                }
-            };
+            let state = scope_in(&mut this.scopes[kind_index], key);
             let mut touched = false;
-            for spec_index in scope.spec_indices {
-                let Some(window) = &self.event_windows[spec_index] else {
+            for spec_index in spec_indices {
+                let Some(window) = &this.event_windows[spec_index] else {
                     continue; // outside the campaign: no window of this spec
                 };
                 let (window, addend) = if refused || is_closed(window) {
                     outcome.windows_late += 1;
-                    let open = self
+                    let open = this
                         .watermark
-                        .and_then(|at| self.watermark_windows[spec_index].window_of(at));
+                        .and_then(|at| this.watermark_windows[spec_index].window_of(at));
                     match open {
                         Some(open) if !is_closed(open) => (open, &late),
                         _ => continue, // e.g. a campaign that is over: nowhere to count it
@@ -526,12 +630,13 @@ impl TotalsState {
             }
             if touched && !state.dirty {
                 state.dirty = true;
-                self.dirty_scopes.push((kind_index, Arc::clone(&state.key)));
+                this.dirty_scopes.push((kind_index, Arc::clone(&state.key)));
             }
             if !refused {
-                track_job(state, event, &mut job_id, &self.config);
+                track_job(state, event, &mut job_id, &this.config);
             }
-        }
+            Ok(())
+        })?;
         self.active_windows += created;
         if let Some(bound) = next_bound {
             self.upper_bound = Some(bound);
@@ -542,6 +647,159 @@ impl TotalsState {
             self.advance_watermark(event.occurred_at);
         }
         Ok(outcome)
+    }
+
+    /// [`Self::apply`] for an event whose every window is open, whose version is above every
+    /// total's and whose amounts fit a [`Delta`] (the caller checked, and that the upper bound
+    /// holds with it): per scope, one delta addition instead of one checked addition per window.
+    /// Fails only on a broken invariant (folding a delta), before changing any total.
+    fn apply_fast(
+        &mut self,
+        event: &UsageEvent,
+        version: u64,
+        delta: &Delta,
+    ) -> Result<ApplyOutcome, StateError> {
+        let mut fast = FastEvent {
+            event,
+            version,
+            delta,
+            job_id: None,
+            outcome: ApplyOutcome::default(),
+            created: 0,
+        };
+        self.for_each_scope(event, |this, kind_index, key, spec_indices| {
+            this.apply_fast_scope(&mut fast, kind_index, key, spec_indices)
+        })?;
+        self.active_windows += fast.created;
+        Ok(fast.outcome)
+    }
+
+    /// Calls `each` with every scope `event` counts under (kind map, key, window specs): the
+    /// scopes of [`ScopePlan::scopes_of`], in its order, with policy keys rendered into reused
+    /// buffers instead of a new string per event.
+    fn for_each_scope(
+        &mut self,
+        event: &UsageEvent,
+        mut each: impl FnMut(&mut Self, usize, &str, std::ops::Range<usize>) -> Result<(), StateError>,
+    ) -> Result<(), StateError> {
+        let dims = policy::EventDims::from_event(event);
+        for dimension in SingleDimension::ALL {
+            if let Some(value) = dimension.value(&dims) {
+                each(self, dimension.index(), value, 0..UTC_CALENDAR_KINDS_LEN)?;
+            }
+        }
+        let mut keys = std::mem::take(&mut self.policy_keys);
+        self.plan.policy_keys_into(&dims, &mut keys);
+        let mut result = Ok(());
+        for (index, key) in keys.iter() {
+            let spec = UTC_CALENDAR_KINDS_LEN + index;
+            result = each(
+                self,
+                map_index(ScopeKind::Policy(index)),
+                key,
+                spec..spec + 1,
+            );
+            if result.is_err() {
+                break;
+            }
+        }
+        self.policy_keys = keys;
+        result
+    }
+
+    /// One scope of [`Self::apply_fast`]. One hash look-up unless the value is new in its
+    /// admission window.
+    fn apply_fast_scope(
+        &mut self,
+        fast: &mut FastEvent<'_>,
+        kind_index: usize,
+        key: &str,
+        spec_indices: std::ops::Range<usize>,
+    ) -> Result<(), StateError> {
+        // The event's windows are all open (the fast path's condition), so the admission
+        // window is the event's own ([`Self::landing_window`]).
+        let admission_spec = self.admission_specs[kind_index];
+        let admission = self.event_windows[admission_spec].as_ref();
+        // Gives the scope's delta this event (`bind_delta`): the fields it needs are disjoint
+        // from the scope maps the state is borrowed from.
+        macro_rules! bind {
+            ($state:expr) => {
+                bind_delta(
+                    $state,
+                    kind_index,
+                    spec_indices,
+                    fast,
+                    &mut self.deltas,
+                    &mut self.dirty_scopes,
+                    &self.event_windows,
+                    self.epoch,
+                    &self.config,
+                )
+            };
+        }
+        if let Some(state) = self.scopes[kind_index].get_mut(key) {
+            // The common case: the scope's delta is of this event's windows. Or the value is
+            // admitted in the event's admission window already: counted under its own value.
+            let bound =
+                state.delta != NO_DELTA && self.deltas[state.delta as usize].epoch == self.epoch;
+            if bound
+                || admission.is_none_or(|window| {
+                    state.existing_slot(admission_spec as u32, window).is_some()
+                })
+            {
+                return bind!(state);
+            }
+        }
+        let admission = admission.cloned();
+        let overflow = self.route_and_admit(kind_index, key, admission.as_ref(), &mut fast.outcome);
+        let key = if overflow {
+            &*self.overflow_keys[kind_index]
+        } else {
+            key
+        };
+        bind!(scope_in(&mut self.scopes[kind_index], key))
+    }
+
+    /// Adds every pending delta to its slots (marking them dirty, with the delta's version).
+    /// Called before anything reads or reorders slots.
+    fn fold_deltas(&mut self) -> Result<(), StateError> {
+        self.deltas_high_water = self.deltas_high_water.max(self.deltas.len());
+        let mut result = Ok(());
+        for pending in self.deltas.drain(..) {
+            let Some(state) = self.scopes[pending.kind_index].get_mut(&*pending.key) else {
+                debug_assert!(false, "scope {} of a pending delta missing", pending.key);
+                continue;
+            };
+            if let Err(error) = fold_delta(state, &pending, &mut self.dirty_scopes) {
+                result = Err(error);
+            }
+            state.delta = NO_DELTA;
+        }
+        result
+    }
+
+    /// [`Self::fold_deltas`] for readers that cannot fail: the deltas are proven to fit (the
+    /// upper bound), so an error here is a broken invariant; it is counted, never hidden.
+    fn fold(&mut self) {
+        if self.fold_deltas().is_err() {
+            self.fold_errors += 1;
+            debug_assert!(false, "a pending delta did not fit its totals");
+        }
+    }
+
+    /// Pending deltas that did not fit their totals when folded: a broken overflow proof, so 0
+    /// (tests assert it).
+    pub fn fold_errors(&self) -> u64 {
+        self.fold_errors
+    }
+
+    /// Turns the fast path of [`Self::apply`] off or on: the totals are the same either way
+    /// (tests compare the two); off, every event takes the per-total checked path. For tests
+    /// and benches.
+    #[doc(hidden)]
+    pub fn set_fast_path(&mut self, on: bool) {
+        self.fold();
+        self.fast_path = on;
     }
 
     /// The window of spec `spec_index` an event's contribution lands in: the event's own window
@@ -557,6 +815,34 @@ impl TotalsState {
             .watermark
             .and_then(|at| self.plan.specs()[spec_index].window_of(at))?;
         (!closed(&open)).then_some(open)
+    }
+
+    /// Routes `key` ([`Self::route`]) for an event landing in `admission`, counting a newly
+    /// admitted value or an overflowed scope; `true` when it is counted under the overflow
+    /// bucket.
+    fn route_and_admit(
+        &mut self,
+        kind_index: usize,
+        key: &str,
+        admission: Option<&Window>,
+        outcome: &mut ApplyOutcome,
+    ) -> bool {
+        match self.route(kind_index, key, admission) {
+            Route::Own { admit } => {
+                if let (true, Some(window)) = (admit, admission) {
+                    self.admitted
+                        .entry((kind_index, window.start()))
+                        .or_insert((window.end(), 0))
+                        .1 += 1;
+                }
+                false
+            }
+            Route::Overflow => {
+                outcome.scopes_overflowed += 1;
+                self.scopes_overflowed += 1;
+                true
+            }
+        }
     }
 
     /// Whether `key` of kind map `kind_index` is counted under its own value or the overflow
@@ -690,6 +976,7 @@ impl TotalsState {
             + self.event_windows.capacity() * size_of::<Option<Window>>()
             + self.watermark_windows.capacity() * size_of::<WindowCache>()
             + self.dirty_scopes.capacity() * size_of::<(usize, Arc<str>)>()
+            + self.deltas.capacity() * size_of::<PendingDelta>()
             + self.scopes.capacity() * size_of::<HashMap<Arc<str>, ScopeState, ScopeHasher>>()
             + self.admitted.capacity()
                 * (size_of::<((usize, DateTime<Utc>), (DateTime<Utc>, usize))>() + 1);
@@ -711,6 +998,104 @@ impl TotalsState {
         }
         bytes
     }
+}
+
+/// The scope `key` of `map`, created empty if missing.
+fn scope_in<'m>(map: &'m mut ScopeMap, key: &str) -> &'m mut ScopeState {
+    if !map.contains_key(key) {
+        let key: Arc<str> = Arc::from(key);
+        map.insert(
+            Arc::clone(&key),
+            ScopeState {
+                key,
+                dirty: false,
+                windows: Vec::new(),
+                pending_jobs: None,
+                delta: NO_DELTA,
+            },
+        );
+    }
+    map.get_mut(key).expect("inserted above")
+}
+
+/// Adds the event's contribution to `state`'s delta of the event's windows (`epoch`), making
+/// one if needed: a previous delta (of other windows) is folded into its slots first, and the
+/// slots of the event's windows are created if missing.
+#[allow(clippy::too_many_arguments)]
+fn bind_delta(
+    state: &mut ScopeState,
+    kind_index: usize,
+    spec_indices: std::ops::Range<usize>,
+    fast: &mut FastEvent<'_>,
+    deltas: &mut Vec<PendingDelta>,
+    dirty_scopes: &mut Vec<(usize, Arc<str>)>,
+    event_windows: &[Option<Window>],
+    epoch: u64,
+    config: &TotalsConfig,
+) -> Result<(), StateError> {
+    if state.delta != NO_DELTA {
+        let pending = &mut deltas[state.delta as usize];
+        if pending.epoch == epoch {
+            pending.delta.add(fast.delta);
+            pending.version = fast.version;
+            fast.outcome.windows_counted += u32::from(pending.slot_count);
+            track_job(state, fast.event, &mut fast.job_id, config);
+            return Ok(());
+        }
+        fold_delta(state, pending, dirty_scopes)?;
+    }
+    let mut slots = [0u16; MAX_SPECS_PER_SCOPE];
+    let mut slot_count = 0u8;
+    for spec_index in spec_indices {
+        let Some(window) = &event_windows[spec_index] else {
+            continue; // outside the campaign: no window of this spec
+        };
+        let index = state.slot_index(spec_index as u32, window, &mut fast.created);
+        slots[usize::from(slot_count)] =
+            u16::try_from(index).expect("a scope holds far fewer than 65,536 windows");
+        slot_count += 1;
+    }
+    fast.outcome.windows_counted += u32::from(slot_count);
+    let pending = PendingDelta {
+        kind_index,
+        key: Arc::clone(&state.key),
+        slots,
+        slot_count,
+        epoch,
+        version: fast.version,
+        delta: *fast.delta,
+    };
+    if state.delta != NO_DELTA {
+        deltas[state.delta as usize] = pending;
+    } else {
+        state.delta = u32::try_from(deltas.len()).expect("fewer than 2^32 pending deltas");
+        deltas.push(pending);
+    }
+    track_job(state, fast.event, &mut fast.job_id, config);
+    Ok(())
+}
+
+/// Adds `pending` to its slots in `state` (dirty, version raised to the delta's) and lists the
+/// scope as dirty. Cannot fail while the upper bound holds (every total, delta included, is
+/// below it); an `Err` is a broken proof, reported, and may leave the slots partly added.
+fn fold_delta(
+    state: &mut ScopeState,
+    pending: &PendingDelta,
+    dirty_scopes: &mut Vec<(usize, Arc<str>)>,
+) -> Result<(), StateError> {
+    let measures = pending.delta.to_measures()?;
+    let slots = &pending.slots[..usize::from(pending.slot_count)];
+    for index in slots {
+        let slot = &mut state.windows[usize::from(*index)];
+        slot.measures.add(&measures)?;
+        slot.version = slot.version.max(pending.version);
+        slot.dirty = true;
+    }
+    if !slots.is_empty() && !state.dirty {
+        state.dirty = true;
+        dirty_scopes.push((pending.kind_index, Arc::clone(&state.key)));
+    }
+    Ok(())
 }
 
 /// Updates the scope's pending jobs for a job event. `job_id` is the event's id as an `Arc`,

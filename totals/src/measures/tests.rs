@@ -356,3 +356,63 @@ fn errors_are_classed_by_http_status() {
     assert_eq!(classed(Status::Timeout, None), Some(ErrorClass::Other));
     assert_eq!(classed(Status::Ok, Some(404)), Some(ErrorClass::Client4xx));
 }
+
+#[test]
+fn delta_money_max_is_ten_to_the_twentieth() {
+    assert_eq!(
+        DELTA_MONEY_MAX,
+        Decimal::from_str("100000000000000000000").unwrap()
+    );
+}
+
+proptest! {
+    /// A delta is the same sum as `Measures::add` one by one: value and scale of every amount,
+    /// every counter (and a round trip of one contribution is the identity).
+    #[test]
+    fn a_delta_sums_exactly_like_measures(
+        parts in proptest::collection::vec(arbitrary_measures(), 1..4),
+    ) {
+        let mut expected = Measures::ZERO;
+        let mut delta = Delta::default();
+        for part in &parts {
+            let one = Delta::of(part).expect("within the delta's range");
+            prop_assert_eq!(one.to_measures().unwrap(), *part);
+            prop_assert_eq!(one.to_measures().unwrap().cost_usd.scale(), part.cost_usd.scale());
+            expected.add(part).unwrap();
+            delta.add(&one);
+        }
+        let sum = delta.to_measures().unwrap();
+        prop_assert_eq!(sum, expected);
+        prop_assert_eq!(sum.cost_usd.scale(), expected.cost_usd.scale());
+        prop_assert_eq!(sum.fallback_cost_usd.scale(), expected.fallback_cost_usd.scale());
+    }
+
+    /// Events priced at any scale: a delta of their contributions equals their `Measures` sum.
+    #[test]
+    fn a_delta_of_events_equals_their_measures(
+        events in proptest::collection::vec(arbitrary_event(), 0..30),
+    ) {
+        let mut delta = Delta::default();
+        for event in &events {
+            delta.add(&Delta::of(&Measures::of_event(event)).expect("realistic amounts"));
+        }
+        let sum = delta.to_measures().unwrap();
+        let expected = sum_in_order(&events);
+        prop_assert_eq!(sum, expected);
+        prop_assert_eq!(sum.cost_usd.scale(), expected.cost_usd.scale());
+    }
+}
+
+#[test]
+fn a_delta_refuses_what_it_cannot_hold_exactly() {
+    let over = Measures {
+        cost_usd: DELTA_MONEY_MAX + Decimal::ONE,
+        ..Measures::ZERO
+    };
+    assert!(Delta::of(&over).is_none());
+    let fine_grained = Measures {
+        cost_usd: Decimal::new(1, 13),
+        ..Measures::ZERO
+    };
+    assert!(Delta::of(&fine_grained).is_none());
+}

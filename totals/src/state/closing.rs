@@ -18,6 +18,10 @@ impl TotalsState {
     /// most once (a closed window is never re-created), so each key is handed out once per run;
     /// a replay from an older checkpoint, which restores the window as open, hands it out again.
     pub fn take_closed(&mut self) -> Vec<ClosedWindow> {
+        self.fold();
+        // Room for the deltas of a fold interval like the recent ones, not of an old burst.
+        self.deltas
+            .shrink_to(2 * std::mem::take(&mut self.deltas_high_water));
         let Some(watermark) = self.watermark else {
             return Vec::new();
         };
@@ -87,11 +91,11 @@ impl TotalsState {
     /// flush. For publishing policy totals to the alerter ahead of the flush (the values are
     /// deterministic per version, so publishing early changes no result, only latency).
     pub fn peek_policy_updates(&mut self) -> Vec<TotalUpdate> {
+        self.fold();
         let mut updates = Vec::new();
         for (kind_index, key) in &self.dirty_scopes {
-            if !self.kind_names[*kind_index].starts_with(policy::TOTALS_SCOPE_PREFIX)
-                || self.held[*kind_index]
-            {
+            // Maps past the single dimensions are the policies' (`map_index`).
+            if *kind_index < SingleDimension::ALL.len() || self.held[*kind_index] {
                 continue;
             }
             let Some(state) = self.scopes[*kind_index].get_mut(&**key) else {
@@ -113,6 +117,7 @@ impl TotalsState {
     }
 
     pub fn drain_dirty(&mut self) -> Vec<TotalUpdate> {
+        self.fold();
         let mut updates = std::mem::take(&mut self.retired);
         let mut still_held = Vec::new();
         for (kind_index, key) in std::mem::take(&mut self.dirty_scopes) {

@@ -14,6 +14,7 @@ impl TotalsState {
     /// `rewrite` marks it dirty, so the next drain writes it again: for a row that may not have
     /// reached every output (written to ClickHouse, then the process died before publishing it).
     pub fn restore_total(&mut self, total: StoredTotal<'_>, rewrite: bool) -> Restored {
+        self.fold();
         let Some((kind, spec_indices)) = self.plan.kind_by_name(total.scope_kind) else {
             return Restored::UnknownScope;
         };
@@ -49,6 +50,7 @@ impl TotalsState {
         let kind_index = map_index(kind);
         let admission_spec = self.admission_specs[kind_index];
         let is_overflow = total.scope_key == &*self.overflow_keys[kind_index];
+        self.max_version = self.max_version.max(total.version);
         let state = self.scope_entry(kind_index, total.scope_key);
         let mut created = 0;
         let slot = state.slot(spec_index as u32, &window, &mut created);
@@ -100,6 +102,7 @@ impl TotalsState {
     /// total is the exact total up to its version, and the live part only adds later events),
     /// and releases the kind: its totals are drained and published from now on. All or nothing.
     pub fn seed(&mut self, scope_kind: &str, seed: &[TotalUpdate]) -> Result<(), StateError> {
+        self.fold_deltas()?;
         let Some((kind, spec_indices)) = self.plan.kind_by_name(scope_kind) else {
             return Ok(());
         };
@@ -123,6 +126,7 @@ impl TotalsState {
             let slot = state.slot(spec_index as u32, &total.window, &mut created);
             slot.measures.add(&total.measures)?;
             slot.version = slot.version.max(total.version);
+            self.max_version = self.max_version.max(total.version);
         }
         self.active_windows += created;
         self.held[kind_index] = false;
@@ -155,6 +159,8 @@ impl TotalsState {
     /// represent) nothing changed.
     pub fn replan(&mut self, policies: &PolicySet) -> Result<Vec<Arc<str>>, StateError> {
         let plan = ScopePlan::new(policies)?;
+        // Deltas name kind maps and slots by index: into their slots before maps move.
+        self.fold_deltas()?;
         let dimensions = SingleDimension::ALL.len();
         let names: Vec<Arc<str>> = (0..plan.policy_count())
             .map(|index| Arc::from(plan.kind_name(ScopeKind::Policy(index))))
@@ -229,26 +235,14 @@ impl TotalsState {
         self.caches = plan.specs().iter().cloned().map(WindowCache::new).collect();
         self.watermark_windows = self.caches.clone();
         self.event_windows = vec![None; self.caches.len()];
+        self.epoch += 1;
         self.plan = plan;
         Ok(added)
     }
 
     /// The scope `key` of map `kind_index`, created empty if missing.
     fn scope_entry(&mut self, kind_index: usize, key: &str) -> &mut ScopeState {
-        let map = &mut self.scopes[kind_index];
-        if !map.contains_key(key) {
-            let key: Arc<str> = Arc::from(key);
-            map.insert(
-                Arc::clone(&key),
-                ScopeState {
-                    key,
-                    dirty: false,
-                    windows: Vec::new(),
-                    pending_jobs: None,
-                },
-            );
-        }
-        map.get_mut(key).expect("inserted above")
+        scope_in(&mut self.scopes[kind_index], key)
     }
 
     /// Every scope's pending jobs, for a checkpoint.

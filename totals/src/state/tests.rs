@@ -124,17 +124,10 @@ fn values_past_the_limit_are_counted_in_the_overflow_bucket() {
             restored.apply(&event, version).unwrap()
         );
     }
-    let sorted = |mut updates: Vec<TotalUpdate>| {
-        updates.sort_by(|a, b| {
-            (&a.scope_kind, &a.scope_key, a.window.id()).cmp(&(
-                &b.scope_kind,
-                &b.scope_key,
-                b.window.id(),
-            ))
-        });
-        updates
-    };
-    assert_eq!(sorted(state.drain_dirty()), sorted(restored.drain_dirty()));
+    assert_eq!(
+        comparable(state.drain_dirty()),
+        comparable(restored.drain_dirty())
+    );
 
     // Unlimited (0): every value is its own scope.
     let mut unlimited = limited_state(0);
@@ -479,5 +472,93 @@ proptest! {
             .find(|row| row.0 == "team" && row.2 == "month:2026-03@UTC")
             .unwrap();
         prop_assert_eq!(month.3, expected);
+    }
+}
+
+/// What a state hands out, in a comparable order (kind, key, window), scales of money included.
+fn comparable(mut updates: Vec<TotalUpdate>) -> Vec<(TotalUpdate, u32, u32)> {
+    updates.sort_by(|a, b| {
+        (&a.scope_kind, &a.scope_key, a.window.id()).cmp(&(
+            &b.scope_kind,
+            &b.scope_key,
+            b.window.id(),
+        ))
+    });
+    updates
+        .into_iter()
+        .map(|update| {
+            let scales = (
+                update.measures.cost_usd.scale(),
+                update.measures.fallback_cost_usd.scale(),
+            );
+            (update, scales.0, scales.1)
+        })
+        .collect()
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 200, ..ProptestConfig::default() })]
+    /// Issue 16 point 1: the fast path (one delta per scope and windows, added to the totals
+    /// before anything reads them) hands out exactly what the checked per-total path does:
+    /// the same outcomes, peeks, drains (values, money scales, versions), closed windows, with
+    /// late events, overflow buckets, replays of old versions and jobs in the stream.
+    #[test]
+    fn the_fast_path_equals_the_checked_path(
+        steps in proptest::collection::vec(
+            (arbitrary_event(), 0u8..4, 0u8..6, 0u8..10),
+            1..80,
+        ),
+    ) {
+        let policies = PolicySet::from_str("test.yaml", POLICIES).unwrap();
+        let config = TotalsConfig {
+            lateness: LatenessPolicy::new(Duration::from_secs(300)),
+            max_scopes_per_kind: 4,
+            ..TotalsConfig::default()
+        };
+        let mut fast = TotalsState::new(&policies, config.clone()).unwrap();
+        let mut checked = TotalsState::new(&policies, config).unwrap();
+        checked.set_fast_path(false);
+        let mut applied: Vec<(UsageEvent, u64)> = Vec::new();
+        for (index, (mut event, team, user, op)) in steps.into_iter().enumerate() {
+            event.team = format!("team-{team}");
+            event.user_id = Some(format!("user-{user}"));
+            let version = index as u64 + 1;
+            let (event, version) = if op == 9 && !applied.is_empty() {
+                // A replay: an earlier event at its earlier version.
+                applied[index % applied.len()].clone()
+            } else {
+                (event, version)
+            };
+            let from_fast = fast.apply(&event, version);
+            let from_checked = checked.apply(&event, version);
+            prop_assert_eq!(&from_fast, &from_checked);
+            applied.push((event, version));
+            match op {
+                1 | 2 => prop_assert_eq!(
+                    comparable(fast.peek_policy_updates()),
+                    comparable(checked.peek_policy_updates())
+                ),
+                3 | 4 => prop_assert_eq!(
+                    comparable(fast.drain_dirty()),
+                    comparable(checked.drain_dirty())
+                ),
+                5 => {
+                    let mut closed_fast = fast.take_closed();
+                    let mut closed_checked = checked.take_closed();
+                    let key = |closed: &ClosedWindow| {
+                        (closed.scope_kind.to_string(), closed.scope_key.to_string(), closed.window.id())
+                    };
+                    closed_fast.sort_by_key(key);
+                    closed_checked.sort_by_key(key);
+                    prop_assert_eq!(closed_fast.iter().map(key).collect::<Vec<_>>(),
+                        closed_checked.iter().map(key).collect::<Vec<_>>());
+                }
+                _ => {}
+            }
+            prop_assert_eq!(fast.active_windows(), checked.active_windows());
+        }
+        prop_assert_eq!(comparable(fast.drain_dirty()), comparable(checked.drain_dirty()));
+        prop_assert_eq!(fast.fold_errors(), 0);
+        prop_assert_eq!(fast.pending_jobs_snapshot().len(), checked.pending_jobs_snapshot().len());
     }
 }
