@@ -267,6 +267,9 @@ fn check_text(field: &str, value: &str, max_len: usize, violations: &mut Vec<Vio
 /// One violation for the first control character of `value`, if any. `what` says which part of
 /// the field it is in (`"label key "`, `"label value "`, or `""` for the field itself).
 fn check_control_characters(field: &str, what: &str, value: &str, violations: &mut Vec<Violation>) {
+    if !has_control_character(value) {
+        return; // every field of every event: the byte scan below is the whole cost
+    }
     if let Some((at, character)) = value.char_indices().find(|(_, c)| c.is_control()) {
         violations.push(Violation::new(
             field,
@@ -523,13 +526,25 @@ fn check_labels(event: &UsageEvent, config: &ValidationConfig, violations: &mut 
     }
 }
 
+/// Whether `value` holds a control character (`char::is_control`: general category Cc, that is
+/// U+0000–U+001F and U+007F–U+009F), by bytes: C0 and DEL are single bytes below 0x20 or 0x7F,
+/// and C1 is 0xC2 followed by 0x80–0x9F in UTF-8 (no other sequence starts with 0xC2 0x80–0x9F).
+fn has_control_character(value: &str) -> bool {
+    let bytes = value.as_bytes();
+    bytes.iter().enumerate().any(|(index, byte)| {
+        *byte < 0x20
+            || *byte == 0x7F
+            || (*byte == 0xC2 && matches!(bytes.get(index + 1), Some(0x80..=0x9F)))
+    })
+}
+
 fn check_label_control_characters(
     key: &str,
     value: &str,
     max_label_key_len: usize,
     violations: &mut Vec<Violation>,
 ) {
-    if !key.chars().chain(value.chars()).any(char::is_control) {
+    if !has_control_character(key) && !has_control_character(value) {
         return;
     }
     let field = format!("labels.{}", printable_key(key, max_label_key_len));
@@ -575,5 +590,28 @@ mod humantime_secs {
 
     pub fn deserialize<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Duration, D::Error> {
         u64::deserialize(deserializer).map(Duration::from_secs)
+    }
+}
+
+#[cfg(test)]
+mod control_character_tests {
+    use super::has_control_character;
+
+    /// The byte scan agrees with `char::is_control` on every character (all of Unicode's scalar
+    /// values, alone and between others), so the fast check misses nothing and flags nothing
+    /// more.
+    #[test]
+    fn the_byte_scan_agrees_with_char_is_control() {
+        for code in (0..=0x10FFFFu32).filter_map(char::from_u32) {
+            let alone = code.to_string();
+            assert_eq!(
+                has_control_character(&alone),
+                code.is_control(),
+                "U+{:04X}",
+                u32::from(code)
+            );
+            let between = format!("aé{code}Ω");
+            assert_eq!(has_control_character(&between), code.is_control());
+        }
     }
 }

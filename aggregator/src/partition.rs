@@ -243,6 +243,8 @@ pub struct PartitionAggregator {
     /// Held policy definitions (counting live, not written) waiting for their seed: where they
     /// started counting live, and the watermark and close horizon there.
     seeding: BTreeMap<String, SeedPoint>,
+    /// The last counted event, kept so the next record decodes into its string buffers.
+    kept_event: Option<UsageEvent>,
 }
 
 /// Where a policy definition started counting live in a partition: its seed covers the
@@ -361,6 +363,7 @@ impl PartitionAggregator {
                 settings,
                 state,
                 dedup,
+                kept_event: None,
                 next_offset,
                 replay_from,
                 read_next: replay_from,
@@ -550,7 +553,8 @@ impl PartitionAggregator {
             payload: payload.unwrap_or_default(),
             key,
         };
-        let event = match self.admit(source, timestamp_ms) {
+        let kept = self.kept_event.take();
+        let event = match self.admit(source, timestamp_ms, kept) {
             Ok(event) => event,
             Err(letter) => {
                 if remembering {
@@ -651,6 +655,7 @@ impl PartitionAggregator {
         if let Some(watermark) = self.state.watermark() {
             self.dedup.expire(watermark);
         }
+        self.kept_event = Some(event);
         outcome
     }
 
@@ -695,6 +700,7 @@ impl PartitionAggregator {
         &self,
         source: SourceRecord<'_>,
         timestamp_ms: Option<i64>,
+        kept: Option<UsageEvent>,
     ) -> Result<UsageEvent, Box<DeadLetter>> {
         if source.payload.is_empty() {
             return Err(Box::new(dead_letter::dead_letter(
@@ -704,8 +710,22 @@ impl PartitionAggregator {
                 "record has no value".to_owned(),
             )));
         }
-        let event: UsageEvent = schemas::decode(source.payload)
-            .map_err(|error| Box::new(dead_letter::undecodable(source, SERVICE, &error)))?;
+        // Current-schema records are read borrowed and written into the kept event's buffers
+        // (no allocation per string once they have grown); older versions, and any record the
+        // borrowed reader refuses, take the owned decode, whose error the dead letter carries.
+        let decoded = match schemas::UsageEventRef::decode_current(source.payload) {
+            Ok(Some(borrowed)) => {
+                let mut event = match kept {
+                    Some(event) => event,
+                    None => borrowed.to_owned(),
+                };
+                borrowed.write_into(&mut event);
+                Ok(event)
+            }
+            _ => schemas::decode(source.payload),
+        };
+        let event: UsageEvent =
+            decoded.map_err(|error| Box::new(dead_letter::undecodable(source, SERVICE, &error)))?;
         let record_timestamp = quotaflow_admission::record_timestamp(timestamp_ms);
         self.settings
             .admission

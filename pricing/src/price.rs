@@ -244,8 +244,19 @@ impl RowPrices<'_> {
     /// `prompt_tokens > N × 1000` (its `_batches` variant first for batch calls), else
     /// `{base}_batches` for batch calls, else `{base}`. A rejected candidate is an error.
     fn resolve(&self, base: &str) -> Result<Option<Decimal>, UnpricedReason> {
+        let tier = self.highest_tier_exceeded(base);
+        if tier.is_none() && !self.batch {
+            // The common case, without building candidate names: `base` alone.
+            if self.entry.invalid_fields.contains(base) {
+                return Err(UnpricedReason::InvalidCatalogPrice {
+                    model: self.entry.name.clone(),
+                    field: base.to_owned(),
+                });
+            }
+            return Ok(self.entry.price(base));
+        }
         let mut candidates = Vec::with_capacity(4);
-        if let Some(threshold) = self.highest_tier_exceeded(base) {
+        if let Some(threshold) = tier {
             if self.batch {
                 candidates.push(format!("{base}_above_{threshold}k_tokens_batches"));
             }
@@ -280,12 +291,11 @@ impl RowPrices<'_> {
     }
 
     fn highest_tier_exceeded(&self, base: &str) -> Option<u64> {
-        let prefix = format!("{base}_above_");
         self.entry
             .prices
             .keys()
             .chain(self.entry.invalid_fields.iter())
-            .filter_map(|field| field.strip_prefix(&prefix))
+            .filter_map(|field| field.strip_prefix(base)?.strip_prefix("_above_"))
             .filter_map(|rest| {
                 let (thousands, suffix) = rest.split_once("k_tokens")?;
                 let applies = suffix.is_empty() || (self.batch && suffix == "_batches");

@@ -127,6 +127,82 @@ impl<'a> UsageEventRef<'a> {
         })
     }
 
+    /// Writes the owned event ([`Self::to_owned`]) into `event`, reusing its strings' buffers:
+    /// a consumer that keeps one `UsageEvent` from record to record decodes without allocating
+    /// once the buffers have grown (labels are rewritten in place when the keys are the same as
+    /// the previous event's). Afterwards `*event == self.to_owned()`, whatever `event` held.
+    pub fn write_into(&self, event: &mut UsageEvent) {
+        fn set(target: &mut String, value: &str) {
+            target.clear();
+            target.push_str(value);
+        }
+        fn set_optional(target: &mut Option<String>, value: Option<&str>) {
+            match (target.as_mut(), value) {
+                (Some(target), Some(value)) => set(target, value),
+                (_, value) => *target = value.map(str::to_owned),
+            }
+        }
+        set(&mut event.event_id, self.event_id);
+        event.occurred_at = self.occurred_at;
+        set(&mut event.producer, self.producer);
+        set(&mut event.request_id, self.request_id);
+        set(&mut event.action_id, self.action_id);
+        event.attempt = self.attempt;
+        set_optional(&mut event.fallback_from_model, self.fallback_from_model);
+        set(&mut event.api_key_id, self.api_key_id);
+        set(&mut event.team, self.team);
+        set(&mut event.workflow, self.workflow);
+        set(&mut event.environment, self.environment);
+        set_optional(&mut event.user_id, self.user_id);
+        set_optional(&mut event.customer_id, self.customer_id);
+        set(&mut event.provider, self.provider);
+        set(&mut event.model, self.model);
+        set(&mut event.endpoint, self.endpoint);
+        event.modality = self.modality;
+        event.input_tokens = self.input_tokens;
+        event.output_tokens = self.output_tokens;
+        event.cached_input_tokens = self.cached_input_tokens;
+        event.cache_write_tokens = self.cache_write_tokens;
+        event.images = self.images;
+        event.image_tier = self.image_tier;
+        event.video_duration_ms = self.video_duration_ms;
+        event.audio_duration_ms = self.audio_duration_ms;
+        set_optional(&mut event.video_resolution, self.video_resolution);
+        set_optional(&mut event.job_id, self.job_id);
+        event.job_state = self.job_state;
+        event.status = self.status;
+        event.http_status = self.http_status;
+        event.retry_after_ms = self.retry_after_ms;
+        event.accepted = self.accepted;
+        event.reported_cost_usd = self.reported_cost_usd;
+        event.estimated_cost_usd = self.estimated_cost_usd;
+        event.latency_ms = self.latency_ms;
+        // The same distinct keys as held (the common case: one producer's label set): values in
+        // place, in wire order so a repeated key keeps its last value. Otherwise rebuilt.
+        let same_keys = event.labels.len() == self.labels.len()
+            && self.labels.iter().enumerate().all(|(index, (key, _))| {
+                event.labels.contains_key(*key)
+                    && !self.labels[..index]
+                        .iter()
+                        .any(|(earlier, _)| earlier == key)
+            });
+        if same_keys {
+            for (key, value) in &self.labels {
+                if let Some(target) = event.labels.get_mut(*key) {
+                    set(target, value);
+                }
+            }
+        } else {
+            event.labels.clear();
+            for (key, value) in &self.labels {
+                event.labels.insert((*key).to_owned(), (*value).to_owned());
+            }
+        }
+        event.cost_usd = self.cost_usd;
+        event.cost_source = self.cost_source;
+        set_optional(&mut event.catalog_version, self.catalog_version);
+    }
+
     /// The owned event: what [`crate::codec::decode`] gives for the same bytes.
     pub fn to_owned(&self) -> UsageEvent {
         let owned = |text: &str| text.to_owned();

@@ -19,6 +19,50 @@ proptest! {
         prop_assert_eq!(owned, codec::decode::<UsageEvent>(&bytes).unwrap());
     }
 
+    /// Decoding into a kept event (the aggregator's reused buffers) gives the decoded event,
+    /// whatever the kept one held before: other strings, other labels, a repeated label key.
+    #[test]
+    fn writing_into_a_kept_event_gives_the_decoded_one(
+        event in common::usage_event(),
+        previous_kind in 0u8..3,
+        same_label_keys in any::<bool>(),
+    ) {
+        // What the kept event held: a full sample, a bare one (no optional strings, no labels),
+        // or one with many labels. (Two generated events in one case overflow the test
+        // thread's stack in debug builds.)
+        let mut previous = common::sample_usage_event();
+        match previous_kind {
+            0 => {}
+            1 => {
+                previous.labels.clear();
+                previous.user_id = None;
+                previous.customer_id = None;
+                previous.job_id = None;
+                previous.fallback_from_model = None;
+                previous.catalog_version = None;
+            }
+            _ => {
+                for index in 0..12 {
+                    previous.labels.insert(format!("label-{index}"), "x".repeat(index));
+                }
+            }
+        }
+        let mut event = event;
+        if same_label_keys {
+            // The common case the in-place path serves: the previous event's label keys.
+            event.labels = previous
+                .labels
+                .keys()
+                .map(|key| (key.clone(), format!("{key}-now")))
+                .collect();
+        }
+        let bytes = codec::encode(&event).expect("valid event");
+        let borrowed = UsageEventRef::decode_current(&bytes).unwrap().unwrap();
+        let mut kept = previous;
+        borrowed.write_into(&mut kept);
+        prop_assert_eq!(&kept, &event);
+    }
+
     #[test]
     fn truncated_or_corrupted_records_fail_like_the_owned_decode(
         event in common::usage_event(),
