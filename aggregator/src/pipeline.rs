@@ -365,8 +365,8 @@ impl AggregatorLoop {
                 partition: message.partition(),
                 offset: message.offset(),
                 timestamp_ms: message.timestamp().to_millis(),
-                key: message.key().map(<[u8]>::to_vec),
-                payload: message.payload().map(<[u8]>::to_vec),
+                key: message.key(),
+                payload: message.payload(),
             })
             .await?;
         self.stats

@@ -28,9 +28,13 @@ const QUEUE: usize = 16;
 /// Records sent to a worker at a time: one channel operation per batch, not per record.
 const BATCH: usize = 512;
 
-/// One record, owned so it can cross to a worker thread.
-#[derive(Debug)]
-pub struct Record {
+/// Bytes of keys and values after which a batch goes even if it has fewer than [`BATCH`] records.
+const BATCH_BYTES: usize = 4 << 20;
+
+/// One record as the consumer read it (borrowed from the Kafka message); [`Workers::record`]
+/// copies its bytes into the batch that crosses to the worker thread.
+#[derive(Debug, Clone, Copy)]
+pub struct Record<'a> {
     /// Partition.
     pub partition: i32,
     /// Offset.
@@ -38,9 +42,73 @@ pub struct Record {
     /// Kafka timestamp in milliseconds.
     pub timestamp_ms: Option<i64>,
     /// Key.
-    pub key: Option<Vec<u8>>,
+    pub key: Option<&'a [u8]>,
     /// Value.
-    pub payload: Option<Vec<u8>>,
+    pub payload: Option<&'a [u8]>,
+}
+
+/// Where a batched record's key or value sits in its batch's buffer.
+type Span = Option<(u32, u32)>;
+
+/// One batched record.
+#[derive(Debug)]
+struct Entry {
+    partition: i32,
+    offset: i64,
+    timestamp_ms: Option<i64>,
+    key: Span,
+    payload: Span,
+}
+
+/// Records for one worker, with their keys and values in one buffer: two allocations per batch
+/// instead of two per record.
+#[derive(Debug, Default)]
+struct Batch {
+    entries: Vec<Entry>,
+    bytes: Vec<u8>,
+}
+
+impl Batch {
+    /// An empty batch sized like the last one.
+    fn like(previous_bytes: usize) -> Batch {
+        Batch {
+            entries: Vec::with_capacity(BATCH),
+            bytes: Vec::with_capacity(previous_bytes),
+        }
+    }
+
+    fn push(&mut self, record: &Record<'_>) {
+        let mut span = |bytes: Option<&[u8]>| {
+            bytes.map(|bytes| {
+                let start = self.bytes.len();
+                self.bytes.extend_from_slice(bytes);
+                (start as u32, self.bytes.len() as u32)
+            })
+        };
+        let key = span(record.key);
+        let payload = span(record.payload);
+        self.entries.push(Entry {
+            partition: record.partition,
+            offset: record.offset,
+            timestamp_ms: record.timestamp_ms,
+            key,
+            payload,
+        });
+    }
+
+    /// Whether the batch should go now: [`BATCH`] records, or [`BATCH_BYTES`] (so that one
+    /// batch of huge records does not hold the consumer's memory).
+    fn is_full(&self) -> bool {
+        self.entries.len() >= BATCH || self.bytes.len() >= BATCH_BYTES
+    }
+
+    fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
+    fn slice(&self, span: Span) -> Option<&[u8]> {
+        span.map(|(start, end)| &self.bytes[start as usize..end as usize])
+    }
 }
 
 /// What the state of a worker's partitions amounts to (for gauges).
@@ -59,7 +127,7 @@ pub struct Gauges {
 enum Command {
     Assign(Box<PartitionAggregator>),
     Revoke(i32),
-    Records(Vec<Record>),
+    Records(Batch),
     Flush(oneshot::Sender<Vec<PartitionFlush>>),
     Peek(oneshot::Sender<Vec<(i32, Vec<crate::state::TotalUpdate>)>>),
     Gauges(oneshot::Sender<Gauges>),
@@ -71,7 +139,7 @@ enum Command {
 pub struct Workers {
     senders: Vec<mpsc::Sender<Command>>,
     /// Records not sent yet, per worker; sent before any other command, so order holds.
-    pending: Vec<Vec<Record>>,
+    pending: Vec<Batch>,
     threads: Vec<JoinHandle<()>>,
 }
 
@@ -97,7 +165,7 @@ impl Workers {
             threads.push(thread);
         }
         Workers {
-            pending: (0..count).map(|_| Vec::with_capacity(BATCH)).collect(),
+            pending: (0..count).map(|_| Batch::like(0)).collect(),
             senders,
             threads,
         }
@@ -113,7 +181,8 @@ impl Workers {
         if self.pending[index].is_empty() {
             return Ok(());
         }
-        let batch = std::mem::replace(&mut self.pending[index], Vec::with_capacity(BATCH));
+        let previous_bytes = self.pending[index].bytes.len();
+        let batch = std::mem::replace(&mut self.pending[index], Batch::like(previous_bytes));
         send(&self.senders[index], Command::Records(batch)).await
     }
 
@@ -141,10 +210,10 @@ impl Workers {
 
     /// Queues a record for its partition's worker, in batches (waits while that worker's queue
     /// is full).
-    pub async fn record(&mut self, record: Record) -> Result<(), WorkerGone> {
+    pub async fn record(&mut self, record: Record<'_>) -> Result<(), WorkerGone> {
         let index = self.index(record.partition);
-        self.pending[index].push(record);
-        if self.pending[index].len() >= BATCH {
+        self.pending[index].push(&record);
+        if self.pending[index].is_full() {
             self.send_pending(index).await?;
         }
         Ok(())
@@ -314,9 +383,9 @@ fn work(mut receiver: mpsc::Receiver<Command>, stats: Arc<Stats>) {
                 partitions.remove(&partition);
                 spans.remove(&partition);
             }
-            Command::Records(records) => {
+            Command::Records(batch) => {
                 let mut entered: Option<(i32, tracing::span::Entered<'_>)> = None;
-                for record in records {
+                for record in &batch.entries {
                     if entered.as_ref().map(|(partition, _)| *partition) != Some(record.partition) {
                         // Leave the previous partition's span before entering the next one.
                         drop(entered.take());
@@ -328,8 +397,8 @@ fn work(mut receiver: mpsc::Receiver<Command>, stats: Arc<Stats>) {
                         Some(partition) => partition.handle(
                             record.offset,
                             record.timestamp_ms,
-                            record.key.as_deref(),
-                            record.payload.as_deref(),
+                            batch.slice(record.key),
+                            batch.slice(record.payload),
                         ),
                         None => Outcome::Stale,
                     };

@@ -28,6 +28,7 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
+use futures::{FutureExt, StreamExt};
 use rdkafka::consumer::{CommitMode, ConsumerContext, StreamConsumer};
 use rdkafka::message::BorrowedMessage;
 use tokio::time::Instant;
@@ -35,6 +36,9 @@ use tracing::{info, warn};
 
 use crate::external_offsets::{self, Pause, WRITE_RETRY};
 use crate::shutdown::Shutdown;
+
+/// Records taken per turn of the loop when they are already fetched (see [`run`]).
+const BURST: usize = 256;
 
 /// How long the final flush at shutdown may keep retrying.
 pub const FINAL_FLUSH_BUDGET: Duration = Duration::from_secs(30);
@@ -133,6 +137,8 @@ pub async fn run<S: CheckpointedStage>(stage: &mut S, shutdown: &Shutdown) -> Re
     let mut inbox = stage.take_inbox();
     let mut flush_timer = Box::pin(tokio::time::sleep(Duration::ZERO));
     let mut abandoned = false;
+    // One stream for the whole loop: `recv()` makes (and drops) a stream per record.
+    let mut messages = consumer.stream();
     loop {
         stage.apply_assignment_changes().await?;
         let deadline = stage.flush_deadline();
@@ -145,17 +151,29 @@ pub async fn run<S: CheckpointedStage>(stage: &mut S, shutdown: &Shutdown) -> Re
             biased;
             () = shutdown.cancelled() => break,
             () = &mut flush_timer, if deadline.is_some() => stage.flush(shutdown).await?,
-            message = consumer.recv() => {
-                stage.apply_assignment_changes().await?;
-                match message {
-                    Ok(message) => stage.accept(&message).await?,
-                    Err(error) => warn!(%error, "kafka consumer error"),
+            message = messages.next() => {
+                // Then the records already fetched, up to BURST, without another turn of the
+                // select (each turn costs timers and wakers); the assignment changes are still
+                // applied before each one, and a due flush ends the burst.
+                let mut message = message;
+                let mut taken = 0;
+                let mut end = FlushEnd::Done;
+                while let Some(next) = message.take() {
+                    stage.apply_assignment_changes().await?;
+                    match next {
+                        Ok(next) => stage.accept(&next).await?,
+                        Err(error) => warn!(%error, "kafka consumer error"),
+                    }
+                    if stage.flush_due() {
+                        end = stage.flush(shutdown).await?;
+                        break;
+                    }
+                    taken += 1;
+                    if taken < BURST && !shutdown.is_cancelled() {
+                        message = messages.next().now_or_never().flatten();
+                    }
                 }
-                if stage.flush_due() {
-                    stage.flush(shutdown).await?
-                } else {
-                    FlushEnd::Done
-                }
+                end
             }
             index = chores.next() => {
                 stage.chore(index).await?;

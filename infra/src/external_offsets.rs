@@ -3,6 +3,7 @@
 //! aggregator. They assign partitions at offsets of their own in the rebalance callback, pause
 //! everything while a write is retried, and commit to Kafka only as advice for lag tooling.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Mutex, MutexGuard};
 use std::time::Duration;
 
@@ -182,6 +183,9 @@ pub struct StoreRebalance<S: PartitionStore> {
     store: S,
     changes: Mutex<Vec<AssignmentChange<S::Restored>>>,
     fatal: Mutex<Option<String>>,
+    /// Set (after the push) whenever `changes` or `fatal` gets something, so that the consumer
+    /// loop, which asks before every record, takes no lock when nothing happened.
+    signalled: AtomicBool,
 }
 
 impl<S: PartitionStore> StoreRebalance<S> {
@@ -192,6 +196,7 @@ impl<S: PartitionStore> StoreRebalance<S> {
             store,
             changes: Mutex::new(Vec::new()),
             fatal: Mutex::new(None),
+            signalled: AtomicBool::new(false),
         }
     }
 
@@ -202,6 +207,11 @@ impl<S: PartitionStore> StoreRebalance<S> {
 
     /// The changes since the last call, oldest first, or the failure the loop must stop on.
     pub fn take_changes(&self) -> Result<Vec<AssignmentChange<S::Restored>>, String> {
+        // Cleared before the locks are taken: a change pushed meanwhile is taken now or sets the
+        // flag again for the next call; none is missed.
+        if !self.signalled.swap(false, Ordering::Acquire) {
+            return Ok(Vec::new());
+        }
         if let Some(error) = lock(&self.fatal).take() {
             return Err(error);
         }
@@ -211,6 +221,7 @@ impl<S: PartitionStore> StoreRebalance<S> {
     fn fail(&self, error: String) {
         warn!(topic = %self.topic, %error, "cannot restore assigned partitions; stopping");
         *lock(&self.fatal) = Some(error);
+        self.signalled.store(true, Ordering::Release);
     }
 }
 
@@ -250,10 +261,12 @@ impl<S: PartitionStore> ConsumerContext for StoreRebalance<S> {
                     return self.fail(format!("assign failed: {error}"));
                 }
                 lock(&self.changes).push(AssignmentChange::Assigned(restored));
+                self.signalled.store(true, Ordering::Release);
             }
             RDKafkaRespErr::RD_KAFKA_RESP_ERR__REVOKE_PARTITIONS => {
                 info!(topic = %self.topic, ?partitions, "partitions revoked");
                 lock(&self.changes).push(AssignmentChange::Revoked(partitions));
+                self.signalled.store(true, Ordering::Release);
                 if let Err(error) = unassign(base_consumer, tpl) {
                     warn!(%error, "unassign failed");
                 }

@@ -1,6 +1,8 @@
 //! Pricing one call's usage against the catalog ([`Catalog::price`]). The rules are stated in the
 //! crate docs (`lib.rs`) and in `docs/pricing.md`; the code follows them section by section.
 
+use std::ops::Bound;
+
 use rust_decimal::{Decimal, RoundingStrategy};
 
 use crate::catalog::{Catalog, ModelEntry};
@@ -291,10 +293,21 @@ impl RowPrices<'_> {
     }
 
     fn highest_tier_exceeded(&self, base: &str) -> Option<u64> {
+        // Only the fields that start with `base` can name its tiers; both sets are sorted, so
+        // they are the run of keys after `base` (a range scan, not a walk over the whole row).
+        let after = (Bound::Excluded(base), Bound::Unbounded);
+        let prefixed = |field: &&String| field.starts_with(base);
         self.entry
             .prices
-            .keys()
-            .chain(self.entry.invalid_fields.iter())
+            .range::<str, _>(after)
+            .map(|(field, _)| field)
+            .take_while(prefixed)
+            .chain(
+                self.entry
+                    .invalid_fields
+                    .range::<str, _>(after)
+                    .take_while(prefixed),
+            )
             .filter_map(|field| field.strip_prefix(base)?.strip_prefix("_above_"))
             .filter_map(|rest| {
                 let (thousands, suffix) = rest.split_once("k_tokens")?;
