@@ -4,11 +4,11 @@
 //! interval, back-off, chores, the bounded final flush, the advisory commit) is
 //! [`infra::checkpointed`]'s, shared with the archiver.
 //!
-//! One task owns the consumer and every [`PartitionAggregator`]. Flushes run inline between
-//! `recv()` calls, and rebalance callbacks run inside `recv()`, so a partition is never revoked
-//! while its flush is being written, except while a failed write is being retried (revocations are
-//! then applied between attempts and the revoked partition's part of the flush is dropped: its new
-//! owner resumes from the last checkpoint).
+//! One task owns the consumer and every [`PartitionAggregator`]. Flushes are taken from the
+//! workers inline; while one is written the loop keeps reading (records read then go to the next
+//! flush) and applies revocations between records: a partition revoked during a failed write
+//! attempt has its part dropped from the next attempt (its new owner resumes from the last
+//! checkpoint).
 //!
 //! # Assignment
 //! On assignment the callback reads the partition's newest checkpoint and its stored partials
@@ -381,7 +381,9 @@ impl AggregatorLoop {
     async fn write_flush(&mut self, shutdown: &Shutdown) -> Result<FlushEnd, Error> {
         self.records_since_flush = 0;
         self.next_flush = tokio::time::Instant::now() + self.flush_interval;
+        let taking = Instant::now();
         let mut batch: Vec<PartitionFlush> = self.workers.flush().await?;
+        let take_ms = taking.elapsed().as_millis() as u64;
         if batch.is_empty() {
             return Ok(FlushEnd::Done);
         }
@@ -438,6 +440,7 @@ impl AggregatorLoop {
         debug!(
             rows,
             partitions = batch.len(),
+            take_ms,
             elapsed_ms = started.elapsed().as_millis() as u64,
             "flushed"
         );

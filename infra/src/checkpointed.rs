@@ -152,28 +152,12 @@ pub async fn run<S: CheckpointedStage>(stage: &mut S, shutdown: &Shutdown) -> Re
             () = shutdown.cancelled() => break,
             () = &mut flush_timer, if deadline.is_some() => stage.flush(shutdown).await?,
             message = messages.next() => {
-                // Then the records already fetched, up to BURST, without another turn of the
-                // select (each turn costs timers and wakers); the assignment changes are still
-                // applied before each one, and a due flush ends the burst.
-                let mut message = message;
-                let mut taken = 0;
-                let mut end = FlushEnd::Done;
-                while let Some(next) = message.take() {
-                    stage.apply_assignment_changes().await?;
-                    match next {
-                        Ok(next) => stage.accept(&next).await?,
-                        Err(error) => warn!(%error, "kafka consumer error"),
-                    }
-                    if stage.flush_due() {
-                        end = stage.flush(shutdown).await?;
-                        break;
-                    }
-                    taken += 1;
-                    if taken < BURST && !shutdown.is_cancelled() {
-                        message = messages.next().now_or_never().flatten();
-                    }
+                accept_burst(stage, &mut messages, message, Some(shutdown)).await?;
+                if stage.flush_due() {
+                    stage.flush(shutdown).await?
+                } else {
+                    FlushEnd::Done
                 }
-                end
             }
             index = chores.next() => {
                 stage.chore(index).await?;
@@ -250,6 +234,7 @@ pub async fn while_writing<S: CheckpointedStage, T>(
 ) -> Result<T, S::Error> {
     tokio::pin!(write);
     let consumer = stage.consumer();
+    let mut messages = consumer.stream();
     let mut chore = Chores::new(stage.chore_while_writing().into_iter().collect());
     loop {
         let paused = stage.pause_state().is_paused();
@@ -257,15 +242,38 @@ pub async fn while_writing<S: CheckpointedStage, T>(
             biased;
             written = &mut write => return Ok(written),
             _ = chore.next() => stage.run_chore_while_writing().await?,
-            message = consumer.recv(), if !paused => {
-                stage.apply_assignment_changes().await?;
-                match message {
-                    Ok(message) => stage.accept(&message).await?,
-                    Err(error) => warn!(%error, "kafka consumer error"),
-                }
+            message = messages.next(), if !paused => {
+                accept_burst(stage, &mut messages, message, None).await?;
             }
         }
     }
+}
+
+/// Accepts `first` and then the records already fetched, up to [`BURST`], without another turn
+/// of the caller's `select!` (each turn costs timers and wakers). The assignment changes are
+/// applied before each record; stops early when `stop` is cancelled. Returns after the first
+/// record when the stage says a flush is due (the caller decides what to do about it).
+async fn accept_burst<S: CheckpointedStage>(
+    stage: &mut S,
+    messages: &mut rdkafka::consumer::MessageStream<'_, S::Context>,
+    first: Option<rdkafka::error::KafkaResult<BorrowedMessage<'_>>>,
+    stop: Option<&Shutdown>,
+) -> Result<(), S::Error> {
+    let mut message = first;
+    let mut taken = 0;
+    while let Some(next) = message.take() {
+        stage.apply_assignment_changes().await?;
+        match next {
+            Ok(next) => stage.accept(&next).await?,
+            Err(error) => warn!(%error, "kafka consumer error"),
+        }
+        taken += 1;
+        if stage.flush_due() || taken >= BURST || stop.is_some_and(Shutdown::is_cancelled) {
+            break;
+        }
+        message = messages.next().now_or_never().flatten();
+    }
+    Ok(())
 }
 
 /// Resumes reading if a retried write had paused it (call after a successful flush).

@@ -112,7 +112,12 @@ pub fn command(
         }
     }
     command
-        .env("RUST_LOG", "warn")
+        // The service reads its filter from `QUOTAFLOW_LOG`; `BENCH_AGGREGATOR_LOG` overrides it
+        // (e.g. `warn,aggregator::pipeline=debug` for flush times).
+        .env(
+            "QUOTAFLOW_LOG",
+            std::env::var("BENCH_AGGREGATOR_LOG").unwrap_or_else(|_| "warn".to_owned()),
+        )
         .env("QUOTAFLOW_KAFKA__BROKERS", &stack.kafka.brokers)
         .env("QUOTAFLOW_KAFKA__TOPICS__USAGE", usage_topic)
         .env("QUOTAFLOW_KAFKA__TOPICS__TOTALS", &output_topics[0])
