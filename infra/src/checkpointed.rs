@@ -37,7 +37,7 @@ use tracing::{info, warn};
 use crate::external_offsets::{self, Pause, WRITE_RETRY};
 use crate::shutdown::Shutdown;
 
-/// Records taken per turn of the loop when they are already fetched (see [`run`]).
+/// Records taken per turn of a loop's `select!` when they are already fetched ([`accept_burst`]).
 const BURST: usize = 256;
 
 /// How long the final flush at shutdown may keep retrying.
@@ -251,8 +251,8 @@ pub async fn while_writing<S: CheckpointedStage, T>(
 
 /// Accepts `first` and then the records already fetched, up to [`BURST`], without another turn
 /// of the caller's `select!` (each turn costs timers and wakers). The assignment changes are
-/// applied before each record; stops early when `stop` is cancelled. Returns after the first
-/// record when the stage says a flush is due (the caller decides what to do about it).
+/// applied before each record. Stops as soon as the stage says a flush is due (the caller decides
+/// what to do about it) or `stop` is cancelled.
 async fn accept_burst<S: CheckpointedStage>(
     stage: &mut S,
     messages: &mut rdkafka::consumer::MessageStream<'_, S::Context>,
