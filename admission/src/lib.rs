@@ -136,6 +136,16 @@ impl Admission {
     ) -> Result<UsageEvent, Rejection> {
         admit(event, record_timestamp, &self.pricer, &self.validation)
     }
+
+    /// [`Self::admit`] on an event in place (no move of the event: the aggregator's hot path
+    /// keeps events boxed). On a rejection the event is left as it was, unpriced.
+    pub fn admit_in_place(
+        &self,
+        event: &mut UsageEvent,
+        record_timestamp: Option<DateTime<Utc>>,
+    ) -> Result<(), Rejection> {
+        admit_in_place(event, record_timestamp, &self.pricer, &self.validation)
+    }
 }
 
 /// Validates `event` at `record_timestamp` (its Kafka timestamp) and prices it, replacing any
@@ -146,15 +156,26 @@ pub fn admit(
     pricer: &Pricer,
     config: &ValidationConfig,
 ) -> Result<UsageEvent, Rejection> {
-    let usage = pricing_input(&event);
-    validate_at(&event, &usage, pricer.catalog(), config, record_timestamp)
+    admit_in_place(&mut event, record_timestamp, pricer, config)?;
+    Ok(event)
+}
+
+/// [`admit`] on an event in place; on a rejection the event is left unpriced.
+pub fn admit_in_place(
+    event: &mut UsageEvent,
+    record_timestamp: Option<DateTime<Utc>>,
+    pricer: &Pricer,
+    config: &ValidationConfig,
+) -> Result<(), Rejection> {
+    let usage = pricing_input(event);
+    validate_at(event, &usage, pricer.catalog(), config, record_timestamp)
         .map_err(|violations| Rejection { violations })?;
     pricer
-        .apply_with_usage(&mut event, &usage)
+        .apply_with_usage(event, &usage)
         .map_err(|violation| Rejection {
             violations: vec![violation],
         })?;
-    Ok(event)
+    Ok(())
 }
 
 /// The record timestamp of a Kafka message in milliseconds (`None` when it has none).

@@ -244,7 +244,9 @@ pub struct PartitionAggregator {
     /// started counting live, and the watermark and close horizon there.
     seeding: BTreeMap<String, SeedPoint>,
     /// The last counted event, kept so the next record decodes into its string buffers.
-    kept_event: Option<UsageEvent>,
+    kept_event: Option<Box<UsageEvent>>,
+    /// Decodes and admits records ([`Self::handle`]; the workers run a clone on another thread).
+    admitter: Admitter,
 }
 
 /// Where a policy definition started counting live in a partition: its seed covers the
@@ -358,6 +360,11 @@ impl PartitionAggregator {
         }
         Ok((
             PartitionAggregator {
+                admitter: Admitter {
+                    topic: Arc::from(topic),
+                    partition,
+                    admission: settings.admission.clone(),
+                },
                 topic: Arc::from(topic),
                 partition,
                 settings,
@@ -544,6 +551,35 @@ impl PartitionAggregator {
         if offset < self.read_next {
             return Outcome::Stale;
         }
+        let kept = self.kept_event.take();
+        let admitted = self
+            .admitter
+            .admit(offset, timestamp_ms, key, payload, kept);
+        let (outcome, spent) = self.handle_admitted(offset, timestamp_ms, key, payload, admitted);
+        self.kept_event = spent;
+        outcome
+    }
+
+    /// What admits this partition's records: the pure first step of [`Self::handle`], which a
+    /// worker runs on a thread of its own ahead of [`Self::handle_admitted`] ([`crate::workers`]).
+    pub fn admitter(&self) -> Admitter {
+        self.admitter.clone()
+    }
+
+    /// The rest of [`Self::handle`] for a record [`Admitter::admit`] already decoded and admitted
+    /// (`admitted`, for this record, in offset order): the outcome, and the event back (when there
+    /// was one) so that its buffers can take the next record's strings.
+    pub fn handle_admitted(
+        &mut self,
+        offset: i64,
+        timestamp_ms: Option<i64>,
+        key: Option<&[u8]>,
+        payload: Option<&[u8]>,
+        admitted: Result<Box<UsageEvent>, Box<DeadLetter>>,
+    ) -> (Outcome, Option<Box<UsageEvent>>) {
+        if offset < self.read_next {
+            return (Outcome::Stale, admitted.ok());
+        }
         self.read_next = offset + 1;
         let remembering = offset < self.next_offset;
         let source = SourceRecord {
@@ -553,19 +589,18 @@ impl PartitionAggregator {
             payload: payload.unwrap_or_default(),
             key,
         };
-        let kept = self.kept_event.take();
-        let event = match self.admit(source, timestamp_ms, kept) {
+        let event = match admitted {
             Ok(event) => event,
             Err(letter) => {
                 if remembering {
-                    return Outcome::Remembered;
+                    return (Outcome::Remembered, None);
                 }
                 self.next_offset = offset + 1;
                 self.progressed = true;
                 let kind = letter.error_kind.clone();
                 self.dead_letters.push(*letter);
                 self.counts.dead_lettered += 1;
-                return Outcome::DeadLettered(kind);
+                return (Outcome::DeadLettered(kind), None);
             }
         };
         // Judged on the filter as it was before this record (see the dedup module docs).
@@ -579,7 +614,7 @@ impl PartitionAggregator {
             .insert(&event.event_id, event.occurred_at, offset);
         if remembering {
             self.counts.remembered += 1;
-            return Outcome::Remembered;
+            return (Outcome::Remembered, Some(event));
         }
         self.next_offset = offset + 1;
         self.progressed = true;
@@ -655,8 +690,7 @@ impl PartitionAggregator {
         if let Some(watermark) = self.state.watermark() {
             self.dedup.expire(watermark);
         }
-        self.kept_event = Some(event);
-        outcome
+        (outcome, Some(event))
     }
 
     /// Why a record that is not in the filter could still be a copy of a counted event (so must
@@ -691,53 +725,6 @@ impl PartitionAggregator {
                 changed_at.to_rfc3339(),
             )
         })
-    }
-
-    /// Decodes a record and admits it ([`quotaflow_admission`], the step the raw archive applies
-    /// too: validated at its Kafka timestamp, priced with our catalog); the dead letter when it
-    /// cannot be counted.
-    fn admit(
-        &self,
-        source: SourceRecord<'_>,
-        timestamp_ms: Option<i64>,
-        kept: Option<UsageEvent>,
-    ) -> Result<UsageEvent, Box<DeadLetter>> {
-        if source.payload.is_empty() {
-            return Err(Box::new(dead_letter::dead_letter(
-                source,
-                SERVICE,
-                kind::EMPTY,
-                "record has no value".to_owned(),
-            )));
-        }
-        // Current-schema records are read borrowed and written into the kept event's buffers
-        // (no allocation per string once they have grown); older versions, and any record the
-        // borrowed reader refuses, take the owned decode, whose error the dead letter carries.
-        let decoded = match schemas::UsageEventRef::decode_current(source.payload) {
-            Ok(Some(borrowed)) => {
-                let mut event = match kept {
-                    Some(event) => event,
-                    None => borrowed.to_owned(),
-                };
-                borrowed.write_into(&mut event);
-                Ok(event)
-            }
-            _ => schemas::decode(source.payload),
-        };
-        let event: UsageEvent =
-            decoded.map_err(|error| Box::new(dead_letter::undecodable(source, SERVICE, &error)))?;
-        let record_timestamp = quotaflow_admission::record_timestamp(timestamp_ms);
-        self.settings
-            .admission
-            .admit(event, record_timestamp)
-            .map_err(|rejection| {
-                Box::new(dead_letter::dead_letter(
-                    source,
-                    SERVICE,
-                    rejection.dead_letter_kind(),
-                    rejection.message(),
-                ))
-            })
     }
 
     /// Whether a flush has anything to write for this partition.
@@ -785,6 +772,72 @@ impl PartitionAggregator {
     /// Policy totals changed since the last peek (see `TotalsState::peek_policy_updates`).
     pub fn peek_policy_updates(&mut self) -> Vec<crate::state::TotalUpdate> {
         self.state.peek_policy_updates()
+    }
+}
+
+/// The decoding and admission of a partition's records (see [`PartitionAggregator::admitter`]):
+/// pure, it holds no state of the partition, so it can run ahead of the counting on another
+/// thread.
+#[derive(Debug, Clone)]
+pub struct Admitter {
+    topic: Arc<str>,
+    partition: i32,
+    admission: Admission,
+}
+
+impl Admitter {
+    /// Decodes a record and admits it ([`quotaflow_admission`], the step the raw archive applies
+    /// too: validated at its Kafka timestamp, priced with our catalog); the dead letter when it
+    /// cannot be counted.
+    /// `kept` is an event no longer needed: the record is decoded into its string buffers.
+    pub fn admit(
+        &self,
+        offset: i64,
+        timestamp_ms: Option<i64>,
+        key: Option<&[u8]>,
+        payload: Option<&[u8]>,
+        kept: Option<Box<UsageEvent>>,
+    ) -> Result<Box<UsageEvent>, Box<DeadLetter>> {
+        let source = SourceRecord {
+            topic: &self.topic,
+            partition: self.partition,
+            offset,
+            payload: payload.unwrap_or_default(),
+            key,
+        };
+        if source.payload.is_empty() {
+            return Err(Box::new(dead_letter::dead_letter(
+                source,
+                SERVICE,
+                kind::EMPTY,
+                "record has no value".to_owned(),
+            )));
+        }
+        // Current-schema records are read borrowed and written into the kept event's buffers
+        // (no allocation per string once they have grown); older versions, and any record the
+        // borrowed reader refuses, take the owned decode, whose error the dead letter carries.
+        let decoded = match schemas::UsageEventRef::decode_current(source.payload) {
+            Ok(Some(borrowed)) => Ok(match kept {
+                Some(mut event) => {
+                    borrowed.write_into(&mut event);
+                    event
+                }
+                None => Box::new(borrowed.to_owned()),
+            }),
+            _ => schemas::decode(source.payload).map(Box::new),
+        };
+        let mut event =
+            decoded.map_err(|error| Box::new(dead_letter::undecodable(source, SERVICE, &error)))?;
+        let record_timestamp = quotaflow_admission::record_timestamp(timestamp_ms);
+        match self.admission.admit_in_place(&mut event, record_timestamp) {
+            Ok(()) => Ok(event),
+            Err(rejection) => Err(Box::new(dead_letter::dead_letter(
+                source,
+                SERVICE,
+                rejection.dead_letter_kind(),
+                rejection.message(),
+            ))),
+        }
     }
 }
 

@@ -9,6 +9,13 @@
 //! operation per batch); a batch not yet full is sent before any other command, so the order
 //! holds. The bound (16 batches in flight per worker) keeps memory bounded and slows the
 //! consumer loop down to what the workers handle.
+//!
+//! A worker is two threads in a line: the first decodes and admits each batch
+//! ([`crate::partition::Admitter`], pure: it holds no partition state) and passes it on with
+//! every other command, in the order received, through a second bounded channel (4 batches) to
+//! the thread that owns the partitions and counts (duplicate filter, lateness, totals). So the
+//! order argument above holds unchanged, and one partition's work uses two cores. Spent events
+//! go back to the first thread, whose decoder writes the next records into their buffers.
 
 use std::collections::BTreeMap;
 use std::sync::atomic::Ordering;
@@ -19,11 +26,22 @@ use tokio::sync::{mpsc, oneshot};
 
 use policy::PolicySet;
 
-use crate::partition::{BackfillRequest, Outcome, PartitionAggregator, PartitionFlush, Seed};
+use schemas::{DeadLetter, UsageEvent};
+
+use crate::partition::{
+    Admitter, BackfillRequest, Outcome, PartitionAggregator, PartitionFlush, Seed,
+};
 use crate::pipeline::{metric, Stats};
 
 /// Batches (and commands) queued per worker.
 const QUEUE: usize = 16;
+
+/// Admitted batches (and commands) queued between a worker's two threads.
+const ADMITTED_QUEUE: usize = 4;
+
+/// Spent events a worker's admitting thread keeps for their buffers: as many as can be in
+/// flight between its two threads, so that decoding allocates nothing in the steady state.
+const SPARE_EVENTS: usize = (ADMITTED_QUEUE + 2) * BATCH;
 
 /// Records sent to a worker at a time: one channel operation per batch, not per record.
 const BATCH: usize = 512;
@@ -133,7 +151,17 @@ enum Command {
     Gauges(oneshot::Sender<Gauges>),
     Reload(Arc<PolicySet>, oneshot::Sender<Vec<BackfillRequest>>),
     Seed(Box<Seed>),
+    /// Records and what admission made of each (`None`: a partition the worker does not hold).
+    Admitted(Batch, Vec<Option<Admitted>>),
 }
+
+/// A record's admission: its event, or the dead letter saying why it cannot be counted. Boxed:
+/// an event is about 600 bytes, and it goes between threads and back without being moved.
+type Admitted = Result<Box<UsageEvent>, Box<DeadLetter>>;
+
+/// Events handed back to the admitting thread for their buffers (boxed, see [`Admitted`]).
+#[allow(clippy::vec_box)]
+type Spent = Vec<Box<UsageEvent>>;
 
 /// The worker threads.
 pub struct Workers {
@@ -156,13 +184,20 @@ impl Workers {
         let mut threads = Vec::with_capacity(count);
         for index in 0..count {
             let (sender, receiver) = mpsc::channel(QUEUE);
+            let (admitted_sender, admitted_receiver) = mpsc::channel(ADMITTED_QUEUE);
+            let (spent_sender, spent_receiver) = std::sync::mpsc::channel();
             let stats = Arc::clone(&stats);
-            let thread = std::thread::Builder::new()
+            let admitting = std::thread::Builder::new()
+                .name(format!("aggregator-admit-{index}"))
+                .spawn(move || admit(receiver, admitted_sender, spent_receiver))
+                .expect("spawning a worker thread");
+            let counting = std::thread::Builder::new()
                 .name(format!("aggregator-worker-{index}"))
-                .spawn(move || work(receiver, stats))
+                .spawn(move || work(admitted_receiver, spent_sender, stats))
                 .expect("spawning a worker thread");
             senders.push(sender);
-            threads.push(thread);
+            threads.push(admitting);
+            threads.push(counting);
         }
         Workers {
             pending: (0..count).map(|_| Batch::like(0)).collect(),
@@ -360,7 +395,63 @@ impl Counts {
     }
 }
 
-fn work(mut receiver: mpsc::Receiver<Command>, stats: Arc<Stats>) {
+/// A worker's first thread: admits every batch of records (see the module docs) and passes it
+/// on, with every other command, in the order received. Ends when the consumer loop drops its
+/// sender or the counting thread is gone.
+fn admit(
+    mut receiver: mpsc::Receiver<Command>,
+    sender: mpsc::Sender<Command>,
+    spent: std::sync::mpsc::Receiver<Spent>,
+) {
+    let mut admitters: BTreeMap<i32, Admitter> = BTreeMap::new();
+    let mut spare: Vec<Box<UsageEvent>> = Vec::with_capacity(SPARE_EVENTS);
+    while let Some(command) = receiver.blocking_recv() {
+        let command = match command {
+            Command::Assign(partition) => {
+                admitters.insert(partition.partition(), partition.admitter());
+                Command::Assign(partition)
+            }
+            Command::Revoke(partition) => {
+                admitters.remove(&partition);
+                Command::Revoke(partition)
+            }
+            Command::Records(batch) => {
+                while let Ok(events) = spent.try_recv() {
+                    let room = SPARE_EVENTS.saturating_sub(spare.len());
+                    spare.extend(events.into_iter().take(room));
+                }
+                let admitted = batch
+                    .entries
+                    .iter()
+                    .map(|record| {
+                        admitters.get(&record.partition).map(|admitter| {
+                            admitter.admit(
+                                record.offset,
+                                record.timestamp_ms,
+                                batch.slice(record.key),
+                                batch.slice(record.payload),
+                                spare.pop(),
+                            )
+                        })
+                    })
+                    .collect();
+                Command::Admitted(batch, admitted)
+            }
+            other => other,
+        };
+        if sender.blocking_send(command).is_err() {
+            return;
+        }
+    }
+}
+
+/// A worker's second thread: owns its partitions, counts admitted records and answers the
+/// commands (see the module docs).
+fn work(
+    mut receiver: mpsc::Receiver<Command>,
+    spent_events: std::sync::mpsc::Sender<Spent>,
+    stats: Arc<Stats>,
+) {
     let mut partitions: BTreeMap<i32, PartitionAggregator> = BTreeMap::new();
     // One span per partition (`aggregate_partition{topic, partition}`), entered while its records
     // are handled, so every log line of a record names its partition. Entered once per run of
@@ -384,8 +475,13 @@ fn work(mut receiver: mpsc::Receiver<Command>, stats: Arc<Stats>) {
                 spans.remove(&partition);
             }
             Command::Records(batch) => {
+                // The admitting thread turns every batch into `Admitted`.
+                tracing::error!(records = batch.entries.len(), "records not admitted first");
+            }
+            Command::Admitted(batch, admitted) => {
+                let mut spent = Vec::with_capacity(batch.entries.len());
                 let mut entered: Option<(i32, tracing::span::Entered<'_>)> = None;
-                for record in &batch.entries {
+                for (record, admitted) in batch.entries.iter().zip(admitted) {
                     if entered.as_ref().map(|(partition, _)| *partition) != Some(record.partition) {
                         // Leave the previous partition's span before entering the next one.
                         drop(entered.take());
@@ -393,14 +489,20 @@ fn work(mut receiver: mpsc::Receiver<Command>, stats: Arc<Stats>) {
                             .get(&record.partition)
                             .map(|span| (record.partition, span.enter()));
                     }
-                    let outcome = match partitions.get_mut(&record.partition) {
-                        Some(partition) => partition.handle(
-                            record.offset,
-                            record.timestamp_ms,
-                            batch.slice(record.key),
-                            batch.slice(record.payload),
-                        ),
-                        None => Outcome::Stale,
+                    let outcome = match (partitions.get_mut(&record.partition), admitted) {
+                        (Some(partition), Some(admitted)) => {
+                            let (outcome, event) = partition.handle_admitted(
+                                record.offset,
+                                record.timestamp_ms,
+                                batch.slice(record.key),
+                                batch.slice(record.payload),
+                                admitted,
+                            );
+                            spent.extend(event);
+                            outcome
+                        }
+                        // Assigned and revoked in the same order on both threads: not reached.
+                        _ => Outcome::Stale,
                     };
                     if let Some(partition) = partitions.get_mut(&record.partition) {
                         counts.dedup_evicted_early += partition.take_dedup_evicted_early();
@@ -416,6 +518,9 @@ fn work(mut receiver: mpsc::Receiver<Command>, stats: Arc<Stats>) {
                     }
                     counts.add(&outcome);
                 }
+                drop(entered);
+                // The admitting thread gone means the worker is stopping.
+                let _ = spent_events.send(spent);
                 since_publish += 1;
                 if since_publish >= 4 {
                     counts.publish(&stats);
