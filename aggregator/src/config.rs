@@ -126,9 +126,9 @@ pub struct AggregateConfig {
     /// the durable flush (the flush publishes them again with the same version); 0 = only at
     /// flushes. This is what keeps enforcement sub-second with a long `flush_interval_ms`.
     pub publish_interval_ms: u64,
-    /// Workers for the per-record work, two threads each (decode and admission, then duplicates
-    /// and totals); 0 = one per two cores. Partitions are spread over them; more workers than
-    /// partitions leaves some idle.
+    /// Workers for the per-record work (decode and admission, duplicates and totals; two threads
+    /// each, see `crate::workers`); 0 = one per core. Partitions are spread over them; more
+    /// workers than partitions leaves some idle.
     pub workers: usize,
 }
 
@@ -181,12 +181,11 @@ impl AggregateConfig {
         Ok(())
     }
 
-    /// Workers to start: `workers`, or one per two cores (a worker is two threads, see
+    /// Workers to start: `workers`, or one per core (a worker is two threads, see
     /// [`crate::workers`]).
     pub fn worker_count(&self) -> usize {
         match self.workers {
-            0 => std::thread::available_parallelism()
-                .map_or(1, |cores| (usize::from(cores) / 2).max(1)),
+            0 => std::thread::available_parallelism().map_or(1, usize::from),
             workers => workers,
         }
     }

@@ -10,15 +10,17 @@
 //! holds. The bound (16 batches in flight per worker) keeps memory bounded and slows the
 //! consumer loop down to what the workers handle.
 //!
-//! A worker is two threads in a line: the first decodes and admits each batch
-//! ([`crate::partition::Admitter`], pure: it holds no partition state) and passes it on with
-//! every other command, in the order received, through a second bounded channel (4 batches) to
-//! the thread that owns the partitions and counts (duplicate filter, lateness, totals). So the
-//! order argument above holds unchanged, and one partition's work uses two cores. Spent events
-//! go back to the first thread, whose decoder writes the next records into their buffers.
+//! A worker is two threads in a line: the first passes every command on, in the order received,
+//! through a second bounded channel (4 batches) to the thread that owns the partitions and
+//! counts (duplicate filter, lateness, totals). While fewer workers hold partitions than there
+//! are cores (one partition on two cores, say), the first thread also decodes and admits each
+//! batch ([`crate::partition::Admitter`], pure: it holds no partition state), so one partition's
+//! work uses two cores; spent events go back to it, and its decoder writes the next records into
+//! their buffers. Otherwise the counting thread admits too (no event crosses threads: cheaper
+//! when every core is busy). Either way the order argument above holds unchanged.
 
-use std::collections::BTreeMap;
-use std::sync::atomic::Ordering;
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 
@@ -169,6 +171,12 @@ pub struct Workers {
     /// Records not sent yet, per worker; sent before any other command, so order holds.
     pending: Vec<Batch>,
     threads: Vec<JoinHandle<()>>,
+    /// Whether the admitting threads admit (fewer workers hold partitions than there are
+    /// cores), or pass records on to be admitted where they are counted.
+    split: Arc<AtomicBool>,
+    /// Partitions held, to know how many workers are busy.
+    assigned: BTreeSet<i32>,
+    cores: usize,
 }
 
 /// The workers are gone (a worker thread panicked): the service must stop.
@@ -180,6 +188,7 @@ impl Workers {
     /// `count` workers (at least one), reporting into `stats`.
     pub fn start(count: usize, stats: Arc<Stats>) -> Workers {
         let count = count.max(1);
+        let split = Arc::new(AtomicBool::new(false));
         let mut senders = Vec::with_capacity(count);
         let mut threads = Vec::with_capacity(count);
         for index in 0..count {
@@ -187,9 +196,10 @@ impl Workers {
             let (admitted_sender, admitted_receiver) = mpsc::channel(ADMITTED_QUEUE);
             let (spent_sender, spent_receiver) = std::sync::mpsc::channel();
             let stats = Arc::clone(&stats);
+            let split = Arc::clone(&split);
             let admitting = std::thread::Builder::new()
                 .name(format!("aggregator-admit-{index}"))
-                .spawn(move || admit(receiver, admitted_sender, spent_receiver))
+                .spawn(move || admit(receiver, admitted_sender, spent_receiver, split))
                 .expect("spawning a worker thread");
             let counting = std::thread::Builder::new()
                 .name(format!("aggregator-worker-{index}"))
@@ -203,7 +213,22 @@ impl Workers {
             pending: (0..count).map(|_| Batch::like(0)).collect(),
             senders,
             threads,
+            split,
+            assigned: BTreeSet::new(),
+            cores: std::thread::available_parallelism().map_or(1, usize::from),
         }
+    }
+
+    /// Admits on the admitting threads only while fewer workers hold partitions than there are
+    /// cores: then a partition's work takes two cores. With every core busy anyway, admitting
+    /// where the record is counted costs less (no event crosses threads).
+    fn update_split(&self) {
+        let busy: BTreeSet<usize> = self
+            .assigned
+            .iter()
+            .map(|partition| self.index(*partition))
+            .collect();
+        self.split.store(busy.len() < self.cores, Ordering::Relaxed);
     }
 
     /// The worker index of `partition`.
@@ -233,6 +258,8 @@ impl Workers {
     pub async fn assign(&mut self, partition: PartitionAggregator) -> Result<(), WorkerGone> {
         let index = self.index(partition.partition());
         self.send_pending(index).await?;
+        self.assigned.insert(partition.partition());
+        self.update_split();
         send(&self.senders[index], Command::Assign(Box::new(partition))).await
     }
 
@@ -240,6 +267,8 @@ impl Workers {
     pub async fn revoke(&mut self, partition: i32) -> Result<(), WorkerGone> {
         let index = self.index(partition);
         self.send_pending(index).await?;
+        self.assigned.remove(&partition);
+        self.update_split();
         send(&self.senders[index], Command::Revoke(partition)).await
     }
 
@@ -402,6 +431,7 @@ fn admit(
     mut receiver: mpsc::Receiver<Command>,
     sender: mpsc::Sender<Command>,
     spent: std::sync::mpsc::Receiver<Spent>,
+    split: Arc<AtomicBool>,
 ) {
     let mut admitters: BTreeMap<i32, Admitter> = BTreeMap::new();
     let mut spare: Vec<Box<UsageEvent>> = Vec::with_capacity(SPARE_EVENTS);
@@ -415,7 +445,8 @@ fn admit(
                 admitters.remove(&partition);
                 Command::Revoke(partition)
             }
-            Command::Records(batch) => {
+            // Fewer busy workers than cores: admit here, so that the partition uses two.
+            Command::Records(batch) if split.load(Ordering::Relaxed) => {
                 while let Ok(events) = spent.try_recv() {
                     let room = SPARE_EVENTS.saturating_sub(spare.len());
                     spare.extend(events.into_iter().take(room));
@@ -460,6 +491,10 @@ fn work(
     let mut counts = Counts::default();
     let mut since_publish = 0u32;
     while let Some(command) = receiver.blocking_recv() {
+        if since_publish >= 4 {
+            counts.publish(&stats);
+            since_publish = 0;
+        }
         match command {
             Command::Assign(partition) => {
                 let span = tracing::info_span!(
@@ -475,57 +510,15 @@ fn work(
                 spans.remove(&partition);
             }
             Command::Records(batch) => {
-                // The admitting thread turns every batch into `Admitted`.
-                tracing::error!(records = batch.entries.len(), "records not admitted first");
+                handle_batch(&mut partitions, &spans, &mut counts, &batch, None);
+                since_publish += 1;
             }
             Command::Admitted(batch, admitted) => {
-                let mut spent = Vec::with_capacity(batch.entries.len());
-                let mut entered: Option<(i32, tracing::span::Entered<'_>)> = None;
-                for (record, admitted) in batch.entries.iter().zip(admitted) {
-                    if entered.as_ref().map(|(partition, _)| *partition) != Some(record.partition) {
-                        // Leave the previous partition's span before entering the next one.
-                        drop(entered.take());
-                        entered = spans
-                            .get(&record.partition)
-                            .map(|span| (record.partition, span.enter()));
-                    }
-                    let outcome = match (partitions.get_mut(&record.partition), admitted) {
-                        (Some(partition), Some(admitted)) => {
-                            let (outcome, event) = partition.handle_admitted(
-                                record.offset,
-                                record.timestamp_ms,
-                                batch.slice(record.key),
-                                batch.slice(record.payload),
-                                admitted,
-                            );
-                            spent.extend(event);
-                            outcome
-                        }
-                        // Assigned and revoked in the same order on both threads: not reached.
-                        _ => Outcome::Stale,
-                    };
-                    if let Some(partition) = partitions.get_mut(&record.partition) {
-                        counts.dedup_evicted_early += partition.take_dedup_evicted_early();
-                        counts.scopes_overflowed += partition.take_scopes_overflowed();
-                    }
-                    if let Outcome::DeadLettered(kind) = &outcome {
-                        tracing::debug!(
-                            partition = record.partition,
-                            offset = record.offset,
-                            %kind,
-                            "dead-lettered"
-                        );
-                    }
-                    counts.add(&outcome);
-                }
-                drop(entered);
+                let spent =
+                    handle_batch(&mut partitions, &spans, &mut counts, &batch, Some(admitted));
                 // The admitting thread gone means the worker is stopping.
                 let _ = spent_events.send(spent);
                 since_publish += 1;
-                if since_publish >= 4 {
-                    counts.publish(&stats);
-                    since_publish = 0;
-                }
             }
             Command::Flush(reply) => {
                 counts.publish(&stats);
@@ -600,4 +593,67 @@ fn work(
             }
         }
     }
+}
+
+/// Handles one batch on the counting thread: records admitted by the admitting thread
+/// (`admitted`, one per record), or admitted here (`None`). Returns the spent events of
+/// admitted records, for their buffers.
+fn handle_batch(
+    partitions: &mut BTreeMap<i32, PartitionAggregator>,
+    spans: &BTreeMap<i32, tracing::Span>,
+    counts: &mut Counts,
+    batch: &Batch,
+    admitted: Option<Vec<Option<Admitted>>>,
+) -> Spent {
+    let mut spent = Vec::with_capacity(if admitted.is_some() {
+        batch.entries.len()
+    } else {
+        0
+    });
+    let mut admitted = admitted.map(Vec::into_iter);
+    let mut entered: Option<(i32, tracing::span::Entered<'_>)> = None;
+    for record in &batch.entries {
+        if entered.as_ref().map(|(partition, _)| *partition) != Some(record.partition) {
+            // Leave the previous partition's span before entering the next one.
+            drop(entered.take());
+            entered = spans
+                .get(&record.partition)
+                .map(|span| (record.partition, span.enter()));
+        }
+        let key = batch.slice(record.key);
+        let payload = batch.slice(record.payload);
+        let partition = partitions.get_mut(&record.partition);
+        let outcome = match (partition, admitted.as_mut().map(Iterator::next)) {
+            (Some(partition), None) => {
+                partition.handle(record.offset, record.timestamp_ms, key, payload)
+            }
+            (Some(partition), Some(Some(Some(admitted)))) => {
+                let (outcome, event) = partition.handle_admitted(
+                    record.offset,
+                    record.timestamp_ms,
+                    key,
+                    payload,
+                    admitted,
+                );
+                spent.extend(event);
+                outcome
+            }
+            // Not held (assigned and revoked in the same order on both threads).
+            _ => Outcome::Stale,
+        };
+        if let Some(partition) = partitions.get_mut(&record.partition) {
+            counts.dedup_evicted_early += partition.take_dedup_evicted_early();
+            counts.scopes_overflowed += partition.take_scopes_overflowed();
+        }
+        if let Outcome::DeadLettered(kind) = &outcome {
+            tracing::debug!(
+                partition = record.partition,
+                offset = record.offset,
+                %kind,
+                "dead-lettered"
+            );
+        }
+        counts.add(&outcome);
+    }
+    spent
 }
