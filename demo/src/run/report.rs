@@ -105,6 +105,11 @@ pub(super) async fn print_aggregator_check(clickhouse: &ClickHouse) -> Result<bo
         tokio::time::sleep(Duration::from_millis(250)).await;
     };
     println!("\n== aggregator totals today (UTC day) vs a recount of the raw archive ==");
+    println!(
+        "   requests: usage events that are a call or a job submission (every retry and \
+         fallback attempt is one);\n   the later states of an async job (running, succeeded, \
+         failed) are events of its one request, not requests of their own."
+    );
     for row in &rows {
         println!(
             "{:<10} requests {:>7} (recount {:>7})  cost {:>22} USD (recount {:>22})  {}",
@@ -126,6 +131,10 @@ pub(super) async fn print_aggregator_check(clickhouse: &ClickHouse) -> Result<bo
 pub(super) async fn print_summary(clickhouse: &ClickHouse, run_id: &str) -> Result<()> {
     let run_filter = format!("labels_values[indexOf(labels_keys, 'demo_run')] = '{run_id}'");
     println!("\n== spend per team (exact, USD) ==");
+    println!(
+        "   events: every usage event of this run, async job states included, so a team \
+         with video jobs shows more events than requests."
+    );
     for row in clickhouse
         .rows(&format!(
             "SELECT team, toString(count()) AS events, toString(sum(ifNull(cost_usd, toDecimal128(0, 12)))) AS spend_usd, \
