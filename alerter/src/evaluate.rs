@@ -41,8 +41,8 @@ pub enum Finding {
         policy_id: String,
         /// The (scope, window).
         key: WindowKey,
-        /// The threshold reached, in percent.
-        threshold: u8,
+        /// The threshold reached.
+        threshold: policy::Threshold,
         /// The amount.
         observed: Decimal,
         /// The cap.
@@ -76,7 +76,7 @@ pub enum Finding {
 #[derive(Debug, Default)]
 pub struct Evaluator {
     /// (policy, window key, threshold) soft alerts fired.
-    fired: HashSet<(String, WindowKey, u8)>,
+    fired: HashSet<(String, WindowKey, policy::Threshold)>,
     /// Capped (policy, window key) → window end.
     capped: BTreeMap<(String, WindowKey), DateTime<Utc>>,
 }
@@ -98,13 +98,13 @@ impl Evaluator {
         let limit = policy.hard_cap();
         let observed = unit_amount(total, policy.unit());
         let mut thresholds = policy.record().soft_alerts.clone();
-        thresholds.sort_unstable();
+        thresholds.sort_by_key(|threshold| threshold.level(limit));
         for threshold in thresholds {
-            let reached = limit * Decimal::from(threshold) / Decimal::from(100);
+            let reached = threshold.level(limit);
             if observed >= reached
                 && self
                     .fired
-                    .insert((policy.id().to_owned(), key.clone(), threshold))
+                    .insert((policy.id().to_owned(), key.clone(), threshold.clone()))
             {
                 findings.push(Finding::SoftAlert {
                     policy_id: policy.id().to_owned(),
@@ -186,7 +186,7 @@ mod tests {
         findings
             .iter()
             .filter_map(|finding| match finding {
-                Finding::SoftAlert { threshold, .. } => Some(*threshold),
+                Finding::SoftAlert { threshold, .. } => threshold.percent(),
                 _ => None,
             })
             .collect()

@@ -160,7 +160,12 @@ fn every_windowed_example_fires_its_thresholds_once_and_applies_its_cap() {
         engine.set_policies(Arc::clone(&policies), now());
         let scope = scope_key(policy);
         let cap = policy.hard_cap();
-        let mut thresholds = policy.record().soft_alerts.clone();
+        let mut thresholds: Vec<u8> = policy
+            .record()
+            .soft_alerts
+            .iter()
+            .filter_map(policy::Threshold::percent)
+            .collect();
         thresholds.sort_unstable();
         let mut version = 1;
         for &threshold in thresholds.iter().filter(|&&t| t < 100) {
@@ -698,4 +703,65 @@ fn the_fallback_budget_example_alerts_once_on_a_retry_storm_and_on_fallback_spen
             AlertKind::FallbackBudget
         )]
     );
+}
+
+/// Issue 17 point 3: an amount among the percentages fires once, at its level, with its share
+/// of the cap, and its notice names the amount; a total below it fires nothing.
+#[test]
+fn absolute_soft_alert_thresholds_fire_once_at_their_amount() {
+    let policies = Arc::new(
+        PolicySet::from_str(
+            "amounts.yaml",
+            r#"
+id: search-daily-amounts
+owner: {team: search, contact: "@search-oncall"}
+description: daily spend of the search team, with an alert at 600 USD
+unit: cost_usd
+selector: {team: search}
+group_by: [team]
+window: {kind: day}
+hard_cap: 1000
+soft_alerts: [50, "$600", 90]
+action: {kind: block}
+"#,
+        )
+        .expect("the policy loads"),
+    );
+    let policy = &policies.policies()[0];
+    let mut engine = engine(Arc::clone(&policies));
+    engine.set_policies(Arc::clone(&policies), now());
+    let scope = "team=search";
+    let below = engine.on_total(total_at(policy, scope, Decimal::new(59999, 2), 1), now());
+    assert_eq!(alerts(&below), vec![(AlertKind::SoftThreshold, Some(50))]);
+    let reached = engine.on_total(total_at(policy, scope, Decimal::from(600), 2), now());
+    assert_eq!(alerts(&reached), vec![(AlertKind::SoftThreshold, Some(60))]);
+    let Some(Effect::Alert(alert, notice)) = reached.first() else {
+        panic!("an alert: {reached:?}")
+    };
+    assert_eq!(notice.threshold_amount, Some(Decimal::from(600)));
+    assert_eq!(notice.threshold_percent, 60);
+    assert!(
+        notice
+            .summary()
+            .contains("600 cost_usd reached (60% of quota)"),
+        "{}",
+        notice.summary()
+    );
+    assert!(
+        alert
+            .message
+            .contains("reached its soft alert at 600 USD (60%)"),
+        "{}",
+        alert.message
+    );
+    assert!(
+        alert.dedup_key.ends_with("/amount:600"),
+        "{}",
+        alert.dedup_key
+    );
+    // Once per window: the same amount again, and more below the next threshold, fire nothing.
+    let again = engine.on_total(total_at(policy, scope, Decimal::from(899), 3), now());
+    assert_eq!(alerts(&again), vec![]);
+    let ninety = engine.on_total(total_at(policy, scope, Decimal::from(900), 4), now());
+    assert_eq!(alerts(&ninety), vec![(AlertKind::SoftThreshold, Some(90))]);
 }

@@ -42,6 +42,7 @@ pub mod policy;
 pub mod record;
 pub mod scope;
 pub mod source_map;
+pub mod threshold;
 pub mod unit;
 mod validate;
 
@@ -61,4 +62,5 @@ pub use record::{
 };
 pub use scope::{ScopeKey, GLOBAL_SCOPE, OVERFLOW_VALUE};
 pub use source_map::Position;
+pub use threshold::Threshold;
 pub use unit::Unit;

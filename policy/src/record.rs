@@ -7,6 +7,7 @@
 
 use crate::amount::{self, AmountOrPercent};
 use crate::approver::Approver;
+use crate::threshold::Threshold;
 use crate::unit::Unit;
 use chrono::{DateTime, FixedOffset, NaiveDate, NaiveDateTime, TimeDelta};
 use rust_decimal::Decimal;
@@ -56,9 +57,11 @@ pub struct PolicyRecord {
         serialize_with = "schemas::money::json::serialize"
     )]
     pub hard_cap: Decimal,
-    /// Percentages of the hard cap that raise a soft alert, strictly increasing, each 1..=100.
+    /// Levels that raise a soft alert, strictly increasing by the level each fires at: whole
+    /// percentages of the hard cap (`50`, `"90%"`, each 1..=100) and amounts in the policy's
+    /// unit (`"$500"`, `"2000000 total_tokens"`, at most the hard cap); see [`Threshold`].
     #[serde(default = "default_soft_alerts")]
-    pub soft_alerts: Vec<u8>,
+    pub soft_alerts: Vec<Threshold>,
     /// What happens when the hard cap is reached.
     pub action: Action,
     /// Who may raise the cap temporarily, and how far; absent = no raise possible.
@@ -99,8 +102,8 @@ pub struct PolicyRecord {
 /// The default soft alert thresholds.
 pub const DEFAULT_SOFT_ALERTS: [u8; 4] = [50, 75, 90, 100];
 
-fn default_soft_alerts() -> Vec<u8> {
-    DEFAULT_SOFT_ALERTS.to_vec()
+fn default_soft_alerts() -> Vec<Threshold> {
+    DEFAULT_SOFT_ALERTS.map(Threshold::Percent).to_vec()
 }
 
 /// Deserializes a string through `FromStr`, inside the scalar's own deserialization so that the
@@ -563,8 +566,9 @@ pub struct Notify {
     /// PagerDuty service; default the owner's.
     #[serde(default)]
     pub pagerduty_service: Option<String>,
-    /// Severity per soft-alert threshold (`90: error`); each key must be one of `soft_alerts`.
-    /// Unlisted thresholds are `warning`, and the hard cap is `critical`.
+    /// Severity per soft-alert percentage (`90: error`); each key must be one of the
+    /// percentages of `soft_alerts`. Unlisted thresholds, and amounts, are `warning`; the hard
+    /// cap is `critical`.
     #[serde(default)]
     pub severity_by_threshold: BTreeMap<u8, Severity>,
 }

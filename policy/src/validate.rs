@@ -10,6 +10,8 @@ use crate::glob::Glob;
 use crate::policy::{Campaign, Filter, Policy, ValueSet, Window};
 use crate::record::{ActionKind, Instant, PolicyRecord, WindowKind};
 use crate::source_map::{Block, SourceMap};
+use crate::threshold::Threshold;
+use crate::unit::Unit;
 use chrono::{DateTime, LocalResult, TimeZone, Utc};
 use rust_decimal::Decimal;
 use schemas::{Modality, Status};
@@ -328,33 +330,75 @@ fn resolve_instant(instant: &Instant, time_zone: chrono_tz::Tz) -> Result<DateTi
 /// `soft_alerts` and `notify.severity_by_threshold`.
 fn check_thresholds(record: &PolicyRecord, at: &Locator<'_>, errors: &mut Vec<LoadError>) {
     let thresholds = &record.soft_alerts;
-    if let Some(out_of_range) = thresholds
-        .iter()
-        .find(|threshold| !(1..=100).contains(*threshold))
+    let cap = record.hard_cap;
+    let unit = record.unit.to_string();
+    let mut wrong = false;
+    for threshold in thresholds {
+        let problem = match threshold {
+            Threshold::Percent(percent) if !(1..=100).contains(percent) => Some(format!(
+                "soft alert threshold {percent} is outside 1..=100 (percent of the hard cap)"
+            )),
+            Threshold::Percent(_) => None,
+            Threshold::Amount {
+                amount,
+                unit: written,
+            } => {
+                let unit_matches = if written == "USD" {
+                    record.unit == Unit::CostUsd
+                } else {
+                    *written == unit
+                };
+                if !unit_matches {
+                    Some(format!(
+                        "soft alert threshold {threshold} is not in the policy's unit {unit} \
+                         (write \"$N\" for cost_usd, or \"N {unit}\")"
+                    ))
+                } else if amount.is_zero() {
+                    Some(format!(
+                        "soft alert threshold {threshold} must be above zero"
+                    ))
+                } else if *amount > cap {
+                    Some(format!(
+                        "soft alert threshold {threshold} is above the hard cap {} {unit}: it \
+                         would never fire before the cap does",
+                        cap.normalize()
+                    ))
+                } else {
+                    None
+                }
+            }
+        };
+        if let Some(problem) = problem {
+            errors.push(at.error(&["soft_alerts"], problem));
+            wrong = true;
+        }
+    }
+    // A threshold already wrong says nothing useful about the order.
+    if let Some(pair) = thresholds
+        .windows(2)
+        .filter(|_| !wrong)
+        .find(|pair| pair[1].level(cap) <= pair[0].level(cap))
     {
         errors.push(at.error(
             &["soft_alerts"],
             format!(
-                "soft alert threshold {out_of_range} is outside 1..=100 (percent of the hard cap)"
-            ),
-        ));
-    }
-    if let Some(pair) = thresholds.windows(2).find(|pair| pair[1] <= pair[0]) {
-        errors.push(at.error(
-            &["soft_alerts"],
-            format!(
-                "soft_alerts must be strictly increasing, but {} follows {}",
-                pair[1], pair[0]
+                "soft_alerts must be strictly increasing by the level each fires at, but {} ({} \
+                 {unit}) follows {} ({} {unit})",
+                pair[1],
+                pair[1].level(cap).normalize(),
+                pair[0],
+                pair[0].level(cap).normalize()
             ),
         ));
     }
     if let Some(notify) = &record.notify {
+        let percents: Vec<u8> = thresholds.iter().filter_map(Threshold::percent).collect();
         for threshold in notify.severity_by_threshold.keys() {
-            if !thresholds.contains(threshold) {
+            if !percents.contains(threshold) {
                 let key = threshold.to_string();
                 errors.push(at.error(
                     &["notify", "severity_by_threshold", &key],
-                    format!("severity_by_threshold names {threshold}, which is not in soft_alerts {thresholds:?}"),
+                    format!("severity_by_threshold names {threshold}, which is not in soft_alerts {percents:?}"),
                 ));
             }
         }

@@ -23,7 +23,7 @@ const EXPECTED: &[(&str, usize, &str)] = &[
     (
         "05_thresholds_not_increasing.yaml",
         7,
-        "strictly increasing, but 75 follows 90",
+        "strictly increasing by the level each fires at, but 75% (7.5 cost_usd) follows 90% (9 cost_usd)",
     ),
     (
         "06_campaign_end_before_start.yaml",
@@ -67,6 +67,21 @@ const EXPECTED: &[(&str, usize, &str)] = &[
         "names 90, which is not in soft_alerts",
     ),
     ("16_empty.yaml", 1, "holds no policy"),
+    (
+        "22_threshold_wrong_unit.yaml",
+        7,
+        "soft alert threshold 500 USD is not in the policy's unit total_tokens",
+    ),
+    (
+        "23_threshold_above_cap.yaml",
+        7,
+        "soft alert threshold 150 USD is above the hard cap 100 cost_usd",
+    ),
+    (
+        "24_thresholds_out_of_order.yaml",
+        7,
+        "400 USD (400 cost_usd) follows 50% (500 cost_usd)",
+    ),
     ("17_environment_conflict.yaml", 6, "could never match"),
     ("18_too_precise.yaml", 6, "more than 12 fractional digits"),
     (
@@ -134,7 +149,7 @@ fn check_dir_renders_file_line_column_reason() {
         text.contains("19_stray_degrade_to.yaml:7:28: degrade_to is only for action kind degrade")
     );
     assert!(
-        text.ends_with(&format!("failed: {} errors in 21 files", EXPECTED.len())),
+        text.ends_with(&format!("failed: {} errors in 24 files", EXPECTED.len())),
         "{text}"
     );
 }

@@ -47,7 +47,10 @@ fn every_field_is_read() {
     let staging = set.get("staging-cost-per-key-daily").unwrap();
     let record = staging.record();
     assert_eq!(record.hard_cap, decimal("25"));
-    assert_eq!(record.soft_alerts, vec![50, 80, 100]);
+    assert_eq!(
+        record.soft_alerts,
+        [50, 80, 100].map(policy::Threshold::Percent).to_vec()
+    );
     let window = staging.window().unwrap();
     assert_eq!(window.kind, WindowKind::Day);
     assert_eq!(window.time_zone, chrono_tz::America::New_York);
@@ -83,7 +86,10 @@ fn every_field_is_read() {
         ]
     );
     assert_eq!(fallback.unit(), Unit::FallbackCostUsd);
-    assert_eq!(fallback.record().soft_alerts, vec![50, 75, 90, 100]);
+    assert_eq!(
+        fallback.record().soft_alerts,
+        [50, 75, 90, 100].map(policy::Threshold::Percent).to_vec()
+    );
 
     let rpm = set.get("openai-rpm-per-key").unwrap();
     assert_eq!(rpm.action_kind(), ActionKind::Degrade);

@@ -114,18 +114,18 @@ impl Engine {
     ) -> Vec<Effect> {
         let cap = policy.hard_cap();
         let mut thresholds = policy.record().soft_alerts.clone();
-        thresholds.sort_unstable();
+        thresholds.sort_by_key(|threshold| threshold.level(cap));
         let mut effects = Vec::new();
         for threshold in thresholds {
-            let reached = cap * Decimal::from(threshold) / Decimal::ONE_HUNDRED;
-            if observed < reached {
+            if observed < threshold.level(cap) {
                 break;
             }
-            let dedup_key = window_alert_key("soft", policy.id(), key, &threshold.to_string());
+            let dedup_key = window_alert_key("soft", policy.id(), key, &threshold.key());
             if !self.fired.contains(&dedup_key) {
                 self.fired.insert(dedup_key.clone());
-                effects
-                    .push(self.soft_alert(policy, key, total, threshold, observed, dedup_key, now));
+                effects.push(
+                    self.soft_alert(policy, key, total, &threshold, observed, dedup_key, now),
+                );
             }
         }
         effects
@@ -139,16 +139,26 @@ impl Engine {
         policy: &Policy,
         key: &WindowKey,
         total: &WindowTotal,
-        threshold: u8,
+        threshold: &policy::Threshold,
         observed: Decimal,
         dedup_key: String,
         now: DateTime<Utc>,
     ) -> Effect {
         let cap = policy.hard_cap();
-        let severity = policy.severity_for_threshold(threshold);
+        // Amounts are `warning` unless they reach the cap's own level.
+        let severity = threshold.percent().map_or(Severity::Warning, |percent| {
+            policy.severity_for_threshold(percent)
+        });
+        let percent = threshold.percent_of(cap);
         let scope = group_scope(key);
+        let used = match threshold {
+            policy::Threshold::Percent(_) => format!("used {percent}%"),
+            policy::Threshold::Amount { .. } => {
+                format!("reached its soft alert at {threshold} ({percent}%)")
+            }
+        };
         let message = format!(
-            "{} used {threshold}% of its {} {} cap ({} {}) in the {} window from {} (policy {})",
+            "{} {used} of its {} {} cap ({} {}) in the {} window from {} (policy {})",
             render_scope(&scope),
             cap.normalize(),
             policy.unit(),
@@ -166,7 +176,7 @@ impl Engine {
             scope: scope.clone(),
             kind: AlertKind::SoftThreshold,
             severity,
-            threshold_percent: Some(u32::from(threshold)),
+            threshold_percent: Some(percent),
             unit: policy.unit().to_string(),
             observed,
             limit: Some(cap),
@@ -179,7 +189,11 @@ impl Engine {
         };
         let notice = Notice {
             kind: NoticeKind::SoftAlert,
-            threshold_percent: u32::from(threshold),
+            threshold_percent: percent,
+            threshold_amount: match threshold {
+                policy::Threshold::Amount { amount, .. } => Some(*amount),
+                policy::Threshold::Percent(_) => None,
+            },
             pagerduty_service: if pages {
                 policy.pagerduty_service().map(str::to_owned)
             } else {

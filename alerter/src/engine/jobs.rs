@@ -51,17 +51,18 @@ impl Engine {
         let mut effects = Vec::new();
         let day = now.date_naive();
         let mut thresholds = policy.record().soft_alerts.clone();
-        thresholds.sort_unstable();
+        thresholds.sort_by_key(|threshold| threshold.level(cap));
         for threshold in thresholds {
-            let reached = cap * Decimal::from(threshold) / Decimal::ONE_HUNDRED;
-            let dedup_key = format!("gauge/{policy_id}/{scope_key}/{day}/{threshold}");
+            let reached = threshold.level(cap);
+            let dedup_key = format!("gauge/{policy_id}/{scope_key}/{day}/{}", threshold.key());
+            let percent = threshold.percent_of(cap);
             if level >= reached && self.fired.insert(dedup_key.clone()) {
                 let mut effect = rule_alert(
                     policy,
                     &scope,
                     "concurrent_jobs",
                     format!(
-                        "{} has {level} jobs running, {threshold}% of its {} concurrent jobs (policy {policy_id})",
+                        "{} has {level} jobs running, {percent}% of its {} concurrent jobs (soft alert at {threshold}, policy {policy_id})",
                         render_scope(&scope),
                         cap.normalize()
                     ),
@@ -70,7 +71,7 @@ impl Engine {
                 );
                 if let Effect::Alert(alert, notice) = &mut effect {
                     alert.kind = AlertKind::Concurrency;
-                    alert.threshold_percent = Some(u32::from(threshold));
+                    alert.threshold_percent = Some(percent);
                     alert.observed = level;
                     alert.limit = Some(cap);
                     notice.spent = level;
@@ -91,11 +92,27 @@ impl Engine {
         match (at_cap, policy.action_kind(), held_block) {
             (true, ActionKind::Block | ActionKind::Degrade, None) => {
                 let (action, degrade_to) = cap_action(policy);
-                let reason = format!(
-                    "{} has {level} async jobs running, the most policy {policy_id} allows at once; new jobs are {} until one finishes",
-                    render_scope_absent(&scope, &absent),
-                    if action == DecisionAction::Block { "refused" } else { "degraded" }
-                );
+                let refused = if action == DecisionAction::Block {
+                    "refused"
+                } else {
+                    "degraded"
+                };
+                let reason = if level > cap {
+                    // More in flight than the cap: jobs counted before this decision reached the
+                    // gateways, or submitted through one that does not obey the control topic.
+                    format!(
+                        "{} has {level} async jobs running, {} over the {} policy {policy_id} allows at once (jobs submitted before this block reached the gateways, or through a gateway that does not obey it); new jobs are {refused} until fewer than {} run",
+                        render_scope_absent(&scope, &absent),
+                        (level - cap).normalize(),
+                        cap.normalize(),
+                        cap.normalize(),
+                    )
+                } else {
+                    format!(
+                        "{} has {level} async jobs running, the most policy {policy_id} allows at once; new jobs are {refused} until one finishes",
+                        render_scope_absent(&scope, &absent),
+                    )
+                };
                 effects.push(self.decide(ControlDecision {
                     decision_id: String::new(),
                     key,

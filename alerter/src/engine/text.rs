@@ -135,6 +135,7 @@ fn enforced_decision_alert(
     let mut notice = Notice {
         kind: notice_kind,
         threshold_percent: 100,
+        detail: Some(decision.reason.clone()),
         ..notice(
             policy,
             &decision.scope,
@@ -228,7 +229,7 @@ pub(super) fn rule_alert_parts(
     let mut notice = notice(
         policy,
         scope,
-        "rule".to_owned(),
+        crate::notify::RULE_WINDOW.to_owned(),
         "UTC",
         hour,
         hour + TimeDelta::hours(1),
@@ -315,6 +316,8 @@ pub(super) fn notice(
         approval_command: policy.and_then(|policy| approval_command(policy, scope)),
         slack_channel: policy.and_then(|policy| policy.slack_channel().map(str::to_owned)),
         pagerduty_service: policy.and_then(|policy| policy.pagerduty_service().map(str::to_owned)),
+        detail: None,
+        threshold_amount: None,
     }
 }
 

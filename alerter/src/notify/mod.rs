@@ -101,8 +101,11 @@ pub struct Notice {
     /// The policy's limit for the window, exact.
     pub limit: Decimal,
     /// The threshold that was crossed, in percent of `limit` (80, 90, 100, ...); drives PagerDuty
-    /// severity.
+    /// severity. For an amount threshold, the share of `limit` it is, rounded down.
     pub threshold_percent: u32,
+    /// The threshold that was crossed when it is an amount in the unit (`soft_alerts: ["$500"]`).
+    #[serde(default)]
+    pub threshold_amount: Option<Decimal>,
     /// Why we are notifying.
     pub kind: NoticeKind,
     /// Recent spend per hour, when known; tells the reader how urgent it is.
@@ -117,6 +120,10 @@ pub struct Notice {
     /// PagerDuty service whose routing key receives this notice (see [`config::PagerDutyConfig`]);
     /// `None` means it does not page.
     pub pagerduty_service: Option<String>,
+    /// Why, in a sentence, when the amounts do not say it all (a hard cap's decision reason:
+    /// what is refused, until when, and why more jobs run than the cap allows).
+    #[serde(default)]
+    pub detail: Option<String>,
 }
 
 /// The team a quota belongs to and how to reach it.
@@ -257,25 +264,156 @@ impl Notice {
         )
     }
 
-    /// One line saying what happened, used as Slack's `text` fallback and PagerDuty's `summary`.
+    /// What the notice's amounts describe (see [`Measure`]).
+    pub fn measure(&self) -> Measure {
+        if self.window.kind == crate::engine::CONCURRENCY_WINDOW {
+            Measure::Gauge
+        } else if self.window.kind == RULE_WINDOW {
+            // Rule notices of a gauge (concurrent jobs at a threshold) carry the level and cap.
+            if self.limit.is_zero() {
+                Measure::Finding
+            } else {
+                Measure::Gauge
+            }
+        } else {
+            Measure::Window
+        }
+    }
+
+    /// The scope as people read it: the rendered key, or a word for the policy's one scope.
+    pub fn scope_label(&self) -> &str {
+        if self.scope.is_empty() {
+            "all traffic of the policy"
+        } else {
+            &self.scope
+        }
+    }
+
+    /// The spend and limit in the unit, or what stands for them when the notice has none (a rule
+    /// finding is not a level against a limit).
+    pub fn amounts(&self) -> String {
+        match self.measure() {
+            Measure::Finding => "not a quota level: a rule finding".to_string(),
+            _ => self.spent_of_limit(),
+        }
+    }
+
+    /// The window as people read it: `day (UTC) 2026-12-05 00:00 UTC → 2026-12-06 00:00 UTC`;
+    /// `now (jobs in flight; a gauge has no window)` for a gauge; the hour a rule finding is
+    /// grouped in.
+    pub fn window_label(&self) -> String {
+        match self.measure() {
+            Measure::Window => format!(
+                "{} ({}) {} → {}",
+                self.window.kind,
+                self.window.tz,
+                timestamp(self.window.start),
+                timestamp(self.window.end)
+            ),
+            Measure::Gauge => "now (jobs in flight; a gauge has no window)".to_string(),
+            Measure::Finding => format!(
+                "none (a rule finding; repeats are grouped in the hour from {})",
+                timestamp(self.window.start)
+            ),
+        }
+    }
+
+    /// What the reader should do now, in one sentence.
+    pub fn next_action(&self) -> String {
+        let raise = if self.approval_command.is_some() {
+            ", or approve a raise with the command below"
+        } else {
+            ""
+        };
+        let until = match self.measure() {
+            Measure::Gauge => format!(
+                "until fewer than {} {} are in flight",
+                amount(self.limit),
+                self.unit
+            ),
+            _ => format!("until the window ends at {}", timestamp(self.window.end)),
+        };
+        match &self.kind {
+            NoticeKind::SoftAlert => format!(
+                "Nothing is blocked yet. Find who is spending (`quotactl top`), slow the \
+                 workload down{raise} before the cap is reached."
+            ),
+            NoticeKind::HardCap => format!(
+                "Gateways now apply the policy's cap action (block or degrade) to this scope \
+                 {until}{raise}. Check the workload for a loop before raising anything."
+            ),
+            NoticeKind::Resolved { .. } => "Nothing to do: the condition is over.".to_string(),
+            NoticeKind::Anomaly { .. } => "Look at the scope's recent traffic for a retry loop \
+                 or a runaway job; this alert blocks nothing."
+                .to_string(),
+            NoticeKind::Rule { .. } => match self.measure() {
+                Measure::Gauge => format!(
+                    "Nothing is blocked yet; new jobs are refused once {} {} are in flight.",
+                    amount(self.limit),
+                    self.unit
+                ),
+                _ => "Fix the caller as the finding says; gateways enforce the rule where the \
+                      policy blocks."
+                    .to_string(),
+            },
+        }
+    }
+
+    /// What a soft alert reached: `80% of quota used`, or `500 USD reached (50% of quota)`.
+    pub fn threshold_label(&self) -> String {
+        match self.threshold_amount {
+            Some(threshold) => format!(
+                "{} {} reached ({}% of quota)",
+                amount(threshold),
+                self.unit,
+                self.threshold_percent
+            ),
+            None => format!("{}% of quota used", self.threshold_percent),
+        }
+    }
+
+    /// One line saying what happened, used as Slack's `text` fallback and PagerDuty's `summary`:
+    /// what, scope, spent / limit in the unit, window, policy and owner.
     pub fn summary(&self) -> String {
         let what = match &self.kind {
-            NoticeKind::SoftAlert => format!("{}% of quota used", self.threshold_percent),
+            NoticeKind::SoftAlert => self.threshold_label(),
             NoticeKind::HardCap => "hard cap reached".to_string(),
             NoticeKind::Resolved { of } => format!("resolved ({})", of.as_str()),
             NoticeKind::Anomaly { text } => format!("anomaly: {text}"),
             NoticeKind::Rule { text } => format!("policy rule: {text}"),
         };
+        let level = match self.measure() {
+            Measure::Window => format!(
+                "spent {} in the {} window starting {}",
+                self.spent_of_limit(),
+                self.window.kind,
+                timestamp(self.window.start)
+            ),
+            Measure::Gauge => format!("at {} now", self.spent_of_limit()),
+            Measure::Finding => "rule finding".to_string(),
+        };
         format!(
-            "[quotaflow] {what}: {} spent {} in the {} window starting {} (policy {}, owner {})",
-            self.scope,
-            self.spent_of_limit(),
-            self.window.kind,
-            timestamp(self.window.start),
+            "[quotaflow] {what}: {} {level} (policy {}, owner {})",
+            self.scope_label(),
             self.policy_id,
             self.owner.team,
         )
     }
+}
+
+/// The window kind of rule notices (model rules, retries, fallbacks, job thresholds): no
+/// accounting window; repeats are grouped per hour.
+pub const RULE_WINDOW: &str = "rule";
+
+/// What a notice's amounts describe.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Measure {
+    /// Spend against a limit in an accounting window.
+    Window,
+    /// A level now against a limit (concurrent jobs): no window.
+    Gauge,
+    /// A rule finding (a deprecated model, a retry loop): no level, no limit, no window.
+    Finding,
 }
 
 /// Amounts as shown to people: at most two decimals, halves rounded away from zero (no floats).
@@ -460,6 +598,8 @@ pub(crate) mod tests {
             ),
             slack_channel: Some("#search-alerts".to_string()),
             pagerduty_service: Some("search".to_string()),
+            threshold_amount: None,
+            detail: None,
         }
     }
 

@@ -211,11 +211,16 @@ pub fn trigger_payload(routing_key: &Secret, notice: &Notice, dedup_key: &str) -
         "limit": notice.limit.to_string(),
         "percent_used": notice.percent_used().map(|percent| percent.to_string()),
         "threshold_percent": notice.threshold_percent,
+        "threshold_amount": notice.threshold_amount.map(|threshold| threshold.to_string()),
         "burn_rate_per_hour": notice.burn_rate_per_hour.map(|rate| rate.to_string()),
         "projected_cap_at": notice
             .projected_cap_at
             .map(|at| at.to_rfc3339_opts(SecondsFormat::Secs, true)),
         "approval_command": notice.approval_command,
+        "window": notice.window_label(),
+        "spent_of_limit": notice.amounts(),
+        "next_action": notice.next_action(),
+        "detail": notice.detail,
     });
     if let NoticeKind::Anomaly { text } = &notice.kind {
         details["anomaly"] = json!(text);

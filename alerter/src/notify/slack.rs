@@ -20,7 +20,7 @@ use serde_json::{json, Value};
 
 use super::grouping::Grouped;
 use super::retry::{self, Redactor, RetryPolicy};
-use super::{amount, timestamp, truncate_chars, Notice, NoticeKind, NotifyError, Service};
+use super::{amount, timestamp, truncate_chars, Measure, Notice, NoticeKind, NotifyError, Service};
 
 /// Slack's limit on `header` text.
 pub const MAX_HEADER_CHARS: usize = 150;
@@ -108,14 +108,20 @@ fn build(notice: &Notice, folded: u64) -> Value {
     if let NoticeKind::Rule { text } = &notice.kind {
         blocks.push(section(&format!("*What happened*\n{}", escape(text))));
     }
+    if let Some(detail) = &notice.detail {
+        blocks.push(section(&format!("*Why*\n{}", escape(detail))));
+    }
     if let Some(command) = &notice.approval_command {
         let command = escape(command).replace('`', "ˋ");
         blocks.push(section(&format!("*To approve more budget*\n`{command}`")));
     }
+    let threshold = match notice.threshold_amount {
+        Some(threshold) => format!("{} {}", amount(threshold), escape(&notice.unit)),
+        None => format!("{}%", notice.threshold_percent),
+    };
     let mut context = format!(
-        "policy `{}` · threshold {}% · {}",
+        "policy `{}` · threshold {threshold} · {}",
         escape(&notice.policy_id).replace('`', "ˋ"),
-        notice.threshold_percent,
         notice.kind.as_str()
     );
     if folded > 0 {
@@ -137,17 +143,20 @@ fn build(notice: &Notice, folded: u64) -> Value {
 fn header(notice: &Notice) -> String {
     let what = match &notice.kind {
         NoticeKind::SoftAlert => format!(
-            ":warning: {}% of quota used: {}",
-            notice.threshold_percent, notice.scope
+            ":warning: {}: {}",
+            notice.threshold_label(),
+            notice.scope_label()
         ),
-        NoticeKind::HardCap => format!(":no_entry: Hard cap reached: {}", notice.scope),
+        NoticeKind::HardCap => format!(":no_entry: Hard cap reached: {}", notice.scope_label()),
         NoticeKind::Resolved { of } => format!(
             ":white_check_mark: Resolved ({}): {}",
             of.as_str(),
-            notice.scope
+            notice.scope_label()
         ),
-        NoticeKind::Anomaly { .. } => format!(":mag: Unusual spend: {}", notice.scope),
-        NoticeKind::Rule { .. } => format!(":octagonal_sign: Policy rule: {}", notice.scope),
+        NoticeKind::Anomaly { .. } => format!(":mag: Unusual spend: {}", notice.scope_label()),
+        NoticeKind::Rule { .. } => {
+            format!(":octagonal_sign: Policy rule: {}", notice.scope_label())
+        }
     };
     truncate_chars(&what, MAX_HEADER_CHARS)
 }
@@ -176,19 +185,11 @@ fn fields(notice: &Notice) -> Vec<Value> {
             "Scope",
             format!("`{}`", escape(&notice.scope).replace('`', "ˋ")),
         ),
-        (
-            "Window",
-            format!(
-                "{} ({})\n{} → {}",
-                escape(&window.kind),
-                escape(&window.tz),
-                timestamp(window.start),
-                timestamp(window.end)
-            ),
-        ),
-        ("Spent / limit", escape(&notice.spent_of_limit())),
+        ("Window", window_field(notice)),
+        ("Spent / limit", escape(&notice.amounts())),
         ("Burn rate", burn_rate),
         ("Projected time to cap", projected),
+        ("Next action", escape(&notice.next_action())),
     ]
     .into_iter()
     .map(|(label, value)| {
@@ -198,6 +199,21 @@ fn fields(notice: &Notice) -> Vec<Value> {
         })
     })
     .collect()
+}
+
+/// The window, on two lines for an accounting window; a gauge or a rule finding says it has none.
+fn window_field(notice: &Notice) -> String {
+    let window = &notice.window;
+    match notice.measure() {
+        Measure::Window => format!(
+            "{} ({})\n{} → {}",
+            escape(&window.kind),
+            escape(&window.tz),
+            timestamp(window.start),
+            timestamp(window.end)
+        ),
+        _ => escape(&notice.window_label()),
+    }
 }
 
 fn section(text: &str) -> Value {
@@ -218,6 +234,8 @@ fn escape(text: &str) -> String {
 mod tests {
     use super::*;
     use crate::notify::tests::sample_notice;
+    use chrono::{DateTime, Utc};
+    use rust_decimal::Decimal;
 
     fn field_texts(payload: &Value) -> Vec<String> {
         payload["blocks"][1]["fields"]
@@ -237,7 +255,13 @@ mod tests {
             ":warning: 80% of quota used: team=search|model=gpt-4o"
         );
         let fields = field_texts(&payload);
-        assert_eq!(fields.len(), 6);
+        assert_eq!(fields.len(), 7);
+        assert!(fields.contains(
+            &"*Next action*\nNothing is blocked yet. Find who is spending (`quotactl top`), slow \
+              the workload down, or approve a raise with the command below before the cap is \
+              reached."
+                .to_string()
+        ));
         assert!(fields.contains(&"*Spent / limit*\n812.40 / 1000 USD (81.2%)".to_string()));
         assert!(fields.contains(&"*Burn rate*\n12.5 USD/h".to_string()));
         assert!(fields.contains(&"*Owner*\nsearch (@search-oncall)".to_string()));
@@ -250,6 +274,56 @@ mod tests {
             .as_str()
             .unwrap()
             .contains("812.40 / 1000 USD (81.2%)"));
+    }
+
+    /// Issue 17 point 7: a rule finding has no spend, limit or window, and says so; a gauge
+    /// says "now", not a window starting in 1970.
+    #[test]
+    fn findings_and_gauges_do_not_pretend_to_have_windows() {
+        let mut finding = sample_notice();
+        finding.kind = NoticeKind::Rule {
+            text: "model gpt-3 is deprecated since 2025-01-01 (price catalog)".to_string(),
+        };
+        finding.window.kind = crate::notify::RULE_WINDOW.to_string();
+        finding.unit = "model:deprecated".to_string();
+        finding.spent = Decimal::ONE;
+        finding.limit = Decimal::ZERO;
+        let body = payload(&finding);
+        let fields = field_texts(&body);
+        assert!(
+            fields.contains(&"*Spent / limit*\nnot a quota level: a rule finding".to_string()),
+            "{fields:?}"
+        );
+        let text = body["text"].as_str().unwrap();
+        assert!(!text.contains("1 / 0"), "{text}");
+        assert!(!text.contains("(n/a)"), "{text}");
+        assert!(text.contains("rule finding"), "{text}");
+
+        let mut gauge = sample_notice();
+        gauge.kind = NoticeKind::HardCap;
+        gauge.window.kind = crate::engine::CONCURRENCY_WINDOW.to_string();
+        gauge.window.start = DateTime::<Utc>::UNIX_EPOCH;
+        gauge.unit = "concurrent_jobs".to_string();
+        gauge.spent = Decimal::from(54);
+        gauge.limit = Decimal::from(40);
+        let body = payload(&gauge);
+        let text = body["text"].as_str().unwrap();
+        assert!(!text.contains("1970"), "{text}");
+        assert!(
+            text.contains("at 54 / 40 concurrent_jobs (135%) now"),
+            "{text}"
+        );
+        let fields = field_texts(&body);
+        assert!(
+            fields.iter().all(|field| !field.contains("1970")),
+            "{fields:?}"
+        );
+        assert!(
+            fields
+                .iter()
+                .any(|field| field.contains("until fewer than 40 concurrent_jobs are in flight")),
+            "{fields:?}"
+        );
     }
 
     #[test]

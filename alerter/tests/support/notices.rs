@@ -44,5 +44,7 @@ pub fn notice() -> Notice {
         ),
         slack_channel: Some("#search-alerts".to_string()),
         pagerduty_service: Some("search".to_string()),
+        detail: None,
+        threshold_amount: None,
     }
 }
