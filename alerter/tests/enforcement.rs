@@ -410,3 +410,91 @@ async fn a_crash_before_or_after_publishing_leaves_one_decision_and_one_page() {
         testkit::drop_database(&config.clickhouse).await.unwrap();
     }
 }
+
+/// [`KEY_DAILY`] with a soft alert at 50 % and one at 6 USD.
+fn key_daily_amounts() -> String {
+    KEY_DAILY
+        .replace("id: t-key-daily", "id: t-key-amounts")
+        .replace(
+            "action: {kind: block}",
+            "soft_alerts: [50, \"$6\"]\naction: {kind: block}",
+        )
+}
+
+/// Issue 17, points 3 and 7, on the real stack: an amount threshold fires once, at its amount,
+/// naming it; every message has its next action; the hard cap's message says why.
+#[tokio::test]
+#[cfg_attr(
+    not(feature = "live"),
+    ignore = "needs the local stack (dev/stack up); run with --features live"
+)]
+async fn amount_thresholds_fire_once_and_messages_say_what_to_do() {
+    let receivers = Receivers::start().await;
+    let config = config("alerter_amounts", &key_daily_amounts(), &receivers);
+    let alerter = start(&config).await;
+    let start_at = now_s() - TimeDelta::seconds(60);
+    let end_at = now_s() + TimeDelta::seconds(600);
+    let scope = "api_key_id=k1";
+    let total = |cost: &str, version: u64| {
+        policy_total("t-key-amounts", scope, start_at, end_at, cost, version)
+    };
+    produce_totals(&config.kafka, &[total("5.99", 1)]).await;
+    wait_receivers(&receivers, "the 50% alert", |r| {
+        r.slack_containing("50% of quota used") == 1
+    })
+    .await;
+    produce_totals(&config.kafka, &[total("6", 2)]).await;
+    let needle = "6 cost_usd reached (60% of quota)";
+    wait_receivers(&receivers, "the amount alert", |r| {
+        r.slack_containing(needle) == 1
+    })
+    .await;
+    // More spend below the cap, then the cap: the amount does not fire again.
+    produce_totals(&config.kafka, &[total("8", 3), total("10", 4)]).await;
+    wait_receivers(&receivers, "the hard cap message and page", |r| {
+        r.slack_containing("hard cap reached") == 1 && r.pagerduty_actions("trigger").len() == 1
+    })
+    .await;
+    assert_eq!(receivers.slack_containing(needle), 1);
+    let slack = receivers.slack();
+    let amount = slack
+        .iter()
+        .find(|body| body["text"].as_str().unwrap_or("").contains(needle))
+        .unwrap()
+        .to_string();
+    assert!(amount.contains("*Next action*"), "{amount}");
+    assert!(amount.contains("threshold 6 cost_usd"), "{amount}");
+    let cap = slack
+        .iter()
+        .find(|body| {
+            body["text"]
+                .as_str()
+                .unwrap_or("")
+                .contains("hard cap reached")
+        })
+        .unwrap()
+        .to_string();
+    assert!(cap.contains("*Why*"), "{cap}");
+    assert!(
+        cap.contains("Gateways now apply the policy's cap action"),
+        "{cap}"
+    );
+    let page = receivers
+        .pagerduty()
+        .into_iter()
+        .find(|body| body["event_action"] == "trigger")
+        .expect("the hard cap pages");
+    let details = &page["payload"]["custom_details"];
+    assert!(details["next_action"]
+        .as_str()
+        .unwrap()
+        .contains("Gateways now apply"));
+    assert!(
+        details["detail"]
+            .as_str()
+            .unwrap()
+            .contains("blocked until"),
+        "{details}"
+    );
+    alerter.stop().await.unwrap();
+}
