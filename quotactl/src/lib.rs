@@ -5,6 +5,8 @@
 //!   cap, with the burn rate over the window so far and the projected time the cap is reached
 //!   (from ClickHouse `window_totals_current` and the policy files; exact decimals).
 //! - [`decisions`]: the decisions in force (the newest per key is not `allow`), or the history.
+//! - [`alerts`]: the alerts raised, newest first, each with its state ([`AlertState`]): open,
+//!   resolved (a hard cap lifted by its reset), ended (its window ended) or a one-off finding.
 //! - [`scopes::scopes`]: the remaining quota of the scopes a request names, with the decision
 //!   and the approved raise in force: the decision sidecar's `GET /v1/scopes`, from ClickHouse.
 //! - `policy check` and `approve` are the alerter's own ([`alerter::approve`]).
@@ -323,4 +325,257 @@ pub fn decisions_table(decisions: &[DecisionRow]) -> String {
         ));
     }
     out
+}
+
+/// One alert as the audit table holds it (`alerts`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, clickhouse::Row)]
+pub struct AlertRow {
+    /// Unique id (from the dedup key).
+    pub alert_id: String,
+    /// The condition's key.
+    pub dedup_key: String,
+    /// The policy.
+    pub policy_id: String,
+    /// Scope dimension names.
+    pub scope_keys: Vec<String>,
+    /// Scope dimension values.
+    pub scope_values: Vec<String>,
+    /// `soft_threshold`, `hard_cap`, `cap_reset`, `concurrency`, …
+    pub kind: String,
+    /// `info`, `warning`, `error`, `critical`.
+    pub severity: String,
+    /// Threshold in percent of the limit; -1 when the alert has none.
+    pub threshold: i32,
+    /// Unit of `observed` and `limit_value`.
+    pub unit: String,
+    /// The measured value, exact, as text.
+    pub observed: String,
+    /// The limit, exact, as text; empty when the alert has none.
+    pub limit_value: String,
+    /// Window kind.
+    pub window_kind: String,
+    /// Window end, epoch seconds.
+    pub window_end: u32,
+    /// The message as sent.
+    pub message: String,
+    /// When it was raised, epoch µs.
+    pub raised_at_us: u64,
+}
+
+impl AlertRow {
+    /// `api_key_id=k1|team=search`.
+    pub fn scope(&self) -> String {
+        self.scope_keys
+            .iter()
+            .zip(&self.scope_values)
+            .map(|(key, value)| format!("{key}={value}"))
+            .collect::<Vec<_>>()
+            .join("|")
+    }
+}
+
+/// Where an alert stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AlertState {
+    /// Still true: its window runs and nothing lifted it.
+    Open,
+    /// A hard cap whose block was lifted (a later `cap_reset` of the same policy and scope).
+    Resolved,
+    /// Its window ended: the condition is over with the window.
+    Ended,
+    /// A one-off finding (a rule, a stale job) or a resolve itself: nothing stays open.
+    Notice,
+}
+
+/// An alert and its state.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct AlertStatus {
+    /// The alert.
+    #[serde(flatten)]
+    pub alert: AlertRow,
+    /// Its state at the time asked.
+    pub state: AlertState,
+}
+
+/// Kinds whose condition lasts as long as their window.
+const WINDOWED_KINDS: [&str; 4] = ["soft_threshold", "hard_cap", "throughput", "anomaly"];
+
+/// The state of each of `rows` (newest first) at `now` (see [`AlertState`]).
+pub fn alert_states(rows: Vec<AlertRow>, now: DateTime<Utc>) -> Vec<AlertStatus> {
+    let now_s = now.timestamp();
+    let lifted = |alert: &AlertRow| {
+        rows.iter().any(|later| {
+            later.kind == "cap_reset"
+                && later.policy_id == alert.policy_id
+                && later.scope_values == alert.scope_values
+                && later.scope_keys == alert.scope_keys
+                && later.raised_at_us > alert.raised_at_us
+        })
+    };
+    let states: Vec<AlertState> = rows
+        .iter()
+        .map(|alert| {
+            if !WINDOWED_KINDS.contains(&alert.kind.as_str()) && alert.kind != "concurrency" {
+                AlertState::Notice
+            } else if alert.kind == "hard_cap" && lifted(alert) {
+                AlertState::Resolved
+            } else if alert.kind != "concurrency" && i64::from(alert.window_end) <= now_s {
+                AlertState::Ended
+            } else if alert.kind == "concurrency" {
+                // A gauge's soft alert: it fired at a level; the block and its lift are
+                // decisions (`quotactl decisions`).
+                AlertState::Notice
+            } else {
+                AlertState::Open
+            }
+        })
+        .collect();
+    rows.into_iter()
+        .zip(states)
+        .map(|(alert, state)| AlertStatus { alert, state })
+        .collect()
+}
+
+/// The alerts raised, newest first (at most `limit`, of `policy` only when given), each with its
+/// state at `now`; with `open_only`, only those still open.
+pub async fn alerts(
+    client: &clickhouse::Client,
+    policy: Option<&str>,
+    open_only: bool,
+    limit: u64,
+    now: DateTime<Utc>,
+) -> Result<Vec<AlertStatus>, Error> {
+    let rows: Vec<AlertRow> = client
+        .query(
+            "SELECT alert_id, dedup_key, policy_id, scope_keys, scope_values, kind, severity, \
+             ifNull(threshold_percent, -1) AS threshold, unit, toString(observed) AS observed, \
+             ifNull(toString(limit_value), '') AS limit_value, window_kind, \
+             toUInt32(window_end) AS window_end, message, raised_at_us \
+             FROM alerts FINAL WHERE (? = '' OR policy_id = ?) \
+             ORDER BY raised_at_us DESC, alert_id LIMIT ?",
+        )
+        .bind(policy.unwrap_or_default())
+        .bind(policy.unwrap_or_default())
+        .bind(limit)
+        .fetch_all()
+        .await?;
+    let mut statuses = alert_states(rows, now);
+    if open_only {
+        statuses.retain(|status| status.state == AlertState::Open);
+    }
+    Ok(statuses)
+}
+
+/// A plain-text table of `alerts`.
+pub fn alerts_table(alerts: &[AlertStatus]) -> String {
+    let mut out = format!(
+        "{:<20} {:<9} {:<15} {:<9} {:<24} {:<32} {:>22}  {}\n",
+        "raised", "state", "kind", "severity", "policy", "scope", "observed / limit", "message"
+    );
+    for status in alerts {
+        let alert = &status.alert;
+        let raised = DateTime::<Utc>::from_timestamp_micros(alert.raised_at_us as i64)
+            .map_or_else(String::new, |at| at.format("%Y-%m-%d %H:%M:%S").to_string());
+        let state = match status.state {
+            AlertState::Open => "open",
+            AlertState::Resolved => "resolved",
+            AlertState::Ended => "ended",
+            AlertState::Notice => "notice",
+        };
+        let amounts = if alert.limit_value.is_empty() {
+            "-".to_owned()
+        } else {
+            format!(
+                "{} / {} {}",
+                trim_decimal(&alert.observed),
+                trim_decimal(&alert.limit_value),
+                alert.unit
+            )
+        };
+        out.push_str(&format!(
+            "{:<20} {:<9} {:<15} {:<9} {:<24} {:<32} {:>22}  {}\n",
+            raised,
+            state,
+            alert.kind,
+            alert.severity,
+            alert.policy_id,
+            alert.scope(),
+            amounts,
+            alert.message
+        ));
+    }
+    out
+}
+
+/// `12.500000000000` → `12.5` (ClickHouse prints every decimal of the column's scale).
+fn trim_decimal(text: &str) -> String {
+    text.parse::<Decimal>()
+        .map_or_else(|_| text.to_owned(), |value| value.normalize().to_string())
+}
+
+#[cfg(test)]
+mod alert_tests {
+    use super::*;
+
+    fn row(kind: &str, scope: &str, window_end: i64, raised_s: u64) -> AlertRow {
+        AlertRow {
+            alert_id: format!("{kind}-{raised_s}"),
+            dedup_key: String::new(),
+            policy_id: "p".to_owned(),
+            scope_keys: vec!["api_key_id".to_owned()],
+            scope_values: vec![scope.to_owned()],
+            kind: kind.to_owned(),
+            severity: "warning".to_owned(),
+            threshold: 50,
+            unit: "cost_usd".to_owned(),
+            observed: "5.000000000000".to_owned(),
+            limit_value: "10.000000000000".to_owned(),
+            window_kind: "day".to_owned(),
+            window_end: u32::try_from(window_end).unwrap(),
+            message: String::new(),
+            raised_at_us: raised_s * 1_000_000,
+        }
+    }
+
+    #[test]
+    fn states_follow_resets_and_window_ends() {
+        let now = DateTime::<Utc>::from_timestamp(1_000_000, 0).unwrap();
+        let open_end = 1_000_100;
+        let rows = vec![
+            row("cap_reset", "k1", open_end, 999_990),
+            row("hard_cap", "k2", open_end, 999_980),
+            row("hard_cap", "k1", open_end, 999_970),
+            row("soft_threshold", "k1", open_end, 999_960),
+            row("soft_threshold", "k3", 999_999, 999_950),
+            row("deprecated_model", "k1", open_end, 999_940),
+        ];
+        let states: Vec<AlertState> = alert_states(rows, now)
+            .into_iter()
+            .map(|status| status.state)
+            .collect();
+        assert_eq!(
+            states,
+            vec![
+                AlertState::Notice,
+                AlertState::Open,
+                AlertState::Resolved,
+                AlertState::Open,
+                AlertState::Ended,
+                AlertState::Notice,
+            ]
+        );
+    }
+
+    #[test]
+    fn the_table_trims_decimals_and_names_the_state() {
+        let now = DateTime::<Utc>::from_timestamp(1_000_000, 0).unwrap();
+        let table = alerts_table(&alert_states(
+            vec![row("hard_cap", "k1", 1_000_100, 1)],
+            now,
+        ));
+        assert!(table.contains("open"), "{table}");
+        assert!(table.contains("5 / 10 cost_usd"), "{table}");
+        assert!(table.contains("api_key_id=k1"), "{table}");
+    }
 }

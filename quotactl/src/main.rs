@@ -49,6 +49,19 @@ enum Command {
         #[arg(long, default_value_t = 100)]
         limit: u64,
     },
+    /// Alerts raised, newest first, with their state: open, resolved (a hard cap lifted),
+    /// ended (its window ended) or notice (a one-off finding).
+    Alerts {
+        /// Only alerts still open.
+        #[arg(long)]
+        open: bool,
+        /// Only this policy.
+        #[arg(long)]
+        policy: Option<String>,
+        /// At most this many.
+        #[arg(long, default_value_t = 100)]
+        limit: u64,
+    },
     /// Policy tools.
     Policy {
         #[command(subcommand)]
@@ -129,6 +142,19 @@ async fn main() -> anyhow::Result<ExitCode> {
                 println!("{}", serde_json::to_string_pretty(&decisions)?);
             } else {
                 print!("{}", quotactl::decisions_table(&decisions));
+            }
+        }
+        Command::Alerts {
+            open,
+            policy,
+            limit,
+        } => {
+            let alerts =
+                quotactl::alerts(&client, policy.as_deref(), open, limit, Utc::now()).await?;
+            if args.json {
+                println!("{}", serde_json::to_string_pretty(&alerts)?);
+            } else {
+                print!("{}", quotactl::alerts_table(&alerts));
             }
         }
         Command::Policy {

@@ -133,6 +133,71 @@ async fn decisions_in_force_leave_out_lifted_keys_and_history_lists_all() {
     testkit::drop_database(&config.clickhouse).await.unwrap();
 }
 
+/// Issue 17 point 2: alert state is queryable. A hard cap lifted by its reset is resolved, one
+/// still in force is open, a soft alert whose window ended has ended.
+#[tokio::test]
+#[cfg_attr(
+    not(feature = "live"),
+    ignore = "needs the local stack (dev/stack up); run with --features live"
+)]
+async fn alerts_list_newest_first_with_their_state() {
+    let (config, client) = seeded("quotactl_alerts").await;
+    let now = Utc::now();
+    let day = now.timestamp() - now.timestamp().rem_euclid(86_400);
+    let alert = |id: &str, key: &str, kind: &str, window_end: i64, at: i64| {
+        format!(
+            "('{id}', '{id}', 't-status', ['api_key_id'], ['{key}'], '{kind}', 'warning', 50, 'cost_usd', \
+             5.5, 10, 'day', {day}, {window_end}, 'search', '{kind} {key}', {at}, {})",
+            at * 1_000_000
+        )
+    };
+    client
+        .query(&format!(
+            "INSERT INTO alerts (alert_id, dedup_key, policy_id, scope_keys, scope_values, kind, severity, \
+             threshold_percent, unit, observed, limit_value, window_kind, window_start, window_end, owner, \
+             message, raised_at, raised_at_us) VALUES {}, {}, {}, {}",
+            alert("a1", "k1", "hard_cap", day + 86_400, day + 10),
+            alert("a2", "k1", "cap_reset", day + 86_400, day + 20),
+            alert("a3", "k2", "hard_cap", day + 86_400, day + 30),
+            alert("a4", "k3", "soft_threshold", day - 1, day - 100),
+        ))
+        .execute()
+        .await
+        .unwrap();
+    let all = quotactl::alerts(&client, None, false, 100, now)
+        .await
+        .unwrap();
+    let states: Vec<(String, quotactl::AlertState)> = all
+        .iter()
+        .map(|status| (status.alert.alert_id.clone(), status.state))
+        .collect();
+    use quotactl::AlertState::*;
+    assert_eq!(
+        states,
+        vec![
+            ("a3".to_owned(), Open),
+            ("a2".to_owned(), Notice),
+            ("a1".to_owned(), Resolved),
+            ("a4".to_owned(), Ended),
+        ]
+    );
+    assert_eq!(
+        all[0].alert.observed.parse::<Decimal>().unwrap(),
+        Decimal::new(55, 1)
+    );
+    let open = quotactl::alerts(&client, None, true, 100, now)
+        .await
+        .unwrap();
+    assert_eq!(open.len(), 1);
+    assert_eq!(open[0].alert.scope(), "api_key_id=k2");
+    assert!(quotactl::alerts(&client, Some("other"), false, 100, now)
+        .await
+        .unwrap()
+        .is_empty());
+    assert!(quotactl::alerts_table(&all).contains("5.5 / 10 cost_usd"));
+    testkit::drop_database(&config.clickhouse).await.unwrap();
+}
+
 const APPROVABLE: &str = r#"
 id: t-approve
 description: Ten dollars per API key and day; alice may double it for a day.
