@@ -298,6 +298,7 @@ impl PartitionAggregator {
         checkpoint: Option<Checkpoint>,
         totals: impl IntoIterator<Item = StoredTotal<'a>>,
     ) -> Result<(PartitionAggregator, usize), StateError> {
+        let topic: Arc<str> = Arc::from(topic);
         let mut state = TotalsState::new(policies, settings.totals.clone())?;
         let mut dedup = Dedup::new(settings.dedup_horizon, settings.dedup_max_ids);
         let (next_offset, replay_from) = match &checkpoint {
@@ -360,12 +361,8 @@ impl PartitionAggregator {
         }
         Ok((
             PartitionAggregator {
-                admitter: Admitter {
-                    topic: Arc::from(topic),
-                    partition,
-                    admission: settings.admission.clone(),
-                },
-                topic: Arc::from(topic),
+                admitter: Admitter::new(Arc::clone(&topic), partition, settings.admission.clone()),
+                topic,
                 partition,
                 settings,
                 state,
@@ -775,71 +772,8 @@ impl PartitionAggregator {
     }
 }
 
-/// The decoding and admission of a partition's records (see [`PartitionAggregator::admitter`]):
-/// pure, it holds no state of the partition, so it can run ahead of the counting on another
-/// thread.
-#[derive(Debug, Clone)]
-pub struct Admitter {
-    topic: Arc<str>,
-    partition: i32,
-    admission: Admission,
-}
-
-impl Admitter {
-    /// Decodes a record and admits it ([`quotaflow_admission`], the step the raw archive applies
-    /// too: validated at its Kafka timestamp, priced with our catalog); the dead letter when it
-    /// cannot be counted.
-    /// `kept` is an event no longer needed: the record is decoded into its string buffers.
-    pub fn admit(
-        &self,
-        offset: i64,
-        timestamp_ms: Option<i64>,
-        key: Option<&[u8]>,
-        payload: Option<&[u8]>,
-        kept: Option<Box<UsageEvent>>,
-    ) -> Result<Box<UsageEvent>, Box<DeadLetter>> {
-        let source = SourceRecord {
-            topic: &self.topic,
-            partition: self.partition,
-            offset,
-            payload: payload.unwrap_or_default(),
-            key,
-        };
-        if source.payload.is_empty() {
-            return Err(Box::new(dead_letter::dead_letter(
-                source,
-                SERVICE,
-                kind::EMPTY,
-                "record has no value".to_owned(),
-            )));
-        }
-        // Current-schema records are read borrowed and written into the kept event's buffers
-        // (no allocation per string once they have grown); older versions, and any record the
-        // borrowed reader refuses, take the owned decode, whose error the dead letter carries.
-        let decoded = match schemas::UsageEventRef::decode_current(source.payload) {
-            Ok(Some(borrowed)) => Ok(match kept {
-                Some(mut event) => {
-                    borrowed.write_into(&mut event);
-                    event
-                }
-                None => Box::new(borrowed.to_owned()),
-            }),
-            _ => schemas::decode(source.payload).map(Box::new),
-        };
-        let mut event =
-            decoded.map_err(|error| Box::new(dead_letter::undecodable(source, SERVICE, &error)))?;
-        let record_timestamp = quotaflow_admission::record_timestamp(timestamp_ms);
-        match self.admission.admit_in_place(&mut event, record_timestamp) {
-            Ok(()) => Ok(event),
-            Err(rejection) => Err(Box::new(dead_letter::dead_letter(
-                source,
-                SERVICE,
-                rejection.dead_letter_kind(),
-                rejection.message(),
-            ))),
-        }
-    }
-}
+mod admitter;
+pub use admitter::Admitter;
 
 #[cfg(test)]
 mod tests;
