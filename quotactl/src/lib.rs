@@ -398,34 +398,30 @@ pub struct AlertStatus {
     pub state: AlertState,
 }
 
-/// Kinds whose condition lasts as long as their window.
+/// Kinds whose condition lasts as long as their window (a concurrent-jobs alert fired at a
+/// level of a gauge; its block and lift are decisions, `quotactl decisions`).
 const WINDOWED_KINDS: [&str; 4] = ["soft_threshold", "hard_cap", "throughput", "anomaly"];
 
 /// The state of each of `rows` (newest first) at `now` (see [`AlertState`]).
 pub fn alert_states(rows: Vec<AlertRow>, now: DateTime<Utc>) -> Vec<AlertStatus> {
-    let now_s = now.timestamp();
     let lifted = |alert: &AlertRow| {
         rows.iter().any(|later| {
             later.kind == "cap_reset"
                 && later.policy_id == alert.policy_id
-                && later.scope_values == alert.scope_values
                 && later.scope_keys == alert.scope_keys
+                && later.scope_values == alert.scope_values
                 && later.raised_at_us > alert.raised_at_us
         })
     };
     let states: Vec<AlertState> = rows
         .iter()
         .map(|alert| {
-            if !WINDOWED_KINDS.contains(&alert.kind.as_str()) && alert.kind != "concurrency" {
+            if !WINDOWED_KINDS.contains(&alert.kind.as_str()) {
                 AlertState::Notice
             } else if alert.kind == "hard_cap" && lifted(alert) {
                 AlertState::Resolved
-            } else if alert.kind != "concurrency" && i64::from(alert.window_end) <= now_s {
+            } else if i64::from(alert.window_end) <= now.timestamp() {
                 AlertState::Ended
-            } else if alert.kind == "concurrency" {
-                // A gauge's soft alert: it fired at a level; the block and its lift are
-                // decisions (`quotactl decisions`).
-                AlertState::Notice
             } else {
                 AlertState::Open
             }
