@@ -71,6 +71,10 @@ pub mod metric {
     /// Records read, by `outcome` (counted, late, duplicate, too_late, dead_lettered, remembered,
     /// stale).
     pub const RECORDS: &str = "quotaflow_aggregator_records_total";
+    /// Batches of records counted, by `admitted_on`: `admitting_thread` (a worker's first thread
+    /// decoded and admitted them: fewer busy workers than cores) or `counting_thread` (admitted
+    /// where they are counted: every core busy).
+    pub const BATCHES: &str = "quotaflow_aggregator_batches_total";
     /// Dead letters written, by `kind`.
     pub const DEAD_LETTERS: &str = "quotaflow_aggregator_dead_letters_total";
     /// Flushes completed.

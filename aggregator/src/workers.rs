@@ -510,10 +510,13 @@ fn work(
                 spans.remove(&partition);
             }
             Command::Records(batch) => {
+                metrics::counter!(metric::BATCHES, "admitted_on" => "counting_thread").increment(1);
                 handle_batch(&mut partitions, &spans, &mut counts, &batch, None);
                 since_publish += 1;
             }
             Command::Admitted(batch, admitted) => {
+                metrics::counter!(metric::BATCHES, "admitted_on" => "admitting_thread")
+                    .increment(1);
                 let spent =
                     handle_batch(&mut partitions, &spans, &mut counts, &batch, Some(admitted));
                 // The admitting thread gone means the worker is stopping.

@@ -111,6 +111,40 @@ async fn kill_9_at_any_moment_repeatedly_loses_and_duplicates_nothing() {
     testkit::drop_database(&config.clickhouse).await.unwrap();
 }
 
+/// One partition on a machine of several cores: the worker splits in two threads (the first
+/// decodes and admits, the second counts; see `aggregator/src/workers.rs`). A kill at any moment
+/// of that pipeline loses and duplicates nothing: a flush is answered only after every earlier
+/// record passed both threads, and offsets are stored only after the flush is written.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(
+    not(feature = "live"),
+    ignore = "needs the local stack (dev/stack up); run with --features live"
+)]
+async fn kill_9_with_one_partition_on_the_split_worker_loses_and_duplicates_nothing() {
+    let mut config = isolated_config("agg_kill_split");
+    config.kafka.topics.partitions = 1;
+    config.aggregate.flush_interval_ms = 20;
+    config.aggregate.flush_max_records = 3_000;
+    let events = events_with_duplicates(5, 40_000);
+    produce(&config.kafka, &events[..events.len() / 2]).await;
+    crash_after_each_flush_write_then_kill_9(&config, &events[events.len() / 2..], 4).await;
+
+    // The last run in this process, to read which thread admitted its records.
+    let running = start(&config).await;
+    wait_caught_up(&config, Duration::from_secs(300)).await;
+    check_exact(&config, &events).await;
+    let metrics = metrics_text(&running).await;
+    if std::thread::available_parallelism().map_or(1, usize::from) > 1 {
+        assert!(
+            metrics
+                .contains("quotaflow_aggregator_batches_total{admitted_on=\"admitting_thread\"}"),
+            "one partition on several cores must run the split path: {metrics}"
+        );
+    }
+    running.stop().await.unwrap();
+    testkit::drop_database(&config.clickhouse).await.unwrap();
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[cfg_attr(
     not(feature = "live"),
