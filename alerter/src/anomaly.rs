@@ -11,6 +11,14 @@
 //! | `attempts_per_output`   | billable attempts / accepted outputs   | higher         |
 //! | `cache_hit_rate`        | cached input tokens / input tokens     | lower          |
 //! | `output_input_ratio`    | output tokens / input tokens           | either way     |
+//! | `input_tokens_per_success` | input tokens / successful requests  | higher         |
+//! | `final_images_per_output` | final-tier images / accepted outputs | higher         |
+//!
+//! A successful request is a request minus the failed attempts (4xx, 5xx, other) of the same
+//! bucket. `input_tokens_per_success` catches prompts that grow (a loop appending its history, a
+//! retrieval step stuffing the context); `final_images_per_output` catches final-quality renders
+//! made before a person chose among drafts. A policy's `anomaly.metrics` picks the ratios it
+//! watches (default: all).
 //!
 //! The current bucket's ratio `x` is compared with the last `history_buckets` closed buckets of
 //! the same scope (buckets without traffic are skipped) by a **robust z-score**:
@@ -69,14 +77,23 @@ pub enum Metric {
     CacheHitRate,
     /// Output tokens / input tokens.
     OutputInputRatio,
+    /// Input tokens / successful requests.
+    InputTokensPerSuccess,
+    /// Final-tier images / accepted outputs.
+    FinalImagesPerOutput,
 }
 
-const METRICS: [Metric; 4] = [
+const METRICS: [Metric; RATIOS] = [
     Metric::FallbackShare,
     Metric::AttemptsPerOutput,
     Metric::CacheHitRate,
     Metric::OutputInputRatio,
+    Metric::InputTokensPerSuccess,
+    Metric::FinalImagesPerOutput,
 ];
+
+/// How many ratios there are.
+const RATIOS: usize = 6;
 
 impl Metric {
     /// Its name.
@@ -86,6 +103,36 @@ impl Metric {
             Metric::AttemptsPerOutput => "attempts_per_output",
             Metric::CacheHitRate => "cache_hit_rate",
             Metric::OutputInputRatio => "output_input_ratio",
+            Metric::InputTokensPerSuccess => "input_tokens_per_success",
+            Metric::FinalImagesPerOutput => "final_images_per_output",
+        }
+    }
+
+    /// What the ratio is, in words.
+    pub fn meaning(self) -> &'static str {
+        match self {
+            Metric::FallbackShare => "fallback attempts per request",
+            Metric::AttemptsPerOutput => "billable attempts per accepted output",
+            Metric::CacheHitRate => "share of input tokens read from the prompt cache",
+            Metric::OutputInputRatio => "output tokens per input token",
+            Metric::InputTokensPerSuccess => "average input tokens per successful request",
+            Metric::FinalImagesPerOutput => "final-quality images per accepted output",
+        }
+    }
+
+    /// What usually causes it.
+    pub fn hint(self) -> &'static str {
+        match self {
+            Metric::FallbackShare => "the primary model is failing and spend moves to fallbacks",
+            Metric::AttemptsPerOutput => "attempts are retried or regenerated without being used",
+            Metric::CacheHitRate => "prompts stopped hitting the cache (a changed prefix?)",
+            Metric::OutputInputRatio => "answers are much longer or shorter than usual",
+            Metric::InputTokensPerSuccess => {
+                "prompts grew: a loop appending its history, or a retrieval step stuffing the context"
+            }
+            Metric::FinalImagesPerOutput => {
+                "final-quality images are rendered before a person chose among drafts or previews"
+            }
         }
     }
 
@@ -113,12 +160,14 @@ impl Finding {
     /// A sentence for people.
     pub fn describe(&self) -> String {
         format!(
-            "{} is {} against a usual {} (robust z = {}, baseline of {} buckets)",
+            "{} ({}) is {} against a usual {} (robust z = {}, baseline of {} buckets): {}",
             self.metric.as_str(),
+            self.metric.meaning(),
             self.value.round_dp(3).normalize(),
             self.median.round_dp(3).normalize(),
             self.z.round_dp(1).normalize(),
-            self.baseline
+            self.baseline,
+            self.metric.hint(),
         )
     }
 }
@@ -133,6 +182,8 @@ struct Counters {
     input_tokens: u64,
     cached_input_tokens: u64,
     output_tokens: u64,
+    failed_attempts: u64,
+    images_final: u64,
     amount: Decimal,
 }
 
@@ -146,6 +197,11 @@ impl Counters {
             input_tokens: total.input_tokens,
             cached_input_tokens: total.cached_input_tokens,
             output_tokens: total.output_tokens,
+            failed_attempts: total
+                .errors_4xx
+                .saturating_add(total.errors_5xx)
+                .saturating_add(total.errors_other),
+            images_final: total.images_final,
             amount: Measures::from(total).unit_amount(policy.unit()),
         }
     }
@@ -165,11 +221,13 @@ impl Counters {
                 .cached_input_tokens
                 .saturating_sub(base.cached_input_tokens),
             output_tokens: self.output_tokens.saturating_sub(base.output_tokens),
+            failed_attempts: self.failed_attempts.saturating_sub(base.failed_attempts),
+            images_final: self.images_final.saturating_sub(base.images_final),
             amount: self.amount - base.amount,
         }
     }
 
-    fn ratios(&self) -> [Option<Decimal>; 4] {
+    fn ratios(&self) -> [Option<Decimal>; RATIOS] {
         let ratio = |numerator: u64, denominator: u64| {
             (denominator > 0).then(|| Decimal::from(numerator) / Decimal::from(denominator))
         };
@@ -178,6 +236,11 @@ impl Counters {
             ratio(self.billable_attempts, self.accepted_outputs),
             ratio(self.cached_input_tokens, self.input_tokens),
             ratio(self.output_tokens, self.input_tokens),
+            ratio(
+                self.input_tokens,
+                self.requests.saturating_sub(self.failed_attempts),
+            ),
+            ratio(self.images_final, self.accepted_outputs),
         ]
     }
 }
@@ -188,7 +251,7 @@ struct Track {
     bucket: i64,
     base: Counters,
     latest: Counters,
-    history: VecDeque<[Option<Decimal>; 4]>,
+    history: VecDeque<[Option<Decimal>; RATIOS]>,
 }
 
 /// Baselines per (policy, scope) (module docs).
@@ -265,6 +328,9 @@ impl Detector {
         let values = current.ratios();
         let mut findings = Vec::new();
         for metric in METRICS {
+            if !rules.watches(metric.as_str()) {
+                continue;
+            }
             let Some(value) = values[metric.index()] else {
                 continue;
             };
@@ -282,7 +348,10 @@ impl Detector {
             let scale = (mad * Decimal::new(14826, 4)).max(floor);
             let z = (value - center) / scale;
             let anomalous = match metric {
-                Metric::FallbackShare | Metric::AttemptsPerOutput => z >= rules.z_threshold,
+                Metric::FallbackShare
+                | Metric::AttemptsPerOutput
+                | Metric::InputTokensPerSuccess
+                | Metric::FinalImagesPerOutput => z >= rules.z_threshold,
                 Metric::CacheHitRate => -z >= rules.z_threshold,
                 Metric::OutputInputRatio => z.abs() >= rules.z_threshold,
             };
@@ -413,6 +482,91 @@ anomaly: {min_volume: 50, z_threshold: 4}
         // Below min_volume (50 requests in the bucket): never anomalous, however odd.
         let found = run(&steady_then(20, 20));
         assert!(found.iter().all(Vec::is_empty), "{found:?}");
+    }
+
+    /// Cumulative totals of a scope sending 100 successful requests a minute with about
+    /// `tokens` input tokens each and `finals` final images, then one minute of `storm_tokens`
+    /// and `storm_finals`; the policy watches `metrics`.
+    fn prompt_steps(metrics: &str, storm_tokens: u64, storm_finals: u64) -> Vec<Vec<Metric>> {
+        let yaml = POLICY.replace(
+            "anomaly: {min_volume: 50, z_threshold: 4}",
+            &format!("anomaly: {{min_volume: 50, z_threshold: 4{metrics}}}"),
+        );
+        let policies = PolicySet::from_str("p.yaml", &yaml).unwrap();
+        let policy = policies.get("fb").unwrap();
+        let mut detector = Detector::new(AnomalySettings {
+            bucket_secs: 60,
+            history_buckets: 60,
+            min_history: 5,
+        });
+        let (mut requests, mut tokens, mut finals, mut accepted) = (0u64, 0u64, 0u64, 0u64);
+        let mut found = Vec::new();
+        for minute in 0..9i64 {
+            let storm = minute == 8;
+            requests += 100;
+            accepted += 50;
+            tokens += if storm {
+                storm_tokens
+            } else {
+                100 * (1_000 + 20 * (minute as u64 % 3))
+            };
+            finals += if storm {
+                storm_finals
+            } else {
+                5 + minute as u64 % 2
+            };
+            let mut total = total(minute * 60 + 30, requests, 0);
+            total.input_tokens = tokens;
+            total.output_tokens = requests * 10;
+            total.images_final = finals;
+            total.accepted_outputs = accepted;
+            // Failed attempts are not successful requests: 10 a minute.
+            total.errors_5xx = 10 * (minute as u64 + 1);
+            found.push(
+                detector
+                    .observe(policy, &WindowKey::of(&total), &total)
+                    .into_iter()
+                    .map(|finding| finding.metric)
+                    .collect(),
+            );
+        }
+        found
+    }
+
+    #[test]
+    fn growing_prompts_and_early_final_renders_are_anomalies() {
+        // 100 requests, 10 failed: 9,000 input tokens per success against about 1,100.
+        let found = prompt_steps("", 810_000, 5);
+        assert!(found[..8].iter().all(Vec::is_empty), "{found:?}");
+        assert!(
+            found[8].contains(&Metric::InputTokensPerSuccess),
+            "{found:?}"
+        );
+        assert!(
+            !found[8].contains(&Metric::FinalImagesPerOutput),
+            "{found:?}"
+        );
+        // 60 final images for 50 accepted outputs against about 0.1 per output.
+        let found = prompt_steps("", 100 * 1_000, 60);
+        assert!(
+            found[8].contains(&Metric::FinalImagesPerOutput),
+            "{found:?}"
+        );
+        assert!(
+            !found[8].contains(&Metric::InputTokensPerSuccess),
+            "{found:?}"
+        );
+        // The usual mix: nothing.
+        let found = prompt_steps("", 100 * 1_040, 6);
+        assert!(found.iter().all(Vec::is_empty), "{found:?}");
+    }
+
+    #[test]
+    fn a_policy_watches_only_the_ratios_it_lists() {
+        let found = prompt_steps(", metrics: [final_images_per_output]", 810_000, 5);
+        assert!(found.iter().all(Vec::is_empty), "{found:?}");
+        let found = prompt_steps(", metrics: [input_tokens_per_success]", 810_000, 60);
+        assert_eq!(found[8], vec![Metric::InputTokensPerSuccess]);
     }
 
     #[test]

@@ -120,6 +120,9 @@ pub struct Engine {
     detector: Detector,
     /// Jobs in flight per gauge (policy, scope).
     jobs: JobTracker,
+    /// Pending-job backlogs paged and not resolved yet: `backlog/{policy}/{scope}` → the dedup
+    /// key of the page and when it fired (rebuilt from the alerts topic on restore).
+    open_backlogs: BTreeMap<String, (String, DateTime<Utc>)>,
     /// Control keys whose decision changed (or was restored) and whose alert is not settled yet.
     to_follow: BTreeSet<String>,
     /// Policies that have ever held a block or degrade (others have nothing to lift).
@@ -264,6 +267,7 @@ impl Engine {
             models_day: None,
             detector: Detector::default(),
             jobs: JobTracker::default(),
+            open_backlogs: BTreeMap::new(),
             to_follow: BTreeSet::new(),
             policies_with_blocks: HashSet::new(),
             job_max_age: DEFAULT_JOB_MAX_AGE,
@@ -424,6 +428,7 @@ impl Engine {
     pub fn restore_alert(&mut self, alert: &Alert) {
         self.fired
             .insert_until(alert.dedup_key.clone(), forget_after(alert));
+        self.restore_backlog(alert);
     }
 
     /// `effects` without the alerts already raised (by dedup key); those kept are marked raised.
@@ -572,6 +577,7 @@ impl Engine {
             effects.extend(self.reconcile_models(now));
         }
         effects.extend(self.stale_jobs(now));
+        effects.extend(self.pending_backlogs(now));
         effects.extend(self.age_out_jobs(now));
         effects.extend(self.follow_decisions(now));
         effects.extend(self.forget_settled(now));

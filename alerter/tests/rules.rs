@@ -268,7 +268,7 @@ async fn a_fallback_storm_blocks_the_fallback_route_and_is_an_anomaly() {
     assert!(
         anomalies
             .iter()
-            .any(|text| text.starts_with("fallback_share is 0.8 ")),
+            .any(|text| text.starts_with("fallback_share (fallback attempts per request) is 0.8 ")),
         "{anomalies:?}"
     );
     assert!(
@@ -277,6 +277,120 @@ async fn a_fallback_storm_blocks_the_fallback_route_and_is_an_anomaly() {
     );
     alerter.stop().await.unwrap();
     gateway.shutdown();
+    testkit::drop_database(&config.clickhouse).await.unwrap();
+}
+
+const PROMPTS: &str = r#"
+id: t-prompts
+description: Prompt size and final renders per workflow against their own baseline.
+owner: {team: studio, contact: studio@example.com, pagerduty_service: studio}
+unit: requests
+group_by: [workflow]
+window: {kind: day}
+hard_cap: 1000000
+action: {kind: alert_only}
+anomaly:
+  min_volume: 0
+  z_threshold: 4
+  metrics: [input_tokens_per_success, final_images_per_output]
+"#;
+
+/// Issue 17: two review signals of the quota guide, each against the scope's own baseline.
+/// `agent-loop`'s prompts grow ninefold (a loop appending its history) and `render` makes final
+/// images before anyone chose: one anomaly each, with owner and scope, on Slack and PagerDuty.
+/// `summarize` runs its usual mix and raises nothing.
+#[tokio::test]
+#[cfg_attr(
+    not(feature = "live"),
+    ignore = "needs the local stack (dev/stack up); run with --features live"
+)]
+async fn growing_prompts_and_early_final_renders_are_flagged_and_a_normal_mix_is_not() {
+    let receivers = Receivers::start().await;
+    let config = config("alerter_prompts", PROMPTS, &receivers);
+    let alerter = start(&config).await;
+    let day = now_s() - TimeDelta::seconds(i64::from(now_s().timestamp() as u32 % 86_400));
+    let base = now_s() - TimeDelta::minutes(20);
+    let mut version = 0u64;
+    let mut totals = Vec::new();
+    for workflow in ["agent-loop", "render", "summarize"] {
+        let (mut requests, mut tokens, mut finals, mut accepted) = (0u64, 0u64, 0u64, 0u64);
+        for minute in 0..9u64 {
+            let storm = minute == 8;
+            requests += 100;
+            accepted += 50;
+            // About 1,000 input tokens a request and 5 final images a minute, as usual...
+            tokens += 100 * (1_000 + 20 * (minute % 3));
+            finals += 5 + minute % 2;
+            // ...until the last minute.
+            if storm && workflow == "agent-loop" {
+                tokens += 800_000;
+            }
+            if storm && workflow == "render" {
+                finals += 55;
+            }
+            version += 1;
+            let mut total = policy_total(
+                "t-prompts",
+                &format!("workflow={workflow}"),
+                day,
+                day + TimeDelta::days(1),
+                "0",
+                version,
+            );
+            total.requests = requests;
+            total.billable_attempts = requests;
+            total.accepted_outputs = accepted;
+            total.input_tokens = tokens;
+            total.output_tokens = requests * 10;
+            total.images_final = finals;
+            total.written_at = base + TimeDelta::seconds(minute as i64 * 60 + 30);
+            totals.push(total);
+        }
+    }
+    produce_totals(&config.kafka, &totals).await;
+    let anomalies = |r: &Receivers| -> Vec<(String, String)> {
+        r.pagerduty()
+            .into_iter()
+            .filter(|page| page["payload"]["class"] == "anomaly")
+            .map(|page| {
+                (
+                    page["payload"]["source"].as_str().unwrap().to_owned(),
+                    page["payload"]["custom_details"]["anomaly"]
+                        .as_str()
+                        .unwrap()
+                        .to_owned(),
+                )
+            })
+            .collect()
+    };
+    wait_receivers(&receivers, "both anomalies paged", |r| {
+        anomalies(r).len() == 2 && r.slack_containing("anomaly: ") == 2
+    })
+    .await;
+    let found = anomalies(&receivers);
+    assert!(
+        found
+            .iter()
+            .any(|(scope, text)| scope == "workflow=agent-loop"
+                && text.starts_with(
+                    "input_tokens_per_success (average input tokens per successful request) is 9"
+                )
+                && text.contains("a loop appending its history")),
+        "{found:?}"
+    );
+    assert!(
+        found.iter().any(|(scope, text)| scope == "workflow=render"
+            && text
+                .starts_with("final_images_per_output (final-quality images per accepted output)")),
+        "{found:?}"
+    );
+    for page in receivers.pagerduty() {
+        assert_eq!(page["payload"]["custom_details"]["owner_team"], "studio");
+    }
+    // The normal mix: nothing, on either channel.
+    assert_eq!(receivers.slack_containing("workflow=summarize"), 0);
+    assert!(found.iter().all(|(scope, _)| scope != "workflow=summarize"));
+    alerter.stop().await.unwrap();
     testkit::drop_database(&config.clickhouse).await.unwrap();
 }
 
@@ -524,6 +638,112 @@ async fn a_concurrency_cap_blocks_new_jobs_until_one_finishes_and_survives_a_res
     );
     alerter.stop().await.unwrap();
     gateway.shutdown();
+    testkit::drop_database(&config.clickhouse).await.unwrap();
+}
+
+const BACKLOG: &str = r#"
+id: t-backlog
+description: Video jobs should not queue up at the provider.
+owner: {team: media, contact: media@example.com, pagerduty_service: media}
+selector: {modality: video}
+unit: concurrent_jobs
+group_by: [customer_id]
+hard_cap: 100
+pending_backlog: {min_jobs: 3, older_than: 10m}
+action: {kind: alert_only}
+"#;
+
+/// Issue 17: a backlog of pending video jobs (three pending for more than ten minutes) pages
+/// once, names its owner and scope, and is resolved (Slack follow-up, PagerDuty resolve of the
+/// same `dedup_key`) when it drains. A scope with fewer old jobs (a normal queue) pages nothing.
+#[tokio::test]
+#[cfg_attr(
+    not(feature = "live"),
+    ignore = "needs the local stack (dev/stack up); run with --features live"
+)]
+async fn a_pending_job_backlog_pages_once_and_resolves_when_it_drains() {
+    let receivers = Receivers::start().await;
+    let config = config("alerter_backlog", BACKLOG, &receivers);
+    let alerter = start(&config).await;
+    let job =
+        |customer: &str, job_id: &str, state: schemas::JobState, at: chrono::DateTime<Utc>| {
+            let mut event = schemas::fixtures::text_event(&testkit::unique_name(job_id), at);
+            event.modality = schemas::Modality::Video;
+            event.endpoint = "video".to_owned();
+            event.customer_id = Some(customer.to_owned());
+            event.job_id = Some(job_id.to_owned());
+            event.job_state = Some(state);
+            event
+        };
+    let now = Utc::now();
+    let old = now - TimeDelta::minutes(20);
+    use schemas::JobState::{Submitted, Succeeded};
+    produce_events(
+        &config.kafka,
+        &[
+            // c-1: three jobs waiting for 20 minutes, one just submitted: a backlog.
+            job("c-1", "a1", Submitted, old),
+            job("c-1", "a2", Submitted, old),
+            job("c-1", "a3", Submitted, old),
+            job("c-1", "a4", Submitted, now),
+            // c-2: two old jobs and many recent ones: a normal queue.
+            job("c-2", "b1", Submitted, old),
+            job("c-2", "b2", Submitted, old),
+            job("c-2", "b3", Submitted, now),
+            job("c-2", "b4", Submitted, now),
+            job("c-2", "b5", Submitted, now),
+        ],
+    )
+    .await;
+    wait_receivers(&receivers, "the backlog page", |r| {
+        r.slack_containing("3 jobs pending") == 1 && r.pagerduty_actions("trigger").len() == 1
+    })
+    .await;
+    let page = receivers
+        .pagerduty()
+        .into_iter()
+        .find(|page| page["event_action"] == "trigger")
+        .unwrap();
+    let details = &page["payload"]["custom_details"];
+    assert_eq!(details["owner_team"], "media", "{page}");
+    assert!(
+        page["payload"]["summary"]
+            .as_str()
+            .unwrap()
+            .contains("customer_id=c-1"),
+        "{page}"
+    );
+    assert!(
+        details["next_action"]
+            .as_str()
+            .unwrap()
+            .contains("job queue"),
+        "{page}"
+    );
+    let trigger_key = page["dedup_key"].as_str().unwrap().to_owned();
+
+    // Two of c-1's old jobs finish: one old job left, under min_jobs. The page resolves.
+    produce_events(
+        &config.kafka,
+        &[
+            job("c-1", "a1", Succeeded, Utc::now()),
+            job("c-1", "a2", Succeeded, Utc::now()),
+        ],
+    )
+    .await;
+    wait_receivers(&receivers, "the backlog resolved", |r| {
+        r.pagerduty_actions("resolve") == vec![trigger_key.clone()]
+            && r.slack()
+                .iter()
+                .filter(|body| body.to_string().contains("has drained"))
+                .count()
+                == 1
+    })
+    .await;
+    // c-2's normal queue never paged, and c-1 paged once.
+    assert_eq!(receivers.slack_containing("customer_id=c-2"), 0);
+    assert_eq!(receivers.pagerduty_actions("trigger").len(), 1);
+    alerter.stop().await.unwrap();
     testkit::drop_database(&config.clickhouse).await.unwrap();
 }
 

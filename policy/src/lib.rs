@@ -57,8 +57,8 @@ pub use policy::{
 };
 pub use record::{
     Action, ActionKind, Anomaly, ApprovalRule, CampaignRecord, Duration, Instant, ModelRules,
-    Notify, Owner, PolicyRecord, RetryPolicy, Review, ReviewCadence, Route, RuleAction, TimeZone,
-    Values, WindowKind, WindowRecord,
+    Notify, Owner, PendingBacklog, PolicyRecord, RetryPolicy, Review, ReviewCadence, Route,
+    RuleAction, TimeZone, Values, WindowKind, WindowRecord, ANOMALY_METRICS,
 };
 pub use scope::{ScopeKey, GLOBAL_SCOPE, OVERFLOW_VALUE};
 pub use source_map::Position;

@@ -80,6 +80,11 @@ pub struct PolicyRecord {
     /// raises a stop-condition alert (`2h`, `30m`); absent = not checked.
     #[serde(default)]
     pub max_job_age: Option<Duration>,
+    /// For `concurrent_jobs`: a page when many jobs wait at once, not only the oldest
+    /// (`{min_jobs: 20, older_than: 10m}`); resolved when the backlog drains; absent = not
+    /// checked.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pending_backlog: Option<PendingBacklog>,
     /// Where alerts go; absent = the owner's channels.
     #[serde(default)]
     pub notify: Option<Notify>,
@@ -546,6 +551,48 @@ pub struct Anomaly {
         serialize_with = "schemas::money::json::serialize"
     )]
     pub z_threshold: Decimal,
+    /// Which ratios are watched ([`ANOMALY_METRICS`]); absent = all of them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub metrics: Option<Vec<String>>,
+}
+
+/// The ratios anomaly detection can watch, each against the scope's own trailing baseline:
+/// fallback attempts per request, billable attempts per accepted output, cached share of input
+/// tokens, output per input token, input tokens per successful request (a prompt growing:
+/// context stuffing, a loop appending history), final-tier images per accepted output (final
+/// quality rendered before a person chose).
+pub const ANOMALY_METRICS: [&str; 6] = [
+    "fallback_share",
+    "attempts_per_output",
+    "cache_hit_rate",
+    "output_input_ratio",
+    "input_tokens_per_success",
+    "final_images_per_output",
+];
+
+impl Anomaly {
+    /// Whether `metric` is watched.
+    pub fn watches(&self, metric: &str) -> bool {
+        self.metrics
+            .as_ref()
+            .is_none_or(|metrics| metrics.iter().any(|watched| watched == metric))
+    }
+}
+
+/// `pending_backlog` of a `concurrent_jobs` policy: how many jobs may wait at once.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PendingBacklog {
+    /// Fires when at least this many jobs of one scope have been pending (submitted or running,
+    /// no terminal event) for longer than `older_than`; at least 1.
+    pub min_jobs: u64,
+    /// How long a job must have been pending to count; default `5m`.
+    #[serde(default = "default_backlog_age")]
+    pub older_than: Duration,
+}
+
+fn default_backlog_age() -> Duration {
+    Duration(chrono::TimeDelta::minutes(5))
 }
 
 fn default_true() -> bool {

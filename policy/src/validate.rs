@@ -229,6 +229,12 @@ fn compile_window(
     errors: &mut Vec<LoadError>,
 ) -> Option<Window> {
     let unit = record.unit;
+    if record.pending_backlog.is_some() && !unit.is_gauge() {
+        errors.push(at.error(
+            &["pending_backlog"],
+            format!("pending_backlog applies to unit concurrent_jobs only, not {unit}"),
+        ));
+    }
     if record.max_job_age.is_some() && !unit.is_gauge() {
         errors.push(at.error(
             &["max_job_age"],
@@ -487,6 +493,31 @@ fn check_optional_sections(record: &PolicyRecord, at: &Locator<'_>, errors: &mut
             errors.push(at.error(
                 &["anomaly", "z_threshold"],
                 "anomaly.z_threshold must be more than 0",
+            ));
+        }
+        for metric in anomaly.metrics.iter().flatten() {
+            if !crate::record::ANOMALY_METRICS.contains(&metric.as_str()) {
+                errors.push(at.error(
+                    &["anomaly", "metrics"],
+                    format!(
+                        "anomaly.metrics lists {metric:?}, which is not one of {}",
+                        crate::record::ANOMALY_METRICS.join(", ")
+                    ),
+                ));
+            }
+        }
+        if anomaly.metrics.as_ref().is_some_and(Vec::is_empty) {
+            errors.push(at.error(
+                &["anomaly", "metrics"],
+                "anomaly.metrics is empty: leave it out to watch every ratio, or set enabled: false",
+            ));
+        }
+    }
+    if let Some(backlog) = &record.pending_backlog {
+        if backlog.min_jobs == 0 {
+            errors.push(at.error(
+                &["pending_backlog", "min_jobs"],
+                "pending_backlog.min_jobs must be at least 1",
             ));
         }
     }

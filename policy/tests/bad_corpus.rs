@@ -82,6 +82,16 @@ const EXPECTED: &[(&str, usize, &str)] = &[
         7,
         "400 USD (400 cost_usd) follows 50% (500 cost_usd)",
     ),
+    (
+        "25_backlog_on_a_counter.yaml",
+        7,
+        "pending_backlog applies to unit concurrent_jobs only, not requests",
+    ),
+    (
+        "26_unknown_anomaly_metric.yaml",
+        8,
+        "anomaly.metrics lists \"prompt_size\", which is not one of",
+    ),
     ("17_environment_conflict.yaml", 6, "could never match"),
     ("18_too_precise.yaml", 6, "more than 12 fractional digits"),
     (
@@ -149,7 +159,7 @@ fn check_dir_renders_file_line_column_reason() {
         text.contains("19_stray_degrade_to.yaml:7:28: degrade_to is only for action kind degrade")
     );
     assert!(
-        text.ends_with(&format!("failed: {} errors in 24 files", EXPECTED.len())),
+        text.ends_with(&format!("failed: {} errors in 26 files", EXPECTED.len())),
         "{text}"
     );
 }

@@ -211,6 +211,154 @@ impl Engine {
         effects
     }
 
+    /// Issue 17: `pending_backlog` of `concurrent_jobs` policies. A scope with at least
+    /// `min_jobs` jobs pending for longer than `older_than` pages once (Slack, and PagerDuty when
+    /// the policy names a service); when the backlog drains below `min_jobs` the page is
+    /// resolved (a Slack follow-up and a PagerDuty resolve of the same `dedup_key`). A new
+    /// backlog after that is a new page.
+    pub(super) fn pending_backlogs(&mut self, now: DateTime<Utc>) -> Vec<Effect> {
+        let policies = Arc::clone(&self.policies);
+        let mut effects = Vec::new();
+        let mut backlogged = BTreeMap::new();
+        for ((policy_id, scope_key), jobs) in &self.jobs.in_flight {
+            let Some(policy) = policies.get(policy_id) else {
+                continue;
+            };
+            let Some(backlog) = &policy.record().pending_backlog else {
+                continue;
+            };
+            let waiting: Vec<&DateTime<Utc>> = jobs
+                .values()
+                .filter(|started| now - **started > backlog.older_than.0)
+                .collect();
+            let oldest = waiting.iter().min().map(|started| **started);
+            if waiting.len() as u64 >= backlog.min_jobs {
+                backlogged.insert(
+                    backlog_key(policy_id, scope_key),
+                    (policy_id.clone(), scope_key.clone(), waiting.len(), oldest),
+                );
+            }
+        }
+        // Drained (or the policy dropped its backlog rule): resolve.
+        let drained: Vec<String> = self
+            .open_backlogs
+            .keys()
+            .filter(|key| !backlogged.contains_key(*key))
+            .cloned()
+            .collect();
+        for key in drained {
+            let Some((fire_key, fired_at)) = self.open_backlogs.remove(&key) else {
+                continue;
+            };
+            let resolve_key = format!("{fire_key}/resolved");
+            if !self.fired.insert(resolve_key.clone()) {
+                continue;
+            }
+            let Some((policy_id, scope_key)) = parse_backlog_key(&key) else {
+                continue;
+            };
+            let level = self.jobs.level(&policy_id, &scope_key);
+            let scope = decode_scope(&scope_key);
+            let policy = policies.get(&policy_id);
+            let text = format!(
+                "the pending-job backlog of {} has drained: {level} jobs in flight now (policy {policy_id})",
+                render_scope(&scope)
+            );
+            let mut effect = rule_alert_parts(
+                policy,
+                &scope,
+                crate::notify::PENDING_JOBS_UNIT,
+                text,
+                resolve_key,
+                now,
+            );
+            if let Effect::Alert(alert, notice) = &mut effect {
+                alert.kind = AlertKind::PendingJob;
+                alert.severity = Severity::Info;
+                alert.observed = Decimal::from(level);
+                backlog_window(alert, notice, fired_at);
+                notice.kind = NoticeKind::Resolved {
+                    of: IncidentKind::Rule,
+                };
+                notice.detail = Some(alert.message.clone());
+                notice.pagerduty_service =
+                    policy.and_then(|policy| policy.pagerduty_service().map(str::to_owned));
+            }
+            effects.push(effect);
+        }
+        for (key, (policy_id, scope_key, waiting, oldest)) in backlogged {
+            if self.open_backlogs.contains_key(&key) {
+                continue;
+            }
+            let Some(policy) = policies.get(&policy_id) else {
+                continue;
+            };
+            let Some(backlog) = &policy.record().pending_backlog else {
+                continue;
+            };
+            let fire_key = format!("{key}/{}", now.to_rfc3339_opts(SecondsFormat::Secs, true));
+            if !self.fired.insert(fire_key.clone()) {
+                continue;
+            }
+            self.open_backlogs.insert(key, (fire_key.clone(), now));
+            let scope = decode_scope(&scope_key);
+            let text = format!(
+                "{} has {waiting} jobs pending for more than {}s (a page at {} or more; the oldest pending since {}), {} in flight in all (policy {policy_id}): the provider is slow or jobs are stuck — check the provider's status and queue, and cancel what will not finish",
+                render_scope(&scope),
+                backlog.older_than.0.num_seconds(),
+                backlog.min_jobs,
+                oldest.map_or_else(String::new, |oldest| oldest
+                    .to_rfc3339_opts(SecondsFormat::Secs, true)),
+                self.jobs.level(&policy_id, &scope_key),
+            );
+            let mut effect = rule_alert(
+                policy,
+                &scope,
+                crate::notify::PENDING_JOBS_UNIT,
+                text,
+                fire_key,
+                now,
+            );
+            if let Effect::Alert(alert, notice) = &mut effect {
+                alert.kind = AlertKind::PendingJob;
+                alert.severity = Severity::Error;
+                alert.observed = Decimal::from(waiting as u64);
+                alert.limit = Some(Decimal::from(backlog.min_jobs));
+                backlog_window(alert, notice, now);
+                notice.spent = Decimal::from(waiting as u64);
+                notice.limit = Decimal::from(backlog.min_jobs);
+                notice.pagerduty_service = policy.pagerduty_service().map(str::to_owned);
+            }
+            effects.push(effect);
+        }
+        effects
+    }
+
+    /// Rebuilds the open backlogs from the alerts read back (in topic order).
+    pub(super) fn restore_backlog(&mut self, alert: &Alert) {
+        let Some(rest) = alert.dedup_key.strip_prefix("backlog/") else {
+            return;
+        };
+        if let Some(fire_key) = alert.dedup_key.strip_suffix("/resolved") {
+            if let Some((key, _)) = fire_key.rsplit_once('/') {
+                if self
+                    .open_backlogs
+                    .get(key)
+                    .is_some_and(|(open, _)| open == fire_key)
+                {
+                    self.open_backlogs.remove(key);
+                }
+            }
+        } else if rest.contains('/') {
+            if let Some((key, _)) = alert.dedup_key.rsplit_once('/') {
+                self.open_backlogs.insert(
+                    key.to_owned(),
+                    (alert.dedup_key.clone(), alert.window_start),
+                );
+            }
+        }
+    }
+
     /// Issue 13 point 7: jobs in flight for [`Engine::with_job_max_age`] without a terminal
     /// event leave their gauge (its level drops, which may lift a block), each with a page
     /// (Slack, and PagerDuty when the policy names a service) naming the job, its scope and its
@@ -260,4 +408,23 @@ impl Engine {
         }
         effects
     }
+}
+
+/// `backlog/{policy}/{scope}`: one backlog per gauge scope.
+fn backlog_key(policy_id: &str, scope_key: &str) -> String {
+    format!("backlog/{policy_id}\u{1f}{scope_key}")
+}
+
+fn parse_backlog_key(key: &str) -> Option<(String, String)> {
+    let (policy_id, scope_key) = key.strip_prefix("backlog/")?.split_once('\u{1f}')?;
+    Some((policy_id.to_owned(), scope_key.to_owned()))
+}
+
+/// A backlog page and its resolve share one incident: its window starts when it fired (the
+/// PagerDuty `dedup_key` and the Slack grouping are taken from it).
+fn backlog_window(alert: &mut Alert, notice: &mut Notice, fired_at: DateTime<Utc>) {
+    alert.window_start = fired_at;
+    alert.window_end = fired_at;
+    notice.window.start = fired_at;
+    notice.window.end = fired_at + TimeDelta::hours(1);
 }

@@ -346,6 +346,12 @@ impl Notice {
             NoticeKind::Anomaly { .. } => "Look at the scope's recent traffic for a retry loop \
                  or a runaway job; this alert blocks nothing."
                 .to_string(),
+            NoticeKind::Rule { .. } if self.unit == PENDING_JOBS_UNIT => {
+                "Nothing is blocked by this alert. Check the provider's status and its job queue, \
+                 and cancel the jobs that will not finish; a follow-up says when the backlog \
+                 drains."
+                    .to_string()
+            }
             NoticeKind::Rule { .. } => match self.measure() {
                 Measure::Gauge => format!(
                     "Nothing is blocked yet; new jobs are refused once {} {} are in flight.",
@@ -404,6 +410,10 @@ impl Notice {
 /// The window kind of rule notices (model rules, retries, fallbacks, job thresholds): no
 /// accounting window; repeats are grouped per hour.
 pub const RULE_WINDOW: &str = "rule";
+
+/// The unit of a pending-job backlog notice (jobs pending longer than the policy's
+/// `pending_backlog.older_than`, against its `min_jobs`).
+pub const PENDING_JOBS_UNIT: &str = "pending_jobs";
 
 /// What a notice's amounts describe.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
