@@ -124,6 +124,9 @@ async fn the_demo_scenarios_end_as_expected_and_replay_reproduces_the_live_decis
     };
     alerter_config.alert.policies_dir = policies.clone();
     alerter_config.alert.catalog_path = Some(catalog.clone());
+    // As dev/demo runs it: anomaly baselines of 2 s buckets, so a short run has one.
+    alerter_config.alert.anomaly.bucket_secs = 2;
+    alerter_config.alert.anomaly.min_history = 5;
     alerter_config.notify.slack.fallback_webhook =
         Some(Secret::new(format!("{receiver_url}/slack")));
     alerter_config.notify.pagerduty.events_url = format!("{receiver_url}/pagerduty");
@@ -186,6 +189,8 @@ async fn the_demo_scenarios_end_as_expected_and_replay_reproduces_the_live_decis
             "oversized context refused",
             "soft-alert ladder",
             "hard cap paged",
+            "prompt growth flagged",
+            "video backlog paged",
             "approval lifted block",
             "fallback storm tripped",
             "deprecated model blocked",

@@ -9,7 +9,14 @@
 //! - from 10 %: a runaway agent loop on a staging key, [`LOOP_RATE`] calls a second, and once
 //!   a call of its agent whose context is above the workflow's approved size;
 //! - from 55 % to 85 %: a fallback storm: the support bots' primary route fails and every
-//!   action falls back to the other provider, [`STORM_RATE`] actions a second.
+//!   action falls back to the other provider, [`STORM_RATE`] actions a second;
+//! - all along, the research team's two agents, [`RESEARCH_RATE`] calls a second with steady
+//!   prompts; from 60 % one of them ([`GROWING_WORKFLOW`]) appends its whole history to every
+//!   prompt (input tokens per request grow eightfold: an anomaly against its own baseline), the
+//!   other ([`STEADY_WORKFLOW`]) goes on as before;
+//! - at 10 %: [`STALLED_JOBS`] video jobs of [`STALLED_CUSTOMER`] that the provider does not
+//!   start (a stalled queue: a pending-job backlog page once they wait longer than the policy
+//!   allows); at 80 % they finish and the backlog drains (the page resolves).
 //!
 //! The approval that lifts the loop's block is the demo's own step (it is a person's act).
 
@@ -38,6 +45,10 @@ pub enum Actor {
     StormPrimary,
     /// The support bots' fallback attempts during the storm.
     StormFallback,
+    /// The research team's agents (one of them's prompts grow from 60 %).
+    Research,
+    /// The video jobs stuck in the provider's queue, and their late completion.
+    StalledVideo,
 }
 
 /// One request for the gateway to check, and the event it accounts for if sent.
@@ -69,8 +80,22 @@ pub const STORM_WORKFLOW: &str = "reply-draft";
 /// The deprecated model the legacy client calls (retired 2026-09-24 in the catalog).
 pub const DEPRECATED: (&str, &str) = ("openai", "sora-2");
 
+/// The research agents' calls per second (both workflows together).
+pub const RESEARCH_RATE: f64 = 10.0;
+/// The research workflow whose prompts grow from [`PROMPTS_GROW_FROM`].
+pub const GROWING_WORKFLOW: &str = "research-agent";
+/// The research workflow that keeps its usual prompts.
+pub const STEADY_WORKFLOW: &str = "research-digest";
+/// The customer whose video jobs stall.
+pub const STALLED_CUSTOMER: &str = "cust_stalled";
+/// How many of its jobs stall (`pending_backlog.min_jobs` of `video-concurrent-jobs` is 5).
+pub const STALLED_JOBS: u64 = 6;
+
 /// When the scenarios run, as fractions of the duration.
 const LOOP_FROM: f64 = 0.10;
+const PROMPTS_GROW_FROM: f64 = 0.60;
+const STALL_AT: f64 = 0.10;
+const STALL_CLEARS_AT: f64 = 0.80;
 const STORM_FROM: f64 = 0.55;
 const STORM_UNTIL: f64 = 0.85;
 
@@ -84,9 +109,12 @@ pub struct Scenario {
     duration: Duration,
     rate: f64,
     /// Fractional requests owed per actor (rates are not multiples of the tick).
-    owed: [f64; 4],
+    owed: [f64; 5],
     sequence: u64,
     oversized_sent: bool,
+    /// The stalled jobs' ids once submitted; emptied when they finish.
+    stalled: Vec<String>,
+    stall_cleared: bool,
 }
 
 impl Scenario {
@@ -109,9 +137,11 @@ impl Scenario {
             models,
             duration,
             rate: rate as f64,
-            owed: [0.0; 4],
+            owed: [0.0; 5],
             sequence: 0,
             oversized_sent: false,
+            stalled: Vec::new(),
+            stall_cleared: false,
         }
     }
 
@@ -157,6 +187,33 @@ impl Scenario {
                 let event = self.agent_call(now);
                 requests.push(Request {
                     actor: Actor::RunawayLoop,
+                    event,
+                });
+            }
+        }
+        for _ in 0..self.due(4, RESEARCH_RATE * seconds) {
+            let event = self.research_call(now, fraction >= PROMPTS_GROW_FROM);
+            requests.push(Request {
+                actor: Actor::Research,
+                event,
+            });
+        }
+        if fraction >= STALL_AT && self.stalled.is_empty() && !self.stall_cleared {
+            for _ in 0..STALLED_JOBS {
+                let event = self.stalled_job(now, None);
+                self.stalled.push(event.job_id.clone().unwrap_or_default());
+                requests.push(Request {
+                    actor: Actor::StalledVideo,
+                    event,
+                });
+            }
+        }
+        if fraction >= STALL_CLEARS_AT && !self.stall_cleared {
+            self.stall_cleared = true;
+            for job_id in std::mem::take(&mut self.stalled) {
+                let event = self.stalled_job(now, Some(job_id));
+                requests.push(Request {
+                    actor: Actor::StalledVideo,
                     event,
                 });
             }
@@ -214,6 +271,61 @@ impl Scenario {
         event.video_resolution = Some("1280x720".to_owned());
         event.job_id = Some(format!("legacy_{}_{}", self.run_id, self.sequence));
         event.job_state = Some(schemas::JobState::Succeeded);
+        event
+    }
+
+    /// A research agent's call: about 2,000 input tokens, all answered; with `grown`, the growing
+    /// workflow sends its whole history again (eight times the prompt).
+    fn research_call(&mut self, now: DateTime<Utc>, grown: bool) -> UsageEvent {
+        let mut event = self.base(now, "research");
+        let growing = self.random.random_bool(0.5);
+        event.api_key_id = "key_research_prod".to_owned();
+        event.team = "research".to_owned();
+        event.workflow = if growing {
+            GROWING_WORKFLOW
+        } else {
+            STEADY_WORKFLOW
+        }
+        .to_owned();
+        event.environment = "prod".to_owned();
+        event.provider = self.models.openai_text.provider.to_owned();
+        event.model = self.models.openai_text.model.to_owned();
+        event.input_tokens = self.random.random_range(2_000..2_200);
+        if grown && growing {
+            event.input_tokens *= 8;
+        }
+        event.output_tokens = self.random.random_range(300..500);
+        event.accepted = Some(true);
+        event
+    }
+
+    /// A video job of the stalled customer: submitted (`job_id` `None`), or finished.
+    fn stalled_job(&mut self, now: DateTime<Utc>, job_id: Option<String>) -> UsageEvent {
+        let mut event = self.base(now, "stalled");
+        event.api_key_id = "key_creative_prod".to_owned();
+        event.team = "creative".to_owned();
+        event.workflow = "product-video".to_owned();
+        event.environment = "prod".to_owned();
+        event.customer_id = Some(STALLED_CUSTOMER.to_owned());
+        event.provider = self.models.video.provider.to_owned();
+        event.model = self.models.video.model.to_owned();
+        event.endpoint = "video".to_owned();
+        event.modality = Modality::Video;
+        event.input_tokens = 0;
+        event.output_tokens = 0;
+        event.video_resolution = Some("1280x720".to_owned());
+        event.accepted = None;
+        match job_id {
+            None => {
+                event.job_id = Some(format!("stalled_{}_{}", self.run_id, self.sequence));
+                event.job_state = Some(schemas::JobState::Submitted);
+            }
+            Some(job_id) => {
+                event.job_id = Some(job_id);
+                event.job_state = Some(schemas::JobState::Succeeded);
+                event.video_duration_ms = 8_000;
+            }
+        }
         event
     }
 

@@ -14,6 +14,7 @@ pub(super) async fn outcomes(
     outcomes.push(runaway_outcome(clickhouse, gatekeeping).await?);
     outcomes.push(admission_outcome(clickhouse, gatekeeping).await?);
     outcomes.extend(notification_outcomes(captured));
+    outcomes.extend(signal_outcomes(captured));
     outcomes.push(approval_outcome(clickhouse, gatekeeping).await?);
     outcomes.extend(rule_outcomes(clickhouse, gatekeeping).await?);
     outcomes.push(outcome(
@@ -214,6 +215,81 @@ pub(super) fn notification_outcomes(captured: &alerter::receiver::Captured) -> V
         ),
     ));
 
+    outcomes
+}
+
+/// Issue 17's review signals: the research agent's growing prompts flagged against its own
+/// baseline (and the steady workflow not), and the stalled video queue paged and resolved.
+pub(super) fn signal_outcomes(captured: &alerter::receiver::Captured) -> Vec<Outcome> {
+    let slack = captured.bodies("/slack");
+    let anomalies_of = |workflow: &str| {
+        slack
+            .iter()
+            .filter(|body| {
+                let text = body.to_string();
+                text.contains("input_tokens_per_success")
+                    && text.contains(&format!("workflow={workflow}"))
+            })
+            .count()
+    };
+    let (growing, steady) = (
+        anomalies_of(scenario::GROWING_WORKFLOW),
+        anomalies_of(scenario::STEADY_WORKFLOW),
+    );
+    let pagerduty = captured.bodies("/pagerduty");
+    let what = pagerduty.iter().find_map(|body| {
+        let text = body["payload"]["custom_details"]["anomaly"].as_str()?;
+        (text.starts_with("input_tokens_per_success")
+            && body["payload"]["source"] == format!("workflow={}", scenario::GROWING_WORKFLOW))
+        .then(|| text.split(" (robust").next().unwrap_or(text).to_owned())
+    });
+    let mut outcomes = vec![outcome(
+        "prompt growth flagged",
+        growing == 1 && steady == 0 && what.is_some(),
+        format!(
+            "research prompts against their own baseline: {} {} (Slack x{growing}, paged to research-oncall); {} untouched (x{steady})",
+            scenario::GROWING_WORKFLOW,
+            what.as_deref().unwrap_or("not flagged"),
+            scenario::STEADY_WORKFLOW,
+        ),
+    )];
+
+    // The stalled queue: one backlog incident, triggered then resolved.
+    let scope = format!("customer_id={}", scenario::STALLED_CUSTOMER);
+    let incident = pagerduty.iter().find_map(|body| {
+        let rule = body["payload"]["custom_details"]["rule"].as_str()?;
+        (rule.contains("jobs pending for more than") && body["payload"]["source"] == scope)
+            .then(|| (body["dedup_key"].as_str().unwrap_or("").to_owned(), rule))
+    });
+    let pages: Vec<&str> = pagerduty
+        .iter()
+        .filter(|body| {
+            incident
+                .as_ref()
+                .is_some_and(|(key, _)| body["dedup_key"] == key.as_str())
+        })
+        .map(|body| body["event_action"].as_str().unwrap_or(""))
+        .collect();
+    let drained = slack
+        .iter()
+        .filter(|body| {
+            let text = body.to_string();
+            text.contains("has drained") && text.contains(&scope)
+        })
+        .count();
+    outcomes.push(outcome(
+        "video backlog paged",
+        pages == ["trigger", "resolve"] && drained == 1,
+        format!(
+            "{} stalled video jobs of {}: PagerDuty {} ({}); Slack follow-up \"has drained\" x{drained}",
+            scenario::STALLED_JOBS,
+            scenario::STALLED_CUSTOMER,
+            pages.join(" -> "),
+            incident
+                .as_ref()
+                .map_or("no page", |(_, rule)| rule.split(" (policy").next().unwrap_or(rule)),
+        ),
+    ));
     outcomes
 }
 
