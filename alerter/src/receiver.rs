@@ -10,6 +10,12 @@
 //!   `source` and a known `severity`. Accepted events are answered `202` with the dedup key, as
 //!   PagerDuty does.
 //!
+//! - Webhook (`POST /webhook`, when [`Receiver::with_webhook_secret`] set one): the
+//!   `Quotaflow-Signature` verifies over the raw body with that secret (within five minutes),
+//!   `Quotaflow-Delivery` equals the body's `delivery_id`, and the body is valid against
+//!   `schemas/json/webhook-notice.schema.json`. [`Receiver::with_webhook_failures`] answers the
+//!   first N posts 503, as a receiver in an outage does.
+//!
 //! `GET /captured` returns everything received as JSON (`accepted`, `refused`), `GET /readyz`
 //! answers 200.
 //!
@@ -76,6 +82,10 @@ pub struct Receiver {
     routing_key: Arc<str>,
     /// How long each Slack post waits before it is answered (a slow webhook); zero by default.
     slack_delay: Duration,
+    /// The generic webhook's signing secret; `None` refuses `/webhook`.
+    webhook_secret: Option<Arc<str>>,
+    /// Webhook posts still to answer 503 (an outage).
+    webhook_failures: Arc<std::sync::atomic::AtomicU32>,
 }
 
 impl Receiver {
@@ -85,7 +95,22 @@ impl Receiver {
             captured: Arc::default(),
             routing_key: routing_key.into(),
             slack_delay: Duration::ZERO,
+            webhook_secret: None,
+            webhook_failures: Arc::default(),
         }
+    }
+
+    /// Accepts `POST /webhook` signed with `secret`.
+    pub fn with_webhook_secret(mut self, secret: &str) -> Receiver {
+        self.webhook_secret = Some(secret.into());
+        self
+    }
+
+    /// Answers the next `count` webhook posts 503 (not captured).
+    pub fn with_webhook_failures(self, count: u32) -> Receiver {
+        self.webhook_failures
+            .store(count, std::sync::atomic::Ordering::SeqCst);
+        self
     }
 
     /// Answers each Slack post only after `delay`, as a slow webhook does (the tests of a slow
@@ -120,15 +145,51 @@ async fn captured(State(receiver): State<Receiver>) -> Json<Captured> {
 async fn receive(
     State(receiver): State<Receiver>,
     uri: Uri,
-    Json(body): Json<Value>,
+    headers: axum::http::HeaderMap,
+    raw: axum::body::Bytes,
 ) -> (StatusCode, Json<Value>) {
     let path = uri.path().to_owned();
     if path == "/slack" && !receiver.slack_delay.is_zero() {
         tokio::time::sleep(receiver.slack_delay).await;
     }
+    if path == "/webhook"
+        && receiver
+            .webhook_failures
+            .fetch_update(
+                std::sync::atomic::Ordering::SeqCst,
+                std::sync::atomic::Ordering::SeqCst,
+                |left| left.checked_sub(1),
+            )
+            .is_ok()
+    {
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(json!({"status": "outage"})),
+        );
+    }
+    let body: Value = match serde_json::from_slice(&raw) {
+        Ok(body) => body,
+        Err(error) => {
+            let problem = format!("body is not JSON: {error}");
+            receiver
+                .captured
+                .lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner())
+                .refused
+                .push((path, problem.clone()));
+            return (
+                StatusCode::BAD_REQUEST,
+                Json(json!({"status": "invalid event", "message": problem})),
+            );
+        }
+    };
     let problem = match path.as_str() {
         "/slack" => check_slack(&body),
         "/pagerduty" => check_pagerduty(&body, &receiver.routing_key),
+        "/webhook" => match &receiver.webhook_secret {
+            Some(secret) => check_webhook(&headers, &raw, &body, secret),
+            None => Err("no webhook secret set: /webhook is not served".to_owned()),
+        },
         other => Err(format!("unexpected path {other}")),
     };
     let mut captured = receiver
@@ -260,6 +321,45 @@ impl axum::serve::Listener for TlsListener {
 
     fn local_addr(&self) -> std::io::Result<Self::Addr> {
         self.tcp.local_addr()
+    }
+}
+
+/// The generic webhook's checks (module docs).
+pub fn check_webhook(
+    headers: &axum::http::HeaderMap,
+    raw: &[u8],
+    body: &Value,
+    secret: &str,
+) -> Result<(), String> {
+    use crate::notify::webhook;
+    let header = |name: &str| {
+        headers
+            .get(name)
+            .and_then(|value| value.to_str().ok())
+            .ok_or_else(|| format!("missing header {name}"))
+    };
+    webhook::verify(
+        secret.as_bytes(),
+        header(webhook::SIGNATURE_HEADER)?,
+        raw,
+        chrono::Utc::now().timestamp(),
+        300,
+    )
+    .map_err(|error| error.to_string())?;
+    if body["delivery_id"].as_str() != Some(header(webhook::DELIVERY_HEADER)?) {
+        return Err("Quotaflow-Delivery differs from the body's delivery_id".to_owned());
+    }
+    let schema: Value = serde_json::from_str(schemas::WEBHOOK_NOTICE_SCHEMA)
+        .map_err(|error| format!("the schema does not parse: {error}"))?;
+    let validator = jsonschema::draft202012::new(&schema).map_err(|error| error.to_string())?;
+    let problems: Vec<String> = validator
+        .iter_errors(body)
+        .map(|error| format!("{} at {}", error, error.instance_path()))
+        .collect();
+    if problems.is_empty() {
+        Ok(())
+    } else {
+        Err(problems.join("; "))
     }
 }
 

@@ -20,6 +20,7 @@ const TABLES_AND_VIEWS: &[(&str, &str)] = &[
     ("schema_migrations", "ReplacingMergeTree"),
     ("usage_events", "View"),
     ("usage_events_raw", "ReplacingMergeTree"),
+    ("webhook_deliveries", "ReplacingMergeTree"),
     ("window_partials", "ReplacingMergeTree"),
     ("window_totals_current", "View"),
 ];

@@ -71,6 +71,11 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "approval_checks",
         sql: include_str!("../sql/migrations/0007_approval_checks.sql"),
     },
+    Migration {
+        version: 8,
+        name: "webhook_deliveries",
+        sql: include_str!("../sql/migrations/0008_webhook_deliveries.sql"),
+    },
 ];
 
 /// Splits SQL text into statements by the rule in the module documentation.

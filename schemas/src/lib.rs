@@ -68,6 +68,9 @@ pub mod dead_letter;
 pub mod fixtures;
 pub mod money;
 pub mod quota;
+
+/// JSON Schema (2020-12) of the generic webhook's body (`alerter::notify::webhook`).
+pub const WEBHOOK_NOTICE_SCHEMA: &str = include_str!("../json/webhook-notice.schema.json");
 pub mod time;
 pub mod usage_event;
 pub mod usage_event_ref;

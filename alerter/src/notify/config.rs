@@ -31,6 +31,8 @@ pub struct NotifyConfig {
     pub slack: SlackConfig,
     /// PagerDuty Events API.
     pub pagerduty: PagerDutyConfig,
+    /// The generic signed webhook ([`super::webhook`]); off unless `url` is set.
+    pub webhook: WebhookConfig,
     /// PEM file of extra CA certificates that webhook receivers' certificates may chain to, in
     /// addition to the built-in webpki (Mozilla) roots: for private receivers signed by a private
     /// CA. Unset = the built-in roots only. Read once at startup; a file that cannot be read or
@@ -46,6 +48,7 @@ impl Default for NotifyConfig {
             redelivery: RedeliveryPolicy::default(),
             slack: SlackConfig::default(),
             pagerduty: PagerDutyConfig::default(),
+            webhook: WebhookConfig::default(),
             ca_file: None,
         }
     }
@@ -62,6 +65,26 @@ pub struct SlackConfig {
     /// Webhook for every channel without one of its own; set it from the environment
     /// (`QUOTAFLOW_NOTIFY__SLACK__FALLBACK_WEBHOOK`), never in a file. Empty = none.
     pub fallback_webhook: Option<Secret>,
+}
+
+/// The generic signed webhook: every notice (triggers and resolves) as signed JSON to one URL.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct WebhookConfig {
+    /// Where to POST; set it from the environment (`QUOTAFLOW_NOTIFY__WEBHOOK__URL`). Unset or
+    /// empty = the channel is off.
+    pub url: Option<Secret>,
+    /// The HMAC-SHA256 key the receiver shares (`QUOTAFLOW_NOTIFY__WEBHOOK__SIGNING_SECRET`), at
+    /// least 16 bytes; required with `url`.
+    pub signing_secret: Option<Secret>,
+}
+
+impl WebhookConfig {
+    /// The URL and the key, when the channel is on.
+    pub fn endpoint(&self) -> Option<(&Secret, &Secret)> {
+        let url = self.url.as_ref().filter(|url| !url.is_empty())?;
+        Some((url, self.signing_secret.as_ref()?))
+    }
 }
 
 /// PagerDuty Events API v2.
@@ -121,6 +144,24 @@ impl NotifyConfig {
                 return Err(NotifyError::Config(format!(
                     "slack.default_channel {channel} has no webhook"
                 )));
+            }
+        }
+        if let Some(url) = self.webhook.url.as_ref().filter(|url| !url.is_empty()) {
+            if !is_http_url(url.expose()) {
+                return Err(NotifyError::Config(
+                    "webhook.url is not an http(s) URL".to_string(),
+                ));
+            }
+            if self
+                .webhook
+                .signing_secret
+                .as_ref()
+                .is_none_or(|secret| secret.expose().len() < 16)
+            {
+                return Err(NotifyError::Config(
+                    "webhook.signing_secret must be set (at least 16 bytes) when webhook.url is"
+                        .to_string(),
+                ));
             }
         }
         if !is_http_url(&self.pagerduty.events_url) {

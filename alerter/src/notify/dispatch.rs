@@ -16,6 +16,7 @@ use super::grouping::Grouped;
 use super::pagerduty::{self, PagerDutyNotifier};
 use super::pending::{Delivery, Pending};
 use super::slack::SlackNotifier;
+use super::webhook::{self, WebhookStatus};
 use super::{Notice, NoticeKind, NotifyConfig, NotifyError, Service};
 use crate::service::metric;
 
@@ -29,12 +30,14 @@ pub struct Dispatcher {
     pagerduty: PagerDutyNotifier,
     /// Deliveries whose last round failed in a way that may pass later.
     pending: Pending,
+    /// Where each webhook round's outcome goes (the `webhook_deliveries` audit table).
+    statuses: Option<tokio::sync::mpsc::Sender<WebhookStatus>>,
 }
 
 /// What became of one delivery round; the `outcome` metric label.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Outcome {
-    Sent,
+    Sent { status: u16, attempts: u32 },
     Unrouted,
 }
 
@@ -49,6 +52,23 @@ impl Dispatcher {
             http,
             pagerduty,
             pending,
+            statuses: None,
+        }
+    }
+
+    /// Reports each webhook round's outcome to `statuses` (a full queue drops the report, logged).
+    pub fn with_webhook_statuses(
+        mut self,
+        statuses: tokio::sync::mpsc::Sender<WebhookStatus>,
+    ) -> Self {
+        self.statuses = Some(statuses);
+        self
+    }
+
+    /// Sends `notice` to the generic webhook when one is configured; else does nothing.
+    pub async fn webhook(&mut self, notice: &Notice) {
+        if self.config.webhook.endpoint().is_some() {
+            self.deliver(Delivery::Webhook(notice.clone()), 0).await;
         }
     }
 
@@ -99,9 +119,34 @@ impl Dispatcher {
         let sent = match &delivery {
             Delivery::Slack(grouped) => self.send_slack(grouped).await,
             Delivery::PagerDuty(notice) => self.send_pagerduty(notice).await,
+            Delivery::Webhook(notice) => self.send_webhook(notice).await,
         };
-        let outcome = match sent {
-            Ok(Outcome::Sent) => "sent",
+        let webhook_notice = match &delivery {
+            Delivery::Webhook(notice) => Some(notice.clone()),
+            _ => None,
+        };
+        let report = |outcome: &'static str, sent: &Result<Outcome, NotifyError>| {
+            let notice = webhook_notice.as_ref()?;
+            let (http_status, attempts, error) = match sent {
+                Ok(Outcome::Sent { status, attempts }) => (*status, *attempts, String::new()),
+                Ok(Outcome::Unrouted) => (0, 0, String::new()),
+                Err(failure) => (
+                    failure.http_status().unwrap_or(0),
+                    failure.attempts(),
+                    failure.to_string(),
+                ),
+            };
+            Some(WebhookStatus::of(
+                notice,
+                outcome,
+                failed_rounds + 1,
+                attempts,
+                http_status,
+                error,
+            ))
+        };
+        let outcome = match &sent {
+            Ok(Outcome::Sent { .. }) => "sent",
             Ok(Outcome::Unrouted) => "unrouted",
             Err(failure) if failure.is_retryable() => {
                 let rounds = failed_rounds + 1;
@@ -110,6 +155,17 @@ impl Dispatcher {
                     "notification not delivered; kept to be sent again");
                 if let Some(dropped) = self.pending.keep(delivery, rounds, Instant::now()) {
                     let dropped_service = service_of(&dropped);
+                    if let Delivery::Webhook(notice) = &dropped {
+                        self.report(WebhookStatus::of(
+                            notice,
+                            "dropped",
+                            0,
+                            0,
+                            0,
+                            "too many notifications pending: dropped before its next round"
+                                .to_owned(),
+                        ));
+                    }
                     error!(
                         service = dropped_service,
                         capacity = self.config.redelivery.capacity,
@@ -127,6 +183,49 @@ impl Dispatcher {
         };
         metrics::counter!(metric::NOTIFICATIONS, "service" => service, "outcome" => outcome)
             .increment(1);
+        if let Some(status) = report(outcome, &sent) {
+            self.report(status);
+        }
+    }
+
+    fn report(&self, status: WebhookStatus) {
+        if let Some(statuses) = &self.statuses {
+            if statuses.try_send(status).is_err() {
+                warn!("webhook delivery status not audited: its queue is full or closed");
+            }
+        }
+    }
+
+    async fn send_webhook(&self, notice: &Notice) -> Result<Outcome, NotifyError> {
+        let Some((url, secret)) = self.config.webhook.endpoint() else {
+            return Ok(Outcome::Unrouted);
+        };
+        let delivery_id = webhook::delivery_id(notice);
+        let now = chrono::Utc::now();
+        let body =
+            serde_json::to_vec(&webhook::payload(notice, &delivery_id, now)).map_err(|error| {
+                NotifyError::InvalidRequest {
+                    service: Service::Webhook,
+                    detail: format!("cannot serialize the payload: {error}"),
+                }
+            })?;
+        let signature = webhook::signature(secret.expose().as_bytes(), now.timestamp(), &body);
+        let redactor = super::retry::Redactor::new(url.expose());
+        let (attempts, status) = super::retry::post_bytes(
+            &self.http,
+            Service::Webhook,
+            url.expose(),
+            body,
+            &[
+                (webhook::DELIVERY_HEADER, delivery_id.clone()),
+                (webhook::SIGNATURE_HEADER, signature),
+            ],
+            &self.config.retry,
+            &redactor,
+        )
+        .await?;
+        debug!(%delivery_id, attempts, status, "webhook notice delivered");
+        Ok(Outcome::Sent { status, attempts })
     }
 
     async fn send_slack(&self, grouped: &Grouped) -> Result<Outcome, NotifyError> {
@@ -140,7 +239,10 @@ impl Dispatcher {
             .with_retry_policy(self.config.retry.clone())
             .send_grouped(grouped)
             .await?;
-        Ok(Outcome::Sent)
+        Ok(Outcome::Sent {
+            status: 200,
+            attempts: 1,
+        })
     }
 
     async fn send_pagerduty(&self, notice: &Notice) -> Result<Outcome, NotifyError> {
@@ -154,7 +256,10 @@ impl Dispatcher {
         };
         let dedup_key = self.pagerduty.send(routing_key, notice).await?;
         debug!(%dedup_key, "pagerduty event sent");
-        Ok(Outcome::Sent)
+        Ok(Outcome::Sent {
+            status: 202,
+            attempts: 1,
+        })
     }
 }
 
@@ -162,5 +267,6 @@ fn service_of(delivery: &Delivery) -> &'static str {
     match delivery {
         Delivery::Slack(_) => Service::Slack.as_str(),
         Delivery::PagerDuty(_) => Service::PagerDuty.as_str(),
+        Delivery::Webhook(_) => Service::Webhook.as_str(),
     }
 }

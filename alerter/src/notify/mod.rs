@@ -67,6 +67,7 @@ pub mod pagerduty;
 pub mod pending;
 pub mod retry;
 pub mod slack;
+pub mod webhook;
 
 use std::fmt;
 use std::time::Duration;
@@ -454,6 +455,8 @@ pub enum Service {
     Slack,
     /// The PagerDuty Events API v2.
     PagerDuty,
+    /// The generic signed webhook ([`webhook`]).
+    Webhook,
 }
 
 impl Service {
@@ -462,6 +465,7 @@ impl Service {
         match self {
             Service::Slack => "slack",
             Service::PagerDuty => "pagerduty",
+            Service::Webhook => "webhook",
         }
     }
 }
@@ -555,6 +559,28 @@ impl NotifyError {
             | NotifyError::InvalidRequest { .. }
             | NotifyError::InvalidNotice(_)
             | NotifyError::Config(_) => false,
+        }
+    }
+
+    /// The HTTP status the receiver answered, when it answered.
+    pub fn http_status(&self) -> Option<u16> {
+        match self {
+            NotifyError::Rejected { status, .. } | NotifyError::Unavailable { status, .. } => {
+                Some(*status)
+            }
+            NotifyError::RateLimited { .. } => Some(429),
+            _ => None,
+        }
+    }
+
+    /// HTTP attempts made (1 when the error came before or without retries).
+    pub fn attempts(&self) -> u32 {
+        match self {
+            NotifyError::RateLimited { attempts, .. }
+            | NotifyError::Unavailable { attempts, .. }
+            | NotifyError::Transport { attempts, .. }
+            | NotifyError::Tls { attempts, .. } => *attempts,
+            _ => 1,
         }
     }
 

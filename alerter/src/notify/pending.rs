@@ -88,6 +88,8 @@ pub enum Delivery {
     Slack(Grouped),
     /// A PagerDuty trigger or resolve (the routing key is looked up again from the notice).
     PagerDuty(Notice),
+    /// A notice for the generic signed webhook (signed again, with a fresh timestamp, each round).
+    Webhook(Notice),
 }
 
 /// A delivery waiting for its next round.

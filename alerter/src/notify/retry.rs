@@ -149,21 +149,38 @@ pub(crate) async fn post_json(
         service,
         detail: format!("cannot serialize the payload: {error}"),
     })?;
+    post_bytes(http, service, url, bytes, &[], policy, redactor)
+        .await
+        .map(|(attempts, _status)| attempts)
+}
+
+/// [`post_json`] of a body already serialized, with extra `headers` (a signature): retried the
+/// same way; returns the attempts it took and the HTTP status that accepted it.
+pub(crate) async fn post_bytes(
+    http: &reqwest::Client,
+    service: Service,
+    url: &str,
+    bytes: Vec<u8>,
+    headers: &[(&'static str, String)],
+    policy: &RetryPolicy,
+    redactor: &Redactor,
+) -> Result<(u32, u16), NotifyError> {
     let max_attempts = policy.max_attempts.max(1);
     let mut attempt = 0;
     loop {
         attempt += 1;
-        let sent = http
+        let mut request = http
             .post(url)
             .header(CONTENT_TYPE, "application/json")
-            .timeout(Duration::from_millis(policy.attempt_timeout_ms))
-            .body(bytes.clone())
-            .send()
-            .await;
+            .timeout(Duration::from_millis(policy.attempt_timeout_ms));
+        for (name, value) in headers {
+            request = request.header(*name, value);
+        }
+        let sent = request.body(bytes.clone()).send().await;
         let (failure, wait) = match sent {
             Ok(response) if response.status().is_success() => {
                 debug!(%service, attempt, status = response.status().as_u16(), "notification delivered");
-                return Ok(attempt);
+                return Ok((attempt, response.status().as_u16()));
             }
             Ok(response) if response.status() == StatusCode::TOO_MANY_REQUESTS => {
                 let retry_after = retry_after(response.headers());

@@ -8,6 +8,23 @@ pub(super) enum AuditRow {
     Decision(ControlDecision),
     Alert(Alert),
     Approval(Box<ApprovalAudit>),
+    /// One generic-webhook delivery round (issue 17 point 5).
+    Webhook(crate::notify::webhook::WebhookStatus),
+}
+
+#[derive(Debug, clickhouse::Row, Serialize)]
+pub(super) struct WebhookDeliveryRow {
+    pub(super) delivery_id: String,
+    pub(super) event: String,
+    pub(super) policy_id: String,
+    pub(super) scope: String,
+    pub(super) status: String,
+    pub(super) round: u32,
+    pub(super) attempts: u32,
+    pub(super) http_status: u16,
+    pub(super) error: String,
+    pub(super) at: u32,
+    pub(super) at_us: u64,
 }
 
 /// What the alerter's checks made of one approval record.
@@ -165,13 +182,15 @@ pub(super) async fn audit_task(client: clickhouse::Client, mut queue: mpsc::Rece
     let mut alerts = Vec::new();
     let mut approvals = Vec::new();
     let mut approval_checks = Vec::new();
+    let mut webhook_deliveries = Vec::new();
     let mut flush = tokio::time::interval(Duration::from_millis(500));
     let mut open = true;
     while open
         || !(decisions.is_empty()
             && alerts.is_empty()
             && approvals.is_empty()
-            && approval_checks.is_empty())
+            && approval_checks.is_empty()
+            && webhook_deliveries.is_empty())
     {
         tokio::select! {
             received = queue.recv(), if open => match received {
@@ -223,6 +242,21 @@ pub(super) async fn audit_task(client: clickhouse::Client, mut queue: mpsc::Rece
                         raised_at_us: micros(a.raised_at),
                     });
                 }
+                Some(AuditRow::Webhook(status)) => {
+                    webhook_deliveries.push(WebhookDeliveryRow {
+                        delivery_id: status.delivery_id,
+                        event: status.event.to_owned(),
+                        policy_id: status.policy_id,
+                        scope: status.scope,
+                        status: status.status.to_owned(),
+                        round: status.round,
+                        attempts: status.attempts,
+                        http_status: status.http_status,
+                        error: status.error,
+                        at: seconds(status.at),
+                        at_us: micros(status.at),
+                    });
+                }
                 Some(AuditRow::Approval(audit)) => {
                     approval_checks.push(ApprovalCheckRow::of(&audit));
                     if !audit.shadowed {
@@ -235,6 +269,7 @@ pub(super) async fn audit_task(client: clickhouse::Client, mut queue: mpsc::Rece
                 write_until_done(&client, "alerts", &mut alerts).await;
                 write_until_done(&client, "approvals", &mut approvals).await;
                 write_until_done(&client, "approval_checks", &mut approval_checks).await;
+                write_until_done(&client, "webhook_deliveries", &mut webhook_deliveries).await;
             }
         }
     }

@@ -19,7 +19,9 @@ pub(super) async fn notify_task(
 ) {
     let group_interval = config.group_interval();
     let mut grouper = Grouper::new(group_interval);
-    let mut lanes = Lanes::new(config, http, lane_capacity);
+    // Each generic-webhook round's outcome, for the audit table.
+    let (statuses, mut webhook_statuses) = mpsc::channel(1_024);
+    let mut lanes = Lanes::new(config, http, lane_capacity).with_webhook_statuses(statuses);
     // One per alert whose deliveries are under way: records it once they have had their round.
     let mut recording = tokio::task::JoinSet::new();
     let mut due = tokio::time::interval(Duration::from_millis(500));
@@ -31,6 +33,7 @@ pub(super) async fn notify_task(
                 if let Some(grouped) = grouper.offer(notice.clone(), Instant::now()) {
                     rounds.extend(lanes.slack(grouped));
                 }
+                rounds.extend(lanes.webhook(notice.clone()));
                 rounds.extend(lanes.pagerduty(notice));
                 let (producer, topic) = (producer.clone(), alerts_topic.clone());
                 recording.spawn(async move {
@@ -46,6 +49,9 @@ pub(super) async fn notify_task(
                     audit.push(AuditRow::Alert(alert));
                 }
             }
+            Some(status) = webhook_statuses.recv() => {
+                audit.push(AuditRow::Webhook(status));
+            }
             _ = due.tick() => {
                 for grouped in grouper.due(Instant::now()) {
                     lanes.slack(grouped);
@@ -59,6 +65,9 @@ pub(super) async fn notify_task(
     }
     // Within the caller's bounded shutdown wait.
     lanes.close().await;
+    while let Ok(status) = webhook_statuses.try_recv() {
+        audit.push(AuditRow::Webhook(status));
+    }
     while let Some(recorded) = recording.join_next().await {
         if let Ok(alert) = recorded {
             audit.push(AuditRow::Alert(alert));
@@ -89,6 +98,7 @@ pub(super) struct LaneJob {
 pub(super) enum LaneDelivery {
     Slack(Grouped),
     PagerDuty(Notice),
+    Webhook(Notice),
 }
 
 /// One worker per destination, each with its own [`Dispatcher`] (and so its own redelivery
@@ -101,6 +111,7 @@ pub(super) struct Lanes {
     pub(super) capacity: usize,
     pub(super) lanes: HashMap<String, mpsc::Sender<LaneJob>>,
     pub(super) workers: tokio::task::JoinSet<()>,
+    pub(super) webhook_statuses: Option<mpsc::Sender<crate::notify::webhook::WebhookStatus>>,
 }
 
 impl Lanes {
@@ -111,7 +122,23 @@ impl Lanes {
             capacity: capacity.max(1),
             lanes: HashMap::new(),
             workers: tokio::task::JoinSet::new(),
+            webhook_statuses: None,
         }
+    }
+
+    /// Reports each generic-webhook round to `statuses`.
+    pub(super) fn with_webhook_statuses(
+        mut self,
+        statuses: mpsc::Sender<crate::notify::webhook::WebhookStatus>,
+    ) -> Self {
+        self.webhook_statuses = Some(statuses);
+        self
+    }
+
+    /// Hands a notice to the generic webhook's lane when the webhook is configured.
+    pub(super) fn webhook(&mut self, notice: Notice) -> Option<tokio::sync::oneshot::Receiver<()>> {
+        self.config.webhook.endpoint()?;
+        self.hand("webhook".to_owned(), LaneDelivery::Webhook(notice))
     }
 
     /// Hands a Slack message to its channel's lane.
@@ -144,7 +171,10 @@ impl Lanes {
         };
         let sender = self.lanes.entry(lane).or_insert_with(|| {
             let (sender, jobs) = mpsc::channel(self.capacity);
-            let dispatcher = Dispatcher::new(self.config.clone(), self.http.clone());
+            let mut dispatcher = Dispatcher::new(self.config.clone(), self.http.clone());
+            if let Some(statuses) = &self.webhook_statuses {
+                dispatcher = dispatcher.with_webhook_statuses(statuses.clone());
+            }
             self.workers.spawn(lane_task(dispatcher, jobs));
             sender
         });
@@ -178,6 +208,7 @@ pub(super) async fn lane_task(mut dispatcher: Dispatcher, mut jobs: mpsc::Receiv
                 match job.delivery {
                     LaneDelivery::Slack(grouped) => dispatcher.slack(grouped).await,
                     LaneDelivery::PagerDuty(notice) => dispatcher.pagerduty(&notice).await,
+                    LaneDelivery::Webhook(notice) => dispatcher.webhook(&notice).await,
                 }
                 if let Some(round) = job.round {
                     let _ = round.send(());

@@ -45,6 +45,13 @@ impl Receivers {
         Receivers::serve(listener, base_url)
     }
 
+    /// Plain HTTP on a free port, with `receiver`'s settings (a webhook secret, an outage).
+    pub async fn start_with(receiver: Receiver) -> Receivers {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let base_url = format!("http://{}", listener.local_addr().unwrap());
+        Receivers::serve_with(listener, base_url, receiver)
+    }
+
     /// Plain HTTP on a free port, answering each Slack post only after `slack_delay`.
     pub async fn start_slow_slack(slack_delay: Duration) -> Receivers {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -102,6 +109,11 @@ impl Receivers {
     /// Slack messages accepted so far.
     pub fn slack(&self) -> Vec<Value> {
         self.accepted("/slack")
+    }
+
+    /// Generic webhook bodies accepted so far (signature, delivery id and schema checked).
+    pub fn webhook(&self) -> Vec<Value> {
+        self.accepted("/webhook")
     }
 
     /// PagerDuty events accepted so far.
