@@ -12,6 +12,13 @@
 //! - **Fallback budget per action**: the cost of the action's fallback attempts
 //!   (`fallback_from_model` set) exceeds `max_fallback_cost_usd`.
 //!
+//! - **Retry-after ignored** (`respect_retry_after`, default on): attempt `n` failed with a
+//!   `retry_after_ms` (the provider's `Retry-After`), and attempt `n + 1` of the same action
+//!   occurred less than that wait after attempt `n` (both by `occurred_at`; whether gateways stamp
+//!   an attempt's start or its end, a retry this early did not wait, so the rule has no false
+//!   positive from latency). Hammering a provider that asked for a pause prolongs the rate limit
+//!   and bills nothing useful.
+//!
 //! Each fires **once per (policy, action, rule)** (the alert's `dedup_key`; restored from the alerts
 //! topic at startup), as a Slack notice grouped per policy and scope so a storm is one message per
 //! grouping interval, never one per event. Actions not seen for `horizon` are forgotten (at most
@@ -31,6 +38,9 @@ use crate::engine::{rule_alert, Effect};
 struct ActionState {
     /// Status per attempt number.
     attempts: BTreeMap<u32, Status>,
+    /// Per attempt number: when it occurred, and when a retry may occur (plus its
+    /// `retry_after_ms`, when it carried one).
+    timing: BTreeMap<u32, (DateTime<Utc>, Option<DateTime<Utc>>)>,
     /// Cost of its fallback attempts.
     fallback_cost: Decimal,
     /// Last time (processing) an event of it was seen.
@@ -91,6 +101,12 @@ impl ActionWatch {
         }
         let state = self.actions.entry(event.action_id.clone()).or_default();
         state.attempts.insert(event.attempt, event.status);
+        let retry_not_before = event.retry_after_ms.map(|wait| {
+            event.occurred_at + TimeDelta::milliseconds(i64::try_from(wait).unwrap_or(i64::MAX / 2))
+        });
+        state
+            .timing
+            .insert(event.attempt, (event.occurred_at, retry_not_before));
         if event.fallback_from_model.is_some() {
             state.fallback_cost += event.cost_usd.unwrap_or_default();
         }
@@ -135,6 +151,29 @@ impl ActionWatch {
                     format!("retry/{}/{action}/attempts", policy.id()),
                     now,
                 ));
+            }
+            if rules.respect_retry_after {
+                // Attempts may arrive in any order: check every consecutive pair seen.
+                let early = state.timing.iter().find_map(|(attempt, (_, not_before))| {
+                    let not_before = (*not_before)?;
+                    let (started, _) = state.timing.get(&(attempt + 1))?;
+                    (*started < not_before).then(|| (*attempt, not_before - *started))
+                });
+                if let Some((attempt, early_by)) = early {
+                    effects.push(alert(
+                        policy,
+                        &scope,
+                        AlertKind::RetryBudget,
+                        format!(
+                            "action {action} retried {} ms before the provider's Retry-After allowed: attempt {attempt} asked to wait, attempt {} did not (policy {}); back off for the time the provider asks",
+                            early_by.num_milliseconds(),
+                            attempt + 1,
+                            policy.id()
+                        ),
+                        format!("retry/{}/{action}/retry_after", policy.id()),
+                        now,
+                    ));
+                }
             }
             if let Some(max) = rules.max_fallback_cost_usd {
                 if state.fallback_cost > max {
@@ -261,6 +300,53 @@ retry_policy:
         fallback.attempt = 3;
         let effects = watch.observe(&policies, &fallback, now);
         assert_eq!(kinds(&effects), vec![AlertKind::FallbackBudget]);
+    }
+
+    #[test]
+    fn a_retry_sooner_than_retry_after_is_flagged_and_a_patient_one_is_not() {
+        let policies = PolicySet::from_str("p.yaml", POLICY).unwrap();
+        let now = Utc::now();
+        let start = now - TimeDelta::seconds(30);
+        let mut watch = ActionWatch::new(TimeDelta::minutes(15), 1000);
+        let limited = |action: &str| {
+            let mut event = event(action, 1, Status::RateLimited);
+            event.occurred_at = start;
+            event.latency_ms = Some(200);
+            event.retry_after_ms = Some(5_000);
+            event
+        };
+        let retry = |action: &str, after_ms: i64| {
+            let mut event = event(action, 2, Status::Ok);
+            event.occurred_at = start + TimeDelta::milliseconds(after_ms);
+            event
+        };
+        // 1.2 s after the 429 that asked for 5 s: flagged, in either arrival order.
+        assert!(kinds(&watch.observe(&policies, &retry("hasty", 1_200), now)).is_empty());
+        let effects = watch.observe(&policies, &limited("hasty"), now);
+        assert_eq!(kinds(&effects), vec![AlertKind::RetryBudget]);
+        let Effect::Alert(alert, _) = &effects[0] else {
+            unreachable!()
+        };
+        assert!(
+            alert.message.contains("3800 ms before"),
+            "{}",
+            alert.message
+        );
+        // 5.3 s after: the wait was respected.
+        watch.observe(&policies, &limited("patient"), now);
+        assert!(kinds(&watch.observe(&policies, &retry("patient", 5_300), now)).is_empty());
+        // Turned off in the policy: nothing.
+        let off = PolicySet::from_str(
+            "p.yaml",
+            &POLICY.replace(
+                "max_attempts_per_action: 3",
+                "max_attempts_per_action: 3\n  respect_retry_after: false",
+            ),
+        )
+        .unwrap();
+        let mut watch = ActionWatch::new(TimeDelta::minutes(15), 1000);
+        watch.observe(&off, &limited("hasty"), now);
+        assert!(kinds(&watch.observe(&off, &retry("hasty", 1_200), now)).is_empty());
     }
 
     #[test]

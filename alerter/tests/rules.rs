@@ -412,7 +412,7 @@ retry_policy:
     not(feature = "live"),
     ignore = "needs the local stack (dev/stack up); run with --features live"
 )]
-async fn a_retry_of_a_quota_error_and_too_many_attempts_are_flagged() {
+async fn a_retry_of_a_quota_error_too_many_attempts_and_a_retry_before_retry_after_are_flagged() {
     let receivers = Receivers::start().await;
     let config = config("alerter_retries", RETRIES, &receivers);
     let alerter = start(&config).await;
@@ -438,22 +438,45 @@ async fn a_retry_of_a_quota_error_and_too_many_attempts_are_flagged() {
     let many: Vec<_> = (1..=5)
         .map(|attempt| event("act-many", attempt, Status::ProviderError))
         .collect();
+    // A 429 asking for 5 s, retried after 1 s (flagged); one asking for 1 s, retried after 2 s.
+    let after_429 = |action: &str, wait_ms: u64, retry_after: i64| {
+        let mut limited = event(action, 1, Status::RateLimited);
+        limited.retry_after_ms = Some(wait_ms);
+        let mut retry = event(action, 2, Status::Ok);
+        retry.occurred_at = now + chrono::TimeDelta::milliseconds(retry_after);
+        [limited, retry]
+    };
+    produce_events(&config.kafka, &after_429("act-hasty", 5_000, 1_000)).await;
+    produce_events(&config.kafka, &after_429("act-patient", 1_000, 2_000)).await;
     produce_events(&config.kafka, &quota_retry).await;
     produce_events(&config.kafka, &fine_retry).await;
     produce_events(&config.kafka, &many).await;
-    testkit::eventually(Duration::from_secs(30), "both findings audited", || {
-        let config = config.clone();
-        async move {
-            let client = infra::clickhouse::client(&config.clickhouse);
-            let kinds: Vec<(String, String)> = client
-                .query("SELECT kind, message FROM alerts FINAL ORDER BY kind")
-                .fetch_all()
-                .await
-                .unwrap_or_default();
-            (kinds.len() == 2).then_some(kinds)
-        }
-    })
+    let kinds = testkit::eventually(
+        Duration::from_secs(30),
+        "the three findings audited",
+        || {
+            let config = config.clone();
+            async move {
+                let client = infra::clickhouse::client(&config.clickhouse);
+                let kinds: Vec<(String, String)> = client
+                    .query("SELECT kind, message FROM alerts FINAL ORDER BY kind")
+                    .fetch_all()
+                    .await
+                    .unwrap_or_default();
+                (kinds.len() == 3).then_some(kinds)
+            }
+        },
+    )
     .await;
+    let hasty: Vec<&(String, String)> = kinds
+        .iter()
+        .filter(|(_, message)| message.contains("Retry-After"))
+        .collect();
+    assert_eq!(hasty.len(), 1, "{kinds:?}");
+    assert!(
+        hasty[0].1.contains("act-hasty") && hasty[0].1.contains("4000 ms before"),
+        "{kinds:?}"
+    );
     let slack = receivers.slack();
     let texts: Vec<&str> = slack
         .iter()

@@ -481,6 +481,11 @@ pub struct RetryPolicy {
     /// Statuses that must not be retried; a retry after one raises an alert.
     #[serde(default = "default_non_retryable")]
     pub non_retryable: Vec<Status>,
+    /// Whether an attempt made sooner than the `retry_after_ms` its failed predecessor carried
+    /// (the provider's `Retry-After`, counted from the end of that attempt) raises an alert;
+    /// default `true`.
+    #[serde(default = "default_true")]
+    pub respect_retry_after: bool,
 }
 
 /// The default non-retryable statuses.
