@@ -19,12 +19,19 @@
 //!   positive from latency). Hammering a provider that asked for a pause prolongs the rate limit
 //!   and bills nothing useful.
 //!
+//! - **Shared key** (a policy's `shared_key`, on any policy, not only those with a
+//!   `retry_policy`): one `api_key_id` of the policy's traffic used by more than `max_workflows`
+//!   workflows or `max_teams` teams in a UTC day (by `occurred_at`). A production key shared
+//!   across workflows hides who spends and cannot be capped or revoked for one of them alone.
+//!   Once per (policy, key, day, limit); at most the limit + 1 names are kept per key and day, and
+//!   days before yesterday are forgotten.
+//!
 //! Each fires **once per (policy, action, rule)** (the alert's `dedup_key`; restored from the alerts
 //! topic at startup), as a Slack notice grouped per policy and scope so a storm is one message per
 //! grouping interval, never one per event. Actions not seen for `horizon` are forgotten (at most
 //! `max_actions` are kept; the oldest go first), so memory is bounded.
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 
 use chrono::{DateTime, TimeDelta, Utc};
 use policy::{EventDims, PolicySet};
@@ -47,9 +54,14 @@ struct ActionState {
     last_seen: Option<DateTime<Utc>>,
 }
 
+/// Workflows and teams seen per (policy, key, day), each capped at its limit + 1.
+type KeyUsers = HashMap<(String, String, chrono::NaiveDate), (BTreeSet<String>, BTreeSet<String>)>;
+
 /// Per-action retry and fallback rules (module docs).
 #[derive(Debug)]
 pub struct ActionWatch {
+    /// The shared-key rule's sightings.
+    key_users: KeyUsers,
     actions: HashMap<String, ActionState>,
     /// Actions in first-seen order, for eviction.
     order: VecDeque<(DateTime<Utc>, String)>,
@@ -61,6 +73,7 @@ impl ActionWatch {
     /// Forgets actions idle for `horizon`; keeps at most `max_actions`.
     pub fn new(horizon: TimeDelta, max_actions: usize) -> ActionWatch {
         ActionWatch {
+            key_users: HashMap::new(),
             actions: HashMap::new(),
             order: VecDeque::new(),
             horizon,
@@ -87,13 +100,14 @@ impl ActionWatch {
         now: DateTime<Utc>,
     ) -> Vec<Effect> {
         let dims = EventDims::from_event(event);
+        let mut shared = self.shared_keys(policies, &dims, event, now);
         let watching: Vec<_> = policies
             .policies()
             .iter()
             .filter(|policy| policy.record().retry_policy.is_some() && policy.matches(&dims))
             .collect();
         if watching.is_empty() {
-            return Vec::new();
+            return shared;
         }
         self.evict(now);
         if !self.actions.contains_key(&event.action_id) {
@@ -191,6 +205,72 @@ impl ActionWatch {
                         now,
                     ));
                 }
+            }
+        }
+        shared.extend(effects);
+        shared
+    }
+
+    /// The shared-key rule (module docs) for `event`.
+    fn shared_keys(
+        &mut self,
+        policies: &PolicySet,
+        dims: &EventDims<'_>,
+        event: &UsageEvent,
+        now: DateTime<Utc>,
+    ) -> Vec<Effect> {
+        let mut effects = Vec::new();
+        let day = event.occurred_at.date_naive();
+        for policy in policies.policies() {
+            let Some(rules) = &policy.record().shared_key else {
+                continue;
+            };
+            if !policy.matches(dims) {
+                continue;
+            }
+            let key = (policy.id().to_owned(), event.api_key_id.clone(), day);
+            if !self.key_users.contains_key(&key) {
+                // A new day: forget the days before yesterday.
+                let yesterday = day.pred_opt().unwrap_or(day);
+                self.key_users.retain(|(_, _, seen), _| *seen >= yesterday);
+            }
+            let (workflows, teams) = self.key_users.entry(key).or_default();
+            let checks = [
+                ("workflows", rules.max_workflows, workflows, &event.workflow),
+                ("teams", rules.max_teams, teams, &event.team),
+            ];
+            for (what, limit, seen, name) in checks {
+                let Some(limit) = limit else { continue };
+                let limit = limit as usize;
+                if seen.len() > limit || seen.contains(name) {
+                    continue;
+                }
+                seen.insert(name.clone());
+                if seen.len() <= limit {
+                    continue;
+                }
+                let mut scope = BTreeMap::new();
+                scope.insert("api_key_id".to_owned(), event.api_key_id.clone());
+                let names: Vec<&str> = seen.iter().map(String::as_str).collect();
+                effects.push(alert(
+                    policy,
+                    &scope,
+                    AlertKind::Anomaly,
+                    format!(
+                        "key {} served {} {what} on {day} ({}), more than the {limit} policy {} allows: one key shared this way hides who spends and cannot be capped or revoked for one of them alone; issue a key per {}",
+                        event.api_key_id,
+                        seen.len(),
+                        names.join(", "),
+                        policy.id(),
+                        what.trim_end_matches('s'),
+                    ),
+                    format!(
+                        "shared_key/{}/{}/{day}/{what}",
+                        policy.id(),
+                        event.api_key_id
+                    ),
+                    now,
+                ));
             }
         }
         effects
@@ -347,6 +427,65 @@ retry_policy:
         let mut watch = ActionWatch::new(TimeDelta::minutes(15), 1000);
         watch.observe(&off, &limited("hasty"), now);
         assert!(kinds(&watch.observe(&off, &retry("hasty", 1_200), now)).is_empty());
+    }
+
+    #[test]
+    fn a_key_shared_by_too_many_workflows_or_teams_is_flagged_once_a_day() {
+        let policies = PolicySet::from_str(
+            "p.yaml",
+            r#"
+id: keys
+description: one key per workflow in production
+owner: {team: platform, contact: platform@example.com}
+environment: prod
+unit: requests
+window: {kind: day}
+hard_cap: 1000000
+action: {kind: alert_only}
+shared_key: {max_workflows: 2}
+"#,
+        )
+        .unwrap();
+        let now = Utc::now();
+        let mut watch = ActionWatch::new(TimeDelta::minutes(15), 1000);
+        let used = |key: &str, team: &str, workflow: &str, environment: &str| {
+            let mut event = event(&format!("{key}-{workflow}-{team}"), 1, Status::Ok);
+            event.api_key_id = key.to_owned();
+            event.team = team.to_owned();
+            event.workflow = workflow.to_owned();
+            event.environment = environment.to_owned();
+            event
+        };
+        let mut found = Vec::new();
+        for (key, team, workflow, environment) in [
+            ("k-prod", "search", "answer", "prod"),
+            ("k-prod", "search", "rerank", "prod"),
+            ("k-prod", "search", "answer", "prod"),
+            // A third workflow: over max_workflows.
+            ("k-prod", "search", "summarize", "prod"),
+            ("k-prod", "search", "classify", "prod"),
+            // Another team on the key: over the default max_teams of 1.
+            ("k-prod", "ads", "answer", "prod"),
+            // A normal key, and a shared one outside the selector (staging).
+            ("k-one", "search", "answer", "prod"),
+            ("k-stage", "search", "a", "staging"),
+            ("k-stage", "ads", "b", "staging"),
+            ("k-stage", "ads", "c", "staging"),
+        ] {
+            for effect in watch.observe(&policies, &used(key, team, workflow, environment), now) {
+                if let Effect::Alert(alert, _) = effect {
+                    found.push(alert.dedup_key.clone());
+                }
+            }
+        }
+        let day = now.date_naive();
+        assert_eq!(
+            found,
+            vec![
+                format!("shared_key/keys/k-prod/{day}/workflows"),
+                format!("shared_key/keys/k-prod/{day}/teams"),
+            ]
+        );
     }
 
     #[test]

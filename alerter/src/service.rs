@@ -571,10 +571,13 @@ async fn warn_unless_broker_time(kafka: &KafkaConfig) {
 }
 
 /// Whether a policy needs the usage events themselves (per-action retry and fallback rules,
-/// `concurrent_jobs` gauges); otherwise the alerter does not read the usage topic at all.
+/// `concurrent_jobs` gauges, the shared-key rule); otherwise the alerter does not read the usage
+/// topic at all.
 fn needs_usage(policies: &PolicySet) -> bool {
     policies.policies().iter().any(|policy| {
-        policy.record().retry_policy.is_some() || policy.unit() == policy::Unit::ConcurrentJobs
+        policy.record().retry_policy.is_some()
+            || policy.record().shared_key.is_some()
+            || policy.unit() == policy::Unit::ConcurrentJobs
     })
 }
 

@@ -770,6 +770,67 @@ async fn a_pending_job_backlog_pages_once_and_resolves_when_it_drains() {
     testkit::drop_database(&config.clickhouse).await.unwrap();
 }
 
+const SHARED: &str = r#"
+id: t-shared
+description: One production key per workflow.
+owner: {team: platform, contact: platform@example.com}
+environment: prod
+unit: requests
+window: {kind: day}
+hard_cap: 1000000
+action: {kind: alert_only}
+shared_key: {max_workflows: 2}
+"#;
+
+/// Issue 17: a production key used by three workflows is flagged once (Slack, with the key and
+/// the workflows); a key used by one workflow, however busy, is not.
+#[tokio::test]
+#[cfg_attr(
+    not(feature = "live"),
+    ignore = "needs the local stack (dev/stack up); run with --features live"
+)]
+async fn a_production_key_shared_by_three_workflows_is_flagged_once() {
+    let receivers = Receivers::start().await;
+    let config = config("alerter_shared", SHARED, &receivers);
+    let alerter = start(&config).await;
+    let now = Utc::now();
+    let used = |key: &str, workflow: &str| {
+        let mut event =
+            schemas::fixtures::text_event(&testkit::unique_name(&format!("{key}-{workflow}")), now);
+        event.api_key_id = key.to_owned();
+        event.workflow = workflow.to_owned();
+        event.environment = "prod".to_owned();
+        event
+    };
+    let mut events = Vec::new();
+    for round in 0..5 {
+        events.push(used("k-shared", ["answer", "rerank", "digest"][round % 3]));
+        events.push(used("k-own", "answer"));
+    }
+    produce_events(&config.kafka, &events).await;
+    wait_receivers(&receivers, "the shared-key alert", |r| {
+        r.slack_containing("key k-shared served 3 workflows") == 1
+    })
+    .await;
+    let texts: Vec<String> = receivers
+        .slack()
+        .iter()
+        .map(|body| body.to_string())
+        .collect();
+    assert!(
+        texts
+            .iter()
+            .any(|text| text.contains("answer, digest, rerank") && text.contains("platform")),
+        "{texts:?}"
+    );
+    assert!(
+        !texts.iter().any(|text| text.contains("k-own")),
+        "{texts:?}"
+    );
+    alerter.stop().await.unwrap();
+    testkit::drop_database(&config.clickhouse).await.unwrap();
+}
+
 const LIFECYCLE: &str = r#"
 id: t-lifecycle
 description: No retired models in production.

@@ -58,7 +58,7 @@ pub use policy::{
 pub use record::{
     Action, ActionKind, Anomaly, ApprovalRule, CampaignRecord, Duration, Instant, ModelRules,
     Notify, Owner, PendingBacklog, PolicyRecord, RetryPolicy, Review, ReviewCadence, Route,
-    RuleAction, TimeZone, Values, WindowKind, WindowRecord, ANOMALY_METRICS,
+    RuleAction, SharedKey, TimeZone, Values, WindowKind, WindowRecord, ANOMALY_METRICS,
 };
 pub use scope::{ScopeKey, GLOBAL_SCOPE, OVERFLOW_VALUE};
 pub use source_map::Position;

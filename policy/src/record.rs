@@ -85,6 +85,11 @@ pub struct PolicyRecord {
     /// checked.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pending_backlog: Option<PendingBacklog>,
+    /// One key shared by many workflows or teams (issue 17): an alert when one `api_key_id` of
+    /// the policy's traffic is used by more than `max_workflows` workflows or `max_teams` teams
+    /// in a UTC day; absent = not checked.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub shared_key: Option<SharedKey>,
     /// Where alerts go; absent = the owner's channels.
     #[serde(default)]
     pub notify: Option<Notify>,
@@ -582,6 +587,22 @@ impl Anomaly {
             .as_ref()
             .is_none_or(|metrics| metrics.iter().any(|watched| watched == metric))
     }
+}
+
+/// `shared_key`: how many workflows and teams one API key may serve in a UTC day.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SharedKey {
+    /// Most distinct workflows per key and day; absent = not checked.
+    #[serde(default)]
+    pub max_workflows: Option<u32>,
+    /// Most distinct teams per key and day; default 1 (a key belongs to one team).
+    #[serde(default = "default_max_teams")]
+    pub max_teams: Option<u32>,
+}
+
+fn default_max_teams() -> Option<u32> {
+    Some(1)
 }
 
 /// `pending_backlog` of a `concurrent_jobs` policy: how many jobs may wait at once.

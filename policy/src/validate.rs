@@ -513,6 +513,14 @@ fn check_optional_sections(record: &PolicyRecord, at: &Locator<'_>, errors: &mut
             ));
         }
     }
+    if let Some(shared) = &record.shared_key {
+        if shared.max_workflows == Some(0) || shared.max_teams == Some(0) {
+            errors.push(at.error(
+                &["shared_key"],
+                "shared_key limits must be at least 1 (a key used at all serves one)",
+            ));
+        }
+    }
     if let Some(backlog) = &record.pending_backlog {
         if backlog.min_jobs == 0 {
             errors.push(at.error(
