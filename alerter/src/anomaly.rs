@@ -278,13 +278,25 @@ impl Detector {
         key: &WindowKey,
         total: &WindowTotal,
     ) -> Vec<Finding> {
+        self.observe_settled(policy, key, total).0
+    }
+
+    /// [`Detector::observe`], and the metrics a bucket that just closed showed back within the
+    /// usual (judged as a current bucket would be: enough volume and baseline, not anomalous), so
+    /// the caller can resolve an anomaly it fired before.
+    pub fn observe_settled(
+        &mut self,
+        policy: &Policy,
+        key: &WindowKey,
+        total: &WindowTotal,
+    ) -> (Vec<Finding>, Vec<Metric>) {
         let Some(rules) = policy
             .record()
             .anomaly
             .as_ref()
             .filter(|rules| rules.enabled)
         else {
-            return Vec::new();
+            return (Vec::new(), Vec::new());
         };
         let bucket_secs = i64::try_from(self.settings.bucket_secs.max(1)).unwrap_or(60);
         let bucket = total.written_at.timestamp().div_euclid(bucket_secs);
@@ -302,15 +314,33 @@ impl Detector {
             });
         if track.window_start != key.window_start {
             if key.window_start < track.window_start {
-                return Vec::new(); // a late total of an older window
+                return (Vec::new(), Vec::new()); // a late total of an older window
             }
             // A new window: its totals count from zero.
             track.window_start = key.window_start;
             track.base = Counters::default();
             track.latest = Counters::default();
         }
+        let mut settled = Vec::new();
         if bucket > track.bucket {
             let closed = track.latest.minus(&track.base);
+            if closed.requests > 0 && closed.amount >= rules.min_volume {
+                let values = closed.ratios();
+                for metric in METRICS {
+                    if rules.watches(metric.as_str())
+                        && judge(
+                            metric,
+                            values[metric.index()],
+                            &track.history,
+                            self.settings.min_history,
+                            rules.z_threshold,
+                        )
+                        .is_some_and(|finding| finding.is_none())
+                    {
+                        settled.push(metric);
+                    }
+                }
+            }
             if closed.requests > 0 {
                 track.history.push_back(closed.ratios());
                 while track.history.len() > history_buckets {
@@ -323,49 +353,24 @@ impl Detector {
         track.latest = counters;
         let current = track.latest.minus(&track.base);
         if current.requests == 0 || current.amount < rules.min_volume {
-            return Vec::new();
+            return (Vec::new(), settled);
         }
         let values = current.ratios();
-        let mut findings = Vec::new();
-        for metric in METRICS {
-            if !rules.watches(metric.as_str()) {
-                continue;
-            }
-            let Some(value) = values[metric.index()] else {
-                continue;
-            };
-            let baseline: Vec<Decimal> = track
-                .history
-                .iter()
-                .filter_map(|ratios| ratios[metric.index()])
-                .collect();
-            if baseline.len() < self.settings.min_history.max(1) {
-                continue;
-            }
-            let center = median(baseline.clone());
-            let mad = median(baseline.iter().map(|v| (*v - center).abs()).collect());
-            let floor = Decimal::new(2, 2).max(center.abs() * Decimal::new(5, 2));
-            let scale = (mad * Decimal::new(14826, 4)).max(floor);
-            let z = (value - center) / scale;
-            let anomalous = match metric {
-                Metric::FallbackShare
-                | Metric::AttemptsPerOutput
-                | Metric::InputTokensPerSuccess
-                | Metric::FinalImagesPerOutput => z >= rules.z_threshold,
-                Metric::CacheHitRate => -z >= rules.z_threshold,
-                Metric::OutputInputRatio => z.abs() >= rules.z_threshold,
-            };
-            if anomalous {
-                findings.push(Finding {
+        let findings = METRICS
+            .into_iter()
+            .filter(|metric| rules.watches(metric.as_str()))
+            .filter_map(|metric| {
+                judge(
                     metric,
-                    value,
-                    median: center,
-                    z,
-                    baseline: baseline.len(),
-                });
-            }
-        }
-        findings
+                    values[metric.index()],
+                    &track.history,
+                    self.settings.min_history,
+                    rules.z_threshold,
+                )
+                .flatten()
+            })
+            .collect();
+        (findings, settled)
     }
 
     /// Baselines held, one per (policy, scope).
@@ -383,6 +388,45 @@ impl Detector {
         self.tracks
             .retain(|_, track| track.window_start >= before - TimeDelta::days(62));
     }
+}
+
+/// Judges `value` of `metric` against `history`: `None` when it cannot be judged (no value, too
+/// short a baseline), `Some(None)` when usual, `Some(Some(finding))` when anomalous.
+fn judge(
+    metric: Metric,
+    value: Option<Decimal>,
+    history: &VecDeque<[Option<Decimal>; RATIOS]>,
+    min_history: usize,
+    z_threshold: Decimal,
+) -> Option<Option<Finding>> {
+    let value = value?;
+    let baseline: Vec<Decimal> = history
+        .iter()
+        .filter_map(|ratios| ratios[metric.index()])
+        .collect();
+    if baseline.len() < min_history.max(1) {
+        return None;
+    }
+    let center = median(baseline.clone());
+    let mad = median(baseline.iter().map(|v| (*v - center).abs()).collect());
+    let floor = Decimal::new(2, 2).max(center.abs() * Decimal::new(5, 2));
+    let scale = (mad * Decimal::new(14826, 4)).max(floor);
+    let z = (value - center) / scale;
+    let anomalous = match metric {
+        Metric::FallbackShare
+        | Metric::AttemptsPerOutput
+        | Metric::InputTokensPerSuccess
+        | Metric::FinalImagesPerOutput => z >= z_threshold,
+        Metric::CacheHitRate => -z >= z_threshold,
+        Metric::OutputInputRatio => z.abs() >= z_threshold,
+    };
+    Some(anomalous.then_some(Finding {
+        metric,
+        value,
+        median: center,
+        z,
+        baseline: baseline.len(),
+    }))
 }
 
 fn median(mut values: Vec<Decimal>) -> Decimal {

@@ -123,6 +123,9 @@ pub struct Engine {
     /// Pending-job backlogs paged and not resolved yet: `backlog/{policy}/{scope}` → the dedup
     /// key of the page and when it fired (rebuilt from the alerts topic on restore).
     open_backlogs: BTreeMap<String, (String, DateTime<Utc>)>,
+    /// Anomalies fired and not resolved yet: `anomaly/{policy}/{scope}/{window}/{start}` → the
+    /// metrics still unusual (rebuilt from the alerts topic on restore).
+    open_anomalies: BTreeMap<String, BTreeSet<String>>,
     /// Control keys whose decision changed (or was restored) and whose alert is not settled yet.
     to_follow: BTreeSet<String>,
     /// Policies that have ever held a block or degrade (others have nothing to lift).
@@ -268,6 +271,7 @@ impl Engine {
             detector: Detector::default(),
             jobs: JobTracker::default(),
             open_backlogs: BTreeMap::new(),
+            open_anomalies: BTreeMap::new(),
             to_follow: BTreeSet::new(),
             policies_with_blocks: HashSet::new(),
             job_max_age: DEFAULT_JOB_MAX_AGE,
@@ -429,6 +433,7 @@ impl Engine {
         self.fired
             .insert_until(alert.dedup_key.clone(), forget_after(alert));
         self.restore_backlog(alert);
+        self.restore_anomaly(alert);
     }
 
     /// `effects` without the alerts already raised (by dedup key); those kept are marked raised.
@@ -585,6 +590,13 @@ impl Engine {
         // Issue 13 point 7: what closed windows and finished jobs leave behind goes.
         self.totals.evict_ended(now - self.ended_window_keep);
         self.fired.prune(now - self.ended_window_keep * 2);
+        // Open anomalies whose alerts were all pruned (their window is long over) go too.
+        let fired = &self.fired;
+        self.open_anomalies.retain(|key, metrics| {
+            metrics
+                .iter()
+                .any(|metric| fired.contains(&format!("{key}/{metric}")))
+        });
         self.detector.evict(now);
         effects
     }

@@ -489,6 +489,83 @@ fn the_staging_example_flags_a_fallback_storm_against_its_baseline_once() {
     assert!(anomalies[0] >= 10, "fired before the storm: {anomalies:?}");
 }
 
+/// Issue 17 point 2: an anomaly announces its end. A storm of four minutes fires one anomaly
+/// notice; the first calm minute after it closes resolves it (a `Resolved` notice of the
+/// anomaly incident), once; an engine restored from those alerts holds nothing open.
+#[test]
+fn an_anomaly_resolves_once_the_scope_is_back_to_its_usual_mix() {
+    let policies = examples();
+    let policy = policies.get("staging-cost-per-key-daily").unwrap();
+    let settings = alerter::anomaly::AnomalySettings {
+        bucket_secs: 60,
+        history_buckets: 60,
+        min_history: 5,
+    };
+    let mut engine = engine(Arc::clone(&policies)).with_anomaly_settings(settings.clone());
+    let mut total = total_at(policy, "api_key_id=k-storm", Decimal::ZERO, 1);
+    let mut notices = Vec::new();
+    let mut raised = Vec::new();
+    for minute in 0..20i64 {
+        let storm = (10..14).contains(&minute);
+        total.version += 1;
+        total.written_at = now() - TimeDelta::minutes(30) + TimeDelta::minutes(minute);
+        total.requests += 100;
+        total.fallback_attempts += if storm { 60 } else { 1 + minute as u64 % 2 };
+        total.accepted_outputs += 100;
+        total.input_tokens += 10_000;
+        total.output_tokens += 1_000;
+        total.cost_usd += Decimal::from(10);
+        for effect in engine.on_total(total.clone(), total.written_at) {
+            if let Effect::Alert(alert, notice) = effect {
+                if alert.kind == AlertKind::Anomaly {
+                    notices.push((minute, notice.kind.as_str()));
+                    raised.push(*alert);
+                }
+            }
+        }
+    }
+    let kinds: Vec<&str> = notices.iter().map(|(_, kind)| *kind).collect();
+    assert_eq!(kinds, ["anomaly", "resolved"], "{notices:?}");
+    assert!(notices[1].0 >= 15, "resolved during the storm: {notices:?}");
+    // Restored engines: one that read back only the trigger still holds it open and resolves it
+    // once its baseline is rebuilt; one that read back both holds nothing and resolves nothing.
+    for (read_back, resolves) in [(&raised[..1], 1), (&raised[..], 0)] {
+        let mut restored = engine_restored(&policies, settings.clone(), read_back);
+        let mut calm = total.clone();
+        let mut resolved = 0;
+        for minute in 0..9i64 {
+            calm.version += 1;
+            calm.written_at = total.written_at + TimeDelta::minutes(minute + 1);
+            calm.requests += 100;
+            calm.fallback_attempts += 1 + minute as u64 % 2;
+            calm.accepted_outputs += 100;
+            calm.cost_usd += Decimal::from(10);
+            for effect in restored.on_total(calm.clone(), calm.written_at) {
+                // (Soft thresholds fire again here: only anomaly alerts were read back.)
+                if let Effect::Alert(alert, notice) = effect {
+                    if alert.kind == AlertKind::Anomaly {
+                        assert_eq!(notice.kind.as_str(), "resolved");
+                        resolved += 1;
+                    }
+                }
+            }
+        }
+        assert_eq!(resolved, resolves, "read back {} alerts", read_back.len());
+    }
+}
+
+fn engine_restored(
+    policies: &Arc<PolicySet>,
+    settings: alerter::anomaly::AnomalySettings,
+    alerts: &[schemas::Alert],
+) -> Engine {
+    let mut engine = engine(Arc::clone(policies)).with_anomaly_settings(settings);
+    for alert in alerts {
+        engine.restore_alert(alert);
+    }
+    engine
+}
+
 /// A restart (issue 13, point 4, in process): an engine restored from the decisions on the
 /// control topic and the same totals decides nothing the first engine had not.
 #[test]
