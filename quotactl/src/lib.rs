@@ -15,6 +15,7 @@
 //! thing written (by `approve`).
 
 pub mod replay;
+pub mod review;
 pub mod scopes;
 
 use chrono::{DateTime, TimeDelta, Utc};

@@ -62,6 +62,16 @@ enum Command {
         #[arg(long, default_value_t = 100)]
         limit: u64,
     },
+    /// A policy's review (issue 17): spend against cap per scope, alerts by kind, blocks, and
+    /// each raise approved in the period with what was spent under it. The period is the
+    /// policy's review cadence (weekly by default) unless `--days` is given.
+    Review {
+        /// The policy.
+        policy: String,
+        /// Days back from now (default: the policy's `review.cadence`).
+        #[arg(long)]
+        days: Option<u32>,
+    },
     /// Policy tools.
     Policy {
         #[command(subcommand)]
@@ -155,6 +165,17 @@ async fn main() -> anyhow::Result<ExitCode> {
                 println!("{}", serde_json::to_string_pretty(&alerts)?);
             } else {
                 print!("{}", quotactl::alerts_table(&alerts));
+            }
+        }
+        Command::Review { policy, days } => {
+            let policies = policy::PolicySet::load_dir(&config.alert.policies_dir)
+                .map_err(|errors| anyhow::anyhow!("policies do not load: {errors}"))?;
+            let review =
+                quotactl::review::review(&client, &policies, &policy, days, Utc::now()).await?;
+            if args.json {
+                println!("{}", serde_json::to_string_pretty(&review)?);
+            } else {
+                print!("{}", quotactl::review::text(&review));
             }
         }
         Command::Policy {

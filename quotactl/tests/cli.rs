@@ -499,3 +499,99 @@ async fn scopes_answer_the_remaining_quota_with_the_decision_and_raise_in_force(
     );
     testkit::drop_database(&config.clickhouse).await.unwrap();
 }
+
+/// Issue 17 point 6: `quotactl review` sums up a policy's period for its owner: spend against
+/// cap per scope, alerts by kind, blocks, and a raise with its post-run review (who, how much,
+/// how long, what the scope spent in that window and how much of it above the cap).
+#[tokio::test]
+#[cfg_attr(
+    not(feature = "live"),
+    ignore = "needs the local stack (dev/stack up); run with --features live"
+)]
+async fn review_sums_up_spend_alerts_blocks_and_each_raise_with_what_was_spent_under_it() {
+    let (config, client) = seeded("quotactl_review").await;
+    let now = Utc::now();
+    let day = now.timestamp() - now.timestamp().rem_euclid(86_400);
+    client
+        .query(&format!(
+            "INSERT INTO alerts (alert_id, dedup_key, policy_id, scope_keys, scope_values, kind, severity, \
+             threshold_percent, unit, observed, limit_value, window_kind, window_start, window_end, owner, \
+             message, raised_at, raised_at_us) VALUES \
+             ('r1', 'r1', 't-status', ['api_key_id'], ['k1'], 'soft_threshold', 'info', 50, 'cost_usd', 5.5, 10, 'day', {day}, {end}, 'search', 'half', {day}, 0), \
+             ('r2', 'r2', 't-status', ['api_key_id'], ['k1'], 'hard_cap', 'critical', 100, 'cost_usd', 10, 10, 'day', {day}, {end}, 'search', 'cap', {day}, 0), \
+             ('r3', 'r3', 't-other', ['api_key_id'], ['k1'], 'hard_cap', 'critical', 100, 'cost_usd', 10, 10, 'day', {day}, {end}, 'search', 'other policy', {day}, 0), \
+             ('r4', 'r4', 't-status', ['api_key_id'], ['k1'], 'hard_cap', 'critical', 100, 'cost_usd', 10, 10, 'day', {old}, {old}, 'search', 'before the period', {old}, 0)",
+            end = day + 86_400,
+            old = day - 30 * 86_400,
+        ))
+        .execute()
+        .await
+        .unwrap();
+    client
+        .query(&format!(
+            "INSERT INTO approvals (approval_id, policy_id, scope_keys, scope_values, new_limit, valid_until, \
+             reason, approved_by, requested_at, status, decided_at) VALUES \
+             ('ap-1', 't-status', ['api_key_id'], ['k1'], 15, {until}, 'launch week', 'alice', {at}, 'applied', {at})",
+            at = day + 40,
+            until = day + 40 + 6 * 3600,
+        ))
+        .execute()
+        .await
+        .unwrap();
+    let policies = policy::PolicySet::load_dir(&config.alert.policies_dir).unwrap();
+    let review = quotactl::review::review(&client, &policies, "t-status", None, now)
+        .await
+        .unwrap();
+    assert_eq!(review.owner, "search");
+    assert_eq!(
+        review.from,
+        now - chrono::TimeDelta::days(7),
+        "weekly by default"
+    );
+    let spend: Vec<(&str, String)> = review
+        .spend
+        .iter()
+        .map(|scope| (scope.scope.as_str(), scope.amount.to_string()))
+        .collect();
+    assert_eq!(
+        spend,
+        vec![
+            ("api_key_id=k1", "7.5".to_owned()),
+            ("api_key_id=k2", "2".to_owned())
+        ]
+    );
+    let alerts: Vec<(&str, u64)> = review
+        .alerts
+        .iter()
+        .map(|kind| (kind.kind.as_str(), kind.count))
+        .collect();
+    assert_eq!(alerts, vec![("hard_cap", 1), ("soft_threshold", 1)]);
+    assert_eq!(review.blocks.len(), 1);
+    assert_eq!(
+        (
+            review.blocks[0].action.as_str(),
+            review.blocks[0].count,
+            review.blocks[0].scopes
+        ),
+        ("block", 2, 2)
+    );
+    let raise = &review.raises[0];
+    assert_eq!(raise.approved_by, "alice");
+    assert_eq!(raise.raised_by, Decimal::from(5));
+    assert_eq!(raise.hours, Decimal::from(6));
+    assert_eq!(raise.spent_in_window, Some(Decimal::new(75, 1)));
+    assert_eq!(raise.spent_above_cap, Some(Decimal::ZERO));
+    let text = quotactl::review::text(&review);
+    assert!(
+        text.contains("ap-1 api_key_id=k1: applied by alice to 15 (+5) for 6 h"),
+        "{text}"
+    );
+    assert!(
+        text.contains("spent 7.5 cost_usd in that window, 0 above the cap"),
+        "{text}"
+    );
+    // A policy that is not in the directory is an error that names it.
+    let missing = quotactl::review::review(&client, &policies, "nope", None, now).await;
+    assert!(missing.unwrap_err().to_string().contains("no policy nope"));
+    testkit::drop_database(&config.clickhouse).await.unwrap();
+}
